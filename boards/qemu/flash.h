@@ -1,0 +1,11 @@
+#ifndef MCUTRAIN_QEMU_FLASH_H
+#define MCUTRAIN_QEMU_FLASH_H
+
+#include "py/obj.h"
+
+extern const mp_obj_type_t qemu_flash_type;
+
+// Opens the flash image named on the emulator command line; false if there is none.
+bool qemu_flash_open(void);
+
+#endif

@@ -1,0 +1,73 @@
+// _mcutrain: the C half of mcutrain. Bindings only check and convert arguments;
+// the work is done by the plain-C kernels under kernels/.
+#include "py/runtime.h"
+#include "py/objstr.h"
+#include "perf_counter.h"
+#include "kernels/dot_f32.h"
+
+#define MCUTRAIN_VERSION "0.1.0"
+
+#if !MICROPY_PY_BUILTINS_FLOAT
+#error "_mcutrain needs a firmware with float support"
+#endif
+
+static MP_DEFINE_STR_OBJ(mcutrain_version_str_obj, MCUTRAIN_VERSION);
+static MP_DEFINE_STR_OBJ(mcutrain_perf_unit_str_obj, MCUTRAIN_PERF_UNIT);
+
+static mp_obj_t mcutrain_version(void) {
+    return MP_OBJ_FROM_PTR(&mcutrain_version_str_obj);
+}
+static MP_DEFINE_CONST_FUN_OBJ_0(mcutrain_version_obj, mcutrain_version);
+
+static mp_obj_t mcutrain_perf_counter(void) {
+    return mp_obj_new_int_from_ull(mcutrain_board_perf_counter());
+}
+static MP_DEFINE_CONST_FUN_OBJ_0(mcutrain_perf_counter_obj, mcutrain_perf_counter);
+
+// A read-only float32 view of a buffer-protocol object ('f' typecode).
+static const float *float32_buffer(mp_obj_t obj, const char *name, size_t *len) {
+    mp_buffer_info_t info;
+    if (!mp_get_buffer(obj, &info, MP_BUFFER_READ)) {
+        mp_raise_msg_varg(&mp_type_TypeError,
+            MP_ERROR_TEXT("dot: %s must be a float32 buffer (array('f')), not %s"),
+            name, mp_obj_get_type_str(obj));
+    }
+    if (info.typecode != 'f') {
+        mp_raise_msg_varg(&mp_type_TypeError,
+            MP_ERROR_TEXT("dot: %s must have typecode 'f', not '%c'"), name, info.typecode);
+    }
+    if (((uintptr_t)info.buf & (sizeof(float) - 1)) != 0) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("dot: %s is not 4-byte aligned"), name);
+    }
+    *len = info.len / sizeof(float);
+    return info.buf;
+}
+
+static mp_obj_t mcutrain_dot(mp_obj_t a_obj, mp_obj_t b_obj) {
+    size_t na, nb;
+    const float *a = float32_buffer(a_obj, "a", &na);
+    const float *b = float32_buffer(b_obj, "b", &nb);
+    if (na != nb) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("dot: lengths differ (%u and %u)"), (unsigned)na, (unsigned)nb);
+    }
+    return mp_obj_new_float((mp_float_t)mt_dot_f32(a, b, na));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(mcutrain_dot_obj, mcutrain_dot);
+
+static const mp_rom_map_elem_t mcutrain_module_globals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR__mcutrain) },
+    { MP_ROM_QSTR(MP_QSTR___version__), MP_ROM_PTR(&mcutrain_version_str_obj) },
+    { MP_ROM_QSTR(MP_QSTR_version), MP_ROM_PTR(&mcutrain_version_obj) },
+    { MP_ROM_QSTR(MP_QSTR_perf_counter), MP_ROM_PTR(&mcutrain_perf_counter_obj) },
+    { MP_ROM_QSTR(MP_QSTR_PERF_UNIT), MP_ROM_PTR(&mcutrain_perf_unit_str_obj) },
+    { MP_ROM_QSTR(MP_QSTR_dot), MP_ROM_PTR(&mcutrain_dot_obj) },
+};
+static MP_DEFINE_CONST_DICT(mcutrain_module_globals, mcutrain_module_globals_table);
+
+const mp_obj_module_t mcutrain_user_cmodule = {
+    .base = { &mp_type_module },
+    .globals = (mp_obj_dict_t *)&mcutrain_module_globals,
+};
+
+MP_REGISTER_MODULE(MP_QSTR__mcutrain, mcutrain_user_cmodule);
