@@ -13,8 +13,11 @@ void board_uart_write(const char *buf, size_t len);
 // Virtual time since reset, in ns. Under `-icount shift=0` one ns is one guest instruction.
 uint64_t board_time_ns(void);
 
-// Exact count of guest instructions executed since reset (under -icount shift=0).
+// Exact count of guest instructions executed since reset (under -icount
+// shift=0), as the call begins. Reading it may itself take a variable number of
+// instructions, so board_instructions_end() gives the count as it returns.
 uint64_t board_instructions(void);
+uint64_t board_instructions_end(void);
 
 // Sleep until any interrupt, or until time_ns reaches deadline_ns (0: no deadline).
 // Called with interrupts enabled; returns with them enabled.

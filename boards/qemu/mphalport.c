@@ -96,6 +96,10 @@ uint64_t mcutrain_board_perf_counter(void) {
     return board_instructions();
 }
 
+uint64_t mcutrain_board_perf_counter_end(void) {
+    return board_instructions_end();
+}
+
 uint32_t board_random_seed(void) {
     // Deterministic under -icount, like a board without a hardware RNG.
     return (uint32_t)board_instructions() ^ 0x6d637472u;

@@ -1,5 +1,6 @@
 // Cortex-M4F on QEMU mps2-an386: reset, vectors, CMSDK UART0 and timers.
 // Peripheral addresses and IRQ numbers are QEMU's hw/arm/mps2.c.
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 #include "board.h"
@@ -69,8 +70,104 @@ uint64_t board_time_ns(void) {
     return timer0_ticks() * NS_PER_TICK;
 }
 
+// Exact instruction counts from a 40-instruction timer (Vernier measurement).
+// edge_loops() polls TIMER0 in loops of 4 instructions across four timer edges,
+// with 7 instructions between one edge's detection and the next loop's first
+// read. The detection lag behind each edge, o, is 0..3 instructions and steps by
+// -1 (mod 4) from edge to edge; a loop takes 10 polls exactly when the lag at the
+// edge before it was 0, else 9. The pattern of poll counts thus gives the lag at
+// the first edge, and from it the instruction at which edge_loops() began.
+// Every instruction counts 1 under -icount, whatever its kind.
+#define EDGES (4)
+#define FIRST_POLL_OFFSET (3)   // instructions from entry to the first read
+#define POLL_PERIOD (4)
+
+__attribute__((naked, noinline)) static void edge_loops(volatile uint32_t *value, uint32_t *out) {
+    __asm volatile (
+        "ldr  r2, [r0]\n"
+        "movs r3, #0\n"
+        "1: adds r3, r3, #1\n"
+        "ldr  ip, [r0]\n"
+        "cmp  ip, r2\n"
+        "beq  1b\n"
+        "str  r3, [r1, #0]\n"
+        "mov  r2, ip\n"
+        "nop\n"
+        "2: adds r3, r3, #1\n"
+        "ldr  ip, [r0]\n"
+        "cmp  ip, r2\n"
+        "beq  2b\n"
+        "str  r3, [r1, #4]\n"
+        "mov  r2, ip\n"
+        "nop\n"
+        "3: adds r3, r3, #1\n"
+        "ldr  ip, [r0]\n"
+        "cmp  ip, r2\n"
+        "beq  3b\n"
+        "str  r3, [r1, #8]\n"
+        "mov  r2, ip\n"
+        "nop\n"
+        "4: adds r3, r3, #1\n"
+        "ldr  ip, [r0]\n"
+        "cmp  ip, r2\n"
+        "beq  4b\n"
+        "str  r3, [r1, #12]\n"
+        "str  ip, [r1, #16]\n"
+        "bx   lr\n"
+        );
+}
+
+// Lag at the first edge from the poll counts of the three loops after it, or -1
+// if they fit no lag (an interrupt or a timer wrap disturbed the loops). Lags
+// 0, 1, 2, 3 give the counts (10,9,9), (9,10,9), (9,9,10), (9,9,9). No
+// data-dependent branches: the code after board_instructions_end()'s mark must
+// take the same number of instructions every time.
+static int first_edge_lag(const uint32_t *polls) {
+    static const int8_t lag_by_pattern[8] = { 3, 0, 1, -1, 2, -1, -1, -1 };
+    uint32_t d1 = polls[1] - polls[0] - 9;
+    uint32_t d2 = polls[2] - polls[1] - 9;
+    uint32_t d3 = polls[3] - polls[2] - 9;
+    uint32_t valid = ((d1 | d2 | d3) >> 1) == 0;
+    int lag = lag_by_pattern[(d1 & 1) | (d2 & 1) << 1 | (d3 & 1) << 2];
+    return valid ? lag : -1;
+}
+
+// Instructions from entry to return of edge_loops(), given its total poll count.
+static uint32_t edge_loops_length(uint32_t polls) {
+    return 2 + POLL_PERIOD * polls + 3 * (EDGES - 1) + 3;
+}
+
+// Exact instruction count when edge_loops() began (*end: when it returned).
+static uint64_t measure_instructions(uint64_t *end) {
+    for (;;) {
+        uint32_t out[EDGES + 1];
+        uint32_t primask = irq_disable();
+        edge_loops(&TIMER0->VALUE, out);
+        bool wrapped = TIMER0->INTSTATUS & 1;
+        uint32_t wraps = timer0_wraps;
+        irq_restore(primask);
+        int lag = first_edge_lag(out);
+        if (wrapped || lag < 0) {
+            continue;  // the interrupt has run now; measure again
+        }
+        uint64_t last_edge = ((uint64_t)wraps << 32) | (0xffffffffu - out[EDGES]);
+        uint64_t first_edge = last_edge - (EDGES - 1);
+        uint64_t begin = first_edge * NS_PER_TICK + (uint64_t)lag
+            - FIRST_POLL_OFFSET - POLL_PERIOD * (uint64_t)(out[0] - 1);
+        *end = begin + edge_loops_length(out[EDGES - 1]);
+        return begin;
+    }
+}
+
 uint64_t board_instructions(void) {
-    return board_time_ns();
+    uint64_t end;
+    return measure_instructions(&end);
+}
+
+uint64_t board_instructions_end(void) {
+    uint64_t end;
+    measure_instructions(&end);
+    return end;
 }
 
 void board_uart_write(const char *buf, size_t len) {

@@ -1,0 +1,108 @@
+# mcutrain: firmware for three targets, host tools, tests.
+#   make setup      toolchains, emulators (apt) and the project venv (pip), pinned
+#   make demo       the main job: run examples/hello.py on the emulated Cortex-M4F
+#   make test       build everything and run the test suite
+#   make firmware   unix + qemu-m4f + qemu-rv32 firmware (also firmware-unix-san)
+# MICROPY_DIR=/path/to/micropython builds against your own MicroPython checkout
+# instead of the pinned Debian source.
+
+MICROPYTHON_DEB_VERSION := 1.25.0+ds-1
+MICROPYTHON_SUITE := trixie
+MICROPYTHON_VERSION := $(firstword $(subst +, ,$(MICROPYTHON_DEB_VERSION)))
+
+ROOT := $(CURDIR)
+CACHE := $(ROOT)/.cache
+BUILD := $(ROOT)/build
+VENV := $(ROOT)/.venv
+PYTHON ?= python3
+
+ifeq ($(MICROPY_DIR),)
+MICROPY_DIR := $(CACHE)/micropython-$(MICROPYTHON_VERSION)
+MICROPY_SOURCE := $(MICROPY_DIR)/.fetched-$(MICROPYTHON_DEB_VERSION)
+# The tarball has no git history: name the version ourselves.
+export MICROPY_GIT_TAG := v$(MICROPYTHON_VERSION)
+export MICROPY_GIT_HASH := debian-$(MICROPYTHON_DEB_VERSION)
+else
+override MICROPY_DIR := $(abspath $(MICROPY_DIR))
+MICROPY_SOURCE := $(MICROPY_DIR)/py/mpconfig.h
+endif
+
+APT_PACKAGES := build-essential xz-utils gcc-arm-none-eabi libnewlib-arm-none-eabi \
+	gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-arm qemu-system-misc
+
+MPY_CROSS := $(BUILD)/mpy-cross/mpy-cross
+# Shared by every firmware build: our user module, our device packages (also
+# standing in for the micropython-lib submodule that Debian's tarball leaves empty).
+FIRMWARE_ARGS := USER_C_MODULES=$(ROOT)/usermod MPY_LIB_DIR=$(ROOT)/micropython_lib \
+	MICROPY_MPYCROSS=$(MPY_CROSS) MICROPY_MPYCROSS_DEPENDENCY=
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: all setup apt-packages venv fetch firmware firmware-unix firmware-unix-san \
+	firmware-qemu-m4f firmware-qemu-rv32 test demo emulate clean distclean
+
+all: firmware
+
+setup: apt-packages venv
+
+apt-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian packages:" $$missing; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else \
+			echo "error: missing Debian packages. Run:"; \
+			echo "    sudo apt-get update && sudo apt-get install -y" $$missing; \
+			exit 1; \
+		fi; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: host/requirements.txt host/pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r host/requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -e host
+	touch $@
+
+fetch: $(MICROPY_SOURCE)
+
+$(CACHE)/micropython-$(MICROPYTHON_VERSION)/.fetched-$(MICROPYTHON_DEB_VERSION): tools/micropython.sha256
+	tools/fetch-micropython.sh $(MICROPYTHON_DEB_VERSION) $(MICROPYTHON_SUITE) \
+		tools/micropython.sha256 $(CACHE)/micropython-$(MICROPYTHON_VERSION)
+
+$(MPY_CROSS): $(MICROPY_SOURCE)
+	$(MAKE) -C $(MICROPY_DIR)/mpy-cross -j$(JOBS) BUILD=$(BUILD)/mpy-cross USER_C_MODULES=
+
+firmware: firmware-unix firmware-qemu-m4f firmware-qemu-rv32
+
+firmware-unix: $(MPY_CROSS)
+	$(MAKE) -C $(MICROPY_DIR)/ports/unix -j$(JOBS) $(FIRMWARE_ARGS) \
+		VARIANT_DIR=$(ROOT)/boards/unix BUILD=$(BUILD)/unix
+
+# ASan + UBSan build of the unix firmware, for kernel tests under sanitizers.
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+firmware-unix-san: $(MPY_CROSS)
+	$(MAKE) -C $(MICROPY_DIR)/ports/unix -j$(JOBS) $(FIRMWARE_ARGS) \
+		VARIANT_DIR=$(ROOT)/boards/unix BUILD=$(BUILD)/unix-san \
+		CFLAGS_EXTRA="$(SANITIZE) -DMICROPY_STACK_CHECK_MARGIN=8192" LDFLAGS_EXTRA="$(SANITIZE)"
+
+firmware-qemu-%: $(MPY_CROSS)
+	$(MAKE) -C boards/qemu -j$(JOBS) $(FIRMWARE_ARGS) BOARD=$* \
+		MICROPY_DIR=$(MICROPY_DIR) BUILD=$(BUILD)/qemu-$*
+
+test: setup firmware firmware-unix-san
+	$(VENV)/bin/python -m pytest -c tests/pytest.ini $(PYTEST_ARGS)
+
+demo: setup firmware-qemu-m4f
+	$(VENV)/bin/mcutrain run examples/hello.py --board qemu-m4f
+
+emulate: setup firmware-qemu-m4f
+	$(VENV)/bin/mcutrain emulate --board qemu-m4f
+
+clean:
+	rm -rf $(BUILD)
+
+distclean: clean
+	rm -rf $(CACHE) $(VENV)
