@@ -88,7 +88,9 @@ firmware-unix-san: $(MPY_CROSS)
 		VARIANT_DIR=$(ROOT)/boards/unix BUILD=$(BUILD)/unix-san \
 		CFLAGS_EXTRA="$(SANITIZE) -DMICROPY_STACK_CHECK_MARGIN=8192" LDFLAGS_EXTRA="$(SANITIZE)"
 
-firmware-qemu-%: $(MPY_CROSS)
+# A static pattern rule: make ignores plain pattern rules for .PHONY targets.
+QEMU_FIRMWARE := firmware-qemu-m4f firmware-qemu-rv32
+$(QEMU_FIRMWARE): firmware-qemu-%: $(MPY_CROSS)
 	$(MAKE) -C boards/qemu -j$(JOBS) $(FIRMWARE_ARGS) BOARD=$* \
 		MICROPY_DIR=$(MICROPY_DIR) BUILD=$(BUILD)/qemu-$*
 
