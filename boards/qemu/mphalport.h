@@ -1,3 +1,5 @@
+#include <stddef.h>
+
 #include "shared/runtime/interrupt_char.h"
 
 uint64_t board_instructions(void);
