@@ -1,0 +1,22 @@
+"""The emulated boards' flash: littlefs on a host file, mounted at /flash, kept across restarts."""
+
+from __future__ import annotations
+
+from mcutrain.emulator import FLASH_SIZE, Emulator
+
+
+def test_file_written_to_flash_survives_emulator_restart(emulated_board, tmp_path):
+    flash = tmp_path / "flash.img"
+    with Emulator(emulated_board, flash=flash) as emu:
+        assert flash.stat().st_size == FLASH_SIZE
+        out = emu.exec(
+            "import os\n"
+            "print(os.getcwd())\n"
+            "with open('/flash/persist.txt', 'w') as f: f.write('written before restart')"
+        )
+        assert out.strip() == "/flash"  # boot.py/main.py and scripts run from /flash
+        first_qemu = emu.command()
+
+        emu.restart()
+        assert emu.command() == first_qemu
+        assert emu.exec("print(open('/flash/persist.txt').read())") == "written before restart\n"
