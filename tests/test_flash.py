@@ -20,3 +20,20 @@ def test_file_written_to_flash_survives_emulator_restart(emulated_board, tmp_pat
         emu.restart()
         assert emu.command() == first_qemu
         assert emu.exec("print(open('/flash/persist.txt').read())") == "written before restart\n"
+
+
+def test_boot_py_and_main_py_run_from_flash_at_every_boot(emulated_board, tmp_path):
+    with Emulator(emulated_board, flash=tmp_path / "flash.img") as emu:
+        emu.exec(
+            "for name in ('boot', 'main'):\n"
+            "    with open(name + '.py', 'w') as f:\n"
+            "        f.write('open(%r, \"a\").write(\"x\")\\n' % ('ran_' + name + '.txt'))"
+        )
+        emu.restart()
+        out = emu.exec(
+            "import os\n"
+            "print(sorted(n for n in os.listdir() if n.startswith('ran_')),"
+            " open('ran_boot.txt').read().count('x') >= 1,"
+            " open('ran_main.txt').read().count('x') >= 1)"
+        )
+        assert out.strip() == "['ran_boot.txt', 'ran_main.txt'] True True"
