@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mcutrain.emulator import FLASH_SIZE, Emulator
+from mcutrain.runner import run_on
 
 
 def test_file_written_to_flash_survives_emulator_restart(emulated_board, tmp_path):
@@ -37,3 +38,22 @@ def test_boot_py_and_main_py_run_from_flash_at_every_boot(emulated_board, tmp_pa
             " open('ran_main.txt').read().count('x') >= 1)"
         )
         assert out.strip() == "['ran_boot.txt', 'ran_main.txt'] True True"
+
+
+def test_flash_block_device_rejects_out_of_range_access(emulated):
+    code = """
+import qemu
+flash = qemu.Flash()
+blocks = flash.ioctl(4, 0)
+buf = bytearray(16)
+for args in ((-1, buf), (0, buf, -4), (blocks, buf), (blocks - 1, buf, 4090), (0, None)):
+    try:
+        flash.readblocks(*args)
+    except (ValueError, TypeError) as e:
+        print(type(e).__name__, end=' ')
+flash.readblocks(blocks - 1, buf, 4080)  # the last 16 bytes are fine
+print(blocks)
+"""
+    out = run_on(emulated, code).split()
+    assert out[:5] == ["ValueError", "ValueError", "ValueError", "ValueError", "TypeError"]
+    assert int(out[5]) == 512  # the launcher's 2 MiB image in 4 KiB blocks

@@ -17,7 +17,8 @@ typedef struct _qemu_flash_obj_t {
 
 static qemu_flash_obj_t qemu_flash_obj = { { &qemu_flash_type }, -1, 0 };
 
-bool qemu_flash_open(void) {
+// Opens the flash image named on the emulator command line; false if there is none.
+static bool qemu_flash_open(void) {
     if (qemu_flash_obj.handle >= 0) {
         return true;
     }
@@ -51,15 +52,17 @@ static mp_obj_t qemu_flash_make_new(const mp_obj_type_t *type, size_t n_args, si
 static void qemu_flash_transfer(mp_obj_t block_num, mp_obj_t buf_in, size_t n_args, const mp_obj_t *offset, bool write) {
     mp_buffer_info_t buf;
     mp_get_buffer_raise(buf_in, &buf, write ? MP_BUFFER_READ : MP_BUFFER_WRITE);
-    uint32_t pos = (uint32_t)mp_obj_get_int(block_num) * FLASH_BLOCK_SIZE;
-    if (n_args == 3) {
-        pos += (uint32_t)mp_obj_get_int(offset[0]);
+    mp_int_t block = mp_obj_get_int(block_num);
+    mp_int_t block_offset = n_args == 3 ? mp_obj_get_int(offset[0]) : 0;
+    if (block < 0 || block_offset < 0) {
+        mp_raise_ValueError(MP_ERROR_TEXT("Flash: negative block or offset"));
     }
-    if ((uint64_t)pos + buf.len > (uint64_t)qemu_flash_obj.block_count * FLASH_BLOCK_SIZE) {
+    uint64_t pos = (uint64_t)block * FLASH_BLOCK_SIZE + (uint64_t)block_offset;
+    if (pos + buf.len > (uint64_t)qemu_flash_obj.block_count * FLASH_BLOCK_SIZE) {
         mp_raise_ValueError(MP_ERROR_TEXT("Flash: access beyond the end of the image"));
     }
     size_t left;
-    if (semihosting_seek(qemu_flash_obj.handle, pos) != 0) {
+    if (semihosting_seek(qemu_flash_obj.handle, (uint32_t)pos) != 0) {
         left = buf.len;
     } else if (write) {
         left = semihosting_write(qemu_flash_obj.handle, buf.buf, buf.len);

@@ -5,7 +5,4 @@
 
 extern const mp_obj_type_t qemu_flash_type;
 
-// Opens the flash image named on the emulator command line; false if there is none.
-bool qemu_flash_open(void);
-
 #endif
