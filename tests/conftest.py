@@ -120,3 +120,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="run all of MicroPython's tests/basics on the emulated boards, not the subset",
     )
+
+
+@pytest.fixture(scope="session")
+def kernels(tmp_path_factory: pytest.TempPathFactory):
+    """The C kernels as a host shared library (see kernel_lib.py)."""
+    from kernel_lib import build_kernels
+
+    return build_kernels(tmp_path_factory.mktemp("kernels"))

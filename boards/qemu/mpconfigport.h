@@ -21,6 +21,10 @@
 #define MICROPY_ENABLE_EMERGENCY_EXCEPTION_BUF (1)
 #define MICROPY_LONGINT_IMPL                (MICROPY_LONGINT_IMPL_MPZ)
 #define MICROPY_FLOAT_IMPL                  (MICROPY_FLOAT_IMPL_FLOAT)
+// Floats packed in the object word (30 bits: 2 fewer mantissa bits than fp32), as on
+// many small ports: float results such as train_step's loss then need no heap, so a
+// training step allocates nothing. Tensors keep full fp32.
+#define MICROPY_OBJ_REPR                    (MICROPY_OBJ_REPR_C)
 #define MICROPY_PERSISTENT_CODE_LOAD        (1)
 #define MICROPY_WARNINGS                    (1)
 #define MICROPY_ENABLE_SCHEDULER            (1)

@@ -4,6 +4,10 @@
 #include "py/objstr.h"
 #include "perf_counter.h"
 #include "kernels/dot_f32.h"
+#include "tensor.h"
+#include "layer.h"
+#include "loss.h"
+#include "random.h"
 
 #define MCUTRAIN_VERSION "0.1.0"
 
@@ -65,13 +69,59 @@ static mp_obj_t mcutrain_dot(mp_obj_t a_obj, mp_obj_t b_obj) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(mcutrain_dot_obj, mcutrain_dot);
 
+// seed(n): restarts the random numbers used for parameter initialization.
+static mp_obj_t mcutrain_seed(mp_obj_t seed) {
+    mt_random_seed((uint32_t)mp_obj_get_int_truncated(seed));
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(mcutrain_seed_obj, mcutrain_seed);
+
+// Runs at each first import after a (soft) reset: every script starts from seed 0.
+static mp_obj_t mcutrain_init(void) {
+    mt_random_seed(0);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_0(mcutrain_init_obj, mcutrain_init);
+
+extern const mp_obj_type_t mt_linear_type, mt_conv2d_type, mt_conv1d_type, mt_relu_type,
+    mt_relu6_type, mt_softmax_type, mt_maxpool2d_type, mt_avgpool2d_type, mt_global_avgpool_type,
+    mt_flatten_type, mt_batchnorm2d_type, mt_add_type, mt_sequential_type, mt_residual_type,
+    mt_sgd_type, mt_adam_type;
+extern const mp_obj_fun_builtin_var_t mt_zeros_obj, mt_frombuffer_obj;
+
 static const mp_rom_map_elem_t mcutrain_module_globals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR___init__), MP_ROM_PTR(&mcutrain_init_obj) },
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR__mcutrain) },
     { MP_ROM_QSTR(MP_QSTR___version__), MP_ROM_PTR(&mcutrain_version_str_obj) },
     { MP_ROM_QSTR(MP_QSTR_version), MP_ROM_PTR(&mcutrain_version_obj) },
     { MP_ROM_QSTR(MP_QSTR_perf_counter), MP_ROM_PTR(&mcutrain_perf_counter_obj) },
     { MP_ROM_QSTR(MP_QSTR_PERF_UNIT), MP_ROM_PTR(&mcutrain_perf_unit_str_obj) },
     { MP_ROM_QSTR(MP_QSTR_dot), MP_ROM_PTR(&mcutrain_dot_obj) },
+    { MP_ROM_QSTR(MP_QSTR_seed), MP_ROM_PTR(&mcutrain_seed_obj) },
+    { MP_ROM_QSTR(MP_QSTR_float32), MP_ROM_QSTR(MP_QSTR_float32) },
+    { MP_ROM_QSTR(MP_QSTR_float16), MP_ROM_QSTR(MP_QSTR_float16) },
+    { MP_ROM_QSTR(MP_QSTR_int8), MP_ROM_QSTR(MP_QSTR_int8) },
+    { MP_ROM_QSTR(MP_QSTR_Tensor), MP_ROM_PTR(&mt_tensor_type) },
+    { MP_ROM_QSTR(MP_QSTR_zeros), MP_ROM_PTR(&mt_zeros_obj) },
+    { MP_ROM_QSTR(MP_QSTR_frombuffer), MP_ROM_PTR(&mt_frombuffer_obj) },
+    { MP_ROM_QSTR(MP_QSTR_Linear), MP_ROM_PTR(&mt_linear_type) },
+    { MP_ROM_QSTR(MP_QSTR_Conv2d), MP_ROM_PTR(&mt_conv2d_type) },
+    { MP_ROM_QSTR(MP_QSTR_Conv1d), MP_ROM_PTR(&mt_conv1d_type) },
+    { MP_ROM_QSTR(MP_QSTR_ReLU), MP_ROM_PTR(&mt_relu_type) },
+    { MP_ROM_QSTR(MP_QSTR_ReLU6), MP_ROM_PTR(&mt_relu6_type) },
+    { MP_ROM_QSTR(MP_QSTR_Softmax), MP_ROM_PTR(&mt_softmax_type) },
+    { MP_ROM_QSTR(MP_QSTR_MaxPool2d), MP_ROM_PTR(&mt_maxpool2d_type) },
+    { MP_ROM_QSTR(MP_QSTR_AvgPool2d), MP_ROM_PTR(&mt_avgpool2d_type) },
+    { MP_ROM_QSTR(MP_QSTR_GlobalAvgPool), MP_ROM_PTR(&mt_global_avgpool_type) },
+    { MP_ROM_QSTR(MP_QSTR_Flatten), MP_ROM_PTR(&mt_flatten_type) },
+    { MP_ROM_QSTR(MP_QSTR_BatchNorm2d), MP_ROM_PTR(&mt_batchnorm2d_type) },
+    { MP_ROM_QSTR(MP_QSTR_Add), MP_ROM_PTR(&mt_add_type) },
+    { MP_ROM_QSTR(MP_QSTR_Sequential), MP_ROM_PTR(&mt_sequential_type) },
+    { MP_ROM_QSTR(MP_QSTR_Residual), MP_ROM_PTR(&mt_residual_type) },
+    { MP_ROM_QSTR(MP_QSTR_cross_entropy), MP_ROM_PTR(&mt_cross_entropy_obj) },
+    { MP_ROM_QSTR(MP_QSTR_mse), MP_ROM_PTR(&mt_mse_obj) },
+    { MP_ROM_QSTR(MP_QSTR_SGD), MP_ROM_PTR(&mt_sgd_type) },
+    { MP_ROM_QSTR(MP_QSTR_Adam), MP_ROM_PTR(&mt_adam_type) },
 };
 static MP_DEFINE_CONST_DICT(mcutrain_module_globals, mcutrain_module_globals_table);
 

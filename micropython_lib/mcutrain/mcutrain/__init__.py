@@ -1,4 +1,17 @@
 # mcutrain on the device: the C engine (_mcutrain) plus helpers that are easier in Python.
-from _mcutrain import dot, perf_counter, version, PERF_UNIT
+from _mcutrain import *  # noqa: F401,F403  Tensor, layers, losses, optimizers
+from _mcutrain import version
 
 __version__ = version()
+
+
+def fold_batchnorm(model):
+    """A copy of a Sequential for inference with each BatchNorm2d folded into the Conv2d,
+    Conv1d or Linear before it (their weights are changed in place)."""
+    layers = []
+    for layer in model:
+        if type(layer).__name__ == "BatchNorm2d" and layers and layers[-1].weight is not None:
+            layer.fold_into(layers[-1])
+        else:
+            layers.append(layer)
+    return Sequential(*layers)  # noqa: F405

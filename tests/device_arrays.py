@@ -1,0 +1,67 @@
+"""Exact float32 arrays to and from device scripts.
+
+Arrays travel as hex of their little-endian bytes, so nothing is lost to decimal printing or
+to the 30-bit floats of the emulated boards' object representation. A script built with
+`DeviceScript` prints one `@name hex` line per result; `run` parses them back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mcutrain.runner import run_on
+
+
+def tensor_expr(a: np.ndarray) -> str:
+    """MicroPython expression creating an mt.Tensor equal to `a` (float32, same shape)."""
+    data = np.ascontiguousarray(a, dtype="<f4")
+    return f"mt.Tensor(bytes.fromhex('{data.tobytes().hex()}'), {tuple(data.shape)!r})"
+
+
+def labels_expr(labels: np.ndarray) -> str:
+    return "[" + ", ".join(str(int(v)) for v in labels) + "]"
+
+
+class DeviceScript:
+    """A device script assembled from code lines; `emit` records tensors to send back."""
+
+    def __init__(self) -> None:
+        self.lines = ["import mcutrain as mt", "def _emit(name, t):",
+                      "    print('@' + name, bytes(memoryview(t)).hex())"]
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    def add(self, code: str) -> None:
+        self.lines.append(code)
+
+    def emit(self, name: str, expr: str, shape: tuple[int, ...]) -> None:
+        """Send back the float32 tensor `expr` (whose shape the host knows)."""
+        self.shapes[name] = tuple(shape)
+        self.lines.append(f"_emit({name!r}, {expr})")
+
+    def run(self, target, timeout: float = 120) -> dict[str, np.ndarray]:
+        out = run_on(target, "\n".join(self.lines), timeout=timeout)
+        results: dict[str, np.ndarray] = {}
+        for line in out.splitlines():
+            if line.startswith("@"):
+                name, _, data = line[1:].partition(" ")
+                results[name] = np.frombuffer(bytes.fromhex(data), dtype="<f4").reshape(self.shapes[name])
+        missing = set(self.shapes) - set(results)
+        assert not missing, f"device printed no {sorted(missing)}; output:\n{out}"
+        return results
+
+
+def assert_close_bilinear(got: np.ndarray, ref: np.ndarray, magnitude: np.ndarray, terms: int, what: str) -> None:
+    """Check an fp32 sum of `terms` products against a float64 reference.
+
+    Any fp32 summation order is within about terms * 2**-24 of the exact sum relative to the
+    sum of absolute terms (`magnitude`, the same computation on absolute values; Higham,
+    eq. 3.5); a factor 4 covers the rounding of inputs and products. 1e-30 keeps zero
+    magnitudes (padding-only outputs) from asking for exact zeros in a different sign.
+    """
+    u = 2.0**-24
+    bound = 4 * (terms + 2) * u * np.abs(magnitude) + 1e-30
+    err = np.abs(got.astype(np.float64) - ref)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert np.all(err <= bound), (
+        f"{what}: error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst} "
+        f"(got {got[worst]!r}, reference {ref[worst]!r})")

@@ -1,0 +1,158 @@
+#include <math.h>
+#include <stddef.h>
+
+#include "batchnorm_f32.h"
+
+// Per-channel scratch values for backward and eval live on the stack in blocks of this
+// many channels: small enough for any stack, wide enough that the inner loop over a
+// block of contiguous channels stays the hot one.
+#define CHANNEL_BLOCK 16
+
+void mt_batchnorm_f32_forward_train(const mt_batchnorm_params_t *p, const float *x,
+    const float *gamma, const float *beta, float *y, float *mean, float *inv_std,
+    float *running_mean, float *running_var) {
+    const int rows = p->rows, c_n = p->channels;
+    if (rows <= 0) {
+        return;
+    }
+    const float inv_rows = 1.0f / (float)rows;
+
+    // Two passes (mean, then squared deviations) rather than sum and sum of squares:
+    // the one-pass formula cancels catastrophically when |mean| >> std.
+    // mean and inv_std double as the per-channel accumulators.
+    for (int c = 0; c < c_n; c++) {
+        mean[c] = 0.0f;
+        inv_std[c] = 0.0f;
+    }
+    const float *xr = x;
+    for (int r = 0; r < rows; r++, xr += c_n) {
+        for (int c = 0; c < c_n; c++) {
+            mean[c] += xr[c];
+        }
+    }
+    for (int c = 0; c < c_n; c++) {
+        mean[c] *= inv_rows;
+    }
+    xr = x;
+    for (int r = 0; r < rows; r++, xr += c_n) {
+        for (int c = 0; c < c_n; c++) {
+            float d = xr[c] - mean[c];
+            inv_std[c] += d * d;
+        }
+    }
+
+    const float m = p->momentum;
+    // Bessel's correction for the running estimate, as PyTorch does.
+    const float unbias = rows > 1 ? (float)rows / (float)(rows - 1) : 0.0f;
+    for (int c = 0; c < c_n; c++) {
+        float var = inv_std[c] * inv_rows;
+        running_mean[c] = (1.0f - m) * running_mean[c] + m * mean[c];
+        if (rows > 1) {
+            running_var[c] = (1.0f - m) * running_var[c] + m * (var * unbias);
+        }
+        inv_std[c] = 1.0f / sqrtf(var + p->eps);
+    }
+
+    // Elementwise in x, so y may alias x.
+    const float *xi = x;
+    for (int r = 0; r < rows; r++, xi += c_n, y += c_n) {
+        for (int c = 0; c < c_n; c++) {
+            y[c] = (xi[c] - mean[c]) * (inv_std[c] * gamma[c]) + beta[c];
+        }
+    }
+}
+
+void mt_batchnorm_f32_forward_eval(const mt_batchnorm_params_t *p, const float *x,
+    const float *gamma, const float *beta, const float *running_mean, const float *running_var,
+    float *y) {
+    const int rows = p->rows, c_n = p->channels;
+    float scale[CHANNEL_BLOCK], shift[CHANNEL_BLOCK];
+    for (int c0 = 0; c0 < c_n; c0 += CHANNEL_BLOCK) {
+        const int block = c_n - c0 < CHANNEL_BLOCK ? c_n - c0 : CHANNEL_BLOCK;
+        // One sqrt and divide per channel, not per element.
+        for (int j = 0; j < block; j++) {
+            int c = c0 + j;
+            scale[j] = gamma[c] / sqrtf(running_var[c] + p->eps);
+            shift[j] = beta[c] - running_mean[c] * scale[j];
+        }
+        const float *xr = x + c0;
+        float *yr = y + c0;
+        for (int r = 0; r < rows; r++, xr += c_n, yr += c_n) {
+            for (int j = 0; j < block; j++) {
+                yr[j] = xr[j] * scale[j] + shift[j];
+            }
+        }
+    }
+}
+
+// With xhat = (x - mean) * inv_std and N = rows, the training-mode gradient (through the
+// batch mean and variance) is
+//   dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
+//   dgamma = sum(dy * xhat), dbeta = sum(dy)
+// (Ioffe & Szegedy 2015, section 3, simplified).
+void mt_batchnorm_f32_backward(const mt_batchnorm_params_t *p, const float *x, const float *dy,
+    const float *gamma, const float *mean, const float *inv_std, float *dx, float alpha,
+    float *dgamma, float *dbeta) {
+    const int rows = p->rows, c_n = p->channels;
+    if (rows <= 0) {
+        return;
+    }
+    const float inv_rows = 1.0f / (float)rows;
+    float sum_dy[CHANNEL_BLOCK], sum_dy_xhat[CHANNEL_BLOCK], dx_scale[CHANNEL_BLOCK];
+    for (int c0 = 0; c0 < c_n; c0 += CHANNEL_BLOCK) {
+        const int block = c_n - c0 < CHANNEL_BLOCK ? c_n - c0 : CHANNEL_BLOCK;
+        const float *mu = mean + c0, *is = inv_std + c0;
+        for (int j = 0; j < block; j++) {
+            sum_dy[j] = 0.0f;
+            sum_dy_xhat[j] = 0.0f;
+            // Read gamma before dgamma is written: a fused optimizer passes dgamma == gamma.
+            dx_scale[j] = gamma[c0 + j] * is[j];
+        }
+        const float *xr = x + c0, *dyr = dy + c0;
+        for (int r = 0; r < rows; r++, xr += c_n, dyr += c_n) {
+            for (int j = 0; j < block; j++) {
+                sum_dy[j] += dyr[j];
+                sum_dy_xhat[j] += dyr[j] * ((xr[j] - mu[j]) * is[j]);
+            }
+        }
+        for (int j = 0; j < block; j++) {
+            if (dgamma) {
+                dgamma[c0 + j] += alpha * sum_dy_xhat[j];
+            }
+            if (dbeta) {
+                dbeta[c0 + j] += alpha * sum_dy[j];
+            }
+        }
+        if (!dx) {
+            continue;
+        }
+        // Reuse the buffers as the per-channel means the dx formula needs.
+        for (int j = 0; j < block; j++) {
+            sum_dy[j] *= inv_rows;
+            sum_dy_xhat[j] *= inv_rows;
+        }
+        xr = x + c0;
+        dyr = dy + c0;
+        float *dxr = dx + c0;
+        // dy[i] is read before dx[i] is written, so dx may alias dy.
+        for (int r = 0; r < rows; r++, xr += c_n, dyr += c_n, dxr += c_n) {
+            for (int j = 0; j < block; j++) {
+                float xhat = (xr[j] - mu[j]) * is[j];
+                dxr[j] = dx_scale[j] * (dyr[j] - sum_dy[j] - xhat * sum_dy_xhat[j]);
+            }
+        }
+    }
+}
+
+void mt_batchnorm_f32_fold(const mt_batchnorm_params_t *p, const float *gamma, const float *beta,
+    const float *running_mean, const float *running_var, float *weight, int row_len, float *bias) {
+    // gamma * (W x + b - mean) / std + beta  ==  (W * s) x + (b - mean) * s + beta
+    for (int c = 0; c < p->channels; c++) {
+        float scale = gamma[c] / sqrtf(running_var[c] + p->eps);
+        float *w = weight + (size_t)c * (size_t)row_len;
+        for (int i = 0; i < row_len; i++) {
+            w[i] *= scale;
+        }
+        bias[c] = (bias[c] - running_mean[c]) * scale + beta[c];
+    }
+}

@@ -1,0 +1,699 @@
+// The layer protocol's shared half: planning, parameter gradients, and the methods
+// every layer has (forward, backward, train_step, predict, evaluate, memory, ...).
+#include <math.h>
+#include <string.h>
+
+#include "py/runtime.h"
+#include "py/objtype.h"
+#include "layer.h"
+#include "loss.h"
+#include "optim.h"
+#include "random.h"
+#include "kernels/activation_f32.h"
+
+const mt_layer_ops_t *mt_layer_ops(const mt_layer_obj_t *layer) {
+    return MP_OBJ_TYPE_GET_SLOT(layer->base.type, protocol);
+}
+
+static bool is_layer(mp_obj_t obj) {
+    if (!mp_obj_is_obj(obj)) {
+        return false;
+    }
+    const mp_obj_type_t *type = ((mp_obj_base_t *)MP_OBJ_TO_PTR(obj))->type;
+    if (!MP_OBJ_TYPE_HAS_SLOT(type, protocol)) {
+        return false;
+    }
+    const mt_layer_ops_t *ops = MP_OBJ_TYPE_GET_SLOT(type, protocol);
+    return ops->magic == MT_LAYER_MAGIC;
+}
+
+mt_layer_obj_t *mt_layer_get(mp_obj_t obj, const char *what) {
+    if (!is_layer(obj)) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%s must be a layer, not %s"), what,
+            mp_obj_get_type_str(obj));
+    }
+    return MP_OBJ_TO_PTR(obj);
+}
+
+qstr mt_layer_name(const mt_layer_obj_t *layer) {
+    return layer->base.type->name;
+}
+
+void mt_layer_init(mt_layer_obj_t *layer) {
+    layer->in_shape.ndim = 0;
+    layer->out_shape.ndim = 0;
+    layer->planned = false;
+    layer->trainable = true;
+    layer->in_place = false;
+    layer->weight = NULL;
+    layer->bias = NULL;
+    layer->output = NULL;
+    layer->state_bytes = 0;
+    layer->last_input = MP_OBJ_NULL;
+    layer->input_grad = NULL;
+    layer->output_grad = NULL;
+    layer->scratch = NULL;
+    layer->scratch_floats = 0;
+    layer->labels = NULL;
+    layer->extra_params[0] = NULL;
+    layer->extra_params[1] = NULL;
+}
+
+mt_tensor_obj_t *mt_layer_new_param(const mt_shape_t *shape, int fan_in, const char *what) {
+    mt_tensor_obj_t *t = mt_tensor_new(shape, MT_FLOAT32, what);
+    float bound = 1.0f / sqrtf((float)fan_in);
+    float *w = mt_tensor_f32(t);
+    for (size_t i = 0; i < t->size; i++) {
+        w[i] = bound * (2.0f * mt_random_uniform() - 1.0f);
+    }
+    return t;
+}
+
+NORETURN void mt_layer_raise_shape(const mt_layer_obj_t *layer, const char *msg, const mt_shape_t *in) {
+    char buf[64];
+    mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q: %s (input shape %s)"),
+        mt_layer_name(layer), msg, mt_shape_str(in, buf, sizeof(buf)));
+}
+
+NORETURN void mt_layer_raise_expects(const mt_layer_obj_t *layer, const char *fmt, int n, const mt_shape_t *in) {
+    char buf[64];
+    vstr_t msg;
+    vstr_init(&msg, 64);
+    vstr_printf(&msg, fmt, n);
+    mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q: %s (input shape %s)"),
+        mt_layer_name(layer), vstr_null_terminated_str(&msg), mt_shape_str(in, buf, sizeof(buf)));
+}
+
+void mt_parse_pair(mp_obj_t obj, int *h, int *w, const char *what, int min) {
+    mp_int_t a, b;
+    if (mp_obj_is_int(obj)) {
+        a = b = mp_obj_get_int(obj);
+    } else if (mp_obj_is_type(obj, &mp_type_tuple) || mp_obj_is_type(obj, &mp_type_list)) {
+        size_t n;
+        mp_obj_t *items;
+        mp_obj_get_array(obj, &n, &items);
+        if (n != 2) {
+            mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%s must be an int or an (h, w) pair"), what);
+        }
+        a = mp_obj_get_int(items[0]);
+        b = mp_obj_get_int(items[1]);
+    } else {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%s must be an int or an (h, w) pair, not %s"),
+            what, mp_obj_get_type_str(obj));
+    }
+    if (a < min || b < min || a > 0xffff || b > 0xffff) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%s must be >= %d, not (%d, %d)"), what,
+            min, (int)a, (int)b);
+    }
+    *h = (int)a;
+    *w = (int)b;
+}
+
+/******************************************************************************/
+// Tree walks
+
+static size_t layer_children(const mt_layer_obj_t *layer, mt_layer_obj_t *const **children) {
+    const mt_layer_ops_t *ops = mt_layer_ops(layer);
+    if (ops->children == NULL) {
+        *children = NULL;
+        return 0;
+    }
+    return ops->children(layer, children);
+}
+
+bool mt_layer_has_trainable(const mt_layer_obj_t *layer) {
+    mt_layer_obj_t *const *children;
+    size_t n = layer_children(layer, &children);
+    if (n) {
+        for (size_t i = 0; i < n; i++) {
+            if (mt_layer_has_trainable(children[i])) {
+                return true;
+            }
+        }
+        return false;
+    }
+    return layer->trainable && (layer->weight != NULL || layer->bias != NULL);
+}
+
+uint8_t mt_layer_input_ndim(const mt_layer_obj_t *layer) {
+    mt_layer_obj_t *const *children;
+    size_t n = layer_children(layer, &children);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t d = mt_layer_input_ndim(children[i]);
+        if (d) {
+            return d;
+        }
+        if (!(mt_layer_ops(children[i])->flags & (MT_LAYER_VIEW | MT_LAYER_MAY_RUN_IN_PLACE))) {
+            break;  // past a shape-changing layer the first dims say nothing about the input
+        }
+    }
+    return n ? 0 : mt_layer_ops(layer)->input_ndim;
+}
+
+bool mt_layer_output_needed(const mt_layer_obj_t *layer) {
+    const mt_layer_ops_t *ops = mt_layer_ops(layer);
+    // Composite outputs belong to their last child, views to someone else: keep them.
+    return (ops->flags & (MT_LAYER_NEEDS_OUTPUT | MT_LAYER_COMPOSITE | MT_LAYER_VIEW)) || layer->in_place;
+}
+
+size_t mt_layer_scratch_floats(const mt_layer_obj_t *layer) {
+    const mt_layer_ops_t *ops = mt_layer_ops(layer);
+    size_t floats = ops->scratch_floats ? ops->scratch_floats(layer) : 0;
+    mt_layer_obj_t *const *children;
+    size_t n = layer_children(layer, &children);
+    for (size_t i = 0; i < n; i++) {
+        size_t c = mt_layer_scratch_floats(children[i]);
+        floats = c > floats ? c : floats;
+    }
+    return floats;
+}
+
+uint64_t mt_layer_macs(const mt_layer_obj_t *layer, mt_macs_kind_t kind, bool need_dx) {
+    const mt_layer_ops_t *ops = mt_layer_ops(layer);
+    if (ops->flags & MT_LAYER_COMPOSITE) {
+        return ops->macs(layer, kind, need_dx);
+    }
+    if (kind == MT_MACS_GRAD_INPUT && !need_dx) {
+        return 0;
+    }
+    if (kind == MT_MACS_GRAD_WEIGHT && !mt_layer_has_trainable(layer)) {
+        return 0;
+    }
+    return ops->macs ? ops->macs(layer, kind, need_dx) : 0;
+}
+
+/******************************************************************************/
+// Planning and running
+
+void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, bool may_share) {
+    const mt_layer_ops_t *ops = mt_layer_ops(layer);
+    // An output buffer of the layer's own can be reused if the shape stays.
+    bool owns_output = layer->output != NULL && !layer->in_place
+        && !(ops->flags & (MT_LAYER_VIEW | MT_LAYER_COMPOSITE));
+    layer->planned = false;
+    layer->state_bytes = 0;
+    if (ops->input_ndim && in->ndim != ops->input_ndim) {
+        mt_layer_raise_expects(layer, "expects %d dimensions (batch first)", ops->input_ndim, in);
+    }
+    layer->in_shape = *in;
+    ops->plan(layer, in);
+    if (ops->flags & MT_LAYER_COMPOSITE) {
+        // plan() set output to the child that produces it.
+    } else if ((ops->flags & MT_LAYER_VIEW) || ((ops->flags & MT_LAYER_MAY_RUN_IN_PLACE) && may_share)) {
+        layer->in_place = !(ops->flags & MT_LAYER_VIEW);
+        layer->output = mt_tensor_view(&layer->out_shape, MT_FLOAT32, NULL, MP_OBJ_NULL);
+    } else {
+        layer->in_place = false;
+        if (!owns_output || !mt_shape_equal(&layer->output->shape, &layer->out_shape)) {
+            layer->output = mt_tensor_new(&layer->out_shape, MT_FLOAT32, qstr_str(mt_layer_name(layer)));
+        }
+    }
+    layer->planned = true;
+}
+
+void mt_layer_forward(mt_layer_obj_t *layer, const float *x, const mt_pass_t *pass) {
+    const mt_layer_ops_t *ops = mt_layer_ops(layer);
+    if (layer->in_place || (ops->flags & MT_LAYER_VIEW)) {
+        layer->output->data = (void *)x;
+    }
+    ops->forward(layer, x, pass);
+}
+
+float *mt_grad_begin(const mt_pass_t *pass, mt_tensor_obj_t *param, float *alpha) {
+    if (pass->optim != NULL) {
+        return pass->optim->ops->grad_begin(pass->optim, param, alpha);
+    }
+    // Plain backward: the gradient of this call, in .grad (allocated before the pass).
+    mt_tensor_obj_t *grad = MP_OBJ_TO_PTR(param->grad);
+    memset(grad->data, 0, grad->size * sizeof(float));
+    *alpha = 1.0f;
+    return mt_tensor_f32(grad);
+}
+
+void mt_grad_end(const mt_pass_t *pass, mt_tensor_obj_t *param) {
+    if (pass->optim != NULL) {
+        pass->optim->ops->grad_end(pass->optim, param);
+    }
+}
+
+/******************************************************************************/
+// Top-level use: any layer can be a model.
+
+// The input shape a call sees, adding a batch of one where the layer wants one more dim.
+static void input_shape(mt_layer_obj_t *self, const mt_tensor_obj_t *x, mt_shape_t *shape) {
+    *shape = x->shape;
+    uint8_t want = mt_layer_input_ndim(self);
+    if (want && shape->ndim == want - 1) {
+        for (int i = shape->ndim; i > 0; i--) {
+            shape->dim[i] = shape->dim[i - 1];
+        }
+        shape->dim[0] = 1;
+        shape->ndim++;
+    }
+}
+
+// Plans the whole tree for `in` unless already planned for it. If anything fails
+// (a shape error, MemoryError), the layer is left unplanned and the next call retries.
+static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in) {
+    if (self->planned && mt_shape_equal(&self->in_shape, in)) {
+        return;
+    }
+    self->planned = false;
+    self->scratch = NULL;
+    self->input_grad = NULL;
+    self->output_grad = NULL;
+    self->labels = NULL;
+    mt_layer_plan(self, in, false);
+    self->planned = false;
+    size_t scratch = mt_layer_scratch_floats(self);
+    if (scratch) {
+        self->scratch = m_malloc_maybe(scratch * sizeof(float));
+        if (self->scratch == NULL) {
+            mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("%q: cannot allocate %u bytes of scratch"),
+                mt_layer_name(self), (unsigned)(scratch * sizeof(float)));
+        }
+    }
+    self->scratch_floats = scratch;
+    self->output_grad = mt_tensor_new(&self->out_shape, MT_FLOAT32, "output gradient");
+    int batch = self->out_shape.dim[0];
+    self->labels = m_malloc_maybe(batch * sizeof(int32_t));
+    if (self->labels == NULL) {
+        mp_raise_msg(&mp_type_MemoryError, MP_ERROR_TEXT("cannot allocate labels"));
+    }
+    self->planned = true;
+}
+
+static mt_tensor_obj_t *prepare_input(mt_layer_obj_t *self, mp_obj_t x_in, const char *what) {
+    mt_tensor_obj_t *x = mt_tensor_get_f32(x_in, what);
+    mt_shape_t shape;
+    input_shape(self, x, &shape);
+    plan_top(self, &shape);
+    return x;
+}
+
+static void run_forward(mt_layer_obj_t *self, mt_tensor_obj_t *x, bool training) {
+    mt_pass_t pass = { .training = training, .scratch = self->scratch, .optim = NULL };
+    self->last_input = MP_OBJ_FROM_PTR(x);
+    mt_layer_forward(self, mt_tensor_f32(x), &pass);
+}
+
+// Allocates .grad for every trainable parameter that lacks one (plain backward only).
+static void ensure_grads(mt_layer_obj_t *layer) {
+    mt_layer_obj_t *const *children;
+    size_t n = layer_children(layer, &children);
+    for (size_t i = 0; i < n; i++) {
+        ensure_grads(children[i]);
+    }
+    if (n == 0 && layer->trainable) {
+        mt_tensor_obj_t *params[] = { layer->weight, layer->bias };
+        for (size_t i = 0; i < 2; i++) {
+            if (params[i] != NULL && params[i]->grad == mp_const_none) {
+                params[i]->grad = MP_OBJ_FROM_PTR(mt_tensor_new(&params[i]->shape, MT_FLOAT32, "grad"));
+            }
+        }
+    }
+}
+
+// forward(x, training=True) -> output Tensor (planned once per input shape, reused).
+static mp_obj_t layer_forward(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_x, ARG_training };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_x, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_training, MP_ARG_BOOL, {.u_bool = true} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mt_layer_obj_t *self = mt_layer_get(pos_args[0], "self");
+    mt_tensor_obj_t *x = prepare_input(self, args[ARG_x].u_obj, "forward: x");
+    run_forward(self, x, args[ARG_training].u_bool);
+    return MP_OBJ_FROM_PTR(self->output);
+}
+static MP_DEFINE_CONST_FUN_OBJ_KW(layer_forward_obj, 2, layer_forward);
+
+// backward(dy) -> input gradient Tensor; writes the parameters' .grad.
+static mp_obj_t layer_backward(mp_obj_t self_in, mp_obj_t dy_in) {
+    mt_layer_obj_t *self = mt_layer_get(self_in, "self");
+    if (!self->planned || self->last_input == MP_OBJ_NULL) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: call forward first"),
+            mt_layer_name(self));
+    }
+    mt_tensor_obj_t *dy = mt_tensor_get_f32(dy_in, "backward: dy");
+    if (dy->size != self->output->size) {
+        char a[64], b[64];
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: dy has shape %s, the output %s"),
+            mt_layer_name(self), mt_shape_str(&dy->shape, a, sizeof(a)), mt_shape_str(&self->out_shape, b, sizeof(b)));
+    }
+    mt_tensor_obj_t *x = MP_OBJ_TO_PTR(self->last_input);
+    if (self->input_grad == NULL) {
+        self->input_grad = mt_tensor_new(&x->shape, MT_FLOAT32, "input gradient");
+    }
+    ensure_grads(self);
+    mt_pass_t pass = { .training = true, .scratch = self->scratch, .optim = NULL };
+    mt_layer_ops(self)->backward(self, mt_tensor_f32(x), mt_tensor_f32(dy), mt_tensor_f32(self->input_grad), &pass);
+    return MP_OBJ_FROM_PTR(self->input_grad);
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(layer_backward_obj, layer_backward);
+
+static void check_loss_output(mt_layer_obj_t *self, const mt_loss_obj_t *loss) {
+    if (loss->takes_labels && self->out_shape.ndim != 2) {
+        char buf[64];
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%q: cross_entropy needs (batch, classes) outputs, the model gives %s"),
+            mt_layer_name(self), mt_shape_str(&self->out_shape, buf, sizeof(buf)));
+    }
+}
+
+// train_step(x, y, loss, opt) -> loss: forward, loss, backward and update, allocating nothing.
+static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
+    mt_layer_obj_t *self = mt_layer_get(args[0], "self");
+    const mt_loss_obj_t *loss = mt_loss_get(args[3]);
+    mt_optim_obj_t *optim = mt_optim_get(args[4]);
+    mt_tensor_obj_t *x = prepare_input(self, args[1], "train_step: x");
+    check_loss_output(self, loss);
+    run_forward(self, x, true);
+    float value = loss->compute(self->output, args[2], mt_tensor_f32(self->output_grad), self->labels);
+    if (mt_layer_has_trainable(self)) {
+        optim->ops->step_begin(optim);
+        mt_pass_t pass = { .training = true, .scratch = self->scratch, .optim = optim };
+        mt_layer_ops(self)->backward(self, mt_tensor_f32(x), mt_tensor_f32(self->output_grad), NULL, &pass);
+    }
+    return mp_obj_new_float_from_f(value);
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_train_step_obj, 5, 5, layer_train_step);
+
+// predict(x) -> output Tensor, inference mode (BatchNorm uses running statistics).
+static mp_obj_t layer_predict(mp_obj_t self_in, mp_obj_t x_in) {
+    mt_layer_obj_t *self = mt_layer_get(self_in, "self");
+    mt_tensor_obj_t *x = prepare_input(self, x_in, "predict: x");
+    run_forward(self, x, false);
+    return MP_OBJ_FROM_PTR(self->output);
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(layer_predict_obj, layer_predict);
+
+// evaluate(x, y, loss=cross_entropy) -> (mean loss, accuracy) on one batch.
+static mp_obj_t layer_evaluate(size_t n_args, const mp_obj_t *args) {
+    mt_layer_obj_t *self = mt_layer_get(args[0], "self");
+    const mt_loss_obj_t *loss = mt_loss_get(n_args > 3 ? args[3] : MP_OBJ_FROM_PTR(&mt_cross_entropy_obj));
+    mt_tensor_obj_t *x = prepare_input(self, args[1], "evaluate: x");
+    check_loss_output(self, loss);
+    run_forward(self, x, false);
+    float value = loss->compute(self->output, args[2], mt_tensor_f32(self->output_grad), self->labels);
+    mp_obj_t accuracy = mp_const_none;
+    if (loss->takes_labels) {
+        int rows = self->out_shape.dim[0], classes = self->out_shape.dim[1];
+        const float *out = mt_tensor_f32(self->output);
+        int correct = 0;
+        for (int r = 0; r < rows; r++) {
+            int best = 0;
+            for (int c = 1; c < classes; c++) {
+                if (out[r * classes + c] > out[r * classes + best]) {
+                    best = c;
+                }
+            }
+            correct += best == self->labels[r];
+        }
+        accuracy = mp_obj_new_float_from_f((float)correct / (float)rows);
+    }
+    mp_obj_t items[2] = { mp_obj_new_float_from_f(value), accuracy };
+    return mp_obj_new_tuple(2, items);
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_evaluate_obj, 3, 4, layer_evaluate);
+
+/******************************************************************************/
+// Introspection: parameters, state_dict, memory, macs, config
+
+// Dicts users read (state_dict, memory, macs, config) keep their insertion order.
+mp_obj_t mt_new_ordered_dict(size_t n) {
+    mp_obj_t dict = mp_obj_new_dict(n);
+    mp_obj_dict_get_map(dict)->is_ordered = 1;
+    return dict;
+}
+
+static const qstr param_names[] = { MP_QSTR_weight, MP_QSTR_bias, MP_QSTR_running_mean, MP_QSTR_running_var };
+
+static mt_tensor_obj_t *layer_param(const mt_layer_obj_t *layer, size_t i) {
+    return i == 0 ? layer->weight : i == 1 ? layer->bias : layer->extra_params[i - 2];
+}
+
+// Children's name prefixes: Residual names them body/shortcut, Sequential by index.
+static qstr child_name(const mt_layer_obj_t *layer, size_t i);
+
+static void collect_params(const mt_layer_obj_t *layer, mp_obj_t list, mp_obj_t dict, vstr_t *prefix) {
+    mt_layer_obj_t *const *children;
+    size_t n = layer_children(layer, &children);
+    size_t len = prefix->len;
+    for (size_t i = 0; i < n; i++) {
+        if (children[i] == NULL) {
+            continue;
+        }
+        qstr name = child_name(layer, i);
+        if (name != MP_QSTRnull) {
+            vstr_printf(prefix, "%q.", name);
+        } else {
+            vstr_printf(prefix, "%u.", (unsigned)i);
+        }
+        collect_params(children[i], list, dict, prefix);
+        prefix->len = len;
+    }
+    for (size_t i = 0; i < MP_ARRAY_SIZE(param_names); i++) {
+        mt_tensor_obj_t *p = layer_param(layer, i);
+        if (p == NULL) {
+            continue;
+        }
+        if (list != MP_OBJ_NULL && i < 2) {
+            mp_obj_list_append(list, MP_OBJ_FROM_PTR(p));
+        }
+        if (dict != MP_OBJ_NULL) {
+            vstr_printf(prefix, "%q", param_names[i]);
+            mp_obj_dict_store(dict, mp_obj_new_str(prefix->buf, prefix->len), MP_OBJ_FROM_PTR(p));
+            prefix->len = len;
+        }
+    }
+}
+
+// parameters() -> list of weight and bias Tensors, in order.
+static mp_obj_t layer_parameters(mp_obj_t self_in) {
+    mp_obj_t list = mp_obj_new_list(0, NULL);
+    vstr_t prefix;
+    vstr_init(&prefix, 16);
+    collect_params(mt_layer_get(self_in, "self"), list, MP_OBJ_NULL, &prefix);
+    return list;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(layer_parameters_obj, layer_parameters);
+
+// state_dict() -> {"0.weight": Tensor, ...}: the live tensors, PyTorch-style names.
+static mp_obj_t layer_state_dict(mp_obj_t self_in) {
+    mp_obj_t dict = mt_new_ordered_dict(0);
+    vstr_t prefix;
+    vstr_init(&prefix, 16);
+    collect_params(mt_layer_get(self_in, "self"), MP_OBJ_NULL, dict, &prefix);
+    return dict;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(layer_state_dict_obj, layer_state_dict);
+
+// load_state_dict(d): copies each entry into the matching tensor; names and sizes must match.
+static mp_obj_t layer_load_state_dict(mp_obj_t self_in, mp_obj_t src) {
+    mp_obj_t own = layer_state_dict(self_in);
+    mp_map_t *own_map = mp_obj_dict_get_map(own);
+    if (!mp_obj_is_type(src, &mp_type_dict)) {
+        mp_raise_TypeError(MP_ERROR_TEXT("load_state_dict: need a dict"));
+    }
+    mp_map_t *src_map = mp_obj_dict_get_map(src);
+    // Check everything first, so a bad entry leaves the model unchanged.
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < own_map->alloc; i++) {
+            if (!mp_map_slot_is_filled(own_map, i)) {
+                continue;
+            }
+            mp_map_elem_t *e = mp_map_lookup(src_map, own_map->table[i].key, MP_MAP_LOOKUP);
+            if (e == NULL) {
+                mp_raise_msg_varg(&mp_type_KeyError, MP_ERROR_TEXT("load_state_dict: missing %s"),
+                    mp_obj_str_get_str(own_map->table[i].key));
+            }
+            mt_tensor_obj_t *dst = MP_OBJ_TO_PTR(own_map->table[i].value);
+            mp_buffer_info_t info;
+            if (!mp_get_buffer(e->value, &info, MP_BUFFER_READ) || info.len != dst->size * mt_dtype_size(dst->dtype)) {
+                mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("load_state_dict: %s needs %u bytes"),
+                    mp_obj_str_get_str(own_map->table[i].key), (unsigned)(dst->size * mt_dtype_size(dst->dtype)));
+            }
+            if (pass == 1) {
+                memmove(dst->data, info.buf, info.len);
+            }
+        }
+    }
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(layer_load_state_dict_obj, layer_load_state_dict);
+
+typedef struct {
+    size_t weights, gradients, optimizer, activations;
+} memory_use_t;
+
+static void add_memory(const mt_layer_obj_t *layer, memory_use_t *use) {
+    const mt_layer_ops_t *ops = mt_layer_ops(layer);
+    mt_layer_obj_t *const *children;
+    size_t n = layer_children(layer, &children);
+    for (size_t i = 0; i < n; i++) {
+        if (children[i] != NULL) {
+            add_memory(children[i], use);
+        }
+    }
+    for (size_t i = 0; i < MP_ARRAY_SIZE(param_names); i++) {
+        mt_tensor_obj_t *p = layer_param(layer, i);
+        if (p == NULL) {
+            continue;
+        }
+        use->weights += p->size * mt_dtype_size(p->dtype);
+        if (p->grad != mp_const_none) {
+            use->gradients += ((mt_tensor_obj_t *)MP_OBJ_TO_PTR(p->grad))->size * sizeof(float);
+        }
+        if (p->opt_state != MP_OBJ_NULL) {
+            use->optimizer += ((mt_tensor_obj_t *)MP_OBJ_TO_PTR(p->opt_state))->size * sizeof(float);
+        }
+    }
+    if (ops->grad_bytes != NULL) {
+        use->gradients += ops->grad_bytes(layer);
+    }
+    if (layer->planned && layer->output != NULL && layer->output->owner == MP_OBJ_NULL
+        && !(ops->flags & MT_LAYER_COMPOSITE) && !layer->in_place && !(ops->flags & MT_LAYER_VIEW)) {
+        use->activations += layer->output->size * sizeof(float);
+    }
+    use->activations += layer->state_bytes;
+}
+
+// memory(input_shape=None) -> dict of bytes by kind for a training step.
+static mp_obj_t layer_memory(size_t n_args, const mp_obj_t *args) {
+    mt_layer_obj_t *self = mt_layer_get(args[0], "self");
+    if (n_args > 1) {
+        mt_shape_t shape;
+        mt_shape_from_obj(args[1], &shape, "memory: input_shape");
+        plan_top(self, &shape);
+    }
+    if (!self->planned) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%q.memory: give input_shape, or run forward/train_step first"), mt_layer_name(self));
+    }
+    memory_use_t use = { 0 };
+    add_memory(self, &use);
+    use.gradients += self->output_grad ? self->output_grad->size * sizeof(float) : 0;
+    size_t scratch = self->scratch_floats * sizeof(float) + self->out_shape.dim[0] * sizeof(int32_t);
+    mp_obj_t dict = mt_new_ordered_dict(6);
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_weights), mp_obj_new_int_from_uint(use.weights));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_gradients), mp_obj_new_int_from_uint(use.gradients));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_optimizer), mp_obj_new_int_from_uint(use.optimizer));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_activations), mp_obj_new_int_from_uint(use.activations));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_scratch), mp_obj_new_int_from_uint(scratch));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_total),
+        mp_obj_new_int_from_uint(use.weights + use.gradients + use.optimizer + use.activations + scratch));
+    return dict;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_memory_obj, 1, 2, layer_memory);
+
+// macs(input_shape=None) -> {"forward", "backward", "train_step"} multiply-accumulates.
+static mp_obj_t layer_macs(size_t n_args, const mp_obj_t *args) {
+    mt_layer_obj_t *self = mt_layer_get(args[0], "self");
+    if (n_args > 1) {
+        mt_shape_t shape;
+        mt_shape_from_obj(args[1], &shape, "macs: input_shape");
+        plan_top(self, &shape);
+    }
+    if (!self->planned) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%q.macs: give input_shape, or run forward/train_step first"), mt_layer_name(self));
+    }
+    uint64_t fwd = mt_layer_macs(self, MT_MACS_FORWARD, false);
+    uint64_t bwd = mt_layer_macs(self, MT_MACS_GRAD_INPUT, false) + mt_layer_macs(self, MT_MACS_GRAD_WEIGHT, false);
+    mp_obj_t dict = mt_new_ordered_dict(3);
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_forward), mp_obj_new_int_from_ull(fwd));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_backward), mp_obj_new_int_from_ull(bwd));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_train_step), mp_obj_new_int_from_ull(fwd + bwd));
+    return dict;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_macs_obj, 1, 2, layer_macs);
+
+static mp_obj_t layer_config(mp_obj_t self_in) {
+    mt_layer_obj_t *self = mt_layer_get(self_in, "self");
+    const mt_layer_ops_t *ops = mt_layer_ops(self);
+    return ops->config ? ops->config(self) : mt_new_ordered_dict(0);
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(layer_config_obj, layer_config);
+
+static void set_trainable(mt_layer_obj_t *layer, bool trainable) {
+    mt_layer_obj_t *const *children;
+    size_t n = layer_children(layer, &children);
+    for (size_t i = 0; i < n; i++) {
+        if (children[i] != NULL) {
+            set_trainable(children[i], trainable);
+        }
+    }
+    layer->trainable = trainable;
+}
+
+void mt_layer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
+    mt_layer_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    if (dest[0] == MP_OBJ_SENTINEL) {
+        if (attr == MP_QSTR_trainable && dest[1] != MP_OBJ_NULL) {
+            set_trainable(self, mp_obj_is_true(dest[1]));
+            dest[0] = MP_OBJ_NULL;
+        }
+        return;
+    }
+    switch (attr) {
+        case MP_QSTR_trainable:
+            dest[0] = mp_obj_new_bool(mt_layer_has_trainable(self) || (self->trainable && !(mt_layer_ops(self)->flags & MT_LAYER_COMPOSITE)));
+            return;
+        case MP_QSTR_output:
+            dest[0] = self->output ? MP_OBJ_FROM_PTR(self->output) : mp_const_none;
+            return;
+        case MP_QSTR_input_shape:
+            dest[0] = self->planned ? mt_shape_to_tuple(&self->in_shape) : mp_const_none;
+            return;
+        case MP_QSTR_output_shape:
+            dest[0] = self->planned ? mt_shape_to_tuple(&self->out_shape) : mp_const_none;
+            return;
+    }
+    for (size_t i = 0; i < MP_ARRAY_SIZE(param_names); i++) {
+        if (attr == param_names[i] && (i < 2 || layer_param(self, i) != NULL)) {
+            mt_tensor_obj_t *p = layer_param(self, i);
+            dest[0] = p ? MP_OBJ_FROM_PTR(p) : mp_const_none;
+            return;
+        }
+    }
+    mt_layer_obj_t *const *children;
+    size_t n = layer_children(self, &children);
+    for (size_t i = 0; i < n; i++) {
+        if (child_name(self, i) == attr) {
+            dest[0] = children[i] ? MP_OBJ_FROM_PTR(children[i]) : mp_const_none;
+            return;
+        }
+    }
+    if (attr == MP_QSTR_shortcut && self->base.type->name == MP_QSTR_Residual) {
+        dest[0] = mp_const_none;  // an identity shortcut
+        return;
+    }
+    dest[1] = MP_OBJ_SENTINEL;  // continue lookup in locals_dict
+}
+
+static qstr child_name(const mt_layer_obj_t *layer, size_t i) {
+    // Residual's two children have names; Sequential's are numbered.
+    const mt_layer_ops_t *ops = mt_layer_ops(layer);
+    if ((ops->flags & MT_LAYER_COMPOSITE) && layer->base.type->name == MP_QSTR_Residual) {
+        return i == 0 ? MP_QSTR_body : MP_QSTR_shortcut;
+    }
+    return MP_QSTRnull;
+}
+
+static const mp_rom_map_elem_t layer_locals_dict_table[] = {
+    { MP_ROM_QSTR(MP_QSTR_forward), MP_ROM_PTR(&layer_forward_obj) },
+    { MP_ROM_QSTR(MP_QSTR_backward), MP_ROM_PTR(&layer_backward_obj) },
+    { MP_ROM_QSTR(MP_QSTR_train_step), MP_ROM_PTR(&layer_train_step_obj) },
+    { MP_ROM_QSTR(MP_QSTR_predict), MP_ROM_PTR(&layer_predict_obj) },
+    { MP_ROM_QSTR(MP_QSTR_evaluate), MP_ROM_PTR(&layer_evaluate_obj) },
+    { MP_ROM_QSTR(MP_QSTR_parameters), MP_ROM_PTR(&layer_parameters_obj) },
+    { MP_ROM_QSTR(MP_QSTR_state_dict), MP_ROM_PTR(&layer_state_dict_obj) },
+    { MP_ROM_QSTR(MP_QSTR_load_state_dict), MP_ROM_PTR(&layer_load_state_dict_obj) },
+    { MP_ROM_QSTR(MP_QSTR_memory), MP_ROM_PTR(&layer_memory_obj) },
+    { MP_ROM_QSTR(MP_QSTR_macs), MP_ROM_PTR(&layer_macs_obj) },
+    { MP_ROM_QSTR(MP_QSTR_config), MP_ROM_PTR(&layer_config_obj) },
+};
+MP_DEFINE_CONST_DICT(mt_layer_locals_dict, layer_locals_dict_table);

@@ -1,0 +1,130 @@
+// The layer protocol shared by every layer type, Sequential and Residual included.
+//
+// A layer is planned once for an input shape: it sets its output shape and allocates
+// its output buffer and any per-shape state. After that, forward and backward only run
+// kernels on planned memory, so a training step allocates nothing. Any layer can be
+// the top of a model: the methods in layer.c (forward, backward, train_step, memory,
+// ...) work on a single Linear as well as on a nested Sequential.
+#ifndef MCUTRAIN_LAYER_H
+#define MCUTRAIN_LAYER_H
+
+#include "py/obj.h"
+#include "tensor.h"
+
+typedef struct _mt_layer_obj_t mt_layer_obj_t;
+typedef struct _mt_optim_obj_t mt_optim_obj_t;
+
+// What a forward or backward pass may use.
+typedef struct {
+    bool training;           // BatchNorm: batch statistics (and update running ones)
+    float *scratch;          // shared scratch of mt_layer_scratch_floats() floats
+    mt_optim_obj_t *optim;   // NULL: backward writes each parameter's .grad
+} mt_pass_t;
+
+typedef enum {
+    MT_MACS_FORWARD,
+    MT_MACS_GRAD_INPUT,
+    MT_MACS_GRAD_WEIGHT,
+} mt_macs_kind_t;
+
+// Layer properties the planner uses to share memory safely.
+enum {
+    MT_LAYER_VIEW = 1,             // output always is the input reinterpreted (Flatten)
+    MT_LAYER_MAY_RUN_IN_PLACE = 2, // output may overwrite the input (ReLU)
+    MT_LAYER_NEEDS_OUTPUT = 4,     // backward reads the layer's own output
+    MT_LAYER_COMPOSITE = 8,        // has children (Sequential, Residual)
+};
+
+#define MT_LAYER_MAGIC (0x4c61)
+
+typedef struct _mt_layer_ops_t {
+    uint16_t magic;          // MT_LAYER_MAGIC: tells layer types from other types
+    uint16_t flags;
+    // Dimensions the input has, batch included; 0 accepts any. An input with one
+    // dimension less is taken as a batch of one.
+    uint8_t input_ndim;
+    // Checks the input shape and sets self->out_shape; may allocate per-shape state.
+    // Raises ValueError naming the layer and the shapes.
+    void (*plan)(mt_layer_obj_t *self, const mt_shape_t *in);
+    size_t (*scratch_floats)(const mt_layer_obj_t *self);
+    // Reads x (self->in_shape), writes self->output.
+    void (*forward)(mt_layer_obj_t *self, const float *x, const mt_pass_t *pass);
+    // dx == NULL: no input gradient is needed. Parameter gradients go through
+    // mt_grad_begin/mt_grad_end unless the layer is frozen.
+    void (*backward)(mt_layer_obj_t *self, const float *x, const float *dy, float *dx,
+        const mt_pass_t *pass);
+    // MACs of one kind of pass for the planned shape; composites pass need_dx on
+    // (whether their input gradient is wanted) to decide where backward stops.
+    uint64_t (*macs)(const mt_layer_obj_t *self, mt_macs_kind_t kind, bool need_dx);
+    // Constructor arguments as a dict (for saving models and for repr).
+    mp_obj_t (*config)(const mt_layer_obj_t *self);
+    // Composites: the children, in order; NULL for simple layers.
+    size_t (*children)(const mt_layer_obj_t *self, mt_layer_obj_t *const **children);
+    // Composites: bytes of gradient buffers they own (for memory()).
+    size_t (*grad_bytes)(const mt_layer_obj_t *self);
+} mt_layer_ops_t;
+
+struct _mt_layer_obj_t {
+    mp_obj_base_t base;
+    mt_shape_t in_shape;
+    mt_shape_t out_shape;
+    bool planned;
+    bool trainable;
+    bool in_place;                 // output shares the input's memory (set when planned)
+    mt_tensor_obj_t *weight;       // NULL when absent
+    mt_tensor_obj_t *bias;
+    mt_tensor_obj_t *output;
+    size_t state_bytes;            // per-shape state besides the output (memory())
+    // Used when this layer is the top of a model.
+    mp_obj_t last_input;
+    mt_tensor_obj_t *input_grad;
+    mt_tensor_obj_t *output_grad;
+    float *scratch;
+    size_t scratch_floats;
+    int32_t *labels;
+    mt_tensor_obj_t *extra_params[2];  // BatchNorm running statistics
+};
+
+const mt_layer_ops_t *mt_layer_ops(const mt_layer_obj_t *layer);
+// The layer behind obj, or TypeError naming `what`.
+mt_layer_obj_t *mt_layer_get(mp_obj_t obj, const char *what);
+// The layer's class name, for messages.
+qstr mt_layer_name(const mt_layer_obj_t *layer);
+
+// Initializes the common fields (after mp_obj_malloc of the full layer struct).
+void mt_layer_init(mt_layer_obj_t *layer);
+// Parameters initialized like PyTorch's default: uniform in +-1/sqrt(fan_in).
+mt_tensor_obj_t *mt_layer_new_param(const mt_shape_t *shape, int fan_in, const char *what);
+
+// Plans a child for `in`; may_share lets it run in place on its input.
+void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, bool may_share);
+// Runs a planned child's forward (pointing view outputs at x first).
+void mt_layer_forward(mt_layer_obj_t *layer, const float *x, const mt_pass_t *pass);
+size_t mt_layer_scratch_floats(const mt_layer_obj_t *layer);
+bool mt_layer_has_trainable(const mt_layer_obj_t *layer);
+uint8_t mt_layer_input_ndim(const mt_layer_obj_t *layer);
+// Whether the memory of this layer's output must survive until its backward.
+bool mt_layer_output_needed(const mt_layer_obj_t *layer);
+uint64_t mt_layer_macs(const mt_layer_obj_t *layer, mt_macs_kind_t kind, bool need_dx);
+
+// Where a backward pass accumulates the gradient of `param` (with scale *alpha), and
+// the matching end call; with an optimizer this is the fused update.
+float *mt_grad_begin(const mt_pass_t *pass, mt_tensor_obj_t *param, float *alpha);
+void mt_grad_end(const mt_pass_t *pass, mt_tensor_obj_t *param);
+
+// Raises ValueError "<Layer>: <msg> (input <shape>)".
+NORETURN void mt_layer_raise_shape(const mt_layer_obj_t *layer, const char *msg, const mt_shape_t *in);
+// The same with a message formatted from fmt and one int ("expects %d channels").
+NORETURN void mt_layer_raise_expects(const mt_layer_obj_t *layer, const char *fmt, int n, const mt_shape_t *in);
+
+// The common methods, shared by every layer type's locals dict.
+extern const mp_obj_dict_t mt_layer_locals_dict;
+void mt_layer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest);
+
+// A dict that keeps insertion order (state_dict, config, memory).
+mp_obj_t mt_new_ordered_dict(size_t n);
+
+// Helpers for constructors: an int or (h, w) pair.
+void mt_parse_pair(mp_obj_t obj, int *h, int *w, const char *what, int min);
+
+#endif

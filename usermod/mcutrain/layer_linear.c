@@ -1,0 +1,118 @@
+// mt.Linear(in_features, out_features, bias=True): y = x W^T + b on (batch, features).
+#include "py/runtime.h"
+#include "layer.h"
+#include "kernels/linear_f32.h"
+
+typedef struct {
+    mt_layer_obj_t base;
+    mt_linear_params_t p;
+} mt_linear_obj_t;
+
+static void linear_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
+    mt_linear_obj_t *self = (mt_linear_obj_t *)self_in;
+    if (in->dim[1] != self->p.in_features) {
+        mt_layer_raise_expects(self_in, "expects %d input features", self->p.in_features, in);
+    }
+    self->p.batch = in->dim[0];
+    self_in->out_shape.ndim = 2;
+    self_in->out_shape.dim[0] = in->dim[0];
+    self_in->out_shape.dim[1] = self->p.out_features;
+}
+
+static void linear_forward(mt_layer_obj_t *self_in, const float *x, const mt_pass_t *pass) {
+    (void)pass;
+    mt_linear_obj_t *self = (mt_linear_obj_t *)self_in;
+    mt_linear_f32_forward(&self->p, x, self_in->weight->data,
+        self_in->bias ? self_in->bias->data : NULL, self_in->output->data);
+}
+
+static void linear_backward(mt_layer_obj_t *self_in, const float *x, const float *dy, float *dx,
+    const mt_pass_t *pass) {
+    mt_linear_obj_t *self = (mt_linear_obj_t *)self_in;
+    if (dx != NULL) {
+        mt_linear_f32_grad_input(&self->p, dy, self_in->weight->data, dx);
+    }
+    if (!self_in->trainable) {
+        return;
+    }
+    float alpha, bias_alpha;
+    float *dw = mt_grad_begin(pass, self_in->weight, &alpha);
+    float *db = self_in->bias ? mt_grad_begin(pass, self_in->bias, &bias_alpha) : NULL;
+    mt_linear_f32_grad_weight(&self->p, x, dy, alpha, dw, db);
+    mt_grad_end(pass, self_in->weight);
+    if (db) {
+        mt_grad_end(pass, self_in->bias);
+    }
+}
+
+static uint64_t linear_macs(const mt_layer_obj_t *self_in, mt_macs_kind_t kind, bool need_dx) {
+    (void)kind;
+    (void)need_dx;
+    const mt_linear_obj_t *self = (const mt_linear_obj_t *)self_in;
+    return (uint64_t)self->p.batch * self->p.in_features * self->p.out_features;
+}
+
+static mp_obj_t linear_config(const mt_layer_obj_t *self_in) {
+    const mt_linear_obj_t *self = (const mt_linear_obj_t *)self_in;
+    mp_obj_t dict = mt_new_ordered_dict(3);
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_in_features), MP_OBJ_NEW_SMALL_INT(self->p.in_features));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_out_features), MP_OBJ_NEW_SMALL_INT(self->p.out_features));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_bias), mp_obj_new_bool(self_in->bias != NULL));
+    return dict;
+}
+
+static const mt_layer_ops_t linear_ops = {
+    .magic = MT_LAYER_MAGIC,
+    .input_ndim = 2,
+    .plan = linear_plan,
+    .forward = linear_forward,
+    .backward = linear_backward,
+    .macs = linear_macs,
+    .config = linear_config,
+};
+
+static mp_obj_t linear_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
+    enum { ARG_in_features, ARG_out_features, ARG_bias };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_in_features, MP_ARG_REQUIRED | MP_ARG_INT, {.u_int = 0} },
+        { MP_QSTR_out_features, MP_ARG_REQUIRED | MP_ARG_INT, {.u_int = 0} },
+        { MP_QSTR_bias, MP_ARG_BOOL, {.u_bool = true} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mp_int_t in = args[ARG_in_features].u_int, out = args[ARG_out_features].u_int;
+    if (in < 1 || out < 1 || in > 0xffffff || out > 0xffffff) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("Linear: in_features and out_features must be positive, not %d and %d"), (int)in, (int)out);
+    }
+    mt_linear_obj_t *self = mp_obj_malloc(mt_linear_obj_t, type);
+    mt_layer_init(&self->base);
+    self->p.batch = 0;
+    self->p.in_features = (int)in;
+    self->p.out_features = (int)out;
+    mt_shape_t wshape = { .ndim = 2, .dim = { (int32_t)out, (int32_t)in } };
+    self->base.weight = mt_layer_new_param(&wshape, (int)in, "Linear.weight");
+    if (args[ARG_bias].u_bool) {
+        mt_shape_t bshape = { .ndim = 1, .dim = { (int32_t)out } };
+        self->base.bias = mt_layer_new_param(&bshape, (int)in, "Linear.bias");
+    }
+    return MP_OBJ_FROM_PTR(self);
+}
+
+static void linear_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
+    (void)kind;
+    mt_linear_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    mp_printf(print, "Linear(%d, %d, bias=%s)", self->p.in_features, self->p.out_features,
+        self->base.bias ? "True" : "False");
+}
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    mt_linear_type,
+    MP_QSTR_Linear,
+    MP_TYPE_FLAG_NONE,
+    make_new, linear_make_new,
+    print, linear_print,
+    attr, mt_layer_attr,
+    protocol, &linear_ops,
+    locals_dict, &mt_layer_locals_dict
+    );

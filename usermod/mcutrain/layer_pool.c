@@ -1,0 +1,188 @@
+// mt.MaxPool2d and mt.AvgPool2d(kernel_size, stride=None, padding=0) on (N, H, W, C),
+// and mt.GlobalAvgPool(): (N, H, W, C) or (N, L, C) -> (N, C).
+#include "py/runtime.h"
+#include "layer.h"
+#include "kernels/pool_f32.h"
+
+typedef struct {
+    mt_layer_obj_t base;
+    mt_pool2d_params_t p;
+} mt_pool_obj_t;
+
+static bool is_max(const mt_layer_obj_t *self) {
+    return self->base.type->name == MP_QSTR_MaxPool2d;
+}
+
+static void pool_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
+    mt_pool2d_params_t *p = &((mt_pool_obj_t *)self_in)->p;
+    p->batch = in->dim[0];
+    p->in_h = in->dim[1];
+    p->in_w = in->dim[2];
+    p->channels = in->dim[3];
+    if (p->in_h + 2 * p->pad_h < p->kernel_h || p->in_w + 2 * p->pad_w < p->kernel_w) {
+        mt_layer_raise_shape(self_in, "kernel is larger than the padded input", in);
+    }
+    p->out_h = (p->in_h + 2 * p->pad_h - p->kernel_h) / p->stride_h + 1;
+    p->out_w = (p->in_w + 2 * p->pad_w - p->kernel_w) / p->stride_w + 1;
+    self_in->out_shape = (mt_shape_t) { .ndim = 4, .dim = { p->batch, p->out_h, p->out_w, p->channels } };
+}
+
+static void pool_forward(mt_layer_obj_t *self_in, const float *x, const mt_pass_t *pass) {
+    (void)pass;
+    const mt_pool2d_params_t *p = &((mt_pool_obj_t *)self_in)->p;
+    if (is_max(self_in)) {
+        mt_maxpool2d_f32_forward(p, x, self_in->output->data);
+    } else {
+        mt_avgpool2d_f32_forward(p, x, self_in->output->data);
+    }
+}
+
+static void pool_backward(mt_layer_obj_t *self_in, const float *x, const float *dy, float *dx, const mt_pass_t *pass) {
+    (void)pass;
+    const mt_pool2d_params_t *p = &((mt_pool_obj_t *)self_in)->p;
+    if (dx == NULL) {
+        return;
+    }
+    if (is_max(self_in)) {
+        mt_maxpool2d_f32_grad_input(p, x, dy, dx);
+    } else {
+        mt_avgpool2d_f32_grad_input(p, dy, dx);
+    }
+}
+
+static mp_obj_t pool_config(const mt_layer_obj_t *self_in) {
+    const mt_pool2d_params_t *p = &((const mt_pool_obj_t *)self_in)->p;
+    mp_obj_t dict = mt_new_ordered_dict(3);
+    mp_obj_t k[2] = { MP_OBJ_NEW_SMALL_INT(p->kernel_h), MP_OBJ_NEW_SMALL_INT(p->kernel_w) };
+    mp_obj_t s[2] = { MP_OBJ_NEW_SMALL_INT(p->stride_h), MP_OBJ_NEW_SMALL_INT(p->stride_w) };
+    mp_obj_t pad[2] = { MP_OBJ_NEW_SMALL_INT(p->pad_h), MP_OBJ_NEW_SMALL_INT(p->pad_w) };
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_kernel_size), mp_obj_new_tuple(2, k));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_stride), mp_obj_new_tuple(2, s));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_padding), mp_obj_new_tuple(2, pad));
+    return dict;
+}
+
+static const mt_layer_ops_t pool_ops = {
+    .magic = MT_LAYER_MAGIC,
+    .input_ndim = 4,
+    .plan = pool_plan,
+    .forward = pool_forward,
+    .backward = pool_backward,
+    .config = pool_config,
+};
+
+static mp_obj_t pool_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
+    enum { ARG_kernel_size, ARG_stride, ARG_padding };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_kernel_size, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_stride, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_padding, MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_SMALL_INT(0)} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mt_pool_obj_t *self = mp_obj_malloc(mt_pool_obj_t, type);
+    mt_layer_init(&self->base);
+    mt_pool2d_params_t *p = &self->p;
+    mt_parse_pair(args[ARG_kernel_size].u_obj, &p->kernel_h, &p->kernel_w, "pool: kernel_size", 1);
+    if (args[ARG_stride].u_obj == mp_const_none) {
+        p->stride_h = p->kernel_h;
+        p->stride_w = p->kernel_w;
+    } else {
+        mt_parse_pair(args[ARG_stride].u_obj, &p->stride_h, &p->stride_w, "pool: stride", 1);
+    }
+    mt_parse_pair(args[ARG_padding].u_obj, &p->pad_h, &p->pad_w, "pool: padding", 0);
+    // PyTorch's rule: a window must never lie entirely in the padding.
+    if (2 * p->pad_h > p->kernel_h || 2 * p->pad_w > p->kernel_w) {
+        mp_raise_ValueError(MP_ERROR_TEXT("pool: padding must be at most half the kernel size"));
+    }
+    return MP_OBJ_FROM_PTR(self);
+}
+
+static void pool_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
+    (void)kind;
+    mt_pool_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    const mt_pool2d_params_t *p = &self->p;
+    mp_printf(print, "%s((%d, %d), stride=(%d, %d), padding=(%d, %d))", mp_obj_get_type_str(self_in),
+        p->kernel_h, p->kernel_w, p->stride_h, p->stride_w, p->pad_h, p->pad_w);
+}
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    mt_maxpool2d_type,
+    MP_QSTR_MaxPool2d,
+    MP_TYPE_FLAG_NONE,
+    make_new, pool_make_new,
+    print, pool_print,
+    attr, mt_layer_attr,
+    protocol, &pool_ops,
+    locals_dict, &mt_layer_locals_dict
+    );
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    mt_avgpool2d_type,
+    MP_QSTR_AvgPool2d,
+    MP_TYPE_FLAG_NONE,
+    make_new, pool_make_new,
+    print, pool_print,
+    attr, mt_layer_attr,
+    protocol, &pool_ops,
+    locals_dict, &mt_layer_locals_dict
+    );
+
+/******************************************************************************/
+// GlobalAvgPool
+
+static void gap_plan(mt_layer_obj_t *self, const mt_shape_t *in) {
+    if (in->ndim != 3 && in->ndim != 4) {
+        mt_layer_raise_shape(self, "expects (N, H, W, C) or (N, L, C)", in);
+    }
+    self->out_shape = (mt_shape_t) { .ndim = 2, .dim = { in->dim[0], in->dim[in->ndim - 1] } };
+}
+
+static int gap_pixels(const mt_layer_obj_t *self) {
+    return (int)(mt_shape_size(&self->in_shape) / (size_t)(self->out_shape.dim[0] * self->out_shape.dim[1]));
+}
+
+static void gap_forward(mt_layer_obj_t *self, const float *x, const mt_pass_t *pass) {
+    (void)pass;
+    mt_global_avgpool_f32_forward(x, self->output->data, self->out_shape.dim[0], gap_pixels(self), self->out_shape.dim[1]);
+}
+
+static void gap_backward(mt_layer_obj_t *self, const float *x, const float *dy, float *dx, const mt_pass_t *pass) {
+    (void)x;
+    (void)pass;
+    if (dx != NULL) {
+        mt_global_avgpool_f32_grad_input(dy, dx, self->out_shape.dim[0], gap_pixels(self), self->out_shape.dim[1]);
+    }
+}
+
+static const mt_layer_ops_t gap_ops = {
+    .magic = MT_LAYER_MAGIC,
+    .plan = gap_plan,
+    .forward = gap_forward,
+    .backward = gap_backward,
+};
+
+static mp_obj_t gap_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args) {
+    (void)args;
+    mp_arg_check_num(n_args, n_kw, 0, 0, false);
+    mt_pool_obj_t *self = mp_obj_malloc(mt_pool_obj_t, type);
+    mt_layer_init(&self->base);
+    return MP_OBJ_FROM_PTR(self);
+}
+
+static void gap_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
+    (void)self_in;
+    (void)kind;
+    mp_print_str(print, "GlobalAvgPool()");
+}
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    mt_global_avgpool_type,
+    MP_QSTR_GlobalAvgPool,
+    MP_TYPE_FLAG_NONE,
+    make_new, gap_make_new,
+    print, gap_print,
+    attr, mt_layer_attr,
+    protocol, &gap_ops,
+    locals_dict, &mt_layer_locals_dict
+    );

@@ -1,0 +1,26 @@
+// Losses usable in train_step: mt.cross_entropy and mt.mse.
+#ifndef MCUTRAIN_LOSS_H
+#define MCUTRAIN_LOSS_H
+
+#include "py/obj.h"
+#include "tensor.h"
+
+typedef struct _mt_loss_obj_t {
+    mp_obj_base_t base;
+    qstr name;
+    bool takes_labels;    // targets are class labels, not a tensor
+    // Mean loss over the batch; writes dL/dout into dout. `labels` holds room for
+    // out's batch of labels. Raises ValueError/TypeError on bad targets.
+    float (*compute)(const mt_tensor_obj_t *out, mp_obj_t target, float *dout, int32_t *labels);
+} mt_loss_obj_t;
+
+extern const mp_obj_type_t mt_loss_type;
+extern const mt_loss_obj_t mt_cross_entropy_obj;
+extern const mt_loss_obj_t mt_mse_obj;
+
+const mt_loss_obj_t *mt_loss_get(mp_obj_t obj);
+// Class labels from an int, a list/tuple of ints or an integer array, into labels[n];
+// each must lie in [0, classes).
+void mt_labels_from_obj(mp_obj_t obj, int32_t *labels, int n, int classes);
+
+#endif

@@ -1,0 +1,145 @@
+// mt.Residual(body, shortcut=None): y = body(x) + shortcut(x), the shortcut being the
+// identity when None (ResNet blocks; a 1x1 stride-2 conv shortcut when shapes change).
+#include <string.h>
+
+#include "py/runtime.h"
+#include "layer.h"
+#include "kernels/activation_f32.h"
+
+typedef struct {
+    mt_layer_obj_t base;
+    mt_layer_obj_t *children[2];   // body, shortcut (NULL: identity)
+    float *shortcut_grad;          // the shortcut's input gradient, added into dx
+} mt_residual_obj_t;
+
+static size_t res_children(const mt_layer_obj_t *self_in, mt_layer_obj_t *const **children) {
+    const mt_residual_obj_t *self = (const mt_residual_obj_t *)self_in;
+    *children = self->children;
+    return self->children[1] ? 2 : 1;
+}
+
+static void res_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
+    mt_residual_obj_t *self = (mt_residual_obj_t *)self_in;
+    mt_layer_obj_t *body = self->children[0], *shortcut = self->children[1];
+    mt_layer_plan(body, in, false);
+    const mt_shape_t *other = in;
+    if (shortcut) {
+        mt_layer_plan(shortcut, in, false);
+        other = &shortcut->out_shape;
+    }
+    if (!mt_shape_equal(&body->out_shape, other)) {
+        char a[64], b[64];
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("Residual: body gives %s but the shortcut gives %s; add a shortcut layer that matches"),
+            mt_shape_str(&body->out_shape, a, sizeof(a)), mt_shape_str(other, b, sizeof(b)));
+    }
+    self_in->out_shape = body->out_shape;
+    if (self_in->output == NULL || !mt_shape_equal(&self_in->output->shape, &self_in->out_shape)) {
+        self_in->output = mt_tensor_new(&self_in->out_shape, MT_FLOAT32, "Residual");
+    }
+    self->shortcut_grad = NULL;
+    if (shortcut) {
+        size_t bytes = mt_shape_size(in) * sizeof(float);
+        self->shortcut_grad = m_malloc_maybe(bytes);
+        if (self->shortcut_grad == NULL) {
+            mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("Residual: cannot allocate %u bytes"), (unsigned)bytes);
+        }
+    }
+}
+
+static void res_forward(mt_layer_obj_t *self_in, const float *x, const mt_pass_t *pass) {
+    mt_residual_obj_t *self = (mt_residual_obj_t *)self_in;
+    mt_layer_obj_t *body = self->children[0], *shortcut = self->children[1];
+    mt_layer_forward(body, x, pass);
+    const float *other = x;
+    if (shortcut) {
+        mt_layer_forward(shortcut, x, pass);
+        other = shortcut->output->data;
+    }
+    mt_add_f32(body->output->data, other, self_in->output->data, self_in->output->size);
+}
+
+static void res_backward(mt_layer_obj_t *self_in, const float *x, const float *dy, float *dx, const mt_pass_t *pass) {
+    mt_residual_obj_t *self = (mt_residual_obj_t *)self_in;
+    mt_layer_obj_t *body = self->children[0], *shortcut = self->children[1];
+    size_t in_size = mt_shape_size(&self_in->in_shape);
+    // Both branches receive dy unchanged; their input gradients add up.
+    mt_layer_ops(body)->backward(body, x, dy, dx, pass);
+    if (shortcut) {
+        mt_layer_ops(shortcut)->backward(shortcut, x, dy, dx ? self->shortcut_grad : NULL, pass);
+        if (dx) {
+            mt_add_f32(dx, self->shortcut_grad, dx, in_size);
+        }
+    } else if (dx) {
+        mt_add_f32(dx, dy, dx, in_size);
+    }
+}
+
+static uint64_t res_macs(const mt_layer_obj_t *self_in, mt_macs_kind_t kind, bool need_dx) {
+    const mt_residual_obj_t *self = (const mt_residual_obj_t *)self_in;
+    uint64_t macs = mt_layer_macs(self->children[0], kind, need_dx);
+    if (self->children[1]) {
+        macs += mt_layer_macs(self->children[1], kind, need_dx);
+    }
+    return macs;
+}
+
+static size_t res_grad_bytes(const mt_layer_obj_t *self_in) {
+    const mt_residual_obj_t *self = (const mt_residual_obj_t *)self_in;
+    return self->shortcut_grad ? mt_shape_size(&self_in->in_shape) * sizeof(float) : 0;
+}
+
+static const mt_layer_ops_t res_ops = {
+    .magic = MT_LAYER_MAGIC,
+    .flags = MT_LAYER_COMPOSITE,
+    .plan = res_plan,
+    .forward = res_forward,
+    .backward = res_backward,
+    .macs = res_macs,
+    .children = res_children,
+    .grad_bytes = res_grad_bytes,
+};
+
+static mp_obj_t res_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
+    enum { ARG_body, ARG_shortcut };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_body, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_shortcut, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mt_residual_obj_t *self = mp_obj_malloc(mt_residual_obj_t, type);
+    mt_layer_init(&self->base);
+    self->children[0] = mt_layer_get(args[ARG_body].u_obj, "Residual: body");
+    self->children[1] = args[ARG_shortcut].u_obj == mp_const_none ? NULL
+        : mt_layer_get(args[ARG_shortcut].u_obj, "Residual: shortcut");
+    if (self->children[0] == self->children[1]) {
+        mp_raise_ValueError(MP_ERROR_TEXT("Residual: body and shortcut must be different objects"));
+    }
+    self->shortcut_grad = NULL;
+    return MP_OBJ_FROM_PTR(self);
+}
+
+static void res_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
+    mt_residual_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    mp_print_str(print, "Residual(");
+    mp_obj_print_helper(print, MP_OBJ_FROM_PTR(self->children[0]), kind);
+    mp_print_str(print, ", shortcut=");
+    if (self->children[1]) {
+        mp_obj_print_helper(print, MP_OBJ_FROM_PTR(self->children[1]), kind);
+    } else {
+        mp_print_str(print, "None");
+    }
+    mp_print_str(print, ")");
+}
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    mt_residual_type,
+    MP_QSTR_Residual,
+    MP_TYPE_FLAG_NONE,
+    make_new, res_make_new,
+    print, res_print,
+    attr, mt_layer_attr,
+    protocol, &res_ops,
+    locals_dict, &mt_layer_locals_dict
+    );

@@ -1,0 +1,198 @@
+// mt.Sequential(*layers): runs layers in order. Plans one output buffer per layer
+// (ReLUs share their input's when that is safe) and two gradient buffers that
+// backward alternates between; backward stops at the first trainable layer.
+#include <string.h>
+
+#include "py/runtime.h"
+#include "layer.h"
+
+typedef struct {
+    mt_layer_obj_t base;
+    size_t n;
+    mt_layer_obj_t **layers;
+    float *grad[2];
+    size_t grad_floats;
+} mt_sequential_obj_t;
+
+static size_t seq_children(const mt_layer_obj_t *self_in, mt_layer_obj_t *const **children) {
+    const mt_sequential_obj_t *self = (const mt_sequential_obj_t *)self_in;
+    *children = self->layers;
+    return self->n;
+}
+
+static void seq_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
+    mt_sequential_obj_t *self = (mt_sequential_obj_t *)self_in;
+    self->grad[0] = self->grad[1] = NULL;
+    mt_shape_t shape = *in;
+    size_t grad_floats = 0;
+    for (size_t i = 0; i < self->n; i++) {
+        mt_layer_obj_t *layer = self->layers[i];
+        // The first layer's input is not ours to overwrite; later ones may share.
+        bool may_share = i > 0 && !mt_layer_output_needed(self->layers[i - 1]);
+        mt_layer_plan(layer, &shape, may_share);
+        shape = layer->out_shape;
+        if (i + 1 < self->n) {
+            size_t size = mt_shape_size(&shape);
+            grad_floats = size > grad_floats ? size : grad_floats;
+        }
+    }
+    self_in->out_shape = shape;
+    self_in->output = self->layers[self->n - 1]->output;
+    // Gradient buffers alternate between layers; two are needed from three layers on.
+    size_t buffers = self->n > 2 ? 2 : self->n - 1;
+    for (size_t b = 0; b < buffers; b++) {
+        self->grad[b] = m_malloc_maybe(grad_floats * sizeof(float));
+        if (self->grad[b] == NULL) {
+            mp_raise_msg_varg(&mp_type_MemoryError,
+                MP_ERROR_TEXT("Sequential: cannot allocate %u bytes of gradient buffer"), (unsigned)(grad_floats * sizeof(float)));
+        }
+    }
+    self->grad_floats = grad_floats * buffers;
+}
+
+static void seq_forward(mt_layer_obj_t *self_in, const float *x, const mt_pass_t *pass) {
+    mt_sequential_obj_t *self = (mt_sequential_obj_t *)self_in;
+    for (size_t i = 0; i < self->n; i++) {
+        mt_layer_forward(self->layers[i], x, pass);
+        x = self->layers[i]->output->data;
+    }
+}
+
+// The first layer backward must reach: 0 if the input gradient is wanted, else the
+// first layer with something to train (n if there is none).
+static size_t seq_backward_stop(const mt_sequential_obj_t *self, bool need_dx) {
+    if (need_dx) {
+        return 0;
+    }
+    for (size_t i = 0; i < self->n; i++) {
+        if (mt_layer_has_trainable(self->layers[i])) {
+            return i;
+        }
+    }
+    return self->n;
+}
+
+static void seq_backward(mt_layer_obj_t *self_in, const float *x, const float *dy, float *dx, const mt_pass_t *pass) {
+    mt_sequential_obj_t *self = (mt_sequential_obj_t *)self_in;
+    size_t stop = seq_backward_stop(self, dx != NULL);
+    const float *g = dy;
+    for (size_t i = self->n; i-- > stop;) {
+        mt_layer_obj_t *layer = self->layers[i];
+        float *gx = i == stop ? dx : self->grad[(self->n - 1 - i) & 1];
+        const float *xi = i ? self->layers[i - 1]->output->data : x;
+        mt_layer_ops(layer)->backward(layer, xi, g, gx, pass);
+        g = gx;
+    }
+}
+
+static uint64_t seq_macs(const mt_layer_obj_t *self_in, mt_macs_kind_t kind, bool need_dx) {
+    const mt_sequential_obj_t *self = (const mt_sequential_obj_t *)self_in;
+    size_t stop = kind == MT_MACS_FORWARD ? 0 : seq_backward_stop(self, need_dx);
+    uint64_t macs = 0;
+    for (size_t i = stop; i < self->n; i++) {
+        macs += mt_layer_macs(self->layers[i], kind, i > stop || need_dx);
+    }
+    return macs;
+}
+
+static size_t seq_grad_bytes(const mt_layer_obj_t *self_in) {
+    const mt_sequential_obj_t *self = (const mt_sequential_obj_t *)self_in;
+    return self_in->planned ? self->grad_floats * sizeof(float) : 0;
+}
+
+static const mt_layer_ops_t seq_ops = {
+    .magic = MT_LAYER_MAGIC,
+    .flags = MT_LAYER_COMPOSITE,
+    .plan = seq_plan,
+    .forward = seq_forward,
+    .backward = seq_backward,
+    .macs = seq_macs,
+    .children = seq_children,
+    .grad_bytes = seq_grad_bytes,
+};
+
+static mp_obj_t seq_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args) {
+    mp_arg_check_num(n_args, n_kw, 1, MP_OBJ_FUN_ARGS_MAX, false);
+    // Sequential(a, b, c) or Sequential([a, b, c])
+    mp_obj_t *items = (mp_obj_t *)args;
+    size_t n = n_args;
+    if (n_args == 1 && (mp_obj_is_type(args[0], &mp_type_list) || mp_obj_is_type(args[0], &mp_type_tuple))) {
+        mp_obj_get_array(args[0], &n, &items);
+        if (n == 0) {
+            mp_raise_ValueError(MP_ERROR_TEXT("Sequential: needs at least one layer"));
+        }
+    }
+    mt_sequential_obj_t *self = mp_obj_malloc(mt_sequential_obj_t, type);
+    mt_layer_init(&self->base);
+    self->layers = m_new(mt_layer_obj_t *, n);
+    for (size_t i = 0; i < n; i++) {
+        mt_layer_obj_t *layer = mt_layer_get(items[i], "Sequential: each item");
+        // One object twice would share its planned buffers between two positions.
+        for (size_t j = 0; j < i; j++) {
+            if (self->layers[j] == layer) {
+                mp_raise_msg_varg(&mp_type_ValueError,
+                    MP_ERROR_TEXT("Sequential: layer %u is the same object as layer %u"), (unsigned)i, (unsigned)j);
+            }
+        }
+        self->layers[i] = layer;
+    }
+    self->n = n;
+    self->grad[0] = self->grad[1] = NULL;
+    self->grad_floats = 0;
+    return MP_OBJ_FROM_PTR(self);
+}
+
+static void seq_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
+    mt_sequential_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    mp_print_str(print, "Sequential(");
+    for (size_t i = 0; i < self->n; i++) {
+        mp_print_str(print, i ? ",\n  " : "\n  ");
+        mp_obj_print_helper(print, MP_OBJ_FROM_PTR(self->layers[i]), kind);
+    }
+    mp_print_str(print, ")");
+}
+
+static mp_obj_t seq_unary_op(mp_unary_op_t op, mp_obj_t self_in) {
+    mt_sequential_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    switch (op) {
+        case MP_UNARY_OP_LEN:
+            return MP_OBJ_NEW_SMALL_INT(self->n);
+        case MP_UNARY_OP_BOOL:
+            return mp_const_true;
+        default:
+            return MP_OBJ_NULL;
+    }
+}
+
+static mp_obj_t seq_subscr(mp_obj_t self_in, mp_obj_t index, mp_obj_t value) {
+    mt_sequential_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    if (value != MP_OBJ_SENTINEL) {
+        return MP_OBJ_NULL;  // layers cannot be replaced or deleted
+    }
+    size_t i = mp_get_index(self->base.base.type, self->n, index, false);
+    return MP_OBJ_FROM_PTR(self->layers[i]);
+}
+
+static mp_obj_t seq_getiter(mp_obj_t self_in, mp_obj_iter_buf_t *iter_buf) {
+    (void)iter_buf;
+    mt_sequential_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    mp_obj_t list = mp_obj_new_list(self->n, NULL);
+    for (size_t i = 0; i < self->n; i++) {
+        ((mp_obj_list_t *)MP_OBJ_TO_PTR(list))->items[i] = MP_OBJ_FROM_PTR(self->layers[i]);
+    }
+    return mp_getiter(list, NULL);
+}
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    mt_sequential_type,
+    MP_QSTR_Sequential,
+    MP_TYPE_FLAG_ITER_IS_GETITER,
+    make_new, seq_make_new,
+    print, seq_print,
+    unary_op, seq_unary_op,
+    subscr, seq_subscr,
+    iter, seq_getiter,
+    attr, mt_layer_attr,
+    protocol, &seq_ops,
+    locals_dict, &mt_layer_locals_dict
+    );

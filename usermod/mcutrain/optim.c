@@ -1,0 +1,101 @@
+// The parts SGD and Adam share: parameter state and opt.step().
+#include <string.h>
+
+#include "py/runtime.h"
+#include "layer.h"
+#include "optim.h"
+
+mt_optim_obj_t *mt_optim_get(mp_obj_t obj) {
+    const mp_obj_type_t *type = mp_obj_is_obj(obj) ? ((mp_obj_base_t *)MP_OBJ_TO_PTR(obj))->type : NULL;
+    if (type == NULL || MP_OBJ_TYPE_GET_SLOT_OR_NULL(type, locals_dict) != &mt_optim_locals_dict) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("opt must be mt.SGD or mt.Adam, not %s"),
+            mp_obj_get_type_str(obj));
+    }
+    return MP_OBJ_TO_PTR(obj);
+}
+
+float *mt_optim_state(mt_optim_obj_t *self, mt_tensor_obj_t *param, size_t floats_per_param) {
+    (void)self;
+    size_t want = floats_per_param * param->size;
+    if (want == 0) {
+        return NULL;
+    }
+    mt_tensor_obj_t *state = param->opt_state == MP_OBJ_NULL ? NULL : MP_OBJ_TO_PTR(param->opt_state);
+    if (state == NULL || state->size != want) {
+        mt_shape_t shape = { .ndim = 1, .dim = { (int32_t)want } };
+        state = mt_tensor_new(&shape, MT_FLOAT32, "optimizer state");
+        param->opt_state = MP_OBJ_FROM_PTR(state);
+    }
+    return mt_tensor_f32(state);
+}
+
+void mt_optim_init_params(mt_optim_obj_t *self, mp_obj_t model, size_t floats_per_param) {
+    mt_layer_get(model, "model");
+    mp_obj_t dest[2];
+    mp_load_method(model, MP_QSTR_parameters, dest);
+    self->params = mp_call_method_n_kw(0, 0, dest);
+    size_t n;
+    mp_obj_t *items;
+    mp_obj_get_array(self->params, &n, &items);
+    for (size_t i = 0; i < n; i++) {
+        mt_tensor_obj_t *p = MP_OBJ_TO_PTR(items[i]);
+        // A fresh optimizer starts from zero state.
+        p->opt_state = MP_OBJ_NULL;
+        mt_optim_state(self, p, floats_per_param);
+    }
+}
+
+// step(): updates every parameter that has a .grad (after model.backward).
+static mp_obj_t optim_step(mp_obj_t self_in) {
+    mt_optim_obj_t *self = mt_optim_get(self_in);
+    self->ops->step_begin(self);
+    size_t n;
+    mp_obj_t *items;
+    mp_obj_get_array(self->params, &n, &items);
+    for (size_t i = 0; i < n; i++) {
+        mt_tensor_obj_t *p = MP_OBJ_TO_PTR(items[i]);
+        if (p->grad != mp_const_none) {
+            self->ops->apply(self, p, mt_tensor_f32(MP_OBJ_TO_PTR(p->grad)));
+        }
+    }
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(optim_step_obj, optim_step);
+
+// zero_grad(): drops the parameters' .grad tensors.
+static mp_obj_t optim_zero_grad(mp_obj_t self_in) {
+    mt_optim_obj_t *self = mt_optim_get(self_in);
+    size_t n;
+    mp_obj_t *items;
+    mp_obj_get_array(self->params, &n, &items);
+    for (size_t i = 0; i < n; i++) {
+        mt_tensor_obj_t *p = MP_OBJ_TO_PTR(items[i]);
+        if (p->grad != mp_const_none) {
+            mt_tensor_obj_t *g = MP_OBJ_TO_PTR(p->grad);
+            memset(g->data, 0, g->size * sizeof(float));
+        }
+    }
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(optim_zero_grad_obj, optim_zero_grad);
+
+// memory() -> bytes of optimizer state for the parameters it was made with.
+static mp_obj_t optim_memory(mp_obj_t self_in) {
+    mt_optim_obj_t *self = mt_optim_get(self_in);
+    size_t n, bytes = 0;
+    mp_obj_t *items;
+    mp_obj_get_array(self->params, &n, &items);
+    for (size_t i = 0; i < n; i++) {
+        mt_tensor_obj_t *p = MP_OBJ_TO_PTR(items[i]);
+        bytes += p->size * self->ops->state_bytes_per_float(self);
+    }
+    return mp_obj_new_int_from_uint(bytes);
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(optim_memory_obj, optim_memory);
+
+static const mp_rom_map_elem_t optim_locals_dict_table[] = {
+    { MP_ROM_QSTR(MP_QSTR_step), MP_ROM_PTR(&optim_step_obj) },
+    { MP_ROM_QSTR(MP_QSTR_zero_grad), MP_ROM_PTR(&optim_zero_grad_obj) },
+    { MP_ROM_QSTR(MP_QSTR_memory), MP_ROM_PTR(&optim_memory_obj) },
+};
+MP_DEFINE_CONST_DICT(mt_optim_locals_dict, optim_locals_dict_table);

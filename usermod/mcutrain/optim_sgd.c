@@ -1,0 +1,115 @@
+// mt.SGD(model, lr, momentum=0, weight_decay=0): the update fused into the weight-
+// gradient pass, so no gradient buffer exists (see kernels/optim_f32.h).
+#include "py/runtime.h"
+#include "optim.h"
+#include "kernels/optim_f32.h"
+
+typedef struct {
+    mt_optim_obj_t base;
+    mt_sgd_params_t p;
+} mt_sgd_obj_t;
+
+static void sgd_step_begin(mt_optim_obj_t *self) {
+    (void)self;
+}
+
+static float *sgd_velocity(mt_sgd_obj_t *self, mt_tensor_obj_t *param) {
+    return self->p.momentum != 0.0f ? mt_optim_state(&self->base, param, 1) : NULL;
+}
+
+static float *sgd_grad_begin(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, float *alpha) {
+    mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
+    float *velocity = sgd_velocity(self, param);
+    mt_sgd_f32_fused_begin(&self->p, param->data, velocity, param->size);
+    // With momentum the gradient adds into the velocity; without, straight into w.
+    *alpha = velocity ? 1.0f : -self->p.lr;
+    return velocity ? velocity : param->data;
+}
+
+static void sgd_grad_end(mt_optim_obj_t *self_in, mt_tensor_obj_t *param) {
+    mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
+    mt_sgd_f32_fused_end(&self->p, param->data, sgd_velocity(self, param), param->size);
+}
+
+static void sgd_apply(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const float *grad) {
+    mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
+    mt_sgd_f32_step(&self->p, param->data, grad, sgd_velocity(self, param), param->size);
+}
+
+static size_t sgd_state_bytes(const mt_optim_obj_t *self_in) {
+    const mt_sgd_obj_t *self = (const mt_sgd_obj_t *)self_in;
+    return self->p.momentum != 0.0f ? sizeof(float) : 0;
+}
+
+static const mt_optim_ops_t sgd_ops = {
+    sgd_step_begin, sgd_grad_begin, sgd_grad_end, sgd_apply, sgd_state_bytes,
+};
+
+static float check_rate(mp_obj_t obj, const char *what, bool allow_zero) {
+    float v = (float)mp_obj_get_float(obj);
+    if (!(v >= 0.0f) || (!allow_zero && v == 0.0f) || v > 1e30f) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("SGD: %s must be %s, not %f"), what,
+            allow_zero ? ">= 0" : "> 0", (double)v);
+    }
+    return v;
+}
+
+static mp_obj_t sgd_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
+    enum { ARG_model, ARG_lr, ARG_momentum, ARG_weight_decay };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_model, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_lr, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_momentum, MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_SMALL_INT(0)} },
+        { MP_QSTR_weight_decay, MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_SMALL_INT(0)} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mt_sgd_obj_t *self = mp_obj_malloc(mt_sgd_obj_t, type);
+    self->base.ops = &sgd_ops;
+    self->p.lr = check_rate(args[ARG_lr].u_obj, "lr", false);
+    self->p.momentum = check_rate(args[ARG_momentum].u_obj, "momentum", true);
+    if (self->p.momentum >= 1.0f) {
+        mp_raise_ValueError(MP_ERROR_TEXT("SGD: momentum must be in [0, 1)"));
+    }
+    self->p.weight_decay = check_rate(args[ARG_weight_decay].u_obj, "weight_decay", true);
+    mt_optim_init_params(&self->base, args[ARG_model].u_obj, self->p.momentum != 0.0f ? 1 : 0);
+    return MP_OBJ_FROM_PTR(self);
+}
+
+// lr is settable for schedules; the other settings are read-only.
+static void sgd_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
+    mt_sgd_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    if (dest[0] == MP_OBJ_SENTINEL) {
+        if (attr == MP_QSTR_lr && dest[1] != MP_OBJ_NULL) {
+            self->p.lr = check_rate(dest[1], "lr", false);
+            dest[0] = MP_OBJ_NULL;
+        }
+        return;
+    }
+    if (attr == MP_QSTR_lr) {
+        dest[0] = mp_obj_new_float_from_f(self->p.lr);
+    } else if (attr == MP_QSTR_momentum) {
+        dest[0] = mp_obj_new_float_from_f(self->p.momentum);
+    } else if (attr == MP_QSTR_weight_decay) {
+        dest[0] = mp_obj_new_float_from_f(self->p.weight_decay);
+    } else {
+        dest[1] = MP_OBJ_SENTINEL;
+    }
+}
+
+static void sgd_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
+    (void)kind;
+    mt_sgd_obj_t *self = MP_OBJ_TO_PTR(self_in);
+    mp_printf(print, "SGD(lr=%f, momentum=%f, weight_decay=%f)", (double)self->p.lr,
+        (double)self->p.momentum, (double)self->p.weight_decay);
+}
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    mt_sgd_type,
+    MP_QSTR_SGD,
+    MP_TYPE_FLAG_NONE,
+    make_new, sgd_make_new,
+    print, sgd_print,
+    attr, sgd_attr,
+    locals_dict, &mt_optim_locals_dict
+    );

@@ -1,0 +1,575 @@
+// mcutrain.Tensor: construction, shape helpers, buffer protocol, tolist and repr.
+#include <string.h>
+
+#include "py/runtime.h"
+#include "py/binary.h"
+#include "py/objarray.h"
+#include "tensor.h"
+
+size_t mt_dtype_size(mt_dtype_t dtype) {
+    static const uint8_t sizes[] = { [MT_FLOAT32] = 4, [MT_FLOAT16] = 2, [MT_INT8] = 1 };
+    return sizes[dtype];
+}
+
+qstr mt_dtype_qstr(mt_dtype_t dtype) {
+    static const qstr_short_t names[] = {
+        [MT_FLOAT32] = MP_QSTR_float32, [MT_FLOAT16] = MP_QSTR_float16, [MT_INT8] = MP_QSTR_int8,
+    };
+    return names[dtype];
+}
+
+mt_dtype_t mt_dtype_from_obj(mp_obj_t obj) {
+    if (mp_obj_is_str(obj)) {
+        qstr q = mp_obj_str_get_qstr(obj);
+        for (mt_dtype_t d = MT_FLOAT32; d <= MT_INT8; d++) {
+            if (q == mt_dtype_qstr(d)) {
+                return d;
+            }
+        }
+    }
+    mp_raise_msg_varg(&mp_type_ValueError,
+        MP_ERROR_TEXT("dtype must be mt.float32, mt.float16 or mt.int8, not %r"), obj);
+}
+
+// Buffer typecodes of each dtype; float16 is exposed as raw 16-bit words.
+static char dtype_typecode(mt_dtype_t dtype) {
+    static const char codes[] = { [MT_FLOAT32] = 'f', [MT_FLOAT16] = 'H', [MT_INT8] = 'b' };
+    return codes[dtype];
+}
+
+size_t mt_shape_size(const mt_shape_t *shape) {
+    size_t n = 1;
+    for (int i = 0; i < shape->ndim; i++) {
+        n *= (size_t)shape->dim[i];
+    }
+    return n;
+}
+
+bool mt_shape_equal(const mt_shape_t *a, const mt_shape_t *b) {
+    if (a->ndim != b->ndim) {
+        return false;
+    }
+    for (int i = 0; i < a->ndim; i++) {
+        if (a->dim[i] != b->dim[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+const char *mt_shape_str(const mt_shape_t *shape, char *buf, size_t len) {
+    vstr_t vstr;
+    vstr_init_fixed_buf(&vstr, len, buf);
+    vstr_add_char(&vstr, '(');
+    for (int i = 0; i < shape->ndim; i++) {
+        vstr_printf(&vstr, i ? ", %d" : "%d", (int)shape->dim[i]);
+    }
+    vstr_add_str(&vstr, shape->ndim == 1 ? ",)" : ")");
+    return vstr_null_terminated_str(&vstr);
+}
+
+void mt_shape_from_obj(mp_obj_t obj, mt_shape_t *shape, const char *what) {
+    size_t n;
+    mp_obj_t *items;
+    if (mp_obj_is_int(obj)) {
+        n = 1;
+        items = &obj;
+    } else if (mp_obj_is_type(obj, &mp_type_tuple) || mp_obj_is_type(obj, &mp_type_list)) {
+        mp_obj_get_array(obj, &n, &items);
+    } else {
+        mp_raise_msg_varg(&mp_type_TypeError,
+            MP_ERROR_TEXT("%s must be an int or a tuple of ints, not %s"), what,
+            mp_obj_get_type_str(obj));
+    }
+    if (n < 1 || n > MT_MAX_DIMS) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%s must have 1 to %d dimensions, not %u"), what, MT_MAX_DIMS, (unsigned)n);
+    }
+    shape->ndim = (uint8_t)n;
+    for (size_t i = 0; i < n; i++) {
+        mp_int_t d = mp_obj_get_int(items[i]);
+        if (d < 1 || d > 0x7fffffff / 4) {
+            mp_raise_msg_varg(&mp_type_ValueError,
+                MP_ERROR_TEXT("%s: dimension %u is %d; sizes must be positive"), what, (unsigned)i,
+                (int)d);
+        }
+        shape->dim[i] = (int32_t)d;
+    }
+    // Guard against products that overflow size_t on 32-bit boards.
+    uint64_t total = 1;
+    for (size_t i = 0; i < n; i++) {
+        total *= (uint64_t)shape->dim[i];
+        if (total > 0x7fffffff / 4) {
+            mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%s is too large"), what);
+        }
+    }
+}
+
+mp_obj_t mt_shape_to_tuple(const mt_shape_t *shape) {
+    mp_obj_t items[MT_MAX_DIMS];
+    for (int i = 0; i < shape->ndim; i++) {
+        items[i] = MP_OBJ_NEW_SMALL_INT(shape->dim[i]);
+    }
+    return mp_obj_new_tuple(shape->ndim, items);
+}
+
+static mt_tensor_obj_t *tensor_alloc(const mt_shape_t *shape, mt_dtype_t dtype) {
+    mt_tensor_obj_t *t = mp_obj_malloc(mt_tensor_obj_t, &mt_tensor_type);
+    t->dtype = dtype;
+    t->shape = *shape;
+    t->size = mt_shape_size(shape);
+    t->scale = 1.0f;
+    t->zero_point = 0;
+    t->data = NULL;
+    t->owner = MP_OBJ_NULL;
+    t->grad = mp_const_none;
+    t->opt_state = MP_OBJ_NULL;
+    return t;
+}
+
+mt_tensor_obj_t *mt_tensor_new(const mt_shape_t *shape, mt_dtype_t dtype, const char *what) {
+    mt_tensor_obj_t *t = tensor_alloc(shape, dtype);
+    size_t bytes = t->size * mt_dtype_size(dtype);
+    // A failed allocation names what did not fit, rather than a bare MemoryError.
+    t->data = m_malloc_maybe(bytes ? bytes : 1);
+    if (t->data == NULL) {
+        mp_raise_msg_varg(&mp_type_MemoryError,
+            MP_ERROR_TEXT("%s: cannot allocate %u bytes"), what, (unsigned)bytes);
+    }
+    memset(t->data, 0, bytes);
+    return t;
+}
+
+mt_tensor_obj_t *mt_tensor_view(const mt_shape_t *shape, mt_dtype_t dtype, void *data, mp_obj_t owner) {
+    mt_tensor_obj_t *t = tensor_alloc(shape, dtype);
+    t->data = data;
+    t->owner = owner;
+    return t;
+}
+
+mt_tensor_obj_t *mt_tensor_get(mp_obj_t obj, const char *what) {
+    if (!mp_obj_is_type(obj, &mt_tensor_type)) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%s must be a Tensor, not %s"), what,
+            mp_obj_get_type_str(obj));
+    }
+    return MP_OBJ_TO_PTR(obj);
+}
+
+mt_tensor_obj_t *mt_tensor_get_f32(mp_obj_t obj, const char *what) {
+    mt_tensor_obj_t *t = mt_tensor_get(obj, what);
+    if (t->dtype != MT_FLOAT32) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%s must be float32, not %q"), what,
+            mt_dtype_qstr(t->dtype));
+    }
+    return t;
+}
+
+static mp_obj_t tensor_get_item(const mt_tensor_obj_t *t, size_t i) {
+    switch (t->dtype) {
+        case MT_FLOAT32:
+            return mp_obj_new_float_from_f(((const float *)t->data)[i]);
+        case MT_FLOAT16:
+            return MP_OBJ_NEW_SMALL_INT(((const uint16_t *)t->data)[i]);
+        default:
+            return MP_OBJ_NEW_SMALL_INT(((const int8_t *)t->data)[i]);
+    }
+}
+
+static void tensor_set_item(mt_tensor_obj_t *t, size_t i, mp_obj_t value) {
+    switch (t->dtype) {
+        case MT_FLOAT32:
+            ((float *)t->data)[i] = (float)mp_obj_get_float(value);
+            break;
+        case MT_FLOAT16:
+            ((uint16_t *)t->data)[i] = (uint16_t)mp_obj_get_int(value);
+            break;
+        default: {
+            mp_int_t q = mp_obj_get_int(value);
+            if (q < -128 || q > 127) {
+                mp_raise_ValueError(MP_ERROR_TEXT("int8 value out of range"));
+            }
+            ((int8_t *)t->data)[i] = (int8_t)q;
+        }
+    }
+}
+
+// Shape of a nested list/tuple, checking that it is rectangular.
+static void nested_shape(mp_obj_t obj, mt_shape_t *shape) {
+    shape->ndim = 0;
+    while (mp_obj_is_type(obj, &mp_type_list) || mp_obj_is_type(obj, &mp_type_tuple)) {
+        size_t n;
+        mp_obj_t *items;
+        mp_obj_get_array(obj, &n, &items);
+        if (shape->ndim == MT_MAX_DIMS) {
+            mp_raise_msg_varg(&mp_type_ValueError,
+                MP_ERROR_TEXT("Tensor: more than %d nested levels"), MT_MAX_DIMS);
+        }
+        if (n == 0) {
+            mp_raise_ValueError(MP_ERROR_TEXT("Tensor: empty list"));
+        }
+        shape->dim[shape->ndim++] = (int32_t)n;
+        obj = items[0];
+    }
+    if (shape->ndim == 0) {
+        shape->ndim = 1;
+        shape->dim[0] = 1;
+    }
+}
+
+// Copies nested lists into t in row-major order; returns the next flat index.
+static size_t fill_nested(mt_tensor_obj_t *t, mp_obj_t obj, int level, size_t index) {
+    if (level == t->shape.ndim) {
+        if (mp_obj_is_type(obj, &mp_type_list) || mp_obj_is_type(obj, &mp_type_tuple)) {
+            mp_raise_ValueError(MP_ERROR_TEXT("Tensor: nested lists are not rectangular"));
+        }
+        tensor_set_item(t, index, obj);
+        return index + 1;
+    }
+    size_t n;
+    mp_obj_t *items;
+    if (!(mp_obj_is_type(obj, &mp_type_list) || mp_obj_is_type(obj, &mp_type_tuple))) {
+        mp_raise_ValueError(MP_ERROR_TEXT("Tensor: nested lists are not rectangular"));
+    }
+    mp_obj_get_array(obj, &n, &items);
+    if ((int32_t)n != t->shape.dim[level]) {
+        mp_raise_ValueError(MP_ERROR_TEXT("Tensor: nested lists are not rectangular"));
+    }
+    for (size_t i = 0; i < n; i++) {
+        index = fill_nested(t, items[i], level + 1, index);
+    }
+    return index;
+}
+
+// Tensor(data, shape=None, dtype=float32): copies a (nested) list or a buffer.
+static mp_obj_t tensor_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
+    (void)type;
+    enum { ARG_data, ARG_shape, ARG_dtype, ARG_scale, ARG_zero_point };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_data, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_shape, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_dtype, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_ROM_QSTR(MP_QSTR_float32)} },
+        { MP_QSTR_scale, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_zero_point, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 0} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+
+    mp_obj_t data = args[ARG_data].u_obj;
+    mt_dtype_t dtype = mt_dtype_from_obj(args[ARG_dtype].u_obj);
+    mt_shape_t shape;
+    mt_tensor_obj_t *t;
+    if (mp_obj_is_type(data, &mp_type_list) || mp_obj_is_type(data, &mp_type_tuple)) {
+        nested_shape(data, &shape);
+        t = mt_tensor_new(&shape, dtype, "Tensor");
+        if (mp_obj_is_type(data, &mp_type_list) || mp_obj_is_type(data, &mp_type_tuple)) {
+            fill_nested(t, data, 0, 0);
+        }
+        if (args[ARG_shape].u_obj != mp_const_none) {
+            mt_shape_from_obj(args[ARG_shape].u_obj, &shape, "Tensor: shape");
+            if (mt_shape_size(&shape) != t->size) {
+                mp_raise_ValueError(MP_ERROR_TEXT("Tensor: shape does not match the data's size"));
+            }
+            t->shape = shape;
+        }
+    } else {
+        mp_buffer_info_t info;
+        if (data == mp_const_none || !mp_get_buffer(data, &info, MP_BUFFER_READ)) {
+            mp_raise_msg_varg(&mp_type_TypeError,
+                MP_ERROR_TEXT("Tensor: data must be a list or a buffer, not %s"),
+                mp_obj_get_type_str(data));
+        }
+        size_t item = mt_dtype_size(dtype);
+        bool bytes = info.typecode == 'B' || info.typecode == BYTEARRAY_TYPECODE;
+        if (!bytes && info.typecode != dtype_typecode(dtype)) {
+            mp_raise_msg_varg(&mp_type_TypeError,
+                MP_ERROR_TEXT("Tensor: a %q tensor needs a buffer of typecode '%c' or bytes, not '%c'"),
+                mt_dtype_qstr(dtype), dtype_typecode(dtype), info.typecode);
+        }
+        if (info.len % item != 0 || info.len == 0) {
+            mp_raise_msg_varg(&mp_type_ValueError,
+                MP_ERROR_TEXT("Tensor: buffer of %u bytes is not a whole number of %q items"),
+                (unsigned)info.len, mt_dtype_qstr(dtype));
+        }
+        if (args[ARG_shape].u_obj == mp_const_none) {
+            shape.ndim = 1;
+            shape.dim[0] = (int32_t)(info.len / item);
+        } else {
+            mt_shape_from_obj(args[ARG_shape].u_obj, &shape, "Tensor: shape");
+        }
+        if (mt_shape_size(&shape) * item != info.len) {
+            mp_raise_msg_varg(&mp_type_ValueError,
+                MP_ERROR_TEXT("Tensor: shape needs %u bytes, the buffer has %u"),
+                (unsigned)(mt_shape_size(&shape) * item), (unsigned)info.len);
+        }
+        t = mt_tensor_new(&shape, dtype, "Tensor");
+        memcpy(t->data, info.buf, info.len);
+    }
+    if (args[ARG_scale].u_obj != mp_const_none) {
+        t->scale = (float)mp_obj_get_float(args[ARG_scale].u_obj);
+    }
+    t->zero_point = (int32_t)args[ARG_zero_point].u_int;
+    return MP_OBJ_FROM_PTR(t);
+}
+
+static void tensor_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
+    (void)kind;
+    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+    char buf[64];
+    mp_printf(print, "Tensor(shape=%s, dtype=%q", mt_shape_str(&t->shape, buf, sizeof(buf)),
+        mt_dtype_qstr(t->dtype));
+    if (t->dtype == MT_INT8) {
+        mp_printf(print, ", scale=%f, zero_point=%d", (double)t->scale, (int)t->zero_point);
+    }
+    // Show the first few values: enough to recognize a tensor without flooding a REPL.
+    mp_print_str(print, ", data=[");
+    size_t shown = t->size < 8 ? t->size : 8;
+    for (size_t i = 0; i < shown; i++) {
+        if (i) {
+            mp_print_str(print, ", ");
+        }
+        mp_obj_print_helper(print, tensor_get_item(t, i), PRINT_REPR);
+    }
+    mp_print_str(print, t->size > shown ? ", ...])" : "])");
+}
+
+static mp_obj_t tolist_level(const mt_tensor_obj_t *t, int level, size_t *index) {
+    if (level == t->shape.ndim) {
+        return tensor_get_item(t, (*index)++);
+    }
+    size_t n = (size_t)t->shape.dim[level];
+    mp_obj_list_t *list = MP_OBJ_TO_PTR(mp_obj_new_list(n, NULL));
+    for (size_t i = 0; i < n; i++) {
+        list->items[i] = tolist_level(t, level + 1, index);
+    }
+    return MP_OBJ_FROM_PTR(list);
+}
+
+static mp_obj_t tensor_tolist(mp_obj_t self_in) {
+    size_t index = 0;
+    return tolist_level(MP_OBJ_TO_PTR(self_in), 0, &index);
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(tensor_tolist_obj, tensor_tolist);
+
+static mp_obj_t tensor_fill(mp_obj_t self_in, mp_obj_t value) {
+    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+    for (size_t i = 0; i < t->size; i++) {
+        tensor_set_item(t, i, value);
+    }
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(tensor_fill_obj, tensor_fill);
+
+// copy_from(src): copies a same-size tensor or buffer into this tensor's memory.
+static mp_obj_t tensor_copy_from(mp_obj_t self_in, mp_obj_t src) {
+    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+    mp_buffer_info_t info;
+    if (src == mp_const_none || !mp_get_buffer(src, &info, MP_BUFFER_READ)) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("copy_from: need a buffer, not %s"),
+            mp_obj_get_type_str(src));
+    }
+    size_t bytes = t->size * mt_dtype_size(t->dtype);
+    if (info.len != bytes) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("copy_from: tensor has %u bytes, source %u"), (unsigned)bytes,
+            (unsigned)info.len);
+    }
+    memmove(t->data, info.buf, bytes);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(tensor_copy_from_obj, tensor_copy_from);
+
+// reshape(shape): a view of the same data with another shape of the same size.
+static mp_obj_t tensor_reshape(mp_obj_t self_in, mp_obj_t shape_in) {
+    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+    mt_shape_t shape;
+    mt_shape_from_obj(shape_in, &shape, "reshape: shape");
+    if (mt_shape_size(&shape) != t->size) {
+        char a[64], b[64];
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("reshape: cannot view %s as %s"),
+            mt_shape_str(&t->shape, a, sizeof(a)), mt_shape_str(&shape, b, sizeof(b)));
+    }
+    mt_tensor_obj_t *v = mt_tensor_view(&shape, t->dtype, t->data, self_in);
+    v->scale = t->scale;
+    v->zero_point = t->zero_point;
+    return MP_OBJ_FROM_PTR(v);
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(tensor_reshape_obj, tensor_reshape);
+
+static void tensor_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
+    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+    if (dest[0] == MP_OBJ_SENTINEL) {
+        // Store: only the gradient, scale and zero point are settable.
+        if (attr == MP_QSTR_grad && dest[1] != MP_OBJ_NULL) {
+            if (dest[1] != mp_const_none) {
+                mt_tensor_obj_t *g = mt_tensor_get(dest[1], "Tensor.grad");
+                if (!mt_shape_equal(&g->shape, &t->shape) || g->dtype != MT_FLOAT32) {
+                    mp_raise_ValueError(MP_ERROR_TEXT("Tensor.grad must be float32 of the tensor's shape"));
+                }
+            }
+            t->grad = dest[1];
+            dest[0] = MP_OBJ_NULL;
+        } else if (attr == MP_QSTR_scale && dest[1] != MP_OBJ_NULL) {
+            t->scale = (float)mp_obj_get_float(dest[1]);
+            dest[0] = MP_OBJ_NULL;
+        } else if (attr == MP_QSTR_zero_point && dest[1] != MP_OBJ_NULL) {
+            t->zero_point = (int32_t)mp_obj_get_int(dest[1]);
+            dest[0] = MP_OBJ_NULL;
+        }
+        return;
+    }
+    switch (attr) {
+        case MP_QSTR_shape:
+            dest[0] = mt_shape_to_tuple(&t->shape);
+            break;
+        case MP_QSTR_dtype:
+            dest[0] = MP_OBJ_NEW_QSTR(mt_dtype_qstr(t->dtype));
+            break;
+        case MP_QSTR_size:
+            dest[0] = mp_obj_new_int_from_uint(t->size);
+            break;
+        case MP_QSTR_ndim:
+            dest[0] = MP_OBJ_NEW_SMALL_INT(t->shape.ndim);
+            break;
+        case MP_QSTR_grad:
+            dest[0] = t->grad;
+            break;
+        case MP_QSTR_scale:
+            dest[0] = mp_obj_new_float_from_f(t->scale);
+            break;
+        case MP_QSTR_zero_point:
+            dest[0] = MP_OBJ_NEW_SMALL_INT(t->zero_point);
+            break;
+        default:
+            dest[1] = MP_OBJ_SENTINEL;  // continue lookup in locals_dict
+    }
+}
+
+static mp_obj_t tensor_unary_op(mp_unary_op_t op, mp_obj_t self_in) {
+    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+    switch (op) {
+        case MP_UNARY_OP_LEN:
+            return MP_OBJ_NEW_SMALL_INT(t->shape.dim[0]);
+        case MP_UNARY_OP_BOOL:
+            return mp_obj_new_bool(t->size != 0);
+        default:
+            return MP_OBJ_NULL;
+    }
+}
+
+// t[i]: an element of a 1-d tensor, or a zero-copy view of row i of an n-d one.
+static mp_obj_t tensor_subscr(mp_obj_t self_in, mp_obj_t index, mp_obj_t value) {
+    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+    if (value == MP_OBJ_NULL) {
+        return MP_OBJ_NULL;  // deleting items is not supported
+    }
+    if (!mp_obj_is_int(index)) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("Tensor indices must be ints, not %s"),
+            mp_obj_get_type_str(index));
+    }
+    size_t i = mp_get_index(&mp_type_list, (size_t)t->shape.dim[0], index, false);
+    if (t->shape.ndim == 1) {
+        if (value == MP_OBJ_SENTINEL) {
+            return tensor_get_item(t, i);
+        }
+        tensor_set_item(t, i, value);
+        return mp_const_none;
+    }
+    mt_shape_t row;
+    row.ndim = (uint8_t)(t->shape.ndim - 1);
+    for (int d = 0; d < row.ndim; d++) {
+        row.dim[d] = t->shape.dim[d + 1];
+    }
+    size_t row_bytes = mt_shape_size(&row) * mt_dtype_size(t->dtype);
+    uint8_t *row_data = (uint8_t *)t->data + i * row_bytes;
+    if (value != MP_OBJ_SENTINEL) {
+        mp_raise_TypeError(MP_ERROR_TEXT("assign to a row with t[i].copy_from(...)"));
+    }
+    mt_tensor_obj_t *v = mt_tensor_view(&row, t->dtype, row_data, self_in);
+    v->scale = t->scale;
+    v->zero_point = t->zero_point;
+    return MP_OBJ_FROM_PTR(v);
+}
+
+static mp_int_t tensor_get_buffer(mp_obj_t self_in, mp_buffer_info_t *info, mp_uint_t flags) {
+    (void)flags;
+    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+    info->buf = t->data;
+    info->len = t->size * mt_dtype_size(t->dtype);
+    info->typecode = dtype_typecode(t->dtype);
+    return 0;
+}
+
+static mp_obj_t mt_zeros(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_shape, ARG_dtype };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_shape, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_dtype, MP_ARG_OBJ, {.u_obj = MP_ROM_QSTR(MP_QSTR_float32)} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args, pos_args, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mt_shape_t shape;
+    mt_shape_from_obj(args[ARG_shape].u_obj, &shape, "zeros: shape");
+    return MP_OBJ_FROM_PTR(mt_tensor_new(&shape, mt_dtype_from_obj(args[ARG_dtype].u_obj), "zeros"));
+}
+MP_DEFINE_CONST_FUN_OBJ_KW(mt_zeros_obj, 1, mt_zeros);
+
+// frombuffer(buf, shape=None, dtype=float32): a zero-copy view that keeps buf alive.
+static mp_obj_t mt_frombuffer(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_buffer, ARG_shape, ARG_dtype };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_buffer, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_shape, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_dtype, MP_ARG_OBJ, {.u_obj = MP_ROM_QSTR(MP_QSTR_float32)} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args, pos_args, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mp_obj_t buf = args[ARG_buffer].u_obj;
+    mt_dtype_t dtype = mt_dtype_from_obj(args[ARG_dtype].u_obj);
+    mp_buffer_info_t info;
+    if (buf == mp_const_none || !mp_get_buffer(buf, &info, MP_BUFFER_RW)) {
+        mp_raise_msg_varg(&mp_type_TypeError,
+            MP_ERROR_TEXT("frombuffer: need a writable buffer, not %s"), mp_obj_get_type_str(buf));
+    }
+    size_t item = mt_dtype_size(dtype);
+    if (((uintptr_t)info.buf & (item - 1)) != 0) {
+        mp_raise_ValueError(MP_ERROR_TEXT("frombuffer: buffer is not aligned for the dtype"));
+    }
+    mt_shape_t shape;
+    if (args[ARG_shape].u_obj == mp_const_none) {
+        shape.ndim = 1;
+        shape.dim[0] = (int32_t)(info.len / item);
+        if (shape.dim[0] == 0) {
+            mp_raise_ValueError(MP_ERROR_TEXT("frombuffer: buffer is empty"));
+        }
+    } else {
+        mt_shape_from_obj(args[ARG_shape].u_obj, &shape, "frombuffer: shape");
+    }
+    if (mt_shape_size(&shape) * item != info.len) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("frombuffer: shape needs %u bytes, the buffer has %u"),
+            (unsigned)(mt_shape_size(&shape) * item), (unsigned)info.len);
+    }
+    return MP_OBJ_FROM_PTR(mt_tensor_view(&shape, dtype, info.buf, buf));
+}
+MP_DEFINE_CONST_FUN_OBJ_KW(mt_frombuffer_obj, 1, mt_frombuffer);
+
+static const mp_rom_map_elem_t tensor_locals_dict_table[] = {
+    { MP_ROM_QSTR(MP_QSTR_tolist), MP_ROM_PTR(&tensor_tolist_obj) },
+    { MP_ROM_QSTR(MP_QSTR_fill), MP_ROM_PTR(&tensor_fill_obj) },
+    { MP_ROM_QSTR(MP_QSTR_copy_from), MP_ROM_PTR(&tensor_copy_from_obj) },
+    { MP_ROM_QSTR(MP_QSTR_reshape), MP_ROM_PTR(&tensor_reshape_obj) },
+};
+static MP_DEFINE_CONST_DICT(tensor_locals_dict, tensor_locals_dict_table);
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    mt_tensor_type,
+    MP_QSTR_Tensor,
+    MP_TYPE_FLAG_NONE,
+    make_new, tensor_make_new,
+    print, tensor_print,
+    attr, tensor_attr,
+    unary_op, tensor_unary_op,
+    subscr, tensor_subscr,
+    buffer, tensor_get_buffer,
+    locals_dict, &tensor_locals_dict
+    );

@@ -1,0 +1,62 @@
+// mcutrain.Tensor: an n-d array (up to 4 dims) of float32, float16 or int8 with a scale
+// and zero point, owning its data or viewing another object's buffer.
+#ifndef MCUTRAIN_TENSOR_H
+#define MCUTRAIN_TENSOR_H
+
+#include "py/obj.h"
+
+#define MT_MAX_DIMS (4)
+
+typedef enum {
+    MT_FLOAT32,
+    MT_FLOAT16,
+    MT_INT8,
+} mt_dtype_t;
+
+typedef struct {
+    uint8_t ndim;
+    int32_t dim[MT_MAX_DIMS];
+} mt_shape_t;
+
+typedef struct _mt_tensor_obj_t {
+    mp_obj_base_t base;
+    mt_dtype_t dtype;
+    mt_shape_t shape;
+    size_t size;             // elements
+    float scale;             // int8: real = scale * (q - zero_point)
+    int32_t zero_point;
+    void *data;
+    mp_obj_t owner;          // keeps a viewed buffer alive; MP_OBJ_NULL if data is ours
+    mp_obj_t grad;           // a parameter's gradient Tensor, or None
+    mp_obj_t opt_state;      // optimizer state of a parameter, or MP_OBJ_NULL
+} mt_tensor_obj_t;
+
+extern const mp_obj_type_t mt_tensor_type;
+
+size_t mt_dtype_size(mt_dtype_t dtype);
+qstr mt_dtype_qstr(mt_dtype_t dtype);
+mt_dtype_t mt_dtype_from_obj(mp_obj_t obj);
+
+size_t mt_shape_size(const mt_shape_t *shape);
+bool mt_shape_equal(const mt_shape_t *a, const mt_shape_t *b);
+// Formats "(1, 16, 16, 3)" into buf (at least 64 bytes) for error messages.
+const char *mt_shape_str(const mt_shape_t *shape, char *buf, size_t len);
+// A shape from an int or a tuple/list of positive ints (ValueError names `what`).
+void mt_shape_from_obj(mp_obj_t obj, mt_shape_t *shape, const char *what);
+mp_obj_t mt_shape_to_tuple(const mt_shape_t *shape);
+
+// A new zero-filled tensor; raises MemoryError naming `what` if it does not fit.
+mt_tensor_obj_t *mt_tensor_new(const mt_shape_t *shape, mt_dtype_t dtype, const char *what);
+// A tensor viewing `data`, kept alive by `owner`.
+mt_tensor_obj_t *mt_tensor_view(const mt_shape_t *shape, mt_dtype_t dtype, void *data, mp_obj_t owner);
+
+// The tensor behind `obj`, or TypeError naming `what` (e.g. "Linear.forward: x").
+mt_tensor_obj_t *mt_tensor_get(mp_obj_t obj, const char *what);
+// As mt_tensor_get, also requiring float32.
+mt_tensor_obj_t *mt_tensor_get_f32(mp_obj_t obj, const char *what);
+
+static inline float *mt_tensor_f32(mt_tensor_obj_t *t) {
+    return (float *)t->data;
+}
+
+#endif
