@@ -330,14 +330,16 @@ static mp_obj_t layer_forward(size_t n_args, const mp_obj_t *pos_args, mp_map_t 
 }
 static MP_DEFINE_CONST_FUN_OBJ_KW(layer_forward_obj, 2, layer_forward);
 
-// backward(dy) -> input gradient Tensor; writes the parameters' .grad.
-static mp_obj_t layer_backward(mp_obj_t self_in, mp_obj_t dy_in) {
-    mt_layer_obj_t *self = mt_layer_get(self_in, "self");
+// backward(dy, opt=None) -> input gradient Tensor. Without opt it writes the
+// parameters' .grad; with one, it updates them in the same pass (as train_step does).
+static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
+    mt_layer_obj_t *self = mt_layer_get(args[0], "self");
+    mt_optim_obj_t *optim = n_args > 2 && args[2] != mp_const_none ? mt_optim_get(args[2]) : NULL;
     if (!self->planned || self->last_input == MP_OBJ_NULL) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: call forward first"),
             mt_layer_name(self));
     }
-    mt_tensor_obj_t *dy = mt_tensor_get_f32(dy_in, "backward: dy");
+    mt_tensor_obj_t *dy = mt_tensor_get_f32(args[1], "backward: dy");
     if (dy->size != self->output->size) {
         char a[64], b[64];
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: dy has shape %s, the output %s"),
@@ -347,12 +349,16 @@ static mp_obj_t layer_backward(mp_obj_t self_in, mp_obj_t dy_in) {
     if (self->input_grad == NULL) {
         self->input_grad = mt_tensor_new(&x->shape, MT_FLOAT32, "input gradient");
     }
-    ensure_grads(self);
-    mt_pass_t pass = { .training = true, .scratch = self->scratch, .optim = NULL };
+    if (optim == NULL) {
+        ensure_grads(self);
+    } else {
+        optim->ops->step_begin(optim);
+    }
+    mt_pass_t pass = { .training = true, .scratch = self->scratch, .optim = optim };
     mt_layer_ops(self)->backward(self, mt_tensor_f32(x), mt_tensor_f32(dy), mt_tensor_f32(self->input_grad), &pass);
     return MP_OBJ_FROM_PTR(self->input_grad);
 }
-static MP_DEFINE_CONST_FUN_OBJ_2(layer_backward_obj, layer_backward);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_backward_obj, 2, 3, layer_backward);
 
 static void check_loss_output(mt_layer_obj_t *self, const mt_loss_obj_t *loss) {
     if (loss->takes_labels && self->out_shape.ndim != 2) {

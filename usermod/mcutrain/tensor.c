@@ -359,24 +359,59 @@ static mp_obj_t tensor_fill(mp_obj_t self_in, mp_obj_t value) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(tensor_fill_obj, tensor_fill);
 
-// copy_from(src): copies a same-size tensor or buffer into this tensor's memory.
-static mp_obj_t tensor_copy_from(mp_obj_t self_in, mp_obj_t src) {
-    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+// copy_from(src, scale=None, zero_point=0): copies a same-size tensor or buffer into
+// this tensor's memory; with a scale, converts integer items q to scale * (q - zero_point)
+// (e.g. 8-bit pixels into a float32 input) without an intermediate copy.
+static mp_obj_t tensor_copy_from(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_src, ARG_scale, ARG_zero_point };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_src, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_scale, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_zero_point, MP_ARG_INT, {.u_int = 0} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(pos_args[0]);
+    mp_obj_t src = args[ARG_src].u_obj;
     mp_buffer_info_t info;
     if (src == mp_const_none || !mp_get_buffer(src, &info, MP_BUFFER_READ)) {
         mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("copy_from: need a buffer, not %s"),
             mp_obj_get_type_str(src));
     }
-    size_t bytes = t->size * mt_dtype_size(t->dtype);
-    if (info.len != bytes) {
-        mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("copy_from: tensor has %u bytes, source %u"), (unsigned)bytes,
-            (unsigned)info.len);
+    if (args[ARG_scale].u_obj == mp_const_none) {
+        size_t bytes = t->size * mt_dtype_size(t->dtype);
+        if (info.len != bytes) {
+            mp_raise_msg_varg(&mp_type_ValueError,
+                MP_ERROR_TEXT("copy_from: tensor has %u bytes, source %u"), (unsigned)bytes, (unsigned)info.len);
+        }
+        memmove(t->data, info.buf, bytes);
+        return mp_const_none;
     }
-    memmove(t->data, info.buf, bytes);
+    if (t->dtype != MT_FLOAT32 || info.typecode == 'f' || info.typecode == 'd') {
+        mp_raise_TypeError(MP_ERROR_TEXT("copy_from with scale: integer source into a float32 tensor"));
+    }
+    size_t item = mp_binary_get_size('@', info.typecode, NULL);
+    if (info.len / item != t->size) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("copy_from: tensor has %u items, source %u"), (unsigned)t->size, (unsigned)(info.len / item));
+    }
+    float scale = (float)mp_obj_get_float(args[ARG_scale].u_obj);
+    int32_t zero_point = (int32_t)args[ARG_zero_point].u_int;
+    float *dst = mt_tensor_f32(t);
+    if (info.typecode == 'B' || info.typecode == BYTEARRAY_TYPECODE) {
+        const uint8_t *q = info.buf;  // the common case (pixels, int8 datasets) without dispatch
+        for (size_t i = 0; i < t->size; i++) {
+            dst[i] = scale * (float)((int32_t)q[i] - zero_point);
+        }
+    } else {
+        for (size_t i = 0; i < t->size; i++) {
+            mp_int_t q = mp_obj_get_int(mp_binary_get_val_array(info.typecode, info.buf, i));
+            dst[i] = scale * (float)(q - zero_point);
+        }
+    }
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_2(tensor_copy_from_obj, tensor_copy_from);
+static MP_DEFINE_CONST_FUN_OBJ_KW(tensor_copy_from_obj, 2, tensor_copy_from);
 
 // reshape(shape): a view of the same data with another shape of the same size.
 static mp_obj_t tensor_reshape(mp_obj_t self_in, mp_obj_t shape_in) {

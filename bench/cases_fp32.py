@@ -1,0 +1,76 @@
+# Device script: fp32 kernel and training-step benchmarks, one "@bench {json}" line per case.
+# Instruction counts come from mt.perf_counter(), exact on the emulated boards (1 count =
+# 1 guest instruction under QEMU -icount shift=0). Each case runs once to plan its
+# buffers, then is measured on a second, allocation-free run.
+import gc
+import json
+import mcutrain as mt
+
+TARGET = "unknown"  # set by bench/run.py
+
+
+def report(case, macs, instructions, **extra):
+    fields = {"target": TARGET, "case": case, "dtype": "float32", "macs": macs,
+              "instructions": instructions, "mac_per_instr": round(macs / instructions, 4)}
+    fields.update(extra)
+    print("@bench", json.dumps(fields))
+
+
+def filled(shape, seed):
+    # Deterministic, non-trivial values in [-1, 1).
+    n = 1
+    for d in shape:
+        n *= d
+    t = mt.zeros(n)
+    s = seed
+    for i in range(t.size):
+        s = (s * 1103515245 + 12345) & 0x7fffffff
+        t[i] = (s >> 8) / 4194304.0 - 1.0
+    return t.reshape(shape)
+
+
+def layer_train_step(case, layer, x_shape):
+    """forward + input gradient + weight gradient + fused SGD update of one layer."""
+    gc.collect()
+    x = filled(x_shape, 1)
+    opt = mt.SGD(layer, lr=0.001)
+    y = layer.forward(x)
+    dy = filled(y.shape, 2)
+    layer.backward(dy, opt)
+    macs = layer.macs()
+    gc.collect()
+    t0 = mt.perf_counter()
+    layer.forward(x)
+    layer.backward(dy, opt)
+    t1 = mt.perf_counter()
+    # forward, input gradient and weight gradient each do the forward's MACs
+    report(case, 3 * macs["forward"], t1 - t0)
+    t0 = mt.perf_counter()
+    layer.forward(x)
+    t1 = mt.perf_counter()
+    report(case.replace("_train", "_forward"), macs["forward"], t1 - t0)
+
+
+def model_train_step(case, model, x_shape, labels):
+    gc.collect()
+    x = filled(x_shape, 3)
+    opt = mt.SGD(model, lr=0.01, momentum=0.9)
+    model.train_step(x, labels, mt.cross_entropy, opt)
+    gc.collect()
+    t0 = mt.perf_counter()
+    model.train_step(x, labels, mt.cross_entropy, opt)
+    t1 = mt.perf_counter()
+    report(case, model.macs()["train_step"], t1 - t0, peak_ram_bytes=model.memory()["total"])
+
+
+layer_train_step("conv3x3_16x16x16_32_train", mt.Conv2d(16, 32, 3, padding=1), (1, 16, 16, 16))
+layer_train_step("dense_256_128_train", mt.Linear(256, 128), (1, 256))
+layer_train_step("depthwise3x3_16x16x32_train", mt.Conv2d(32, 32, 3, padding=1, groups=32), (1, 16, 16, 32))
+layer_train_step("pointwise_8x8x32_64_train", mt.Conv2d(32, 64, 1), (1, 8, 8, 32))
+model_train_step("dense_64_32_10_train", mt.Sequential(mt.Linear(64, 32), mt.ReLU(), mt.Linear(32, 10)),
+                 (1, 64), [3])
+model_train_step("cnn_digits_8x8_train",
+                 mt.Sequential(mt.Conv2d(1, 8, 3, padding=1), mt.ReLU(), mt.MaxPool2d(2),
+                               mt.Conv2d(8, 16, 3, padding=1), mt.ReLU(), mt.MaxPool2d(2),
+                               mt.Flatten(), mt.Linear(64, 10)),
+                 (1, 8, 8, 1), [3])

@@ -1,0 +1,80 @@
+"""`make bench`: run the device benchmark scripts on the emulated boards and collect results.
+
+Prints a table per board and writes bench/results.json: a list of objects with at least
+target, case, dtype, macs, instructions and mac_per_instr (plus peak_ram_bytes for whole
+training steps, and bytes/seconds/bytes_per_s for transfers). Instruction counts are exact
+and repeatable: QEMU runs with -icount shift=0 and mt.perf_counter() counts instructions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "host"))
+
+from mcutrain.runner import open_target, run_on  # noqa: E402
+
+DEVICE_SCRIPTS = ["cases_fp32.py", "pure_python_dense.py"]
+BOARDS = ["qemu-m4f", "qemu-rv32"]
+
+
+def run_board(board: str) -> list[dict]:
+    results = []
+    with open_target(board) as target:
+        for name in DEVICE_SCRIPTS:
+            source = (ROOT / "bench" / name).read_text().replace('TARGET = "unknown"', f"TARGET = {board!r}")
+            out = run_on(target, source, timeout=900)
+            results += [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("@bench ")]
+    return results
+
+
+def add_ratios(results: list[dict]) -> None:
+    """Instructions per MAC of the pure-MicroPython step over each C dense step's."""
+    for board in {r["target"] for r in results}:
+        pure = next((r for r in results if r["target"] == board and r["case"].startswith("pure_python")), None)
+        if pure is None:
+            continue
+        per_mac = pure["instructions"] / pure["macs"]
+        for r in results:
+            if r["target"] == board and r["case"].startswith("dense_") and r["case"].endswith("_train"):
+                r["vs_pure_python"] = round(per_mac / (r["instructions"] / r["macs"]), 1)
+
+
+def print_table(results: list[dict]) -> None:
+    for board in BOARDS:
+        rows = [r for r in results if r["target"] == board and "macs" in r]
+        if not rows:
+            continue
+        print(f"\n{board}")
+        print(f"  {'case':40} {'dtype':8} {'MACs':>10} {'instructions':>13} {'MAC/instr':>9}  notes")
+        for r in rows:
+            notes = []
+            if "vs_pure_python" in r:
+                notes.append(f"{r['vs_pure_python']}x fewer instr/MAC than pure Python")
+            if "peak_ram_bytes" in r:
+                notes.append(f"peak RAM {r['peak_ram_bytes']} B")
+            print(f"  {r['case']:40} {r['dtype']:8} {r['macs']:>10} {r['instructions']:>13} "
+                  f"{r['mac_per_instr']:>9.4f}  {'; '.join(notes)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--board", action="append", choices=BOARDS, help="default: both emulated boards")
+    args = parser.parse_args()
+    results: list[dict] = []
+    for board in args.board or BOARDS:
+        results += run_board(board)
+    add_ratios(results)
+    print_table(results)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nwrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+# Train a small network on scikit-learn's digits (real 8x8 handwriting) on the board.
+#
+#   python -m mcutrain.digits data/          # on the host: data/digits_{train,test}.u8
+#   mpremote mount data run examples/train_digits.py
+#
+# The settings below choose the model and the run; the last line printed is a JSON summary.
+import gc
+import json
+import struct
+
+import mcutrain as mt
+
+MODEL = "mlp"      # "mlp" (64-32-10) or "cnn" (two 3x3 convs, max pooling, a linear head)
+EPOCHS = 10 if MODEL == "mlp" else 6
+LR = 0.01 if MODEL == "mlp" else 0.005
+DECAY = 0.8 if MODEL == "mlp" else 0.7   # the learning rate shrinks by this factor each epoch
+MOMENTUM = 0.9
+SEED = 1
+DATA = "/remote"   # where digits_train.u8 and digits_test.u8 are (mpremote mount puts them here)
+
+
+def load(name):
+    with open(DATA + "/" + name, "rb") as f:
+        data = f.read()
+    if data[:4] != b"DIG1":
+        raise ValueError(name + " is not a digits file")
+    n = struct.unpack("<H", data[4:6])[0]
+    if len(data) != 6 + 65 * n:
+        raise ValueError(name + " is truncated")
+    return memoryview(data)[6:6 + 64 * n], memoryview(data)[6 + 64 * n:], n
+
+
+def build(kind):
+    if kind == "mlp":
+        return mt.Sequential(mt.Flatten(), mt.Linear(64, 32), mt.ReLU(), mt.Linear(32, 10))
+    return mt.Sequential(
+        mt.Conv2d(1, 8, 3, padding=1), mt.ReLU(), mt.MaxPool2d(2),
+        mt.Conv2d(8, 16, 3, padding=1), mt.ReLU(), mt.MaxPool2d(2),
+        mt.Flatten(), mt.Linear(64, 10))
+
+
+def accuracy(model, x, pixels, labels, n):
+    correct = 0
+    for i in range(n):
+        x.copy_from(pixels[64 * i:64 * i + 64], scale=1 / 16)
+        out = model.predict(x)
+        best = 0
+        for c in range(1, 10):
+            if out[0][c] > out[0][best]:
+                best = c
+        correct += best == labels[i]
+    return correct / n
+
+
+train_px, train_y, n_train = load("digits_train.u8")
+test_px, test_y, n_test = load("digits_test.u8")
+mt.seed(SEED)
+model = build(MODEL)
+opt = mt.SGD(model, lr=LR, momentum=MOMENTUM)
+x = mt.zeros((1, 8, 8, 1))
+order = list(range(n_train))
+state = SEED
+step_instructions = 0
+for epoch in range(EPOCHS):
+    opt.lr = LR * DECAY ** epoch
+    for i in range(n_train - 1, 0, -1):  # Fisher-Yates with a fixed LCG: same seed, same run
+        state = (state * 1103515245 + 12345) & 0x7fffffff
+        j = state % (i + 1)
+        order[i], order[j] = order[j], order[i]
+    total = 0.0
+    for k in order:
+        x.copy_from(train_px[64 * k:64 * k + 64], scale=1 / 16)
+        t0 = mt.perf_counter()
+        total += model.train_step(x, train_y[k], mt.cross_entropy, opt)
+        step_instructions = mt.perf_counter() - t0
+    gc.collect()
+    print("epoch", epoch + 1, "loss", total / n_train)
+
+summary = {
+    "model": MODEL, "epochs": EPOCHS, "seed": SEED,
+    "train_accuracy": accuracy(model, x, train_px, train_y, n_train),
+    "test_accuracy": accuracy(model, x, test_px, test_y, n_test),
+    "step_instructions": step_instructions, "peak_ram_bytes": model.memory()["total"],
+}
+print(json.dumps(summary))
