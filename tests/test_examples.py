@@ -18,7 +18,8 @@ def test_examples_hello_reports_board_and_dot_cost(target):
         assert target.name in out[0]
     label, value = out[1].split(" = ")
     assert label == "dot of 64 floats"
-    # Single-precision firmware prints 7 significant digits; the exact fp32 sum is 10.6640625.
-    assert float(value) == pytest.approx(10.6640625, rel=1e-6)
+    # The exact fp32 sum is 10.6640625. The emulated boards' Python floats are packed in
+    # 30 bits and print 6 significant digits (10.6641), so allow half a unit of the 6th.
+    assert float(value) == pytest.approx(10.6640625, rel=5e-6)
     assert out[2].split()[2] == ("instructions" if target.board.emulated else "ns")
     assert out[3].startswith("pure MicroPython took ")
