@@ -28,7 +28,8 @@ MICROPY_SOURCE := $(MICROPY_DIR)/py/mpconfig.h
 endif
 
 APT_PACKAGES := build-essential xz-utils gcc-arm-none-eabi libnewlib-arm-none-eabi \
-	gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-arm qemu-system-misc
+	gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-arm qemu-system-misc \
+	dataset-fashion-mnist
 
 MPY_CROSS := $(BUILD)/mpy-cross/mpy-cross
 # Shared by every firmware build: our user module, our device packages (also
@@ -37,7 +38,7 @@ FIRMWARE_ARGS := USER_C_MODULES=$(ROOT)/usermod MPY_LIB_DIR=$(ROOT)/micropython_
 	MICROPY_MPYCROSS=$(MPY_CROSS) MICROPY_MPYCROSS_DEPENDENCY=
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all setup apt-packages venv fetch firmware firmware-unix firmware-unix-san \
+.PHONY: all setup apt-packages venv fetch firmware firmware-unix firmware-unix-san bench \
 	firmware-qemu-m4f firmware-qemu-rv32 test demo emulate clean distclean
 
 all: firmware
@@ -60,9 +61,12 @@ apt-packages:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: host/requirements.txt host/pyproject.toml
+$(VENV)/.installed: host/requirements.txt host/requirements-torch.txt host/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r host/requirements.txt
+	# PyTorch (CPU) for export tests: the exact pin takes the local CPU build; a range
+	# would download several GB of CUDA wheels.
+	$(VENV)/bin/pip install -q -r host/requirements-torch.txt
 	$(VENV)/bin/pip install -q --no-deps -e host
 	touch $@
 
@@ -96,6 +100,11 @@ $(QEMU_FIRMWARE): firmware-qemu-%: $(MPY_CROSS)
 
 test: setup firmware firmware-unix-san
 	$(VENV)/bin/python -m pytest -c tests/pytest.ini $(PYTEST_ARGS)
+
+# Kernel and training-step benchmarks in guest instructions on both emulated boards;
+# prints a table and writes bench/results.json.
+bench: setup firmware-qemu-m4f firmware-qemu-rv32
+	$(VENV)/bin/python bench/run.py
 
 demo: setup firmware-qemu-m4f
 	$(VENV)/bin/mcutrain run examples/hello.py --board qemu-m4f

@@ -2,6 +2,9 @@
 from _mcutrain import *  # noqa: F401,F403  Tensor, layers, losses, optimizers
 from _mcutrain import version
 
+from .dataset import Dataset, FormatError
+from .model_io import load, save
+
 __version__ = version()
 
 

@@ -1,0 +1,42 @@
+"""The issue's performance floors, checked on exact instruction counts (not wall time).
+
+Runs the same device scripts as `make bench` on the emulated Cortex-M4F; under QEMU's
+-icount shift=0 the counts are deterministic, so these are repeatable checks, not timings.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ROOT
+from mcutrain.runner import run_on
+
+
+@pytest.fixture(scope="module")
+def m4f_bench(target_pool) -> dict[str, dict]:
+    target = target_pool.get("qemu-m4f")
+    results = {}
+    for name in ("cases_fp32.py", "pure_python_dense.py"):
+        out = run_on(target, (ROOT / "bench" / name).read_text(), timeout=300)
+        for line in out.splitlines():
+            if line.startswith("@bench "):
+                r = json.loads(line.split(" ", 1)[1])
+                results[r["case"]] = r
+    return results
+
+
+@pytest.mark.parametrize("case, floor", [
+    ("conv3x3_16x16x16_32_train", 0.35),
+    ("dense_256_128_train", 0.35),
+    ("depthwise3x3_16x16x32_train", 0.12),
+])
+def test_fp32_training_step_mac_per_instruction_floor(m4f_bench, case, floor):
+    assert m4f_bench[case]["mac_per_instr"] >= floor, m4f_bench[case]
+
+
+def test_dense_step_beats_pure_micropython_200x(m4f_bench):
+    c, py = m4f_bench["dense_256_128_train"], m4f_bench["pure_python_dense_64_32_10_train"]
+    ratio = (py["instructions"] / py["macs"]) / (c["instructions"] / c["macs"])
+    assert ratio >= 200, ratio
