@@ -51,6 +51,34 @@ def layer_train_step(case, layer, x_shape):
     report(case.replace("_train", "_forward"), macs["forward"], t1 - t0)
 
 
+def partial_train_step(case, make_layer, x_shape, update):
+    """A training step whose update policy skips structures: forward, then a backward
+    that does only the selected channels' work. Reports the backward's instructions
+    next to the full update's."""
+    backward = {}
+    for policy in (None, update):
+        gc.collect()
+        layer = make_layer()
+        x = filled(x_shape, 1)
+        opt = mt.SGD(layer, lr=0.001) if policy is None else mt.SGD(layer, lr=0.001, update=policy)
+        y = layer.forward(x)
+        dy = filled(y.shape, 2)
+        layer.backward(dy, opt)
+        gc.collect()
+        t0 = mt.perf_counter()
+        layer.forward(x)
+        t1 = mt.perf_counter()
+        layer.backward(dy, opt)
+        t2 = mt.perf_counter()
+        backward[policy is None] = t2 - t1
+        forward = t1 - t0
+    stats = layer.update_stats()
+    macs = layer.macs()["forward"] + stats["backward_macs"]
+    report(case, macs, forward + backward[False], backward_instructions=backward[False],
+           full_backward_instructions=backward[True],
+           backward_speedup=round(backward[True] / backward[False], 2))
+
+
 def model_train_step(case, model, x_shape, labels):
     gc.collect()
     x = filled(x_shape, 3)
@@ -67,6 +95,8 @@ layer_train_step("conv3x3_16x16x16_32_train", mt.Conv2d(16, 32, 3, padding=1), (
 layer_train_step("dense_256_128_train", mt.Linear(256, 128), (1, 256))
 layer_train_step("depthwise3x3_16x16x32_train", mt.Conv2d(32, 32, 3, padding=1, groups=32), (1, 16, 16, 32))
 layer_train_step("pointwise_8x8x32_64_train", mt.Conv2d(32, 64, 1), (1, 8, 8, 32))
+partial_train_step("conv3x3_16x16x16_32_train_topk10", lambda: mt.Conv2d(16, 32, 3, padding=1),
+                   (1, 16, 16, 16), mt.TopK(0.1))
 model_train_step("dense_64_32_10_train", mt.Sequential(mt.Linear(64, 32), mt.ReLU(), mt.Linear(32, 10)),
                  (1, 64), [3])
 model_train_step("cnn_digits_8x8_train",

@@ -55,6 +55,8 @@ def print_table(results: list[dict]) -> None:
             notes = []
             if "vs_pure_python" in r:
                 notes.append(f"{r['vs_pure_python']}x fewer instr/MAC than pure Python")
+            if "backward_speedup" in r:
+                notes.append(f"backward {r['backward_speedup']}x fewer instructions than a full update")
             if "peak_ram_bytes" in r:
                 notes.append(f"peak RAM {r['peak_ram_bytes']} B")
             print(f"  {r['case']:40} {r['dtype']:8} {r['macs']:>10} {r['instructions']:>13} "

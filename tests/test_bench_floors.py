@@ -40,3 +40,9 @@ def test_dense_step_beats_pure_micropython_200x(m4f_bench):
     c, py = m4f_bench["dense_256_128_train"], m4f_bench["pure_python_dense_64_32_10_train"]
     ratio = (py["instructions"] / py["macs"]) / (c["instructions"] / c["macs"])
     assert ratio >= 200, ratio
+
+
+def test_topk10_backward_is_4x_cheaper(m4f_bench):
+    # Issue 6: a 10% dynamic top-k update's backward pass against the full update's.
+    r = m4f_bench["conv3x3_16x16x16_32_train_topk10"]
+    assert r["full_backward_instructions"] / r["backward_instructions"] >= 4, r

@@ -9,6 +9,7 @@
 #include "loss.h"
 #include "optim.h"
 #include "random.h"
+#include "partial_update.h"
 #include "kernels/activation_f32.h"
 
 const mt_layer_ops_t *mt_layer_ops(const mt_layer_obj_t *layer) {
@@ -57,6 +58,7 @@ void mt_layer_init(mt_layer_obj_t *layer) {
     layer->labels = NULL;
     layer->extra_params[0] = NULL;
     layer->extra_params[1] = NULL;
+    layer->update = (mt_update_t) { .kind = MT_UPDATE_FULL };
 }
 
 mt_tensor_obj_t *mt_layer_new_param(const mt_shape_t *shape, int fan_in, const char *what) {
@@ -354,7 +356,8 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
     } else {
         optim->ops->step_begin(optim);
     }
-    mt_pass_t pass = { .training = true, .scratch = self->scratch, .optim = optim };
+    // Without a loss there is no relative loss: dynamic top-k uses its largest ratio.
+    mt_pass_t pass = { .training = true, .scratch = self->scratch, .optim = optim, .loss_ratio = 1.0f };
     mt_layer_ops(self)->backward(self, mt_tensor_f32(x), mt_tensor_f32(dy), mt_tensor_f32(self->input_grad), &pass);
     return MP_OBJ_FROM_PTR(self->input_grad);
 }
@@ -380,7 +383,12 @@ static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
     float value = loss->compute(self->output, args[2], mt_tensor_f32(self->output_grad), self->labels);
     if (mt_layer_has_trainable(self)) {
         optim->ops->step_begin(optim);
-        mt_pass_t pass = { .training = true, .scratch = self->scratch, .optim = optim };
+        // The sample's loss relative to the largest seen, for dynamic top-k updates.
+        if (value > optim->max_loss) {
+            optim->max_loss = value;
+        }
+        float ratio = optim->max_loss > 0.0f ? value / optim->max_loss : 1.0f;
+        mt_pass_t pass = { .training = true, .scratch = self->scratch, .optim = optim, .loss_ratio = ratio };
         mt_layer_ops(self)->backward(self, mt_tensor_f32(x), mt_tensor_f32(self->output_grad), NULL, &pass);
     }
     return mp_obj_new_float_from_f(value);
@@ -475,6 +483,39 @@ static void collect_params(const mt_layer_obj_t *layer, mp_obj_t list, mp_obj_t 
             prefix->len = len;
         }
     }
+}
+
+static void visit(mt_layer_obj_t *layer, mt_layer_visit_t fn, void *ctx, vstr_t *name) {
+    mt_layer_obj_t *const *children;
+    size_t n = layer_children(layer, &children);
+    if (n == 0) {
+        fn(layer, vstr_null_terminated_str(name), ctx);
+        return;
+    }
+    size_t len = name->len;
+    for (size_t i = 0; i < n; i++) {
+        if (children[i] == NULL) {
+            continue;
+        }
+        qstr q = child_name(layer, i);
+        if (len) {
+            vstr_add_char(name, '.');
+        }
+        if (q != MP_QSTRnull) {
+            vstr_add_str(name, qstr_str(q));
+        } else {
+            vstr_printf(name, "%u", (unsigned)i);
+        }
+        visit(children[i], fn, ctx, name);
+        name->len = len;
+    }
+}
+
+void mt_layer_visit(mt_layer_obj_t *layer, mt_layer_visit_t fn, void *ctx) {
+    vstr_t name;
+    vstr_init(&name, 16);
+    visit(layer, fn, ctx, &name);
+    vstr_clear(&name);
 }
 
 // parameters() -> list of weight and bias Tensors, in order.
@@ -657,6 +698,18 @@ void mt_layer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
         case MP_QSTR_output_shape:
             dest[0] = self->planned ? mt_shape_to_tuple(&self->out_shape) : mp_const_none;
             return;
+        case MP_QSTR_selected:
+            // The structures a partial update changed in the last pass (None: all of them).
+            if (self->update.kind != MT_UPDATE_CHANNELS && self->update.kind != MT_UPDATE_TOPK) {
+                dest[0] = mp_const_none;
+            } else {
+                mp_obj_t list = mp_obj_new_list(0, NULL);
+                for (int i = 0; i < self->update.selected; i++) {
+                    mp_obj_list_append(list, MP_OBJ_NEW_SMALL_INT(self->update.selection[i]));
+                }
+                dest[0] = list;
+            }
+            return;
     }
     for (size_t i = 0; i < MP_ARRAY_SIZE(param_names); i++) {
         if (attr == param_names[i] && (i < 2 || layer_param(self, i) != NULL)) {
@@ -701,5 +754,6 @@ static const mp_rom_map_elem_t layer_locals_dict_table[] = {
     { MP_ROM_QSTR(MP_QSTR_memory), MP_ROM_PTR(&layer_memory_obj) },
     { MP_ROM_QSTR(MP_QSTR_macs), MP_ROM_PTR(&layer_macs_obj) },
     { MP_ROM_QSTR(MP_QSTR_config), MP_ROM_PTR(&layer_config_obj) },
+    { MP_ROM_QSTR(MP_QSTR_update_stats), MP_ROM_PTR(&mt_update_stats_obj) },
 };
 MP_DEFINE_CONST_DICT(mt_layer_locals_dict, layer_locals_dict_table);

@@ -14,11 +14,28 @@
 typedef struct _mt_layer_obj_t mt_layer_obj_t;
 typedef struct _mt_optim_obj_t mt_optim_obj_t;
 
+// Which of a layer's parameters an optimizer updates (partial_update.h).
+typedef enum {
+    MT_UPDATE_FULL,
+    MT_UPDATE_BIAS_ONLY,
+    MT_UPDATE_CHANNELS,      // the first floor(ratio * N) output structures, always the same
+    MT_UPDATE_TOPK,          // per sample, the k structures with the largest error
+} mt_update_kind_t;
+
+typedef struct {
+    uint8_t kind;            // mt_update_kind_t
+    float ratio_min;         // CHANNELS: the ratio; TOPK: lambda_min
+    float ratio_max;         // TOPK: lambda_max
+    int32_t *selection;      // the structures updated in the last pass (N entries)
+    int32_t selected;        // how many (N for a full update, 0 if none)
+} mt_update_t;
+
 // What a forward or backward pass may use.
 typedef struct {
     bool training;           // BatchNorm: batch statistics (and update running ones)
     float *scratch;          // shared scratch of mt_layer_scratch_floats() floats
     mt_optim_obj_t *optim;   // NULL: backward writes each parameter's .grad
+    float loss_ratio;        // this sample's loss over the largest seen (dynamic top-k)
 } mt_pass_t;
 
 typedef enum {
@@ -83,6 +100,7 @@ struct _mt_layer_obj_t {
     size_t scratch_floats;
     int32_t *labels;
     mt_tensor_obj_t *extra_params[2];  // BatchNorm running statistics
+    mt_update_t update;                // set by the optimizer's update= policy
 };
 
 const mt_layer_ops_t *mt_layer_ops(const mt_layer_obj_t *layer);
@@ -111,6 +129,11 @@ uint64_t mt_layer_macs(const mt_layer_obj_t *layer, mt_macs_kind_t kind, bool ne
 // the matching end call; with an optimizer this is the fused update.
 float *mt_grad_begin(const mt_pass_t *pass, mt_tensor_obj_t *param, float *alpha);
 void mt_grad_end(const mt_pass_t *pass, mt_tensor_obj_t *param);
+
+// Calls fn(leaf, name, ctx) for every simple layer under `layer` (itself if simple),
+// with its state_dict-style name ("3.body.0"; "" for the root).
+typedef void (*mt_layer_visit_t)(mt_layer_obj_t *leaf, const char *name, void *ctx);
+void mt_layer_visit(mt_layer_obj_t *layer, mt_layer_visit_t fn, void *ctx);
 
 // Raises ValueError "<Layer>: <msg> (input <shape>)".
 NORETURN void mt_layer_raise_shape(const mt_layer_obj_t *layer, const char *msg, const mt_shape_t *in);

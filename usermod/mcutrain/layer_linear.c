@@ -1,7 +1,9 @@
 // mt.Linear(in_features, out_features, bias=True): y = x W^T + b on (batch, features).
 #include "py/runtime.h"
 #include "layer.h"
+#include "partial_update.h"
 #include "kernels/linear_f32.h"
+#include "kernels/select_f32.h"
 
 typedef struct {
     mt_layer_obj_t base;
@@ -26,13 +28,67 @@ static void linear_forward(mt_layer_obj_t *self_in, const float *x, const mt_pas
         self_in->bias ? self_in->bias->data : NULL, self_in->output->data);
 }
 
+// Compact-path scratch (see layer_conv.c): magnitudes, mask, selected dy columns,
+// weight rows and their gradients.
+static size_t linear_scratch(const mt_layer_obj_t *self_in) {
+    if (self_in->update.kind != MT_UPDATE_CHANNELS && self_in->update.kind != MT_UPDATE_TOPK) {
+        return 0;
+    }
+    const mt_linear_obj_t *self = (const mt_linear_obj_t *)self_in;
+    size_t n = (size_t)self->p.out_features, k = (size_t)mt_update_max_selected(self_in);
+    return n + (n + 3) / 4 + (size_t)self->p.batch * k + 2 * k * (size_t)self->p.in_features + k;
+}
+
+// A partial update: only the selected rows' error flows back (see layer_conv.c).
+static void linear_backward_partial(mt_linear_obj_t *self, const float *x, const float *dy, float *dx,
+    const mt_pass_t *pass) {
+    mt_layer_obj_t *layer = &self->base;
+    int n = self->p.out_features, row_len = self->p.in_features;
+    float *mag = pass->scratch;
+    uint8_t *taken = (uint8_t *)(mag + n);
+    float *dy_sel = mag + n + (n + 3) / 4;
+    int k;
+    const int32_t *sel = mt_update_select(layer, dy, self->p.batch, pass, mag, taken, &k);
+    float *w_sel = dy_sel + (size_t)self->p.batch * k;
+    float *dw_sel = w_sel + (size_t)k * row_len;
+    float *db_sel = dw_sel + (size_t)k * row_len;
+    mt_linear_params_t q = self->p;
+    q.out_features = k;
+    mt_gather_columns_f32(dy, self->p.batch, n, sel, k, dy_sel);
+    mt_gather_rows_f32(layer->weight->data, row_len, sel, k, w_sel);
+    if (dx != NULL) {
+        mt_linear_f32_grad_input(&q, dy_sel, w_sel, dx);
+    }
+    for (size_t i = 0; i < (size_t)k * row_len + (size_t)k; i++) {
+        dw_sel[i] = 0.0f;
+    }
+    mt_linear_f32_grad_weight(&q, x, dy_sel, 1.0f, dw_sel, layer->bias ? db_sel : NULL);
+    mt_update_rows(pass, layer->weight, sel, k, row_len, dw_sel);
+    if (layer->bias) {
+        mt_update_rows(pass, layer->bias, sel, k, 1, db_sel);
+    }
+}
+
 static void linear_backward(mt_layer_obj_t *self_in, const float *x, const float *dy, float *dx,
     const mt_pass_t *pass) {
     mt_linear_obj_t *self = (mt_linear_obj_t *)self_in;
+    if (self_in->trainable && mt_update_is_partial(self_in, pass)) {
+        linear_backward_partial(self, x, dy, dx, pass);
+        return;
+    }
     if (dx != NULL) {
         mt_linear_f32_grad_input(&self->p, dy, self_in->weight->data, dx);
     }
     if (!self_in->trainable) {
+        return;
+    }
+    if (pass->optim != NULL && self_in->update.kind == MT_UPDATE_BIAS_ONLY) {
+        if (self_in->bias) {
+            float alpha;
+            float *db = mt_grad_begin(pass, self_in->bias, &alpha);
+            mt_channel_sum_f32(dy, self->p.batch, self->p.out_features, alpha, db);
+            mt_grad_end(pass, self_in->bias);
+        }
         return;
     }
     float alpha, bias_alpha;
@@ -65,6 +121,7 @@ static const mt_layer_ops_t linear_ops = {
     .magic = MT_LAYER_MAGIC,
     .input_ndim = 2,
     .plan = linear_plan,
+    .scratch_floats = linear_scratch,
     .forward = linear_forward,
     .backward = linear_backward,
     .macs = linear_macs,

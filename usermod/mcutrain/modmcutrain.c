@@ -87,7 +87,9 @@ extern const mp_obj_type_t mt_linear_type, mt_conv2d_type, mt_conv1d_type, mt_re
     mt_relu6_type, mt_softmax_type, mt_maxpool2d_type, mt_avgpool2d_type, mt_global_avgpool_type,
     mt_flatten_type, mt_batchnorm2d_type, mt_add_type, mt_sequential_type, mt_residual_type,
     mt_sgd_type, mt_adam_type;
-extern const mp_obj_fun_builtin_var_t mt_zeros_obj, mt_frombuffer_obj;
+extern const mp_obj_fun_builtin_var_t mt_zeros_obj, mt_frombuffer_obj, mt_policy_topk_obj;
+extern const mp_obj_fun_builtin_fixed_t mt_policy_full_obj, mt_policy_frozen_obj, mt_policy_bias_only_obj,
+    mt_policy_last_layers_obj, mt_policy_channel_ratio_obj;
 
 static const mp_rom_map_elem_t mcutrain_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___init__), MP_ROM_PTR(&mcutrain_init_obj) },
@@ -122,6 +124,12 @@ static const mp_rom_map_elem_t mcutrain_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_mse), MP_ROM_PTR(&mt_mse_obj) },
     { MP_ROM_QSTR(MP_QSTR_SGD), MP_ROM_PTR(&mt_sgd_type) },
     { MP_ROM_QSTR(MP_QSTR_Adam), MP_ROM_PTR(&mt_adam_type) },
+    { MP_ROM_QSTR(MP_QSTR_Full), MP_ROM_PTR(&mt_policy_full_obj) },
+    { MP_ROM_QSTR(MP_QSTR_Frozen), MP_ROM_PTR(&mt_policy_frozen_obj) },
+    { MP_ROM_QSTR(MP_QSTR_BiasOnly), MP_ROM_PTR(&mt_policy_bias_only_obj) },
+    { MP_ROM_QSTR(MP_QSTR_LastLayers), MP_ROM_PTR(&mt_policy_last_layers_obj) },
+    { MP_ROM_QSTR(MP_QSTR_ChannelRatio), MP_ROM_PTR(&mt_policy_channel_ratio_obj) },
+    { MP_ROM_QSTR(MP_QSTR_TopK), MP_ROM_PTR(&mt_policy_topk_obj) },
 };
 static MP_DEFINE_CONST_DICT(mcutrain_module_globals, mcutrain_module_globals_table);
 

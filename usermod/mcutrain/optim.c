@@ -4,6 +4,7 @@
 #include "py/runtime.h"
 #include "layer.h"
 #include "optim.h"
+#include "partial_update.h"
 
 mt_optim_obj_t *mt_optim_get(mp_obj_t obj) {
     const mp_obj_type_t *type = mp_obj_is_obj(obj) ? ((mp_obj_base_t *)MP_OBJ_TO_PTR(obj))->type : NULL;
@@ -16,33 +17,54 @@ mt_optim_obj_t *mt_optim_get(mp_obj_t obj) {
 
 float *mt_optim_state(mt_optim_obj_t *self, mt_tensor_obj_t *param, size_t floats_per_param) {
     (void)self;
-    size_t want = floats_per_param * param->size;
-    if (want == 0) {
+    if (floats_per_param == 0) {
         return NULL;
     }
-    mt_tensor_obj_t *state = param->opt_state == MP_OBJ_NULL ? NULL : MP_OBJ_TO_PTR(param->opt_state);
-    if (state == NULL || state->size != want) {
-        mt_shape_t shape = { .ndim = 1, .dim = { (int32_t)want } };
-        state = mt_tensor_new(&shape, MT_FLOAT32, "optimizer state");
-        param->opt_state = MP_OBJ_FROM_PTR(state);
+    if (param->opt_state == MP_OBJ_NULL) {
+        mt_shape_t shape = { .ndim = 1, .dim = { (int32_t)(floats_per_param * param->size) } };
+        param->opt_state = MP_OBJ_FROM_PTR(mt_tensor_new(&shape, MT_FLOAT32, "optimizer state"));
     }
-    return mt_tensor_f32(state);
+    return mt_tensor_f32(MP_OBJ_TO_PTR(param->opt_state));
 }
 
-void mt_optim_init_params(mt_optim_obj_t *self, mp_obj_t model, size_t floats_per_param) {
-    mt_layer_get(model, "model");
+size_t mt_optim_state_elems(const mt_tensor_obj_t *param, size_t floats_per_param) {
+    const mt_tensor_obj_t *state = MP_OBJ_TO_PTR(param->opt_state);
+    return state->size / floats_per_param;
+}
+
+typedef struct {
+    size_t floats_per_param;
+} init_ctx_t;
+
+static void init_leaf(mt_layer_obj_t *leaf, const char *name, void *ctx_in) {
+    (void)name;
+    init_ctx_t *ctx = ctx_in;
+    mt_tensor_obj_t *params[2] = { leaf->weight, leaf->bias };
+    for (size_t i = 0; i < 2; i++) {
+        if (params[i] == NULL) {
+            continue;
+        }
+        // A fresh optimizer starts from zero state, sized for what the policy updates.
+        params[i]->opt_state = MP_OBJ_NULL;
+        size_t n = mt_update_state_elems(leaf, params[i]) * ctx->floats_per_param;
+        if (n) {
+            mt_shape_t shape = { .ndim = 1, .dim = { (int32_t)n } };
+            params[i]->opt_state = MP_OBJ_FROM_PTR(mt_tensor_new(&shape, MT_FLOAT32, "optimizer state"));
+        }
+    }
+}
+
+void mt_optim_init_params(mt_optim_obj_t *self, mp_obj_t model, size_t floats_per_param, mp_obj_t update) {
+    mt_layer_obj_t *layer = mt_layer_get(model, "model");
+    if (update != mp_const_none) {
+        mt_update_apply(model, update);
+    }
     mp_obj_t dest[2];
     mp_load_method(model, MP_QSTR_parameters, dest);
     self->params = mp_call_method_n_kw(0, 0, dest);
-    size_t n;
-    mp_obj_t *items;
-    mp_obj_get_array(self->params, &n, &items);
-    for (size_t i = 0; i < n; i++) {
-        mt_tensor_obj_t *p = MP_OBJ_TO_PTR(items[i]);
-        // A fresh optimizer starts from zero state.
-        p->opt_state = MP_OBJ_NULL;
-        mt_optim_state(self, p, floats_per_param);
-    }
+    self->max_loss = 0.0f;
+    init_ctx_t ctx = { floats_per_param };
+    mt_layer_visit(layer, init_leaf, &ctx);
 }
 
 // step(): updates every parameter that has a .grad (after model.backward).
@@ -79,7 +101,7 @@ static mp_obj_t optim_zero_grad(mp_obj_t self_in) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(optim_zero_grad_obj, optim_zero_grad);
 
-// memory() -> bytes of optimizer state for the parameters it was made with.
+// memory() -> bytes of optimizer state: only for what the update policy can change.
 static mp_obj_t optim_memory(mp_obj_t self_in) {
     mt_optim_obj_t *self = mt_optim_get(self_in);
     size_t n, bytes = 0;
@@ -87,7 +109,9 @@ static mp_obj_t optim_memory(mp_obj_t self_in) {
     mp_obj_get_array(self->params, &n, &items);
     for (size_t i = 0; i < n; i++) {
         mt_tensor_obj_t *p = MP_OBJ_TO_PTR(items[i]);
-        bytes += p->size * self->ops->state_bytes_per_float(self);
+        if (p->opt_state != MP_OBJ_NULL && self->ops->state_bytes_per_float(self)) {
+            bytes += ((mt_tensor_obj_t *)MP_OBJ_TO_PTR(p->opt_state))->size * sizeof(float);
+        }
     }
     return mp_obj_new_int_from_uint(bytes);
 }

@@ -24,14 +24,27 @@ static float *adam_grad_begin(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, f
     return state;
 }
 
+// Adam on n elements of w from g, with the moments at element `at` of the state.
+static void adam_update(mt_adam_obj_t *self, mt_tensor_obj_t *param, float *w, const float *g, size_t at, size_t n) {
+    float *state = mt_optim_state(&self->base, param, 3);
+    size_t elems = mt_optim_state_elems(param, 3);
+    mt_adam_f32_step(&self->p, w, g, state + elems + at, state + 2 * elems + at, n);
+}
+
 static void adam_apply(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const float *grad) {
-    mt_adam_obj_t *self = (mt_adam_obj_t *)self_in;
-    float *state = mt_optim_state(self_in, param, 3);
-    mt_adam_f32_step(&self->p, param->data, grad, state + param->size, state + 2 * param->size, param->size);
+    adam_update((mt_adam_obj_t *)self_in, param, param->data, grad, 0, param->size);
 }
 
 static void adam_grad_end(mt_optim_obj_t *self_in, mt_tensor_obj_t *param) {
     adam_apply(self_in, param, mt_optim_state(self_in, param, 3));
+}
+
+static void adam_apply_rows(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const int32_t *rows, int k,
+    int row_len, const float *grad) {
+    for (int j = 0; j < k; j++) {
+        size_t at = (size_t)rows[j] * (size_t)row_len;
+        adam_update((mt_adam_obj_t *)self_in, param, (float *)param->data + at, grad + (size_t)j * row_len, at, (size_t)row_len);
+    }
 }
 
 static size_t adam_state_bytes(const mt_optim_obj_t *self) {
@@ -40,17 +53,23 @@ static size_t adam_state_bytes(const mt_optim_obj_t *self) {
 }
 
 static const mt_optim_ops_t adam_ops = {
-    adam_step_begin, adam_grad_begin, adam_grad_end, adam_apply, adam_state_bytes,
+    .step_begin = adam_step_begin,
+    .grad_begin = adam_grad_begin,
+    .grad_end = adam_grad_end,
+    .apply = adam_apply,
+    .apply_rows = adam_apply_rows,
+    .state_bytes_per_float = adam_state_bytes,
 };
 
 static mp_obj_t adam_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_model, ARG_lr, ARG_betas, ARG_eps, ARG_weight_decay };
+    enum { ARG_model, ARG_lr, ARG_betas, ARG_eps, ARG_weight_decay, ARG_update };
     static const mp_arg_t allowed_args[] = {
         { MP_QSTR_model, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_lr, MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_betas, MP_ARG_OBJ, {.u_obj = mp_const_none} },
         { MP_QSTR_eps, MP_ARG_OBJ, {.u_obj = mp_const_none} },
         { MP_QSTR_weight_decay, MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_SMALL_INT(0)} },
+        { MP_QSTR_update, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
@@ -73,7 +92,7 @@ static mp_obj_t adam_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
         || !(self->p.weight_decay >= 0.0f)) {
         mp_raise_ValueError(MP_ERROR_TEXT("Adam: need lr > 0, betas in [0, 1), eps > 0, weight_decay >= 0"));
     }
-    mt_optim_init_params(&self->base, args[ARG_model].u_obj, 3);
+    mt_optim_init_params(&self->base, args[ARG_model].u_obj, 3, args[ARG_update].u_obj);
     return MP_OBJ_FROM_PTR(self);
 }
 

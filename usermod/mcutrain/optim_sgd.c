@@ -1,4 +1,4 @@
-// mt.SGD(model, lr, momentum=0, weight_decay=0): the update fused into the weight-
+// mt.SGD(model, lr, momentum=0, weight_decay=0, update=None): the update fused into the weight-
 // gradient pass, so no gradient buffer exists (see kernels/optim_f32.h).
 #include "py/runtime.h"
 #include "optim.h"
@@ -36,13 +36,28 @@ static void sgd_apply(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const flo
     mt_sgd_f32_step(&self->p, param->data, grad, sgd_velocity(self, param), param->size);
 }
 
+static void sgd_apply_rows(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const int32_t *rows, int k,
+    int row_len, const float *grad) {
+    mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
+    float *w = param->data, *velocity = sgd_velocity(self, param);
+    for (int j = 0; j < k; j++) {
+        size_t at = (size_t)rows[j] * (size_t)row_len;
+        mt_sgd_f32_step(&self->p, w + at, grad + (size_t)j * row_len, velocity ? velocity + at : NULL, (size_t)row_len);
+    }
+}
+
 static size_t sgd_state_bytes(const mt_optim_obj_t *self_in) {
     const mt_sgd_obj_t *self = (const mt_sgd_obj_t *)self_in;
     return self->p.momentum != 0.0f ? sizeof(float) : 0;
 }
 
 static const mt_optim_ops_t sgd_ops = {
-    sgd_step_begin, sgd_grad_begin, sgd_grad_end, sgd_apply, sgd_state_bytes,
+    .step_begin = sgd_step_begin,
+    .grad_begin = sgd_grad_begin,
+    .grad_end = sgd_grad_end,
+    .apply = sgd_apply,
+    .apply_rows = sgd_apply_rows,
+    .state_bytes_per_float = sgd_state_bytes,
 };
 
 static float check_rate(mp_obj_t obj, const char *what, bool allow_zero) {
@@ -55,12 +70,13 @@ static float check_rate(mp_obj_t obj, const char *what, bool allow_zero) {
 }
 
 static mp_obj_t sgd_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_model, ARG_lr, ARG_momentum, ARG_weight_decay };
+    enum { ARG_model, ARG_lr, ARG_momentum, ARG_weight_decay, ARG_update };
     static const mp_arg_t allowed_args[] = {
         { MP_QSTR_model, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_lr, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_momentum, MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_SMALL_INT(0)} },
         { MP_QSTR_weight_decay, MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_SMALL_INT(0)} },
+        { MP_QSTR_update, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
@@ -72,7 +88,7 @@ static mp_obj_t sgd_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
         mp_raise_ValueError(MP_ERROR_TEXT("SGD: momentum must be in [0, 1)"));
     }
     self->p.weight_decay = check_rate(args[ARG_weight_decay].u_obj, "weight_decay", true);
-    mt_optim_init_params(&self->base, args[ARG_model].u_obj, self->p.momentum != 0.0f ? 1 : 0);
+    mt_optim_init_params(&self->base, args[ARG_model].u_obj, self->p.momentum != 0.0f ? 1 : 0, args[ARG_update].u_obj);
     return MP_OBJ_FROM_PTR(self);
 }
 

@@ -3,8 +3,17 @@
 #include "conv2d_f32.h"
 #include "gemm_f32.h"
 
-// im2col works on tiles of output pixels small enough for an MCU's RAM (4096 floats =
-// 16 KB for kernels up to K = 64 floats; bigger kernels take the 4-row minimum).
+// Thumb-2 with a single-precision FPU (Cortex-M4F/M7/M33): inline asm moves 8 floats per
+// vldmia/vstmia where compiled C needs one load or store per float (see gemm_f32.c).
+#if defined(__thumb2__) && defined(__ARM_FP) && (__ARM_FP & 4) && defined(__ARM_FEATURE_FMA) \
+    && defined(__OPTIMIZE__) && !defined(MCUTRAIN_PORTABLE_KERNELS)
+#define MT_CONV_ASM 1
+#else
+#define MT_CONV_ASM 0
+#endif
+
+// im2col works on tiles of at most 64 output pixels and 4096 floats (16 KB), small beside
+// the activations of a 256 KB MCU; patches over 1024 floats take the 4-pixel minimum.
 #define TILE_FLOATS 4096
 #define TILE_ROWS_MIN 4
 #define TILE_ROWS_MAX 64
@@ -49,22 +58,88 @@ size_t mt_conv2d_f32_scratch_floats(const mt_conv2d_params_t *p) {
     return (size_t)tile_rows(p) * (size_t)patch_len(p);
 }
 
+// ---- float array helpers ------------------------------------------------------------------
+
 static void zero_floats(float *dst, int n) {
+#if MT_CONV_ASM
+    int singles = n & 7, octets = n >> 3, tmp;
+    __asm__ volatile (
+        "movs %[tmp], #0\n\t"
+        "vmov s0, s1, %[tmp], %[tmp]\n\t" "vmov s2, s3, %[tmp], %[tmp]\n\t"
+        "vmov s4, s5, %[tmp], %[tmp]\n\t" "vmov s6, s7, %[tmp], %[tmp]\n\t"
+        "cmp %[octets], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        "vstmia %[dst]!, {s0-s7}\n\t"
+        "subs %[octets], %[octets], #1\n\t" "bne 1b\n\t"
+        "2:\n\t"
+        "cmp %[singles], #0\n\t" "beq 4f\n\t"
+        "3:\n\t"
+        "vstmia %[dst]!, {s0}\n\t"
+        "subs %[singles], %[singles], #1\n\t" "bne 3b\n\t"
+        "4:\n\t"
+        : [dst] "+r" (dst), [singles] "+r" (singles), [octets] "+r" (octets), [tmp] "=&r" (tmp)
+        :
+        : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "cc", "memory");
+#else
     for (int i = 0; i < n; i++) {
         dst[i] = 0.0f;
     }
+#endif
 }
 
 static void copy_floats(float *dst, const float *src, int n) {
+#if MT_CONV_ASM
+    int singles = n & 7, octets = n >> 3;
+    __asm__ volatile (
+        "cmp %[octets], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        "vldmia %[src]!, {s0-s7}\n\t" "vstmia %[dst]!, {s0-s7}\n\t"
+        "subs %[octets], %[octets], #1\n\t" "bne 1b\n\t"
+        "2:\n\t"
+        "cmp %[singles], #0\n\t" "beq 4f\n\t"
+        "3:\n\t"
+        "vldmia %[src]!, {s0}\n\t" "vstmia %[dst]!, {s0}\n\t"
+        "subs %[singles], %[singles], #1\n\t" "bne 3b\n\t"
+        "4:\n\t"
+        : [dst] "+r" (dst), [src] "+r" (src), [singles] "+r" (singles), [octets] "+r" (octets)
+        :
+        : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "cc", "memory");
+#else
     for (int i = 0; i < n; i++) {
         dst[i] = src[i];
     }
+#endif
 }
 
 static void add_floats(float *dst, const float *src, int n) {
+#if MT_CONV_ASM
+    int singles = n & 7, octets = n >> 3;
+    __asm__ volatile (
+        "cmp %[octets], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        "vldmia %[dst], {s0-s7}\n\t" "vldmia %[src]!, {s8-s15}\n\t"
+        "vadd.f32 s0, s0, s8\n\t" "vadd.f32 s1, s1, s9\n\t"
+        "vadd.f32 s2, s2, s10\n\t" "vadd.f32 s3, s3, s11\n\t"
+        "vadd.f32 s4, s4, s12\n\t" "vadd.f32 s5, s5, s13\n\t"
+        "vadd.f32 s6, s6, s14\n\t" "vadd.f32 s7, s7, s15\n\t"
+        "vstmia %[dst]!, {s0-s7}\n\t"
+        "subs %[octets], %[octets], #1\n\t" "bne 1b\n\t"
+        "2:\n\t"
+        "cmp %[singles], #0\n\t" "beq 4f\n\t"
+        "3:\n\t"
+        "vldr s0, [%[dst]]\n\t" "vldmia %[src]!, {s8}\n\t"
+        "vadd.f32 s0, s0, s8\n\t" "vstmia %[dst]!, {s0}\n\t"
+        "subs %[singles], %[singles], #1\n\t" "bne 3b\n\t"
+        "4:\n\t"
+        : [dst] "+r" (dst), [src] "+r" (src), [singles] "+r" (singles), [octets] "+r" (octets)
+        :
+        : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "s12",
+          "s13", "s14", "s15", "cc", "memory");
+#else
     for (int i = 0; i < n; i++) {
         dst[i] += src[i];
     }
+#endif
 }
 
 // y[q][o] = bias[o] (or 0) for every output pixel q.
@@ -79,20 +154,46 @@ static void fill_bias(const mt_conv2d_params_t *p, const float *bias, float *y) 
     }
 }
 
-// dbias[o] += alpha * sum over all output pixels of dy[q][o], four channels at a time.
+// s[c] = sum over q < n of d[q * step + c] for 8 channels c.
+static void sum8_strided(int n, const float *d, int step, float *s) {
+#if MT_CONV_ASM
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
+    __asm__ volatile (
+        "cmp %[n], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        "vldmia %[d], {s8-s15}\n\t" "add %[d], %[d], %[step]\n\t"
+        "vadd.f32 %[s0], %[s0], s8\n\t" "vadd.f32 %[s1], %[s1], s9\n\t"
+        "vadd.f32 %[s2], %[s2], s10\n\t" "vadd.f32 %[s3], %[s3], s11\n\t"
+        "vadd.f32 %[s4], %[s4], s12\n\t" "vadd.f32 %[s5], %[s5], s13\n\t"
+        "vadd.f32 %[s6], %[s6], s14\n\t" "vadd.f32 %[s7], %[s7], s15\n\t"
+        "subs %[n], %[n], #1\n\t" "bne 1b\n\t"
+        "2:\n\t"
+        : [d] "+r" (d), [n] "+r" (n),
+          [s0] "+t" (s0), [s1] "+t" (s1), [s2] "+t" (s2), [s3] "+t" (s3),
+          [s4] "+t" (s4), [s5] "+t" (s5), [s6] "+t" (s6), [s7] "+t" (s7)
+        : [step] "r" (step * 4)
+        : "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15", "cc", "memory");
+    s[0] = s0; s[1] = s1; s[2] = s2; s[3] = s3; s[4] = s4; s[5] = s5; s[6] = s6; s[7] = s7;
+#else
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
+    for (int q = 0; q < n; q++, d += step) {
+        s0 += d[0]; s1 += d[1]; s2 += d[2]; s3 += d[3];
+        s4 += d[4]; s5 += d[5]; s6 += d[6]; s7 += d[7];
+    }
+    s[0] = s0; s[1] = s1; s[2] = s2; s[3] = s3; s[4] = s4; s[5] = s5; s[6] = s6; s[7] = s7;
+#endif
+}
+
+// dbias[o] += alpha * sum over all output pixels of dy[q][o].
 static void bias_grad(const mt_conv2d_params_t *p, const float *dy, float alpha, float *dbias) {
     const int pixels = out_pixels(p), out_c = p->out_c;
     int o = 0;
-    for (; o + 4 <= out_c; o += 4) {
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-        const float *d = dy + o;
-        for (int q = 0; q < pixels; q++, d += out_c) {
-            s0 += d[0]; s1 += d[1]; s2 += d[2]; s3 += d[3];
+    for (; o + 8 <= out_c; o += 8) {
+        float s[8];
+        sum8_strided(pixels, dy + o, out_c, s);
+        for (int i = 0; i < 8; i++) {
+            dbias[o + i] += alpha * s[i];
         }
-        dbias[o] += alpha * s0;
-        dbias[o + 1] += alpha * s1;
-        dbias[o + 2] += alpha * s2;
-        dbias[o + 3] += alpha * s3;
     }
     for (; o < out_c; o++) {
         float s = 0.0f;
@@ -104,103 +205,277 @@ static void bias_grad(const mt_conv2d_params_t *p, const float *dy, float alpha,
     }
 }
 
-// ---- im2col / col2im on a tile of output pixels ------------------------------------------
+// ---- im2col / col2im on a tile of output pixels -------------------------------------------
 
-// Walks `rows` output pixels from flat index q0 (over batch, out_h, out_w). For each
-// pixel and kernel row, `run` gets the patch row's destination in the tile, the first
-// input pixel of the valid kernel columns [kw_lo, kw_hi) (NULL if the row is all padding).
+// Where output pixel q's patch lies in the image: its top-left input pixel (ih0, iw0) and
+// the kernel columns [kw_lo, kw_hi) that fall inside the image.
 typedef struct {
-    const mt_conv2d_params_t *p;
-    int n, oh, ow;
-} pixel_walk_t;
+    int image_offset;   // floats from the start of x to image n
+    int ih0, iw0, kw_lo, kw_hi;
+} patch_t;
 
-static void walk_start(pixel_walk_t *w, const mt_conv2d_params_t *p, int q0) {
-    const int per_image = p->out_h * p->out_w;
-    w->p = p;
-    w->n = q0 / per_image;
-    w->oh = q0 % per_image / p->out_w;
-    w->ow = q0 % p->out_w;
+static patch_t patch_of(const mt_conv2d_params_t *p, int q) {
+    const int per_image = p->out_h * p->out_w, r = q % per_image;
+    patch_t t;
+    t.image_offset = q / per_image * p->in_h * p->in_w * p->in_c;
+    t.ih0 = r / p->out_w * p->stride_h - p->pad_h;
+    t.iw0 = r % p->out_w * p->stride_w - p->pad_w;
+    t.kw_lo = max_int(0, -t.iw0);
+    t.kw_hi = min_int(p->kernel_w, p->in_w - t.iw0);
+    return t;
 }
 
-static void walk_next(pixel_walk_t *w) {
-    if (++w->ow == w->p->out_w) {
-        w->ow = 0;
-        if (++w->oh == w->p->out_h) {
-            w->oh = 0;
-            w->n++;
-        }
-    }
-}
-
-// Copies (to_tile) or scatter-adds (!to_tile) one tile between the image `img` (x or dx)
-// and the im2col tile `col` (rows x K) for group g.
-static void im2col_tile(const mt_conv2d_params_t *p, int q0, int rows, int g, float *img,
-    float *col, int to_tile) {
-    const int in_c = p->in_c, cg = in_c / p->groups, kh = p->kernel_h, kw = p->kernel_w;
-    const int row_len = kw * cg, K = kh * row_len;
-    pixel_walk_t w;
-    walk_start(&w, p, q0);
-    for (int t = 0; t < rows; t++, col += K, walk_next(&w)) {
-        const int ih0 = w.oh * p->stride_h - p->pad_h, iw0 = w.ow * p->stride_w - p->pad_w;
-        const int kw_lo = max_int(0, -iw0), kw_hi = min_int(kw, p->in_w - iw0);
-        float *image = img + ((w.n * p->in_h) * p->in_w) * in_c + g * cg;
-        float *dst = col;
-        for (int i = 0; i < kh; i++, dst += row_len) {
-            const int ih = ih0 + i;
-            if (ih < 0 || ih >= p->in_h || kw_lo >= kw_hi) {
-                if (to_tile) {
-                    zero_floats(dst, row_len);
-                }
+// col[t][:] = the patch of group g's channels under output pixel q0 + t, zeros for padding.
+static void im2col_tile(const mt_conv2d_params_t *p, const float *x, int q0, int rows, int g,
+    float *col) {
+    const int in_c = p->in_c, cg = in_c / p->groups, kw = p->kernel_w;
+    const int row_len = kw * cg;
+    for (int t = 0; t < rows; t++) {
+        const patch_t pt = patch_of(p, q0 + t);
+        const float *image = x + pt.image_offset + g * cg;
+        for (int i = 0; i < p->kernel_h; i++, col += row_len) {
+            const int ih = pt.ih0 + i;
+            if (ih < 0 || ih >= p->in_h || pt.kw_lo >= pt.kw_hi) {
+                zero_floats(col, row_len);
                 continue;
             }
-            float *src = image + (ih * p->in_w + iw0 + kw_lo) * in_c;
-            if (to_tile) {
-                zero_floats(dst, kw_lo * cg);
-                zero_floats(dst + kw_hi * cg, (kw - kw_hi) * cg);
-            }
+            const float *src = image + (ih * p->in_w + pt.iw0 + pt.kw_lo) * in_c;
+            zero_floats(col, pt.kw_lo * cg);
             if (cg == in_c) {
                 // One run: neighbouring pixels' channels are contiguous in NHWC.
-                const int len = (kw_hi - kw_lo) * cg;
-                if (to_tile) {
-                    copy_floats(dst + kw_lo * cg, src, len);
-                } else {
-                    add_floats(src, dst + kw_lo * cg, len);
-                }
+                copy_floats(col + pt.kw_lo * cg, src, (pt.kw_hi - pt.kw_lo) * cg);
             } else {
-                for (int j = kw_lo; j < kw_hi; j++, src += in_c) {
-                    if (to_tile) {
-                        copy_floats(dst + j * cg, src, cg);
-                    } else {
-                        add_floats(src, dst + j * cg, cg);
-                    }
+                for (int j = pt.kw_lo; j < pt.kw_hi; j++, src += in_c) {
+                    copy_floats(col + j * cg, src, cg);
+                }
+            }
+            zero_floats(col + pt.kw_hi * cg, (kw - pt.kw_hi) * cg);
+        }
+    }
+}
+
+// The transpose of im2col_tile: adds each patch row of col back onto the pixels it came from.
+static void col2im_tile(const mt_conv2d_params_t *p, const float *col, int q0, int rows, int g,
+    float *dx) {
+    const int in_c = p->in_c, cg = in_c / p->groups, kw = p->kernel_w;
+    const int row_len = kw * cg;
+    for (int t = 0; t < rows; t++) {
+        const patch_t pt = patch_of(p, q0 + t);
+        float *image = dx + pt.image_offset + g * cg;
+        for (int i = 0; i < p->kernel_h; i++, col += row_len) {
+            const int ih = pt.ih0 + i;
+            if (ih < 0 || ih >= p->in_h || pt.kw_lo >= pt.kw_hi) {
+                continue;
+            }
+            float *dst = image + (ih * p->in_w + pt.iw0 + pt.kw_lo) * in_c;
+            if (cg == in_c) {
+                add_floats(dst, col + pt.kw_lo * cg, (pt.kw_hi - pt.kw_lo) * cg);
+            } else {
+                for (int j = pt.kw_lo; j < pt.kw_hi; j++, dst += in_c) {
+                    add_floats(dst, col + j * cg, cg);
                 }
             }
         }
     }
 }
 
-// ---- depthwise: one filter per channel, vectorized over channels --------------------------
+// ---- depthwise: one filter per channel ------------------------------------------------------
+//
+// Loops run tap by tap: for kernel tap (i, j) the output pixels that read inside the image
+// form a rectangle, so the inner loops have no bounds checks, and the tap's weights for a
+// block of 8 channels stay in registers while a row of pixels streams through.
+
+// A rectangle of pixels walked in two images at once: `rows` x `cols` pixels, with the
+// steps (in floats) between neighbouring pixels and rows in each.
+typedef struct {
+    int rows, cols;
+    int a_step, a_row;
+    int b_step, b_row;
+} rect_t;
+
+// b[t * b_step + c] += a[t * a_step + c] * w<c> for t < n and 8 channels c.
+static inline void madd8_row(int n, const float *a, int a_step, float *b, int b_step,
+    float w0, float w1, float w2, float w3, float w4, float w5, float w6, float w7) {
+#if MT_CONV_ASM
+    // The weights stay in whatever s registers GCC gives them; s8..s23 hold a and b.
+    __asm__ volatile (
+        "cmp %[n], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        "vldmia %[a], {s8-s15}\n\t" "add %[a], %[a], %[a_step]\n\t"
+        "vldmia %[b], {s16-s23}\n\t"
+        "vfma.f32 s16, s8, %[w0]\n\t" "vfma.f32 s17, s9, %[w1]\n\t"
+        "vfma.f32 s18, s10, %[w2]\n\t" "vfma.f32 s19, s11, %[w3]\n\t"
+        "vfma.f32 s20, s12, %[w4]\n\t" "vfma.f32 s21, s13, %[w5]\n\t"
+        "vfma.f32 s22, s14, %[w6]\n\t" "vfma.f32 s23, s15, %[w7]\n\t"
+        "vstmia %[b], {s16-s23}\n\t" "add %[b], %[b], %[b_step]\n\t"
+        "subs %[n], %[n], #1\n\t" "bne 1b\n\t"
+        "2:\n\t"
+        : [a] "+r" (a), [b] "+r" (b), [n] "+r" (n)
+        : [a_step] "r" (a_step * 4), [b_step] "r" (b_step * 4),
+          [w0] "t" (w0), [w1] "t" (w1), [w2] "t" (w2), [w3] "t" (w3),
+          [w4] "t" (w4), [w5] "t" (w5), [w6] "t" (w6), [w7] "t" (w7)
+        : "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15",
+          "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "cc", "memory");
+#else
+    for (int t = 0; t < n; t++, a += a_step, b += b_step) {
+        b[0] += a[0] * w0; b[1] += a[1] * w1; b[2] += a[2] * w2; b[3] += a[3] * w3;
+        b[4] += a[4] * w4; b[5] += a[5] * w5; b[6] += a[6] * w6; b[7] += a[7] * w7;
+    }
+#endif
+}
+
+// s[c] = sum over the rectangle, in `images` images (image_a / image_b floats apart), of
+// a[pixel][c] * b[pixel][c] for 8 channels c.
+static void dot8_rect(const rect_t *r, int images, int image_a, int image_b, const float *a,
+    const float *b, float *s) {
+#if MT_CONV_ASM
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
+    for (int n = 0; n < images; n++) {
+        const float *ar = a + n * image_a, *br = b + n * image_b;
+        for (int row = 0; row < r->rows; row++, ar += r->a_row, br += r->b_row) {
+            const float *ap = ar, *bp = br;
+            int cols = r->cols;
+            __asm__ volatile (
+                "cmp %[n], #0\n\t" "beq 2f\n\t"
+                "1:\n\t"
+                "vldmia %[a], {s8-s15}\n\t" "add %[a], %[a], %[a_step]\n\t"
+                "vldmia %[b], {s16-s23}\n\t" "add %[b], %[b], %[b_step]\n\t"
+                "vfma.f32 %[s0], s8, s16\n\t" "vfma.f32 %[s1], s9, s17\n\t"
+                "vfma.f32 %[s2], s10, s18\n\t" "vfma.f32 %[s3], s11, s19\n\t"
+                "vfma.f32 %[s4], s12, s20\n\t" "vfma.f32 %[s5], s13, s21\n\t"
+                "vfma.f32 %[s6], s14, s22\n\t" "vfma.f32 %[s7], s15, s23\n\t"
+                "subs %[n], %[n], #1\n\t" "bne 1b\n\t"
+                "2:\n\t"
+                : [a] "+r" (ap), [b] "+r" (bp), [n] "+r" (cols),
+                  [s0] "+t" (s0), [s1] "+t" (s1), [s2] "+t" (s2), [s3] "+t" (s3),
+                  [s4] "+t" (s4), [s5] "+t" (s5), [s6] "+t" (s6), [s7] "+t" (s7)
+                : [a_step] "r" (r->a_step * 4), [b_step] "r" (r->b_step * 4)
+                : "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15",
+                  "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "cc", "memory");
+        }
+    }
+    s[0] = s0; s[1] = s1; s[2] = s2; s[3] = s3; s[4] = s4; s[5] = s5; s[6] = s6; s[7] = s7;
+#else
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
+    for (int n = 0; n < images; n++) {
+        const float *ar = a + n * image_a, *br = b + n * image_b;
+        for (int row = 0; row < r->rows; row++, ar += r->a_row, br += r->b_row) {
+            const float *ap = ar, *bp = br;
+            for (int t = 0; t < r->cols; t++, ap += r->a_step, bp += r->b_step) {
+                s0 += ap[0] * bp[0]; s1 += ap[1] * bp[1]; s2 += ap[2] * bp[2];
+                s3 += ap[3] * bp[3]; s4 += ap[4] * bp[4]; s5 += ap[5] * bp[5];
+                s6 += ap[6] * bp[6]; s7 += ap[7] * bp[7];
+            }
+        }
+    }
+    s[0] = s0; s[1] = s1; s[2] = s2; s[3] = s3; s[4] = s4; s[5] = s5; s[6] = s6; s[7] = s7;
+#endif
+}
+
+// b[pixel][c] += a[pixel][c] * w[c * taps] over the rectangle, for c < C.
+static void dw_madd_rect(const rect_t *r, int C, const float *a, float *b, const float *w,
+    int taps) {
+    int c = 0;
+    for (; c + 8 <= C; c += 8, a += 8, b += 8, w += 8 * taps) {
+        const float w0 = w[0], w1 = w[taps], w2 = w[2 * taps], w3 = w[3 * taps];
+        const float w4 = w[4 * taps], w5 = w[5 * taps], w6 = w[6 * taps], w7 = w[7 * taps];
+        const float *ar = a;
+        float *br = b;
+        for (int row = 0; row < r->rows; row++, ar += r->a_row, br += r->b_row) {
+            madd8_row(r->cols, ar, r->a_step, br, r->b_step, w0, w1, w2, w3, w4, w5, w6, w7);
+        }
+    }
+    for (; c < C; c++, a++, b++, w += taps) {
+        const float wc = *w;
+        const float *ar = a;
+        float *br = b;
+        for (int row = 0; row < r->rows; row++, ar += r->a_row, br += r->b_row) {
+            const float *ap = ar;
+            float *bp = br;
+            for (int t = 0; t < r->cols; t++, ap += r->a_step, bp += r->b_step) {
+                *bp += *ap * wc;
+            }
+        }
+    }
+}
+
+// w[c * taps] += alpha * sum over the rectangle and `images` images (image_a / image_b
+// floats apart) of a[pixel][c] * b[pixel][c], for c < C.
+static void dw_dot_rect(const rect_t *r, int images, int image_a, int image_b, int C,
+    const float *a, const float *b, float alpha, float *w, int taps) {
+    int c = 0;
+    for (; c + 8 <= C; c += 8) {
+        float s[8];
+        dot8_rect(r, images, image_a, image_b, a + c, b + c, s);
+        for (int i = 0; i < 8; i++) {
+            w[(c + i) * taps] += alpha * s[i];
+        }
+    }
+    for (; c < C; c++) {
+        float s = 0.0f;
+        for (int n = 0; n < images; n++) {
+            const float *ar = a + n * image_a + c, *br = b + n * image_b + c;
+            for (int row = 0; row < r->rows; row++, ar += r->a_row, br += r->b_row) {
+                const float *ap = ar, *bp = br;
+                for (int t = 0; t < r->cols; t++, ap += r->a_step, bp += r->b_step) {
+                    s += *ap * *bp;
+                }
+            }
+        }
+        w[c * taps] += alpha * s;
+    }
+}
+
+// Outputs o < out with 0 <= o * stride - pad + tap < in: the range [*lo, *hi).
+static void tap_range(int out, int stride, int pad, int in, int tap, int *lo, int *hi) {
+    const int first = pad - tap;        // o * stride must reach this
+    const int end = in + pad - tap;     // and stay below this
+    *lo = first <= 0 ? 0 : (first + stride - 1) / stride;
+    *hi = end <= 0 ? 0 : min_int(out, (end + stride - 1) / stride);
+}
+
+// For kernel tap (i, j): the rectangle of output pixels that read inside the image (a: the
+// output, b: the input image), and the offsets of its first pixel in each. False if empty.
+static int tap_rect(const mt_conv2d_params_t *p, int i, int j, rect_t *r, int *out_offset,
+    int *in_offset) {
+    const int C = p->in_c;
+    int oh_lo, oh_hi, ow_lo, ow_hi;
+    tap_range(p->out_h, p->stride_h, p->pad_h, p->in_h, i, &oh_lo, &oh_hi);
+    tap_range(p->out_w, p->stride_w, p->pad_w, p->in_w, j, &ow_lo, &ow_hi);
+    r->rows = oh_hi - oh_lo;
+    r->cols = ow_hi - ow_lo;
+    r->a_step = C;
+    r->a_row = p->out_w * C;
+    r->b_step = p->stride_w * C;
+    r->b_row = p->stride_h * p->in_w * C;
+    *out_offset = (oh_lo * p->out_w + ow_lo) * C;
+    *in_offset = ((oh_lo * p->stride_h - p->pad_h + i) * p->in_w
+                  + ow_lo * p->stride_w - p->pad_w + j) * C;
+    return r->rows > 0 && r->cols > 0;
+}
+
+// The same rectangle walked from the input side (a: the input image, b: the output).
+static rect_t swap_sides(rect_t r) {
+    const rect_t s = { r.rows, r.cols, r.b_step, r.b_row, r.a_step, r.a_row };
+    return s;
+}
 
 static void depthwise_forward(const mt_conv2d_params_t *p, const float *x, const float *weight,
     const float *bias, float *y) {
-    const int C = p->in_c, kh = p->kernel_h, kw = p->kernel_w, taps = kh * kw;
-    for (int n = 0; n < p->batch; n++) {
-        const float *xn = x + n * p->in_h * p->in_w * C;
-        for (int oh = 0; oh < p->out_h; oh++) {
-            const int ih0 = oh * p->stride_h - p->pad_h;
-            const int i_lo = max_int(0, -ih0), i_hi = min_int(kh, p->in_h - ih0);
-            for (int ow = 0; ow < p->out_w; ow++, y += C) {
-                const int iw0 = ow * p->stride_w - p->pad_w;
-                const int j_lo = max_int(0, -iw0), j_hi = min_int(kw, p->in_w - iw0);
-                for (int c = 0; c < C; c++) {
-                    float s = bias ? bias[c] : 0.0f;
-                    for (int i = i_lo; i < i_hi; i++) {
-                        for (int j = j_lo; j < j_hi; j++) {
-                            s += xn[((ih0 + i) * p->in_w + iw0 + j) * C + c] * weight[c * taps + i * kw + j];
-                        }
-                    }
-                    y[c] = s;
-                }
+    const int C = p->in_c, taps = p->kernel_h * p->kernel_w;
+    const int x_image = p->in_h * p->in_w * C, y_image = p->out_h * p->out_w * C;
+    fill_bias(p, bias, y);
+    for (int i = 0; i < p->kernel_h; i++) {
+        for (int j = 0; j < p->kernel_w; j++) {
+            rect_t r;
+            int y_offset, x_offset;
+            if (!tap_rect(p, i, j, &r, &y_offset, &x_offset)) {
+                continue;
+            }
+            const rect_t from_x = swap_sides(r);
+            for (int n = 0; n < p->batch; n++) {
+                dw_madd_rect(&from_x, C, x + n * x_image + x_offset, y + n * y_image + y_offset,
+                    weight + i * p->kernel_w + j, taps);
             }
         }
     }
@@ -208,24 +483,19 @@ static void depthwise_forward(const mt_conv2d_params_t *p, const float *x, const
 
 static void depthwise_grad_input(const mt_conv2d_params_t *p, const float *dy, const float *weight,
     float *dx) {
-    const int C = p->in_c, kh = p->kernel_h, kw = p->kernel_w, taps = kh * kw;
-    zero_floats(dx, p->batch * p->in_h * p->in_w * C);
-    for (int n = 0; n < p->batch; n++) {
-        float *dxn = dx + n * p->in_h * p->in_w * C;
-        for (int oh = 0; oh < p->out_h; oh++) {
-            const int ih0 = oh * p->stride_h - p->pad_h;
-            const int i_lo = max_int(0, -ih0), i_hi = min_int(kh, p->in_h - ih0);
-            for (int ow = 0; ow < p->out_w; ow++, dy += C) {
-                const int iw0 = ow * p->stride_w - p->pad_w;
-                const int j_lo = max_int(0, -iw0), j_hi = min_int(kw, p->in_w - iw0);
-                for (int i = i_lo; i < i_hi; i++) {
-                    for (int j = j_lo; j < j_hi; j++) {
-                        float *d = dxn + ((ih0 + i) * p->in_w + iw0 + j) * C;
-                        for (int c = 0; c < C; c++) {
-                            d[c] += dy[c] * weight[c * taps + i * kw + j];
-                        }
-                    }
-                }
+    const int C = p->in_c, taps = p->kernel_h * p->kernel_w;
+    const int x_image = p->in_h * p->in_w * C, y_image = p->out_h * p->out_w * C;
+    zero_floats(dx, p->batch * x_image);
+    for (int i = 0; i < p->kernel_h; i++) {
+        for (int j = 0; j < p->kernel_w; j++) {
+            rect_t r;
+            int y_offset, x_offset;
+            if (!tap_rect(p, i, j, &r, &y_offset, &x_offset)) {
+                continue;
+            }
+            for (int n = 0; n < p->batch; n++) {
+                dw_madd_rect(&r, C, dy + n * y_image + y_offset, dx + n * x_image + x_offset,
+                    weight + i * p->kernel_w + j, taps);
             }
         }
     }
@@ -233,38 +503,25 @@ static void depthwise_grad_input(const mt_conv2d_params_t *p, const float *dy, c
 
 static void depthwise_grad_weight(const mt_conv2d_params_t *p, const float *x, const float *dy,
     float alpha, float *dweight) {
-    const int C = p->in_c, kh = p->kernel_h, kw = p->kernel_w, taps = kh * kw;
-    for (int i = 0; i < kh; i++) {
-        for (int j = 0; j < kw; j++) {
-            for (int c = 0; c < C; c++) {
-                float s = 0.0f;
-                for (int n = 0; n < p->batch; n++) {
-                    const float *xn = x + n * p->in_h * p->in_w * C;
-                    const float *dyn = dy + n * p->out_h * p->out_w * C;
-                    for (int oh = 0; oh < p->out_h; oh++) {
-                        const int ih = oh * p->stride_h - p->pad_h + i;
-                        if (ih < 0 || ih >= p->in_h) {
-                            continue;
-                        }
-                        for (int ow = 0; ow < p->out_w; ow++) {
-                            const int iw = ow * p->stride_w - p->pad_w + j;
-                            if (iw < 0 || iw >= p->in_w) {
-                                continue;
-                            }
-                            s += dyn[(oh * p->out_w + ow) * C + c] * xn[(ih * p->in_w + iw) * C + c];
-                        }
-                    }
-                }
-                dweight[c * taps + i * kw + j] += alpha * s;
+    const int C = p->in_c, taps = p->kernel_h * p->kernel_w;
+    const int x_image = p->in_h * p->in_w * C, y_image = p->out_h * p->out_w * C;
+    for (int i = 0; i < p->kernel_h; i++) {
+        for (int j = 0; j < p->kernel_w; j++) {
+            rect_t r;
+            int y_offset, x_offset;
+            if (!tap_rect(p, i, j, &r, &y_offset, &x_offset)) {
+                continue;
             }
+            dw_dot_rect(&r, p->batch, y_image, x_image, C, dy + y_offset, x + x_offset, alpha,
+                dweight + i * p->kernel_w + j, taps);
         }
     }
 }
 
-// ---- pointwise: the image is already the im2col matrix -----------------------------------
+// ---- pointwise: the image is already the im2col matrix ------------------------------------
 
-// Calls fn on each run of output pixels whose input pixels are contiguous too: the whole
-// batch when the output covers the input, else one output row at a time.
+// Runs of output pixels whose input pixels are contiguous too: the whole batch when the
+// output covers the input, else one output row at a time.
 typedef struct {
     int count;      // runs
     int len;        // output pixels per run
@@ -291,7 +548,7 @@ static int pointwise_x_offset(const mt_conv2d_params_t *p, pointwise_runs_t runs
     return ((n * p->in_h + oh) * p->in_w) * p->in_c;
 }
 
-// ---- public API --------------------------------------------------------------------------
+// ---- public API ---------------------------------------------------------------------------
 
 void mt_conv2d_f32_forward(const mt_conv2d_params_t *p, const float *x, const float *weight,
     const float *bias, float *y, float *scratch) {
@@ -315,7 +572,7 @@ void mt_conv2d_f32_forward(const mt_conv2d_params_t *p, const float *x, const fl
         const int rows = min_int(tile, pixels - q0);
         const mt_gemm_shape_t s = { rows, og, K, K, K, out_c };
         for (int g = 0; g < p->groups; g++) {
-            im2col_tile(p, q0, rows, g, (float *)x, scratch, 1);
+            im2col_tile(p, x, q0, rows, g, scratch);
             mt_gemm_f32_nt(&s, 1.0f, scratch, weight + g * og * K, y + q0 * out_c + g * og);
         }
     }
@@ -345,7 +602,7 @@ void mt_conv2d_f32_grad_input(const mt_conv2d_params_t *p, const float *dy, cons
         for (int g = 0; g < p->groups; g++) {
             zero_floats(scratch, rows * K);
             mt_gemm_f32_nn(&s, 1.0f, dy + q0 * out_c + g * og, weight + g * og * K, scratch);
-            im2col_tile(p, q0, rows, g, dx, scratch, 0);
+            col2im_tile(p, scratch, q0, rows, g, dx);
         }
     }
 }
@@ -374,7 +631,7 @@ void mt_conv2d_f32_grad_weight(const mt_conv2d_params_t *p, const float *x, cons
         const int rows = min_int(tile, pixels - q0);
         const mt_gemm_shape_t s = { og, K, rows, out_c, K, K };
         for (int g = 0; g < p->groups; g++) {
-            im2col_tile(p, q0, rows, g, (float *)x, scratch, 1);
+            im2col_tile(p, x, q0, rows, g, scratch);
             mt_gemm_f32_tn(&s, alpha, dy + q0 * out_c + g * og, scratch, dweight + g * og * K);
         }
     }

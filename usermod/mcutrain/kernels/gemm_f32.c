@@ -1,15 +1,132 @@
-// fp32 GEMM for MCUs. The work is done in 4x4 blocks of C whose 16 sums stay in
-// registers while k runs (8 loads feed 16 multiply-adds); matrix-vector shapes (batch 1)
-// get 1x4 kernels, and the few leftover rows and columns a strided dot product.
+// fp32 GEMM for MCUs. C is computed in 4x4 blocks whose 16 sums stay in registers while
+// k runs; matrix-vector shapes (batch 1) get 1x4 / 1x8 kernels and rank-1 updates;
+// leftover rows and columns a strided dot product.
+//
+// On Thumb-2 with a single-precision FPU (Cortex-M4F/M7/M33) the hot kernels are inline
+// asm, because one vldmia loads up to 8 consecutive floats where compiled C spends one
+// load per float: a 4x4 nt block takes 8 loads + 48 vfma + 2 loop instructions per three
+// k (C: 78), a 1x4 matrix-vector block 5 loads + 32 vfma + 2 per eight k (C: 88). The
+// portable C computes the same sums and is what host tests and other targets run.
 #include "gemm_f32.h"
 
-// Micro-kernels: acc = the block of op(A) * op(B), row-major 4x4 (or 1x4). alpha and C
-// are applied by the drivers, once per block.
+// (At -O0 GCC cannot find registers for the asm operands, so that builds the C path.)
+#if defined(__thumb2__) && defined(__ARM_FP) && (__ARM_FP & 4) && defined(__ARM_FEATURE_FMA) \
+    && defined(__OPTIMIZE__) && !defined(MCUTRAIN_PORTABLE_KERNELS)
+#define MT_GEMM_ASM 1
+// Rank-1 updates beat a 4x4 block with its C load/store up to this k (from instruction
+// counts of both kernels).
+#define TN_RANK1_MAX_K 8
 
-// acc[i][j] = sum_k a[i*lda + k] * b[j*ldb + k]
-static void nt_4x4(int k, const float *a, int lda, const float *b, int ldb, float *acc) {
+// "s<c0..c3> (op)= s<a> * s<b0..b3>": one row of a 4x4 outer product.
+#define MT_ROW4(op, c0, c1, c2, c3, a, b0, b1, b2, b3) \
+    op " s" #c0 ", s" #a ", s" #b0 "\n\t" \
+    op " s" #c1 ", s" #a ", s" #b1 "\n\t" \
+    op " s" #c2 ", s" #a ", s" #b2 "\n\t" \
+    op " s" #c3 ", s" #a ", s" #b3 "\n\t"
+// acc s0..s15 (row-major 4x4) (op)= column s<a0..a3> times row s<b0..b3>.
+#define MT_OUTER16(op, a0, a1, a2, a3, b0, b1, b2, b3) \
+    MT_ROW4(op, 0, 1, 2, 3, a0, b0, b1, b2, b3) \
+    MT_ROW4(op, 4, 5, 6, 7, a1, b0, b1, b2, b3) \
+    MT_ROW4(op, 8, 9, 10, 11, a2, b0, b1, b2, b3) \
+    MT_ROW4(op, 12, 13, 14, 15, a3, b0, b1, b2, b3)
+// acc column j (s<c0..c3>) += A rows (s16..s27, three k each) times three k of B row j
+// (s28..s30).
+#define MT_FMA3(c, a0, a1, a2) \
+    "vfma.f32 s" #c ", s" #a0 ", s28\n\t" \
+    "vfma.f32 s" #c ", s" #a1 ", s29\n\t" \
+    "vfma.f32 s" #c ", s" #a2 ", s30\n\t"
+#define MT_COLUMN3(c0, c1, c2, c3) \
+    MT_FMA3(c0, 16, 17, 18) MT_FMA3(c1, 19, 20, 21) MT_FMA3(c2, 22, 23, 24) MT_FMA3(c3, 25, 26, 27)
+// C row at [p] += s16 (alpha) * s<c0..c3>, then p += ldc bytes in [step].
+#define MT_UPDATE_ROW4(p, step, c0, c1, c2, c3) \
+    "vldmia " p ", {s20-s23}\n\t" \
+    "vfma.f32 s20, s" #c0 ", s16\n\t" \
+    "vfma.f32 s21, s" #c1 ", s16\n\t" \
+    "vfma.f32 s22, s" #c2 ", s16\n\t" \
+    "vfma.f32 s23, s" #c3 ", s16\n\t" \
+    "vstmia " p ", {s20-s23}\n\t" \
+    "add " p ", " p ", " step "\n\t"
+// Adds the 4x4 sums into C. The C pointer, ldc (bytes) and alpha come from memory
+// operands (no register while the k loop runs) into two freed pointer registers and s16.
+#define MT_UPDATE_4X4(p, step) \
+    "ldr " p ", %[c]\n\t" \
+    "ldr " step ", %[ldc]\n\t" \
+    "vldr s16, %[alpha]\n\t" \
+    MT_UPDATE_ROW4(p, step, 0, 1, 2, 3) \
+    MT_UPDATE_ROW4(p, step, 4, 5, 6, 7) \
+    MT_UPDATE_ROW4(p, step, 8, 9, 10, 11) \
+    MT_UPDATE_ROW4(p, step, 12, 13, 14, 15)
+#define MT_UPDATE_4X4_OPERANDS [c] "m" (c), [ldc] "m" (ldc_bytes), [alpha] "Uv" (alpha)
+#define MT_CLOBBER_S0_15 "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", \
+    "s11", "s12", "s13", "s14", "s15"
+#define MT_CLOBBER_S16_31 "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "s24", \
+    "s25", "s26", "s27", "s28", "s29", "s30", "s31"
+
+// Block kernels are inlined into small non-inlined panel functions: the asm's up to 10
+// pointer operands then find registers whatever the drivers keep live (e.g. with
+// -fno-omit-frame-pointer), and the s16..s31 it clobbers are saved once per panel.
+#define MT_BLOCK static inline __attribute__((always_inline))
+#define MT_PANEL static __attribute__((noinline))
+
+#else
+#define MT_GEMM_ASM 0
+#define MT_BLOCK static
+#define MT_PANEL static
+#define TN_RANK1_MAX_K 2
+#endif
+
+#if !MT_GEMM_ASM
+static void add_4x4(float *c, int ldc, float alpha, const float *acc) {
+    for (int i = 0; i < 4; i++, c += ldc, acc += 4) {
+        c[0] += alpha * acc[0];
+        c[1] += alpha * acc[1];
+        c[2] += alpha * acc[2];
+        c[3] += alpha * acc[3];
+    }
+}
+#endif
+
+// C[i][j] += alpha * sum_k A[i][k] * B[j][k] for a 4x4 block; k >= 1.
+MT_BLOCK void nt_4x4(int k, const float *a, int lda, const float *b, int ldb, float alpha,
+    float *c, int ldc) {
     const float *a0 = a, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
     const float *b0 = b, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+#if MT_GEMM_ASM
+    // s16..s27: A rows, three k each (row i from s16 + 3i). s28..s31: one k of each B row,
+    // or three k of one B row.
+    const int ldc_bytes = ldc * 4;
+    int singles = (k - 1) % 3, triples = (k - 1) / 3;
+#define MT_NT_STEP1(op) \
+        "vldmia %[a0]!, {s16}\n\t" "vldmia %[a1]!, {s19}\n\t" \
+        "vldmia %[a2]!, {s22}\n\t" "vldmia %[a3]!, {s25}\n\t" \
+        "vldmia %[b0]!, {s28}\n\t" "vldmia %[b1]!, {s29}\n\t" \
+        "vldmia %[b2]!, {s30}\n\t" "vldmia %[b3]!, {s31}\n\t" \
+        MT_OUTER16(op, 16, 19, 22, 25, 28, 29, 30, 31)
+    __asm__ volatile (
+        MT_NT_STEP1("vmul.f32")
+        "cmp %[singles], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        MT_NT_STEP1("vfma.f32")
+        "subs %[singles], %[singles], #1\n\t" "bne 1b\n\t"
+        "2:\n\t"
+        "cmp %[triples], #0\n\t" "beq 4f\n\t"
+        "3:\n\t"
+        "vldmia %[a0]!, {s16-s18}\n\t" "vldmia %[a1]!, {s19-s21}\n\t"
+        "vldmia %[a2]!, {s22-s24}\n\t" "vldmia %[a3]!, {s25-s27}\n\t"
+        "vldmia %[b0]!, {s28-s30}\n\t" MT_COLUMN3(0, 4, 8, 12)
+        "vldmia %[b1]!, {s28-s30}\n\t" MT_COLUMN3(1, 5, 9, 13)
+        "vldmia %[b2]!, {s28-s30}\n\t" MT_COLUMN3(2, 6, 10, 14)
+        "vldmia %[b3]!, {s28-s30}\n\t" MT_COLUMN3(3, 7, 11, 15)
+        "subs %[triples], %[triples], #1\n\t" "bne 3b\n\t"
+        "4:\n\t"
+        MT_UPDATE_4X4("%[a0]", "%[a1]")
+        : [a0] "+r" (a0), [a1] "+r" (a1), [a2] "+r" (a2), [a3] "+r" (a3),
+          [b0] "+r" (b0), [b1] "+r" (b1), [b2] "+r" (b2), [b3] "+r" (b3),
+          [singles] "+r" (singles), [triples] "+r" (triples)
+        : MT_UPDATE_4X4_OPERANDS
+        : MT_CLOBBER_S0_15, MT_CLOBBER_S16_31, "cc", "memory");
+#undef MT_NT_STEP1
+#else
     float c00 = 0.0f, c01 = 0.0f, c02 = 0.0f, c03 = 0.0f, c10 = 0.0f, c11 = 0.0f, c12 = 0.0f, c13 = 0.0f;
     float c20 = 0.0f, c21 = 0.0f, c22 = 0.0f, c23 = 0.0f, c30 = 0.0f, c31 = 0.0f, c32 = 0.0f, c33 = 0.0f;
     for (const float *a0_end = a0 + k; a0 != a0_end;) {
@@ -20,15 +137,49 @@ static void nt_4x4(int k, const float *a, int lda, const float *b, int ldb, floa
         c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3;
         c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3;
     }
-    acc[0] = c00; acc[1] = c01; acc[2] = c02; acc[3] = c03;
-    acc[4] = c10; acc[5] = c11; acc[6] = c12; acc[7] = c13;
-    acc[8] = c20; acc[9] = c21; acc[10] = c22; acc[11] = c23;
-    acc[12] = c30; acc[13] = c31; acc[14] = c32; acc[15] = c33;
+    const float acc[16] = { c00, c01, c02, c03, c10, c11, c12, c13,
+                            c20, c21, c22, c23, c30, c31, c32, c33 };
+    add_4x4(c, ldc, alpha, acc);
+#endif
 }
 
-// acc[i][j] = sum_k a[i*lda + k] * b[k*ldb + j]
-static void nn_4x4(int k, const float *a, int lda, const float *b, int ldb, float *acc) {
+// C[i][j] += alpha * sum_k A[i][k] * B[k][j] for a 4x4 block; k >= 1.
+MT_BLOCK void nn_4x4(int k, const float *a, int lda, const float *b, int ldb, float alpha,
+    float *c, int ldc) {
     const float *a0 = a, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+#if MT_GEMM_ASM
+    // s16..s27: A rows, three k each (row i from s16 + 3i). s28..s31: one row of B.
+    const int ldc_bytes = ldc * 4;
+    int singles = (k - 1) % 3, triples = (k - 1) / 3;
+#define MT_NN_B_ROW "vldmia %[b], {s28-s31}\n\t" "add %[b], %[b], %[ldb]\n\t"
+#define MT_NN_STEP1(op) \
+        "vldmia %[a0]!, {s16}\n\t" "vldmia %[a1]!, {s19}\n\t" \
+        "vldmia %[a2]!, {s22}\n\t" "vldmia %[a3]!, {s25}\n\t" \
+        MT_NN_B_ROW MT_OUTER16(op, 16, 19, 22, 25, 28, 29, 30, 31)
+    __asm__ volatile (
+        MT_NN_STEP1("vmul.f32")
+        "cmp %[singles], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        MT_NN_STEP1("vfma.f32")
+        "subs %[singles], %[singles], #1\n\t" "bne 1b\n\t"
+        "2:\n\t"
+        "cmp %[triples], #0\n\t" "beq 4f\n\t"
+        "3:\n\t"
+        "vldmia %[a0]!, {s16-s18}\n\t" "vldmia %[a1]!, {s19-s21}\n\t"
+        "vldmia %[a2]!, {s22-s24}\n\t" "vldmia %[a3]!, {s25-s27}\n\t"
+        MT_NN_B_ROW MT_OUTER16("vfma.f32", 16, 19, 22, 25, 28, 29, 30, 31)
+        MT_NN_B_ROW MT_OUTER16("vfma.f32", 17, 20, 23, 26, 28, 29, 30, 31)
+        MT_NN_B_ROW MT_OUTER16("vfma.f32", 18, 21, 24, 27, 28, 29, 30, 31)
+        "subs %[triples], %[triples], #1\n\t" "bne 3b\n\t"
+        "4:\n\t"
+        MT_UPDATE_4X4("%[a0]", "%[a1]")
+        : [a0] "+r" (a0), [a1] "+r" (a1), [a2] "+r" (a2), [a3] "+r" (a3), [b] "+r" (b),
+          [singles] "+r" (singles), [triples] "+r" (triples)
+        : [ldb] "r" (ldb * 4), MT_UPDATE_4X4_OPERANDS
+        : MT_CLOBBER_S0_15, MT_CLOBBER_S16_31, "cc", "memory");
+#undef MT_NN_STEP1
+#undef MT_NN_B_ROW
+#else
     float c00 = 0.0f, c01 = 0.0f, c02 = 0.0f, c03 = 0.0f, c10 = 0.0f, c11 = 0.0f, c12 = 0.0f, c13 = 0.0f;
     float c20 = 0.0f, c21 = 0.0f, c22 = 0.0f, c23 = 0.0f, c30 = 0.0f, c31 = 0.0f, c32 = 0.0f, c33 = 0.0f;
     for (const float *a0_end = a0 + k; a0 != a0_end; b += ldb) {
@@ -39,14 +190,47 @@ static void nn_4x4(int k, const float *a, int lda, const float *b, int ldb, floa
         c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3;
         c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3;
     }
-    acc[0] = c00; acc[1] = c01; acc[2] = c02; acc[3] = c03;
-    acc[4] = c10; acc[5] = c11; acc[6] = c12; acc[7] = c13;
-    acc[8] = c20; acc[9] = c21; acc[10] = c22; acc[11] = c23;
-    acc[12] = c30; acc[13] = c31; acc[14] = c32; acc[15] = c33;
+    const float acc[16] = { c00, c01, c02, c03, c10, c11, c12, c13,
+                            c20, c21, c22, c23, c30, c31, c32, c33 };
+    add_4x4(c, ldc, alpha, acc);
+#endif
 }
 
-// acc[i][j] = sum_k a[k*lda + i] * b[k*ldb + j]: a sum of outer products.
-static void tn_4x4(int k, const float *a, int lda, const float *b, int ldb, float *acc) {
+// C[i][j] += alpha * sum_k A[k][i] * B[k][j] for a 4x4 block (a sum of outer products);
+// k >= 1.
+MT_BLOCK void tn_4x4(int k, const float *a, int lda, const float *b, int ldb, float alpha,
+    float *c, int ldc) {
+#if MT_GEMM_ASM
+    // s16..s19 / s20..s23: A rows, s24..s27 / s28..s31: B rows, for two k.
+    const int ldc_bytes = ldc * 4;
+    int pairs = k - 1;
+    __asm__ volatile (
+        "vldmia %[a], {s16-s19}\n\t" "add %[a], %[a], %[lda]\n\t"
+        "vldmia %[b], {s24-s27}\n\t" "add %[b], %[b], %[ldb]\n\t"
+        MT_OUTER16("vmul.f32", 16, 17, 18, 19, 24, 25, 26, 27)
+        "tst %[pairs], #1\n\t"
+        "beq 1f\n\t"
+        "vldmia %[a], {s16-s19}\n\t" "add %[a], %[a], %[lda]\n\t"
+        "vldmia %[b], {s24-s27}\n\t" "add %[b], %[b], %[ldb]\n\t"
+        MT_OUTER16("vfma.f32", 16, 17, 18, 19, 24, 25, 26, 27)
+        "1:\n\t"
+        "lsrs %[pairs], %[pairs], #1\n\t"
+        "beq 3f\n\t"
+        "2:\n\t"
+        "vldmia %[a], {s16-s19}\n\t" "add %[a], %[a], %[lda]\n\t"
+        "vldmia %[b], {s24-s27}\n\t" "add %[b], %[b], %[ldb]\n\t"
+        "vldmia %[a], {s20-s23}\n\t" "add %[a], %[a], %[lda]\n\t"
+        "vldmia %[b], {s28-s31}\n\t" "add %[b], %[b], %[ldb]\n\t"
+        MT_OUTER16("vfma.f32", 16, 17, 18, 19, 24, 25, 26, 27)
+        MT_OUTER16("vfma.f32", 20, 21, 22, 23, 28, 29, 30, 31)
+        "subs %[pairs], %[pairs], #1\n\t"
+        "bne 2b\n\t"
+        "3:\n\t"
+        MT_UPDATE_4X4("%[a]", "%[b]")
+        : [a] "+r" (a), [b] "+r" (b), [pairs] "+r" (pairs)
+        : [lda] "r" (lda * 4), [ldb] "r" (ldb * 4), MT_UPDATE_4X4_OPERANDS
+        : MT_CLOBBER_S0_15, MT_CLOBBER_S16_31, "cc", "memory");
+#else
     float c00 = 0.0f, c01 = 0.0f, c02 = 0.0f, c03 = 0.0f, c10 = 0.0f, c11 = 0.0f, c12 = 0.0f, c13 = 0.0f;
     float c20 = 0.0f, c21 = 0.0f, c22 = 0.0f, c23 = 0.0f, c30 = 0.0f, c31 = 0.0f, c32 = 0.0f, c33 = 0.0f;
     for (int kk = 0; kk < k; kk++, a += lda, b += ldb) {
@@ -57,31 +241,229 @@ static void tn_4x4(int k, const float *a, int lda, const float *b, int ldb, floa
         c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3;
         c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3;
     }
-    acc[0] = c00; acc[1] = c01; acc[2] = c02; acc[3] = c03;
-    acc[4] = c10; acc[5] = c11; acc[6] = c12; acc[7] = c13;
-    acc[8] = c20; acc[9] = c21; acc[10] = c22; acc[11] = c23;
-    acc[12] = c30; acc[13] = c31; acc[14] = c32; acc[15] = c33;
+    const float acc[16] = { c00, c01, c02, c03, c10, c11, c12, c13,
+                            c20, c21, c22, c23, c30, c31, c32, c33 };
+    add_4x4(c, ldc, alpha, acc);
+#endif
 }
 
-// acc[j] = sum_k a[k] * b[j*ldb + k]: four dot products sharing a (matrix-vector).
-static void nt_1x4(int k, const float *a, const float *b, int ldb, float *acc) {
+// c[j] += alpha * sum_k a[k] * B[j][k] for j < 4: four dot products sharing a
+// (matrix-vector, e.g. a Linear layer's forward pass at batch 1).
+MT_BLOCK void nt_1x4(int k, const float *a, const float *b, int ldb, float alpha, float *c) {
     const float *b0 = b, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+#if MT_GEMM_ASM
+    // s0..s3: sums, s8..s15: 8 floats of a, s16..s23: 8 floats of one B row.
+    int singles = k & 7, octets = k >> 3, tmp;
+#define MT_DOT8(acc, row) \
+    "vldmia " row "!, {s16-s23}\n\t" \
+    "vfma.f32 " acc ", s8, s16\n\t" "vfma.f32 " acc ", s9, s17\n\t" \
+    "vfma.f32 " acc ", s10, s18\n\t" "vfma.f32 " acc ", s11, s19\n\t" \
+    "vfma.f32 " acc ", s12, s20\n\t" "vfma.f32 " acc ", s13, s21\n\t" \
+    "vfma.f32 " acc ", s14, s22\n\t" "vfma.f32 " acc ", s15, s23\n\t"
+    __asm__ volatile (
+        "movs %[tmp], #0\n\t"
+        "vmov s0, s1, %[tmp], %[tmp]\n\t"
+        "vmov s2, s3, %[tmp], %[tmp]\n\t"
+        "cmp %[singles], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        "vldmia %[a]!, {s8}\n\t"
+        "vldmia %[b0]!, {s16}\n\t" "vldmia %[b1]!, {s17}\n\t"
+        "vldmia %[b2]!, {s18}\n\t" "vldmia %[b3]!, {s19}\n\t"
+        "vfma.f32 s0, s8, s16\n\t" "vfma.f32 s1, s8, s17\n\t"
+        "vfma.f32 s2, s8, s18\n\t" "vfma.f32 s3, s8, s19\n\t"
+        "subs %[singles], %[singles], #1\n\t"
+        "bne 1b\n\t"
+        "2:\n\t"
+        "cmp %[octets], #0\n\t" "beq 4f\n\t"
+        "3:\n\t"
+        "vldmia %[a]!, {s8-s15}\n\t"
+        MT_DOT8("s0", "%[b0]") MT_DOT8("s1", "%[b1]") MT_DOT8("s2", "%[b2]") MT_DOT8("s3", "%[b3]")
+        "subs %[octets], %[octets], #1\n\t"
+        "bne 3b\n\t"
+        "4:\n\t"
+        "vmov s16, %[alpha]\n\t"
+        "vldmia %[c], {s8-s11}\n\t"
+        "vfma.f32 s8, s0, s16\n\t" "vfma.f32 s9, s1, s16\n\t"
+        "vfma.f32 s10, s2, s16\n\t" "vfma.f32 s11, s3, s16\n\t"
+        "vstmia %[c], {s8-s11}\n\t"
+        : [a] "+r" (a), [b0] "+r" (b0), [b1] "+r" (b1), [b2] "+r" (b2), [b3] "+r" (b3),
+          [singles] "+r" (singles), [octets] "+r" (octets), [tmp] "=&r" (tmp)
+        : [c] "r" (c), [alpha] "r" (alpha)
+        : "s0", "s1", "s2", "s3", "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15",
+          "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "cc", "memory");
+#undef MT_DOT8
+#else
     float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
     for (const float *a_end = a + k; a != a_end;) {
         float x = *a++;
         c0 += x * *b0++; c1 += x * *b1++; c2 += x * *b2++; c3 += x * *b3++;
     }
-    acc[0] = c0; acc[1] = c1; acc[2] = c2; acc[3] = c3;
+    c[0] += alpha * c0;
+    c[1] += alpha * c1;
+    c[2] += alpha * c2;
+    c[3] += alpha * c3;
+#endif
 }
 
-// acc[j] = sum_k a[k*a_step] * b[k*ldb + j]: four columns of B against a vector.
-static void xn_1x4(int k, const float *a, int a_step, const float *b, int ldb, float *acc) {
+// c[j] += alpha * sum_k a[k * a_step] * B[k][j] for j < 4: a vector times four columns.
+static void xn_1x4(int k, const float *a, int a_step, const float *b, int ldb, float alpha,
+    float *c) {
     float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
     for (int kk = 0; kk < k; kk++, a += a_step, b += ldb) {
         float x = *a;
         c0 += x * b[0]; c1 += x * b[1]; c2 += x * b[2]; c3 += x * b[3];
     }
-    acc[0] = c0; acc[1] = c1; acc[2] = c2; acc[3] = c3;
+    c[0] += alpha * c0;
+    c[1] += alpha * c1;
+    c[2] += alpha * c2;
+    c[3] += alpha * c3;
+}
+
+// c[j] += alpha * sum_k a[k] * B[k][j] for j < 8: a vector times eight columns (a Linear
+// layer's grad_input at batch 1).
+MT_BLOCK void nn_1x8(int k, const float *a, const float *b, int ldb, float alpha, float *c) {
+#if MT_GEMM_ASM
+    // s0..s7: sums, s8..s11: 4 floats of a, s16..s23: 8 floats of one B row.
+    int singles = k & 3, quads = k >> 2, tmp;
+#define MT_AXPY8(x) \
+    "vldmia %[b], {s16-s23}\n\t" "add %[b], %[b], %[ldb]\n\t" \
+    "vfma.f32 s0, " x ", s16\n\t" "vfma.f32 s1, " x ", s17\n\t" \
+    "vfma.f32 s2, " x ", s18\n\t" "vfma.f32 s3, " x ", s19\n\t" \
+    "vfma.f32 s4, " x ", s20\n\t" "vfma.f32 s5, " x ", s21\n\t" \
+    "vfma.f32 s6, " x ", s22\n\t" "vfma.f32 s7, " x ", s23\n\t"
+    __asm__ volatile (
+        "movs %[tmp], #0\n\t"
+        "vmov s0, s1, %[tmp], %[tmp]\n\t" "vmov s2, s3, %[tmp], %[tmp]\n\t"
+        "vmov s4, s5, %[tmp], %[tmp]\n\t" "vmov s6, s7, %[tmp], %[tmp]\n\t"
+        "cmp %[singles], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        "vldmia %[a]!, {s8}\n\t"
+        MT_AXPY8("s8")
+        "subs %[singles], %[singles], #1\n\t"
+        "bne 1b\n\t"
+        "2:\n\t"
+        "cmp %[quads], #0\n\t" "beq 4f\n\t"
+        "3:\n\t"
+        "vldmia %[a]!, {s8-s11}\n\t"
+        MT_AXPY8("s8") MT_AXPY8("s9") MT_AXPY8("s10") MT_AXPY8("s11")
+        "subs %[quads], %[quads], #1\n\t"
+        "bne 3b\n\t"
+        "4:\n\t"
+        "vmov s8, %[alpha]\n\t"
+        "vldmia %[c], {s16-s23}\n\t"
+        "vfma.f32 s16, s0, s8\n\t" "vfma.f32 s17, s1, s8\n\t"
+        "vfma.f32 s18, s2, s8\n\t" "vfma.f32 s19, s3, s8\n\t"
+        "vfma.f32 s20, s4, s8\n\t" "vfma.f32 s21, s5, s8\n\t"
+        "vfma.f32 s22, s6, s8\n\t" "vfma.f32 s23, s7, s8\n\t"
+        "vstmia %[c], {s16-s23}\n\t"
+        : [a] "+r" (a), [b] "+r" (b), [singles] "+r" (singles), [quads] "+r" (quads),
+          [tmp] "=&r" (tmp)
+        : [ldb] "r" (ldb * 4), [c] "r" (c), [alpha] "r" (alpha)
+        : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11",
+          "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "cc", "memory");
+#undef MT_AXPY8
+#else
+    xn_1x4(k, a, 1, b, ldb, alpha, c);
+    xn_1x4(k, a, 1, b + 4, ldb, alpha, c + 4);
+#endif
+}
+
+// y[j] += s * x[j] for j < n.
+static void axpy(int n, float s, const float *x, float *y) {
+    for (int j = 0; j < n; j++) {
+        y[j] += s * x[j];
+    }
+}
+
+// Row r of C (c + r * ldc) += s[r] * x for r < 4: four rank-1 updates sharing x.
+MT_PANEL void ger_4(int n, const float *s, const float *x, float *c, int ldc) {
+    float *c0 = c, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
+    const float s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+#if MT_GEMM_ASM
+    // s8..s15: 8 floats of x, s16..s23: 8 floats of one C row.
+    int singles = n & 7, octets = n >> 3;
+#define MT_ROW_UPDATE8(row, scale) \
+    "vldmia " row ", {s16-s23}\n\t" \
+    "vfma.f32 s16, s8, " scale "\n\t" "vfma.f32 s17, s9, " scale "\n\t" \
+    "vfma.f32 s18, s10, " scale "\n\t" "vfma.f32 s19, s11, " scale "\n\t" \
+    "vfma.f32 s20, s12, " scale "\n\t" "vfma.f32 s21, s13, " scale "\n\t" \
+    "vfma.f32 s22, s14, " scale "\n\t" "vfma.f32 s23, s15, " scale "\n\t" \
+    "vstmia " row "!, {s16-s23}\n\t"
+#define MT_ROW_UPDATE1(row, scale) \
+    "vldr s16, [" row "]\n\t" "vfma.f32 s16, s8, " scale "\n\t" "vstmia " row "!, {s16}\n\t"
+    __asm__ volatile (
+        "cmp %[octets], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        "vldmia %[x]!, {s8-s15}\n\t"
+        MT_ROW_UPDATE8("%[c0]", "%[s0]") MT_ROW_UPDATE8("%[c1]", "%[s1]")
+        MT_ROW_UPDATE8("%[c2]", "%[s2]") MT_ROW_UPDATE8("%[c3]", "%[s3]")
+        "subs %[octets], %[octets], #1\n\t" "bne 1b\n\t"
+        "2:\n\t"
+        "cmp %[singles], #0\n\t" "beq 4f\n\t"
+        "3:\n\t"
+        "vldmia %[x]!, {s8}\n\t"
+        MT_ROW_UPDATE1("%[c0]", "%[s0]") MT_ROW_UPDATE1("%[c1]", "%[s1]")
+        MT_ROW_UPDATE1("%[c2]", "%[s2]") MT_ROW_UPDATE1("%[c3]", "%[s3]")
+        "subs %[singles], %[singles], #1\n\t" "bne 3b\n\t"
+        "4:\n\t"
+        : [x] "+r" (x), [c0] "+r" (c0), [c1] "+r" (c1), [c2] "+r" (c2), [c3] "+r" (c3),
+          [singles] "+r" (singles), [octets] "+r" (octets)
+        : [s0] "t" (s0), [s1] "t" (s1), [s2] "t" (s2), [s3] "t" (s3)
+        : "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15",
+          "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "cc", "memory");
+#undef MT_ROW_UPDATE8
+#undef MT_ROW_UPDATE1
+#else
+    for (int j = 0; j < n; j++) {
+        const float v = x[j];
+        c0[j] += s0 * v;
+        c1[j] += s1 * v;
+        c2[j] += s2 * v;
+        c3[j] += s3 * v;
+    }
+#endif
+}
+
+// Panels: the blocks of one row of blocks of C (4 rows, or 1 for matrix-vector shapes),
+// j < n4 (a multiple of 4).
+
+MT_PANEL void nt_panel_4(int n4, int k, const float *a, int lda, const float *b, int ldb,
+    float alpha, float *c, int ldc) {
+    for (int j = 0; j < n4; j += 4) {
+        nt_4x4(k, a, lda, b + j * ldb, ldb, alpha, c + j, ldc);
+    }
+}
+
+MT_PANEL void nn_panel_4(int n4, int k, const float *a, int lda, const float *b, int ldb,
+    float alpha, float *c, int ldc) {
+    for (int j = 0; j < n4; j += 4) {
+        nn_4x4(k, a, lda, b + j, ldb, alpha, c + j, ldc);
+    }
+}
+
+MT_PANEL void tn_panel_4(int n4, int k, const float *a, int lda, const float *b, int ldb,
+    float alpha, float *c, int ldc) {
+    for (int j = 0; j < n4; j += 4) {
+        tn_4x4(k, a, lda, b + j, ldb, alpha, c + j, ldc);
+    }
+}
+
+MT_PANEL void nt_panel_1(int n4, int k, const float *a, const float *b, int ldb, float alpha,
+    float *c) {
+    for (int j = 0; j < n4; j += 4) {
+        nt_1x4(k, a, b + j * ldb, ldb, alpha, c + j);
+    }
+}
+
+MT_PANEL void nn_panel_1(int n4, int k, const float *a, const float *b, int ldb, float alpha,
+    float *c) {
+    int j = 0;
+    for (; j + 8 <= n4; j += 8) {
+        nn_1x8(k, a, b + j, ldb, alpha, c + j);
+    }
+    if (j < n4) {
+        xn_1x4(k, a, 1, b + j, ldb, alpha, c + j);
+    }
 }
 
 static float dot_strided(int k, const float *a, int a_step, const float *b, int b_step) {
@@ -90,22 +472,6 @@ static float dot_strided(int k, const float *a, int a_step, const float *b, int 
         s += *a * *b;
     }
     return s;
-}
-
-static void add_4x4(float *c, int ldc, float alpha, const float *acc) {
-    for (int i = 0; i < 4; i++, c += ldc, acc += 4) {
-        c[0] += alpha * acc[0];
-        c[1] += alpha * acc[1];
-        c[2] += alpha * acc[2];
-        c[3] += alpha * acc[3];
-    }
-}
-
-static void add_1x4(float *c, float alpha, const float *acc) {
-    c[0] += alpha * acc[0];
-    c[1] += alpha * acc[1];
-    c[2] += alpha * acc[2];
-    c[3] += alpha * acc[3];
 }
 
 // Leftover rows i < m, columns j < n of C through strides: op(A)[i][kk] is
@@ -122,24 +488,20 @@ static void edge(int m, int n, int k, const float *a, int a_row, int a_k, const 
 void mt_gemm_f32_nt(const mt_gemm_shape_t *s, float alpha, const float *a, const float *b, float *c) {
     const int m = s->m, n = s->n, k = s->k, lda = s->lda, ldb = s->ldb, ldc = s->ldc;
     const int n4 = n & ~3;
-    float acc[16];
+    if (k <= 0) {
+        return;
+    }
     int i = 0;
     for (; i + 4 <= m; i += 4) {
         const float *ai = a + i * lda;
         float *ci = c + i * ldc;
-        for (int j = 0; j < n4; j += 4) {
-            nt_4x4(k, ai, lda, b + j * ldb, ldb, acc);
-            add_4x4(ci + j, ldc, alpha, acc);
-        }
+        nt_panel_4(n4, k, ai, lda, b, ldb, alpha, ci, ldc);
         edge(4, n - n4, k, ai, lda, 1, b + n4 * ldb, ldb, 1, alpha, ci + n4, ldc);
     }
     for (; i < m; i++) {
         const float *ai = a + i * lda;
         float *ci = c + i * ldc;
-        for (int j = 0; j < n4; j += 4) {
-            nt_1x4(k, ai, b + j * ldb, ldb, acc);
-            add_1x4(ci + j, alpha, acc);
-        }
+        nt_panel_1(n4, k, ai, b, ldb, alpha, ci);
         edge(1, n - n4, k, ai, lda, 1, b + n4 * ldb, ldb, 1, alpha, ci + n4, ldc);
     }
 }
@@ -147,24 +509,20 @@ void mt_gemm_f32_nt(const mt_gemm_shape_t *s, float alpha, const float *a, const
 void mt_gemm_f32_nn(const mt_gemm_shape_t *s, float alpha, const float *a, const float *b, float *c) {
     const int m = s->m, n = s->n, k = s->k, lda = s->lda, ldb = s->ldb, ldc = s->ldc;
     const int n4 = n & ~3;
-    float acc[16];
+    if (k <= 0) {
+        return;
+    }
     int i = 0;
     for (; i + 4 <= m; i += 4) {
         const float *ai = a + i * lda;
         float *ci = c + i * ldc;
-        for (int j = 0; j < n4; j += 4) {
-            nn_4x4(k, ai, lda, b + j, ldb, acc);
-            add_4x4(ci + j, ldc, alpha, acc);
-        }
+        nn_panel_4(n4, k, ai, lda, b, ldb, alpha, ci, ldc);
         edge(4, n - n4, k, ai, lda, 1, b + n4, 1, ldb, alpha, ci + n4, ldc);
     }
     for (; i < m; i++) {
         const float *ai = a + i * lda;
         float *ci = c + i * ldc;
-        for (int j = 0; j < n4; j += 4) {
-            xn_1x4(k, ai, 1, b + j, ldb, acc);
-            add_1x4(ci + j, alpha, acc);
-        }
+        nn_panel_1(n4, k, ai, b, ldb, alpha, ci);
         edge(1, n - n4, k, ai, lda, 1, b + n4, 1, ldb, alpha, ci + n4, ldc);
     }
 }
@@ -172,21 +530,35 @@ void mt_gemm_f32_nn(const mt_gemm_shape_t *s, float alpha, const float *a, const
 void mt_gemm_f32_tn(const mt_gemm_shape_t *s, float alpha, const float *a, const float *b, float *c) {
     const int m = s->m, n = s->n, k = s->k, lda = s->lda, ldb = s->ldb, ldc = s->ldc;
     const int n4 = n & ~3;
-    float acc[16];
+    if (k <= 0) {
+        return;
+    }
+    if (k <= TN_RANK1_MAX_K) {
+        // A few rank-1 updates (e.g. a Linear layer's weight gradient at batch 1).
+        for (int kk = 0; kk < k; kk++) {
+            const float *ak = a + kk * lda, *bk = b + kk * ldb;
+            int i = 0;
+            for (; i + 4 <= m; i += 4) {
+                const float scale[4] = { alpha * ak[i], alpha * ak[i + 1], alpha * ak[i + 2],
+                                         alpha * ak[i + 3] };
+                ger_4(n, scale, bk, c + i * ldc, ldc);
+            }
+            for (; i < m; i++) {
+                axpy(n, alpha * ak[i], bk, c + i * ldc);
+            }
+        }
+        return;
+    }
     int i = 0;
     for (; i + 4 <= m; i += 4) {
         float *ci = c + i * ldc;
-        for (int j = 0; j < n4; j += 4) {
-            tn_4x4(k, a + i, lda, b + j, ldb, acc);
-            add_4x4(ci + j, ldc, alpha, acc);
-        }
+        tn_panel_4(n4, k, a + i, lda, b, ldb, alpha, ci, ldc);
         edge(4, n - n4, k, a + i, 1, lda, b + n4, 1, ldb, alpha, ci + n4, ldc);
     }
     for (; i < m; i++) {
         float *ci = c + i * ldc;
         for (int j = 0; j < n4; j += 4) {
-            xn_1x4(k, a + i, lda, b + j, ldb, acc);
-            add_1x4(ci + j, alpha, acc);
+            xn_1x4(k, a + i, lda, b + j, ldb, alpha, ci + j);
         }
         edge(1, n - n4, k, a + i, 1, lda, b + n4, 1, ldb, alpha, ci + n4, ldc);
     }

@@ -1,0 +1,149 @@
+"""Partial-update policies on the device against the numpy reference (reference/partial.py):
+top-k selection, untouched weights bit-identical, the optimizer state and work they save,
+and clear errors for bad policies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from device_arrays import DeviceScript, labels_expr, tensor_expr
+from mcutrain.reference import nn as R
+from mcutrain.reference.partial import partial_sgd_step, topk_count, topk_indices
+from mcutrain.runner import run_on
+
+MODEL_SRC = ("mt.Sequential(mt.Conv2d(3, 8, 3, padding=1), mt.ReLU(), mt.Conv2d(8, 12, 3, stride=2, padding=1), "
+             "mt.ReLU(), mt.Flatten(), mt.Linear(12 * 9, 10))")
+
+
+def reference_model() -> R.Sequential:
+    return R.Sequential(R.Conv2d(3, 8, 3, padding=1), R.ReLU(), R.Conv2d(8, 12, 3, stride=2, padding=1),
+                        R.ReLU(), R.Flatten(), R.Linear(12 * 9, 10))
+
+
+def test_topk_count_follows_the_formula():
+    # k = floor(min(lmin + eps (lmax - lmin), 1) N), at least one structure
+    assert topk_count(32, 0.1, 0.1, 1.0) == 3
+    assert topk_count(32, 0.1, 0.5, 0.5) == 9
+    assert topk_count(10, 0.05, 0.05, 0.3) == 1
+    assert topk_count(8, 0.5, 1.0, 2.0) == 8
+    assert list(topk_indices(np.array([1.0, 3.0, 3.0, 0.5, 2.0]), 3)) == [1, 2, 4]
+
+
+@pytest.mark.parametrize("lmin, lmax", [(0.25, 0.25), (0.1, 0.6)])
+def test_topk_step_matches_reference_and_leaves_the_rest_bit_identical(target, lmin, lmax):
+    rng = np.random.default_rng(21)
+    ref = reference_model()
+    state = {k: np.asarray(v, np.float32) for k, v in ref.state_dict().items()}
+    ref.load_state_dict(state)
+    x = rng.standard_normal((2, 6, 6, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 2)
+
+    script = DeviceScript()
+    script.add(f"model = {MODEL_SRC}")
+    items = ", ".join(f"{k!r}: {tensor_expr(v)}" for k, v in state.items())
+    script.add(f"model.load_state_dict({{{items}}})")
+    script.add(f"opt = mt.SGD(model, lr=0.5, update=mt.TopK({lmin}, {lmax}))")
+    # The first step's loss is the largest seen, so eps = 1 and k uses lmax.
+    script.add(f"loss = model.train_step({tensor_expr(x)}, {labels_expr(y)}, mt.cross_entropy, opt)")
+    script.add("sd = model.state_dict()")
+    for k, v in state.items():
+        script.emit(k, f"sd[{k!r}]", v.shape)
+    for i in (0, 2, 5):
+        k = topk_count(state[f"{i}.weight"].shape[0], lmin, lmax, 1.0)
+        script.emit(f"selected{i}", f"mt.Tensor(model[{i}].selected)", (k,))
+    results = script.run(target)
+
+    _, selected = partial_sgd_step(ref, x.astype(np.float64), y, lr=0.5, lmin=lmin, lmax=lmax, eps=1.0)
+    for i, idx in selected.items():
+        # The device picks the reference's top-k (on this data no two error magnitudes
+        # are within fp32 rounding of each other), and updates exactly those.
+        assert list(results[f"selected{i}"].astype(int)) == list(idx), f"layer {i}: selection differs"
+        n = state[f"{i}.weight"].shape[0]
+        rest = np.setdiff1d(np.arange(n), idx)
+        for name in ("weight", "bias"):
+            key = f"{i}.{name}"
+            got = results[key]
+            # Unselected structures: exactly the bytes they had.
+            assert got[rest].tobytes() == state[key][rest].tobytes(), f"{key}: unselected rows changed"
+            # Selected ones: the reference update (fp32 gradient sums vs float64).
+            assert np.abs(got[idx] - ref.state_dict()[key][idx]).max() <= 1e-4, f"{key}: selected rows differ"
+            changed = np.flatnonzero(np.any((got != state[key]).reshape(n, -1), axis=1))
+            assert set(changed) <= set(idx), f"{key}: rows {changed} changed, selected {idx}"
+
+
+def test_channel_ratio_keeps_state_only_for_updated_rows(target):
+    out = run_on(target, """
+import mcutrain as mt
+model = mt.Sequential(mt.Conv2d(3, 8, 3, padding=1), mt.ReLU(), mt.Flatten(), mt.Linear(8 * 16, 10))
+full = mt.SGD(model, lr=0.1, momentum=0.9).memory()
+part = mt.SGD(model, lr=0.1, momentum=0.9, update=mt.ChannelRatio(0.5))
+x = mt.zeros((1, 4, 4, 3)); x.fill(0.5)
+before = [bytes(memoryview(t)) for t in model.parameters()]
+model.train_step(x, 3, mt.cross_entropy, part)
+after = [bytes(memoryview(t)) for t in model.parameters()]
+print(full, part.memory(), model.memory()['optimizer'])
+w0, w1 = before[0], after[0]
+row = len(w0) // 8
+print([i for i in range(8) if w0[i * row:(i + 1) * row] != w1[i * row:(i + 1) * row]])
+print(model.update_stats()['updated'])
+""")
+    lines = out.splitlines()
+    full, part, reported = (int(v) for v in lines[0].split())
+    conv = 8 * 27 + 8
+    linear = 10 * 128 + 10
+    assert full == 4 * (conv + linear)
+    assert part == reported == 4 * (4 * 27 + 4 + 5 * 128 + 5)  # momentum for half the rows only
+    assert set(eval(lines[1])) <= {0, 1, 2, 3}
+    assert "'0': (4, 8)" in lines[2] and "'3': (5, 10)" in lines[2]
+
+
+def test_policies_freeze_and_skip_backward(target):
+    out = run_on(target, """
+import mcutrain as mt
+model = mt.Sequential(mt.Conv2d(1, 4, 3, padding=1), mt.ReLU(), mt.Conv2d(4, 4, 3, padding=1), mt.ReLU(),
+                      mt.GlobalAvgPool(), mt.Linear(4, 3))
+x = mt.zeros((1, 6, 6, 1)); x.fill(0.3)
+opt = mt.SGD(model, lr=0.1, update=mt.LastLayers(1))
+print([layer.trainable for layer in model], model.macs(x.shape)['backward'])
+opt = mt.SGD(model, lr=0.1, update={'0': mt.Frozen(), '2': mt.BiasOnly(), '5': mt.Full()})
+w2 = bytes(memoryview(model[2].weight)); b2 = bytes(memoryview(model[2].bias))
+model.train_step(x, 1, mt.cross_entropy, opt)
+print(bytes(memoryview(model[2].weight)) == w2, bytes(memoryview(model[2].bias)) != b2, opt.memory())
+""")
+    lines = out.splitlines()
+    assert lines[0].startswith("[False, True, False, True, True, True]")
+    assert int(lines[0].split()[-1]) == 4 * 3  # only the head's weight gradient
+    assert lines[1].split() == ["True", "True", "0"]
+
+
+BAD_POLICIES = [
+    ("mt.TopK(0)", "ValueError", "(0, 1]"),
+    ("mt.TopK(1.5)", "ValueError", "(0, 1]"),
+    ("mt.TopK(0.5, 0.2)", "ValueError", "max_ratio"),
+    ("mt.ChannelRatio(-0.1)", "ValueError", "(0, 1]"),
+    ("mt.LastLayers(0)", "ValueError", "LastLayers"),
+    ("mt.SGD(model, lr=0.1, update=mt.LastLayers(3))", "ValueError", "only 2"),
+    ("mt.SGD(model, lr=0.1, update={'7': mt.Frozen()})", "ValueError", "matches no layer"),
+    ("mt.SGD(model, lr=0.1, update={0: mt.Frozen()})", "TypeError", "names"),
+    ("mt.SGD(model, lr=0.1, update='topk')", "TypeError", "policy"),
+    ("mt.SGD(grouped, lr=0.1, update=mt.TopK(0.5))", "ValueError", "groups"),
+]
+
+
+def test_bad_policies_raise_clear_errors(target):
+    lines = ["import mcutrain as mt",
+             "model = mt.Sequential(mt.Linear(4, 4), mt.ReLU(), mt.Linear(4, 2))",
+             "grouped = mt.Sequential(mt.Conv2d(4, 4, 3, groups=2))"]
+    for i, (expr, _, _) in enumerate(BAD_POLICIES):
+        lines.append(f"""
+try:
+    {expr}
+    print('{i} no-error')
+except Exception as e:
+    print('{i}', type(e).__name__, repr(str(e)))""")
+    out = run_on(target, "\n".join(lines)).splitlines()
+    for i, (expr, exc, words) in enumerate(BAD_POLICIES):
+        line = next(line for line in out if line.split(" ", 1)[0] == str(i))
+        assert line.split()[1] == exc, f"{expr}: {line}"
+        assert words in line, f"{expr}: {line}"

@@ -1,0 +1,80 @@
+// Array conversions between binary16 and fp32, and the fp16 weight update.
+#include "half.h"
+
+// On a Cortex-M FPU one vldmia brings 8 halves (4 words) into s0..s3 and VCVTB/VCVTT widen
+// the bottom and top half of each word: 12 instructions per 8 values, where a per-element
+// loop needs ldrh + vmov + vcvtb + vstr.
+
+void mt_f16_to_f32_array(const uint16_t *src, float *dst, size_t n) {
+#if MT_F16_HW
+    if (n && ((uintptr_t)src & 2u)) {
+        *dst++ = mt_f16_to_f32(*src++);
+        n--;
+    }
+    size_t octets = n >> 3;
+    if (octets) {
+        __asm__ volatile (
+            "1:\n\t"
+            "vldmia %[src]!, {s0-s3}\n\t"
+            "vcvtb.f32.f16 s8, s0\n\t" "vcvtt.f32.f16 s9, s0\n\t"
+            "vcvtb.f32.f16 s10, s1\n\t" "vcvtt.f32.f16 s11, s1\n\t"
+            "vcvtb.f32.f16 s12, s2\n\t" "vcvtt.f32.f16 s13, s2\n\t"
+            "vcvtb.f32.f16 s14, s3\n\t" "vcvtt.f32.f16 s15, s3\n\t"
+            "vstmia %[dst]!, {s8-s15}\n\t"
+            "subs %[octets], %[octets], #1\n\t" "bne 1b\n\t"
+            : [src] "+r" (src), [dst] "+r" (dst), [octets] "+r" (octets)
+            :
+            : "s0", "s1", "s2", "s3", "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15",
+              "cc", "memory");
+    }
+    n &= 7;
+#endif
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = mt_f16_to_f32(src[i]);
+    }
+}
+
+void mt_f32_to_f16_array(const float *src, uint16_t *dst, size_t n) {
+#if MT_F16_HW
+    if (n && ((uintptr_t)dst & 2u)) {
+        *dst++ = mt_f32_to_f16(*src++);
+        n--;
+    }
+    size_t octets = n >> 3;
+    if (octets) {
+        // vcvtb/vcvtt each write one half of the destination word and keep the other.
+        __asm__ volatile (
+            "1:\n\t"
+            "vldmia %[src]!, {s0-s7}\n\t"
+            "vcvtb.f16.f32 s8, s0\n\t" "vcvtt.f16.f32 s8, s1\n\t"
+            "vcvtb.f16.f32 s9, s2\n\t" "vcvtt.f16.f32 s9, s3\n\t"
+            "vcvtb.f16.f32 s10, s4\n\t" "vcvtt.f16.f32 s10, s5\n\t"
+            "vcvtb.f16.f32 s11, s6\n\t" "vcvtt.f16.f32 s11, s7\n\t"
+            "vstmia %[dst]!, {s8-s11}\n\t"
+            "subs %[octets], %[octets], #1\n\t" "bne 1b\n\t"
+            : [src] "+r" (src), [dst] "+r" (dst), [octets] "+r" (octets)
+            :
+            : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11",
+              "cc", "memory");
+    }
+    n &= 7;
+#endif
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = mt_f32_to_f16(src[i]);
+    }
+}
+
+void mt_f16_add_scaled(uint16_t *w, const float *g, float alpha, size_t n, mt_f16_rng_t *rng) {
+    if (!rng) {
+        for (size_t i = 0; i < n; i++) {
+            w[i] = mt_f32_to_f16(mt_f16_to_f32(w[i]) + alpha * g[i]);
+        }
+        return;
+    }
+    uint32_t s = mt_f16_rng_seed(rng);
+    for (size_t i = 0; i < n; i++) {
+        s = mt_xorshift32(s);
+        w[i] = mt_f32_to_f16_sr(mt_f16_to_f32(w[i]) + alpha * g[i], s);
+    }
+    rng->state = s;
+}

@@ -1,0 +1,188 @@
+// float16 Linear layer: blocks widened to fp32 in the scratch, fp32 GEMMs, one rounding
+// per output element.
+#include "gemm_f32.h"
+#include "linear_f16.h"
+
+// Scratch the blocking aims for (16 KB); the weight block may take BLOCK_BUDGET of it;
+// sums run over at most K_BLOCK inputs per GEMM call.
+#define BUDGET 4096
+#define BLOCK_BUDGET 2048
+#define K_BLOCK 256
+
+static inline int min_int(int a, int b) {
+    return a < b ? a : b;
+}
+
+static inline int max_int(int a, int b) {
+    return a > b ? a : b;
+}
+
+// The GEMM C[m][n] (+)= sum over k, in blocks: mb rows of the batch, nb columns, kb terms.
+// The weight block is nb x kb (or kb x nb), the activation block mb x kb, C mb x nb. The
+// weight-gradient pass uses the same sizes with C = the nb x kb weight block's sums and
+// the batch as the sum.
+typedef struct {
+    int mb, nb, kb;
+} plan_t;
+
+static plan_t plan(int m, int n, int k) {
+    plan_t b;
+    b.kb = min_int(k, K_BLOCK);
+    b.nb = min_int(n, max_int(4, (BLOCK_BUDGET / b.kb) & ~3));
+    b.mb = min_int(m, max_int(4, ((BUDGET - b.nb * b.kb) / (b.kb + b.nb)) & ~3));
+    return b;
+}
+
+static int plan_floats(plan_t b) {
+    return b.nb * b.kb + b.mb * b.kb + b.mb * b.nb;
+}
+
+size_t mt_linear_f16_scratch_floats(const mt_linear_params_t *p) {
+    const int forward = plan_floats(plan(p->batch, p->out_features, p->in_features));
+    const int grad_input = plan_floats(plan(p->batch, p->in_features, p->out_features));
+    return (size_t)max_int(1, max_int(forward, grad_input));
+}
+
+// dst (rows x cols, dense) = src block (rows of `ld` halves), widened.
+static void block_to_f32(const uint16_t *src, int ld, int rows, int cols, float *dst) {
+    for (int r = 0; r < rows; r++) {
+        mt_f16_to_f32_array(src + r * ld, dst + r * cols, (size_t)cols);
+    }
+}
+
+static void block_to_f16(const float *src, int rows, int cols, uint16_t *dst, int ld) {
+    for (int r = 0; r < rows; r++) {
+        mt_f32_to_f16_array(src + r * cols, dst + r * ld, (size_t)cols);
+    }
+}
+
+static void zero_floats(float *dst, int n) {
+    for (int i = 0; i < n; i++) {
+        dst[i] = 0.0f;
+    }
+}
+
+void mt_linear_f16_forward(const mt_linear_params_t *p, const uint16_t *x,
+    const uint16_t *weight, const uint16_t *bias, uint16_t *y, float *scratch) {
+    const int B = p->batch, in = p->in_features, out = p->out_features;
+    const plan_t b = plan(B, out, in);
+    float *wbuf = scratch, *xbuf = wbuf + b.nb * b.kb, *acc = xbuf + b.mb * b.kb;
+    for (int r0 = 0; r0 < B; r0 += b.mb) {
+        const int nr = min_int(b.mb, B - r0);
+        for (int o0 = 0; o0 < out; o0 += b.nb) {
+            const int nob = min_int(b.nb, out - o0);
+            for (int r = 0; r < nr; r++) {
+                if (bias) {
+                    mt_f16_to_f32_array(bias + o0, acc + r * nob, (size_t)nob);
+                } else {
+                    zero_floats(acc + r * nob, nob);
+                }
+            }
+            for (int k0 = 0; k0 < in; k0 += b.kb) {
+                const int nk = min_int(b.kb, in - k0);
+                block_to_f32(weight + o0 * in + k0, in, nob, nk, wbuf);
+                // With a single block of inputs, the x block stays from the first o0.
+                if (o0 == 0 || nk < in) {
+                    block_to_f32(x + r0 * in + k0, in, nr, nk, xbuf);
+                }
+                const mt_gemm_shape_t s = { nr, nob, nk, nk, nk, nob };
+                mt_gemm_f32_nt(&s, 1.0f, xbuf, wbuf, acc);
+            }
+            block_to_f16(acc, nr, nob, y + r0 * out + o0, out);
+        }
+    }
+}
+
+void mt_linear_f16_grad_input(const mt_linear_params_t *p, const uint16_t *dy,
+    const uint16_t *weight, uint16_t *dx, float *scratch) {
+    const int B = p->batch, in = p->in_features, out = p->out_features;
+    const plan_t b = plan(B, in, out);
+    float *wbuf = scratch, *dybuf = wbuf + b.nb * b.kb, *acc = dybuf + b.mb * b.kb;
+    for (int r0 = 0; r0 < B; r0 += b.mb) {
+        const int nr = min_int(b.mb, B - r0);
+        for (int i0 = 0; i0 < in; i0 += b.nb) {
+            const int nib = min_int(b.nb, in - i0);
+            zero_floats(acc, nr * nib);
+            for (int k0 = 0; k0 < out; k0 += b.kb) {
+                const int nk = min_int(b.kb, out - k0);
+                block_to_f32(weight + k0 * in + i0, in, nk, nib, wbuf);
+                if (i0 == 0 || nk < out) {
+                    block_to_f32(dy + r0 * out + k0, out, nr, nk, dybuf);
+                }
+                const mt_gemm_shape_t s = { nr, nib, nk, nk, nib, nib };
+                mt_gemm_f32_nn(&s, 1.0f, dybuf, wbuf, acc);
+            }
+            block_to_f16(acc, nr, nib, dx + r0 * in + i0, in);
+        }
+    }
+}
+
+// Where the weight-gradient sums go (see conv2d_f16.c): fp16 rounded once, or fp32.
+typedef struct {
+    float alpha;
+    uint16_t *h;
+    float *f;
+    mt_f16_rng_t *rng;
+} sink_t;
+
+static void sink_add(const sink_t *s, int offset, const float *g, int n) {
+    if (s->h) {
+        mt_f16_add_scaled(s->h + offset, g, s->alpha, (size_t)n, s->rng);
+    } else {
+        float *f = s->f + offset;
+        for (int i = 0; i < n; i++) {
+            f[i] += s->alpha * g[i];
+        }
+    }
+}
+
+static void grad_weight(const mt_linear_params_t *p, const uint16_t *x, const uint16_t *dy,
+    const sink_t *dw, const sink_t *db, float *scratch) {
+    const int B = p->batch, in = p->in_features, out = p->out_features;
+    const plan_t b = plan(B, out, in);
+    // acc: nob x nib sums; dybuf: nr x nob; xbuf: nr x nib.
+    float *acc = scratch, *xbuf = acc + b.nb * b.kb, *dybuf = xbuf + b.mb * b.kb;
+    for (int o0 = 0; o0 < out; o0 += b.nb) {
+        const int nob = min_int(b.nb, out - o0);
+        for (int i0 = 0; i0 < in; i0 += b.kb) {
+            const int nib = min_int(b.kb, in - i0);
+            zero_floats(acc, nob * nib);
+            for (int r0 = 0; r0 < B; r0 += b.mb) {
+                const int nr = min_int(b.mb, B - r0);
+                block_to_f32(dy + r0 * out + o0, out, nr, nob, dybuf);
+                block_to_f32(x + r0 * in + i0, in, nr, nib, xbuf);
+                const mt_gemm_shape_t s = { nob, nib, nr, nob, nib, nib };
+                mt_gemm_f32_tn(&s, 1.0f, dybuf, xbuf, acc);
+            }
+            for (int o = 0; o < nob; o++) {
+                sink_add(dw, (o0 + o) * in + i0, acc + o * nib, nib);
+            }
+        }
+    }
+    if (db->h || db->f) {
+        for (int o0 = 0; o0 < out; o0 += b.nb) {
+            const int nob = min_int(b.nb, out - o0);
+            zero_floats(acc, nob);
+            for (int r = 0; r < B; r++) {
+                const uint16_t *d = dy + r * out + o0;
+                for (int o = 0; o < nob; o++) {
+                    acc[o] += mt_f16_to_f32(d[o]);
+                }
+            }
+            sink_add(db, o0, acc, nob);
+        }
+    }
+}
+
+void mt_linear_f16_grad_weight(const mt_linear_params_t *p, const uint16_t *x,
+    const uint16_t *dy, float alpha, uint16_t *dweight, uint16_t *dbias, float *scratch,
+    mt_f16_rng_t *rng) {
+    const sink_t dw = { alpha, dweight, NULL, rng }, db = { alpha, dbias, NULL, rng };
+    grad_weight(p, x, dy, &dw, &db, scratch);
+}
+
+void mt_linear_f16_grad_weight_f32(const mt_linear_params_t *p, const uint16_t *x,
+    const uint16_t *dy, float alpha, float *dweight, float *dbias, float *scratch) {
+    const sink_t dw = { alpha, NULL, dweight, NULL }, db = { alpha, NULL, dbias, NULL };
+    grad_weight(p, x, dy, &dw, &db, scratch);
+}

@@ -1,0 +1,42 @@
+// Update policies: which structures (conv filters, dense rows) of which layers an
+// optimizer updates. Full, frozen, bias only, last k layers, a fixed channel ratio (MIT's
+// sparse update) and dynamic top-k (Deutel et al. 2024): per layer and sample, the k
+// output structures with the largest error, k = floor(min(lmin + eps (lmax - lmin), 1) N)
+// with eps the sample's loss over the largest loss seen.
+//
+// With a partial update, the error of unselected structures is dropped: both the input
+// gradient and the weight gradient use the selected output channels only, so skipped work
+// costs nothing. The kernels run unchanged on compact copies of the selected channels.
+#ifndef MCUTRAIN_PARTIAL_UPDATE_H
+#define MCUTRAIN_PARTIAL_UPDATE_H
+
+#include "layer.h"
+
+// Applies `update` (a policy, or a dict of layer name -> policy) to the model's layers.
+void mt_update_apply(mp_obj_t model, mp_obj_t update);
+
+// Output structures of a layer with weights (its weight's first dimension).
+int mt_update_structures(const mt_layer_obj_t *layer);
+// Whether backward takes the compact path (an optimizer and a CHANNELS/TOPK policy).
+static inline bool mt_update_is_partial(const mt_layer_obj_t *layer, const mt_pass_t *pass) {
+    return pass->optim != NULL && (layer->update.kind == MT_UPDATE_CHANNELS || layer->update.kind == MT_UPDATE_TOPK);
+}
+// The most structures one pass can select (sizes the compact scratch).
+int mt_update_max_selected(const mt_layer_obj_t *layer);
+// Elements of `param` (the layer's weight or bias) an optimizer may ever change.
+size_t mt_update_state_elems(const mt_layer_obj_t *layer, const mt_tensor_obj_t *param);
+
+// Chooses this pass's structures from the error dy (rows, N); returns their indices
+// (increasing) and sets *k. `mag` needs N floats, `taken` N bytes.
+const int32_t *mt_update_select(mt_layer_obj_t *layer, const float *dy, int rows, const mt_pass_t *pass,
+    float *mag, uint8_t *taken, int *k);
+
+// Updates rows `rows[0..k)` of `param` (row_len floats each) from the compact gradient.
+void mt_update_rows(const mt_pass_t *pass, mt_tensor_obj_t *param, const int32_t *rows, int k, int row_len,
+    const float *grad);
+
+// update_stats(): MACs of the last backward against a full update, and per layer how many
+// structures were updated.
+extern const mp_obj_fun_builtin_fixed_t mt_update_stats_obj;
+
+#endif
