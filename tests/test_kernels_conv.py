@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,9 +32,10 @@ class Conv2dParams(ctypes.Structure):
 
 
 def assert_within_rounding(got, expected, magnitude, terms, what):
-    """Any fp32 evaluation order of a sum of `terms` products is within gamma_terms of the
-    exact result, relative to the sum of the magnitudes (Higham, eq. 3.5; u = 2**-24); the
-    float64 reference adds far less than the 1e-30 floor."""
+    """Any fp32 evaluation order of a sum of `terms` products is within gamma_(terms + 1) of
+    the exact result relative to the sum of the magnitudes (Higham, eq. 3.5, u = 2**-24;
+    the +1 is the rounding of each product). The float64 reference's own error is 2**-29
+    times smaller; the 1e-30 floor lets exact zeros compare equal."""
     n = terms + 1
     bound = n * U / (1 - n * U) * np.asarray(magnitude) + 1e-30
     err = np.abs(np.asarray(got, dtype=np.float64) - expected)
@@ -175,6 +179,23 @@ def test_linear_matches_reference(lib, batch, inp, out, with_bias):
                                batch + 2, "linear grad_bias")
 
 
+def test_linear_fused_sgd_step_updates_the_weights_in_place(lib):
+    rng = np.random.default_rng(7)
+    batch, inp, out, lr = 2, 19, 6, 0.05
+    x, w0, b0 = (f32(rng.standard_normal(s)) for s in ((batch, inp), (out, inp), (out,)))
+    dy = f32(rng.standard_normal((batch, out)))
+    w, b, dx = Guarded(w0), Guarded(b0), Guarded.empty((batch, inp))
+    p = ctypes.byref(LinearParams(batch, inp, out))
+    lib.mt_linear_f32_grad_input(p, ptr(dy), w.p, dx.p)
+    lib.mt_linear_f32_grad_weight(p, ptr(x), ptr(dy), -lr, w.p, b.p)
+    ref_dx, ref_dw, ref_db = linear_backward(x, w0, dy)
+    mag_dx, mag_dw, mag_db = linear_backward(np.abs(x), np.abs(w0), np.abs(dy))
+    # out products per dx element; batch products, times -lr, plus the old value for w, b.
+    assert_within_rounding(dx.value(), ref_dx, mag_dx, out, "dx")
+    assert_within_rounding(w.value(), w0 - lr * ref_dw, np.abs(w0) + lr * mag_dw, batch + 2, "w")
+    assert_within_rounding(b.value(), b0 - lr * ref_db, np.abs(b0) + lr * mag_db, batch + 2, "b")
+
+
 # ---- Conv2d ------------------------------------------------------------------------------
 
 # (batch, in_h, in_w, in_c, out_c, kernel (h, w), stride (h, w), padding (h, w), groups)
@@ -230,9 +251,19 @@ def full_dy(dy, full_hw):
 
 
 def scratch_for(lib, params):
-    """Exactly the scratch the kernel asks for, with canaries after it (hold on to it: the
-    buffer lives as long as the object)."""
-    return Guarded.empty(max(1, lib.mt_conv2d_f32_scratch_floats(ctypes.byref(params))))
+    """Exactly the scratch the kernel asks for, with canaries after it, or None (NULL) when
+    it needs none. Hold on to it: the buffer lives as long as the object."""
+    floats = lib.mt_conv2d_f32_scratch_floats(ctypes.byref(params))
+    return Guarded.empty(floats) if floats else None
+
+
+def scratch_ptr(scratch):
+    return scratch.p if scratch else None
+
+
+def check_scratch(scratch):
+    if scratch:
+        scratch.value()
 
 
 CROPS = {"full": (0, 0), "cropped": (1, 1)}
@@ -247,8 +278,8 @@ def test_conv2d_forward_matches_reference(lib, case, with_bias, crop):
     y = Guarded.empty((params.batch, params.out_h, params.out_w, params.out_c))
     scratch = scratch_for(lib, params)
     lib.mt_conv2d_f32_forward(ctypes.byref(params), ptr(d["x"]), ptr(d["w"]), ptr(bias), y.p,
-                              scratch.p)
-    scratch.value()
+                              scratch_ptr(scratch))
+    check_scratch(scratch)
     oh, ow = params.out_h, params.out_w
     expected = conv2d_forward(d["x"], d["w"], bias, **ref_args)[:, :oh, :ow]
     magnitude = conv2d_forward(np.abs(d["x"]), np.abs(d["w"]),
@@ -263,8 +294,9 @@ def test_conv2d_grad_input_matches_reference(lib, case, crop):
     params, d, ref_args, full_hw = conv_case(case, CROPS[crop])
     dx = Guarded.empty(d["x"].shape)
     scratch = scratch_for(lib, params)
-    lib.mt_conv2d_f32_grad_input(ctypes.byref(params), ptr(d["dy"]), ptr(d["w"]), dx.p, scratch.p)
-    scratch.value()
+    lib.mt_conv2d_f32_grad_input(ctypes.byref(params), ptr(d["dy"]), ptr(d["w"]), dx.p,
+                                 scratch_ptr(scratch))
+    check_scratch(scratch)
     dy = full_dy(d["dy"], full_hw)
     expected = conv2d_backward(d["x"], d["w"], dy, **ref_args)[0]
     magnitude = conv2d_backward(d["x"], np.abs(d["w"]), np.abs(dy), **ref_args)[0]
@@ -284,8 +316,8 @@ def test_conv2d_grad_weight_accumulates_alpha_times_reference(lib, case, with_db
     db = Guarded(d["b0"]) if with_dbias else None
     scratch = scratch_for(lib, params)
     lib.mt_conv2d_f32_grad_weight(ctypes.byref(params), ptr(d["x"]), ptr(d["dy"]), alpha, dw.p,
-                                  db.p if db else None, scratch.p)
-    scratch.value()
+                                  db.p if db else None, scratch_ptr(scratch))
+    check_scratch(scratch)
     dy = full_dy(d["dy"], full_hw)
     _, ref_dw, ref_db = conv2d_backward(d["x"], d["w"], dy, **ref_args)
     _, mag_dw, mag_db = conv2d_backward(np.abs(d["x"]), d["w"], np.abs(dy), **ref_args)
@@ -297,6 +329,33 @@ def test_conv2d_grad_weight_accumulates_alpha_times_reference(lib, case, with_db
     if db:
         assert_within_rounding(db.value(), d["b0"] + alpha * ref_db,
                                np.abs(d["b0"]) + abs(alpha) * mag_db, terms, f"conv2d dbias {case}")
+
+
+@pytest.mark.parametrize("case", ["3x3_stride2_pad1_batch3", "groups2", "depthwise_3x3",
+                                  "pointwise_batch3"])
+def test_conv2d_fused_sgd_step_updates_the_weights_in_place(lib, case):
+    # As a training step does it: grad_input with the old weights, then grad_weight with
+    # dweight = weight and alpha = -lr.
+    params, d, ref_args, _ = conv_case(case)
+    lr = 0.05
+    w, b, dx = Guarded(d["w"]), Guarded(d["b"]), Guarded.empty(d["x"].shape)
+    scratch = scratch_for(lib, params)
+    p = ctypes.byref(params)
+    lib.mt_conv2d_f32_grad_input(p, ptr(d["dy"]), w.p, dx.p, scratch_ptr(scratch))
+    lib.mt_conv2d_f32_grad_weight(p, ptr(d["x"]), ptr(d["dy"]), -lr, w.p, b.p, scratch_ptr(scratch))
+    check_scratch(scratch)
+    ref_dx, ref_dw, ref_db = conv2d_backward(d["x"], d["w"], d["dy"], **ref_args)
+    mag_dx, _, _ = conv2d_backward(d["x"], np.abs(d["w"]), np.abs(d["dy"]), **ref_args)
+    _, mag_dw, mag_db = conv2d_backward(np.abs(d["x"]), d["w"], np.abs(d["dy"]), **ref_args)
+    # The same term counts as in the separate grad_input and grad_weight tests.
+    taps = params.kernel_h * params.kernel_w
+    assert_within_rounding(dx.value(), ref_dx, mag_dx, taps * (params.out_c // params.groups + 2),
+                           "dx")
+    pixels = params.batch * params.out_h * params.out_w
+    assert_within_rounding(w.value(), d["w"] - lr * ref_dw, np.abs(d["w"]) + lr * mag_dw,
+                           3 * pixels, "weight")
+    assert_within_rounding(b.value(), d["b"] - lr * ref_db, np.abs(d["b"]) + lr * mag_db,
+                           3 * pixels, "bias")
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
@@ -312,3 +371,361 @@ def test_conv2d_scratch_is_zero_for_direct_paths_and_bounded_otherwise(lib, case
         # A tile of at most 64 output pixels and 16 KB, unless a 4-pixel tile needs more.
         assert 0 < floats <= max(4096, 4 * k)
         assert floats % k == 0
+
+
+# ---- the Cortex-M4F asm paths, on the emulated board --------------------------------------
+#
+# The host build above runs the portable C. The firmware for Thumb-2 + FPU targets runs the
+# inline-asm kernels instead; this builds a bare-metal program for QEMU's mps2-an386 that
+# links both (the C one with its symbols renamed ref_*), checks the asm against the C on
+# many shapes, and counts the guest instructions of a training step with the firmware's
+# -icount clock.
+
+ARM_GCC = shutil.which("arm-none-eabi-gcc")
+ARM_OBJCOPY = shutil.which("arm-none-eabi-objcopy")
+RISCV_GCC = shutil.which("riscv64-unknown-elf-gcc")
+QEMU_ARM = shutil.which("qemu-system-arm")
+M4F_FLAGS = ["-mthumb", "-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"]
+WARNINGS = ["-Wall", "-Wextra", "-Werror", "-Wdouble-promotion", "-Wfloat-conversion"]
+KERNEL_DIR = Path(__file__).resolve().parents[1] / "usermod" / "mcutrain" / "kernels"
+KERNEL_FILES = ("gemm_f32", "linear_f32", "conv2d_f32")
+KERNEL_FUNCTIONS = [f"mt_gemm_f32_{v}" for v in ("nt", "nn", "tn")] + [
+    f"mt_{layer}_f32_{p}" for layer in ("linear", "conv2d")
+    for p in ("forward", "grad_input", "grad_weight")] + ["mt_conv2d_f32_scratch_floats"]
+
+M4F_LINK = """
+MEMORY { CODE (rx) : ORIGIN = 0x00000000, LENGTH = 4M
+         RAM (rwx) : ORIGIN = 0x20000000, LENGTH = 4M }
+SECTIONS {
+    .text : { KEEP(*(.isr_vector)) *(.text*) *(.rodata*) . = ALIGN(4); } > CODE
+    .data : { _sdata = .; *(.data*) . = ALIGN(4); _edata = .; } > RAM AT > CODE
+    _sidata = LOADADDR(.data);
+    .bss (NOLOAD) : { _sbss = .; *(.bss*) *(COMMON) . = ALIGN(8); _ebss = .; } > RAM
+    _stack_top = ORIGIN(RAM) + LENGTH(RAM);
+}
+"""
+
+M4F_STARTUP = r"""
+#include <stddef.h>
+#include <stdint.h>
+extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _stack_top;
+int main(void);
+static void semihost(int op, const void *arg) {
+    register int r0 __asm__("r0") = op;
+    register const void *r1 __asm__("r1") = arg;
+    __asm__ volatile ("bkpt 0xab" : "+r" (r0) : "r" (r1) : "memory");
+}
+void put(const char *s) { semihost(0x04, s); }  // SYS_WRITE0
+static void stop(int code) {
+    const uint32_t args[2] = { 0x20026, (uint32_t)code };  // ADP_Stopped_ApplicationExit
+    semihost(0x20, args);  // SYS_EXIT_EXTENDED
+    for (;;) {}
+}
+void *memcpy(void *d, const void *s, size_t n) {
+    char *dc = d; const char *sc = s;
+    while (n--) *dc++ = *sc++;
+    return d;
+}
+void *memset(void *d, int v, size_t n) {
+    char *dc = d;
+    while (n--) *dc++ = (char)v;
+    return d;
+}
+void Reset_Handler(void) {
+    *(volatile uint32_t *)0xE000ED88 |= 0xFu << 20;  // CPACR: FPU on
+    __asm__ volatile ("dsb\n isb");
+    for (uint32_t *s = &_sidata, *d = &_sdata; d < &_edata;) *d++ = *s++;
+    for (uint32_t *d = &_sbss; d < &_ebss;) *d++ = 0;
+    stop(main());
+}
+void Fault_Handler(void) { put("FAIL fault\n"); stop(1); }
+__attribute__((section(".isr_vector"), used)) const void *const vectors[16] = {
+    &_stack_top, Reset_Handler, Fault_Handler, Fault_Handler, Fault_Handler, Fault_Handler,
+    Fault_Handler };
+"""
+
+M4F_CHECK = r"""
+#include <stdint.h>
+#include "gemm_f32.h"
+#include "linear_f32.h"
+#include "conv2d_f32.h"
+void put(const char *s);
+#define REF(ret, name, ...) ret ref_##name(__VA_ARGS__);
+REF(void, mt_gemm_f32_nt, const mt_gemm_shape_t *, float, const float *, const float *, float *)
+REF(void, mt_gemm_f32_nn, const mt_gemm_shape_t *, float, const float *, const float *, float *)
+REF(void, mt_gemm_f32_tn, const mt_gemm_shape_t *, float, const float *, const float *, float *)
+REF(void, mt_linear_f32_forward, const mt_linear_params_t *, const float *, const float *,
+    const float *, float *)
+REF(void, mt_linear_f32_grad_input, const mt_linear_params_t *, const float *, const float *,
+    float *)
+REF(void, mt_linear_f32_grad_weight, const mt_linear_params_t *, const float *, const float *,
+    float, float *, float *)
+REF(void, mt_conv2d_f32_forward, const mt_conv2d_params_t *, const float *, const float *,
+    const float *, float *, float *)
+REF(void, mt_conv2d_f32_grad_input, const mt_conv2d_params_t *, const float *, const float *,
+    float *, float *)
+REF(void, mt_conv2d_f32_grad_weight, const mt_conv2d_params_t *, const float *, const float *,
+    float, float *, float *, float *)
+
+static void put_u(uint32_t v) {
+    char b[12]; int i = 11; b[i] = 0;
+    do { b[--i] = (char)('0' + v % 10); v /= 10; } while (v);
+    put(b + i);
+}
+
+static uint32_t seed = 1;
+static void fill(float *a, int n) {
+    for (int i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        a[i] = (float)(int32_t)(seed >> 8 & 0xffff) / 32768.0f - 1.0f;
+    }
+}
+static void copy(float *d, const float *s, int n) { for (int i = 0; i < n; i++) d[i] = s[i]; }
+
+static float A[40000], B[40000], W1[40000], W2[40000], C1[40000], C2[40000];
+static float S1[8192], S2[8192], D1[512], D2[512];
+static int failures, checked;
+
+// Both paths add each element's products in the same order, except that the asm tn takes
+// its rank-1 route up to k = 8 (the C one up to 2): a few roundings of sums below ~100 in
+// magnitude, far inside 1e-5 * (1 + |c|), while a wrong element is off by O(1).
+static void compare(const char *what, int id, const float *got, const float *ref, int n) {
+    checked++;
+    for (int i = 0; i < n; i++) {
+        float d = got[i] - ref[i], m = ref[i] < 0.0f ? -ref[i] : ref[i];
+        if (!(d <= 1e-5f * (1.0f + m) && -d <= 1e-5f * (1.0f + m))) {
+            put("FAIL "); put(what); put(" case "); put_u((uint32_t)id); put(" at ");
+            put_u((uint32_t)i); put("\n");
+            failures++;
+            return;
+        }
+    }
+}
+
+typedef void gemm_fn(const mt_gemm_shape_t *, float, const float *, const float *, float *);
+
+static void check_gemm(void) {
+    gemm_fn *const fns[3][2] = { { mt_gemm_f32_nt, ref_mt_gemm_f32_nt },
+        { mt_gemm_f32_nn, ref_mt_gemm_f32_nn }, { mt_gemm_f32_tn, ref_mt_gemm_f32_tn } };
+    static const int big[][3] = { {64, 32, 144}, {1, 128, 256}, {128, 256, 1}, {28, 144, 32},
+        {32, 144, 28}, {3, 37, 50}, {37, 3, 50}, {1, 256, 128}, {128, 96, 3}, {2, 10, 33} };
+    int id = 0;
+    for (int v = 0; v < 3; v++) {
+        for (int m = 1; m <= 9; m++) for (int n = 1; n <= 13; n++) for (int k = 0; k <= 13; k++, id++) {
+            const int pad = (m + n + k) % 3;
+            const mt_gemm_shape_t s = { m, n, k, (v == 2 ? m : k) + pad, (v == 0 ? k : n) + pad, n + pad };
+            fill(A, 300); fill(B, 300); fill(C1, 300); copy(C2, C1, 300);
+            fns[v][0](&s, -0.75f, A, B, C1); fns[v][1](&s, -0.75f, A, B, C2);
+            compare("gemm", id, C1, C2, 300);
+        }
+        for (unsigned t = 0; t < sizeof big / sizeof big[0]; t++, id++) {
+            const int m = big[t][0], n = big[t][1], k = big[t][2];
+            const mt_gemm_shape_t s = { m, n, k, (v == 2 ? m : k) + 1, (v == 0 ? k : n) + 2, n + 3 };
+            fill(A, 40000); fill(B, 40000); fill(C1, 40000); copy(C2, C1, 40000);
+            fns[v][0](&s, 0.5f, A, B, C1); fns[v][1](&s, 0.5f, A, B, C2);
+            compare("gemm", id, C1, C2, 40000);
+        }
+    }
+}
+
+static void check_linear(void) {
+    static const int cases[][3] = { {1, 256, 128}, {1, 7, 5}, {3, 9, 10}, {2, 33, 17}, {4, 64, 10} };
+    for (unsigned t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const mt_linear_params_t p = { cases[t][0], cases[t][1], cases[t][2] };
+        const int xn = p.batch * p.in_features, yn = p.batch * p.out_features;
+        const int wn = p.in_features * p.out_features;
+        fill(A, xn); fill(B, yn); fill(W1, wn); fill(D1, p.out_features);
+        mt_linear_f32_forward(&p, A, W1, D1, C1); ref_mt_linear_f32_forward(&p, A, W1, D1, C2);
+        compare("linear forward", (int)t, C1, C2, yn);
+        mt_linear_f32_grad_input(&p, B, W1, C1); ref_mt_linear_f32_grad_input(&p, B, W1, C2);
+        compare("linear grad_input", (int)t, C1, C2, xn);
+        copy(W2, W1, wn); copy(D2, D1, p.out_features);
+        mt_linear_f32_grad_weight(&p, A, B, -0.01f, W1, D1);
+        ref_mt_linear_f32_grad_weight(&p, A, B, -0.01f, W2, D2);
+        compare("linear grad_weight", (int)t, W1, W2, wn);
+        compare("linear grad_bias", (int)t, D1, D2, p.out_features);
+    }
+}
+
+// batch, in_h, in_w, in_c, out_h, out_w, out_c, kernel_h, kernel_w, stride_h, stride_w,
+// pad_h, pad_w, groups
+static const int conv_cases[][14] = {
+    {1, 5, 7, 3, 5, 7, 5, 3, 3, 1, 1, 1, 1, 1}, {3, 7, 8, 4, 4, 4, 6, 3, 3, 2, 2, 1, 1, 1},
+    {1, 16, 16, 16, 16, 16, 32, 3, 3, 1, 1, 1, 1, 1}, {1, 8, 8, 8, 7, 7, 16, 3, 3, 1, 1, 1, 1, 1},
+    {1, 5, 6, 6, 5, 6, 4, 3, 3, 1, 1, 1, 1, 2}, {2, 1, 11, 3, 1, 6, 5, 1, 3, 1, 2, 0, 1, 1},
+    {1, 6, 5, 7, 6, 5, 7, 3, 3, 1, 1, 1, 1, 7}, {3, 9, 8, 5, 5, 4, 5, 3, 3, 2, 2, 1, 1, 5},
+    {1, 7, 6, 9, 7, 6, 9, 5, 5, 1, 1, 2, 2, 9}, {2, 5, 11, 16, 5, 6, 16, 3, 1, 1, 2, 1, 0, 16},
+    {1, 16, 16, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1, 32}, {1, 9, 9, 12, 8, 8, 12, 3, 3, 1, 1, 1, 1, 12},
+    {3, 4, 5, 7, 4, 5, 5, 1, 1, 1, 1, 0, 0, 1}, {1, 6, 6, 16, 6, 6, 24, 1, 1, 1, 1, 0, 0, 1},
+    {1, 6, 6, 16, 5, 4, 24, 1, 1, 1, 1, 0, 0, 1},
+};
+
+static void check_conv(void) {
+    for (unsigned t = 0; t < sizeof conv_cases / sizeof conv_cases[0]; t++) {
+        const int *c = conv_cases[t];
+        const mt_conv2d_params_t p = { c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8],
+                                       c[9], c[10], c[11], c[12], c[13] };
+        const int xn = p.batch * p.in_h * p.in_w * p.in_c, yn = p.batch * p.out_h * p.out_w * p.out_c;
+        const int wn = p.out_c * p.kernel_h * p.kernel_w * p.in_c / p.groups;
+        fill(A, xn); fill(B, yn); fill(W1, wn); fill(D1, p.out_c);
+        mt_conv2d_f32_forward(&p, A, W1, D1, C1, S1);
+        ref_mt_conv2d_f32_forward(&p, A, W1, D1, C2, S2);
+        compare("conv2d forward", (int)t, C1, C2, yn);
+        mt_conv2d_f32_grad_input(&p, B, W1, C1, S1);
+        ref_mt_conv2d_f32_grad_input(&p, B, W1, C2, S2);
+        compare("conv2d grad_input", (int)t, C1, C2, xn);
+        copy(W2, W1, wn); copy(D2, D1, p.out_c);
+        mt_conv2d_f32_grad_weight(&p, A, B, -0.01f, W1, D1, S1);
+        ref_mt_conv2d_f32_grad_weight(&p, A, B, -0.01f, W2, D2, S2);
+        compare("conv2d grad_weight", (int)t, W1, W2, wn);
+        compare("conv2d grad_bias", (int)t, D1, D2, p.out_c);
+    }
+}
+
+// CMSDK TIMER0 counts down at 25 MHz: 40 ns, i.e. 40 instructions under -icount shift=0.
+#define TIMER0 ((volatile uint32_t *)0x40000000)
+static uint32_t ticks(void) { return 0xffffffffu - TIMER0[1]; }
+
+static void perf_line(const char *name, const char *pass, uint32_t macs, uint32_t t) {
+    put("PERF "); put(name); put(" "); put(pass); put(" "); put_u(macs); put(" ");
+    put_u(t * 40u); put("\n");
+}
+
+static void perf_conv(const char *name, mt_conv2d_params_t p) {
+    const uint32_t macs = (uint32_t)(p.batch * p.out_h * p.out_w * p.out_c * p.kernel_h
+                                     * p.kernel_w * (p.in_c / p.groups));
+    fill(A, 20000); fill(B, 20000); fill(W1, 20000); fill(D1, 512);
+    const uint32_t t0 = ticks();
+    mt_conv2d_f32_forward(&p, A, W1, D1, C1, S1);
+    const uint32_t t1 = ticks();
+    mt_conv2d_f32_grad_input(&p, B, W1, C2, S1);
+    const uint32_t t2 = ticks();
+    mt_conv2d_f32_grad_weight(&p, A, B, -0.01f, W1, D1, S1);
+    const uint32_t t3 = ticks();
+    perf_line(name, "forward", macs, t1 - t0);
+    perf_line(name, "grad_input", macs, t2 - t1);
+    perf_line(name, "grad_weight", macs, t3 - t2);
+}
+
+static void perf_linear(const char *name, mt_linear_params_t p) {
+    const uint32_t macs = (uint32_t)(p.batch * p.in_features * p.out_features);
+    fill(A, 20000); fill(B, 20000); fill(W1, 40000); fill(D1, 512);
+    const uint32_t t0 = ticks();
+    mt_linear_f32_forward(&p, A, W1, D1, C1);
+    const uint32_t t1 = ticks();
+    mt_linear_f32_grad_input(&p, B, W1, C2);
+    const uint32_t t2 = ticks();
+    mt_linear_f32_grad_weight(&p, A, B, -0.01f, W1, D1);
+    const uint32_t t3 = ticks();
+    perf_line(name, "forward", macs, t1 - t0);
+    perf_line(name, "grad_input", macs, t2 - t1);
+    perf_line(name, "grad_weight", macs, t3 - t2);
+}
+
+int main(void) {
+    TIMER0[2] = 0xffffffffu;    // RELOAD
+    TIMER0[1] = 0xffffffffu;    // VALUE
+    TIMER0[0] = 1;              // CTRL: enable
+    check_gemm();
+    check_linear();
+    check_conv();
+    put("CHECKED "); put_u((uint32_t)checked); put("\n");
+    perf_conv("conv3x3", (mt_conv2d_params_t){ 1, 16, 16, 16, 16, 16, 32, 3, 3, 1, 1, 1, 1, 1 });
+    perf_linear("linear", (mt_linear_params_t){ 1, 256, 128 });
+    perf_conv("depthwise3x3", (mt_conv2d_params_t){ 1, 16, 16, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1, 32 });
+    return failures != 0;
+}
+"""
+
+
+def run_tool(cmd) -> None:
+    """Runs a build step, failing the test with its stderr."""
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{' '.join(map(str, cmd))}\n{done.stderr}"
+
+
+@pytest.fixture(scope="module")
+def m4f_output(tmp_path_factory) -> str:
+    """Builds the check program with the M4F toolchain, runs it on QEMU, returns its output."""
+    if not (ARM_GCC and ARM_OBJCOPY and QEMU_ARM):
+        pytest.skip("needs arm-none-eabi-gcc and qemu-system-arm (`make setup`)")
+    out = tmp_path_factory.mktemp("m4f")
+    (out / "link.ld").write_text(M4F_LINK)
+    (out / "startup.c").write_text(M4F_STARTUP)
+    (out / "check.c").write_text(M4F_CHECK)
+    cc = [ARM_GCC, "-std=gnu99", *M4F_FLAGS, "-O2", *WARNINGS, "-I", KERNEL_DIR, "-c"]
+    objects = []
+    renames = [arg for f in KERNEL_FUNCTIONS for arg in ("--redefine-sym", f"{f}=ref_{f}")]
+    for name in KERNEL_FILES:
+        source, ref = KERNEL_DIR / f"{name}.c", out / f"ref_{name}.o"
+        objects += [out / f"{name}.o", ref]
+        run_tool([*cc, source, "-o", objects[-2]])
+        run_tool([*cc, "-DMCUTRAIN_PORTABLE_KERNELS", source, "-o", ref])
+        run_tool([ARM_OBJCOPY, *renames, ref])
+    for name in ("startup", "check"):
+        objects.append(out / f"{name}.o")
+        run_tool([*cc, "-fno-builtin", "-fno-tree-loop-distribute-patterns", out / f"{name}.c",
+                  "-o", objects[-1]])
+    elf = out / "check.elf"
+    run_tool([ARM_GCC, *M4F_FLAGS, "-nostdlib", "-T", out / "link.ld", "-o", elf, *objects, "-lgcc"])
+    run = subprocess.run(
+        [QEMU_ARM, "-machine", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none",
+         "-semihosting-config", "enable=on,target=native", "-icount", "shift=0",
+         "-kernel", str(elf)],
+        capture_output=True, text=True, timeout=60)
+    return run.stdout + run.stderr + f"\nexit status {run.returncode}\n"
+
+
+def test_m4f_asm_kernels_match_the_portable_c(m4f_output):
+    assert "FAIL" not in m4f_output, m4f_output
+    assert "CHECKED" in m4f_output and "exit status 0" in m4f_output, m4f_output
+
+
+# A training step (forward + grad_input + grad_weight with alpha = -lr) in multiply-adds per
+# emulated instruction: the design targets are 0.35 (floor) / 0.5 (aim) for conv and dense
+# and 0.12 / 0.2 for depthwise; asserting the aims catches a lost asm path or a slow loop.
+STEP_TARGETS = {"conv3x3": 0.5, "linear": 0.5, "depthwise3x3": 0.2}
+
+
+def test_m4f_training_step_reaches_mac_per_instruction_targets(m4f_output):
+    macs: dict[str, int] = {}
+    instructions: dict[str, int] = {}
+    for line in m4f_output.splitlines():
+        if line.startswith("PERF "):
+            _, name, _pass, mac, instr = line.split()
+            macs[name] = macs.get(name, 0) + int(mac)
+            instructions[name] = instructions.get(name, 0) + int(instr)
+    assert set(macs) == set(STEP_TARGETS), m4f_output
+    for name, target in STEP_TARGETS.items():
+        ratio = macs[name] / instructions[name]
+        print(f"{name}: {instructions[name]} instructions, {ratio:.3f} MAC/instruction")
+        assert ratio >= target, f"{name}: {ratio:.3f} MAC/instruction < {target}\n{m4f_output}"
+
+
+# The firmware's toolchains at other optimization levels and frame-pointer settings: the asm
+# operands must still find registers (GCC reports "impossible constraints" otherwise), and
+# the no-FPU and RISC-V builds must take the portable path without warnings.
+MCU_BUILDS = {
+    "m4f-O0": (ARM_GCC, [*M4F_FLAGS, "-O0"]),
+    "m4f-Os": (ARM_GCC, [*M4F_FLAGS, "-Os"]),
+    "m4f-O3": (ARM_GCC, [*M4F_FLAGS, "-O3"]),
+    "m4f-O2-frame-pointer": (ARM_GCC, [*M4F_FLAGS, "-O2", "-fno-omit-frame-pointer"]),
+    "m0plus-O2": (ARM_GCC, ["-mthumb", "-mcpu=cortex-m0plus", "-O2"]),
+    "rv32imac-O2": (RISCV_GCC, ["-march=rv32imac_zicsr", "-mabi=ilp32", "-O2"]),
+}
+
+
+def test_kernels_build_warning_free_for_mcu_targets(tmp_path):
+    builds = {name: build for name, build in MCU_BUILDS.items() if build[0]}
+    if not builds:
+        pytest.skip("no cross compilers installed (`make setup`)")
+    procs = {}
+    for name, (gcc, flags) in builds.items():
+        (tmp_path / name).mkdir()
+        procs[name] = subprocess.Popen(
+            [gcc, "-std=gnu99", *flags, *WARNINGS, "-I", str(KERNEL_DIR), "-c",
+             *(str(KERNEL_DIR / f"{f}.c") for f in KERNEL_FILES)],
+            cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = {name: proc.communicate(timeout=60)[0] for name, proc in procs.items()}
+    failed = [f"{name}:\n{output[name]}" for name, proc in procs.items() if proc.returncode]
+    assert not failed, "\n".join(failed)
