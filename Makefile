@@ -105,6 +105,7 @@ test: setup firmware firmware-unix-san
 # prints a table and writes bench/results.json.
 bench: setup firmware-qemu-m4f firmware-qemu-rv32
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python -m mcutrain.bench_transfer --out bench/results.json --append
 
 demo: setup firmware-qemu-m4f
 	$(VENV)/bin/mcutrain run examples/hello.py --board qemu-m4f

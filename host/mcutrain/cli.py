@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -11,9 +13,12 @@ from types import FrameType
 
 from . import __version__
 from .boards import BOARDS, DEFAULT_BOARD, EMULATED_BOARDS, get_board
-from .emulator import Emulator, default_flash_path
+from .collect import Collector, stream_command
+from .device import Device, open_device
+from .emulator import Emulator, default_flash_path, mpremote_command
 from .errors import DeviceError, EmulatorError
-from .runner import open_target
+from .progress import ProgressBar, human_bytes
+from .transfer import TransferError, TransferResult
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -32,10 +37,48 @@ def _board_options(parser: argparse.ArgumentParser, boards: Sequence[str]) -> No
     parser.add_argument("--heap", type=int, help="MicroPython heap in bytes (default: the board's)")
 
 
+def _device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        metavar="PORT",
+        help="a board's serial port (e.g. /dev/ttyACM0); default: boot the --board emulator",
+    )
+    _board_options(parser, tuple(BOARDS))
+
+
 def _flash_for(args: argparse.Namespace) -> Path | None:
     if not get_board(args.board).emulated:
         return None
     return args.flash or default_flash_path(args.board)
+
+
+def _open(args: argparse.Namespace):  # -> ContextManager[Device]
+    return open_device(args.device, args.board, flash=_flash_for(args), heap=args.heap)
+
+
+def _where(device: Device) -> str:
+    return device.port if device.board == "serial" and device.port else device.board
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a shape like 28,28,1: {text!r}") from None
+
+
+def _report_transfer(what: str, dest: str, size: int, result: TransferResult | None) -> None:
+    if result is None:
+        print(f"{what}: {human_bytes(size)} written to {dest} (on the host: the unix port reads it)")
+        return
+    resumed = f", resumed at {human_bytes(result.resumed_from)}" if result.resumed_from else ""
+    print(
+        f"{what}: {human_bytes(size)} to {dest} in {result.seconds:.2f} s "
+        f"({human_bytes(result.bytes_per_s)}/s{resumed}); {result.algo} verified on the board"
+    )
+
+
+# -- commands ---------------------------------------------------------------------------------
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
@@ -58,15 +101,22 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    with open_target(args.board, flash=_flash_for(args), heap=args.heap) as target:
-        try:
-            target.run_file(args.script, timeout=args.timeout, capture=False)
-        except DeviceError as e:
-            # The device's traceback has been printed already, as it happened.
-            print(f"mcutrain: {args.script} failed on {args.board}", file=sys.stderr)
-            if e.exc_type is None and e.output:
-                print(e.output, file=sys.stderr)
-            return 1
+    if not args.script.is_file():
+        raise FileNotFoundError(f"no script {args.script}")
+    collector = Collector(args.collect, json_out=args.json)
+    try:
+        with _open(args) as device, device.session():
+            command = device.script_command(args.script, args.mount)
+            status = stream_command(command, collector, args.timeout)
+    finally:
+        collector.close()
+    if status != 0:
+        # The device's traceback has been printed already, as it happened.
+        print(f"mcutrain: {args.script} failed on {args.device or args.board}", file=sys.stderr)
+        return 1
+    if args.collect is not None:
+        print(f"mcutrain: {len(collector.records)} records in {args.collect}/results.jsonl "
+              "and results.csv", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -79,6 +129,136 @@ def cmd_boards(args: argparse.Namespace) -> int:
             status = str(e)
         print(f"{board.name:10} {board.description}\n{'':10} firmware: {status}")
     return 0
+
+
+def cmd_push_dataset(args: argparse.Namespace) -> int:
+    from .push import dataset_name, push_dataset
+
+    if args.stream:
+        return _stream_dataset(args)
+    with _open(args) as device:
+        bar = ProgressBar(f"push {Path(args.dest).name if args.dest else dataset_name(args.src)}")
+        try:
+            pushed = push_dataset(device, args.src, dtype=args.dtype, dest=args.dest,
+                                  save=args.save, progress=bar)  # fmt: skip
+        finally:
+            bar.close()
+    h = pushed.header
+    print(f"dataset: {h.count} samples of {tuple(h.sample_shape)} {h.dtype}"
+          + (f" (scale {h.scale:.6g}, zero point {h.zero_point})" if h.dtype == "int8" else ""))
+    _report_transfer("pushed", pushed.dest, pushed.size, pushed.transfer)
+    return 0
+
+
+def _stream_dataset(args: argparse.Namespace) -> int:
+    from .push import check_mounted, serve_dataset
+
+    path, h = serve_dataset(args.src, dtype=args.dtype,
+                            directory=args.save.parent if args.save else None)  # fmt: skip
+    if args.save is not None and args.save != path:
+        path = path.rename(args.save)
+    print(f"dataset: {h.count} samples of {tuple(h.sample_shape)} {h.dtype}, "
+          f"{human_bytes(path.stat().st_size)} at {path}")  # fmt: skip
+    print(f"on the board, while {path.parent} is mounted: open('/remote/{path.name}', 'rb')")
+    print(f"  or: from mcutrain.dataset import Dataset; Dataset('/remote/{path.name}')")
+    print(f"run a script with it: mcutrain run SCRIPT --mount {path.parent}")
+    with _open(args) as device:
+        if device.port is None:
+            print(f"the {device.board} board reads host files: open({str(path)!r}, 'rb')")
+            return 0
+        if sys.stdin.isatty():
+            print("serving it now: a REPL on the board with the folder at /remote "
+                  "(Ctrl-X leaves)", flush=True)  # fmt: skip
+            import subprocess
+
+            with device.uart() as port:
+                return subprocess.call(mpremote_command(port, "mount", str(path.parent)))
+        size = check_mounted(device, path)
+        print(f"checked: the board sees /remote/{path.name} ({human_bytes(size)}) "
+              "through mpremote mount")  # fmt: skip
+    return 0
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--graph", type=Path,
+                        help="the model's graph as JSON (for .npz without __graph__, and .pt)")
+    parser.add_argument("--input-shape", type=_shape, metavar="SHAPE",
+                        help="one sample's shape, e.g. 28,28,1 (npz: device layout, "
+                             "HWC; .pt: PyTorch's, CHW)")  # fmt: skip
+    parser.add_argument("--layout", choices=("device", "torch"),
+                        help="npz tensors' layout (default device)")  # fmt: skip
+    parser.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=None,
+                        help="fold batch norms into the layers before them "
+                             "(default: on for PyTorch, off for npz)")  # fmt: skip
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    return {"graph": args.graph, "input_shape": args.input_shape, "layout": args.layout,
+            "fold_bn": args.fold_bn}  # fmt: skip
+
+
+def _describe_model(spec: object) -> str:
+    tensors = getattr(spec, "tensors", {})
+    params = sum(int(getattr(t, "size", 0)) for t in tensors.values())
+    shape = getattr(spec, "input_shape", None)
+    return f"{len(tensors)} tensors, {params} parameters" + (f", input {shape}" if shape else "")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .push import prepare_model
+
+    if args.out.suffix != ".mtm":
+        raise ValueError(f"{args.out}: export writes an .mtm file")
+    spec = prepare_model(args.src, args.out, **_model_kwargs(args))  # type: ignore[arg-type]
+    print(f"wrote {args.out}: {_describe_model(spec)}")
+    return 0
+
+
+def cmd_push_model(args: argparse.Namespace) -> int:
+    from .push import push_model
+
+    with _open(args) as device:
+        bar = ProgressBar(f"push {args.dest or Path(args.src).name.split('.')[0] + '.mtm'}")
+        try:
+            pushed = push_model(device, args.src, dest=args.dest, progress=bar,
+                                **_model_kwargs(args))  # fmt: skip
+        finally:
+            bar.close()
+    print(f"model: {_describe_model(pushed.header)}")
+    _report_transfer("pushed", pushed.dest, pushed.size, pushed.transfer)
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from .push import pull_model
+
+    with _open(args) as device:
+        out = pull_model(device, args.path, args.out, layout=args.layout or "device")
+    print(f"pulled {args.path} from {_where(device)} to {out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import missing_plots, plot_results
+
+    written = plot_results(args.dir, args.out)
+    for path in written:
+        print(path)
+    for name in missing_plots(written):
+        print(f"mcutrain: no data for {name}", file=sys.stderr)
+    return 0 if written else 1
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .device_info import device_info, format_info
+
+    with _open(args) as device:
+        info = device_info(device)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,16 +278,86 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="run a device script on a board and print its output",
-        description="Run a MicroPython script on a board (booting the emulator if needed).",
+        help="run a device script on a board, with live progress from its metrics",
+        description="Run a MicroPython script on a board (booting the emulator if needed). "
+        "Lines the script writes with mcutrain.metrics (`@mt {...}`) show as live progress; "
+        "other output passes through.",
     )
     run.add_argument("script", type=Path)
-    _board_options(run, tuple(BOARDS))
+    _device_options(run)
     run.add_argument("--timeout", type=float, help="seconds before giving up (default: none)")
+    run.add_argument("--collect", type=Path, metavar="DIR",
+                     help="write the metrics to DIR/results.jsonl and DIR/results.csv")
+    run.add_argument("--json", action="store_true",
+                     help="print the metrics as JSON lines on stdout (other output to stderr)")
+    run.add_argument("--mount", type=Path, metavar="DIR",
+                     help="serve a host folder at /remote (the script's working directory)")
     run.set_defaults(func=cmd_run)
 
     boards = commands.add_parser("boards", help="list the boards and their firmware")
     boards.set_defaults(func=cmd_boards)
+
+    push = commands.add_parser(
+        "push-dataset",
+        help="convert a dataset to .mtd and copy it to a board",
+        description="Convert SRC (.npz with x, y and optional teacher_logits; a folder of WAV "
+        "files with a subfolder per class; MNIST/Fashion-MNIST idx files; CSV; or an .mtd) "
+        "to .mtd and copy it with a checked, resumable transfer.",
+    )
+    push.add_argument("src", type=Path)
+    _device_options(push)
+    push.add_argument("--dtype", choices=("int8", "float16", "float32"),
+                      help="sample type on the board (int8: one scale per dataset; "
+                           "default: float32, or int8 for int8 sources)")  # fmt: skip
+    push.add_argument("--dest", help="path on the board (default: NAME.mtd in its working dir)")
+    push.add_argument("--save", type=Path, metavar="FILE", help="keep the converted .mtd here")
+    push.add_argument("--stream", action="store_true",
+                      help="serve the file with `mpremote mount` instead of copying it: "
+                           "a REPL with it at /remote on a terminal, else a check that the "
+                           "board sees it")  # fmt: skip
+    push.set_defaults(func=cmd_push_dataset)
+
+    export = commands.add_parser(
+        "export",
+        help="write an .mtm model from numpy (.npz) or a PyTorch state dict (.pt)",
+    )
+    export.add_argument("src", type=Path, help=".npz, .pt/.pth or .mtm")
+    export.add_argument("out", type=Path, help="the .mtm to write")
+    _model_options(export)
+    export.set_defaults(func=cmd_export)
+
+    push_model = commands.add_parser(
+        "push-model", help="export a model (if needed) and copy the .mtm to a board"
+    )
+    push_model.add_argument("src", type=Path, help=".mtm, .npz or .pt/.pth")
+    _device_options(push_model)
+    push_model.add_argument("--dest", help="path on the board (default: NAME.mtm)")
+    _model_options(push_model)
+    push_model.set_defaults(func=cmd_push_model)
+
+    pull = commands.add_parser(
+        "pull", help="copy a trained model back from a board as .mtm, .npz or a PyTorch .pt"
+    )
+    pull.add_argument("path", help="the .mtm on the board")
+    pull.add_argument("out", type=Path, help="FILE.mtm, FILE.npz or FILE.pt")
+    _device_options(pull)
+    pull.add_argument("--layout", choices=("device", "torch"),
+                      help="tensor layout in an .npz (default device)")  # fmt: skip
+    pull.set_defaults(func=cmd_pull)
+
+    plot = commands.add_parser(
+        "plot", help="draw loss, accuracy and time-per-step PNGs from `run --collect DIR`"
+    )
+    plot.add_argument("dir", type=Path)
+    plot.add_argument("--out", type=Path, metavar="DIR", help="where to write (default: DIR)")
+    plot.set_defaults(func=cmd_plot)
+
+    info = commands.add_parser(
+        "info", help="firmware version, board, free heap and the module's features"
+    )
+    _device_options(info)
+    info.add_argument("--json", action="store_true", help="as JSON")
+    info.set_defaults(func=cmd_info)
     return parser
 
 
@@ -119,8 +369,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return int(args.func(args))
-    except (EmulatorError, FileNotFoundError, DeviceError, ValueError) as e:
+    except (EmulatorError, FileNotFoundError, DeviceError, ValueError, TransferError) as e:
         print(f"mcutrain: error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        extra = " (pip install 'mcutrain[torch]')" if e.name == "torch" else ""
+        print(f"mcutrain: error: {e}{extra}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away; say nothing more to it.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+        return 1

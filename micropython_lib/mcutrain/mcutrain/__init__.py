@@ -4,6 +4,7 @@ from _mcutrain import version
 
 from .dataset import Dataset, FormatError
 from .model_io import load, save
+from .metrics import Metrics, report
 
 __version__ = version()
 

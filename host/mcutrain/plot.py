@@ -1,0 +1,75 @@
+"""Plots of collected results (DIR/results.jsonl): loss, accuracy and time per step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from .collect import Record, read_results
+
+# (file, title, y label, fields): each field is drawn from step lines and from epoch lines.
+PLOTS = (
+    ("loss.png", "Loss", "loss", ("loss", "val_loss")),
+    ("accuracy.png", "Accuracy", "accuracy", ("accuracy", "val_accuracy")),
+    ("time_per_step.png", "Time per step", "ms per step", ("dt_ms",)),
+)
+
+
+def _series(records: Sequence[Record], kind: str, field: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, r in enumerate(records):
+        value = r.get(field)
+        if r.get("kind", "step") != kind or not isinstance(value, (int, float)):
+            continue
+        x = r.get("step", i)
+        xs.append(float(x) if isinstance(x, (int, float)) else float(i))
+        ys.append(float(value))
+    return xs, ys
+
+
+def plot_records(records: Sequence[Record], out_dir: Path | str) -> list[Path]:
+    """Draw the PNGs that `records` have data for, into `out_dir`; their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, title, ylabel, fields in PLOTS:
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+        drawn = False
+        for field in fields:
+            for kind, style in (("step", {"linewidth": 1.0}),
+                                ("epoch", {"marker": "o", "linestyle": "--"})):  # fmt: skip
+                xs, ys = _series(records, kind, field)
+                if xs:
+                    ax.plot(xs, ys, label=f"{field} ({kind})", **style)
+                    drawn = True
+        if drawn:
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+            ax.legend(loc="best", fontsize="small")
+            fig.tight_layout()
+            fig.savefig(out / name)
+            written.append(out / name)
+        plt.close(fig)
+    return written
+
+
+def plot_results(directory: Path | str, out_dir: Path | str | None = None) -> list[Path]:
+    """Plot DIR/results.jsonl into `out_dir` (default DIR); the PNGs written."""
+    records = read_results(directory)
+    return plot_records(records, out_dir if out_dir is not None else directory)
+
+
+def missing_plots(written: Sequence[Path]) -> list[str]:
+    """The plots that had no data."""
+    names = {p.name for p in written}
+    return [name for name, *_ in PLOTS if name not in names]
+
+
+__all__ = ["PLOTS", "missing_plots", "plot_records", "plot_results"]

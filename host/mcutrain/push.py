@@ -1,0 +1,202 @@
+"""Datasets and models to and from a board: convert with mcutrain.formats / mcutrain.export,
+move with the framed transfer (transfer.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .device import Device
+from .emulator import run_mpremote
+from .formats import (
+    DatasetHeader,
+    load_source,
+    read_dataset_header,
+    read_model,
+    write_arrays,
+)
+from .transfer import ProgressFn, TransferResult, pull_bytes, push_file
+
+DATASET_DTYPES = ("int8", "float16", "float32")
+MODEL_SUFFIXES = (".mtm", ".npz", ".pt", ".pth")
+
+
+def stream_dir() -> Path:
+    """Where `push-dataset --stream` keeps converted datasets for `mpremote mount`."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "mcutrain" / "stream"
+
+
+def dataset_name(src: Path | str) -> str:
+    """`digits.npz` -> `digits.mtd`; a folder's name for a folder of WAV or idx files."""
+    p = Path(src)
+    stem = p.name if p.is_dir() else p.name.split(".")[0]
+    return f"{stem or 'dataset'}.mtd"
+
+
+def prepare_dataset(src: Path | str, out: Path | str, *, dtype: str | None = None) -> DatasetHeader:
+    """Convert a dataset source (.npz, .csv, idx files, a folder of per-class WAV folders) into
+    an .mtd file at `out`; an .mtd is checked and copied. Its header."""
+    src, out = Path(src), Path(out)
+    if dtype is not None and dtype not in DATASET_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DATASET_DTYPES)}, got {dtype!r}")
+    if src.suffix == ".mtd":
+        header = read_dataset_header(src)
+        if dtype is not None and dtype != header.dtype:
+            raise ValueError(f"{src} is already an .mtd of {header.dtype}; convert from the source")
+        if src.resolve() != out.resolve():
+            shutil.copyfile(src, out)
+        return header
+    write_arrays(out, load_source(src), dtype=dtype)
+    return read_dataset_header(out)
+
+
+@dataclass
+class PushResult:
+    """What was pushed where; `transfer` is None when nothing crossed a serial link."""
+
+    source: Path
+    dest: str
+    size: int
+    header: Any  # DatasetHeader or ModelSpec
+    transfer: TransferResult | None
+
+
+def _push(device: Device, path: Path, dest: str, progress: ProgressFn | None) -> TransferResult | None:
+    if device.port is None:
+        # The unix port reads the host's files: the "board's" path is a host path.
+        target = Path(dest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.resolve() != target.resolve():
+            shutil.copyfile(path, target)
+        return None
+    with device.uart() as port:
+        return push_file(port, path, dest, progress=progress)
+
+
+def push_dataset(
+    device: Device,
+    src: Path | str,
+    *,
+    dtype: str | None = None,
+    dest: str | None = None,
+    save: Path | str | None = None,
+    progress: ProgressFn | None = None,
+) -> PushResult:
+    """Convert `src` to .mtd (kept at `save` if given) and copy it to `dest` on the board
+    (default: the dataset's name in the board's working directory, /flash on emulated boards)."""
+    dest = dest or dataset_name(src)
+    with tempfile.TemporaryDirectory(prefix="mcutrain-push-") as tmp:
+        path = Path(save) if save is not None else Path(tmp) / dataset_name(src)
+        header = prepare_dataset(src, path, dtype=dtype)
+        result = _push(device, path, dest, progress)
+        return PushResult(Path(src), dest, path.stat().st_size, header, result)
+
+
+def serve_dataset(
+    src: Path | str, *, dtype: str | None = None, directory: Path | str | None = None
+) -> tuple[Path, DatasetHeader]:
+    """Convert `src` into `directory` (default stream_dir()) for `mpremote mount`; the file."""
+    folder = Path(directory) if directory is not None else stream_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / dataset_name(src)
+    return path, prepare_dataset(src, path, dtype=dtype)
+
+
+def check_mounted(device: Device, path: Path) -> int:
+    """The size the board sees for `path` through `mpremote mount` of its folder."""
+    with device.uart() as port:
+        out = run_mpremote(
+            port, "mount", str(path.parent),
+            "exec", f"import os; print(os.stat({path.name!r})[6])", timeout=60,
+        )  # fmt: skip
+    return int(out.strip().splitlines()[-1])
+
+
+def prepare_model(
+    src: Path | str,
+    out: Path | str,
+    *,
+    graph: Path | str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    layout: str | None = None,
+    fold_bn: bool | None = None,
+) -> Any:
+    """Write the .mtm for `src`: an .mtm (checked, copied), an .npz state dict (graph from
+    `graph` or the npz's __graph__ entry), or a PyTorch state dict (.pt/.pth, needs `graph`).
+    input_shape is the device layout's for npz, PyTorch's for .pt. Returns the ModelSpec."""
+    src, out = Path(src), Path(out)
+    suffix = src.suffix.lower()
+    if suffix == ".mtm":
+        spec = read_model(src)
+        if src.resolve() != out.resolve():
+            shutil.copyfile(src, out)
+        return spec
+    if suffix == ".npz":
+        from .export import export_npz
+
+        return export_npz(src, out, graph, input_shape=input_shape, layout=layout or "device",
+                          fold_bn=bool(fold_bn))  # fmt: skip
+    if suffix in (".pt", ".pth"):
+        import torch
+
+        from .export import export_torch, load_graph
+
+        if graph is None:
+            raise ValueError(f"{src}: a PyTorch state dict needs --graph (its layers are not in it)")
+        state = torch.load(src, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{src}: expected a state dict, found {type(state).__name__}")
+        graph_doc, _, _ = load_graph(graph)
+        return export_torch(state, out, input_shape=input_shape, graph=graph_doc,
+                            fold_bn=True if fold_bn is None else fold_bn)  # fmt: skip
+    raise ValueError(f"{src}: unknown model file (want {', '.join(MODEL_SUFFIXES)})")
+
+
+def push_model(
+    device: Device,
+    src: Path | str,
+    *,
+    dest: str | None = None,
+    progress: ProgressFn | None = None,
+    **options: Any,
+) -> PushResult:
+    """prepare_model() then copy the .mtm to `dest` on the board (default NAME.mtm)."""
+    name = Path(src).name.split(".")[0] + ".mtm"
+    dest = dest or name
+    with tempfile.TemporaryDirectory(prefix="mcutrain-push-") as tmp:
+        path = Path(tmp) / name
+        spec = prepare_model(src, path, **options)
+        result = _push(device, path, dest, progress)
+        return PushResult(Path(src), dest, path.stat().st_size, spec, result)
+
+
+def pull_model(device: Device, path: str, out: Path | str, *, layout: str = "device") -> Path:
+    """Copy an .mtm from the board to `out`: .mtm as is, .npz (mtm_to_npz; layout device or
+    torch) or .pt (a PyTorch state dict)."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".mtm", ".npz", ".pt", ".pth"):
+        raise ValueError(f"{out}: pull writes .mtm, .npz or .pt files")
+    if device.port is None:
+        data = Path(path).read_bytes()
+    else:
+        with device.uart() as port:
+            data = pull_bytes(port, path)
+    with tempfile.TemporaryDirectory(prefix="mcutrain-pull-") as tmp:
+        mtm = out if suffix == ".mtm" else Path(tmp) / "model.mtm"
+        mtm.write_bytes(data)
+        read_model(mtm)  # a clear error now if it is not a valid model
+        if suffix == ".npz":
+            from .export import mtm_to_npz
+
+            mtm_to_npz(mtm, out, layout)
+        elif suffix in (".pt", ".pth"):
+            from .export import mtm_to_torch_state_dict
+
+            mtm_to_torch_state_dict(mtm, out)
+    return out
