@@ -17,6 +17,8 @@ DECAY = 0.8 if MODEL == "mlp" else 0.7   # the learning rate shrinks by this fac
 MOMENTUM = 0.9
 SEED = 1
 DATA = "/remote"   # where digits_train.u8 and digits_test.u8 are (mpremote mount puts them here)
+PRETRAINED = None  # an .mtm to fine-tune (python -m mcutrain.pretrain), instead of MODEL
+UPDATE = None      # None: full update; or a policy, e.g. mt.TopK(0.1) or mt.ChannelRatio(0.25)
 
 
 def load(name):
@@ -55,8 +57,9 @@ def accuracy(model, x, pixels, labels, n):
 train_px, train_y, n_train = load("digits_train.u8")
 test_px, test_y, n_test = load("digits_test.u8")
 mt.seed(SEED)
-model = build(MODEL)
-opt = mt.SGD(model, lr=LR, momentum=MOMENTUM)
+model = mt.load(PRETRAINED) if PRETRAINED else build(MODEL)
+opt = mt.SGD(model, lr=LR, momentum=MOMENTUM, update=UPDATE)
+backward_macs = full_backward_macs = 0
 x = mt.zeros((1, 8, 8, 1))
 order = list(range(n_train))
 state = SEED
@@ -73,6 +76,10 @@ for epoch in range(EPOCHS):
         t0 = mt.perf_counter()
         total += model.train_step(x, train_y[k], mt.cross_entropy, opt)
         step_instructions = mt.perf_counter() - t0
+        if UPDATE is not None:
+            stats = model.update_stats()
+            backward_macs += stats["backward_macs"]
+            full_backward_macs += stats["full_backward_macs"]
     gc.collect()
     print("epoch", epoch + 1, "loss", total / n_train)
 
@@ -82,4 +89,7 @@ summary = {
     "test_accuracy": accuracy(model, x, test_px, test_y, n_test),
     "step_instructions": step_instructions, "peak_ram_bytes": model.memory()["total"],
 }
+if UPDATE is not None:
+    summary["update"] = repr(UPDATE)
+    summary["backward_mac_fraction"] = backward_macs / full_backward_macs
 print(json.dumps(summary))

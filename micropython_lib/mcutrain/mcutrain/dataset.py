@@ -20,12 +20,29 @@ def _fail(path, reason):
     raise FormatError("%s: %s" % (path, reason))
 
 
+def readinto_all(f, buf, nbytes):
+    """f.readinto(buf) for all nbytes of buf; fewer only at the end of the file. Streams such
+    as mpremote mount's /remote may fill a buffer in several parts."""
+    got = f.readinto(buf) or 0
+    if got == nbytes or got == 0:
+        return got
+    import uctypes  # a byte view of any buffer (a Tensor's is typed 'f'), without a copy
+
+    view = uctypes.bytearray_at(uctypes.addressof(buf), nbytes)
+    while got < nbytes:
+        part = f.readinto(memoryview(view)[got:]) or 0
+        if part == 0:
+            break
+        got += part
+    return got
+
+
 def _crc_stream(f, n, buf, crc=0):
     # CRC-32 of the next n bytes of f, read through buf; None if the file ends first.
     mv = memoryview(buf)
     while n > 0:
         part = mv if n >= len(buf) else mv[:n]
-        got = f.readinto(part)
+        got = readinto_all(f, part, len(part))
         if got != len(part):
             return None
         crc = binascii.crc32(part, crc)
@@ -207,17 +224,17 @@ class Dataset:
         # labels (int32 labels unpack a tuple).
         f = self._f
         f.seek(self._data_offset + i * self.record_size)
-        if f.readinto(x) != self._sample_bytes:
+        if readinto_all(f, x, self._sample_bytes) != self._sample_bytes:
             _fail(self.path, "truncated at sample %d" % i)
         lb = self._lbuf
         if self.label_dtype == "float32":
             if y is None:
                 f.seek(self._label_bytes, 1)
-            elif f.readinto(y) != self._label_bytes:
+            elif readinto_all(f, y, self._label_bytes) != self._label_bytes:
                 _fail(self.path, "truncated at sample %d" % i)
             label = y
         else:
-            if f.readinto(lb) != len(lb):
+            if readinto_all(f, lb, len(lb)) != len(lb):
                 _fail(self.path, "truncated at sample %d" % i)
             if self.label_dtype == "uint8":
                 label = lb[0]
@@ -225,7 +242,7 @@ class Dataset:
                 label = lb[0] | lb[1] << 8
             else:
                 label = struct.unpack_from("<i", lb)[0]
-        if t is not None and f.readinto(t) != self._teacher_bytes:
+        if t is not None and readinto_all(f, t, self._teacher_bytes) != self._teacher_bytes:
             _fail(self.path, "truncated at sample %d" % i)
         return label
 

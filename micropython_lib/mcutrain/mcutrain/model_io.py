@@ -6,7 +6,7 @@ import json
 import os
 import struct
 
-from .dataset import FormatError, _fail  # noqa: F401  FormatError is raised here too
+from .dataset import FormatError, _fail, readinto_all  # noqa: F401  FormatError is raised here too
 
 MAGIC = b"MTM\0"
 VERSION = 1
@@ -96,7 +96,7 @@ def _load_tensor(f, path, model, e, data_offset, data_size):
     if nbytes != t.size * _ITEMSIZE[dtype] or offset + nbytes > data_size:
         _fail(path, "tensor %s: inconsistent size or offset" % name)
     f.seek(data_offset + offset)
-    if f.readinto(t) != nbytes:
+    if readinto_all(f, t, nbytes) != nbytes:
         _fail(path, "truncated in tensor %s" % name)
     if binascii.crc32(t) != e["crc"]:
         _fail(path, "tensor %s: CRC mismatch (its data is corrupted)" % name)
