@@ -29,7 +29,7 @@ endif
 
 APT_PACKAGES := build-essential xz-utils gcc-arm-none-eabi libnewlib-arm-none-eabi \
 	gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-arm qemu-system-misc \
-	dataset-fashion-mnist
+	dataset-fashion-mnist espeak-ng flite
 
 MPY_CROSS := $(BUILD)/mpy-cross/mpy-cross
 # Shared by every firmware build: our user module, our device packages (also
@@ -38,7 +38,7 @@ FIRMWARE_ARGS := USER_C_MODULES=$(ROOT)/usermod MPY_LIB_DIR=$(ROOT)/micropython_
 	MICROPY_MPYCROSS=$(MPY_CROSS) MICROPY_MPYCROSS_DEPENDENCY=
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all setup apt-packages venv fetch firmware firmware-unix firmware-unix-san bench \
+.PHONY: all setup apt-packages venv fetch firmware firmware-unix firmware-unix-san bench learning \
 	firmware-qemu-m4f firmware-qemu-rv32 test demo emulate clean distclean
 
 all: firmware
@@ -106,6 +106,10 @@ test: setup firmware firmware-unix-san
 bench: setup firmware-qemu-m4f firmware-qemu-rv32
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python -m mcutrain.bench_transfer --out bench/results.json --append
+
+# Learning checks on the emulated M4F (digits from scratch, top-k fine-tuning); a table.
+learning: setup firmware-qemu-m4f
+	$(VENV)/bin/python bench/learning.py
 
 demo: setup firmware-qemu-m4f
 	$(VENV)/bin/mcutrain run examples/hello.py --board qemu-m4f
