@@ -244,3 +244,28 @@ mt.seed(8); c = bytes(memoryview(mt.Conv2d(3, 4, 3).weight))
 print(a == b, a != c)
 """)
     assert out.split() == ["True", "True"]
+
+
+def test_batchnorm_folds_into_the_conv_for_inference(target):
+    out = run_on(target, """
+import mcutrain as mt
+mt.seed(5)
+model = mt.Sequential(mt.Conv2d(2, 4, 3, padding=1, bias=False), mt.BatchNorm2d(4), mt.ReLU(),
+                      mt.Flatten(), mt.Linear(4 * 16, 3))
+opt = mt.SGD(model, lr=0.05)
+x = mt.zeros((2, 4, 4, 2))
+flat = x.reshape((x.size,))
+for i in range(x.size):
+    flat[i] = ((i * 37) % 17) / 8.0 - 1.0
+for _ in range(5):
+    model.train_step(x, [0, 2], mt.cross_entropy, opt)  # moves the running statistics
+before = model.predict(x).tolist()
+folded = mt.fold_batchnorm(model)
+print(len(model), len(folded))
+after = folded.predict(x).tolist()
+print(max(abs(a - b) for ra, rb in zip(before, after) for a, b in zip(ra, rb)))
+""")
+    lines = out.split("\n")
+    assert lines[0].split() == ["5", "4"]
+    # Folding changes the rounding of the per-channel scale and shift only.
+    assert float(lines[1]) < 1e-5
