@@ -399,7 +399,12 @@ static mp_obj_t tensor_copy_from(size_t n_args, const mp_obj_t *pos_args, mp_map
     int32_t zero_point = (int32_t)args[ARG_zero_point].u_int;
     float *dst = mt_tensor_f32(t);
     if (info.typecode == 'B' || info.typecode == BYTEARRAY_TYPECODE) {
-        const uint8_t *q = info.buf;  // the common case (pixels, int8 datasets) without dispatch
+        const uint8_t *q = info.buf;  // the common cases (pixels, int8 datasets) without dispatch
+        for (size_t i = 0; i < t->size; i++) {
+            dst[i] = scale * (float)((int32_t)q[i] - zero_point);
+        }
+    } else if (info.typecode == 'b') {
+        const int8_t *q = info.buf;
         for (size_t i = 0; i < t->size; i++) {
             dst[i] = scale * (float)((int32_t)q[i] - zero_point);
         }

@@ -74,14 +74,14 @@ static void sink_add(const sink_t *s, int offset, const float *g, int n) {
 // ---- tiling plans ---------------------------------------------------------------------------
 
 // Block of n_total channels whose fp32 copy (len floats each) fits BLOCK_BUDGET: all of
-// them if they fit, else equal blocks rounded up to a multiple of 4 (the GEMM's width).
+// them if they fit, else equal blocks of a multiple of 4 (the GEMM's width), at least 4.
 static int channel_block(int n_total, int len) {
     if (n_total * len <= BLOCK_BUDGET) {
         return n_total;
     }
-    const int blocks = (n_total * len + BLOCK_BUDGET - 1) / BLOCK_BUDGET;
-    const int b = ((n_total + blocks - 1) / blocks + 3) & ~3;
-    return min_int(b, n_total);
+    const int most = max_int(4, (BLOCK_BUDGET / len) & ~3);
+    const int blocks = (n_total + most - 1) / most;
+    return min_int(n_total, ((n_total + blocks - 1) / blocks + 3) & ~3);
 }
 
 // Pixels per tile when `fixed` floats are taken and each pixel needs row_len + block more:
@@ -111,17 +111,25 @@ static int taps_in_phase(int k, int stride, int phase) {
     return phase < k ? (k - phase + stride - 1) / stride : 0;
 }
 
-// Input gradient: per input pixel a row of L = (taps of its phase) * og gathered dy
-// values; the weights reordered tap-major as an L x cb block; the output tile rows x cb.
+// Input gradient: per input pixel a row of gathered dy values, og for each of tb taps
+// (len = tb * og); the weights of those taps reordered tap-major as a len x cb block; the
+// output tile rows x cb, which sums over the blocks of taps. All taps of a phase go in one
+// block when the row is short (the weights are then converted once per channel block);
+// longer rows are cut into blocks of about 128 so the scratch stays small, at the price of
+// converting the weights once per tile.
+#define GATHER_ROW_MAX 512
+#define GATHER_BLOCK 128
+
 typedef struct {
-    int len, cb, rows;
+    int tb, len, cb, rows;
 } grad_input_plan_t;
 
 static grad_input_plan_t grad_input_plan(const mt_conv2d_params_t *p) {
     const int cg = p->in_c / p->groups, og = p->out_c / p->groups;
+    const int taps = taps_in_phase(p->kernel_h, p->stride_h, 0) * taps_in_phase(p->kernel_w, p->stride_w, 0);
     grad_input_plan_t g;
-    g.len = taps_in_phase(p->kernel_h, p->stride_h, 0) * taps_in_phase(p->kernel_w, p->stride_w, 0)
-            * og;
+    g.tb = taps * og <= GATHER_ROW_MAX ? taps : max_int(1, min_int(taps, GATHER_BLOCK / og));
+    g.len = g.tb * og;
     g.cb = channel_block(cg, g.len);
     g.rows = tile_rows(g.len * g.cb, g.len, g.cb, p->batch * p->in_h * p->in_w);
     return g;
@@ -150,52 +158,63 @@ static grad_weight_plan_t grad_weight_plan(const mt_conv2d_params_t *p) {
     return w;
 }
 
-// Depthwise: bands of image rows in fp32 for the fp32 depthwise kernels. Forward and
-// weight gradient take R output rows and the input rows they read; the input gradient
-// takes R input rows and the dy rows that reach them. Scratch: fp32 weights, bias and
-// weight-gradient sums, then the two bands.
-static int dw_x_rows(const mt_conv2d_params_t *p, int out_rows) {
-    return min_int(p->in_h, (out_rows - 1) * p->stride_h + p->kernel_h);
+// Depthwise: tiles of the image in fp32 for the fp32 depthwise kernels. Forward and
+// weight gradient take a tile of rows x cols output pixels and the input pixels they read;
+// the input gradient takes a tile of input pixels and the dy pixels that reach them.
+// Scratch: fp32 weights (or, in the weight gradient, their sums) and bias, then the two
+// tiles.
+typedef struct {
+    int rows, cols;
+} dw_tile_t;
+
+// Input pixels along one axis read by n consecutive outputs.
+static int dw_in_extent(int n, int stride, int kernel, int in) {
+    return min_int(in, (n - 1) * stride + kernel);
 }
 
-static int dw_dy_rows(const mt_conv2d_params_t *p, int in_rows) {
-    return min_int(p->out_h, (in_rows + p->kernel_h - 2) / p->stride_h + 2);
+// Outputs along one axis that reach n consecutive inputs (one more when the kernel is
+// shorter than the stride, where in_axis() may start a row early).
+static int dw_out_extent(int n, int stride, int kernel, int out) {
+    return min_int(out, (n + kernel - 2) / stride + 1 + (kernel < stride));
 }
 
 static int dw_fixed(const mt_conv2d_params_t *p) {
     const int C = p->in_c, taps = p->kernel_h * p->kernel_w;
-    return 2 * C * taps + C;
+    return C * taps + C;
 }
 
-static int dw_out_band_floats(const mt_conv2d_params_t *p, int rows) {
-    return dw_x_rows(p, rows) * p->in_w * p->in_c + rows * p->out_w * p->in_c;
+static int dw_out_tile_floats(const mt_conv2d_params_t *p, int rows, int cols) {
+    return (dw_in_extent(rows, p->stride_h, p->kernel_h, p->in_h)
+            * dw_in_extent(cols, p->stride_w, p->kernel_w, p->in_w) + rows * cols) * p->in_c;
 }
 
-static int dw_in_band_floats(const mt_conv2d_params_t *p, int rows) {
-    return rows * p->in_w * p->in_c + dw_dy_rows(p, rows) * p->out_w * p->in_c;
+static int dw_in_tile_floats(const mt_conv2d_params_t *p, int rows, int cols) {
+    return (rows * cols + dw_out_extent(rows, p->stride_h, p->kernel_h, p->out_h)
+            * dw_out_extent(cols, p->stride_w, p->kernel_w, p->out_w)) * p->in_c;
 }
 
-static int dw_out_band_rows(const mt_conv2d_params_t *p) {
-    int rows = 1;
-    while (rows < p->out_h && dw_fixed(p) + dw_out_band_floats(p, rows + 1) <= BUDGET) {
-        rows++;
+// The largest tile within the budget: whole rows if one fits, then as many rows as fit.
+static dw_tile_t dw_tile(const mt_conv2d_params_t *p, int out_side) {
+    const int avail = BUDGET - dw_fixed(p);
+    const int max_rows = out_side ? p->out_h : p->in_h, max_cols = out_side ? p->out_w : p->in_w;
+    dw_tile_t t = { 1, 1 };
+    while (t.cols < max_cols && (out_side ? dw_out_tile_floats(p, 1, t.cols + 1)
+                                          : dw_in_tile_floats(p, 1, t.cols + 1)) <= avail) {
+        t.cols++;
     }
-    return rows;
-}
-
-static int dw_in_band_rows(const mt_conv2d_params_t *p) {
-    int rows = 1;
-    while (rows < p->in_h && dw_fixed(p) + dw_in_band_floats(p, rows + 1) <= BUDGET) {
-        rows++;
+    while (t.rows < max_rows && (out_side ? dw_out_tile_floats(p, t.rows + 1, t.cols)
+                                          : dw_in_tile_floats(p, t.rows + 1, t.cols)) <= avail) {
+        t.rows++;
     }
-    return rows;
+    return t;
 }
 
 size_t mt_conv2d_f16_scratch_floats(const mt_conv2d_params_t *p) {
     if (is_depthwise(p)) {
-        const int out_band = dw_out_band_floats(p, dw_out_band_rows(p));
-        const int in_band = dw_in_band_floats(p, dw_in_band_rows(p));
-        return (size_t)(dw_fixed(p) + max_int(out_band, in_band));
+        const dw_tile_t out_tile = dw_tile(p, 1), in_tile = dw_tile(p, 0);
+        const int out_floats = dw_out_tile_floats(p, out_tile.rows, out_tile.cols);
+        const int in_floats = dw_in_tile_floats(p, in_tile.rows, in_tile.cols);
+        return (size_t)(dw_fixed(p) + max_int(out_floats, in_floats));
     }
     const int K = patch_len(p), row_len = p->kernel_w * (p->in_c / p->groups);
     const forward_plan_t f = forward_plan(p);
@@ -319,68 +338,82 @@ static int phase_pixel(const mt_conv2d_params_t *p, const phase_t *ph, int u, in
     return ((n * p->in_h + *ih) * p->in_w + *iw) * p->in_c;
 }
 
+// wt[(t - t0, o)][c] = weight[g * og + o][tap t of the phase][c0 + c] for taps
+// [t0, t0 + nt) of the phase (numbered row-major over its kth x ktw taps).
+static void phase_weights(const mt_conv2d_params_t *p, const phase_t *ph, const uint16_t *weight,
+    int g, int t0, int nt, int c0, int ncb, float *wt) {
+    const int cg = p->in_c / p->groups, og = p->out_c / p->groups, taps = p->kernel_h * p->kernel_w;
+    for (int t = t0; t < t0 + nt; t++) {
+        const int i = ph->a + t / ph->ktw * p->stride_h, j = ph->b + t % ph->ktw * p->stride_w;
+        const uint16_t *w = weight + ((g * og) * taps + i * p->kernel_w + j) * cg + c0;
+        for (int o = 0; o < og; o++, w += taps * cg, wt += ncb) {
+            mt_f16_to_f32_array(w, wt, (size_t)ncb);
+        }
+    }
+}
+
+// col[u - u0][(t - t0, o)] = dy at the output pixel that reads input pixel u through tap t
+// of the phase (channel g * og + o), or 0 where that output pixel does not exist.
+static void phase_gather(const mt_conv2d_params_t *p, const phase_t *ph, const uint16_t *dy,
+    int g, int u0, int rows, int t0, int nt, float *col) {
+    const int og = p->out_c / p->groups, sh = p->stride_h, sw = p->stride_w;
+    for (int u = u0; u < u0 + rows; u++) {
+        int ih, iw;
+        phase_pixel(p, ph, u, &ih, &iw);
+        const uint16_t *dyn = dy + u / (ph->nh * ph->nw) * p->out_h * p->out_w * p->out_c + g * og;
+        for (int t = t0; t < t0 + nt; t++, col += og) {
+            const int num_h = ih + p->pad_h - (ph->a + t / ph->ktw * sh);
+            const int num_w = iw + p->pad_w - (ph->b + t % ph->ktw * sw);
+            const int oh = num_h / sh, ow = num_w / sw;   // exact: the phase makes them multiples
+            if (num_h >= 0 && oh < p->out_h && num_w >= 0 && ow < p->out_w) {
+                mt_f16_to_f32_array(dyn + (oh * p->out_w + ow) * p->out_c, col, (size_t)og);
+            } else {
+                zero_floats(col, og);
+            }
+        }
+    }
+}
+
 // dx = sum over taps and output channels of dy * weight, gathered per input pixel: each dx
 // element is one fp32 sum, rounded once.
 static void general_grad_input(const mt_conv2d_params_t *p, const uint16_t *dy,
     const uint16_t *weight, uint16_t *dx, float *scratch) {
-    const int in_c = p->in_c, cg = in_c / p->groups, out_c = p->out_c, og = out_c / p->groups;
-    const int kh = p->kernel_h, kw = p->kernel_w, sh = p->stride_h, sw = p->stride_w;
+    const int cg = p->in_c / p->groups, og = p->out_c / p->groups;
     const grad_input_plan_t plan = grad_input_plan(p);
     float *wt = scratch, *col = wt + plan.len * plan.cb, *out = col + plan.rows * plan.len;
     for (int g = 0; g < p->groups; g++) {
-        for (int a = 0; a < sh; a++) {
-            for (int b = 0; b < sw; b++) {
+        for (int a = 0; a < p->stride_h; a++) {
+            for (int b = 0; b < p->stride_w; b++) {
                 const phase_t ph = phase_of(p, a, b);
-                const int pixels = p->batch * ph.nh * ph.nw;
-                if (pixels == 0) {
-                    continue;
-                }
+                const int pixels = p->batch * ph.nh * ph.nw, taps = ph.kth * ph.ktw;
                 int ih, iw;
-                if (ph.kth == 0 || ph.ktw == 0) {
+                if (pixels > 0 && taps == 0) {
                     // No tap reads these pixels (kernel smaller than the stride).
                     for (int u = 0; u < pixels; u++) {
                         zero_halves(dx + phase_pixel(p, &ph, u, &ih, &iw) + g * cg, cg);
                     }
+                }
+                if (pixels == 0 || taps == 0) {
                     continue;
                 }
-                const int L = ph.kth * ph.ktw * og;
+                const int one_block = taps <= plan.tb;
                 for (int c0 = 0; c0 < cg; c0 += plan.cb) {
                     const int ncb = min_int(plan.cb, cg - c0);
-                    // wt[(ti, tj, o)][c] = weight[g * og + o][a + ti * sh][b + tj * sw][c0 + c]
-                    float *w_row = wt;
-                    for (int ti = 0; ti < ph.kth; ti++) {
-                        for (int tj = 0; tj < ph.ktw; tj++) {
-                            const int tap = (a + ti * sh) * kw + b + tj * sw;
-                            for (int o = 0; o < og; o++, w_row += ncb) {
-                                mt_f16_to_f32_array(weight + ((g * og + o) * kh * kw + tap) * cg + c0,
-                                    w_row, (size_t)ncb);
-                            }
-                        }
+                    if (one_block) {
+                        phase_weights(p, &ph, weight, g, 0, taps, c0, ncb, wt);
                     }
                     for (int u0 = 0; u0 < pixels; u0 += plan.rows) {
                         const int rows = min_int(plan.rows, pixels - u0);
-                        float *dst = col;
-                        for (int t = 0; t < rows; t++) {
-                            const int n = (u0 + t) / (ph.nh * ph.nw);
-                            phase_pixel(p, &ph, u0 + t, &ih, &iw);
-                            for (int ti = 0; ti < ph.kth; ti++) {
-                                const int num_h = ih + p->pad_h - (a + ti * sh), oh = num_h / sh;
-                                const int row_ok = num_h >= 0 && oh < p->out_h;
-                                for (int tj = 0; tj < ph.ktw; tj++, dst += og) {
-                                    const int num_w = iw + p->pad_w - (b + tj * sw), ow = num_w / sw;
-                                    if (row_ok && num_w >= 0 && ow < p->out_w) {
-                                        mt_f16_to_f32_array(
-                                            dy + ((n * p->out_h + oh) * p->out_w + ow) * out_c + g * og,
-                                            dst, (size_t)og);
-                                    } else {
-                                        zero_floats(dst, og);
-                                    }
-                                }
-                            }
-                        }
                         zero_floats(out, rows * ncb);
-                        const mt_gemm_shape_t s = { rows, ncb, L, L, ncb, ncb };
-                        mt_gemm_f32_nn(&s, 1.0f, col, wt, out);
+                        for (int t0 = 0; t0 < taps; t0 += plan.tb) {
+                            const int nt = min_int(plan.tb, taps - t0), L = nt * og;
+                            if (!one_block) {
+                                phase_weights(p, &ph, weight, g, t0, nt, c0, ncb, wt);
+                            }
+                            phase_gather(p, &ph, dy, g, u0, rows, t0, nt, col);
+                            const mt_gemm_shape_t s = { rows, ncb, L, L, ncb, ncb };
+                            mt_gemm_f32_nn(&s, 1.0f, col, wt, out);
+                        }
                         for (int t = 0; t < rows; t++) {
                             mt_f32_to_f16_array(out + t * ncb,
                                 dx + phase_pixel(p, &ph, u0 + t, &ih, &iw) + g * cg + c0, (size_t)ncb);
@@ -422,62 +455,118 @@ static void general_grad_weight(const mt_conv2d_params_t *p, const uint16_t *x, 
     }
 }
 
-// ---- depthwise: bands of rows through the fp32 depthwise kernels ---------------------------
+// ---- depthwise: tiles through the fp32 depthwise kernels ----------------------------------
 
-// The fp32 problem for output rows [oh0, oh1) of one image: the input rows they read,
-// [*ih_lo, *ih_lo + sub.in_h), with what lies above them as padding.
-static mt_conv2d_params_t out_band(const mt_conv2d_params_t *p, int oh0, int oh1, int *ih_lo) {
-    const int ih_start = oh0 * p->stride_h - p->pad_h;
-    const int ih_hi = min_int(p->in_h, (oh1 - 1) * p->stride_h - p->pad_h + p->kernel_h);
+// One axis of a tile's fp32 sub-problem. For outputs [o0, o1): the inputs they read,
+// [lo, lo + n), with `pad` of the sub-problem's padding before them (what lies before lo,
+// padding or not, is out of the tile). For inputs [i0, i1): the outputs that reach them,
+// started no later than the first whose window starts at or before i0, so pad >= 0;
+// contributions that fall outside the tile are dropped by the fp32 kernel as padding.
+typedef struct {
+    int lo, n, pad;
+} axis_t;
+
+static axis_t out_axis(int o0, int o1, int stride, int pad, int kernel, int in) {
+    const int start = o0 * stride - pad;
+    axis_t a;
+    a.lo = max_int(0, start);
+    a.n = max_int(0, min_int(in, (o1 - 1) * stride - pad + kernel) - a.lo);
+    a.pad = a.lo - start;
+    return a;
+}
+
+static axis_t in_axis(int i0, int i1, int stride, int pad, int kernel, int out) {
+    const int top = i0 + pad;
+    axis_t a;
+    a.lo = max_int(0, min_int(ceil_div(top - kernel + 1, stride), floor_div(top, stride)));
+    a.n = max_int(0, min_int(out, floor_div(i1 - 1 + pad, stride) + 1) - a.lo);
+    a.pad = top - a.lo * stride;
+    return a;
+}
+
+// Pixels [r0, r0 + rows) x [c0, c0 + cols) of an image `width` pixels wide, C channels.
+static void tile_to_f32(const uint16_t *image, int width, int C, int r0, int rows, int c0,
+    int cols, float *dst) {
+    for (int r = 0; r < rows; r++) {
+        mt_f16_to_f32_array(image + ((r0 + r) * width + c0) * C, dst + r * cols * C,
+            (size_t)(cols * C));
+    }
+}
+
+static void tile_to_f16(const float *src, int C, int r0, int rows, int c0, int cols,
+    uint16_t *image, int width) {
+    for (int r = 0; r < rows; r++) {
+        mt_f32_to_f16_array(src + r * cols * C, image + ((r0 + r) * width + c0) * C,
+            (size_t)(cols * C));
+    }
+}
+
+// The fp32 problem for output tile [oh0, oh1) x [ow0, ow1) of one image; *h, *w: the input
+// pixels it reads.
+static mt_conv2d_params_t out_tile(const mt_conv2d_params_t *p, int oh0, int oh1, int ow0,
+    int ow1, axis_t *h, axis_t *w) {
+    *h = out_axis(oh0, oh1, p->stride_h, p->pad_h, p->kernel_h, p->in_h);
+    *w = out_axis(ow0, ow1, p->stride_w, p->pad_w, p->kernel_w, p->in_w);
     mt_conv2d_params_t sub = *p;
-    *ih_lo = max_int(0, ih_start);
     sub.batch = 1;
-    sub.in_h = max_int(0, ih_hi - *ih_lo);
+    sub.in_h = h->n;
+    sub.in_w = w->n;
     sub.out_h = oh1 - oh0;
-    sub.pad_h = *ih_lo - ih_start;
+    sub.out_w = ow1 - ow0;
+    sub.pad_h = h->pad;
+    sub.pad_w = w->pad;
     return sub;
 }
 
 static void depthwise_forward(const mt_conv2d_params_t *p, const uint16_t *x, const uint16_t *weight,
     const uint16_t *bias, uint16_t *y, float *scratch) {
-    const int C = p->in_c, taps = p->kernel_h * p->kernel_w, band = dw_out_band_rows(p);
-    const int x_row = p->in_w * C, y_row = p->out_w * C;
+    const int C = p->in_c, taps = p->kernel_h * p->kernel_w;
+    const dw_tile_t tile = dw_tile(p, 1);
     float *w32 = scratch, *b32 = w32 + C * taps, *xb = scratch + dw_fixed(p);
-    float *yb = xb + dw_x_rows(p, band) * x_row;
+    float *yb = xb + dw_in_extent(tile.rows, p->stride_h, p->kernel_h, p->in_h)
+                     * dw_in_extent(tile.cols, p->stride_w, p->kernel_w, p->in_w) * C;
     mt_f16_to_f32_array(weight, w32, (size_t)(C * taps));
     if (bias) {
         mt_f16_to_f32_array(bias, b32, (size_t)C);
     }
     for (int n = 0; n < p->batch; n++) {
-        const uint16_t *xn = x + n * p->in_h * x_row;
-        uint16_t *yn = y + n * p->out_h * y_row;
-        for (int oh0 = 0; oh0 < p->out_h; oh0 += band) {
-            const int oh1 = min_int(p->out_h, oh0 + band);
-            int ih_lo;
-            const mt_conv2d_params_t sub = out_band(p, oh0, oh1, &ih_lo);
-            mt_f16_to_f32_array(xn + ih_lo * x_row, xb, (size_t)(sub.in_h * x_row));
-            mt_conv2d_f32_forward(&sub, xb, w32, bias ? b32 : NULL, yb, NULL);
-            mt_f32_to_f16_array(yb, yn + oh0 * y_row, (size_t)(sub.out_h * y_row));
+        const uint16_t *xn = x + n * p->in_h * p->in_w * C;
+        uint16_t *yn = y + n * p->out_h * p->out_w * C;
+        for (int oh0 = 0; oh0 < p->out_h; oh0 += tile.rows) {
+            const int oh1 = min_int(p->out_h, oh0 + tile.rows);
+            for (int ow0 = 0; ow0 < p->out_w; ow0 += tile.cols) {
+                const int ow1 = min_int(p->out_w, ow0 + tile.cols);
+                axis_t h, w;
+                const mt_conv2d_params_t sub = out_tile(p, oh0, oh1, ow0, ow1, &h, &w);
+                tile_to_f32(xn, p->in_w, C, h.lo, h.n, w.lo, w.n, xb);
+                mt_conv2d_f32_forward(&sub, xb, w32, bias ? b32 : NULL, yb, NULL);
+                tile_to_f16(yb, C, oh0, oh1 - oh0, ow0, ow1 - ow0, yn, p->out_w);
+            }
         }
     }
 }
 
 static void depthwise_grad_weight(const mt_conv2d_params_t *p, const uint16_t *x,
     const uint16_t *dy, const sink_t *dw, float *scratch) {
-    const int C = p->in_c, taps = p->kernel_h * p->kernel_w, band = dw_out_band_rows(p);
-    const int x_row = p->in_w * C, y_row = p->out_w * C;
-    float *acc = scratch + C * taps + C, *xb = scratch + dw_fixed(p);
-    float *dyb = xb + dw_x_rows(p, band) * x_row;
+    const int C = p->in_c, taps = p->kernel_h * p->kernel_w;
+    const dw_tile_t tile = dw_tile(p, 1);
+    float *acc = scratch, *xb = scratch + dw_fixed(p);
+    float *dyb = xb + dw_in_extent(tile.rows, p->stride_h, p->kernel_h, p->in_h)
+                      * dw_in_extent(tile.cols, p->stride_w, p->kernel_w, p->in_w) * C;
     zero_floats(acc, C * taps);
     for (int n = 0; n < p->batch; n++) {
-        const uint16_t *xn = x + n * p->in_h * x_row, *dyn = dy + n * p->out_h * y_row;
-        for (int oh0 = 0; oh0 < p->out_h; oh0 += band) {
-            const int oh1 = min_int(p->out_h, oh0 + band);
-            int ih_lo;
-            const mt_conv2d_params_t sub = out_band(p, oh0, oh1, &ih_lo);
-            mt_f16_to_f32_array(xn + ih_lo * x_row, xb, (size_t)(sub.in_h * x_row));
-            mt_f16_to_f32_array(dyn + oh0 * y_row, dyb, (size_t)(sub.out_h * y_row));
-            mt_conv2d_f32_grad_weight(&sub, xb, dyb, 1.0f, acc, NULL, NULL);
+        const uint16_t *xn = x + n * p->in_h * p->in_w * C;
+        const uint16_t *dyn = dy + n * p->out_h * p->out_w * C;
+        for (int oh0 = 0; oh0 < p->out_h; oh0 += tile.rows) {
+            const int oh1 = min_int(p->out_h, oh0 + tile.rows);
+            for (int ow0 = 0; ow0 < p->out_w; ow0 += tile.cols) {
+                const int ow1 = min_int(p->out_w, ow0 + tile.cols);
+                axis_t h, w;
+                const mt_conv2d_params_t sub = out_tile(p, oh0, oh1, ow0, ow1, &h, &w);
+                tile_to_f32(xn, p->in_w, C, h.lo, h.n, w.lo, w.n, xb);
+                tile_to_f32(dyn, p->out_w, C, oh0, oh1 - oh0, ow0, ow1 - ow0, dyb);
+                mt_conv2d_f32_grad_weight(&sub, xb, dyb, 1.0f, acc, NULL, NULL);
+            }
         }
     }
     sink_add(dw, 0, acc, C * taps);
@@ -485,32 +574,35 @@ static void depthwise_grad_weight(const mt_conv2d_params_t *p, const uint16_t *x
 
 static void depthwise_grad_input(const mt_conv2d_params_t *p, const uint16_t *dy,
     const uint16_t *weight, uint16_t *dx, float *scratch) {
-    const int C = p->in_c, taps = p->kernel_h * p->kernel_w, band = dw_in_band_rows(p);
-    const int x_row = p->in_w * C, y_row = p->out_w * C, sh = p->stride_h;
-    float *w32 = scratch, *dxb = scratch + dw_fixed(p), *dyb = dxb + band * x_row;
+    const int C = p->in_c, taps = p->kernel_h * p->kernel_w;
+    const dw_tile_t tile = dw_tile(p, 0);
+    float *w32 = scratch, *dxb = scratch + dw_fixed(p), *dyb = dxb + tile.rows * tile.cols * C;
     mt_f16_to_f32_array(weight, w32, (size_t)(C * taps));
     for (int n = 0; n < p->batch; n++) {
-        const uint16_t *dyn = dy + n * p->out_h * y_row;
-        uint16_t *dxn = dx + n * p->in_h * x_row;
-        for (int ih0 = 0; ih0 < p->in_h; ih0 += band) {
-            const int ih1 = min_int(p->in_h, ih0 + band), top = ih0 + p->pad_h;
-            // Output rows whose windows reach rows [ih0, ih1); starting no later than the
-            // one whose window starts at or above ih0, so the band's top padding is >= 0.
-            int oh_lo = min_int(ceil_div(top - p->kernel_h + 1, sh), floor_div(top, sh));
-            oh_lo = max_int(0, oh_lo);
-            const int oh_hi = min_int(p->out_h, floor_div(ih1 - 1 + p->pad_h, sh) + 1);
-            if (oh_hi <= oh_lo) {
-                zero_halves(dxn + ih0 * x_row, (ih1 - ih0) * x_row);
-                continue;
+        const uint16_t *dyn = dy + n * p->out_h * p->out_w * C;
+        uint16_t *dxn = dx + n * p->in_h * p->in_w * C;
+        for (int ih0 = 0; ih0 < p->in_h; ih0 += tile.rows) {
+            const int ih1 = min_int(p->in_h, ih0 + tile.rows);
+            const axis_t h = in_axis(ih0, ih1, p->stride_h, p->pad_h, p->kernel_h, p->out_h);
+            for (int iw0 = 0; iw0 < p->in_w; iw0 += tile.cols) {
+                const int iw1 = min_int(p->in_w, iw0 + tile.cols);
+                const axis_t w = in_axis(iw0, iw1, p->stride_w, p->pad_w, p->kernel_w, p->out_w);
+                mt_conv2d_params_t sub = *p;
+                sub.batch = 1;
+                sub.in_h = ih1 - ih0;
+                sub.in_w = iw1 - iw0;
+                sub.out_h = h.n;
+                sub.out_w = w.n;
+                sub.pad_h = h.pad;
+                sub.pad_w = w.pad;
+                if (h.n == 0 || w.n == 0) {
+                    zero_floats(dxb, sub.in_h * sub.in_w * C);   // no output reaches the tile
+                } else {
+                    tile_to_f32(dyn, p->out_w, C, h.lo, h.n, w.lo, w.n, dyb);
+                    mt_conv2d_f32_grad_input(&sub, dyb, w32, dxb, NULL);
+                }
+                tile_to_f16(dxb, C, ih0, ih1 - ih0, iw0, iw1 - iw0, dxn, p->in_w);
             }
-            mt_conv2d_params_t sub = *p;
-            sub.batch = 1;
-            sub.in_h = ih1 - ih0;
-            sub.out_h = oh_hi - oh_lo;
-            sub.pad_h = top - oh_lo * sh;
-            mt_f16_to_f32_array(dyn + oh_lo * y_row, dyb, (size_t)(sub.out_h * y_row));
-            mt_conv2d_f32_grad_input(&sub, dyb, w32, dxb, NULL);
-            mt_f32_to_f16_array(dxb, dxn + ih0 * x_row, (size_t)(sub.in_h * x_row));
         }
     }
 }

@@ -66,6 +66,40 @@ void mt_f32_to_f16_array(const float *src, uint16_t *dst, size_t n) {
 
 void mt_f16_add_scaled(uint16_t *w, const float *g, float alpha, size_t n, mt_f16_rng_t *rng) {
     if (!rng) {
+#if MT_F16_HW
+        if (n && ((uintptr_t)w & 2u)) {
+            *w = mt_f32_to_f16(mt_f16_to_f32(*w) + alpha * *g++);
+            w++;
+            n--;
+        }
+        size_t octets = n >> 3;
+        if (octets) {
+            // 8 weights widened, 8 fused multiply-adds, narrowed back: 29 instructions per 8.
+            __asm__ volatile (
+                "1:\n\t"
+                "vldmia %[w], {s0-s3}\n\t"
+                "vldmia %[g]!, {s16-s23}\n\t"
+                "vcvtb.f32.f16 s8, s0\n\t" "vcvtt.f32.f16 s9, s0\n\t"
+                "vcvtb.f32.f16 s10, s1\n\t" "vcvtt.f32.f16 s11, s1\n\t"
+                "vcvtb.f32.f16 s12, s2\n\t" "vcvtt.f32.f16 s13, s2\n\t"
+                "vcvtb.f32.f16 s14, s3\n\t" "vcvtt.f32.f16 s15, s3\n\t"
+                "vfma.f32 s8, s16, %[alpha]\n\t" "vfma.f32 s9, s17, %[alpha]\n\t"
+                "vfma.f32 s10, s18, %[alpha]\n\t" "vfma.f32 s11, s19, %[alpha]\n\t"
+                "vfma.f32 s12, s20, %[alpha]\n\t" "vfma.f32 s13, s21, %[alpha]\n\t"
+                "vfma.f32 s14, s22, %[alpha]\n\t" "vfma.f32 s15, s23, %[alpha]\n\t"
+                "vcvtb.f16.f32 s0, s8\n\t" "vcvtt.f16.f32 s0, s9\n\t"
+                "vcvtb.f16.f32 s1, s10\n\t" "vcvtt.f16.f32 s1, s11\n\t"
+                "vcvtb.f16.f32 s2, s12\n\t" "vcvtt.f16.f32 s2, s13\n\t"
+                "vcvtb.f16.f32 s3, s14\n\t" "vcvtt.f16.f32 s3, s15\n\t"
+                "vstmia %[w]!, {s0-s3}\n\t"
+                "subs %[octets], %[octets], #1\n\t" "bne 1b\n\t"
+                : [w] "+r" (w), [g] "+r" (g), [octets] "+r" (octets)
+                : [alpha] "t" (alpha)
+                : "s0", "s1", "s2", "s3", "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15",
+                  "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "cc", "memory");
+        }
+        n &= 7;
+#endif
         for (size_t i = 0; i < n; i++) {
             w[i] = mt_f32_to_f16(mt_f16_to_f32(w[i]) + alpha * g[i]);
         }

@@ -21,7 +21,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
 
 #if defined(__thumb2__) && defined(__ARM_FP) && (__ARM_FP & 4) && defined(__ARM_ARCH_PROFILE) \
     && __ARM_ARCH_PROFILE == 'M' && !defined(MCUTRAIN_PORTABLE_KERNELS)
@@ -34,16 +33,23 @@
 #define MT_F16_ONE ((uint16_t)0x3c00u)
 #define MT_F16_INF ((uint16_t)0x7c00u)
 
-static inline uint32_t mt_f32_bits(float f) {
+// Type punning through a union (C99 TC3, 6.5.2.3): unlike memcpy it stays inline in
+// freestanding builds (-ffreestanding, -fno-builtin).
+typedef union {
+    float f;
     uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
+} mt_f32_pun_t;
+
+static inline uint32_t mt_f32_bits(float f) {
+    mt_f32_pun_t p;
+    p.f = f;
+    return p.u;
 }
 
 static inline float mt_f32_from_bits(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+    mt_f32_pun_t p;
+    p.u = u;
+    return p.f;
 }
 
 // Exact widening of a half to a float.

@@ -37,9 +37,19 @@ static int plan_floats(plan_t b) {
     return b.nb * b.kb + b.mb * b.kb + b.mb * b.nb;
 }
 
+// The input gradient reads weight rows along its columns (n): blocks of up to K_BLOCK
+// columns keep the converted runs long, and the sum over outputs is cut to fit.
+static plan_t plan_columns(int m, int n, int k) {
+    plan_t b;
+    b.nb = min_int(n, K_BLOCK);
+    b.kb = min_int(k, max_int(4, (BLOCK_BUDGET / b.nb) & ~3));
+    b.mb = min_int(m, max_int(4, ((BUDGET - b.nb * b.kb) / (b.kb + b.nb)) & ~3));
+    return b;
+}
+
 size_t mt_linear_f16_scratch_floats(const mt_linear_params_t *p) {
     const int forward = plan_floats(plan(p->batch, p->out_features, p->in_features));
-    const int grad_input = plan_floats(plan(p->batch, p->in_features, p->out_features));
+    const int grad_input = plan_floats(plan_columns(p->batch, p->in_features, p->out_features));
     return (size_t)max_int(1, max_int(forward, grad_input));
 }
 
@@ -96,7 +106,7 @@ void mt_linear_f16_forward(const mt_linear_params_t *p, const uint16_t *x,
 void mt_linear_f16_grad_input(const mt_linear_params_t *p, const uint16_t *dy,
     const uint16_t *weight, uint16_t *dx, float *scratch) {
     const int B = p->batch, in = p->in_features, out = p->out_features;
-    const plan_t b = plan(B, in, out);
+    const plan_t b = plan_columns(B, in, out);
     float *wbuf = scratch, *dybuf = wbuf + b.nb * b.kb, *acc = dybuf + b.mb * b.kb;
     for (int r0 = 0; r0 < B; r0 += b.mb) {
         const int nr = min_int(b.mb, B - r0);
@@ -136,11 +146,26 @@ static void sink_add(const sink_t *s, int offset, const float *g, int n) {
     }
 }
 
-static void grad_weight(const mt_linear_params_t *p, const uint16_t *x, const uint16_t *dy,
-    const sink_t *dw, const sink_t *db, float *scratch) {
+// Batch 1, a rank-1 update: each weight row adds alpha * dy[o] times x, straight from x
+// widened once per block.
+static void grad_weight_rank1(const mt_linear_params_t *p, const uint16_t *x, const uint16_t *dy,
+    const sink_t *dw, float *xbuf, int kb) {
+    const int in = p->in_features;
+    for (int i0 = 0; i0 < in; i0 += kb) {
+        const int nib = min_int(kb, in - i0);
+        mt_f16_to_f32_array(x + i0, xbuf, (size_t)nib);
+        for (int o = 0; o < p->out_features; o++) {
+            const sink_t row = { dw->alpha * mt_f16_to_f32(dy[o]), dw->h, dw->f, dw->rng };
+            sink_add(&row, o * in + i0, xbuf, nib);
+        }
+    }
+}
+
+// Larger batches: the sums over the batch for a block of weights (nob x nib, in acc) by
+// GEMM, then added to the weights.
+static void grad_weight_blocks(const mt_linear_params_t *p, const uint16_t *x, const uint16_t *dy,
+    const sink_t *dw, plan_t b, float *scratch) {
     const int B = p->batch, in = p->in_features, out = p->out_features;
-    const plan_t b = plan(B, out, in);
-    // acc: nob x nib sums; dybuf: nr x nob; xbuf: nr x nib.
     float *acc = scratch, *xbuf = acc + b.nb * b.kb, *dybuf = xbuf + b.mb * b.kb;
     for (int o0 = 0; o0 < out; o0 += b.nb) {
         const int nob = min_int(b.nb, out - o0);
@@ -159,17 +184,29 @@ static void grad_weight(const mt_linear_params_t *p, const uint16_t *x, const ui
             }
         }
     }
+}
+
+static void grad_weight(const mt_linear_params_t *p, const uint16_t *x, const uint16_t *dy,
+    const sink_t *dw, const sink_t *db, float *scratch) {
+    const int B = p->batch, out = p->out_features;
+    const plan_t b = plan(B, out, p->in_features);
+    if (B == 1) {
+        grad_weight_rank1(p, x, dy, dw, scratch, b.kb);
+    } else {
+        grad_weight_blocks(p, x, dy, dw, b, scratch);
+    }
     if (db->h || db->f) {
+        float *sums = scratch;
         for (int o0 = 0; o0 < out; o0 += b.nb) {
             const int nob = min_int(b.nb, out - o0);
-            zero_floats(acc, nob);
+            zero_floats(sums, nob);
             for (int r = 0; r < B; r++) {
                 const uint16_t *d = dy + r * out + o0;
                 for (int o = 0; o < nob; o++) {
-                    acc[o] += mt_f16_to_f32(d[o]);
+                    sums[o] += mt_f16_to_f32(d[o]);
                 }
             }
-            sink_add(db, o0, acc, nob);
+            sink_add(db, o0, sums, nob);
         }
     }
 }
