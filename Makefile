@@ -111,8 +111,11 @@ bench: setup firmware-qemu-m4f firmware-qemu-rv32
 learning: setup firmware-qemu-m4f
 	$(VENV)/bin/python bench/learning.py
 
+# The main job: keyword spotting end to end on the emulated Cortex-M4F (SYNTHETIC speech):
+# generate the set, train examples/train_kws.py on the board with live progress, collect
+# results/kws/ (metrics, plots, summary.json).
 demo: setup firmware-qemu-m4f
-	$(VENV)/bin/mcutrain run examples/hello.py --board qemu-m4f
+	$(VENV)/bin/python -m mcutrain.demo
 
 emulate: setup firmware-qemu-m4f
 	$(VENV)/bin/mcutrain emulate --board qemu-m4f
