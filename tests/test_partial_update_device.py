@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from device_arrays import DeviceScript, labels_expr, tensor_expr
+from device_errors import assert_raises_clearly
 from mcutrain.reference import nn as R
 from mcutrain.reference.partial import partial_sgd_step, topk_count, topk_indices
 from mcutrain.runner import run_on
@@ -132,18 +133,7 @@ BAD_POLICIES = [
 
 
 def test_bad_policies_raise_clear_errors(target):
-    lines = ["import mcutrain as mt",
-             "model = mt.Sequential(mt.Linear(4, 4), mt.ReLU(), mt.Linear(4, 2))",
-             "grouped = mt.Sequential(mt.Conv2d(4, 4, 3, groups=2))"]
-    for i, (expr, _, _) in enumerate(BAD_POLICIES):
-        lines.append(f"""
-try:
-    {expr}
-    print('{i} no-error')
-except Exception as e:
-    print('{i}', type(e).__name__, repr(str(e)))""")
-    out = run_on(target, "\n".join(lines)).splitlines()
-    for i, (expr, exc, words) in enumerate(BAD_POLICIES):
-        line = next(line for line in out if line.split(" ", 1)[0] == str(i))
-        assert line.split()[1] == exc, f"{expr}: {line}"
-        assert words in line, f"{expr}: {line}"
+    assert_raises_clearly(target, BAD_POLICIES, [
+        "import mcutrain as mt",
+        "model = mt.Sequential(mt.Linear(4, 4), mt.ReLU(), mt.Linear(4, 2))",
+        "grouped = mt.Sequential(mt.Conv2d(4, 4, 3, groups=2))"])
