@@ -10,10 +10,10 @@ optimizer steps); `nn` has layer, model and optimizer classes mirroring the devi
 Everything from both is re-exported here.
 """
 
-from . import functional, nn, partial
+from . import functional, nn, partial, quantized
 from .functional import *
 from .nn import *
 
-__all__ = ["functional", "nn", "partial"]
+__all__ = ["functional", "nn", "partial", "quantized"]
 __all__ += functional.__all__
 __all__ += nn.__all__

@@ -1,0 +1,562 @@
+"""Integer reference of mcutrain's int8 fully quantized training (the C kernels quant.c,
+conv2d_s8.c, linear_s8.c), bit for bit.
+
+The scheme (documented in usermod/mcutrain/kernels/quant.h and conv2d_s8.h) after Deutel et
+al. 2024, "On-Device Training of Fully Quantized Deep Neural Networks on Cortex-M
+Microcontrollers" (arXiv 2407.10734):
+
+- real = scale * (q - zero_point); activations int8 asymmetric, weights int8 symmetric with a
+  scale per output channel, errors int8 symmetric, bias int32 in units of s_x * s_w[o];
+- int32 accumulation, requantization by a Q31 multiplier and a shift with one exact rounding;
+- the input gradient folds per-channel weight scale ratios into 2^rb-scaled integers;
+- the update computes each weight in float from its integer gradient, standardized by a
+  caller-given sigma, and requantizes the whole output channel at once with a new scale.
+
+Integer sums are exact here (float64 holds them), and every float step is done in float32 in
+the kernels' order, so results match the C code exactly; tests/test_kernels_s8.py checks it.
+Layouts are the engine's (NHWC, OHWI; see functional.py). Float helpers quantize a float
+model's weights and biases per channel and dequantize them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .functional import (
+    IntPair,
+    _pair,
+    conv2d_forward,
+    conv2d_grad_input,
+    conv2d_grad_weight,
+    conv_output_size,
+)
+
+__all__ = [
+    "ACT_MAX",
+    "ACT_MIN",
+    "SYM_MAX",
+    "GradStats",
+    "QParams",
+    "RangeTracker",
+    "Rng",
+    "S8Quant",
+    "S8Update",
+    "conv2d_s8_forward",
+    "conv2d_s8_grad_input",
+    "conv2d_s8_update",
+    "dequantize",
+    "dequantize_weights",
+    "ema_observe",
+    "grad_stats_rms",
+    "linear_s8_forward",
+    "linear_s8_grad_input",
+    "linear_s8_update",
+    "qparams_asymmetric",
+    "qparams_symmetric",
+    "quant_multiplier",
+    "quantize",
+    "quantize_bias",
+    "quantize_weights",
+    "requantize",
+    "rescale_bias",
+    "round_half_even",
+    "round_stochastic",
+]
+
+ACT_MIN, ACT_MAX = -128, 127  # activations
+SYM_MAX = 127  # weights and errors: [-127, 127]
+MIN_SCALE = np.float32(1e-30)
+
+F32 = np.float32
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+IntArray = NDArray[np.int64]
+
+
+def _f32(x: ArrayLike) -> NDArray[np.float32]:
+    return np.asarray(x, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# rounding
+
+
+def round_half_even(x: ArrayLike) -> IntArray:
+    """Nearest integer, ties to even, saturated to int32 (NaN gives 0): mt_round_half_even."""
+    x = _f32(x)
+    r = np.rint(x.astype(np.float64))  # float32 values are exact in float64
+    r = np.where(np.isnan(r), 0.0, r)
+    return np.clip(r, I32_MIN, I32_MAX).astype(np.int64)
+
+
+class Rng:
+    """The kernels' xorshift32 state (mt_rng_t) for stochastic rounding."""
+
+    def __init__(self, state: int) -> None:
+        self.state = int(state) & 0xFFFFFFFF
+
+    def next(self) -> int:
+        s = self.state or 0x9E3779B9
+        s ^= (s << 13) & 0xFFFFFFFF
+        s ^= s >> 17
+        s ^= (s << 5) & 0xFFFFFFFF
+        self.state = s
+        return s
+
+    def uniform(self, n: int) -> NDArray[np.float32]:
+        """n draws of mt_rng_uniform: (state >> 8) * 2^-24, in [0, 1)."""
+        out = np.empty(n, dtype=np.float32)
+        for i in range(n):
+            out[i] = F32(self.next() >> 8) * F32(2.0**-24)
+        return out
+
+
+def _floor_sat(x: NDArray[np.float32]) -> IntArray:
+    r = np.floor(x.astype(np.float64))
+    r = np.where(np.isnan(r), 0.0, r)
+    return np.clip(r, I32_MIN, I32_MAX).astype(np.int64)
+
+
+def round_stochastic(x: ArrayLike, rng: Rng | None) -> IntArray:
+    """floor(x + u) with one draw per element in order (rng None: nearest even)."""
+    x = _f32(x)
+    if rng is None:
+        return round_half_even(x)
+    u = rng.uniform(x.size).reshape(x.shape)
+    return _floor_sat(x + u)
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize / dequantize
+
+
+class QParams(NamedTuple):
+    scale: float
+    zero_point: int
+
+
+def quantize(
+    x: ArrayLike, scale: float, zero_point: int = 0, qmin: int = ACT_MIN, qmax: int = ACT_MAX,
+    rng: Rng | None = None,
+) -> NDArray[np.int8]:
+    """clamp(round(x / scale) + zero_point, qmin, qmax): mt_quantize_s8."""
+    v = round_stochastic(_f32(x) / F32(scale), rng)
+    v = np.clip(v, -65536, 65536) + int(zero_point)
+    return np.clip(v, qmin, qmax).astype(np.int8)
+
+
+def dequantize(q: ArrayLike, scale: float, zero_point: int = 0) -> NDArray[np.float32]:
+    """scale * (q - zero_point) in float32; scale may be per channel (broadcast on axis 0)."""
+    q = np.asarray(q)
+    s = _f32(scale)
+    if s.ndim == 1:
+        s = s.reshape((-1,) + (1,) * (q.ndim - 1))
+    return (s * (q.astype(np.int64) - int(zero_point)).astype(np.float32)).astype(np.float32)
+
+
+def quantize_weights(w: ArrayLike) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
+    """Per output channel (axis 0), symmetric: (q, scale) with scale = max|w| / 127 (1 for an
+    all-zero channel): mt_quantize_weights_s8."""
+    w = _f32(w)
+    rows = w.reshape(w.shape[0], -1)
+    m = np.max(np.abs(rows), axis=1) if rows.shape[1] else np.zeros(w.shape[0], np.float32)
+    scale = np.where(m > 0, m / F32(127.0), F32(1.0)).astype(np.float32)
+    q = np.stack([quantize(r, s, 0, -SYM_MAX, SYM_MAX) for r, s in zip(rows, scale)])
+    return q.reshape(w.shape), scale
+
+
+def dequantize_weights(q: ArrayLike, scale: ArrayLike) -> NDArray[np.float32]:
+    """Float weights from int8 ones and their per-channel scales."""
+    return dequantize(q, _f32(scale), 0)
+
+
+def quantize_bias(b: ArrayLike, x_scale: float, w_scale: ArrayLike) -> IntArray:
+    """round(b / (x_scale * w_scale[o])): mt_quantize_bias_s32."""
+    return round_half_even(_f32(b) / (F32(x_scale) * _f32(w_scale)))
+
+
+def rescale_bias(b: ArrayLike, old_x_scale: float, new_x_scale: float) -> IntArray:
+    """mt_rescale_bias_s32: round(b * (old / new))."""
+    ratio = F32(old_x_scale) / F32(new_x_scale)
+    return round_half_even(np.asarray(b, dtype=np.int64).astype(np.float32) * ratio)
+
+
+def _finite(x: float) -> bool:
+    return bool(np.isfinite(x))
+
+
+def qparams_asymmetric(lo: float, hi: float) -> QParams:
+    """Asymmetric int8 parameters covering [lo, hi] and 0: mt_qparams_asymmetric."""
+    lo, hi = F32(lo), F32(hi)
+    if not (_finite(lo) and _finite(hi)):
+        raise ValueError(f"range ({lo}, {hi}) is not finite")
+    lo, hi = min(lo, F32(0)), max(hi, F32(0))
+    if hi == lo:
+        return QParams(1.0, 0)
+    scale = (hi - lo) / F32(255.0)
+    if not scale >= MIN_SCALE or not _finite(scale):
+        raise ValueError(f"range ({lo}, {hi}) is too small")
+    zp = int(np.clip(ACT_MIN - int(round_half_even(lo / scale)), ACT_MIN, ACT_MAX))
+    return QParams(float(scale), zp)
+
+
+def qparams_symmetric(absmax: float) -> QParams:
+    """Symmetric parameters for |x| <= absmax: mt_qparams_symmetric."""
+    a = F32(absmax)
+    if not _finite(a) or a < 0:
+        raise ValueError(f"absmax {absmax} is not a finite non-negative number")
+    if a == 0:
+        return QParams(1.0, 0)
+    scale = a / F32(127.0)
+    if not scale >= MIN_SCALE:
+        raise ValueError(f"absmax {absmax} is too small")
+    return QParams(float(scale), 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# fixed-point requantization
+
+
+def quant_multiplier(real: float) -> tuple[int, int]:
+    """(multiplier, shift) with real == multiplier * 2^(shift - 31) exactly (a float32's
+    mantissa shifted into Q31): mt_quant_multiplier. Raises for negative, NaN, inf, >= 2^30."""
+    r = F32(real)
+    if not _finite(r) or r < 0:
+        raise ValueError(f"multiplier {real} must be finite and >= 0")
+    if r == 0:
+        return 0, 0
+    bits = int(np.array(r, dtype=np.float32).view(np.uint32))
+    exponent, mantissa = (bits >> 23) & 0xFF, bits & 0x7FFFFF
+    if exponent == 0:
+        exponent = 1
+        while not mantissa & 0x800000:
+            mantissa <<= 1
+            exponent -= 1
+    else:
+        mantissa |= 0x800000
+    shift = exponent - 126
+    if shift > 30:
+        raise ValueError(f"multiplier {real} is not below 2^30")
+    if shift < -31:
+        return 0, 0
+    return mantissa << 7, shift
+
+
+def requantize(acc: ArrayLike, multiplier: int, shift: int) -> IntArray:
+    """round(acc * multiplier * 2^(shift - 31)), ties toward +inf: mt_requantize."""
+    x = np.asarray(acc, dtype=np.int64)
+    if multiplier == 0:
+        return np.zeros_like(x)
+    right = 31 - shift
+    if right < 32:
+        left = 32 - right
+        x = np.where(x > I32_MAX >> left, I32_MAX,
+                     np.where(x < I32_MIN >> left, I32_MIN, x << left))
+        right = 32
+    t = x * int(multiplier) + (1 << (right - 1))
+    return t >> right
+
+
+def _requantize_real(acc: ArrayLike, real: float) -> IntArray:
+    return requantize(acc, *quant_multiplier(real))
+
+
+# ---------------------------------------------------------------------------------------------
+# range tracking and gradient statistics
+
+
+@dataclass
+class RangeTracker:
+    """mt_range_tracker_t: EMA of min and max; the first observation is taken as is."""
+
+    momentum: float = 0.9
+    min: float = 0.0
+    max: float = 0.0
+    count: int = 0
+
+    def observe(self, lo: float, hi: float) -> None:
+        if self.count <= 0:
+            self.min, self.max = float(F32(lo)), float(F32(hi))
+        else:
+            m, keep = F32(self.momentum), F32(1.0) - F32(self.momentum)
+            self.min = float(m * F32(self.min) + keep * F32(lo))
+            self.max = float(m * F32(self.max) + keep * F32(hi))
+        self.count += 1
+
+
+def ema_observe(value: float | None, count: int, x: float, momentum: float) -> tuple[float, int]:
+    """mt_ema_observe: (new value, new count)."""
+    if count <= 0 or value is None:
+        return float(F32(x)), 1
+    m = F32(momentum)
+    return float(m * F32(value) + (F32(1.0) - m) * F32(x)), count + 1
+
+
+@dataclass
+class GradStats:
+    """mt_grad_stats_t: float32 running sums of accumulators, in order."""
+
+    sum: float = 0.0
+    sum_sq: float = 0.0
+    count: int = 0
+
+    def add(self, acc: ArrayLike) -> None:
+        a = np.asarray(acc, dtype=np.int64).ravel().astype(np.float32)
+        if a.size == 0:
+            return
+        s = np.cumsum(np.concatenate([[F32(self.sum)], a]), dtype=np.float32)[-1]
+        ss = np.cumsum(np.concatenate([[F32(self.sum_sq)], a * a]), dtype=np.float32)[-1]
+        self.sum, self.sum_sq, self.count = float(s), float(ss), self.count + a.size
+
+
+def grad_stats_rms(stats: GradStats, unit: float) -> float:
+    """mt_grad_stats_rms: unit * sqrt(sum_sq / count)."""
+    if stats.count <= 0:
+        return 0.0
+    return float(F32(unit) * np.sqrt(F32(stats.sum_sq) / F32(stats.count)))
+
+
+# ---------------------------------------------------------------------------------------------
+# layers
+
+
+@dataclass
+class S8Quant:
+    """mt_s8_quant_t: a layer's input, output and error quantization, and its fused clamp."""
+
+    x_scale: float
+    x_zero_point: int
+    y_scale: float = 1.0
+    y_zero_point: int = 0
+    dy_scale: float = 1.0
+    dx_scale: float = 1.0
+    act_min: int = ACT_MIN
+    act_max: int = ACT_MAX
+
+
+@dataclass
+class S8Update:
+    """mt_s8_update_t; rng: a Rng for stochastic rounding (advanced in place) or None."""
+
+    lr: float
+    weight_decay: float = 0.0
+    sigma_w: float = 0.0
+    sigma_b: float = 0.0
+    eps: float = 1e-8
+    rescale_below: float = 1.0
+    rng: Rng | None = field(default=None)
+
+
+def _fold_range(acc_min: IntArray, acc_max: IntArray, x_scale: float,
+                w_scale: NDArray[np.float32]) -> tuple[float, float]:
+    unit = F32(x_scale) * w_scale
+    lo = acc_min.astype(np.float32) * unit
+    hi = acc_max.astype(np.float32) * unit
+    return float(lo.min()), float(hi.max())
+
+
+def _forward_out(acc: IntArray, q: S8Quant, w_scale: NDArray[np.float32]) -> NDArray[np.int8]:
+    """y from int64 accumulators (..., O) with per-channel multipliers."""
+    out = np.empty(acc.shape, dtype=np.int64)
+    for o in range(acc.shape[-1]):
+        real = (F32(q.x_scale) * w_scale[o]) / F32(q.y_scale)
+        out[..., o] = _requantize_real(acc[..., o], real) + q.y_zero_point
+    return np.clip(out, q.act_min, q.act_max).astype(np.int8)
+
+
+def _wrap32(a: NDArray[np.float64]) -> IntArray:
+    """Exact float64 integer sums as int64, wrapped to int32 as the kernels' sums are."""
+    i = np.rint(a).astype(np.int64)
+    return ((i + 2**31) % 2**32) - 2**31
+
+
+def _conv_args(stride: IntPair, padding: IntPair) -> tuple[tuple[int, int], tuple[int, int]]:
+    return _pair(stride, "stride"), _pair(padding, "padding")
+
+
+def conv2d_s8_forward(
+    x: ArrayLike, w: ArrayLike, w_scale: ArrayLike, bias: ArrayLike | None, q: S8Quant,
+    stride: IntPair = 1, padding: IntPair = 0, groups: int = 1,
+    out_hw: tuple[int, int] | None = None,
+) -> tuple[NDArray[np.int8], tuple[float, float]]:
+    """(y_q, (min, max) real pre-activation range) of mt_conv2d_s8_forward. x (N, H, W, C)
+    int8, w (O, KH, KW, C/groups) int8, bias int32 or None; out_hw crops the output."""
+    xc = np.asarray(x, dtype=np.int64) - q.x_zero_point
+    b = None if bias is None else np.asarray(bias, dtype=np.int64)
+    acc = conv2d_forward(xc, np.asarray(w, dtype=np.int64), b, stride, padding, groups)
+    if out_hw is not None:
+        acc = acc[:, : out_hw[0], : out_hw[1]]
+    acc = _wrap32(acc)
+    ws = _f32(w_scale)
+    flat = acc.reshape(-1, acc.shape[-1])
+    rng = (0.0, 0.0)
+    if flat.size:
+        rng = _fold_range(flat.min(axis=0), flat.max(axis=0), q.x_scale, ws)
+    return _forward_out(acc, q, ws), rng
+
+
+def _grad_input_fold(terms: int, w_scale: NDArray[np.float32], dy_scale: float,
+                     dx_scale: float) -> tuple[IntArray, int, int, float]:
+    """(r, multiplier, shift, unit) as mt_s8_grad_input_fold."""
+    smax = F32(w_scale.max()) if w_scale.size else F32(0)
+    smax = max(smax, F32(0))
+    rb = 8
+    while rb > 0 and 127 * 127 * (1 << rb) * terms >= 2**31:
+        rb -= 1
+    two_rb = F32(1 << rb)
+    if smax > 0:
+        r = round_half_even(two_rb * (w_scale / smax))
+    else:
+        r = np.zeros(w_scale.shape, dtype=np.int64)
+    unit = float((F32(dy_scale) * smax) * (F32(1.0) / two_rb))
+    m, s = quant_multiplier((F32(dy_scale) * smax) / F32(dx_scale) * (F32(1.0) / two_rb))
+    return r, m, s, unit
+
+
+def conv2d_s8_grad_input(
+    x_shape: Sequence[int], w: ArrayLike, w_scale: ArrayLike, dy: ArrayLike, q: S8Quant,
+    stride: IntPair = 1, padding: IntPair = 0, groups: int = 1,
+) -> tuple[NDArray[np.int8], float]:
+    """(dx_q, real absmax of dx before saturation) of mt_conv2d_s8_grad_input. dy may be
+    cropped (smaller than the full output): it is zero-extended."""
+    w = np.asarray(w, dtype=np.int64)
+    ws = _f32(w_scale)
+    dy = np.asarray(dy, dtype=np.int64)
+    n, h, wd, c = (int(s) for s in x_shape)
+    out_c, kh, kw, _ = w.shape
+    st, pad = _conv_args(stride, padding)
+    full = (conv_output_size(h, kh, st[0], pad[0]), conv_output_size(wd, kw, st[1], pad[1]))
+    dyf = np.zeros((n, *full, out_c), dtype=np.int64)
+    dyf[:, : dy.shape[1], : dy.shape[2]] = dy
+    taps = kh * kw
+    if groups == c and out_c == c:
+        acc = _wrap32(conv2d_grad_input(x_shape, w, dyf, stride, padding, groups))
+        dx = np.empty(acc.shape, dtype=np.int64)
+        absmax = F32(0)
+        for ch in range(c):
+            real = (F32(q.dy_scale) * ws[ch]) / F32(q.dx_scale)
+            dx[..., ch] = _requantize_real(acc[..., ch], real)
+            unit = F32(q.dy_scale) * ws[ch]
+            a = acc[..., ch]
+            absmax = max(absmax, -(F32(a.min()) * unit), F32(a.max()) * unit)
+        return np.clip(dx, -SYM_MAX, SYM_MAX).astype(np.int8), float(absmax)
+    r, m, s, unit = _grad_input_fold(taps * (out_c // groups), ws, q.dy_scale, q.dx_scale)
+    wr = w * r.reshape(-1, 1, 1, 1)
+    acc = _wrap32(conv2d_grad_input(x_shape, wr, dyf, stride, padding, groups))
+    dx = np.clip(requantize(acc, m, s), -SYM_MAX, SYM_MAX).astype(np.int8)
+    amin, amax = min(int(acc.min()), 0), max(int(acc.max()), 0)
+    a = max(-F32(amin), F32(amax))
+    return dx, float(a * F32(unit))
+
+
+def _update_rows(
+    acc: IntArray, bsum: IntArray, w: NDArray[np.int8], w_scale: NDArray[np.float32],
+    bias: IntArray | None, q: S8Quant, u: S8Update | None, channels: Sequence[int],
+) -> tuple[NDArray[np.int8], NDArray[np.float32], IntArray | None, GradStats, GradStats]:
+    """The update of the selected channels from their accumulators acc (O, K) and bias sums."""
+    w = w.copy()
+    ws = w_scale.copy()
+    b = None if bias is None else bias.copy()
+    w_stats, b_stats = GradStats(), GradStats()
+    if u is not None:
+        unit_w = F32(q.dy_scale) * F32(q.x_scale)
+        lr, eps = F32(u.lr), F32(u.eps)
+        c_w = (lr / (F32(u.sigma_w) + eps)) * unit_w if u.sigma_w > 0 else lr * unit_w
+        c_b = ((lr / (F32(u.sigma_b) + eps)) * F32(q.dy_scale) if u.sigma_b > 0
+               else lr * F32(q.dy_scale))
+        decay = F32(1.0) - lr * F32(u.weight_decay)
+    for o in channels:
+        a_row = acc[o]
+        w_stats.add(a_row)
+        b_stats.add([bsum[o]])
+        if u is None:
+            continue
+        s_old = ws[o]
+        a = s_old * decay
+        v = a * w[o].astype(np.float32) - c_w * a_row.astype(np.float32)
+        mx = F32(np.max(np.abs(v))) if v.size else F32(0)
+        hi = F32(127.0) * s_old
+        s_new = s_old
+        if (mx > hi or mx < F32(u.rescale_below) * hi) and mx > 0:
+            s_new = mx / F32(127.0)
+        inv = F32(1.0) / s_new
+        w[o] = np.clip(round_stochastic(v * inv, u.rng), -SYM_MAX, SYM_MAX).astype(np.int8)
+        ws[o] = s_new
+        if b is not None:
+            bv = (F32(q.x_scale) * s_old) * F32(b[o]) - c_b * F32(bsum[o])
+            b[o] = int(round_half_even(bv / (F32(q.x_scale) * s_new)))
+    return w, ws, b, w_stats, b_stats
+
+
+class UpdateResult(NamedTuple):
+    w: NDArray[np.int8]
+    w_scale: NDArray[np.float32]
+    bias: IntArray | None
+    w_stats: GradStats
+    b_stats: GradStats
+
+
+def conv2d_s8_update(
+    x: ArrayLike, dy: ArrayLike, w: ArrayLike, w_scale: ArrayLike, bias: ArrayLike | None,
+    q: S8Quant, u: S8Update | None, stride: IntPair = 1, padding: IntPair = 0, groups: int = 1,
+    mask: ArrayLike | None = None,
+) -> UpdateResult:
+    """mt_conv2d_s8_update: new (w, w_scale, bias) and this step's gradient statistics; u
+    None computes only the statistics. dy may be cropped (zero-extended)."""
+    x = np.asarray(x, dtype=np.int64)
+    w8 = np.asarray(w, dtype=np.int8)
+    out_c, kh, kw, _ = w8.shape
+    st, pad = _conv_args(stride, padding)
+    n, h, wd, _ = x.shape
+    full = (conv_output_size(h, kh, st[0], pad[0]), conv_output_size(wd, kw, st[1], pad[1]))
+    dy = np.asarray(dy, dtype=np.int64)
+    dyf = np.zeros((n, *full, out_c), dtype=np.int64)
+    dyf[:, : dy.shape[1], : dy.shape[2]] = dy
+    dw, db = conv2d_grad_weight(x - q.x_zero_point, w8.shape, dyf, stride, padding, groups)
+    acc = _wrap32(dw).reshape(out_c, -1)
+    bsum = _wrap32(db)
+    channels = [o for o in range(out_c) if mask is None or np.asarray(mask)[o]]
+    b = None if bias is None else np.asarray(bias, dtype=np.int64)
+    wn, ws, bn, s_w, s_b = _update_rows(acc, bsum, w8.reshape(out_c, -1), _f32(w_scale).copy(),
+                                        b, q, u, channels)
+    return UpdateResult(wn.reshape(w8.shape), ws, bn, s_w, s_b)
+
+
+def linear_s8_forward(
+    x: ArrayLike, w: ArrayLike, w_scale: ArrayLike, bias: ArrayLike | None, q: S8Quant,
+) -> tuple[NDArray[np.int8], tuple[float, float]]:
+    """mt_linear_s8_forward: x (B, in), w (out, in)."""
+    x = np.asarray(x)
+    w = np.asarray(w)
+    y, r = conv2d_s8_forward(x[:, None, None, :], w[:, None, None, :], w_scale, bias, q)
+    return y[:, 0, 0], r
+
+
+def linear_s8_grad_input(
+    w: ArrayLike, w_scale: ArrayLike, dy: ArrayLike, q: S8Quant,
+) -> tuple[NDArray[np.int8], float]:
+    """mt_linear_s8_grad_input: dy (B, out) -> dx (B, in)."""
+    w = np.asarray(w, dtype=np.int64)
+    dy = np.asarray(dy, dtype=np.int64)
+    r, m, s, unit = _grad_input_fold(w.shape[0], _f32(w_scale), q.dy_scale, q.dx_scale)
+    acc = _wrap32((dy * r).astype(np.float64) @ w.astype(np.float64))
+    dx = np.clip(requantize(acc, m, s), -SYM_MAX, SYM_MAX).astype(np.int8)
+    amin, amax = min(int(acc.min()), 0), max(int(acc.max()), 0)
+    return dx, float(max(-F32(amin), F32(amax)) * F32(unit))
+
+
+def linear_s8_update(
+    x: ArrayLike, dy: ArrayLike, w: ArrayLike, w_scale: ArrayLike, bias: ArrayLike | None,
+    q: S8Quant, u: S8Update | None, mask: ArrayLike | None = None,
+) -> UpdateResult:
+    """mt_linear_s8_update."""
+    x = np.asarray(x)
+    dy = np.asarray(dy)
+    w = np.asarray(w)
+    r = conv2d_s8_update(x[:, None, None, :], dy[:, None, None, :], w[:, None, None, :], w_scale,
+                         bias, q, u, mask=mask)
+    return r._replace(w=r.w[:, 0, 0])

@@ -1,0 +1,1120 @@
+// int8 Conv2d: forward, input gradient and fused update (conv2d_s8.h), as int16-panel GEMMs
+// (gemm_s8.h) with direct loops for depthwise convolutions.
+//
+//   forward     rows = output pixels (im2col of 3 pixels at a time), columns = output
+//               channels (the weights, packed once per call), k = the patch;
+//   grad_input  rows = input pixels (a gather of dy over the taps that reach each pixel, so
+//               no int32 image of dx is needed), columns = input channels (the transposed,
+//               rescaled weights), k = (tap, output channel);
+//   update      rows = a block of output channels (dy transposed), columns = the patch's
+//               (tap, channel) pairs, k = output pixels. The pixel pairs SMLAD needs come from
+//               a copy of x transposed to channel-pair-major rows ("xp", the size of the padded
+//               input), where an output row's pixels are contiguous for every tap.
+#include <string.h>
+#include "conv2d_s8.h"
+#include "gemm_s8.h"
+#include "s8_common.h"
+
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+// Output pixels per update tile (whole output rows, at least one).
+#define UPDATE_TILE_SLOTS 128
+
+static int is_depthwise(const mt_conv2d_params_t *p) {
+    return p->groups == p->in_c && p->out_c == p->in_c;
+}
+
+static int taps_of(const mt_conv2d_params_t *p) {
+    return p->kernel_h * p->kernel_w;
+}
+
+static int out_pixels(const mt_conv2d_params_t *p) {
+    return p->batch * p->out_h * p->out_w;
+}
+
+static int in_pixels(const mt_conv2d_params_t *p) {
+    return p->batch * p->in_h * p->in_w;
+}
+
+static int round_up(int v, int m) {
+    return (v + m - 1) / m * m;
+}
+
+// Scratch is carved into 8-byte aligned regions; with a NULL base it only counts bytes.
+typedef struct {
+    uint8_t *base;
+    size_t used;
+} arena_t;
+
+static void *take(arena_t *a, size_t bytes) {
+    void *p = a->base ? a->base + a->used : NULL;
+    a->used += (bytes + 7) & ~(size_t)7;
+    return p;
+}
+
+// ---- patches ----------------------------------------------------------------------------
+
+// Output pixel q's patch: its image, top-left input pixel, and the kernel columns
+// [kw_lo, kw_hi) inside the image.
+typedef struct {
+    int image;
+    int ih0, iw0, kw_lo, kw_hi;
+} patch_t;
+
+static patch_t patch_of(const mt_conv2d_params_t *p, int q) {
+    const int per_image = p->out_h * p->out_w, r = q % per_image;
+    patch_t t;
+    t.image = q / per_image;
+    t.ih0 = r / p->out_w * p->stride_h - p->pad_h;
+    t.iw0 = r % p->out_w * p->stride_w - p->pad_w;
+    t.kw_lo = mt_s8_max(0, -t.iw0);
+    t.kw_hi = mt_s8_min(p->kernel_w, p->in_w - t.iw0);
+    return t;
+}
+
+// dst[0..K) = the patch of group g under output pixel q, `pad` where it leaves the image.
+static void im2col_pixel(const mt_conv2d_params_t *p, const int8_t *x, int q, int g, int8_t pad,
+    int8_t *dst) {
+    const int in_c = p->in_c, cg = in_c / p->groups, kw = p->kernel_w, row_len = kw * cg;
+    const patch_t pt = patch_of(p, q);
+    const int8_t *image = x + (size_t)pt.image * p->in_h * p->in_w * in_c + g * cg;
+    for (int i = 0; i < p->kernel_h; i++, dst += row_len) {
+        const int ih = pt.ih0 + i;
+        if (ih < 0 || ih >= p->in_h || pt.kw_lo >= pt.kw_hi) {
+            memset(dst, pad, (size_t)row_len);
+            continue;
+        }
+        const int8_t *src = image + ((size_t)ih * p->in_w + pt.iw0 + pt.kw_lo) * in_c;
+        memset(dst, pad, (size_t)(pt.kw_lo * cg));
+        if (cg == in_c) {
+            memcpy(dst + pt.kw_lo * cg, src, (size_t)((pt.kw_hi - pt.kw_lo) * cg));
+        } else {
+            for (int j = pt.kw_lo; j < pt.kw_hi; j++, src += in_c) {
+                memcpy(dst + j * cg, src, (size_t)cg);
+            }
+        }
+        memset(dst + pt.kw_hi * cg, pad, (size_t)((kw - pt.kw_hi) * cg));
+    }
+}
+
+// Output index o (< out) with o * stride == v, or -1.
+static int exact_out(int v, int stride, int out) {
+    if (v < 0 || v % stride) {
+        return -1;
+    }
+    v /= stride;
+    return v < out ? v : -1;
+}
+
+// dst[(t * og) .. + og) = dy of group g at the output pixel that tap t of input pixel q
+// reaches, zeros where no output pixel does.
+static void gather_dy_pixel(const mt_conv2d_params_t *p, const int8_t *dy, int q, int g,
+    int8_t *dst) {
+    const int per_image = p->in_h * p->in_w, n = q / per_image, r = q % per_image;
+    const int ih = r / p->in_w, iw = r % p->in_w, og = p->out_c / p->groups;
+    for (int i = 0; i < p->kernel_h; i++) {
+        const int oh = exact_out(ih + p->pad_h - i, p->stride_h, p->out_h);
+        for (int j = 0; j < p->kernel_w; j++, dst += og) {
+            const int ow = oh < 0 ? -1 : exact_out(iw + p->pad_w - j, p->stride_w, p->out_w);
+            if (ow < 0) {
+                memset(dst, 0, (size_t)og);
+            } else {
+                memcpy(dst, dy + (((size_t)n * p->out_h + oh) * p->out_w + ow) * p->out_c + g * og,
+                    (size_t)og);
+            }
+        }
+    }
+}
+
+// The patch of output pixel q (group g) minus zp as one panel row (words dst[0], dst[stride],
+// ...), straight from x: needs in_c / groups to be a multiple of 4, so that every tap's run
+// starts a group of 4 in the row.
+static inline void pack_patch(const mt_conv2d_params_t *p, const int8_t *x, int q, int g, int32_t zp,
+    int kp, int32_t *dst, int stride) {
+    const int in_c = p->in_c, cg = in_c / p->groups, kw = p->kernel_w, row_len = kw * cg;
+    const int words = stride * cg / 2;     // words a tap's run advances dst by
+    const patch_t pt = patch_of(p, q);
+    const int8_t *image = x + (size_t)pt.image * p->in_h * p->in_w * in_c + g * cg;
+    for (int i = 0; i < p->kernel_h; i++) {
+        const int ih = pt.ih0 + i;
+        if (ih < 0 || ih >= p->in_h || pt.kw_lo >= pt.kw_hi) {
+            mt_pack_zero_run(row_len, dst, stride);
+            dst += kw * words;
+            continue;
+        }
+        const int8_t *src = image + ((size_t)ih * p->in_w + pt.iw0 + pt.kw_lo) * in_c;
+        mt_pack_zero_run(pt.kw_lo * cg, dst, stride);
+        dst += pt.kw_lo * words;
+        if (cg == in_c) {
+            const int n = (pt.kw_hi - pt.kw_lo) * cg;
+            mt_s8_pack_run(src, n, zp, dst, stride);
+            dst += (pt.kw_hi - pt.kw_lo) * words;
+        } else {
+            for (int j = pt.kw_lo; j < pt.kw_hi; j++, src += in_c, dst += words) {
+                mt_s8_pack_run(src, cg, zp, dst, stride);
+            }
+        }
+        mt_pack_zero_run((kw - pt.kw_hi) * cg, dst, stride);
+        dst += (kw - pt.kw_hi) * words;
+    }
+    mt_pack_zero_run(kp - p->kernel_h * row_len, dst, stride);
+}
+
+// The gather of gather_dy_pixel as one panel row, straight from dy (og a multiple of 4).
+static inline void pack_dy_pixel(const mt_conv2d_params_t *p, const int8_t *dy, int q, int g, int kp,
+    int32_t *dst, int stride) {
+    const int per_image = p->in_h * p->in_w, n = q / per_image, r = q % per_image;
+    const int ih = r / p->in_w, iw = r % p->in_w, og = p->out_c / p->groups;
+    const int words = stride * og / 2, kw = p->kernel_w;
+    const int8_t *image = dy + (size_t)n * p->out_h * p->out_w * p->out_c + g * og;
+    const int unit = p->stride_h == 1 && p->stride_w == 1;
+    for (int i = 0; i < p->kernel_h; i++) {
+        const int oh = unit ? (ih + p->pad_h - i < p->out_h ? ih + p->pad_h - i : -1)
+            : exact_out(ih + p->pad_h - i, p->stride_h, p->out_h);
+        if (oh < 0) {
+            mt_pack_zero_run(kw * og, dst, stride);
+            dst += kw * words;
+            continue;
+        }
+        const int8_t *row = image + (size_t)oh * p->out_w * p->out_c;
+        for (int j = 0; j < kw; j++, dst += words) {
+            const int v = iw + p->pad_w - j;
+            const int ow = unit ? (v >= 0 && v < p->out_w ? v : -1)
+                : exact_out(v, p->stride_w, p->out_w);
+            if (ow < 0) {
+                mt_pack_zero_run(og, dst, stride);
+            } else {
+                mt_s8_pack_run(row + (size_t)ow * p->out_c, og, 0, dst, stride);
+            }
+        }
+    }
+    mt_pack_zero_run(kp - p->kernel_h * kw * og, dst, stride);
+}
+
+// ---- forward epilogue of a full 3x2 block ----------------------------------------------
+//
+// Per output channel a record {m, k, right, min, max}: requantization by SMMLA (the zero point
+// folded into k, see mt_s8_rq_c; needs left == 0 and 1 <= right <= 23) and the channel's
+// accumulator range so far.
+enum { REC_M, REC_K, REC_RIGHT, REC_MIN, REC_MAX, REC_WORDS };
+
+typedef struct {
+    int32_t O;            // output row stride
+    int32_t lo, hi;       // fused clamp
+    int32_t flags;        // EPI_TRACK | EPI_LO | EPI_HI
+} epi_ctx_t;
+
+enum { EPI_TRACK = 1, EPI_LO = 2, EPI_HI = 4 };
+
+#if MT_S8_DSP
+// r0 = acc (6), r1 = two records, r2 = out (row 0, channel 0), r3 = ctx. About 60 instructions
+// plus 40 for the range and up to 36 for the clamp, none of them branches in the data path.
+#define MT_ARG __attribute__((unused))
+__attribute__((naked, noinline))
+static void epi_3x2(const int32_t *acc MT_ARG, int32_t *rec MT_ARG, int8_t *out MT_ARG,
+    const epi_ctx_t *ctx MT_ARG) {
+    __asm__ volatile (
+        "push {r4-r11, lr}\n\t"
+        "ldm r0, {r4-r9}\n\t"
+        "ldm r3, {r10, r11, r12, lr}\n\t"
+        "tst lr, #1\n\t"
+        "beq 1f\n\t"
+#define MT_MINMAX(lo_off, a, b, c) \
+        "ldrd r0, r3, [r1, #" #lo_off "]\n\t" \
+        "cmp " a ", r0\n\t" "it lt\n\t" "movlt r0, " a "\n\t" \
+        "cmp " b ", r0\n\t" "it lt\n\t" "movlt r0, " b "\n\t" \
+        "cmp " c ", r0\n\t" "it lt\n\t" "movlt r0, " c "\n\t" \
+        "cmp " a ", r3\n\t" "it gt\n\t" "movgt r3, " a "\n\t" \
+        "cmp " b ", r3\n\t" "it gt\n\t" "movgt r3, " b "\n\t" \
+        "cmp " c ", r3\n\t" "it gt\n\t" "movgt r3, " c "\n\t" \
+        "strd r0, r3, [r1, #" #lo_off "]\n\t"
+        MT_MINMAX(12, "r4", "r6", "r8")
+        MT_MINMAX(32, "r5", "r7", "r9")
+#undef MT_MINMAX
+        "1:\n\t"
+        "push {lr}\n\t"
+        "ldm r1!, {r0, r3, lr}\n\t"
+        "smmla r4, r4, r0, r3\n\t" "smmla r6, r6, r0, r3\n\t" "smmla r8, r8, r0, r3\n\t"
+        "asr r4, r4, lr\n\t" "asr r6, r6, lr\n\t" "asr r8, r8, lr\n\t"
+        "adds r1, #8\n\t"
+        "ldm r1, {r0, r3, lr}\n\t"
+        "smmla r5, r5, r0, r3\n\t" "smmla r7, r7, r0, r3\n\t" "smmla r9, r9, r0, r3\n\t"
+        "asr r5, r5, lr\n\t" "asr r7, r7, lr\n\t" "asr r9, r9, lr\n\t"
+        "ssat r4, #8, r4\n\t" "ssat r5, #8, r5\n\t" "ssat r6, #8, r6\n\t"
+        "ssat r7, #8, r7\n\t" "ssat r8, #8, r8\n\t" "ssat r9, #8, r9\n\t"
+        "pop {lr}\n\t"
+        "tst lr, #2\n\t"
+        "beq 2f\n\t"
+#define MT_LO(r) "cmp " r ", r11\n\t" "it lt\n\t" "movlt " r ", r11\n\t"
+        MT_LO("r4") MT_LO("r5") MT_LO("r6") MT_LO("r7") MT_LO("r8") MT_LO("r9")
+#undef MT_LO
+        "2:\n\t"
+        "tst lr, #4\n\t"
+        "beq 3f\n\t"
+#define MT_HI(r) "cmp " r ", r12\n\t" "it gt\n\t" "movgt " r ", r12\n\t"
+        MT_HI("r4") MT_HI("r5") MT_HI("r6") MT_HI("r7") MT_HI("r8") MT_HI("r9")
+#undef MT_HI
+        "3:\n\t"
+        "strb r4, [r2]\n\t" "strb r5, [r2, #1]\n\t" "add r2, r2, r10\n\t"
+        "strb r6, [r2]\n\t" "strb r7, [r2, #1]\n\t" "add r2, r2, r10\n\t"
+        "strb r8, [r2]\n\t" "strb r9, [r2, #1]\n\t"
+        "pop {r4-r11, pc}\n\t");
+}
+#undef MT_ARG
+#else
+static void epi_3x2(const int32_t *acc, int32_t *rec, int8_t *out, const epi_ctx_t *ctx) {
+    for (int c = 0; c < 2; c++, rec += REC_WORDS) {
+        for (int r = 0; r < 3; r++) {
+            const int32_t v = acc[r * 2 + c];
+            if (ctx->flags & EPI_TRACK) {
+                rec[REC_MIN] = mt_s8_min(rec[REC_MIN], v);
+                rec[REC_MAX] = mt_s8_max(rec[REC_MAX], v);
+            }
+            int32_t t = mt_s8_ssat8(mt_s8_rq_zp(v, rec[REC_M], rec[REC_K], rec[REC_RIGHT]));
+            if (ctx->flags & EPI_LO) {
+                t = mt_s8_max(t, ctx->lo);
+            }
+            if (ctx->flags & EPI_HI) {
+                t = mt_s8_min(t, ctx->hi);
+            }
+            out[r * ctx->O + c] = (int8_t)t;
+        }
+    }
+}
+#endif
+
+// y for up to 3 rows of one output channel from its accumulators (acc[0], acc[2], acc[4]),
+// tracking the accumulator range in its record; the general case (any rows, any shift).
+static void forward_out(const int32_t *acc, int rows, const mt_s8_rq_t *rq, int32_t zp,
+    int32_t lo, int32_t hi, int32_t *rec, int8_t *out, int O) {
+    for (int r = 0; r < rows; r++, out += O) {
+        const int32_t v = acc[2 * r];
+        rec[REC_MIN] = mt_s8_min(rec[REC_MIN], v);
+        rec[REC_MAX] = mt_s8_max(rec[REC_MAX], v);
+        *out = (int8_t)mt_s8_clamp(mt_s8_rq(v, rq) + zp, lo, hi);
+    }
+}
+
+// dx for a full 3x2 block (left == 0, 1 <= right <= 23): rec = {m, k, right}, range =
+// {min, max} of the accumulators so far, out = row 0, C = row stride.
+#if MT_S8_DSP
+#define MT_ARG __attribute__((unused))
+__attribute__((naked, noinline))
+static void grad_input_out(const int32_t *acc MT_ARG, const int32_t *rec MT_ARG,
+    int8_t *out MT_ARG, int32_t *range_and_C MT_ARG) {
+    __asm__ volatile (
+        "push {r4-r11, lr}\n\t"
+        "ldm r0, {r4-r9}\n\t"
+        "ldm r3, {r10, r11, r12}\n\t"      // min, max, C
+#define MT_MM(r) "cmp " r ", r10\n\t" "it lt\n\t" "movlt r10, " r "\n\t" \
+                 "cmp " r ", r11\n\t" "it gt\n\t" "movgt r11, " r "\n\t"
+        MT_MM("r4") MT_MM("r5") MT_MM("r6") MT_MM("r7") MT_MM("r8") MT_MM("r9")
+#undef MT_MM
+        "stm r3, {r10, r11}\n\t"
+        "ldm r1, {r0, r1, r3}\n\t"         // m, k, right
+        "mvn r10, #126\n\t"                 // -127
+#define MT_DX(r) "smmla " r ", " r ", r0, r1\n\t" "asr " r ", " r ", r3\n\t" \
+                 "ssat " r ", #8, " r "\n\t" "cmp " r ", r10\n\t" "it lt\n\t" "movlt " r ", r10\n\t"
+        MT_DX("r4") MT_DX("r5") MT_DX("r6") MT_DX("r7") MT_DX("r8") MT_DX("r9")
+#undef MT_DX
+        "strb r4, [r2]\n\t" "strb r5, [r2, #1]\n\t" "add r2, r2, r12\n\t"
+        "strb r6, [r2]\n\t" "strb r7, [r2, #1]\n\t" "add r2, r2, r12\n\t"
+        "strb r8, [r2]\n\t" "strb r9, [r2, #1]\n\t"
+        "pop {r4-r11, pc}\n\t");
+}
+#undef MT_ARG
+#else
+static void grad_input_out(const int32_t *acc, const int32_t *rec, int8_t *out,
+    int32_t *range_and_C) {
+    const int C = range_and_C[2];
+    for (int i = 0; i < 6; i++) {
+        const int32_t v = acc[i];
+        range_and_C[0] = mt_s8_min(range_and_C[0], v);
+        range_and_C[1] = mt_s8_max(range_and_C[1], v);
+        out[(i >> 1) * C + (i & 1)] = (int8_t)mt_s8_max(
+            mt_s8_ssat8(mt_s8_rq_zp(v, rec[0], rec[1], rec[2])), -MT_S8_SYM_MAX);
+    }
+}
+#endif
+
+// ---- shared pieces ------------------------------------------------------------------------
+
+static void init_minmax(int32_t *mm, int channels) {
+    for (int o = 0; o < channels; o++) {
+        mm[2 * o] = INT32_MAX;
+        mm[2 * o + 1] = INT32_MIN;
+    }
+}
+
+// The input gradient's weight fold (conv2d_s8.h): rb, r[o] and the multiplier.
+// ---- depthwise ----------------------------------------------------------------------------
+//
+// Direct loops: each channel sees one filter, so a pixel's channels are independent sums.
+// Weights are transposed to (tap, channel) so the inner loops run over contiguous channels.
+
+typedef struct {
+    mt_s8_rq_t *rq;
+    int32_t *mm;
+    int8_t *wt;       // taps x C
+    int32_t *acc;     // C (forward, grad_input) or taps x C (update)
+    int32_t *row;     // taps (update)
+} dw_scratch_t;
+
+static size_t dw_layout(const mt_conv2d_params_t *p, void *scratch, dw_scratch_t *s) {
+    const size_t C = (size_t)p->in_c, taps = (size_t)taps_of(p);
+    arena_t a = { scratch, 0 };
+    s->rq = take(&a, C * sizeof(mt_s8_rq_t));
+    s->mm = take(&a, 2 * C * sizeof(int32_t));
+    s->wt = take(&a, taps * C);
+    s->acc = take(&a, taps * C * sizeof(int32_t));
+    s->row = take(&a, taps * sizeof(int32_t));
+    return a.used;
+}
+
+static void dw_transpose(const mt_conv2d_params_t *p, const int8_t *w, int8_t *wt) {
+    const int C = p->in_c, taps = taps_of(p);
+    for (int c = 0; c < C; c++) {
+        for (int t = 0; t < taps; t++) {
+            wt[t * C + c] = w[c * taps + t];
+        }
+    }
+}
+
+// acc[c] += (a[c] - a_off) * b[c] for c < C.
+static void dw_madd(int C, int32_t *acc, const int8_t *a, int32_t a_off, const int8_t *b) {
+    for (int c = 0; c < C; c++) {
+        acc[c] += ((int32_t)a[c] - a_off) * b[c];
+    }
+}
+
+static int depthwise_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
+    const int8_t *x, const int8_t *w, const float *w_scale, const int32_t *bias, int8_t *y,
+    mt_range_t *y_range, void *scratch) {
+    dw_scratch_t s;
+    dw_layout(p, scratch, &s);
+    const int C = p->in_c, zp = q->x.zero_point;
+    for (int c = 0; c < C; c++) {
+        if (mt_s8_rq_from_real((q->x.scale * w_scale[c]) / q->y.scale, &s.rq[c])) {
+            return -1;
+        }
+    }
+    dw_transpose(p, w, s.wt);
+    init_minmax(s.mm, C);
+    const int pixels = out_pixels(p);
+    for (int qq = 0; qq < pixels; qq++) {
+        const patch_t pt = patch_of(p, qq);
+        const int8_t *image = x + (size_t)pt.image * p->in_h * p->in_w * C;
+        for (int c = 0; c < C; c++) {
+            s.acc[c] = bias ? bias[c] : 0;
+        }
+        for (int i = 0; i < p->kernel_h; i++) {
+            const int ih = pt.ih0 + i;
+            if (ih < 0 || ih >= p->in_h) {
+                continue;
+            }
+            for (int j = pt.kw_lo; j < pt.kw_hi; j++) {
+                dw_madd(C, s.acc, image + ((size_t)ih * p->in_w + pt.iw0 + j) * C, zp,
+                    s.wt + (i * p->kernel_w + j) * C);
+            }
+        }
+        int8_t *out = y + (size_t)qq * C;
+        for (int c = 0; c < C; c++) {
+            const int32_t v = s.acc[c];
+            s.mm[2 * c] = mt_s8_min(s.mm[2 * c], v);
+            s.mm[2 * c + 1] = mt_s8_max(s.mm[2 * c + 1], v);
+            out[c] = (int8_t)mt_s8_clamp(mt_s8_rq(v, &s.rq[c]) + q->y.zero_point, q->act_min,
+                q->act_max);
+        }
+    }
+    if (y_range) {
+        mt_s8_fold_range(C, s.mm, 2, q->x.scale, w_scale, y_range);
+    }
+    return 0;
+}
+
+static int depthwise_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
+    const int8_t *dy, const int8_t *w, const float *w_scale, int8_t *dx, float *dx_absmax,
+    void *scratch) {
+    dw_scratch_t s;
+    dw_layout(p, scratch, &s);
+    const int C = p->in_c;
+    for (int c = 0; c < C; c++) {
+        if (mt_s8_rq_from_real((q->dy_scale * w_scale[c]) / q->dx_scale, &s.rq[c])) {
+            return -1;
+        }
+    }
+    dw_transpose(p, w, s.wt);
+    init_minmax(s.mm, C);
+    const int pixels = in_pixels(p), per_image = p->in_h * p->in_w;
+    for (int qq = 0; qq < pixels; qq++) {
+        const int n = qq / per_image, ih = qq % per_image / p->in_w, iw = qq % p->in_w;
+        memset(s.acc, 0, (size_t)C * sizeof(int32_t));
+        for (int i = 0; i < p->kernel_h; i++) {
+            const int oh = exact_out(ih + p->pad_h - i, p->stride_h, p->out_h);
+            if (oh < 0) {
+                continue;
+            }
+            for (int j = 0; j < p->kernel_w; j++) {
+                const int ow = exact_out(iw + p->pad_w - j, p->stride_w, p->out_w);
+                if (ow >= 0) {
+                    dw_madd(C, s.acc, dy + (((size_t)n * p->out_h + oh) * p->out_w + ow) * C, 0,
+                        s.wt + (i * p->kernel_w + j) * C);
+                }
+            }
+        }
+        int8_t *out = dx + (size_t)qq * C;
+        for (int c = 0; c < C; c++) {
+            const int32_t v = s.acc[c];
+            s.mm[2 * c] = mt_s8_min(s.mm[2 * c], v);
+            s.mm[2 * c + 1] = mt_s8_max(s.mm[2 * c + 1], v);
+            out[c] = (int8_t)mt_s8_clamp(mt_s8_rq(v, &s.rq[c]), -MT_S8_SYM_MAX, MT_S8_SYM_MAX);
+        }
+    }
+    if (dx_absmax) {
+        float m = 0.0f;
+        for (int c = 0; c < C; c++) {
+            if (s.mm[2 * c] > s.mm[2 * c + 1]) {
+                continue;
+            }
+            const float unit = q->dy_scale * w_scale[c];
+            const float lo = -((float)s.mm[2 * c] * unit), hi = (float)s.mm[2 * c + 1] * unit;
+            m = lo > m ? lo : m;
+            m = hi > m ? hi : m;
+        }
+        *dx_absmax = m;
+    }
+    return 0;
+}
+
+static int depthwise_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
+    const mt_s8_update_t *u, const int8_t *x, const int8_t *dy, int8_t *w, float *w_scale,
+    int32_t *bias, const uint8_t *mask, mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats,
+    void *scratch) {
+    dw_scratch_t s;
+    dw_layout(p, scratch, &s);
+    const int C = p->in_c, taps = taps_of(p), zp = q->x.zero_point, pixels = out_pixels(p);
+    memset(s.acc, 0, (size_t)taps * C * sizeof(int32_t));
+    // acc[t][c] = sum over output pixels of dy[c] * (x under tap t)[c].
+    for (int qq = 0; qq < pixels; qq++) {
+        const patch_t pt = patch_of(p, qq);
+        const int8_t *image = x + (size_t)pt.image * p->in_h * p->in_w * C;
+        const int8_t *d = dy + (size_t)qq * C;
+        for (int i = 0; i < p->kernel_h; i++) {
+            const int ih = pt.ih0 + i;
+            if (ih < 0 || ih >= p->in_h) {
+                continue;
+            }
+            for (int j = pt.kw_lo; j < pt.kw_hi; j++) {
+                dw_madd(C, s.acc + (i * p->kernel_w + j) * C,
+                    image + ((size_t)ih * p->in_w + pt.iw0 + j) * C, zp, d);
+            }
+        }
+    }
+    mt_s8_step_t step;
+    if (u) {
+        step = mt_s8_step_make(u, q);
+    }
+    for (int c = 0; c < C; c++) {
+        if (mask && !mask[c]) {
+            continue;
+        }
+        for (int t = 0; t < taps; t++) {
+            s.row[t] = s.acc[t * C + c];
+        }
+        int32_t bsum = 0;
+        for (int qq = 0; qq < pixels; qq++) {
+            bsum += dy[(size_t)qq * C + c];
+        }
+        if (b_stats) {
+            mt_grad_stats_add(b_stats, &bsum, 1);
+        }
+        if (u) {
+            mt_s8_update_row(u, &step, taps, s.row, w + c * taps, &w_scale[c],
+                bias ? &bias[c] : NULL, bsum, w_stats);
+        } else if (w_stats) {
+            mt_grad_stats_add(w_stats, s.row, taps);
+        }
+    }
+    return 0;
+}
+
+// ---- general: forward ---------------------------------------------------------------------
+
+typedef struct {
+    mt_s8_rq_t *rq;       // out_c
+    int32_t *rec;         // REC_WORDS * out_c
+    int16_t *wpanel;      // groups * ceil(og / 2) blocks of 2 * kp
+    int16_t *apanel;      // 3 * kp
+    int8_t *stage;        // 3 * K
+} fwd_scratch_t;
+
+static size_t fwd_layout(const mt_conv2d_params_t *p, void *scratch, fwd_scratch_t *s) {
+    const int og = p->out_c / p->groups, K = taps_of(p) * (p->in_c / p->groups);
+    const size_t kp = (size_t)mt_gemm_s8_kpad(K);
+    arena_t a = { scratch, 0 };
+    s->rq = take(&a, (size_t)p->out_c * sizeof(mt_s8_rq_t));
+    s->rec = take(&a, REC_WORDS * (size_t)p->out_c * sizeof(int32_t));
+    s->wpanel = take(&a, (size_t)p->groups * (size_t)round_up(og, 2) * kp * sizeof(int16_t));
+    s->apanel = take(&a, 3 * kp * sizeof(int16_t));
+    s->stage = take(&a, 3 * (size_t)K);
+    return a.used;
+}
+
+int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, const int8_t *x,
+    const int8_t *w, const float *w_scale, const int32_t *bias, int8_t *y, mt_range_t *y_range,
+    void *scratch) {
+    if (is_depthwise(p)) {
+        return depthwise_forward(p, q, x, w, w_scale, bias, y, y_range, scratch);
+    }
+    fwd_scratch_t s;
+    fwd_layout(p, scratch, &s);
+    const int O = p->out_c, G = p->groups, og = O / G, K = taps_of(p) * (p->in_c / G);
+    const int kp = mt_gemm_s8_kpad(K), ogb = (og + 1) / 2, pixels = out_pixels(p);
+    const int32_t zp_x = q->x.zero_point, zp_y = q->y.zero_point;
+    const int32_t lo = q->act_min, hi = q->act_max;
+    for (int o = 0; o < O; o++) {
+        if (mt_s8_rq_from_real((q->x.scale * w_scale[o]) / q->y.scale, &s.rq[o])) {
+            return -1;
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        mt_pack_s8_rows(w + (size_t)g * og * K, K, og, K, 0, 2, kp,
+            s.wpanel + (size_t)g * ogb * 2 * kp);
+    }
+    // Per-channel records for the block epilogue; fast: both channels of a block qualify.
+    for (int o = 0; o < O; o++) {
+        int32_t *rec = s.rec + REC_WORDS * o;
+        rec[REC_M] = s.rq[o].m;
+        rec[REC_RIGHT] = s.rq[o].right;
+        rec[REC_K] = s.rq[o].right >= 1 && s.rq[o].right <= 23 ? mt_s8_rq_c(s.rq[o].right, zp_y) : 0;
+        rec[REC_MIN] = INT32_MAX;
+        rec[REC_MAX] = INT32_MIN;
+    }
+    epi_ctx_t ctx = { O, lo, hi, (y_range ? EPI_TRACK : 0) | (lo > MT_S8_ACT_MIN ? EPI_LO : 0)
+                      | (hi < MT_S8_ACT_MAX ? EPI_HI : 0) };
+    const int direct = (K / p->kernel_h / p->kernel_w) % 4 == 0;
+    int32_t *apanel = (int32_t *)s.apanel;
+    for (int q0 = 0; q0 < pixels; q0 += 3) {
+        const int rows = mt_s8_min(3, pixels - q0);
+        for (int g = 0; g < G; g++) {
+            if (direct) {
+                for (int r = 0; r < 3; r++) {
+                    if (r < rows) {
+                        pack_patch(p, x, q0 + r, g, zp_x, kp, apanel + r, 3);
+                    } else {
+                        mt_pack_zero_run(kp, apanel + r, 3);
+                    }
+                }
+            } else {
+                for (int r = 0; r < rows; r++) {
+                    im2col_pixel(p, x, q0 + r, g, (int8_t)zp_x, s.stage + r * K);
+                }
+                mt_pack_s8_rows(s.stage, K, rows, K, zp_x, 3, kp, s.apanel);
+            }
+            const int16_t *wp = s.wpanel + (size_t)g * ogb * 2 * kp;
+            for (int cb = 0; cb < ogb; cb++, wp += 2 * kp) {
+                const int o0 = g * og + 2 * cb, cols = mt_s8_min(2, og - 2 * cb);
+                const int32_t b0 = bias ? bias[o0] : 0;
+                const int32_t b1 = bias && cols > 1 ? bias[o0 + 1] : 0;
+                int32_t acc[6] = { b0, b1, b0, b1, b0, b1 };
+                mt_gemm_s16_3x2(kp, apanel, (const int32_t *)wp, acc);
+                int8_t *out = y + (size_t)q0 * O + o0;
+                int32_t *rec = s.rec + REC_WORDS * o0;
+                if (rows == 3 && cols == 2 && s.rq[o0].left == 0 && s.rq[o0 + 1].left == 0
+                    && s.rq[o0].right >= 1 && s.rq[o0].right <= 23
+                    && s.rq[o0 + 1].right >= 1 && s.rq[o0 + 1].right <= 23) {
+                    epi_3x2(acc, rec, out, &ctx);
+                    continue;
+                }
+                forward_out(acc, rows, &s.rq[o0], zp_y, lo, hi, rec, out, O);
+                if (cols > 1) {
+                    forward_out(acc + 1, rows, &s.rq[o0 + 1], zp_y, lo, hi, rec + REC_WORDS,
+                        out + 1, O);
+                }
+            }
+        }
+    }
+    if (y_range) {
+        mt_s8_fold_range(O, s.rec + REC_MIN, REC_WORDS, q->x.scale, w_scale, y_range);
+    }
+    return 0;
+}
+
+// ---- general: input gradient --------------------------------------------------------------
+
+typedef struct {
+    int32_t *r;           // out_c
+    int16_t *wpanel;      // groups * ceil(cg / 2) blocks of 2 * kp
+    int16_t *apanel;      // 3 * kp
+    int8_t *stage;        // 3 * taps * og
+} gi_scratch_t;
+
+static size_t gi_layout(const mt_conv2d_params_t *p, void *scratch, gi_scratch_t *s) {
+    const int cg = p->in_c / p->groups, K = taps_of(p) * (p->out_c / p->groups);
+    const size_t kp = (size_t)mt_gemm_s8_kpad(K);
+    arena_t a = { scratch, 0 };
+    s->r = take(&a, (size_t)p->out_c * sizeof(int32_t));
+    s->wpanel = take(&a, (size_t)p->groups * (size_t)round_up(cg, 2) * kp * sizeof(int16_t));
+    s->apanel = take(&a, 3 * kp * sizeof(int16_t));
+    s->stage = take(&a, 3 * (size_t)K);
+    return a.used;
+}
+
+// Panel of group g's transposed weights: row c (input channel), k = tap * og + o, value
+// w[o][tap][c] * r[o].
+static void pack_weights_transposed(const mt_conv2d_params_t *p, const int8_t *w,
+    const int32_t *r, int g, int kp, int16_t *panel) {
+    const int og = p->out_c / p->groups, cg = p->in_c / p->groups, taps = taps_of(p);
+    const int K = taps * og, blocks = (cg + 1) / 2;
+    const int8_t *wg = w + (size_t)g * og * taps * cg;
+    const int32_t *rg = r + g * og;
+    int t = 0, o = 0;
+    for (int k = 0; k < kp; k++) {
+        const int pos = mt_gemm_s8_pos(k);
+        // Row 0 of block 0 at this position; rows 0 and 1 of a block are 2 int16 apart.
+        int16_t *dst = panel + (pos >> 1) * 4 + (pos & 1);
+        if (k < K) {
+            const int8_t *src = wg + ((size_t)o * taps + t) * cg;
+            const int32_t ro = rg[o];
+            int c = 0;
+            for (; c + 2 <= cg; c += 2, dst += 2 * kp) {
+                dst[0] = (int16_t)(src[c] * ro);
+                dst[2] = (int16_t)(src[c + 1] * ro);
+            }
+            if (c < cg) {
+                dst[0] = (int16_t)(src[c] * ro);
+                dst[2] = 0;
+            }
+            if (++o == og) {
+                o = 0;
+                t++;
+            }
+        } else {
+            for (int b = 0; b < blocks; b++, dst += 2 * kp) {
+                dst[0] = 0;
+                dst[2] = 0;
+            }
+        }
+    }
+}
+
+int mt_conv2d_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
+    const int8_t *dy, const int8_t *w, const float *w_scale, int8_t *dx, float *dx_absmax,
+    void *scratch) {
+    if (is_depthwise(p)) {
+        return depthwise_grad_input(p, q, dy, w, w_scale, dx, dx_absmax, scratch);
+    }
+    gi_scratch_t s;
+    gi_layout(p, scratch, &s);
+    const int G = p->groups, C = p->in_c, cg = C / G, og = p->out_c / G;
+    const int K = taps_of(p) * og, kp = mt_gemm_s8_kpad(K), cgb = (cg + 1) / 2;
+    const int pixels = in_pixels(p);
+    mt_s8_rq_t rq;
+    float unit;
+    if (mt_s8_grad_input_fold(K, p->out_c, w_scale, q->dy_scale, q->dx_scale, s.r, &rq, &unit)) {
+        return -1;
+    }
+    for (int g = 0; g < G; g++) {
+        pack_weights_transposed(p, w, s.r, g, kp, s.wpanel + (size_t)g * cgb * 2 * kp);
+    }
+    int32_t amin = 0, amax = 0;
+    const int fast = rq.left == 0 && rq.right >= 1 && rq.right <= 23;
+    const int32_t rec[3] = { rq.m, fast ? mt_s8_rq_c(rq.right, 0) : 0, rq.right };
+    int32_t range[3] = { 0, 0, C };
+    for (int q0 = 0; q0 < pixels; q0 += 3) {
+        const int rows = mt_s8_min(3, pixels - q0);
+        for (int g = 0; g < G; g++) {
+            if (og % 4 == 0) {
+                for (int r = 0; r < 3; r++) {
+                    if (r < rows) {
+                        pack_dy_pixel(p, dy, q0 + r, g, kp, (int32_t *)s.apanel + r, 3);
+                    } else {
+                        mt_pack_zero_run(kp, (int32_t *)s.apanel + r, 3);
+                    }
+                }
+            } else {
+                for (int r = 0; r < rows; r++) {
+                    gather_dy_pixel(p, dy, q0 + r, g, s.stage + r * K);
+                }
+                mt_pack_s8_rows(s.stage, K, rows, K, 0, 3, kp, s.apanel);
+            }
+            const int16_t *wp = s.wpanel + (size_t)g * cgb * 2 * kp;
+            for (int cb = 0; cb < cgb; cb++, wp += 2 * kp) {
+                const int c0 = g * cg + 2 * cb, cols = mt_s8_min(2, cg - 2 * cb);
+                int32_t acc[6] = { 0, 0, 0, 0, 0, 0 };
+                mt_gemm_s16_3x2(kp, (const int32_t *)s.apanel, (const int32_t *)wp, acc);
+                if (fast && rows == 3 && cols == 2) {
+                    grad_input_out(acc, rec, dx + (size_t)q0 * C + c0, range);
+                    continue;
+                }
+                amin = mt_s8_min(amin, range[0]);
+                amax = mt_s8_max(amax, range[1]);
+                for (int r = 0; r < rows; r++) {
+                    int8_t *out = dx + (size_t)(q0 + r) * C + c0;
+                    for (int c = 0; c < cols; c++) {
+                        const int32_t v = acc[r * 2 + c];
+                        amin = mt_s8_min(amin, v);
+                        amax = mt_s8_max(amax, v);
+                        out[c] = (int8_t)mt_s8_clamp(mt_s8_rq(v, &rq), -MT_S8_SYM_MAX,
+                            MT_S8_SYM_MAX);
+                    }
+                }
+            }
+        }
+    }
+    amin = mt_s8_min(amin, range[0]);
+    amax = mt_s8_max(amax, range[1]);
+    if (dx_absmax) {
+        const float a = -(float)amin > (float)amax ? -(float)amin : (float)amax;
+        *dx_absmax = a * unit;
+    }
+    return 0;
+}
+
+// ---- general: update --------------------------------------------------------------------
+
+// The update's shape: channel pairs, the transposed input's rows, and the tiles of slots
+// (output pixels, each output row padded to a multiple of 4).
+typedef struct {
+    int cg, cge, cpg;     // channels per group, rounded up to even, pairs of them
+    int taps, Kr;         // Kr = taps * cge: an accumulator row
+    int xh, xws;          // xp rows per image, columns per stride phase
+    int owp;              // output row padded to a multiple of 4
+    int rows_per_tile, tile_slots;
+} upd_shape_t;
+
+static upd_shape_t upd_shape(const mt_conv2d_params_t *p) {
+    upd_shape_t u;
+    u.cg = p->in_c / p->groups;
+    u.cge = round_up(u.cg, 2);
+    u.cpg = u.cge / 2;
+    u.taps = taps_of(p);
+    u.Kr = u.taps * u.cge;
+    u.xh = (p->out_h - 1) * p->stride_h + p->kernel_h;
+    u.owp = round_up(p->out_w, 4);
+    u.xws = u.owp + (p->kernel_w - 1) / p->stride_w;
+    const int rows = p->batch * p->out_h;
+    u.rows_per_tile = mt_s8_max(1, mt_s8_min(rows, UPDATE_TILE_SLOTS / u.owp));
+    u.tile_slots = round_up(u.rows_per_tile * u.owp, MT_GEMM_S8_KSTEP);
+    return u;
+}
+
+typedef struct {
+    uint16_t *xp;         // groups * cpg * batch * xh * stride_w * xws channel pairs
+    int32_t *acc;         // block rows of Kr
+    int16_t *apanel;      // block / 3 panels of 3 * tile_slots
+    int16_t *bpanel;      // 2 * tile_slots
+    int32_t *chan;        // block channel indices
+    int32_t *bsum;        // block bias gradient sums
+} upd_scratch_t;
+
+static size_t upd_layout(const mt_conv2d_params_t *p, const upd_shape_t *u, int block,
+    void *scratch, upd_scratch_t *s) {
+    arena_t a = { scratch, 0 };
+    const size_t xp = (size_t)p->groups * u->cpg * p->batch * u->xh * p->stride_w * u->xws;
+    s->xp = take(&a, (xp + 2) * sizeof(uint16_t));   // +2: a 4-byte load may read one past
+    s->acc = take(&a, (size_t)block * u->Kr * sizeof(int32_t));
+    s->apanel = take(&a, (size_t)block * u->tile_slots * sizeof(int16_t));
+    s->bpanel = take(&a, 2 * (size_t)u->tile_slots * sizeof(int16_t));
+    s->chan = take(&a, (size_t)block * sizeof(int32_t));
+    s->bsum = take(&a, (size_t)block * sizeof(int32_t));
+    return a.used;
+}
+
+// xp[g][pair][n][xr][phase][col] = channels (2 pair, 2 pair + 1) of group g at input row
+// xr - pad_h, column (col * stride_w + phase) - pad_w, as the two bytes of a halfword; zp_x
+// outside the image and for the odd channel's missing partner.
+static void build_xp(const mt_conv2d_params_t *p, const upd_shape_t *u, const int8_t *x,
+    int8_t zp, uint16_t *xp) {
+    const int sw = p->stride_w, C = p->in_c;
+    const uint16_t pad = (uint16_t)(((uint16_t)(uint8_t)zp << 8) | (uint8_t)zp);
+    for (int g = 0; g < p->groups; g++) {
+        for (int cp = 0; cp < u->cpg; cp++) {
+            const int c0 = g * u->cg + 2 * cp, has1 = 2 * cp + 1 < u->cg;
+            for (int n = 0; n < p->batch; n++) {
+                for (int xr = 0; xr < u->xh; xr++) {
+                    const int ih = xr - p->pad_h;
+                    if (ih < 0 || ih >= p->in_h) {
+                        for (int i = 0; i < sw * u->xws; i++) {
+                            *xp++ = pad;
+                        }
+                        continue;
+                    }
+                    const int8_t *row = x + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0;
+                    for (int ph = 0; ph < sw; ph++) {
+                        // Columns col with 0 <= col * sw + ph - pad_w < in_w: [lo, hi).
+                        const int first = p->pad_w - ph;
+                        const int lo = mt_s8_min(u->xws, first <= 0 ? 0 : (first + sw - 1) / sw);
+                        const int end = p->in_w + p->pad_w - ph;
+                        const int hi = mt_s8_max(lo, mt_s8_min(u->xws, end <= 0 ? 0 : (end + sw - 1) / sw));
+                        int col = 0;
+                        for (; col < lo; col++) {
+                            *xp++ = pad;
+                        }
+                        const int8_t *px = row + (size_t)(lo * sw + ph - p->pad_w) * C;
+                        if (has1) {
+                            for (; col < hi; col++, px += sw * C) {
+                                *xp++ = (uint16_t)mt_s8_load16(px);
+                            }
+                        } else {
+                            for (; col < hi; col++, px += sw * C) {
+                                *xp++ = (uint16_t)((uint8_t)px[0] | (pad & 0xff00u));
+                            }
+                        }
+                        for (; col < u->xws; col++) {
+                            *xp++ = pad;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// B panel (2 columns: channels 2 cp, 2 cp + 1 of tap (kh, kw)) over the tile's slots: output
+// rows [row0, row0 + rows) of the batch, out_w pixels each padded to owp.
+static void pack_update_cols(const mt_conv2d_params_t *p, const upd_shape_t *u,
+    const uint16_t *xp_pair, int kh, int kw, int row0, int rows, int32_t zp, int32_t *dst) {
+    const int sw = p->stride_w, phase = kw % sw, shift = kw / sw;
+    const size_t image = (size_t)u->xh * sw * u->xws, row_step = (size_t)p->stride_h * sw * u->xws;
+    int32_t *end = dst + u->tile_slots;
+    int n = row0 / p->out_h, oh = row0 % p->out_h;
+    const uint16_t *base = xp_pair + n * image + ((size_t)kh * sw + phase) * u->xws + shift;
+    const uint16_t *src = base + oh * row_step;
+    for (int r = 0; r < rows; r++) {
+        if (oh == p->out_h) {
+            oh = 0;
+            base += image;
+            src = base;
+        }
+        const uint16_t *next = src + row_step;
+        oh++;
+#if MT_S8_DSP
+        // Per 4 slots: (h0, h1), (h2, h3) -> (h0, h2), (h1, h3) -> 4 words, one STM: 11
+        // instructions for 8 values.
+        const uint32_t neg = mt_s8_pair(-zp);
+        int groups = u->owp / 4;
+        __asm__ volatile (
+            "1:\n\t"
+            "ldr r5, [%[src], #4]\n\t"
+            "ldr r4, [%[src]], #8\n\t"
+            "pkhbt r6, r4, r5, lsl #16\n\t"
+            "pkhtb r8, r5, r4, asr #16\n\t"
+            "sxtab16 r4, %[neg], r6\n\t"
+            "sxtab16 r5, %[neg], r6, ror #8\n\t"
+            "sxtab16 r6, %[neg], r8\n\t"
+            "sxtab16 r8, %[neg], r8, ror #8\n\t"
+            "stm %[dst]!, {r4, r5, r6, r8}\n\t"
+            "subs %[n], %[n], #1\n\t"
+            "bne 1b\n\t"
+            : [src] "+r" (src), [dst] "+r" (dst), [n] "+r" (groups)
+            : [neg] "r" (neg)
+            : "r4", "r5", "r6", "r8", "cc", "memory");
+#else
+        for (int s = 0; s < u->owp; s += 4, src += 4, dst += 4) {
+            int16_t a[4], b[4];
+            for (int t = 0; t < 4; t++) {
+                const uint16_t h = src[t];
+                a[t] = (int16_t)((int8_t)(uint8_t)(h & 0xff) - zp);
+                b[t] = (int16_t)((int8_t)(uint8_t)(h >> 8) - zp);
+            }
+            // Group positions {0, 1, 2, 3} hold slots {0, 2, 1, 3}.
+            dst[0] = mt_s8_words(a[0], a[2]);
+            dst[1] = mt_s8_words(b[0], b[2]);
+            dst[2] = mt_s8_words(a[1], a[3]);
+            dst[3] = mt_s8_words(b[1], b[3]);
+        }
+#endif
+        src = next;
+    }
+    while (dst < end) {
+        *dst++ = 0;
+    }
+}
+
+// A panels: dy transposed for the block's channels (3 per panel) over the tile's slots;
+// zeros for padding slots and missing channels.
+static void pack_update_dy(const mt_conv2d_params_t *p, const upd_shape_t *u, const int8_t *dy,
+    const int32_t *chan, int nchan, int row0, int rows, int16_t *apanel, int32_t *bsum) {
+    const int O = p->out_c, slots = u->tile_slots, panels = (nchan + 2) / 3;
+    for (int b = 0; b < panels; b++) {
+        int32_t *words = (int32_t *)(apanel + (size_t)b * 3 * slots);
+        for (int r = 0; r < 3; r++) {
+            const int i = b * 3 + r;
+            int32_t *dst = words + r;
+            int s = 0;
+            if (i < nchan) {
+                const int o = chan[i];
+                int32_t sum = 0;
+                for (int row = row0; row < row0 + rows; row++) {
+                    const int8_t *d = dy + (size_t)row * p->out_w * O + o;
+                    int ow = 0;
+                    for (; ow + 4 <= p->out_w; ow += 4, s += 4, dst += 6, d += 4 * O) {
+                        const int32_t d0 = d[0], d1 = d[O], d2 = d[2 * O], d3 = d[3 * O];
+                        sum += d0 + d1 + d2 + d3;
+                        dst[0] = mt_s8_words((int16_t)d0, (int16_t)d2);
+                        dst[3] = mt_s8_words((int16_t)d1, (int16_t)d3);
+                    }
+                    for (; ow < u->owp; ow += 4, s += 4, dst += 6, d += 4 * O) {
+                        int16_t v[4];
+                        for (int t = 0; t < 4; t++) {
+                            v[t] = (int16_t)(ow + t < p->out_w ? d[t * O] : 0);
+                            sum += v[t];
+                        }
+                        dst[0] = mt_s8_words(v[0], v[2]);
+                        dst[3] = mt_s8_words(v[1], v[3]);
+                    }
+                }
+                bsum[i] += sum;
+            }
+            for (; s < slots; s += 2, dst += 3) {
+                *dst = 0;
+            }
+        }
+    }
+}
+
+// The largest block (a multiple of 3, at least 3, at most og rounded up) that fits.
+static int upd_block(const mt_conv2d_params_t *p, const upd_shape_t *u, size_t scratch_bytes) {
+    const int og = p->out_c / p->groups, max_block = round_up(og, 3);
+    upd_scratch_t s;
+    int block = 3;
+    while (block + 3 <= max_block && upd_layout(p, u, block + 3, NULL, &s) <= scratch_bytes) {
+        block += 3;
+    }
+    return block;
+}
+
+int mt_conv2d_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
+    const mt_s8_update_t *u, const int8_t *x, const int8_t *dy, int8_t *w, float *w_scale,
+    int32_t *bias, const uint8_t *mask, mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats,
+    void *scratch, size_t scratch_bytes) {
+    if (w_stats) {
+        w_stats->sum = w_stats->sum_sq = 0.0f;
+        w_stats->count = 0;
+    }
+    if (b_stats) {
+        b_stats->sum = b_stats->sum_sq = 0.0f;
+        b_stats->count = 0;
+    }
+    if (is_depthwise(p)) {
+        return depthwise_update(p, q, u, x, dy, w, w_scale, bias, mask, w_stats, b_stats,
+            scratch);
+    }
+    const upd_shape_t sh = upd_shape(p);
+    const int block = upd_block(p, &sh, scratch_bytes);
+    upd_scratch_t s;
+    if (upd_layout(p, &sh, block, scratch, &s) > scratch_bytes) {
+        return -1;
+    }
+    const int O = p->out_c, G = p->groups, og = O / G, cg = sh.cg, K = sh.taps * cg;
+    const int rows_total = p->batch * p->out_h;
+    const int32_t zp = q->x.zero_point;
+    const size_t xp_pair = (size_t)p->batch * sh.xh * p->stride_w * sh.xws;
+    mt_s8_step_t step;
+    if (u) {
+        step = mt_s8_step_make(u, q);
+    }
+    build_xp(p, &sh, x, (int8_t)zp, s.xp);
+    for (int g = 0; g < G; g++) {
+        for (int o_next = g * og; o_next < (g + 1) * og;) {
+            // The next block of selected channels of this group.
+            int nchan = 0;
+            for (; o_next < (g + 1) * og && nchan < block; o_next++) {
+                if (!mask || mask[o_next]) {
+                    s.chan[nchan++] = o_next;
+                }
+            }
+            if (nchan == 0) {
+                continue;
+            }
+            const int panels = (nchan + 2) / 3;
+            for (int i = 0; i < nchan; i++) {
+                s.bsum[i] = 0;
+            }
+            for (int i = 0; i < panels * 3 * sh.Kr; i++) {
+                s.acc[i] = 0;
+            }
+            for (int row0 = 0; row0 < rows_total; row0 += sh.rows_per_tile) {
+                const int rows = mt_s8_min(sh.rows_per_tile, rows_total - row0);
+                pack_update_dy(p, &sh, dy, s.chan, nchan, row0, rows, s.apanel, s.bsum);
+                for (int t = 0; t < sh.taps; t++) {
+                    const int kh = t / p->kernel_w, kw = t % p->kernel_w;
+                    for (int cp = 0; cp < sh.cpg; cp++) {
+                        pack_update_cols(p, &sh, s.xp + (size_t)(g * sh.cpg + cp) * xp_pair, kh,
+                            kw, row0, rows, zp, (int32_t *)s.bpanel);
+                        const int k = t * sh.cge + 2 * cp;
+                        const int32_t *ap = (const int32_t *)s.apanel;
+                        int32_t *acc = s.acc + k;
+                        for (int b = 0; b < panels; b++, ap += 3 * sh.tile_slots / 2,
+                            acc += 3 * sh.Kr) {
+                            mt_gemm_s16_3x2_rows(sh.tile_slots, ap, (const int32_t *)s.bpanel,
+                                acc, sh.Kr);
+                        }
+                    }
+                }
+            }
+            for (int i = 0; i < nchan; i++) {
+                const int o = s.chan[i];
+                int32_t *row = s.acc + (size_t)i * sh.Kr;
+                if (cg != sh.cge) {
+                    for (int t = 1; t < sh.taps; t++) {
+                        memmove(row + t * cg, row + t * sh.cge, (size_t)cg * sizeof(int32_t));
+                    }
+                }
+                const int32_t bsum = s.bsum[i];
+                if (b_stats) {
+                    mt_grad_stats_add(b_stats, &bsum, 1);
+                }
+                if (u) {
+                    mt_s8_update_row(u, &step, K, row, w + (size_t)o * K, &w_scale[o],
+                        bias ? &bias[o] : NULL, bsum, w_stats);
+                } else if (w_stats) {
+                    mt_grad_stats_add(w_stats, row, K);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+// ---- scratch sizes ------------------------------------------------------------------------
+
+size_t mt_conv2d_s8_update_scratch_bytes(const mt_conv2d_params_t *p, int block) {
+    if (is_depthwise(p)) {
+        dw_scratch_t s;
+        return dw_layout(p, NULL, &s);
+    }
+    const upd_shape_t sh = upd_shape(p);
+    upd_scratch_t s;
+    return upd_layout(p, &sh, round_up(mt_s8_max(block, 1), 3), NULL, &s);
+}
+
+size_t mt_conv2d_s8_scratch_bytes(const mt_conv2d_params_t *p) {
+    if (is_depthwise(p)) {
+        dw_scratch_t s;
+        return dw_layout(p, NULL, &s);
+    }
+    fwd_scratch_t f;
+    gi_scratch_t g;
+    size_t bytes = fwd_layout(p, NULL, &f);
+    const size_t gi = gi_layout(p, NULL, &g);
+    bytes = gi > bytes ? gi : bytes;
+    // The update: one pass over x if that needs at most 3x what forward and input gradient
+    // need anyway, else blocks of channels within 1.5x of it (at least 3 channels).
+    const int og = p->out_c / p->groups;
+    const size_t single = mt_conv2d_s8_update_scratch_bytes(p, og);
+    if (single <= 3 * bytes) {
+        return single > bytes ? single : bytes;
+    }
+    int block = 3;
+    while (block + 3 < og && mt_conv2d_s8_update_scratch_bytes(p, block + 3) <= bytes + bytes / 2) {
+        block += 3;
+    }
+    const size_t upd = mt_conv2d_s8_update_scratch_bytes(p, block);
+    return upd > bytes ? upd : bytes;
+}

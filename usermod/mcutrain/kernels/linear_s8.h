@@ -1,0 +1,39 @@
+// int8 fully connected layer, fully quantized training (the scheme: quant.h; the maths of
+// forward, input gradient and update, and how to call them: conv2d_s8.h, of which this is
+// the case of a 1x1 "image" per sample). Layouts as linear_f32.h: x (batch, in), y and dy
+// (batch, out), weight (out, in) int8 with one scale per output row, bias int32 (out).
+//
+// Speed: batch 1 streams the int8 weights through SXTB16 + SMLAD (forward) and takes pairs of
+// weight rows at a time (input gradient); larger batches use the int16-panel GEMM of
+// gemm_s8.h. The update builds each selected row's int32 gradient (batch products per
+// weight) in scratch and applies it at once.
+#ifndef MCUTRAIN_KERNELS_LINEAR_S8_H
+#define MCUTRAIN_KERNELS_LINEAR_S8_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "linear_f32.h"
+#include "quant.h"
+
+// Scratch bytes for all three calls (8-byte aligned).
+size_t mt_linear_s8_scratch_bytes(const mt_linear_params_t *p);
+
+// y (overwritten); bias and y_range may be NULL. Returns 0, or -1 (nothing written) if a
+// requantization multiplier is unrepresentable.
+int mt_linear_s8_forward(const mt_linear_params_t *p, const mt_s8_quant_t *q, const int8_t *x,
+    const int8_t *w, const float *w_scale, const int32_t *bias, int8_t *y, mt_range_t *y_range,
+    void *scratch);
+
+// dx (overwritten), before the update; dx_absmax may be NULL.
+int mt_linear_s8_grad_input(const mt_linear_params_t *p, const mt_s8_quant_t *q,
+    const int8_t *dy, const int8_t *w, const float *w_scale, int8_t *dx, float *dx_absmax,
+    void *scratch);
+
+// Updates w, w_scale and bias (may be NULL) in place, rows selected by mask (NULL: all);
+// u == NULL computes only the statistics (w_stats, b_stats may be NULL).
+int mt_linear_s8_update(const mt_linear_params_t *p, const mt_s8_quant_t *q,
+    const mt_s8_update_t *u, const int8_t *x, const int8_t *dy, int8_t *w, float *w_scale,
+    int32_t *bias, const uint8_t *mask, mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats,
+    void *scratch);
+
+#endif

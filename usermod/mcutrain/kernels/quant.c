@@ -1,0 +1,418 @@
+// Scale / zero-point maths for the int8 kernels; the scheme is documented in quant.h.
+#include <math.h>
+#include <string.h>
+#include "quant.h"
+#include "s8_common.h"
+
+// The reference reproduces these float expressions operation by operation, so no
+// multiply-add may be fused into an FMA (the M4F and RV32 "F" have one; numpy has not).
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+// 1.5 * 2^23: adding and subtracting it rounds a float below 2^22 in magnitude to an
+// integer in the current rounding mode (nearest even), with no libm call.
+#define ROUND_MAGIC 12582912.0f
+
+static int32_t saturate_to_int32(float x) {
+    // Every float in [-2^31, 2^31) converts exactly; larger ones saturate.
+    if (x >= 2147483648.0f) {
+        return INT32_MAX;
+    }
+    if (x < -2147483648.0f) {
+        return INT32_MIN;
+    }
+    if (x != x) {
+        return 0;
+    }
+    return (int32_t)x;
+}
+
+int32_t mt_round_half_even(float x) {
+    if (x > -4194304.0f && x < 4194304.0f) {
+        return (int32_t)((x + ROUND_MAGIC) - ROUND_MAGIC);
+    }
+    // From 2^22 up every float is an integer or a half (only below 2^23): round halves.
+    if (x > -8388608.0f && x < 8388608.0f) {
+        int32_t t = (int32_t)x;    // truncated toward zero
+        float frac = x - (float)t;
+        if (frac == 0.5f) {
+            return t + (t & 1);
+        }
+        if (frac == -0.5f) {
+            return t - (t & 1);
+        }
+        return t;
+    }
+    return saturate_to_int32(x);
+}
+
+uint32_t mt_rng_next(mt_rng_t *rng) {
+    uint32_t s = rng->state ? rng->state : 0x9e3779b9u;
+    s ^= s << 13;
+    s ^= s >> 17;
+    s ^= s << 5;
+    rng->state = s;
+    return s;
+}
+
+float mt_rng_uniform(mt_rng_t *rng) {
+    return (float)(mt_rng_next(rng) >> 8) * (1.0f / 16777216.0f);
+}
+
+static int32_t floor_to_int32(float x) {
+    if (x >= 2147483648.0f || x < -2147483648.0f || x != x) {
+        return saturate_to_int32(x);
+    }
+    int32_t t = (int32_t)x;
+    return (float)t > x ? t - 1 : t;
+}
+
+int32_t mt_round_stochastic(float x, mt_rng_t *rng) {
+    if (!rng) {
+        return mt_round_half_even(x);
+    }
+    return floor_to_int32(x + mt_rng_uniform(rng));
+}
+
+static int32_t clamp_int(int32_t v, int32_t lo, int32_t hi) {
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+void mt_quantize_s8(const float *x, int8_t *q, size_t n, mt_qparams_t qp, int qmin, int qmax,
+    mt_rng_t *rng) {
+    for (size_t i = 0; i < n; i++) {
+        int32_t v = mt_round_stochastic(x[i] / qp.scale, rng);
+        // v + zero_point cannot overflow once v is clamped to a range wider than int8.
+        v = clamp_int(v, -65536, 65536) + qp.zero_point;
+        q[i] = (int8_t)clamp_int(v, qmin, qmax);
+    }
+}
+
+void mt_dequantize_s8(const int8_t *q, float *x, size_t n, mt_qparams_t qp) {
+    for (size_t i = 0; i < n; i++) {
+        x[i] = qp.scale * (float)((int32_t)q[i] - qp.zero_point);
+    }
+}
+
+void mt_quantize_weights_s8(const float *w, int8_t *q, float *scale, int channels, int row_len) {
+    for (int o = 0; o < channels; o++, w += row_len, q += row_len) {
+        float m = 0.0f;
+        for (int k = 0; k < row_len; k++) {
+            float a = w[k] < 0.0f ? -w[k] : w[k];
+            m = a > m ? a : m;
+        }
+        const float s = m > 0.0f ? m / 127.0f : 1.0f;
+        scale[o] = s;
+        const mt_qparams_t qp = { s, 0 };
+        mt_quantize_s8(w, q, (size_t)row_len, qp, -MT_S8_SYM_MAX, MT_S8_SYM_MAX, NULL);
+    }
+}
+
+void mt_quantize_bias_s32(const float *b, int32_t *q, int channels, float x_scale,
+    const float *w_scale) {
+    for (int o = 0; o < channels; o++) {
+        q[o] = mt_round_half_even(b[o] / (x_scale * w_scale[o]));
+    }
+}
+
+void mt_rescale_bias_s32(int32_t *b, int channels, float old_x_scale, float new_x_scale) {
+    const float ratio = old_x_scale / new_x_scale;
+    for (int o = 0; o < channels; o++) {
+        b[o] = mt_round_half_even((float)b[o] * ratio);
+    }
+}
+
+static int is_finite(float x) {
+    return x - x == 0.0f;   // false for NaN and infinities
+}
+
+int mt_qparams_check(mt_qparams_t qp) {
+    if (!is_finite(qp.scale) || !(qp.scale >= MT_QUANT_MIN_SCALE)) {
+        return -1;
+    }
+    return qp.zero_point < MT_S8_ACT_MIN || qp.zero_point > MT_S8_ACT_MAX ? -1 : 0;
+}
+
+int mt_qparams_asymmetric(float min, float max, mt_qparams_t *out) {
+    if (!is_finite(min) || !is_finite(max)) {
+        return -1;
+    }
+    min = min < 0.0f ? min : 0.0f;
+    max = max > 0.0f ? max : 0.0f;
+    if (max == min) {
+        out->scale = 1.0f;
+        out->zero_point = 0;
+        return 0;
+    }
+    const float scale = (max - min) / 255.0f;
+    if (!(scale >= MT_QUANT_MIN_SCALE) || !is_finite(scale)) {
+        return -1;
+    }
+    // min <= 0, so -min / scale is in [0, 255] up to rounding.
+    out->scale = scale;
+    out->zero_point = clamp_int(MT_S8_ACT_MIN - mt_round_half_even(min / scale), MT_S8_ACT_MIN,
+        MT_S8_ACT_MAX);
+    return 0;
+}
+
+int mt_qparams_symmetric(float absmax, mt_qparams_t *out) {
+    if (!is_finite(absmax) || absmax < 0.0f) {
+        return -1;
+    }
+    if (absmax == 0.0f) {
+        out->scale = 1.0f;
+        out->zero_point = 0;
+        return 0;
+    }
+    const float scale = absmax / 127.0f;
+    if (!(scale >= MT_QUANT_MIN_SCALE)) {
+        return -1;
+    }
+    out->scale = scale;
+    out->zero_point = 0;
+    return 0;
+}
+
+int mt_quant_multiplier(float real, mt_requant_t *out) {
+    out->multiplier = 0;
+    out->shift = 0;
+    if (!is_finite(real) || real < 0.0f) {
+        return -1;
+    }
+    if (real == 0.0f) {
+        return 0;
+    }
+    uint32_t bits;
+    memcpy(&bits, &real, sizeof bits);
+    int32_t exponent = (int32_t)(bits >> 23) & 0xff;
+    uint32_t mantissa = bits & 0x7fffffu;
+    if (exponent == 0) {
+        // Subnormal: normalize (the value is far below 2^-62 anyway).
+        exponent = 1;
+        while (!(mantissa & 0x800000u)) {
+            mantissa <<= 1;
+            exponent--;
+        }
+    } else {
+        mantissa |= 0x800000u;
+    }
+    // real = mantissa * 2^(exponent - 150) = (mantissa * 2^7 / 2^31) * 2^(exponent - 126).
+    const int32_t shift = exponent - 126;
+    if (shift > 30) {
+        return -1;
+    }
+    if (shift < -31) {
+        // 31 - shift > 62: every product rounds to 0.
+        return 0;
+    }
+    out->multiplier = (int32_t)(mantissa << 7);
+    out->shift = shift;
+    return 0;
+}
+
+int32_t mt_requantize(int32_t acc, mt_requant_t m) {
+    if (m.multiplier == 0) {
+        return 0;
+    }
+    int32_t x = acc, right = 31 - m.shift;      // total right shift of the 64-bit product
+    if (right < 32) {
+        // M >= 0.5: scale acc up first (saturating), so that the product is shifted by 32.
+        const int left = 32 - right;
+        if (x > (INT32_MAX >> left)) {
+            x = INT32_MAX;
+        } else if (x < (INT32_MIN >> left)) {
+            x = INT32_MIN;
+        } else {
+            x = (int32_t)((uint32_t)x << left);
+        }
+        right = 32;
+    }
+    // |x * multiplier| < 2^62, so adding 2^(right - 1) <= 2^61 cannot overflow.
+    const int64_t t = (int64_t)x * m.multiplier + ((int64_t)1 << (right - 1));
+    return (int32_t)(t >> right);
+}
+
+void mt_range_observe(mt_range_tracker_t *t, float lo, float hi, float momentum) {
+    if (t->count <= 0) {
+        t->min = lo;
+        t->max = hi;
+        t->count = 1;
+        return;
+    }
+    const float keep = 1.0f - momentum;
+    t->min = momentum * t->min + keep * lo;
+    t->max = momentum * t->max + keep * hi;
+    if (t->count < INT32_MAX) {
+        t->count++;
+    }
+}
+
+void mt_ema_observe(mt_ema_t *e, float value, float momentum) {
+    if (e->count <= 0) {
+        e->value = value;
+        e->count = 1;
+        return;
+    }
+    e->value = momentum * e->value + (1.0f - momentum) * value;
+    if (e->count < INT32_MAX) {
+        e->count++;
+    }
+}
+
+float mt_grad_stats_rms(const mt_grad_stats_t *s, float unit) {
+    if (s->count <= 0) {
+        return 0.0f;
+    }
+    return unit * sqrtf(s->sum_sq / (float)s->count);
+}
+
+// ---- the update of one output channel ------------------------------------------------------
+
+mt_s8_step_t mt_s8_step_make(const mt_s8_update_t *u, const mt_s8_quant_t *q) {
+    mt_s8_step_t k;
+    const float unit_w = q->dy_scale * q->x.scale;
+    k.c_w = u->sigma_w > 0.0f ? (u->lr / (u->sigma_w + u->eps)) * unit_w : u->lr * unit_w;
+    k.c_b = u->sigma_b > 0.0f ? (u->lr / (u->sigma_b + u->eps)) * q->dy_scale
+        : u->lr * q->dy_scale;
+    k.decay = 1.0f - u->lr * u->weight_decay;
+    k.x_scale = q->x.scale;
+    return k;
+}
+
+void mt_grad_stats_add(mt_grad_stats_t *s, const int32_t *acc, int n) {
+    float sum = s->sum, sum_sq = s->sum_sq;
+    for (int i = 0; i < n; i++) {
+        const float a = (float)acc[i];
+        sum += a;
+        sum_sq += a * a;
+    }
+    s->sum = sum;
+    s->sum_sq = sum_sq;
+    s->count += n;
+}
+
+// mt_round_half_even. On single-precision FPUs VCVTR rounds in the FPSCR's mode, nearest even
+// out of reset (MicroPython never changes it), and saturates like it: one instruction.
+static inline int32_t round_sat(float x) {
+#if defined(__ARM_FP) && (__ARM_FP & 4) && defined(__thumb2__) && !defined(MCUTRAIN_PORTABLE_KERNELS)
+    float t;
+    int32_t r;
+    __asm__ ("vcvtr.s32.f32 %0, %1" : "=t" (t) : "t" (x));
+    memcpy(&r, &t, sizeof r);
+    return r;
+#else
+    return mt_round_half_even(x);
+#endif
+}
+
+void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int32_t *acc,
+    int8_t *w, float *w_scale, int32_t *bias, int32_t bias_acc, mt_grad_stats_t *stats) {
+    const float s_old = *w_scale, a = s_old * k->decay, c = k->c_w;
+    // The new scale needs the row's largest updated weight first. The first pass keeps each
+    // updated weight v (a float) in place of its accumulator, the second requantizes it; the
+    // statistics ride along on the first.
+    float mx = 0.0f, sum = 0.0f, sum_sq = 0.0f;
+    if (stats) {
+        sum = stats->sum;
+        sum_sq = stats->sum_sq;
+        for (int i = 0; i < n; i++) {
+            const float g = (float)acc[i];
+            const float v = a * (float)w[i] - c * g;
+            const float m = fabsf(v);
+            mx = m > mx ? m : mx;
+            sum += g;
+            sum_sq += g * g;
+            memcpy(&acc[i], &v, sizeof v);
+        }
+        stats->sum = sum;
+        stats->sum_sq = sum_sq;
+        stats->count += n;
+    } else {
+        for (int i = 0; i < n; i++) {
+            const float v = a * (float)w[i] - c * (float)acc[i];
+            const float m = fabsf(v);
+            mx = m > mx ? m : mx;
+            memcpy(&acc[i], &v, sizeof v);
+        }
+    }
+    const float hi = 127.0f * s_old;
+    float s_new = s_old;
+    if ((mx > hi || mx < u->rescale_below * hi) && mx > 0.0f) {
+        s_new = mx / 127.0f;
+    }
+    const float inv = 1.0f / s_new;
+    // |v * inv| <= 127 up to rounding (more if a kept scale overflowed): round (saturating
+    // to int32), then clamp.
+    if (u->rng) {
+        for (int i = 0; i < n; i++) {
+            float v;
+            memcpy(&v, &acc[i], sizeof v);
+            w[i] = (int8_t)mt_s8_clamp(mt_round_stochastic(v * inv, u->rng), -MT_S8_SYM_MAX,
+                MT_S8_SYM_MAX);
+        }
+    } else {
+        for (int i = 0; i < n; i++) {
+            float v;
+            memcpy(&v, &acc[i], sizeof v);
+            w[i] = (int8_t)mt_s8_max(mt_s8_ssat8(round_sat(v * inv)), -MT_S8_SYM_MAX);
+        }
+    }
+    *w_scale = s_new;
+    if (bias) {
+        const float b = (k->x_scale * s_old) * (float)*bias - k->c_b * (float)bias_acc;
+        *bias = mt_round_half_even(b / (k->x_scale * s_new));
+    }
+}
+
+int mt_s8_rq_from_real(float real, mt_s8_rq_t *rq) {
+    mt_requant_t m;
+    if (mt_quant_multiplier(real, &m)) {
+        return -1;
+    }
+    *rq = mt_s8_rq_make(m);
+    return 0;
+}
+
+void mt_s8_fold_range(int channels, const int32_t *mm, int stride, float x_scale,
+    const float *w_scale, mt_range_t *out) {
+    float lo = 0.0f, hi = 0.0f;
+    int first = 1;
+    for (int o = 0; o < channels; o++) {
+        const int32_t *m = mm + o * stride;
+        if (m[0] > m[1]) {
+            continue;   // no outputs
+        }
+        const float unit = x_scale * w_scale[o];
+        const float a = (float)m[0] * unit, b = (float)m[1] * unit;
+        if (first || a < lo) {
+            lo = a;
+        }
+        if (first || b > hi) {
+            hi = b;
+        }
+        first = 0;
+    }
+    out->min = lo;
+    out->max = hi;
+}
+
+int mt_s8_grad_input_fold(int terms, int channels, const float *w_scale, float dy_scale,
+    float dx_scale, int32_t *r, mt_s8_rq_t *rq, float *unit) {
+    float smax = 0.0f;
+    for (int o = 0; o < channels; o++) {
+        smax = w_scale[o] > smax ? w_scale[o] : smax;
+    }
+    int rb = 8;
+    while (rb > 0 && (int64_t)127 * 127 * ((int64_t)1 << rb) * terms >= ((int64_t)1 << 31)) {
+        rb--;
+    }
+    const float two_rb = (float)(1 << rb);
+    for (int o = 0; o < channels; o++) {
+        r[o] = smax > 0.0f ? mt_round_half_even(two_rb * (w_scale[o] / smax)) : 0;
+    }
+    *unit = (dy_scale * smax) * (1.0f / two_rb);
+    return mt_s8_rq_from_real((dy_scale * smax) / dx_scale * (1.0f / two_rb), rq);
+}
