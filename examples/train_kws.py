@@ -21,21 +21,24 @@ PRETRAINED = None        # an .mtm to fine-tune (e.g. pretrained on the host), e
 SAVE = "/flash/kws_dscnn.mtm"
 DATA = "/remote"         # kws_train.mtd and kws_test.mtd (mpremote mount puts them here)
 SEED = 1
+EVAL_TRAIN = False       # a full pass over the training set at the end (else: last epoch's running accuracy)
 WIDTH = 32               # channels of the DS-CNN
 BATCHNORM = False        # BatchNorm after each conv: keeps two activations per block (more RAM)
 
 
 def dscnn(classes, width, batchnorm):
-    """Conv 10x4 stride 2, then two depthwise-separable blocks, global pooling, a classifier.
-    Every activation of a training step is kept for backward; without BatchNorm each conv
-    keeps one (ReLUs run in place), which is what fits a 256 KB board."""
+    """Conv 10x4 stride 2, two depthwise-separable blocks, average pooling over frequency and
+    a classifier on the 5x5 time-frequency map (keeping when a word is said helps more than
+    global pooling). Every activation of a training step is kept for backward; without
+    BatchNorm each conv keeps one (ReLUs run in place), which is what fits a 256 KB board.
+    python -m mcutrain.pretrain_kws builds the same network on the host."""
     def block(conv):
         return [conv, mt.BatchNorm2d(width), mt.ReLU()] if batchnorm else [conv, mt.ReLU()]
     return mt.Sequential(
         *block(mt.Conv2d(1, width, (10, 4), stride=2, padding=(5, 1))),
         *block(mt.Conv2d(width, width, 3, padding=1, groups=width)), *block(mt.Conv2d(width, width, 1)),
         *block(mt.Conv2d(width, width, 3, padding=1, groups=width)), *block(mt.Conv2d(width, width, 1)),
-        mt.GlobalAvgPool(), mt.Linear(width, classes))
+        mt.AvgPool2d((5, 1)), mt.Flatten(), mt.Linear(5 * 5 * width, classes))
 
 
 def as_float(x, xf, ds):
@@ -81,6 +84,8 @@ metrics = mt.Metrics(every=50, perf=True, model="dscnn", dtype=DTYPE, classes=cl
                      memory=memory)
 
 step_instructions = 0
+correct = seen = 0
+test_loss = test_acc = None
 for epoch in range(EPOCHS):
     opt.lr = LR * DECAY ** epoch
     correct = 0
@@ -100,8 +105,9 @@ for epoch in range(EPOCHS):
     metrics.epoch(loss=total / len(train), accuracy=correct / seen, val_loss=test_loss,
                   val_accuracy=test_acc, lr=opt.lr)
 
-train_loss, train_acc = evaluate(model, train, xf)
-test_loss, test_acc = evaluate(model, test, xf)
+train_acc = evaluate(model, train, xf)[1] if EVAL_TRAIN or not seen else correct / seen
+if test_acc is None:  # no epochs: evaluate the model as loaded
+    test_loss, test_acc = evaluate(model, test, xf)
 if SAVE:
     mt.save(model, SAVE)
 metrics.done(train_accuracy=train_acc, test_accuracy=test_acc, test_loss=test_loss, epochs=EPOCHS,

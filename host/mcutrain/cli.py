@@ -258,6 +258,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kws_dataset(args: argparse.Namespace) -> int:
+    from .kws import SynthError, make_kws_dataset
+    from .kws.report import describe
+
+    try:
+        ds = make_kws_dataset(args.out_dir, samples_per_class=args.samples_per_class,
+                              test_samples_per_class=args.test_samples_per_class,
+                              seed=args.seed, dtype=args.dtype, from_wav=args.from_wav)  # fmt: skip
+    except SynthError as e:
+        print(f"mcutrain: error: {e}", file=sys.stderr)
+        return 1
+    print(describe(ds))
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -351,6 +366,27 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("dir", type=Path)
     plot.add_argument("--out", type=Path, metavar="DIR", help="where to write (default: DIR)")
     plot.set_defaults(func=cmd_plot)
+
+    kws = commands.add_parser(
+        "kws-dataset",
+        help="make a SYNTHETIC keyword-spotting set (espeak-ng, flite) as kws_train/test.mtd",
+        description="Synthesize yes, no, up, down, left, right, on, off, stop, go, other words "
+        "(_unknown_) and noise (_silence_) with espeak-ng and flite voices, augment them, and "
+        "write MFCCs (49x10x1) to OUT_DIR/kws_train.mtd and kws_test.mtd. The speech is "
+        "SYNTHETIC; the test voices never occur in training. --from-wav uses recordings.",
+    )
+    kws.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    kws.add_argument("--samples-per-class", type=int, default=150, metavar="N",
+                     help="training samples per class (default 150)")  # fmt: skip
+    kws.add_argument("--test-samples-per-class", type=int, metavar="N",
+                     help="test samples per class (default: a third of --samples-per-class)")
+    kws.add_argument("--seed", type=int, default=0, help="the same seed gives the same files")
+    kws.add_argument("--dtype", choices=("float32", "int8"), default="float32",
+                     help="feature type in the files (int8: one scale, the training split's)")
+    kws.add_argument("--from-wav", type=Path, metavar="DIR",
+                     help="recorded 16 kHz WAVs instead, one subfolder per word "
+                          "(e.g. Speech Commands); split by speaker")  # fmt: skip
+    kws.set_defaults(func=cmd_kws_dataset)
 
     info = commands.add_parser(
         "info", help="firmware version, board, free heap and the module's features"
