@@ -78,7 +78,7 @@ xf = mt.zeros((1,) + tuple(train.sample_shape))
 memory = model.memory(xf.shape)
 macs = model.macs()
 print("model:", len(model), "layers,", memory["total"], "bytes for a training step", memory)
-metrics = mt.Metrics(every=50, perf=True, model="dscnn", dtype=DTYPE, classes=classes,
+metrics = mt.Metrics(every=max(1, len(train) // 100), perf=True, model="dscnn", dtype=DTYPE, classes=classes,
                      train_samples=len(train), test_samples=len(test), synthetic=True,
                      peak_ram_bytes=memory["total"], macs_per_step=macs["train_step"],
                      memory=memory)
