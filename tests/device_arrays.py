@@ -1,4 +1,4 @@
-"""Exact float32 arrays to and from device scripts.
+"""Exact float32 (and float16, int8) arrays to and from device scripts.
 
 Arrays travel as hex of their little-endian bytes, so nothing is lost to decimal printing or
 to the 30-bit floats of the emulated boards' object representation. A script built with
@@ -12,10 +12,16 @@ import numpy as np
 from mcutrain.runner import run_on
 
 
-def tensor_expr(a: np.ndarray) -> str:
-    """MicroPython expression creating an mt.Tensor equal to `a` (float32, same shape)."""
-    data = np.ascontiguousarray(a, dtype="<f4")
-    return f"mt.Tensor(bytes.fromhex('{data.tobytes().hex()}'), {tuple(data.shape)!r})"
+# numpy dtype of each device dtype's bytes
+NUMPY_DTYPES = {"float32": "<f4", "float16": "<f2", "int8": "i1"}
+
+
+def tensor_expr(a: np.ndarray, dtype: str = "float32") -> str:
+    """MicroPython expression creating an mt.Tensor equal to `a` (same shape) in `dtype`
+    ("float32" or "float16": `a` is rounded to it first; "int8": `a` holds the integers)."""
+    data = np.ascontiguousarray(a, dtype=NUMPY_DTYPES[dtype])
+    suffix = "" if dtype == "float32" else f", dtype=mt.{dtype}"
+    return f"mt.Tensor(bytes.fromhex('{data.tobytes().hex()}'), {tuple(data.shape)!r}{suffix})"
 
 
 def labels_expr(labels: np.ndarray) -> str:
@@ -29,13 +35,15 @@ class DeviceScript:
         self.lines = ["import mcutrain as mt", "def _emit(name, t):",
                       "    print('@' + name, bytes(memoryview(t)).hex())"]
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, str] = {}
 
     def add(self, code: str) -> None:
         self.lines.append(code)
 
-    def emit(self, name: str, expr: str, shape: tuple[int, ...]) -> None:
-        """Send back the float32 tensor `expr` (whose shape the host knows)."""
+    def emit(self, name: str, expr: str, shape: tuple[int, ...], dtype: str = "float32") -> None:
+        """Send back the tensor `expr` (whose shape and dtype the host knows)."""
         self.shapes[name] = tuple(shape)
+        self.dtypes[name] = dtype
         self.lines.append(f"_emit({name!r}, {expr})")
 
     def run(self, target, timeout: float = 120) -> dict[str, np.ndarray]:
@@ -44,7 +52,8 @@ class DeviceScript:
         for line in out.splitlines():
             if line.startswith("@"):
                 name, _, data = line[1:].partition(" ")
-                results[name] = np.frombuffer(bytes.fromhex(data), dtype="<f4").reshape(self.shapes[name])
+                dtype = NUMPY_DTYPES[self.dtypes.get(name, "float32")]
+                results[name] = np.frombuffer(bytes.fromhex(data), dtype=dtype).reshape(self.shapes[name])
         missing = set(self.shapes) - set(results)
         assert not missing, f"device printed no {sorted(missing)}; output:\n{out}"
         return results

@@ -11,6 +11,7 @@
 #include "random.h"
 #include "partial_update.h"
 #include "kernels/activation_f32.h"
+#include "kernels/half.h"
 
 const mt_layer_ops_t *mt_layer_ops(const mt_layer_obj_t *layer) {
     return MP_OBJ_TYPE_GET_SLOT(layer->base.type, protocol);
@@ -43,6 +44,9 @@ qstr mt_layer_name(const mt_layer_obj_t *layer) {
 void mt_layer_init(mt_layer_obj_t *layer) {
     layer->in_shape.ndim = 0;
     layer->out_shape.ndim = 0;
+    layer->dtype = MT_FLOAT32;
+    layer->in_dtype = MT_FLOAT32;
+    layer->out_dtype = MT_FLOAT32;
     layer->planned = false;
     layer->trainable = true;
     layer->in_place = false;
@@ -56,19 +60,68 @@ void mt_layer_init(mt_layer_obj_t *layer) {
     layer->scratch = NULL;
     layer->scratch_floats = 0;
     layer->labels = NULL;
+    layer->loss_buf = NULL;
     layer->extra_params[0] = NULL;
     layer->extra_params[1] = NULL;
+    layer->weight_scale = NULL;
     layer->update = (mt_update_t) { .kind = MT_UPDATE_FULL };
 }
 
-mt_tensor_obj_t *mt_layer_new_param(const mt_shape_t *shape, int fan_in, const char *what) {
-    mt_tensor_obj_t *t = mt_tensor_new(shape, MT_FLOAT32, what);
+mt_tensor_obj_t *mt_layer_new_param(const mt_shape_t *shape, int fan_in, mt_dtype_t dtype, const char *what) {
+    mt_tensor_obj_t *t = mt_tensor_new(shape, dtype, what);
     float bound = 1.0f / sqrtf((float)fan_in);
-    float *w = mt_tensor_f32(t);
     for (size_t i = 0; i < t->size; i++) {
-        w[i] = bound * (2.0f * mt_random_uniform() - 1.0f);
+        float w = bound * (2.0f * mt_random_uniform() - 1.0f);
+        if (dtype == MT_FLOAT16) {
+            ((uint16_t *)t->data)[i] = mt_f32_to_f16(w);
+        } else {
+            mt_tensor_f32(t)[i] = w;
+        }
     }
     return t;
+}
+
+uint8_t mt_layer_dtype_arg(mp_obj_t obj, unsigned allowed, bool allow_any, const char *what) {
+    if (obj == mp_const_none) {
+        return allow_any ? MT_DTYPE_ANY : MT_FLOAT32;
+    }
+    mt_dtype_t dtype = mt_dtype_from_obj(obj);
+    if (!(allowed & MT_DTYPE_BIT(dtype))) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%s: dtype %q is not supported yet"), what,
+            mt_dtype_qstr(dtype));
+    }
+    return (uint8_t)dtype;
+}
+
+uint8_t mt_layer_parse_any_dtype(size_t n_args, size_t n_kw, const mp_obj_t *args, const char *what) {
+    enum { ARG_dtype };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_dtype, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
+    };
+    mp_arg_val_t vals[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all_kw_array(n_args, n_kw, args, MP_ARRAY_SIZE(allowed_args), allowed_args, vals);
+    return mt_layer_dtype_arg(vals[ARG_dtype].u_obj, 0xff, true, what);
+}
+
+void mt_layer_print_simple(const mp_print_t *print, const mt_layer_obj_t *layer) {
+    if (layer->dtype == MT_DTYPE_ANY) {
+        mp_printf(print, "%q()", mt_layer_name(layer));
+    } else {
+        mp_printf(print, "%q(dtype=%q)", mt_layer_name(layer), mt_dtype_qstr(layer->dtype));
+    }
+}
+
+void mt_tensor_header_init(mt_tensor_obj_t *t, void *data, uint8_t dtype) {
+    t->base.type = &mt_tensor_type;
+    t->dtype = dtype;
+    t->shape.ndim = 0;
+    t->size = 0;
+    t->scale = 1.0f;
+    t->zero_point = 0;
+    t->data = data;
+    t->owner = MP_OBJ_NULL;
+    t->grad = mp_const_none;
+    t->opt_state = MP_OBJ_NULL;
 }
 
 NORETURN void mt_layer_raise_shape(const mt_layer_obj_t *layer, const char *msg, const mt_shape_t *in) {
@@ -187,9 +240,27 @@ uint64_t mt_layer_macs(const mt_layer_obj_t *layer, mt_macs_kind_t kind, bool ne
 /******************************************************************************/
 // Planning and running
 
-void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, bool may_share) {
+// Layers of different dtypes do not chain silently: the user converts explicitly.
+static void check_dtype(const mt_layer_obj_t *layer, const mt_layer_ops_t *ops, uint8_t in_dtype) {
+    if (ops->flags & (MT_LAYER_COMPOSITE | MT_LAYER_CONVERTS)) {
+        return;  // children, or the layer's plan(), check
+    }
+    if (layer->dtype != MT_DTYPE_ANY && in_dtype != layer->dtype) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%q has dtype %q but its input is %q: put mt.Convert(mt.%q) before it"),
+            mt_layer_name(layer), mt_dtype_qstr(layer->dtype), mt_dtype_qstr(in_dtype), mt_dtype_qstr(layer->dtype));
+    }
+    unsigned dtypes = ops->dtypes ? ops->dtypes : MT_DTYPE_BIT(MT_FLOAT32);
+    if (!(dtypes & MT_DTYPE_BIT(in_dtype))) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%q does not support %q inputs yet: put mt.Convert(mt.float32) before it"),
+            mt_layer_name(layer), mt_dtype_qstr(in_dtype));
+    }
+}
+
+void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype, bool may_share) {
     const mt_layer_ops_t *ops = mt_layer_ops(layer);
-    // An output buffer of the layer's own can be reused if the shape stays.
+    // An output buffer of the layer's own can be reused if the shape and dtype stay.
     bool owns_output = layer->output != NULL && !layer->in_place
         && !(ops->flags & (MT_LAYER_VIEW | MT_LAYER_COMPOSITE));
     layer->planned = false;
@@ -197,39 +268,51 @@ void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, bool may_share) 
     if (ops->input_ndim && in->ndim != ops->input_ndim) {
         mt_layer_raise_expects(layer, "expects %d dimensions (batch first)", ops->input_ndim, in);
     }
+    check_dtype(layer, ops, in_dtype);
     layer->in_shape = *in;
+    layer->in_dtype = in_dtype;
+    layer->out_dtype = in_dtype;  // Convert's and composites' plan() change it
     ops->plan(layer, in);
     if (ops->flags & MT_LAYER_COMPOSITE) {
         // plan() set output to the child that produces it.
     } else if ((ops->flags & MT_LAYER_VIEW) || ((ops->flags & MT_LAYER_MAY_RUN_IN_PLACE) && may_share)) {
         layer->in_place = !(ops->flags & MT_LAYER_VIEW);
-        layer->output = mt_tensor_view(&layer->out_shape, MT_FLOAT32, NULL, MP_OBJ_NULL);
+        layer->output = mt_tensor_view(&layer->out_shape, layer->out_dtype, NULL, MP_OBJ_NULL);
     } else {
         layer->in_place = false;
-        if (!owns_output || !mt_shape_equal(&layer->output->shape, &layer->out_shape)) {
-            layer->output = mt_tensor_new(&layer->out_shape, MT_FLOAT32, qstr_str(mt_layer_name(layer)));
+        if (!owns_output || !mt_shape_equal(&layer->output->shape, &layer->out_shape)
+            || layer->output->dtype != layer->out_dtype) {
+            layer->output = mt_tensor_new(&layer->out_shape, layer->out_dtype, qstr_str(mt_layer_name(layer)));
         }
     }
     layer->planned = true;
 }
 
-void mt_layer_forward(mt_layer_obj_t *layer, const float *x, const mt_pass_t *pass) {
+void mt_layer_forward(mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     const mt_layer_ops_t *ops = mt_layer_ops(layer);
     if (layer->in_place || (ops->flags & MT_LAYER_VIEW)) {
-        layer->output->data = (void *)x;
+        // A view shares the input's memory and, for int8, its quantization.
+        layer->output->data = x->data;
+        layer->output->scale = x->scale;
+        layer->output->zero_point = x->zero_point;
     }
     ops->forward(layer, x, pass);
 }
 
-float *mt_grad_begin(const mt_pass_t *pass, mt_tensor_obj_t *param, float *alpha) {
+mt_grad_dest_t mt_grad_begin(const mt_pass_t *pass, mt_tensor_obj_t *param) {
+    mt_grad_dest_t dest;
     if (pass->optim != NULL) {
-        return pass->optim->ops->grad_begin(pass->optim, param, alpha);
+        pass->optim->ops->grad_begin(pass->optim, param, &dest);
+        return dest;
     }
-    // Plain backward: the gradient of this call, in .grad (allocated before the pass).
+    // Plain backward: the gradient of this call, in .grad (fp32, allocated before the pass).
     mt_tensor_obj_t *grad = MP_OBJ_TO_PTR(param->grad);
     memset(grad->data, 0, grad->size * sizeof(float));
-    *alpha = 1.0f;
-    return mt_tensor_f32(grad);
+    dest.data = grad->data;
+    dest.alpha = 1.0f;
+    dest.dtype = MT_FLOAT32;
+    dest.rng = NULL;
+    return dest;
 }
 
 void mt_grad_end(const mt_pass_t *pass, mt_tensor_obj_t *param) {
@@ -256,8 +339,8 @@ static void input_shape(mt_layer_obj_t *self, const mt_tensor_obj_t *x, mt_shape
 
 // Plans the whole tree for `in` unless already planned for it. If anything fails
 // (a shape error, MemoryError), the layer is left unplanned and the next call retries.
-static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in) {
-    if (self->planned && mt_shape_equal(&self->in_shape, in)) {
+static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtype) {
+    if (self->planned && mt_shape_equal(&self->in_shape, in) && self->in_dtype == in_dtype) {
         return;
     }
     self->planned = false;
@@ -265,7 +348,8 @@ static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in) {
     self->input_grad = NULL;
     self->output_grad = NULL;
     self->labels = NULL;
-    mt_layer_plan(self, in, false);
+    self->loss_buf = NULL;
+    mt_layer_plan(self, in, in_dtype, false);
     self->planned = false;
     size_t scratch = mt_layer_scratch_floats(self);
     if (scratch) {
@@ -276,27 +360,72 @@ static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in) {
         }
     }
     self->scratch_floats = scratch;
-    self->output_grad = mt_tensor_new(&self->out_shape, MT_FLOAT32, "output gradient");
+    self->planned = true;
+}
+
+// What a loss needs, allocated by the first train_step or evaluate after planning (plain
+// forward and backward calls do without): the output's gradient, labels and, for float16
+// and int8 outputs, a small fp32 buffer.
+static void plan_loss(mt_layer_obj_t *self) {
+    if (self->output_grad != NULL) {
+        return;
+    }
+    if (self->out_dtype != MT_FLOAT32) {
+        // Losses run in fp32 on chunks of the output widened into a small buffer: the
+        // scratch, which no layer uses between forward and backward, if it is big enough.
+        mt_shape_t shape = { .ndim = 1, .dim = { (int32_t)mt_loss_buf_floats(&self->out_shape) } };
+        self->loss_buf = (size_t)shape.dim[0] <= self->scratch_floats
+            ? mt_tensor_view(&shape, MT_FLOAT32, self->scratch, MP_OBJ_NULL)
+            : mt_tensor_new(&shape, MT_FLOAT32, "loss buffer");
+    }
     int batch = self->out_shape.dim[0];
     self->labels = m_malloc_maybe(batch * sizeof(int32_t));
     if (self->labels == NULL) {
         mp_raise_msg(&mp_type_MemoryError, MP_ERROR_TEXT("cannot allocate labels"));
     }
-    self->planned = true;
+    self->output_grad = mt_tensor_new(&self->out_shape, self->out_dtype, "output gradient");
 }
 
 static mt_tensor_obj_t *prepare_input(mt_layer_obj_t *self, mp_obj_t x_in, const char *what) {
-    mt_tensor_obj_t *x = mt_tensor_get_f32(x_in, what);
+    mt_tensor_obj_t *x = mt_tensor_get(x_in, what);
     mt_shape_t shape;
     input_shape(self, x, &shape);
-    plan_top(self, &shape);
+    plan_top(self, &shape, x->dtype);
     return x;
 }
 
 static void run_forward(mt_layer_obj_t *self, mt_tensor_obj_t *x, bool training) {
-    mt_pass_t pass = { .training = training, .scratch = self->scratch, .optim = NULL };
+    mt_pass_t pass = { .training = training, .scratch = self->scratch, .scratch_floats = self->scratch_floats,
+        .optim = NULL };
     self->last_input = MP_OBJ_FROM_PTR(x);
-    mt_layer_forward(self, mt_tensor_f32(x), &pass);
+    mt_layer_forward(self, x, &pass);
+}
+
+// The loss of the planned output against target, writing dL/doutput into output_grad if grad.
+static float run_loss(mt_layer_obj_t *self, const mt_loss_obj_t *loss, mp_obj_t target, bool grad) {
+    if (self->loss_buf == NULL) {
+        return loss->compute(self->output, target, grad ? mt_tensor_f32(self->output_grad) : NULL, self->labels);
+    }
+    return loss->compute_narrow(self->output, target, grad ? self->output_grad : NULL, self->labels,
+        self->loss_buf->data);
+}
+
+// The index of the largest of n values of row r of t (any dtype; an int8 scale is positive,
+// so the integers order as the values do).
+static int row_argmax(const mt_tensor_obj_t *t, int r, int n) {
+    int best = 0;
+    float best_v = 0.0f;
+    for (int c = 0; c < n; c++) {
+        size_t i = (size_t)r * (size_t)n + (size_t)c;
+        float v = t->dtype == MT_FLOAT32 ? ((const float *)t->data)[i]
+            : t->dtype == MT_FLOAT16 ? mt_f16_to_f32(((const uint16_t *)t->data)[i])
+            : (float)((const int8_t *)t->data)[i];
+        if (c == 0 || v > best_v) {
+            best = c;
+            best_v = v;
+        }
+    }
+    return best;
 }
 
 // Allocates .grad for every trainable parameter that lacks one (plain backward only).
@@ -306,7 +435,7 @@ static void ensure_grads(mt_layer_obj_t *layer) {
     for (size_t i = 0; i < n; i++) {
         ensure_grads(children[i]);
     }
-    if (n == 0 && layer->trainable) {
+    if (n == 0 && layer->trainable && layer->dtype != MT_INT8) {  // int8 layers need an optimizer
         mt_tensor_obj_t *params[] = { layer->weight, layer->bias };
         for (size_t i = 0; i < 2; i++) {
             if (params[i] != NULL && params[i]->grad == mp_const_none) {
@@ -341,7 +470,11 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: call forward first"),
             mt_layer_name(self));
     }
-    mt_tensor_obj_t *dy = mt_tensor_get_f32(args[1], "backward: dy");
+    mt_tensor_obj_t *dy = mt_tensor_get(args[1], "backward: dy");
+    if (dy->dtype != self->out_dtype) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%q.backward: dy must be %q (as the output), not %q"),
+            mt_layer_name(self), mt_dtype_qstr(self->out_dtype), mt_dtype_qstr(dy->dtype));
+    }
     if (dy->size != self->output->size) {
         char a[64], b[64];
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: dy has shape %s, the output %s"),
@@ -349,7 +482,7 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
     }
     mt_tensor_obj_t *x = MP_OBJ_TO_PTR(self->last_input);
     if (self->input_grad == NULL) {
-        self->input_grad = mt_tensor_new(&x->shape, MT_FLOAT32, "input gradient");
+        self->input_grad = mt_tensor_new(&x->shape, self->in_dtype, "input gradient");
     }
     if (optim == NULL) {
         ensure_grads(self);
@@ -357,8 +490,9 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
         optim->ops->step_begin(optim);
     }
     // Without a loss there is no relative loss: dynamic top-k uses its largest ratio.
-    mt_pass_t pass = { .training = true, .scratch = self->scratch, .optim = optim, .loss_ratio = 1.0f };
-    mt_layer_ops(self)->backward(self, mt_tensor_f32(x), mt_tensor_f32(dy), mt_tensor_f32(self->input_grad), &pass);
+    mt_pass_t pass = { .training = true, .scratch = self->scratch, .scratch_floats = self->scratch_floats,
+        .optim = optim, .loss_ratio = 1.0f };
+    mt_layer_ops(self)->backward(self, x, dy, self->input_grad, &pass);
     return MP_OBJ_FROM_PTR(self->input_grad);
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_backward_obj, 2, 3, layer_backward);
@@ -379,8 +513,9 @@ static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
     mt_optim_obj_t *optim = mt_optim_get(args[4]);
     mt_tensor_obj_t *x = prepare_input(self, args[1], "train_step: x");
     check_loss_output(self, loss);
+    plan_loss(self);
     run_forward(self, x, true);
-    float value = loss->compute(self->output, args[2], mt_tensor_f32(self->output_grad), self->labels);
+    float value = run_loss(self, loss, args[2], true);
     if (mt_layer_has_trainable(self)) {
         optim->ops->step_begin(optim);
         // The sample's loss relative to the largest seen, for dynamic top-k updates.
@@ -388,8 +523,9 @@ static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
             optim->max_loss = value;
         }
         float ratio = optim->max_loss > 0.0f ? value / optim->max_loss : 1.0f;
-        mt_pass_t pass = { .training = true, .scratch = self->scratch, .optim = optim, .loss_ratio = ratio };
-        mt_layer_ops(self)->backward(self, mt_tensor_f32(x), mt_tensor_f32(self->output_grad), NULL, &pass);
+        mt_pass_t pass = { .training = true, .scratch = self->scratch, .scratch_floats = self->scratch_floats,
+            .optim = optim, .loss_ratio = ratio };
+        mt_layer_ops(self)->backward(self, x, self->output_grad, NULL, &pass);
     }
     return mp_obj_new_float_from_f(value);
 }
@@ -410,21 +546,15 @@ static mp_obj_t layer_evaluate(size_t n_args, const mp_obj_t *args) {
     const mt_loss_obj_t *loss = mt_loss_get(n_args > 3 ? args[3] : MP_OBJ_FROM_PTR(&mt_cross_entropy_obj));
     mt_tensor_obj_t *x = prepare_input(self, args[1], "evaluate: x");
     check_loss_output(self, loss);
+    plan_loss(self);
     run_forward(self, x, false);
-    float value = loss->compute(self->output, args[2], mt_tensor_f32(self->output_grad), self->labels);
+    float value = run_loss(self, loss, args[2], false);
     mp_obj_t accuracy = mp_const_none;
     if (loss->takes_labels) {
         int rows = self->out_shape.dim[0], classes = self->out_shape.dim[1];
-        const float *out = mt_tensor_f32(self->output);
         int correct = 0;
         for (int r = 0; r < rows; r++) {
-            int best = 0;
-            for (int c = 1; c < classes; c++) {
-                if (out[r * classes + c] > out[r * classes + best]) {
-                    best = c;
-                }
-            }
-            correct += best == self->labels[r];
+            correct += row_argmax(self->output, r, classes) == self->labels[r];
         }
         accuracy = mp_obj_new_float_from_f((float)correct / (float)rows);
     }
@@ -443,10 +573,12 @@ mp_obj_t mt_new_ordered_dict(size_t n) {
     return dict;
 }
 
-static const qstr param_names[] = { MP_QSTR_weight, MP_QSTR_bias, MP_QSTR_running_mean, MP_QSTR_running_var };
+static const qstr param_names[] = {
+    MP_QSTR_weight, MP_QSTR_bias, MP_QSTR_running_mean, MP_QSTR_running_var, MP_QSTR_weight_scale,
+};
 
 static mt_tensor_obj_t *layer_param(const mt_layer_obj_t *layer, size_t i) {
-    return i == 0 ? layer->weight : i == 1 ? layer->bias : layer->extra_params[i - 2];
+    return i == 0 ? layer->weight : i == 1 ? layer->bias : i == 4 ? layer->weight_scale : layer->extra_params[i - 2];
 }
 
 // Children's name prefixes: Residual names them body/shortcut, Sequential by index.
@@ -558,6 +690,17 @@ static mp_obj_t layer_load_state_dict(mp_obj_t self_in, mp_obj_t src) {
                     mp_obj_str_get_str(own_map->table[i].key));
             }
             mt_tensor_obj_t *dst = MP_OBJ_TO_PTR(own_map->table[i].value);
+            if (mp_obj_is_type(e->value, &mt_tensor_type)) {
+                // float32 <-> float16 tensors convert (an fp32 state into a float16 model).
+                mt_tensor_obj_t *src_t = MP_OBJ_TO_PTR(e->value);
+                if (src_t->dtype != dst->dtype && src_t->size == dst->size
+                    && src_t->dtype != MT_INT8 && dst->dtype != MT_INT8) {
+                    if (pass == 1) {
+                        mt_tensor_convert_into(src_t, dst);
+                    }
+                    continue;
+                }
+            }
             mp_buffer_info_t info;
             if (!mp_get_buffer(e->value, &info, MP_BUFFER_READ) || info.len != dst->size * mt_dtype_size(dst->dtype)) {
                 mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("load_state_dict: %s needs %u bytes"),
@@ -571,6 +714,32 @@ static mp_obj_t layer_load_state_dict(mp_obj_t self_in, mp_obj_t src) {
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(layer_load_state_dict_obj, layer_load_state_dict);
+
+// The input dtype a model expects: that of its first layer with a dtype of its own.
+static uint8_t first_dtype(const mt_layer_obj_t *layer) {
+    mt_layer_obj_t *const *children;
+    size_t n = layer_children(layer, &children);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t d = children[i] ? first_dtype(children[i]) : MT_DTYPE_ANY;
+        if (d != MT_DTYPE_ANY) {
+            return d;
+        }
+    }
+    if (n == 0 && (mt_layer_ops(layer)->flags & MT_LAYER_CONVERTS)) {
+        // A Convert first: it takes float32, or float16 when converting to float32.
+        return layer->dtype == MT_FLOAT32 ? MT_FLOAT16 : MT_FLOAT32;
+    }
+    return n ? MT_DTYPE_ANY : layer->dtype;
+}
+
+// For memory(shape) and macs(shape): the dtype the model last ran on, else the one it expects.
+static uint8_t planned_input_dtype(const mt_layer_obj_t *self) {
+    if (self->planned) {
+        return self->in_dtype;
+    }
+    uint8_t d = first_dtype(self);
+    return d == MT_DTYPE_ANY ? MT_FLOAT32 : d;
+}
 
 typedef struct {
     size_t weights, gradients, optimizer, activations;
@@ -595,7 +764,8 @@ static void add_memory(const mt_layer_obj_t *layer, memory_use_t *use) {
             use->gradients += ((mt_tensor_obj_t *)MP_OBJ_TO_PTR(p->grad))->size * sizeof(float);
         }
         if (p->opt_state != MP_OBJ_NULL) {
-            use->optimizer += ((mt_tensor_obj_t *)MP_OBJ_TO_PTR(p->opt_state))->size * sizeof(float);
+            const mt_tensor_obj_t *state = MP_OBJ_TO_PTR(p->opt_state);
+            use->optimizer += state->size * mt_dtype_size(state->dtype);
         }
     }
     if (ops->grad_bytes != NULL) {
@@ -603,7 +773,7 @@ static void add_memory(const mt_layer_obj_t *layer, memory_use_t *use) {
     }
     if (layer->planned && layer->output != NULL && layer->output->owner == MP_OBJ_NULL
         && !(ops->flags & MT_LAYER_COMPOSITE) && !layer->in_place && !(ops->flags & MT_LAYER_VIEW)) {
-        use->activations += layer->output->size * sizeof(float);
+        use->activations += layer->output->size * mt_dtype_size(layer->output->dtype);
     }
     use->activations += layer->state_bytes;
 }
@@ -614,7 +784,7 @@ static mp_obj_t layer_memory(size_t n_args, const mp_obj_t *args) {
     if (n_args > 1) {
         mt_shape_t shape;
         mt_shape_from_obj(args[1], &shape, "memory: input_shape");
-        plan_top(self, &shape);
+        plan_top(self, &shape, planned_input_dtype(self));
     }
     if (!self->planned) {
         mp_raise_msg_varg(&mp_type_ValueError,
@@ -622,8 +792,12 @@ static mp_obj_t layer_memory(size_t n_args, const mp_obj_t *args) {
     }
     memory_use_t use = { 0 };
     add_memory(self, &use);
-    use.gradients += self->output_grad ? self->output_grad->size * sizeof(float) : 0;
+    // A training step's loss buffers, whether or not one has run yet (plan_loss).
+    size_t out_size = mt_shape_size(&self->out_shape);
+    use.gradients += out_size * mt_dtype_size(self->out_dtype);
     size_t scratch = self->scratch_floats * sizeof(float) + self->out_shape.dim[0] * sizeof(int32_t);
+    size_t loss_floats = self->out_dtype != MT_FLOAT32 ? mt_loss_buf_floats(&self->out_shape) : 0;
+    scratch += loss_floats > self->scratch_floats ? loss_floats * sizeof(float) : 0;  // see plan_loss
     mp_obj_t dict = mt_new_ordered_dict(6);
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_weights), mp_obj_new_int_from_uint(use.weights));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_gradients), mp_obj_new_int_from_uint(use.gradients));
@@ -642,7 +816,7 @@ static mp_obj_t layer_macs(size_t n_args, const mp_obj_t *args) {
     if (n_args > 1) {
         mt_shape_t shape;
         mt_shape_from_obj(args[1], &shape, "macs: input_shape");
-        plan_top(self, &shape);
+        plan_top(self, &shape, planned_input_dtype(self));
     }
     if (!self->planned) {
         mp_raise_msg_varg(&mp_type_ValueError,
@@ -697,6 +871,14 @@ void mt_layer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
             return;
         case MP_QSTR_output_shape:
             dest[0] = self->planned ? mt_shape_to_tuple(&self->out_shape) : mp_const_none;
+            return;
+        case MP_QSTR_dtype:
+            // Its own, else (parameterless layers, containers) the output's once planned.
+            if (self->dtype != MT_DTYPE_ANY) {
+                dest[0] = MP_OBJ_NEW_QSTR(mt_dtype_qstr(self->dtype));
+            } else {
+                dest[0] = self->planned ? MP_OBJ_NEW_QSTR(mt_dtype_qstr(self->out_dtype)) : mp_const_none;
+            }
             return;
         case MP_QSTR_selected:
             // The structures a partial update changed in the last pass (None: all of them).

@@ -10,6 +10,7 @@
 
 #include "py/obj.h"
 #include "tensor.h"
+#include "kernels/half.h"
 
 typedef struct _mt_layer_obj_t mt_layer_obj_t;
 typedef struct _mt_optim_obj_t mt_optim_obj_t;
@@ -34,6 +35,7 @@ typedef struct {
 typedef struct {
     bool training;           // BatchNorm: batch statistics (and update running ones)
     float *scratch;          // shared scratch of mt_layer_scratch_floats() floats
+    size_t scratch_floats;
     mt_optim_obj_t *optim;   // NULL: backward writes each parameter's .grad
     float loss_ratio;        // this sample's loss over the largest seen (dynamic top-k)
 } mt_pass_t;
@@ -50,7 +52,24 @@ enum {
     MT_LAYER_MAY_RUN_IN_PLACE = 2, // output may overwrite the input (ReLU)
     MT_LAYER_NEEDS_OUTPUT = 4,     // backward reads the layer's own output
     MT_LAYER_COMPOSITE = 8,        // has children (Sequential, Residual)
+    MT_LAYER_CONVERTS = 16,        // output dtype differs from the input's (Convert)
 };
+
+// A layer's dtype: one of the tensor dtypes, or ANY for parameterless layers that take
+// their input's. Activations and errors of a layer are stored in its dtype.
+#define MT_DTYPE_ANY (0xff)
+// Bit masks of dtypes, for mt_layer_ops_t.dtypes.
+#define MT_DTYPE_BIT(d) (1u << (d))
+#define MT_DTYPES_FLOAT (MT_DTYPE_BIT(MT_FLOAT32) | MT_DTYPE_BIT(MT_FLOAT16))
+
+// Where a backward pass adds a parameter's gradient (times alpha): the parameter itself
+// (fused plain SGD), a velocity or an optimizer's gradient buffer, or .grad.
+typedef struct {
+    void *data;
+    float alpha;
+    uint8_t dtype;           // MT_FLOAT32, or MT_FLOAT16 for fp16 weights and velocities
+    mt_f16_rng_t *rng;       // fp16 destinations: stochastic rounding state, or NULL
+} mt_grad_dest_t;
 
 #define MT_LAYER_MAGIC (0x4c61)
 
@@ -60,16 +79,20 @@ typedef struct _mt_layer_ops_t {
     // Dimensions the input has, batch included; 0 accepts any. An input with one
     // dimension less is taken as a batch of one.
     uint8_t input_ndim;
+    // The input dtypes the layer can run on (MT_DTYPE_BIT mask).
+    uint8_t dtypes;
     // Checks the input shape and sets self->out_shape; may allocate per-shape state.
     // Raises ValueError naming the layer and the shapes.
     void (*plan)(mt_layer_obj_t *self, const mt_shape_t *in);
     size_t (*scratch_floats)(const mt_layer_obj_t *self);
-    // Reads x (self->in_shape), writes self->output.
-    void (*forward)(mt_layer_obj_t *self, const float *x, const mt_pass_t *pass);
-    // dx == NULL: no input gradient is needed. Parameter gradients go through
-    // mt_grad_begin/mt_grad_end unless the layer is frozen.
-    void (*backward)(mt_layer_obj_t *self, const float *x, const float *dy, float *dx,
-        const mt_pass_t *pass);
+    // Reads x (self->in_shape, self->in_dtype), writes self->output.
+    void (*forward)(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_pass_t *pass);
+    // dy and dx are in the layer's output and input dtypes; only their data (and, for
+    // quantized errors, scale) matter, not their shapes. dx == NULL: no input gradient is
+    // needed. Parameter gradients go through mt_grad_begin/mt_grad_end unless the layer
+    // is frozen.
+    void (*backward)(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+        mt_tensor_obj_t *dx, const mt_pass_t *pass);
     // MACs of one kind of pass for the planned shape; composites pass need_dx on
     // (whether their input gradient is wanted) to decide where backward stops.
     uint64_t (*macs)(const mt_layer_obj_t *self, mt_macs_kind_t kind, bool need_dx);
@@ -85,6 +108,9 @@ struct _mt_layer_obj_t {
     mp_obj_base_t base;
     mt_shape_t in_shape;
     mt_shape_t out_shape;
+    uint8_t dtype;                 // as constructed (MT_DTYPE_ANY: the input's)
+    uint8_t in_dtype;              // planned input and output dtypes
+    uint8_t out_dtype;
     bool planned;
     bool trainable;
     bool in_place;                 // output shares the input's memory (set when planned)
@@ -99,7 +125,9 @@ struct _mt_layer_obj_t {
     float *scratch;
     size_t scratch_floats;
     int32_t *labels;
+    mt_tensor_obj_t *loss_buf;     // fp32 chunk of a float16/int8 output for the loss, or NULL
     mt_tensor_obj_t *extra_params[2];  // BatchNorm running statistics
+    mt_tensor_obj_t *weight_scale;     // int8 layers: fp32 scale of each weight row (out_c)
     mt_update_t update;                // set by the optimizer's update= policy
 };
 
@@ -111,13 +139,26 @@ qstr mt_layer_name(const mt_layer_obj_t *layer);
 
 // Initializes the common fields (after mp_obj_malloc of the full layer struct).
 void mt_layer_init(mt_layer_obj_t *layer);
-// Parameters initialized like PyTorch's default: uniform in +-1/sqrt(fan_in).
-mt_tensor_obj_t *mt_layer_new_param(const mt_shape_t *shape, int fan_in, const char *what);
+// Parameters initialized like PyTorch's default: uniform in +-1/sqrt(fan_in), drawn in
+// fp32 and rounded to `dtype` (the same seed gives the same values in every dtype).
+mt_tensor_obj_t *mt_layer_new_param(const mt_shape_t *shape, int fan_in, mt_dtype_t dtype, const char *what);
+// The dtype= argument of a constructor (None: MT_DTYPE_ANY if allow_any, else float32);
+// `allowed` is a mask of MT_DTYPE_BIT()s.
+uint8_t mt_layer_dtype_arg(mp_obj_t obj, unsigned allowed, bool allow_any, const char *what);
 
-// Plans a child for `in`; may_share lets it run in place on its input.
-void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, bool may_share);
+// Constructors of parameterless layers: no arguments but an optional dtype= (None: the
+// input's; a dtype: the input must have it, as a model file records it).
+uint8_t mt_layer_parse_any_dtype(size_t n_args, size_t n_kw, const mp_obj_t *args, const char *what);
+// Prints "Name()" or "Name(dtype=float16)".
+void mt_layer_print_simple(const mp_print_t *print, const mt_layer_obj_t *layer);
+
+// Plans a child for `in` of dtype in_dtype; may_share lets it run in place on its input.
+void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype, bool may_share);
 // Runs a planned child's forward (pointing view outputs at x first).
-void mt_layer_forward(mt_layer_obj_t *layer, const float *x, const mt_pass_t *pass);
+void mt_layer_forward(mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_pass_t *pass);
+// A tensor header (not a Python object) over a planned buffer, for gradients passed
+// between layers.
+void mt_tensor_header_init(mt_tensor_obj_t *t, void *data, uint8_t dtype);
 size_t mt_layer_scratch_floats(const mt_layer_obj_t *layer);
 bool mt_layer_has_trainable(const mt_layer_obj_t *layer);
 uint8_t mt_layer_input_ndim(const mt_layer_obj_t *layer);
@@ -125,9 +166,9 @@ uint8_t mt_layer_input_ndim(const mt_layer_obj_t *layer);
 bool mt_layer_output_needed(const mt_layer_obj_t *layer);
 uint64_t mt_layer_macs(const mt_layer_obj_t *layer, mt_macs_kind_t kind, bool need_dx);
 
-// Where a backward pass accumulates the gradient of `param` (with scale *alpha), and
-// the matching end call; with an optimizer this is the fused update.
-float *mt_grad_begin(const mt_pass_t *pass, mt_tensor_obj_t *param, float *alpha);
+// Where a backward pass accumulates the gradient of `param`, and the matching end call;
+// with an optimizer this is the fused update.
+mt_grad_dest_t mt_grad_begin(const mt_pass_t *pass, mt_tensor_obj_t *param);
 void mt_grad_end(const mt_pass_t *pass, mt_tensor_obj_t *param);
 
 // Calls fn(leaf, name, ctx) for every simple layer under `layer` (itself if simple),

@@ -1,8 +1,11 @@
-// mt.ReLU(), mt.ReLU6() and mt.Softmax() (over the last dimension). ReLU and ReLU6
-// run in place when the layer before them does not need its output kept.
+// mt.ReLU(), mt.ReLU6() and mt.Softmax() (over the last dimension), in their input's dtype.
+// ReLU and ReLU6 run in place when the layer before them does not need its output kept.
 #include "py/runtime.h"
 #include "layer.h"
 #include "kernels/activation_f32.h"
+#include "kernels/activation_f16.h"
+#include "kernels/activation_s8.h"
+#include "kernels/quant.h"
 
 typedef struct {
     mt_layer_obj_t base;
@@ -12,29 +15,89 @@ static void same_shape_plan(mt_layer_obj_t *self, const mt_shape_t *in) {
     self->out_shape = *in;
 }
 
-static void relu_forward(mt_layer_obj_t *self, const float *x, const mt_pass_t *pass) {
-    (void)pass;
-    mt_relu_f32_forward(x, self->output->data, self->output->size);
+static bool is_f16(const mt_layer_obj_t *self) {
+    return self->in_dtype == MT_FLOAT16;
 }
 
-static void relu_backward(mt_layer_obj_t *self, const float *x, const float *dy, float *dx, const mt_pass_t *pass) {
-    (void)x;
-    (void)pass;
-    if (dx != NULL) {
-        mt_relu_f32_grad_input(self->output->data, dy, dx, self->output->size);
+// int8: the clamp [lo, hi] of the integers that is ReLU (six: ReLU6) in the tensor's
+// quantization (kernels/activation_s8.h); hi = 128 for ReLU lets saturated outputs pass
+// their error.
+static void s8_bounds(const mt_tensor_obj_t *t, bool six, int32_t *lo, int32_t *hi) {
+    *lo = t->zero_point;
+    *hi = 128;
+    if (six) {
+        int32_t top = t->zero_point + mt_round_half_even(6.0f / t->scale);
+        *hi = top < MT_S8_ACT_MAX ? top : MT_S8_ACT_MAX;
     }
 }
 
-static void relu6_forward(mt_layer_obj_t *self, const float *x, const mt_pass_t *pass) {
-    (void)pass;
-    mt_relu6_f32_forward(x, self->output->data, self->output->size);
+static void s8_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, bool six) {
+    int32_t lo, hi;
+    s8_bounds(x, six, &lo, &hi);
+    self->output->scale = x->scale;
+    self->output->zero_point = x->zero_point;
+    mt_clamp_s8_forward(x->data, self->output->data, self->output->size, lo, hi > MT_S8_ACT_MAX ? MT_S8_ACT_MAX : hi);
 }
 
-static void relu6_backward(mt_layer_obj_t *self, const float *x, const float *dy, float *dx, const mt_pass_t *pass) {
+static void s8_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *dy, mt_tensor_obj_t *dx, bool six) {
+    int32_t lo, hi;
+    s8_bounds(self->output, six, &lo, &hi);
+    mt_clamp_s8_grad_input(self->output->data, dy->data, dx->data, self->output->size, lo, hi);
+    dx->scale = dy->scale;
+    dx->zero_point = 0;
+}
+
+static void relu_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
+    (void)pass;
+    if (self->in_dtype == MT_INT8) {
+        s8_forward(self, x, false);
+    } else if (is_f16(self)) {
+        mt_relu_f16_forward(x->data, self->output->data, self->output->size);
+    } else {
+        mt_relu_f32_forward(x->data, self->output->data, self->output->size);
+    }
+}
+
+static void relu_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass) {
     (void)x;
     (void)pass;
-    if (dx != NULL) {
-        mt_relu6_f32_grad_input(self->output->data, dy, dx, self->output->size);
+    if (dx == NULL) {
+        return;
+    }
+    if (self->in_dtype == MT_INT8) {
+        s8_backward(self, dy, dx, false);
+    } else if (is_f16(self)) {
+        mt_relu_f16_grad_input(self->output->data, dy->data, dx->data, self->output->size);
+    } else {
+        mt_relu_f32_grad_input(self->output->data, dy->data, dx->data, self->output->size);
+    }
+}
+
+static void relu6_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
+    (void)pass;
+    if (self->in_dtype == MT_INT8) {
+        s8_forward(self, x, true);
+    } else if (is_f16(self)) {
+        mt_relu6_f16_forward(x->data, self->output->data, self->output->size);
+    } else {
+        mt_relu6_f32_forward(x->data, self->output->data, self->output->size);
+    }
+}
+
+static void relu6_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass) {
+    (void)x;
+    (void)pass;
+    if (dx == NULL) {
+        return;
+    }
+    if (self->in_dtype == MT_INT8) {
+        s8_backward(self, dy, dx, true);
+    } else if (is_f16(self)) {
+        mt_relu6_f16_grad_input(self->output->data, dy->data, dx->data, self->output->size);
+    } else {
+        mt_relu6_f32_grad_input(self->output->data, dy->data, dx->data, self->output->size);
     }
 }
 
@@ -42,24 +105,35 @@ static int softmax_cols(const mt_layer_obj_t *self) {
     return self->out_shape.dim[self->out_shape.ndim - 1];
 }
 
-static void softmax_forward(mt_layer_obj_t *self, const float *x, const mt_pass_t *pass) {
+static void softmax_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     (void)pass;
-    int cols = softmax_cols(self);
-    mt_softmax_f32_forward(x, self->output->data, (int)(self->output->size / (size_t)cols), cols);
+    int cols = softmax_cols(self), rows = (int)(self->output->size / (size_t)cols);
+    if (is_f16(self)) {
+        mt_softmax_f16_forward(x->data, self->output->data, rows, cols);
+    } else {
+        mt_softmax_f32_forward(x->data, self->output->data, rows, cols);
+    }
 }
 
-static void softmax_backward(mt_layer_obj_t *self, const float *x, const float *dy, float *dx, const mt_pass_t *pass) {
+static void softmax_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass) {
     (void)x;
     (void)pass;
-    if (dx != NULL) {
-        int cols = softmax_cols(self);
-        mt_softmax_f32_grad_input(self->output->data, dy, dx, (int)(self->output->size / (size_t)cols), cols);
+    if (dx == NULL) {
+        return;
+    }
+    int cols = softmax_cols(self), rows = (int)(self->output->size / (size_t)cols);
+    if (is_f16(self)) {
+        mt_softmax_f16_grad_input(self->output->data, dy->data, dx->data, rows, cols);
+    } else {
+        mt_softmax_f32_grad_input(self->output->data, dy->data, dx->data, rows, cols);
     }
 }
 
 static const mt_layer_ops_t relu_ops = {
     .magic = MT_LAYER_MAGIC,
     .flags = MT_LAYER_MAY_RUN_IN_PLACE | MT_LAYER_NEEDS_OUTPUT,
+    .dtypes = MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8),
     .plan = same_shape_plan,
     .forward = relu_forward,
     .backward = relu_backward,
@@ -68,6 +142,7 @@ static const mt_layer_ops_t relu_ops = {
 static const mt_layer_ops_t relu6_ops = {
     .magic = MT_LAYER_MAGIC,
     .flags = MT_LAYER_MAY_RUN_IN_PLACE | MT_LAYER_NEEDS_OUTPUT,
+    .dtypes = MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8),
     .plan = same_shape_plan,
     .forward = relu6_forward,
     .backward = relu6_backward,
@@ -76,22 +151,22 @@ static const mt_layer_ops_t relu6_ops = {
 static const mt_layer_ops_t softmax_ops = {
     .magic = MT_LAYER_MAGIC,
     .flags = MT_LAYER_NEEDS_OUTPUT,
+    .dtypes = MT_DTYPES_FLOAT,
     .plan = same_shape_plan,
     .forward = softmax_forward,
     .backward = softmax_backward,
 };
 
 static mp_obj_t activation_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args) {
-    (void)args;
-    mp_arg_check_num(n_args, n_kw, 0, 0, false);
     mt_activation_obj_t *self = mp_obj_malloc(mt_activation_obj_t, type);
     mt_layer_init(&self->base);
+    self->base.dtype = mt_layer_parse_any_dtype(n_args, n_kw, args, qstr_str(type->name));
     return MP_OBJ_FROM_PTR(self);
 }
 
 static void activation_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
     (void)kind;
-    mp_printf(print, "%s()", mp_obj_get_type_str(self_in));
+    mt_layer_print_simple(print, MP_OBJ_TO_PTR(self_in));
 }
 
 MP_DEFINE_CONST_OBJ_TYPE(

@@ -3,6 +3,7 @@
 #include "py/runtime.h"
 #include "tensor.h"
 #include "kernels/activation_f32.h"
+#include "kernels/activation_f16.h"
 
 typedef struct {
     mp_obj_base_t base;
@@ -17,20 +18,38 @@ static mp_obj_t add_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
     return MP_OBJ_FROM_PTR(self);
 }
 
-// forward(a, b) -> a + b, in a buffer planned once per shape.
+// A float32 or float16 operand.
+static mt_tensor_obj_t *float_operand(mp_obj_t obj, const char *what) {
+    mt_tensor_obj_t *t = mt_tensor_get(obj, what);
+    if (t->dtype != MT_FLOAT32 && t->dtype != MT_FLOAT16) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%s must be float32 or float16, not %q"), what,
+            mt_dtype_qstr(t->dtype));
+    }
+    return t;
+}
+
+// forward(a, b) -> a + b (both float32 or both float16), in a buffer planned once per shape.
 static mp_obj_t add_forward(mp_obj_t self_in, mp_obj_t a_in, mp_obj_t b_in) {
     mt_add_obj_t *self = MP_OBJ_TO_PTR(self_in);
-    mt_tensor_obj_t *a = mt_tensor_get_f32(a_in, "Add.forward: a");
-    mt_tensor_obj_t *b = mt_tensor_get_f32(b_in, "Add.forward: b");
+    mt_tensor_obj_t *a = float_operand(a_in, "Add.forward: a");
+    mt_tensor_obj_t *b = float_operand(b_in, "Add.forward: b");
     if (!mt_shape_equal(&a->shape, &b->shape)) {
         char sa[64], sb[64];
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("Add: shapes %s and %s differ"),
             mt_shape_str(&a->shape, sa, sizeof(sa)), mt_shape_str(&b->shape, sb, sizeof(sb)));
     }
-    if (self->output == NULL || !mt_shape_equal(&self->output->shape, &a->shape)) {
-        self->output = mt_tensor_new(&a->shape, MT_FLOAT32, "Add");
+    if (a->dtype != b->dtype) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("Add: dtypes %q and %q differ; convert one with mt.Convert"),
+            mt_dtype_qstr(a->dtype), mt_dtype_qstr(b->dtype));
     }
-    mt_add_f32(a->data, b->data, self->output->data, a->size);
+    if (self->output == NULL || !mt_shape_equal(&self->output->shape, &a->shape) || self->output->dtype != a->dtype) {
+        self->output = mt_tensor_new(&a->shape, a->dtype, "Add");
+    }
+    if (a->dtype == MT_FLOAT16) {
+        mt_add_f16(a->data, b->data, self->output->data, a->size);
+    } else {
+        mt_add_f32(a->data, b->data, self->output->data, a->size);
+    }
     return MP_OBJ_FROM_PTR(self->output);
 }
 static MP_DEFINE_CONST_FUN_OBJ_3(add_forward_obj, add_forward);
@@ -38,7 +57,7 @@ static MP_DEFINE_CONST_FUN_OBJ_3(add_forward_obj, add_forward);
 // backward(dy) -> (dy, dy): each input's gradient is the output's.
 static mp_obj_t add_backward(mp_obj_t self_in, mp_obj_t dy_in) {
     (void)self_in;
-    mt_tensor_get_f32(dy_in, "Add.backward: dy");
+    float_operand(dy_in, "Add.backward: dy");
     mp_obj_t items[2] = { dy_in, dy_in };
     return mp_obj_new_tuple(2, items);
 }

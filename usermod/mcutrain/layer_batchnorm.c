@@ -1,9 +1,11 @@
-// mt.BatchNorm2d(num_features, eps=1e-5, momentum=0.1) over the last (channel) dim:
-// batch statistics when training, running ones in predict(); fold_into(conv) folds it
-// into the preceding layer for inference.
+// mt.BatchNorm2d(num_features, eps=1e-5, momentum=0.1, dtype=mt.float32) over the last
+// (channel) dim: batch statistics when training, running ones in predict(); fold_into(conv)
+// folds it into the preceding layer for inference. A float16 layer has float16 activations
+// and errors but keeps gamma, beta and the statistics in float32 (kernels/batchnorm_f16.h).
 #include "py/runtime.h"
 #include "layer.h"
 #include "kernels/batchnorm_f32.h"
+#include "kernels/batchnorm_f16.h"
 
 typedef struct {
     mt_layer_obj_t base;
@@ -21,33 +23,52 @@ static void bn_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     self_in->state_bytes = 2 * self->p.channels * sizeof(float);
 }
 
-static void bn_forward(mt_layer_obj_t *self_in, const float *x, const mt_pass_t *pass) {
+static void bn_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_pass_t *pass) {
     mt_batchnorm_obj_t *self = (mt_batchnorm_obj_t *)self_in;
     float *gamma = self_in->weight->data, *beta = self_in->bias->data;
     float *running_mean = self_in->extra_params[0]->data, *running_var = self_in->extra_params[1]->data;
-    if (pass->training) {
-        mt_batchnorm_f32_forward_train(&self->p, x, gamma, beta, self_in->output->data, self->saved,
-            self->saved + self->p.channels, running_mean, running_var);
+    float *mean = self->saved, *inv_std = self->saved + self->p.channels;
+    const void *x = x_t->data;
+    void *y = self_in->output->data;
+    if (self_in->dtype == MT_FLOAT16) {
+        if (pass->training) {
+            mt_batchnorm_f16_forward_train(&self->p, x, gamma, beta, y, mean, inv_std, running_mean, running_var);
+        } else {
+            mt_batchnorm_f16_forward_eval(&self->p, x, gamma, beta, running_mean, running_var, y);
+        }
+    } else if (pass->training) {
+        mt_batchnorm_f32_forward_train(&self->p, x, gamma, beta, y, mean, inv_std, running_mean, running_var);
     } else {
-        mt_batchnorm_f32_forward_eval(&self->p, x, gamma, beta, running_mean, running_var, self_in->output->data);
+        mt_batchnorm_f32_forward_eval(&self->p, x, gamma, beta, running_mean, running_var, y);
     }
 }
 
-static void bn_backward(mt_layer_obj_t *self_in, const float *x, const float *dy, float *dx, const mt_pass_t *pass) {
+// The backward in the layer's dtype; the parameter gradients are fp32 either way.
+static void bn_backward_kernel(mt_batchnorm_obj_t *self, const void *x, const void *dy, void *dx, float alpha,
+    float *dgamma, float *dbeta) {
+    const float *gamma = self->base.weight->data, *mean = self->saved, *inv_std = self->saved + self->p.channels;
+    if (self->base.dtype == MT_FLOAT16) {
+        mt_batchnorm_f16_backward(&self->p, x, dy, gamma, mean, inv_std, dx, alpha, dgamma, dbeta);
+    } else {
+        mt_batchnorm_f32_backward(&self->p, x, dy, gamma, mean, inv_std, dx, alpha, dgamma, dbeta);
+    }
+}
+
+static void bn_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass) {
     mt_batchnorm_obj_t *self = (mt_batchnorm_obj_t *)self_in;
-    const float *mean = self->saved, *inv_std = self->saved + self->p.channels;
     if (dx != NULL) {
         // dx needs gamma as it was in the forward pass, and a fused update may change
         // gamma as soon as its gradient pass begins (weight decay): dx goes first.
-        mt_batchnorm_f32_backward(&self->p, x, dy, self_in->weight->data, mean, inv_std, dx, 1.0f, NULL, NULL);
+        bn_backward_kernel(self, x->data, dy->data, dx->data, 1.0f, NULL, NULL);
     }
     if (!self_in->trainable) {
         return;
     }
-    float alpha, beta_alpha;
-    float *dgamma = mt_grad_begin(pass, self_in->weight, &alpha);
-    float *dbeta = mt_grad_begin(pass, self_in->bias, &beta_alpha);
-    mt_batchnorm_f32_backward(&self->p, x, dy, self_in->weight->data, mean, inv_std, NULL, alpha, dgamma, dbeta);
+    // gamma and beta are fp32 in every dtype, so their destinations are fp32 too.
+    mt_grad_dest_t dgamma = mt_grad_begin(pass, self_in->weight);
+    mt_grad_dest_t dbeta = mt_grad_begin(pass, self_in->bias);
+    bn_backward_kernel(self, x->data, dy->data, NULL, dgamma.alpha, dgamma.data, dbeta.data);
     mt_grad_end(pass, self_in->weight);
     mt_grad_end(pass, self_in->bias);
 }
@@ -60,15 +81,17 @@ static uint64_t bn_macs(const mt_layer_obj_t *self_in, mt_macs_kind_t kind, bool
 
 static mp_obj_t bn_config(const mt_layer_obj_t *self_in) {
     const mt_batchnorm_obj_t *self = (const mt_batchnorm_obj_t *)self_in;
-    mp_obj_t dict = mt_new_ordered_dict(3);
+    mp_obj_t dict = mt_new_ordered_dict(4);
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_num_features), MP_OBJ_NEW_SMALL_INT(self->p.channels));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_eps), mp_obj_new_float_from_f(self->p.eps));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_momentum), mp_obj_new_float_from_f(self->p.momentum));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_dtype), MP_OBJ_NEW_QSTR(mt_dtype_qstr(self_in->dtype)));
     return dict;
 }
 
 static const mt_layer_ops_t bn_ops = {
     .magic = MT_LAYER_MAGIC,
+    .dtypes = MT_DTYPES_FLOAT,
     .plan = bn_plan,
     .forward = bn_forward,
     .backward = bn_backward,
@@ -86,11 +109,12 @@ static mt_tensor_obj_t *filled(int n, float value, const char *what) {
 }
 
 static mp_obj_t bn_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_num_features, ARG_eps, ARG_momentum };
+    enum { ARG_num_features, ARG_eps, ARG_momentum, ARG_dtype };
     static const mp_arg_t allowed_args[] = {
         { MP_QSTR_num_features, MP_ARG_REQUIRED | MP_ARG_INT, {.u_int = 0} },
         { MP_QSTR_eps, MP_ARG_OBJ, {.u_obj = mp_const_none} },
         { MP_QSTR_momentum, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_dtype, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
@@ -103,8 +127,10 @@ static mp_obj_t bn_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     if (!(eps > 0.0f) || !(momentum >= 0.0f && momentum <= 1.0f)) {
         mp_raise_ValueError(MP_ERROR_TEXT("BatchNorm2d: need eps > 0 and momentum in [0, 1]"));
     }
+    uint8_t dtype = mt_layer_dtype_arg(args[ARG_dtype].u_obj, MT_DTYPES_FLOAT, false, "BatchNorm2d");
     mt_batchnorm_obj_t *self = mp_obj_malloc(mt_batchnorm_obj_t, type);
     mt_layer_init(&self->base);
+    self->base.dtype = dtype;
     self->p = (mt_batchnorm_params_t) { .rows = 0, .channels = (int)c, .eps = eps, .momentum = momentum };
     self->base.weight = filled((int)c, 1.0f, "BatchNorm2d.weight");
     self->base.bias = filled((int)c, 0.0f, "BatchNorm2d.bias");
@@ -124,13 +150,23 @@ static mp_obj_t bn_fold_into(mp_obj_t self_in, mp_obj_t layer_in) {
             MP_ERROR_TEXT("BatchNorm2d.fold_into: %q does not have %d output channels"),
             mt_layer_name(layer), self->p.channels);
     }
+    mt_dtype_t dtype = layer->weight->dtype;
+    if (dtype != MT_FLOAT32 && dtype != MT_FLOAT16) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("BatchNorm2d.fold_into: %q weights are not supported"),
+            mt_dtype_qstr(dtype));
+    }
     if (layer->bias == NULL) {
-        layer->bias = filled(self->p.channels, 0.0f, "bias");
+        mt_shape_t shape = { .ndim = 1, .dim = { self->p.channels } };
+        layer->bias = mt_tensor_new(&shape, dtype, "bias");  // zeros in either dtype
     }
     int row_len = (int)(layer->weight->size / (size_t)self->p.channels);
-    mt_batchnorm_f32_fold(&self->p, self->base.weight->data, self->base.bias->data,
-        self->base.extra_params[0]->data, self->base.extra_params[1]->data, layer->weight->data, row_len,
-        layer->bias->data);
+    const float *gamma = self->base.weight->data, *beta = self->base.bias->data;
+    const float *mean = self->base.extra_params[0]->data, *var = self->base.extra_params[1]->data;
+    if (dtype == MT_FLOAT16) {
+        mt_batchnorm_f16_fold(&self->p, gamma, beta, mean, var, layer->weight->data, row_len, layer->bias->data);
+    } else {
+        mt_batchnorm_f32_fold(&self->p, gamma, beta, mean, var, layer->weight->data, row_len, layer->bias->data);
+    }
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(bn_fold_into_obj, bn_fold_into);
@@ -138,8 +174,12 @@ static MP_DEFINE_CONST_FUN_OBJ_2(bn_fold_into_obj, bn_fold_into);
 static void bn_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
     (void)kind;
     mt_batchnorm_obj_t *self = MP_OBJ_TO_PTR(self_in);
-    mp_printf(print, "BatchNorm2d(%d, eps=%e, momentum=%f)", self->p.channels, (double)self->p.eps,
+    mp_printf(print, "BatchNorm2d(%d, eps=%e, momentum=%f", self->p.channels, (double)self->p.eps,
         (double)self->p.momentum);
+    if (self->base.dtype != MT_FLOAT32) {
+        mp_printf(print, ", dtype=%q", mt_dtype_qstr(self->base.dtype));
+    }
+    mp_print_str(print, ")");
 }
 
 // The common layer methods come from mt_layer_attr; fold_into is added here.

@@ -1,16 +1,43 @@
 // mt.Conv2d and mt.Conv1d(in_channels, out_channels, kernel_size, stride=1, padding=0,
-// groups=1, bias=True). Conv1d runs the 2-D kernels with a height of one.
+// groups=1, bias=True, dtype=mt.float32). Conv1d runs the 2-D kernels with a height of one.
 #include "py/runtime.h"
 #include "layer.h"
 #include "partial_update.h"
 #include "kernels/conv2d_f32.h"
+#include "kernels/conv2d_f16.h"
+#include "kernels/conv2d_s8.h"
 #include "kernels/select_f32.h"
+#include "layer_s8.h"
 
 typedef struct {
     mt_layer_obj_t base;
     mt_conv2d_params_t p;      // channels, kernel, stride, padding, groups fixed at construction
     bool is_1d;
+    mt_s8_layer_t *s8;         // int8 only, else NULL
 } mt_conv_obj_t;
+
+#define MT_CONV_DTYPES (MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8))
+
+static int s8_forward(mt_layer_obj_t *layer, const int8_t *x, int8_t *y, mt_range_t *y_range, void *scratch) {
+    mt_conv_obj_t *self = (mt_conv_obj_t *)layer;
+    return mt_conv2d_s8_forward(&self->p, &self->s8->q, x, layer->weight->data, layer->weight_scale->data,
+        self->s8->bias_q, y, y_range, scratch);
+}
+
+static int s8_grad_input(mt_layer_obj_t *layer, const int8_t *dy, int8_t *dx, float *dx_absmax, void *scratch) {
+    mt_conv_obj_t *self = (mt_conv_obj_t *)layer;
+    return mt_conv2d_s8_grad_input(&self->p, &self->s8->q, dy, layer->weight->data, layer->weight_scale->data, dx,
+        dx_absmax, scratch);
+}
+
+static int s8_update(mt_layer_obj_t *layer, const mt_s8_update_t *u, const int8_t *x, const int8_t *dy,
+    mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats, void *scratch, size_t scratch_bytes) {
+    mt_conv_obj_t *self = (mt_conv_obj_t *)layer;
+    return mt_conv2d_s8_update(&self->p, &self->s8->q, u, x, dy, layer->weight->data, layer->weight_scale->data,
+        self->s8->bias_q, NULL, w_stats, b_stats, scratch, scratch_bytes);
+}
+
+static const mt_s8_kernels_t s8_kernels = { s8_forward, s8_grad_input, s8_update };
 
 static void conv_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     mt_conv_obj_t *self = (mt_conv_obj_t *)self_in;
@@ -26,6 +53,9 @@ static void conv_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     p->out_w = mt_conv_out_size(p->in_w, p->kernel_w, p->stride_w, p->pad_w, p->pad_w);
     if (p->in_h + 2 * p->pad_h < p->kernel_h || p->in_w + 2 * p->pad_w < p->kernel_w) {
         mt_layer_raise_shape(self_in, "kernel is larger than the padded input", in);
+    }
+    if (self->s8 && self->s8->bias_q) {
+        self_in->state_bytes += (size_t)p->out_c * sizeof(int32_t);
     }
     mt_shape_t *out = &self_in->out_shape;
     out->ndim = in->ndim;
@@ -78,6 +108,12 @@ static size_t partial_scratch(const mt_conv_obj_t *self) {
 
 static size_t conv_scratch(const mt_layer_obj_t *self_in) {
     const mt_conv_obj_t *self = (const mt_conv_obj_t *)self_in;
+    if (self_in->dtype == MT_FLOAT16) {
+        return mt_conv2d_f16_scratch_floats(&self->p);
+    }
+    if (self_in->dtype == MT_INT8) {
+        return (mt_conv2d_s8_scratch_bytes(&self->p) + sizeof(float) - 1) / sizeof(float);
+    }
     size_t full = mt_conv2d_f32_scratch_floats(&self->p);
     if (self_in->update.kind != MT_UPDATE_CHANNELS && self_in->update.kind != MT_UPDATE_TOPK) {
         return full;
@@ -86,10 +122,16 @@ static size_t conv_scratch(const mt_layer_obj_t *self_in) {
     return partial > full ? partial : full;
 }
 
-static void conv_forward(mt_layer_obj_t *self_in, const float *x, const mt_pass_t *pass) {
+static void conv_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     mt_conv_obj_t *self = (mt_conv_obj_t *)self_in;
-    mt_conv2d_f32_forward(&self->p, x, self_in->weight->data, self_in->bias ? self_in->bias->data : NULL,
-        self_in->output->data, pass->scratch);
+    void *bias = self_in->bias ? self_in->bias->data : NULL;
+    if (self_in->dtype == MT_INT8) {
+        mt_s8_forward(self->s8, self_in, x, pass, &s8_kernels);
+    } else if (self_in->dtype == MT_FLOAT16) {
+        mt_conv2d_f16_forward(&self->p, x->data, self_in->weight->data, bias, self_in->output->data, pass->scratch);
+    } else {
+        mt_conv2d_f32_forward(&self->p, x->data, self_in->weight->data, bias, self_in->output->data, pass->scratch);
+    }
 }
 
 // A partial update: only the selected output channels' error flows back, into both
@@ -143,9 +185,43 @@ static void conv_backward_partial(mt_conv_obj_t *self, const float *x, const flo
     }
 }
 
-static void conv_backward(mt_layer_obj_t *self_in, const float *x, const float *dy, float *dx,
-    const mt_pass_t *pass) {
+// float16: fp16 activations and errors, gradients summed in fp32 and added either into the
+// fp16 weights or velocity (fused SGD) or into an fp32 buffer (.grad, Adam).
+static void conv_backward_f16(mt_conv_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass) {
+    mt_layer_obj_t *layer = &self->base;
+    if (dx != NULL) {
+        mt_conv2d_f16_grad_input(&self->p, dy->data, layer->weight->data, dx->data, pass->scratch);
+    }
+    if (!layer->trainable) {
+        return;
+    }
+    mt_grad_dest_t dw = mt_grad_begin(pass, layer->weight);
+    mt_grad_dest_t db = layer->bias ? mt_grad_begin(pass, layer->bias) : (mt_grad_dest_t) { 0 };
+    if (dw.dtype == MT_FLOAT16) {
+        mt_conv2d_f16_grad_weight(&self->p, x->data, dy->data, dw.alpha, dw.data, db.data, pass->scratch, dw.rng);
+    } else {
+        mt_conv2d_f16_grad_weight_f32(&self->p, x->data, dy->data, dw.alpha, dw.data, db.data, pass->scratch);
+    }
+    mt_grad_end(pass, layer->weight);
+    if (layer->bias) {
+        mt_grad_end(pass, layer->bias);
+    }
+}
+
+static void conv_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_tensor_obj_t *dy_t,
+    mt_tensor_obj_t *dx_t, const mt_pass_t *pass) {
     mt_conv_obj_t *self = (mt_conv_obj_t *)self_in;
+    if (self_in->dtype == MT_FLOAT16) {
+        conv_backward_f16(self, x_t, dy_t, dx_t, pass);
+        return;
+    }
+    if (self_in->dtype == MT_INT8) {
+        mt_s8_backward(self->s8, self_in, x_t, dy_t, dx_t, pass, &s8_kernels);
+        return;
+    }
+    const float *x = x_t->data, *dy = dy_t->data;
+    float *dx = dx_t ? dx_t->data : NULL;
     if (self_in->trainable && mt_update_is_partial(self_in, pass)) {
         conv_backward_partial(self, x, dy, dx, pass);
         return;
@@ -158,17 +234,16 @@ static void conv_backward(mt_layer_obj_t *self_in, const float *x, const float *
     }
     if (pass->optim != NULL && self_in->update.kind == MT_UPDATE_BIAS_ONLY) {
         if (self_in->bias) {
-            float alpha;
-            float *db = mt_grad_begin(pass, self_in->bias, &alpha);
-            mt_channel_sum_f32(dy, self->p.batch * self->p.out_h * self->p.out_w, self->p.out_c, alpha, db);
+            mt_grad_dest_t db = mt_grad_begin(pass, self_in->bias);
+            mt_channel_sum_f32(dy, self->p.batch * self->p.out_h * self->p.out_w, self->p.out_c, db.alpha, db.data);
             mt_grad_end(pass, self_in->bias);
         }
         return;
     }
-    float alpha, bias_alpha;
-    float *dw = mt_grad_begin(pass, self_in->weight, &alpha);
-    float *db = self_in->bias ? mt_grad_begin(pass, self_in->bias, &bias_alpha) : NULL;
-    mt_conv2d_f32_grad_weight(&self->p, x, dy, alpha, dw, db, pass->scratch);
+    // Weight and bias share the optimizer, so their alphas are the same.
+    mt_grad_dest_t dw = mt_grad_begin(pass, self_in->weight);
+    float *db = self_in->bias ? mt_grad_begin(pass, self_in->bias).data : NULL;
+    mt_conv2d_f32_grad_weight(&self->p, x, dy, dw.alpha, dw.data, db, pass->scratch);
     mt_grad_end(pass, self_in->weight);
     if (db) {
         mt_grad_end(pass, self_in->bias);
@@ -193,7 +268,7 @@ static mp_obj_t pair_or_int(int h, int w, bool is_1d) {
 static mp_obj_t conv_config(const mt_layer_obj_t *self_in) {
     const mt_conv_obj_t *self = (const mt_conv_obj_t *)self_in;
     const mt_conv2d_params_t *p = &self->p;
-    mp_obj_t dict = mt_new_ordered_dict(7);
+    mp_obj_t dict = mt_new_ordered_dict(8);
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_in_channels), MP_OBJ_NEW_SMALL_INT(p->in_c));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_out_channels), MP_OBJ_NEW_SMALL_INT(p->out_c));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_kernel_size), pair_or_int(p->kernel_h, p->kernel_w, self->is_1d));
@@ -201,12 +276,14 @@ static mp_obj_t conv_config(const mt_layer_obj_t *self_in) {
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_padding), pair_or_int(p->pad_h, p->pad_w, self->is_1d));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_groups), MP_OBJ_NEW_SMALL_INT(p->groups));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_bias), mp_obj_new_bool(self_in->bias != NULL));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_dtype), MP_OBJ_NEW_QSTR(mt_dtype_qstr(self_in->dtype)));
     return dict;
 }
 
 static const mt_layer_ops_t conv2d_ops = {
     .magic = MT_LAYER_MAGIC,
     .input_ndim = 4,
+    .dtypes = MT_CONV_DTYPES,
     .plan = conv_plan,
     .scratch_floats = conv_scratch,
     .forward = conv_forward,
@@ -218,6 +295,7 @@ static const mt_layer_ops_t conv2d_ops = {
 static const mt_layer_ops_t conv1d_ops = {
     .magic = MT_LAYER_MAGIC,
     .input_ndim = 3,
+    .dtypes = MT_CONV_DTYPES,
     .plan = conv_plan,
     .scratch_floats = conv_scratch,
     .forward = conv_forward,
@@ -227,7 +305,7 @@ static const mt_layer_ops_t conv1d_ops = {
 };
 
 static mp_obj_t conv_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_in_channels, ARG_out_channels, ARG_kernel_size, ARG_stride, ARG_padding, ARG_groups, ARG_bias };
+    enum { ARG_in_channels, ARG_out_channels, ARG_kernel_size, ARG_stride, ARG_padding, ARG_groups, ARG_bias, ARG_dtype };
     static const mp_arg_t allowed_args[] = {
         { MP_QSTR_in_channels, MP_ARG_REQUIRED | MP_ARG_INT, {.u_int = 0} },
         { MP_QSTR_out_channels, MP_ARG_REQUIRED | MP_ARG_INT, {.u_int = 0} },
@@ -236,11 +314,13 @@ static mp_obj_t conv_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
         { MP_QSTR_padding, MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_SMALL_INT(0)} },
         { MP_QSTR_groups, MP_ARG_INT, {.u_int = 1} },
         { MP_QSTR_bias, MP_ARG_BOOL, {.u_bool = true} },
+        { MP_QSTR_dtype, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
     bool is_1d = type->name == MP_QSTR_Conv1d;
     const char *name = is_1d ? "Conv1d" : "Conv2d";
+    uint8_t dtype = mt_layer_dtype_arg(args[ARG_dtype].u_obj, MT_CONV_DTYPES, false, name);
     mp_int_t in = args[ARG_in_channels].u_int, out = args[ARG_out_channels].u_int;
     mp_int_t groups = args[ARG_groups].u_int;
     if (in < 1 || out < 1 || in > 0xffff || out > 0xffff) {
@@ -253,6 +333,7 @@ static mp_obj_t conv_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
     }
     mt_conv_obj_t *self = mp_obj_malloc(mt_conv_obj_t, type);
     mt_layer_init(&self->base);
+    self->base.dtype = dtype;
     self->is_1d = is_1d;
     mt_conv2d_params_t *p = &self->p;
     p->in_c = (int)in;
@@ -279,10 +360,16 @@ static mp_obj_t conv_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
     } else {
         wshape = (mt_shape_t) { .ndim = 4, .dim = { p->out_c, p->kernel_h, p->kernel_w, p->in_c / p->groups } };
     }
-    self->base.weight = mt_layer_new_param(&wshape, fan_in, "Conv.weight");
+    self->s8 = NULL;
+    if (dtype == MT_INT8) {
+        self->s8 = m_new0(mt_s8_layer_t, 1);
+        mt_s8_layer_init(self->s8, &self->base, &wshape, fan_in, args[ARG_bias].u_bool, "Conv.weight");
+        return MP_OBJ_FROM_PTR(self);
+    }
+    self->base.weight = mt_layer_new_param(&wshape, fan_in, dtype, "Conv.weight");
     if (args[ARG_bias].u_bool) {
         mt_shape_t bshape = { .ndim = 1, .dim = { p->out_c } };
-        self->base.bias = mt_layer_new_param(&bshape, fan_in, "Conv.bias");
+        self->base.bias = mt_layer_new_param(&bshape, fan_in, dtype, "Conv.bias");
     }
     return MP_OBJ_FROM_PTR(self);
 }
@@ -292,12 +379,16 @@ static void conv_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_
     mt_conv_obj_t *self = MP_OBJ_TO_PTR(self_in);
     const mt_conv2d_params_t *p = &self->p;
     if (self->is_1d) {
-        mp_printf(print, "Conv1d(%d, %d, %d, stride=%d, padding=%d, groups=%d)", p->in_c, p->out_c,
+        mp_printf(print, "Conv1d(%d, %d, %d, stride=%d, padding=%d, groups=%d", p->in_c, p->out_c,
             p->kernel_w, p->stride_w, p->pad_w, p->groups);
     } else {
-        mp_printf(print, "Conv2d(%d, %d, (%d, %d), stride=(%d, %d), padding=(%d, %d), groups=%d)", p->in_c,
+        mp_printf(print, "Conv2d(%d, %d, (%d, %d), stride=(%d, %d), padding=(%d, %d), groups=%d", p->in_c,
             p->out_c, p->kernel_h, p->kernel_w, p->stride_h, p->stride_w, p->pad_h, p->pad_w, p->groups);
     }
+    if (self->base.dtype != MT_FLOAT32) {
+        mp_printf(print, ", dtype=%q", mt_dtype_qstr(self->base.dtype));
+    }
+    mp_print_str(print, ")");
 }
 
 MP_DEFINE_CONST_OBJ_TYPE(

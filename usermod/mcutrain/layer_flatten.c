@@ -18,40 +18,44 @@ static void flatten_plan(mt_layer_obj_t *self, const mt_shape_t *in) {
     self->out_shape.dim[1] = (int32_t)(mt_shape_size(in) / (size_t)in->dim[0]);
 }
 
-static void flatten_forward(mt_layer_obj_t *self, const float *x, const mt_pass_t *pass) {
+static void flatten_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     (void)self;
     (void)x;
     (void)pass;
 }
 
-static void flatten_backward(mt_layer_obj_t *self, const float *x, const float *dy, float *dx, const mt_pass_t *pass) {
+static void flatten_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass) {
     (void)x;
     (void)pass;
-    if (dx != NULL && dx != dy) {
-        memcpy(dx, dy, self->output->size * sizeof(float));
+    if (dx != NULL && dx->data != dy->data) {
+        memcpy(dx->data, dy->data, self->output->size * mt_dtype_size(self->out_dtype));
+    }
+    if (dx != NULL) {
+        dx->scale = dy->scale;
+        dx->zero_point = dy->zero_point;
     }
 }
 
 static const mt_layer_ops_t flatten_ops = {
     .magic = MT_LAYER_MAGIC,
     .flags = MT_LAYER_VIEW,
+    .dtypes = 0xff,
     .plan = flatten_plan,
     .forward = flatten_forward,
     .backward = flatten_backward,
 };
 
 static mp_obj_t flatten_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args) {
-    (void)args;
-    mp_arg_check_num(n_args, n_kw, 0, 0, false);
     mt_flatten_obj_t *self = mp_obj_malloc(mt_flatten_obj_t, type);
     mt_layer_init(&self->base);
+    self->base.dtype = mt_layer_parse_any_dtype(n_args, n_kw, args, "Flatten");
     return MP_OBJ_FROM_PTR(self);
 }
 
 static void flatten_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
-    (void)self_in;
     (void)kind;
-    mp_print_str(print, "Flatten()");
+    mt_layer_print_simple(print, MP_OBJ_TO_PTR(self_in));
 }
 
 MP_DEFINE_CONST_OBJ_TYPE(

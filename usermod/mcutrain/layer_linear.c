@@ -1,14 +1,43 @@
-// mt.Linear(in_features, out_features, bias=True): y = x W^T + b on (batch, features).
+// mt.Linear(in_features, out_features, bias=True, dtype=mt.float32): y = x W^T + b on
+// (batch, features).
 #include "py/runtime.h"
 #include "layer.h"
 #include "partial_update.h"
 #include "kernels/linear_f32.h"
+#include "kernels/linear_f16.h"
+#include "kernels/linear_s8.h"
 #include "kernels/select_f32.h"
+#include "layer_s8.h"
 
 typedef struct {
     mt_layer_obj_t base;
     mt_linear_params_t p;
+    mt_s8_layer_t *s8;         // int8 only, else NULL
 } mt_linear_obj_t;
+
+#define MT_LINEAR_DTYPES (MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8))
+
+static int s8_forward(mt_layer_obj_t *layer, const int8_t *x, int8_t *y, mt_range_t *y_range, void *scratch) {
+    mt_linear_obj_t *self = (mt_linear_obj_t *)layer;
+    return mt_linear_s8_forward(&self->p, &self->s8->q, x, layer->weight->data, layer->weight_scale->data,
+        self->s8->bias_q, y, y_range, scratch);
+}
+
+static int s8_grad_input(mt_layer_obj_t *layer, const int8_t *dy, int8_t *dx, float *dx_absmax, void *scratch) {
+    mt_linear_obj_t *self = (mt_linear_obj_t *)layer;
+    return mt_linear_s8_grad_input(&self->p, &self->s8->q, dy, layer->weight->data, layer->weight_scale->data, dx,
+        dx_absmax, scratch);
+}
+
+static int s8_update(mt_layer_obj_t *layer, const mt_s8_update_t *u, const int8_t *x, const int8_t *dy,
+    mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats, void *scratch, size_t scratch_bytes) {
+    (void)scratch_bytes;
+    mt_linear_obj_t *self = (mt_linear_obj_t *)layer;
+    return mt_linear_s8_update(&self->p, &self->s8->q, u, x, dy, layer->weight->data, layer->weight_scale->data,
+        self->s8->bias_q, NULL, w_stats, b_stats, scratch);
+}
+
+static const mt_s8_kernels_t s8_kernels = { s8_forward, s8_grad_input, s8_update };
 
 static void linear_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     mt_linear_obj_t *self = (mt_linear_obj_t *)self_in;
@@ -16,25 +45,39 @@ static void linear_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
         mt_layer_raise_expects(self_in, "expects %d input features", self->p.in_features, in);
     }
     self->p.batch = in->dim[0];
+    if (self->s8 && self->s8->bias_q) {
+        self_in->state_bytes += (size_t)self->p.out_features * sizeof(int32_t);
+    }
     self_in->out_shape.ndim = 2;
     self_in->out_shape.dim[0] = in->dim[0];
     self_in->out_shape.dim[1] = self->p.out_features;
 }
 
-static void linear_forward(mt_layer_obj_t *self_in, const float *x, const mt_pass_t *pass) {
-    (void)pass;
+static void linear_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     mt_linear_obj_t *self = (mt_linear_obj_t *)self_in;
-    mt_linear_f32_forward(&self->p, x, self_in->weight->data,
-        self_in->bias ? self_in->bias->data : NULL, self_in->output->data);
+    void *bias = self_in->bias ? self_in->bias->data : NULL;
+    if (self_in->dtype == MT_INT8) {
+        mt_s8_forward(self->s8, self_in, x, pass, &s8_kernels);
+    } else if (self_in->dtype == MT_FLOAT16) {
+        mt_linear_f16_forward(&self->p, x->data, self_in->weight->data, bias, self_in->output->data, pass->scratch);
+    } else {
+        mt_linear_f32_forward(&self->p, x->data, self_in->weight->data, bias, self_in->output->data);
+    }
 }
 
 // Compact-path scratch (see layer_conv.c): magnitudes, mask, selected dy columns,
 // weight rows and their gradients.
 static size_t linear_scratch(const mt_layer_obj_t *self_in) {
+    const mt_linear_obj_t *self = (const mt_linear_obj_t *)self_in;
+    if (self_in->dtype == MT_FLOAT16) {
+        return mt_linear_f16_scratch_floats(&self->p);
+    }
+    if (self_in->dtype == MT_INT8) {
+        return (mt_linear_s8_scratch_bytes(&self->p) + sizeof(float) - 1) / sizeof(float);
+    }
     if (self_in->update.kind != MT_UPDATE_CHANNELS && self_in->update.kind != MT_UPDATE_TOPK) {
         return 0;
     }
-    const mt_linear_obj_t *self = (const mt_linear_obj_t *)self_in;
     size_t n = (size_t)self->p.out_features, k = (size_t)mt_update_max_selected(self_in);
     return n + (n + 3) / 4 + (size_t)self->p.batch * k + 2 * k * (size_t)self->p.in_features + k;
 }
@@ -69,9 +112,43 @@ static void linear_backward_partial(mt_linear_obj_t *self, const float *x, const
     }
 }
 
-static void linear_backward(mt_layer_obj_t *self_in, const float *x, const float *dy, float *dx,
-    const mt_pass_t *pass) {
+// float16: fp16 activations and errors, gradients summed in fp32 and added either into the
+// fp16 weights or velocity (fused SGD) or into an fp32 buffer (.grad, Adam).
+static void linear_backward_f16(mt_linear_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass) {
+    mt_layer_obj_t *layer = &self->base;
+    if (dx != NULL) {
+        mt_linear_f16_grad_input(&self->p, dy->data, layer->weight->data, dx->data, pass->scratch);
+    }
+    if (!layer->trainable) {
+        return;
+    }
+    mt_grad_dest_t dw = mt_grad_begin(pass, layer->weight);
+    mt_grad_dest_t db = layer->bias ? mt_grad_begin(pass, layer->bias) : (mt_grad_dest_t) { 0 };
+    if (dw.dtype == MT_FLOAT16) {
+        mt_linear_f16_grad_weight(&self->p, x->data, dy->data, dw.alpha, dw.data, db.data, pass->scratch, dw.rng);
+    } else {
+        mt_linear_f16_grad_weight_f32(&self->p, x->data, dy->data, dw.alpha, dw.data, db.data, pass->scratch);
+    }
+    mt_grad_end(pass, layer->weight);
+    if (layer->bias) {
+        mt_grad_end(pass, layer->bias);
+    }
+}
+
+static void linear_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_tensor_obj_t *dy_t,
+    mt_tensor_obj_t *dx_t, const mt_pass_t *pass) {
     mt_linear_obj_t *self = (mt_linear_obj_t *)self_in;
+    if (self_in->dtype == MT_FLOAT16) {
+        linear_backward_f16(self, x_t, dy_t, dx_t, pass);
+        return;
+    }
+    if (self_in->dtype == MT_INT8) {
+        mt_s8_backward(self->s8, self_in, x_t, dy_t, dx_t, pass, &s8_kernels);
+        return;
+    }
+    const float *x = x_t->data, *dy = dy_t->data;
+    float *dx = dx_t ? dx_t->data : NULL;
     if (self_in->trainable && mt_update_is_partial(self_in, pass)) {
         linear_backward_partial(self, x, dy, dx, pass);
         return;
@@ -84,17 +161,16 @@ static void linear_backward(mt_layer_obj_t *self_in, const float *x, const float
     }
     if (pass->optim != NULL && self_in->update.kind == MT_UPDATE_BIAS_ONLY) {
         if (self_in->bias) {
-            float alpha;
-            float *db = mt_grad_begin(pass, self_in->bias, &alpha);
-            mt_channel_sum_f32(dy, self->p.batch, self->p.out_features, alpha, db);
+            mt_grad_dest_t db = mt_grad_begin(pass, self_in->bias);
+            mt_channel_sum_f32(dy, self->p.batch, self->p.out_features, db.alpha, db.data);
             mt_grad_end(pass, self_in->bias);
         }
         return;
     }
-    float alpha, bias_alpha;
-    float *dw = mt_grad_begin(pass, self_in->weight, &alpha);
-    float *db = self_in->bias ? mt_grad_begin(pass, self_in->bias, &bias_alpha) : NULL;
-    mt_linear_f32_grad_weight(&self->p, x, dy, alpha, dw, db);
+    // Weight and bias share the optimizer, so their alphas are the same.
+    mt_grad_dest_t dw = mt_grad_begin(pass, self_in->weight);
+    float *db = self_in->bias ? mt_grad_begin(pass, self_in->bias).data : NULL;
+    mt_linear_f32_grad_weight(&self->p, x, dy, dw.alpha, dw.data, db);
     mt_grad_end(pass, self_in->weight);
     if (db) {
         mt_grad_end(pass, self_in->bias);
@@ -110,16 +186,18 @@ static uint64_t linear_macs(const mt_layer_obj_t *self_in, mt_macs_kind_t kind, 
 
 static mp_obj_t linear_config(const mt_layer_obj_t *self_in) {
     const mt_linear_obj_t *self = (const mt_linear_obj_t *)self_in;
-    mp_obj_t dict = mt_new_ordered_dict(3);
+    mp_obj_t dict = mt_new_ordered_dict(4);
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_in_features), MP_OBJ_NEW_SMALL_INT(self->p.in_features));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_out_features), MP_OBJ_NEW_SMALL_INT(self->p.out_features));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_bias), mp_obj_new_bool(self_in->bias != NULL));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_dtype), MP_OBJ_NEW_QSTR(mt_dtype_qstr(self_in->dtype)));
     return dict;
 }
 
 static const mt_layer_ops_t linear_ops = {
     .magic = MT_LAYER_MAGIC,
     .input_ndim = 2,
+    .dtypes = MT_LINEAR_DTYPES,
     .plan = linear_plan,
     .scratch_floats = linear_scratch,
     .forward = linear_forward,
@@ -129,11 +207,12 @@ static const mt_layer_ops_t linear_ops = {
 };
 
 static mp_obj_t linear_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_in_features, ARG_out_features, ARG_bias };
+    enum { ARG_in_features, ARG_out_features, ARG_bias, ARG_dtype };
     static const mp_arg_t allowed_args[] = {
         { MP_QSTR_in_features, MP_ARG_REQUIRED | MP_ARG_INT, {.u_int = 0} },
         { MP_QSTR_out_features, MP_ARG_REQUIRED | MP_ARG_INT, {.u_int = 0} },
         { MP_QSTR_bias, MP_ARG_BOOL, {.u_bool = true} },
+        { MP_QSTR_dtype, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
@@ -142,16 +221,24 @@ static mp_obj_t linear_make_new(const mp_obj_type_t *type, size_t n_args, size_t
         mp_raise_msg_varg(&mp_type_ValueError,
             MP_ERROR_TEXT("Linear: in_features and out_features must be positive, not %d and %d"), (int)in, (int)out);
     }
+    uint8_t dtype = mt_layer_dtype_arg(args[ARG_dtype].u_obj, MT_LINEAR_DTYPES, false, "Linear");
     mt_linear_obj_t *self = mp_obj_malloc(mt_linear_obj_t, type);
     mt_layer_init(&self->base);
+    self->base.dtype = dtype;
     self->p.batch = 0;
     self->p.in_features = (int)in;
     self->p.out_features = (int)out;
     mt_shape_t wshape = { .ndim = 2, .dim = { (int32_t)out, (int32_t)in } };
-    self->base.weight = mt_layer_new_param(&wshape, (int)in, "Linear.weight");
+    self->s8 = NULL;
+    if (dtype == MT_INT8) {
+        self->s8 = m_new0(mt_s8_layer_t, 1);
+        mt_s8_layer_init(self->s8, &self->base, &wshape, (int)in, args[ARG_bias].u_bool, "Linear.weight");
+        return MP_OBJ_FROM_PTR(self);
+    }
+    self->base.weight = mt_layer_new_param(&wshape, (int)in, dtype, "Linear.weight");
     if (args[ARG_bias].u_bool) {
         mt_shape_t bshape = { .ndim = 1, .dim = { (int32_t)out } };
-        self->base.bias = mt_layer_new_param(&bshape, (int)in, "Linear.bias");
+        self->base.bias = mt_layer_new_param(&bshape, (int)in, dtype, "Linear.bias");
     }
     return MP_OBJ_FROM_PTR(self);
 }
@@ -159,8 +246,12 @@ static mp_obj_t linear_make_new(const mp_obj_type_t *type, size_t n_args, size_t
 static void linear_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
     (void)kind;
     mt_linear_obj_t *self = MP_OBJ_TO_PTR(self_in);
-    mp_printf(print, "Linear(%d, %d, bias=%s)", self->p.in_features, self->p.out_features,
+    mp_printf(print, "Linear(%d, %d, bias=%s", self->p.in_features, self->p.out_features,
         self->base.bias ? "True" : "False");
+    if (self->base.dtype != MT_FLOAT32) {
+        mp_printf(print, ", dtype=%q", mt_dtype_qstr(self->base.dtype));
+    }
+    mp_print_str(print, ")");
 }
 
 MP_DEFINE_CONST_OBJ_TYPE(

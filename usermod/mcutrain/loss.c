@@ -3,6 +3,9 @@
 #include "py/binary.h"
 #include "loss.h"
 #include "kernels/loss_f32.h"
+#include "kernels/half.h"
+#include "kernels/quant.h"
+#include "kernels/vector_f32.h"
 
 void mt_labels_from_obj(mp_obj_t obj, int32_t *labels, int n, int classes) {
     mp_buffer_info_t info;
@@ -53,15 +56,135 @@ static float cross_entropy_compute(const mt_tensor_obj_t *out, mp_obj_t target, 
     return mt_cross_entropy_f32(out->data, labels, rows, classes, dout);
 }
 
+static mt_tensor_obj_t *mse_target(const mt_tensor_obj_t *out, mp_obj_t target);
+
 static float mse_compute(const mt_tensor_obj_t *out, mp_obj_t target, float *dout, int32_t *labels) {
     (void)labels;
+    return mt_mse_f32(out->data, mse_target(out, target)->data, (int)out->size, dout);
+}
+
+/******************************************************************************/
+// float16 and int8 outputs: the fp32 losses on chunks widened into a small buffer, so a
+// large output needs no fp32 copy.
+
+#define LOSS_CHUNK (256)
+
+size_t mt_loss_buf_floats(const mt_shape_t *out) {
+    size_t n = mt_shape_size(out), row = n / (size_t)out->dim[0];
+    size_t chunk = n < LOSS_CHUNK ? n : LOSS_CHUNK;
+    return out->ndim == 2 && row > chunk ? row : chunk;
+}
+
+static void widen(const mt_tensor_obj_t *t, size_t at, size_t n, float *buf) {
+    if (t->dtype == MT_FLOAT16) {
+        mt_f16_to_f32_array((const uint16_t *)t->data + at, buf, n);
+    } else {
+        mt_qparams_t qp = { t->scale, t->zero_point };
+        mt_dequantize_s8((const int8_t *)t->data + at, buf, n, qp);
+    }
+}
+
+static void narrow(const float *buf, size_t n, mt_tensor_obj_t *t, size_t at) {
+    if (t->dtype == MT_FLOAT16) {
+        mt_f32_to_f16_array(buf, (uint16_t *)t->data + at, n);
+    } else {
+        mt_qparams_t qp = { t->scale, 0 };
+        mt_quantize_s8(buf, (int8_t *)t->data + at, n, qp, -MT_S8_SYM_MAX, MT_S8_SYM_MAX, NULL);
+    }
+}
+
+// One chunk's share of the mean loss; with grad, buf becomes its gradient (of the mean).
+typedef float (*chunk_fn_t)(const void *ctx, float *buf, size_t at, size_t n, bool grad);
+
+// Runs fn over the output in chunks of `chunk` values. An int8 gradient takes two passes:
+// its scale comes from the whole gradient's largest magnitude.
+static float run_chunks(const mt_tensor_obj_t *out, mt_tensor_obj_t *dout, float *buf, size_t chunk, chunk_fn_t fn,
+    const void *ctx) {
+    float absmax = 0.0f;
+    bool two_pass = dout != NULL && dout->dtype == MT_INT8;
+    float loss = 0.0f;
+    for (int pass = two_pass ? 0 : 1; pass < 2; pass++) {
+        loss = 0.0f;
+        for (size_t at = 0; at < out->size; at += chunk) {
+            size_t n = out->size - at < chunk ? out->size - at : chunk;
+            widen(out, at, n, buf);
+            loss += fn(ctx, buf, at, n, dout != NULL);
+            if (dout == NULL) {
+                continue;
+            }
+            if (pass == 0) {
+                float m = mt_absmax_f32(buf, n);
+                absmax = m > absmax ? m : absmax;
+            } else {
+                narrow(buf, n, dout, at);
+            }
+        }
+        if (pass == 0) {
+            mt_qparams_t qp;
+            if (mt_qparams_symmetric(absmax, &qp) != 0) {
+                mp_raise_ValueError(MP_ERROR_TEXT("loss: the gradient is not finite"));
+            }
+            dout->scale = qp.scale;
+            dout->zero_point = 0;
+        }
+    }
+    return loss;
+}
+
+typedef struct {
+    const int32_t *labels;
+    int rows, classes;
+} ce_ctx_t;
+
+static float ce_chunk(const void *ctx_in, float *buf, size_t at, size_t n, bool grad) {
+    const ce_ctx_t *ctx = ctx_in;
+    size_t r = at / (size_t)ctx->classes;
+    float loss = mt_cross_entropy_f32(buf, ctx->labels + r, 1, (int)n, grad ? buf : NULL);
+    float inv_rows = 1.0f / (float)ctx->rows;
+    if (grad) {
+        mt_scale_f32(buf, n, inv_rows);
+    }
+    return loss * inv_rows;
+}
+
+static float cross_entropy_narrow(const mt_tensor_obj_t *out, mp_obj_t target, mt_tensor_obj_t *dout,
+    int32_t *labels, float *buf) {
+    ce_ctx_t ctx = { labels, out->shape.dim[0], (int)(out->size / (size_t)out->shape.dim[0]) };
+    mt_labels_from_obj(target, labels, ctx.rows, ctx.classes);
+    return run_chunks(out, dout, buf, (size_t)ctx.classes, ce_chunk, &ctx);
+}
+
+typedef struct {
+    const float *target;
+    size_t size;
+} mse_ctx_t;
+
+static float mse_chunk(const void *ctx_in, float *buf, size_t at, size_t n, bool grad) {
+    const mse_ctx_t *ctx = ctx_in;
+    // mt_mse_f32 gives the chunk's mean and 2 d / n: rescale both to the whole output's.
+    float share = (float)n / (float)ctx->size;
+    float loss = mt_mse_f32(buf, ctx->target + at, (int)n, grad ? buf : NULL);
+    if (grad) {
+        mt_scale_f32(buf, n, share);
+    }
+    return loss * share;
+}
+
+static mt_tensor_obj_t *mse_target(const mt_tensor_obj_t *out, mp_obj_t target) {
     mt_tensor_obj_t *t = mt_tensor_get_f32(target, "mse: target");
     if (t->size != out->size) {
         char a[64], b[64];
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("mse: target shape %s, output shape %s"),
             mt_shape_str(&t->shape, a, sizeof(a)), mt_shape_str(&out->shape, b, sizeof(b)));
     }
-    return mt_mse_f32(out->data, t->data, (int)out->size, dout);
+    return t;
+}
+
+static float mse_narrow(const mt_tensor_obj_t *out, mp_obj_t target, mt_tensor_obj_t *dout, int32_t *labels,
+    float *buf) {
+    (void)labels;
+    mse_ctx_t ctx = { mse_target(out, target)->data, out->size };
+    return run_chunks(out, dout, buf, mt_loss_buf_floats(&out->shape), mse_chunk, &ctx);
 }
 
 const mt_loss_obj_t *mt_loss_get(mp_obj_t obj) {
@@ -124,8 +247,8 @@ MP_DEFINE_CONST_OBJ_TYPE(
     );
 
 const mt_loss_obj_t mt_cross_entropy_obj = {
-    { &mt_loss_type }, MP_QSTR_cross_entropy, true, cross_entropy_compute,
+    { &mt_loss_type }, MP_QSTR_cross_entropy, true, cross_entropy_compute, cross_entropy_narrow,
 };
 const mt_loss_obj_t mt_mse_obj = {
-    { &mt_loss_type }, MP_QSTR_mse, false, mse_compute,
+    { &mt_loss_type }, MP_QSTR_mse, false, mse_compute, mse_narrow,
 };

@@ -5,12 +5,22 @@
 #include "py/runtime.h"
 #include "layer.h"
 #include "kernels/activation_f32.h"
+#include "kernels/activation_f16.h"
 
 typedef struct {
     mt_layer_obj_t base;
     mt_layer_obj_t *children[2];   // body, shortcut (NULL: identity)
-    float *shortcut_grad;          // the shortcut's input gradient, added into dx
+    mt_tensor_obj_t shortcut_grad; // the shortcut's input gradient, added into dx (data NULL if none)
 } mt_residual_obj_t;
+
+// a + b in the dtype both have.
+static void add(uint8_t dtype, const void *a, const void *b, void *y, size_t n) {
+    if (dtype == MT_FLOAT16) {
+        mt_add_f16(a, b, y, n);
+    } else {
+        mt_add_f32(a, b, y, n);
+    }
+}
 
 static size_t res_children(const mt_layer_obj_t *self_in, mt_layer_obj_t *const **children) {
     const mt_residual_obj_t *self = (const mt_residual_obj_t *)self_in;
@@ -21,11 +31,14 @@ static size_t res_children(const mt_layer_obj_t *self_in, mt_layer_obj_t *const 
 static void res_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     mt_residual_obj_t *self = (mt_residual_obj_t *)self_in;
     mt_layer_obj_t *body = self->children[0], *shortcut = self->children[1];
-    mt_layer_plan(body, in, false);
+    uint8_t in_dtype = self_in->in_dtype;
+    mt_layer_plan(body, in, in_dtype, false);
     const mt_shape_t *other = in;
+    uint8_t other_dtype = in_dtype;
     if (shortcut) {
-        mt_layer_plan(shortcut, in, false);
+        mt_layer_plan(shortcut, in, in_dtype, false);
         other = &shortcut->out_shape;
+        other_dtype = shortcut->out_dtype;
     }
     if (!mt_shape_equal(&body->out_shape, other)) {
         char a[64], b[64];
@@ -33,45 +46,57 @@ static void res_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
             MP_ERROR_TEXT("Residual: body gives %s but the shortcut gives %s; add a shortcut layer that matches"),
             mt_shape_str(&body->out_shape, a, sizeof(a)), mt_shape_str(other, b, sizeof(b)));
     }
-    self_in->out_shape = body->out_shape;
-    if (self_in->output == NULL || !mt_shape_equal(&self_in->output->shape, &self_in->out_shape)) {
-        self_in->output = mt_tensor_new(&self_in->out_shape, MT_FLOAT32, "Residual");
+    if (body->out_dtype != other_dtype) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("Residual: body gives %q but the shortcut gives %q; convert one with mt.Convert"),
+            mt_dtype_qstr(body->out_dtype), mt_dtype_qstr(other_dtype));
     }
-    self->shortcut_grad = NULL;
+    if (!(MT_DTYPES_FLOAT & MT_DTYPE_BIT(other_dtype))) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("Residual: %q is not supported yet"),
+            mt_dtype_qstr(other_dtype));
+    }
+    self_in->out_shape = body->out_shape;
+    self_in->out_dtype = other_dtype;
+    if (self_in->output == NULL || !mt_shape_equal(&self_in->output->shape, &self_in->out_shape)
+        || self_in->output->dtype != other_dtype) {
+        self_in->output = mt_tensor_new(&self_in->out_shape, other_dtype, "Residual");
+    }
+    mt_tensor_header_init(&self->shortcut_grad, NULL, in_dtype);
     if (shortcut) {
-        size_t bytes = mt_shape_size(in) * sizeof(float);
-        self->shortcut_grad = m_malloc_maybe(bytes);
-        if (self->shortcut_grad == NULL) {
+        size_t bytes = mt_shape_size(in) * mt_dtype_size(in_dtype);
+        self->shortcut_grad.data = m_malloc_maybe(bytes);
+        if (self->shortcut_grad.data == NULL) {
             mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("Residual: cannot allocate %u bytes"), (unsigned)bytes);
         }
     }
 }
 
-static void res_forward(mt_layer_obj_t *self_in, const float *x, const mt_pass_t *pass) {
+static void res_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     mt_residual_obj_t *self = (mt_residual_obj_t *)self_in;
     mt_layer_obj_t *body = self->children[0], *shortcut = self->children[1];
     mt_layer_forward(body, x, pass);
-    const float *other = x;
+    const void *other = x->data;
     if (shortcut) {
         mt_layer_forward(shortcut, x, pass);
         other = shortcut->output->data;
     }
-    mt_add_f32(body->output->data, other, self_in->output->data, self_in->output->size);
+    add(self_in->out_dtype, body->output->data, other, self_in->output->data, self_in->output->size);
 }
 
-static void res_backward(mt_layer_obj_t *self_in, const float *x, const float *dy, float *dx, const mt_pass_t *pass) {
+static void res_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass) {
     mt_residual_obj_t *self = (mt_residual_obj_t *)self_in;
     mt_layer_obj_t *body = self->children[0], *shortcut = self->children[1];
     size_t in_size = mt_shape_size(&self_in->in_shape);
     // Both branches receive dy unchanged; their input gradients add up.
     mt_layer_ops(body)->backward(body, x, dy, dx, pass);
     if (shortcut) {
-        mt_layer_ops(shortcut)->backward(shortcut, x, dy, dx ? self->shortcut_grad : NULL, pass);
+        mt_layer_ops(shortcut)->backward(shortcut, x, dy, dx ? &self->shortcut_grad : NULL, pass);
         if (dx) {
-            mt_add_f32(dx, self->shortcut_grad, dx, in_size);
+            add(self_in->in_dtype, dx->data, self->shortcut_grad.data, dx->data, in_size);
         }
     } else if (dx) {
-        mt_add_f32(dx, dy, dx, in_size);
+        add(self_in->in_dtype, dx->data, dy->data, dx->data, in_size);
     }
 }
 
@@ -86,7 +111,7 @@ static uint64_t res_macs(const mt_layer_obj_t *self_in, mt_macs_kind_t kind, boo
 
 static size_t res_grad_bytes(const mt_layer_obj_t *self_in) {
     const mt_residual_obj_t *self = (const mt_residual_obj_t *)self_in;
-    return self->shortcut_grad ? mt_shape_size(&self_in->in_shape) * sizeof(float) : 0;
+    return self->shortcut_grad.data ? mt_shape_size(&self_in->in_shape) * mt_dtype_size(self_in->in_dtype) : 0;
 }
 
 static const mt_layer_ops_t res_ops = {
@@ -116,7 +141,8 @@ static mp_obj_t res_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
     if (self->children[0] == self->children[1]) {
         mp_raise_ValueError(MP_ERROR_TEXT("Residual: body and shortcut must be different objects"));
     }
-    self->shortcut_grad = NULL;
+    self->base.dtype = MT_DTYPE_ANY;
+    mt_tensor_header_init(&self->shortcut_grad, NULL, MT_FLOAT32);
     return MP_OBJ_FROM_PTR(self);
 }
 

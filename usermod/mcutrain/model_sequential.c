@@ -10,8 +10,8 @@ typedef struct {
     mt_layer_obj_t base;
     size_t n;
     mt_layer_obj_t **layers;
-    float *grad[2];
-    size_t grad_floats;
+    mt_tensor_obj_t grad[2];   // headers over the two gradient buffers (not Python objects)
+    size_t grad_bytes;
 } mt_sequential_obj_t;
 
 static size_t seq_children(const mt_layer_obj_t *self_in, mt_layer_obj_t *const **children) {
@@ -22,39 +22,44 @@ static size_t seq_children(const mt_layer_obj_t *self_in, mt_layer_obj_t *const 
 
 static void seq_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     mt_sequential_obj_t *self = (mt_sequential_obj_t *)self_in;
-    self->grad[0] = self->grad[1] = NULL;
+    self->grad[0].data = self->grad[1].data = NULL;
     mt_shape_t shape = *in;
-    size_t grad_floats = 0;
+    uint8_t dtype = self_in->in_dtype;
+    size_t grad_bytes = 0;
     for (size_t i = 0; i < self->n; i++) {
         mt_layer_obj_t *layer = self->layers[i];
         // The first layer's input is not ours to overwrite; later ones may share.
         bool may_share = i > 0 && !mt_layer_output_needed(self->layers[i - 1]);
-        mt_layer_plan(layer, &shape, may_share);
+        mt_layer_plan(layer, &shape, dtype, may_share);
         shape = layer->out_shape;
+        dtype = layer->out_dtype;
         if (i + 1 < self->n) {
-            size_t size = mt_shape_size(&shape);
-            grad_floats = size > grad_floats ? size : grad_floats;
+            // Errors are stored in the dtype of the activations they belong to.
+            size_t bytes = mt_shape_size(&shape) * mt_dtype_size(dtype);
+            grad_bytes = bytes > grad_bytes ? bytes : grad_bytes;
         }
     }
     self_in->out_shape = shape;
+    self_in->out_dtype = dtype;
     self_in->output = self->layers[self->n - 1]->output;
     // Gradient buffers alternate between layers; two are needed from three layers on.
     size_t buffers = self->n > 2 ? 2 : self->n - 1;
     for (size_t b = 0; b < buffers; b++) {
-        self->grad[b] = m_malloc_maybe(grad_floats * sizeof(float));
-        if (self->grad[b] == NULL) {
+        void *data = m_malloc_maybe(grad_bytes);
+        if (data == NULL) {
             mp_raise_msg_varg(&mp_type_MemoryError,
-                MP_ERROR_TEXT("Sequential: cannot allocate %u bytes of gradient buffer"), (unsigned)(grad_floats * sizeof(float)));
+                MP_ERROR_TEXT("Sequential: cannot allocate %u bytes of gradient buffer"), (unsigned)grad_bytes);
         }
+        mt_tensor_header_init(&self->grad[b], data, MT_FLOAT32);
     }
-    self->grad_floats = grad_floats * buffers;
+    self->grad_bytes = grad_bytes * buffers;
 }
 
-static void seq_forward(mt_layer_obj_t *self_in, const float *x, const mt_pass_t *pass) {
+static void seq_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     mt_sequential_obj_t *self = (mt_sequential_obj_t *)self_in;
     for (size_t i = 0; i < self->n; i++) {
         mt_layer_forward(self->layers[i], x, pass);
-        x = self->layers[i]->output->data;
+        x = self->layers[i]->output;
     }
 }
 
@@ -72,14 +77,19 @@ static size_t seq_backward_stop(const mt_sequential_obj_t *self, bool need_dx) {
     return self->n;
 }
 
-static void seq_backward(mt_layer_obj_t *self_in, const float *x, const float *dy, float *dx, const mt_pass_t *pass) {
+static void seq_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass) {
     mt_sequential_obj_t *self = (mt_sequential_obj_t *)self_in;
     size_t stop = seq_backward_stop(self, dx != NULL);
-    const float *g = dy;
+    const mt_tensor_obj_t *g = dy;
     for (size_t i = self->n; i-- > stop;) {
         mt_layer_obj_t *layer = self->layers[i];
-        float *gx = i == stop ? dx : self->grad[(self->n - 1 - i) & 1];
-        const float *xi = i ? self->layers[i - 1]->output->data : x;
+        mt_tensor_obj_t *gx = dx;
+        if (i != stop) {
+            gx = &self->grad[(self->n - 1 - i) & 1];
+            gx->dtype = layer->in_dtype;
+        }
+        const mt_tensor_obj_t *xi = i ? self->layers[i - 1]->output : x;
         mt_layer_ops(layer)->backward(layer, xi, g, gx, pass);
         g = gx;
     }
@@ -97,7 +107,7 @@ static uint64_t seq_macs(const mt_layer_obj_t *self_in, mt_macs_kind_t kind, boo
 
 static size_t seq_grad_bytes(const mt_layer_obj_t *self_in) {
     const mt_sequential_obj_t *self = (const mt_sequential_obj_t *)self_in;
-    return self_in->planned ? self->grad_floats * sizeof(float) : 0;
+    return self_in->planned ? self->grad_bytes : 0;
 }
 
 static const mt_layer_ops_t seq_ops = {
@@ -136,9 +146,11 @@ static mp_obj_t seq_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
         }
         self->layers[i] = layer;
     }
+    self->base.dtype = MT_DTYPE_ANY;
     self->n = n;
-    self->grad[0] = self->grad[1] = NULL;
-    self->grad_floats = 0;
+    mt_tensor_header_init(&self->grad[0], NULL, MT_FLOAT32);
+    mt_tensor_header_init(&self->grad[1], NULL, MT_FLOAT32);
+    self->grad_bytes = 0;
     return MP_OBJ_FROM_PTR(self);
 }
 

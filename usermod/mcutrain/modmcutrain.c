@@ -85,7 +85,7 @@ static MP_DEFINE_CONST_FUN_OBJ_0(mcutrain_init_obj, mcutrain_init);
 
 extern const mp_obj_type_t mt_linear_type, mt_conv2d_type, mt_conv1d_type, mt_relu_type,
     mt_relu6_type, mt_softmax_type, mt_maxpool2d_type, mt_avgpool2d_type, mt_global_avgpool_type,
-    mt_flatten_type, mt_batchnorm2d_type, mt_add_type, mt_sequential_type, mt_residual_type,
+    mt_flatten_type, mt_batchnorm2d_type, mt_add_type, mt_convert_type, mt_sequential_type, mt_residual_type,
     mt_sgd_type, mt_adam_type;
 extern const mp_obj_fun_builtin_var_t mt_zeros_obj, mt_frombuffer_obj, mt_policy_topk_obj;
 extern const mp_obj_fun_builtin_fixed_t mt_policy_full_obj, mt_policy_frozen_obj, mt_policy_bias_only_obj,
@@ -118,6 +118,7 @@ static const mp_rom_map_elem_t mcutrain_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_Flatten), MP_ROM_PTR(&mt_flatten_type) },
     { MP_ROM_QSTR(MP_QSTR_BatchNorm2d), MP_ROM_PTR(&mt_batchnorm2d_type) },
     { MP_ROM_QSTR(MP_QSTR_Add), MP_ROM_PTR(&mt_add_type) },
+    { MP_ROM_QSTR(MP_QSTR_Convert), MP_ROM_PTR(&mt_convert_type) },
     { MP_ROM_QSTR(MP_QSTR_Sequential), MP_ROM_PTR(&mt_sequential_type) },
     { MP_ROM_QSTR(MP_QSTR_Residual), MP_ROM_PTR(&mt_residual_type) },
     { MP_ROM_QSTR(MP_QSTR_cross_entropy), MP_ROM_PTR(&mt_cross_entropy_obj) },

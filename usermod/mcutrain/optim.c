@@ -5,6 +5,7 @@
 #include "layer.h"
 #include "optim.h"
 #include "partial_update.h"
+#include "random.h"
 
 mt_optim_obj_t *mt_optim_get(mp_obj_t obj) {
     const mp_obj_type_t *type = mp_obj_is_obj(obj) ? ((mp_obj_base_t *)MP_OBJ_TO_PTR(obj))->type : NULL;
@@ -15,16 +16,16 @@ mt_optim_obj_t *mt_optim_get(mp_obj_t obj) {
     return MP_OBJ_TO_PTR(obj);
 }
 
-float *mt_optim_state(mt_optim_obj_t *self, mt_tensor_obj_t *param, size_t floats_per_param) {
+void *mt_optim_state(mt_optim_obj_t *self, mt_tensor_obj_t *param, size_t per_param, mt_dtype_t dtype) {
     (void)self;
-    if (floats_per_param == 0) {
+    if (per_param == 0) {
         return NULL;
     }
     if (param->opt_state == MP_OBJ_NULL) {
-        mt_shape_t shape = { .ndim = 1, .dim = { (int32_t)(floats_per_param * param->size) } };
-        param->opt_state = MP_OBJ_FROM_PTR(mt_tensor_new(&shape, MT_FLOAT32, "optimizer state"));
+        mt_shape_t shape = { .ndim = 1, .dim = { (int32_t)(per_param * param->size) } };
+        param->opt_state = MP_OBJ_FROM_PTR(mt_tensor_new(&shape, dtype, "optimizer state"));
     }
-    return mt_tensor_f32(MP_OBJ_TO_PTR(param->opt_state));
+    return ((mt_tensor_obj_t *)MP_OBJ_TO_PTR(param->opt_state))->data;
 }
 
 size_t mt_optim_state_elems(const mt_tensor_obj_t *param, size_t floats_per_param) {
@@ -34,11 +35,17 @@ size_t mt_optim_state_elems(const mt_tensor_obj_t *param, size_t floats_per_para
 
 typedef struct {
     size_t floats_per_param;
+    bool f16_state;
+    mt_optim_obj_t *optim;
 } init_ctx_t;
 
 static void init_leaf(mt_layer_obj_t *leaf, const char *name, void *ctx_in) {
-    (void)name;
     init_ctx_t *ctx = ctx_in;
+    if (leaf->dtype == MT_INT8 && leaf->weight != NULL && leaf->trainable && ctx->optim->ops->int8_sgd(ctx->optim) == NULL) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%q at %s: int8 layers train with mt.SGD without momentum"),
+            mt_layer_name(leaf), *name ? name : qstr_str(mt_layer_name(leaf)));
+    }
     mt_tensor_obj_t *params[2] = { leaf->weight, leaf->bias };
     for (size_t i = 0; i < 2; i++) {
         if (params[i] == NULL) {
@@ -49,12 +56,14 @@ static void init_leaf(mt_layer_obj_t *leaf, const char *name, void *ctx_in) {
         size_t n = mt_update_state_elems(leaf, params[i]) * ctx->floats_per_param;
         if (n) {
             mt_shape_t shape = { .ndim = 1, .dim = { (int32_t)n } };
-            params[i]->opt_state = MP_OBJ_FROM_PTR(mt_tensor_new(&shape, MT_FLOAT32, "optimizer state"));
+            params[i]->opt_state = MP_OBJ_FROM_PTR(mt_tensor_new(&shape,
+                mt_optim_state_dtype(params[i], ctx->f16_state), "optimizer state"));
         }
     }
 }
 
-void mt_optim_init_params(mt_optim_obj_t *self, mp_obj_t model, size_t floats_per_param, mp_obj_t update) {
+void mt_optim_init_params(mt_optim_obj_t *self, mp_obj_t model, size_t floats_per_param, bool f16_state,
+    mp_obj_t update) {
     mt_layer_obj_t *layer = mt_layer_get(model, "model");
     if (update != mp_const_none) {
         mt_update_apply(model, update);
@@ -63,7 +72,9 @@ void mt_optim_init_params(mt_optim_obj_t *self, mp_obj_t model, size_t floats_pe
     mp_load_method(model, MP_QSTR_parameters, dest);
     self->params = mp_call_method_n_kw(0, 0, dest);
     self->max_loss = 0.0f;
-    init_ctx_t ctx = { floats_per_param };
+    // Peeked, not drawn: creating an optimizer leaves the initialization sequence alone.
+    self->rng.state = mt_random_peek();
+    init_ctx_t ctx = { floats_per_param, f16_state, self };
     mt_layer_visit(layer, init_leaf, &ctx);
 }
 
@@ -110,7 +121,8 @@ static mp_obj_t optim_memory(mp_obj_t self_in) {
     for (size_t i = 0; i < n; i++) {
         mt_tensor_obj_t *p = MP_OBJ_TO_PTR(items[i]);
         if (p->opt_state != MP_OBJ_NULL && self->ops->state_bytes_per_float(self)) {
-            bytes += ((mt_tensor_obj_t *)MP_OBJ_TO_PTR(p->opt_state))->size * sizeof(float);
+            const mt_tensor_obj_t *state = MP_OBJ_TO_PTR(p->opt_state);
+            bytes += state->size * mt_dtype_size(state->dtype);
         }
     }
     return mp_obj_new_int_from_uint(bytes);

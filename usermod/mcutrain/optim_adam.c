@@ -4,39 +4,54 @@
 #include "py/runtime.h"
 #include "optim.h"
 #include "kernels/optim_f32.h"
+#include "kernels/optim_f16.h"
 
 typedef struct {
     mt_optim_obj_t base;
     mt_adam_params_t p;
 } mt_adam_obj_t;
 
-// State layout per parameter of n floats: gradient[n], first moment[n], second moment[n].
+// State layout per parameter of n elements: gradient[n], first moment[n], second moment[n],
+// all fp32 whatever the parameter's dtype (the second moment needs fp32's range).
+static float *adam_state(mt_optim_obj_t *self, mt_tensor_obj_t *param) {
+    return mt_optim_state(self, param, 3, MT_FLOAT32);
+}
+
 static void adam_step_begin(mt_optim_obj_t *self_in) {
     ((mt_adam_obj_t *)self_in)->p.step++;
 }
 
-static float *adam_grad_begin(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, float *alpha) {
-    float *state = mt_optim_state(self_in, param, 3);
+static void adam_grad_begin(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, mt_grad_dest_t *dest) {
+    float *state = adam_state(self_in, param);
     for (size_t i = 0; i < param->size; i++) {
         state[i] = 0.0f;
     }
-    *alpha = 1.0f;
-    return state;
+    dest->data = state;
+    dest->alpha = 1.0f;
+    dest->dtype = MT_FLOAT32;
+    dest->rng = NULL;
 }
 
-// Adam on n elements of w from g, with the moments at element `at` of the state.
+// Adam on n elements of w (fp32) from g, with the moments at element `at` of the state.
 static void adam_update(mt_adam_obj_t *self, mt_tensor_obj_t *param, float *w, const float *g, size_t at, size_t n) {
-    float *state = mt_optim_state(&self->base, param, 3);
+    float *state = adam_state(&self->base, param);
     size_t elems = mt_optim_state_elems(param, 3);
     mt_adam_f32_step(&self->p, w, g, state + elems + at, state + 2 * elems + at, n);
 }
 
 static void adam_apply(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const float *grad) {
+    if (param->dtype == MT_FLOAT16) {
+        float *state = adam_state(self_in, param);
+        size_t elems = mt_optim_state_elems(param, 3);
+        mt_adam_f16_step(&((mt_adam_obj_t *)self_in)->p, param->data, grad, state + elems, state + 2 * elems,
+            param->size, &self_in->rng);
+        return;
+    }
     adam_update((mt_adam_obj_t *)self_in, param, param->data, grad, 0, param->size);
 }
 
 static void adam_grad_end(mt_optim_obj_t *self_in, mt_tensor_obj_t *param) {
-    adam_apply(self_in, param, mt_optim_state(self_in, param, 3));
+    adam_apply(self_in, param, adam_state(self_in, param));
 }
 
 static void adam_apply_rows(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const int32_t *rows, int k,
@@ -52,6 +67,11 @@ static size_t adam_state_bytes(const mt_optim_obj_t *self) {
     return 3 * sizeof(float);
 }
 
+static const mt_sgd_params_t *adam_int8(const mt_optim_obj_t *self) {
+    (void)self;
+    return NULL;
+}
+
 static const mt_optim_ops_t adam_ops = {
     .step_begin = adam_step_begin,
     .grad_begin = adam_grad_begin,
@@ -59,6 +79,7 @@ static const mt_optim_ops_t adam_ops = {
     .apply = adam_apply,
     .apply_rows = adam_apply_rows,
     .state_bytes_per_float = adam_state_bytes,
+    .int8_sgd = adam_int8,
 };
 
 static mp_obj_t adam_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
@@ -92,7 +113,7 @@ static mp_obj_t adam_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
         || !(self->p.weight_decay >= 0.0f)) {
         mp_raise_ValueError(MP_ERROR_TEXT("Adam: need lr > 0, betas in [0, 1), eps > 0, weight_decay >= 0"));
     }
-    mt_optim_init_params(&self->base, args[ARG_model].u_obj, 3, args[ARG_update].u_obj);
+    mt_optim_init_params(&self->base, args[ARG_model].u_obj, 3, false, args[ARG_update].u_obj);
     return MP_OBJ_FROM_PTR(self);
 }
 

@@ -3,6 +3,7 @@
 #include "py/runtime.h"
 #include "optim.h"
 #include "kernels/optim_f32.h"
+#include "kernels/optim_f16.h"
 
 typedef struct {
     mt_optim_obj_t base;
@@ -13,31 +14,51 @@ static void sgd_step_begin(mt_optim_obj_t *self) {
     (void)self;
 }
 
-static float *sgd_velocity(mt_sgd_obj_t *self, mt_tensor_obj_t *param) {
-    return self->p.momentum != 0.0f ? mt_optim_state(&self->base, param, 1) : NULL;
+// The velocity of a parameter: in its own dtype (an fp16 velocity is enough for momentum,
+// see kernels/optim_f16.h), or NULL without momentum.
+static void *sgd_velocity(mt_sgd_obj_t *self, mt_tensor_obj_t *param) {
+    return self->p.momentum != 0.0f
+        ? mt_optim_state(&self->base, param, 1, mt_optim_state_dtype(param, true)) : NULL;
 }
 
-static float *sgd_grad_begin(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, float *alpha) {
+static void sgd_grad_begin(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, mt_grad_dest_t *dest) {
     mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
-    float *velocity = sgd_velocity(self, param);
-    mt_sgd_f32_fused_begin(&self->p, param->data, velocity, param->size);
+    void *velocity = sgd_velocity(self, param);
+    if (param->dtype == MT_FLOAT16) {
+        mt_sgd_f16_fused_begin_v16(&self->p, param->data, velocity, param->size, &self_in->rng);
+        dest->dtype = MT_FLOAT16;
+        dest->rng = &self_in->rng;
+    } else {
+        mt_sgd_f32_fused_begin(&self->p, param->data, velocity, param->size);
+        dest->dtype = MT_FLOAT32;
+        dest->rng = NULL;
+    }
     // With momentum the gradient adds into the velocity; without, straight into w.
-    *alpha = velocity ? 1.0f : -self->p.lr;
-    return velocity ? velocity : param->data;
+    dest->alpha = velocity ? 1.0f : -self->p.lr;
+    dest->data = velocity ? velocity : param->data;
 }
 
 static void sgd_grad_end(mt_optim_obj_t *self_in, mt_tensor_obj_t *param) {
     mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
-    mt_sgd_f32_fused_end(&self->p, param->data, sgd_velocity(self, param), param->size);
+    if (param->dtype == MT_FLOAT16) {
+        mt_sgd_f16_fused_end_v16(&self->p, param->data, sgd_velocity(self, param), param->size, &self_in->rng);
+    } else {
+        mt_sgd_f32_fused_end(&self->p, param->data, sgd_velocity(self, param), param->size);
+    }
 }
 
 static void sgd_apply(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const float *grad) {
     mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
-    mt_sgd_f32_step(&self->p, param->data, grad, sgd_velocity(self, param), param->size);
+    if (param->dtype == MT_FLOAT16) {
+        mt_sgd_f16_step_v16(&self->p, param->data, grad, sgd_velocity(self, param), param->size, &self_in->rng);
+    } else {
+        mt_sgd_f32_step(&self->p, param->data, grad, sgd_velocity(self, param), param->size);
+    }
 }
 
 static void sgd_apply_rows(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const int32_t *rows, int k,
     int row_len, const float *grad) {
+    // Partial updates are float32-only (partial_update.c refuses other dtypes).
     mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
     float *w = param->data, *velocity = sgd_velocity(self, param);
     for (int j = 0; j < k; j++) {
@@ -51,6 +72,11 @@ static size_t sgd_state_bytes(const mt_optim_obj_t *self_in) {
     return self->p.momentum != 0.0f ? sizeof(float) : 0;
 }
 
+static const mt_sgd_params_t *sgd_int8(const mt_optim_obj_t *self_in) {
+    const mt_sgd_obj_t *self = (const mt_sgd_obj_t *)self_in;
+    return self->p.momentum == 0.0f ? &self->p : NULL;
+}
+
 static const mt_optim_ops_t sgd_ops = {
     .step_begin = sgd_step_begin,
     .grad_begin = sgd_grad_begin,
@@ -58,6 +84,7 @@ static const mt_optim_ops_t sgd_ops = {
     .apply = sgd_apply,
     .apply_rows = sgd_apply_rows,
     .state_bytes_per_float = sgd_state_bytes,
+    .int8_sgd = sgd_int8,
 };
 
 static float check_rate(mp_obj_t obj, const char *what, bool allow_zero) {
@@ -88,7 +115,8 @@ static mp_obj_t sgd_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
         mp_raise_ValueError(MP_ERROR_TEXT("SGD: momentum must be in [0, 1)"));
     }
     self->p.weight_decay = check_rate(args[ARG_weight_decay].u_obj, "weight_decay", true);
-    mt_optim_init_params(&self->base, args[ARG_model].u_obj, self->p.momentum != 0.0f ? 1 : 0, args[ARG_update].u_obj);
+    mt_optim_init_params(&self->base, args[ARG_model].u_obj, self->p.momentum != 0.0f ? 1 : 0, true,
+        args[ARG_update].u_obj);
     return MP_OBJ_FROM_PTR(self);
 }
 

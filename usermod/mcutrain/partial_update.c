@@ -234,6 +234,12 @@ static void apply_to_leaf(mt_layer_obj_t *leaf, const char *name, void *ctx_in) 
                 policy_names[p->kind], name);
         }
     }
+    if ((p->kind == POLICY_CHANNELS || p->kind == POLICY_TOPK || p->kind == POLICY_BIAS_ONLY)
+        && leaf->dtype != MT_FLOAT32 && leaf->dtype != MT_DTYPE_ANY) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%q at %s: partial updates are float32-only for now (the layer is %q)"),
+            policy_names[p->kind], *name ? name : qstr_str(mt_layer_name(leaf)), mt_dtype_qstr(leaf->dtype));
+    }
     if (!ctx->dry_run) {
         set_policy(leaf, p, index_from_end);
     }

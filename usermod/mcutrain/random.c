@@ -24,6 +24,11 @@ uint32_t mt_random_u32(void) {
     return x;
 }
 
+uint32_t mt_random_peek(void) {
+    uint32_t x = MP_STATE_VM(mcutrain_random_state);
+    return x ? x : 1;
+}
+
 float mt_random_uniform(void) {
     return (float)(mt_random_u32() >> 8) * (1.0f / 16777216.0f);
 }

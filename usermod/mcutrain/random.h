@@ -7,6 +7,8 @@
 
 void mt_random_seed(uint32_t seed);
 uint32_t mt_random_u32(void);
+// The current state, without advancing it (never 0).
+uint32_t mt_random_peek(void);
 // Uniform in [0, 1).
 float mt_random_uniform(void);
 

@@ -5,6 +5,7 @@
 #include "py/binary.h"
 #include "py/objarray.h"
 #include "tensor.h"
+#include "kernels/half.h"
 
 size_t mt_dtype_size(mt_dtype_t dtype) {
     static const uint8_t sizes[] = { [MT_FLOAT32] = 4, [MT_FLOAT16] = 2, [MT_INT8] = 1 };
@@ -164,12 +165,39 @@ mt_tensor_obj_t *mt_tensor_get_f32(mp_obj_t obj, const char *what) {
     return t;
 }
 
+void mt_qparams_check_obj(float scale, mp_int_t zero_point, const char *what) {
+    // isfinite() would need libm on some ports; NaN fails every comparison.
+    if (!(scale > 0.0f && scale <= 3.0e38f)) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%s: scale must be a positive finite number, not %f"), what, (double)scale);
+    }
+    if (zero_point < -128 || zero_point > 127) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%s: zero_point must be in [-128, 127], not %d"), what, (int)zero_point);
+    }
+}
+
+bool mt_tensor_convert_into(const mt_tensor_obj_t *src, mt_tensor_obj_t *dst) {
+    if (src->size != dst->size || src->dtype == dst->dtype) {
+        return false;
+    }
+    if (src->dtype == MT_FLOAT32 && dst->dtype == MT_FLOAT16) {
+        mt_f32_to_f16_array(src->data, dst->data, dst->size);
+        return true;
+    }
+    if (src->dtype == MT_FLOAT16 && dst->dtype == MT_FLOAT32) {
+        mt_f16_to_f32_array(src->data, dst->data, dst->size);
+        return true;
+    }
+    return false;
+}
+
 static mp_obj_t tensor_get_item(const mt_tensor_obj_t *t, size_t i) {
     switch (t->dtype) {
         case MT_FLOAT32:
             return mp_obj_new_float_from_f(((const float *)t->data)[i]);
         case MT_FLOAT16:
-            return MP_OBJ_NEW_SMALL_INT(((const uint16_t *)t->data)[i]);
+            return mp_obj_new_float_from_f(mt_f16_to_f32(((const uint16_t *)t->data)[i]));
         default:
             return MP_OBJ_NEW_SMALL_INT(((const int8_t *)t->data)[i]);
     }
@@ -181,7 +209,7 @@ static void tensor_set_item(mt_tensor_obj_t *t, size_t i, mp_obj_t value) {
             ((float *)t->data)[i] = (float)mp_obj_get_float(value);
             break;
         case MT_FLOAT16:
-            ((uint16_t *)t->data)[i] = (uint16_t)mp_obj_get_int(value);
+            ((uint16_t *)t->data)[i] = mt_f32_to_f16((float)mp_obj_get_float(value));
             break;
         default: {
             mp_int_t q = mp_obj_get_int(value);
@@ -307,6 +335,7 @@ static mp_obj_t tensor_make_new(const mp_obj_type_t *type, size_t n_args, size_t
     if (args[ARG_scale].u_obj != mp_const_none) {
         t->scale = (float)mp_obj_get_float(args[ARG_scale].u_obj);
     }
+    mt_qparams_check_obj(t->scale, args[ARG_zero_point].u_int, "Tensor");
     t->zero_point = (int32_t)args[ARG_zero_point].u_int;
     return MP_OBJ_FROM_PTR(t);
 }
@@ -379,6 +408,9 @@ static mp_obj_t tensor_copy_from(size_t n_args, const mp_obj_t *pos_args, mp_map
             mp_obj_get_type_str(src));
     }
     if (args[ARG_scale].u_obj == mp_const_none) {
+        if (mp_obj_is_type(src, &mt_tensor_type) && mt_tensor_convert_into(MP_OBJ_TO_PTR(src), t)) {
+            return mp_const_none;
+        }
         size_t bytes = t->size * mt_dtype_size(t->dtype);
         if (info.len != bytes) {
             mp_raise_msg_varg(&mp_type_ValueError,
@@ -449,10 +481,14 @@ static void tensor_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
             t->grad = dest[1];
             dest[0] = MP_OBJ_NULL;
         } else if (attr == MP_QSTR_scale && dest[1] != MP_OBJ_NULL) {
-            t->scale = (float)mp_obj_get_float(dest[1]);
+            float scale = (float)mp_obj_get_float(dest[1]);
+            mt_qparams_check_obj(scale, t->zero_point, "Tensor.scale");
+            t->scale = scale;
             dest[0] = MP_OBJ_NULL;
         } else if (attr == MP_QSTR_zero_point && dest[1] != MP_OBJ_NULL) {
-            t->zero_point = (int32_t)mp_obj_get_int(dest[1]);
+            mp_int_t zero_point = mp_obj_get_int(dest[1]);
+            mt_qparams_check_obj(t->scale, zero_point, "Tensor.zero_point");
+            t->zero_point = (int32_t)zero_point;
             dest[0] = MP_OBJ_NULL;
         }
         return;

@@ -55,6 +55,14 @@ mt_tensor_obj_t *mt_tensor_get(mp_obj_t obj, const char *what);
 // As mt_tensor_get, also requiring float32.
 mt_tensor_obj_t *mt_tensor_get_f32(mp_obj_t obj, const char *what);
 
+// Copies src into dst converting between float32 and float16 (same size, different
+// dtypes); false if that is not such a pair.
+bool mt_tensor_convert_into(const mt_tensor_obj_t *src, mt_tensor_obj_t *dst);
+
+// Raises ValueError naming `what` unless scale is positive and finite and zero_point
+// lies in [-128, 127].
+void mt_qparams_check_obj(float scale, mp_int_t zero_point, const char *what);
+
 static inline float *mt_tensor_f32(mt_tensor_obj_t *t) {
     return (float *)t->data;
 }

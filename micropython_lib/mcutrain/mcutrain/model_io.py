@@ -13,7 +13,7 @@ VERSION = 1
 _HEADER = "<4sHH6I"
 _HEADER_SIZE = 32
 _ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1}
-_TENSORS = ("weight", "bias", "running_mean", "running_var")
+_TENSORS = ("weight", "bias", "running_mean", "running_var", "weight_scale")  # int8 layers: per-row scales
 _ALIGN = 16
 
 
@@ -137,8 +137,9 @@ def _describe(layer, prefix, tensors):
                 "shortcut": None if s is None else _describe(s, prefix + "shortcut.", tensors)}
     config = layer.config()
     node = {"type": kind, "config": config}
-    dtype = getattr(layer, "dtype", "float32")
-    if dtype != "float32" and "dtype" not in config:
+    # Parameterless layers take their input's dtype (None until they have run).
+    dtype = getattr(layer, "dtype", None)
+    if dtype not in (None, "float32") and "dtype" not in config:
         node["dtype"] = dtype
     if not getattr(layer, "trainable", True):
         node["trainable"] = False

@@ -1,0 +1,28 @@
+// int8 pooling on quantized tensors (quant.h), channels-last with pool_f32.h's parameters.
+// Outputs keep the input's scale and zero point: the maximum commutes with the affine map,
+// so max pooling is exact (ties go to the first maximum in row-major window order, as in
+// fp32; padding never wins); a global average is the rounded mean of the integers (half
+// to even). Errors are symmetric int8: max pooling routes each dy to its window's maximum,
+// in dy's scale (errors of overlapping windows add up exactly, then saturate once at
+// +-127); the global average's input error is dy spread over the pixels, which is dy's
+// integers unchanged with scale dy_scale / pixels, so it is exact.
+#ifndef MCUTRAIN_KERNELS_POOL_S8_H
+#define MCUTRAIN_KERNELS_POOL_S8_H
+
+#include <stdint.h>
+
+#include "pool_f32.h"
+
+void mt_maxpool2d_s8_forward(const mt_pool2d_params_t *p, const int8_t *x, int8_t *y);
+// dx is overwritten.
+void mt_maxpool2d_s8_grad_input(const mt_pool2d_params_t *p, const int8_t *x, const int8_t *dy,
+    int8_t *dx);
+
+// x (batch, pixels, channels) -> y (batch, channels), both with zero point zero_point.
+void mt_global_avgpool_s8_forward(const int8_t *x, int8_t *y, int batch, int pixels, int channels,
+    int32_t zero_point);
+// dx[b, p, c] = dy[b, c]: the error's scale is divided by pixels by the caller.
+void mt_global_avgpool_s8_grad_input(const int8_t *dy, int8_t *dx, int batch, int pixels,
+    int channels);
+
+#endif

@@ -1,0 +1,143 @@
+// int8 Linear and Conv layers: quantization state, range tracking and the update protocol
+// (layer_s8.h). The kernels (conv2d_s8.h, linear_s8.h) do the work.
+#include "py/runtime.h"
+#include "layer_s8.h"
+#include "optim.h"
+#include "kernels/vector_f32.h"
+
+void mt_s8_layer_init(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_shape_t *wshape, int fan_in, bool bias,
+    const char *what) {
+    int out_c = wshape->dim[0];
+    size_t size = mt_shape_size(wshape);
+    int row_len = (int)(size / (size_t)out_c);
+    // Drawn in fp32 exactly as a float32 layer's, then quantized per output channel: the
+    // fp32 copy lives only here.
+    mt_tensor_obj_t *w = mt_layer_new_param(wshape, fan_in, MT_FLOAT32, what);
+    layer->weight = mt_tensor_new(wshape, MT_INT8, what);
+    mt_shape_t cshape = { .ndim = 1, .dim = { out_c } };
+    layer->weight_scale = mt_tensor_new(&cshape, MT_FLOAT32, what);
+    mt_quantize_weights_s8(w->data, layer->weight->data, layer->weight_scale->data, out_c, row_len);
+    m_del(uint8_t, w->data, size * sizeof(float));
+    w->data = NULL;
+    s->bias_q = NULL;
+    if (bias) {
+        layer->bias = mt_layer_new_param(&cshape, fan_in, MT_FLOAT32, what);
+        s->bias_q = m_new0(int32_t, out_c);
+    }
+    s->out_c = out_c;
+    s->q = (mt_s8_quant_t) {
+        .x = { 1.0f, 0 }, .y = { 1.0f, 0 }, .dy_scale = 1.0f, .dx_scale = 1.0f,
+        .act_min = MT_S8_ACT_MIN, .act_max = MT_S8_ACT_MAX,
+    };
+    s->y_range.count = s->dx_range.count = 0;
+    s->sigma_w.count = s->sigma_b.count = 0;
+}
+
+// The kernels refuse scales whose requantization multipliers they cannot represent.
+NORETURN static void raise_kernel(const mt_layer_obj_t *layer, const char *what) {
+    mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q: int8 %s: a quantization scale is out of range"),
+        mt_layer_name(layer), what);
+}
+
+static void set_qparams(const mt_layer_obj_t *layer, int ok, const char *what) {
+    if (ok != 0) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q: int8 %s range is not finite"),
+            mt_layer_name(layer), what);
+    }
+}
+
+void mt_s8_forward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_pass_t *pass,
+    const mt_s8_kernels_t *k) {
+    s->q.x.scale = x->scale;
+    s->q.x.zero_point = x->zero_point;
+    if (s->bias_q) {
+        mt_quantize_bias_s32(layer->bias->data, s->bias_q, s->out_c, x->scale, layer->weight_scale->data);
+    }
+    mt_range_t range;
+    bool observed = false;
+    if (s->y_range.count == 0) {
+        // No range yet: a first pass measures it.
+        s->q.y.scale = 1.0f;
+        s->q.y.zero_point = 0;
+        if (k->forward(layer, x->data, layer->output->data, &range, pass->scratch) != 0) {
+            raise_kernel(layer, "forward");
+        }
+        mt_range_observe(&s->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
+        observed = true;
+    }
+    set_qparams(layer, mt_qparams_asymmetric(s->y_range.min, s->y_range.max, &s->q.y), "output");
+    if (k->forward(layer, x->data, layer->output->data, &range, pass->scratch) != 0) {
+        raise_kernel(layer, "forward");
+    }
+    if (pass->training && !observed) {
+        mt_range_observe(&s->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
+    }
+    layer->output->scale = s->q.y.scale;
+    layer->output->zero_point = s->q.y.zero_point;
+}
+
+void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass, const mt_s8_kernels_t *k) {
+    const mt_sgd_params_t *sgd = NULL;
+    if (layer->trainable) {
+        sgd = pass->optim ? pass->optim->ops->int8_sgd(pass->optim) : NULL;
+        if (sgd == NULL) {
+            mp_raise_msg_varg(&mp_type_ValueError,
+                MP_ERROR_TEXT("%q: int8 layers update during backward: give mt.SGD without momentum "
+                    "(backward(dy, opt) or train_step)"), mt_layer_name(layer));
+        }
+    }
+    s->q.dy_scale = dy->scale;
+    if (dx != NULL) {
+        float absmax;
+        bool observed = false;
+        if (s->dx_range.count == 0) {
+            s->q.dx_scale = 1.0f;
+            if (k->grad_input(layer, dy->data, dx->data, &absmax, pass->scratch) != 0) {
+                raise_kernel(layer, "input gradient");
+            }
+            mt_range_observe(&s->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+            observed = true;
+        }
+        mt_qparams_t qp;
+        set_qparams(layer, mt_qparams_symmetric(s->dx_range.max, &qp), "input gradient");
+        s->q.dx_scale = qp.scale;
+        if (k->grad_input(layer, dy->data, dx->data, &absmax, pass->scratch) != 0) {
+            raise_kernel(layer, "input gradient");
+        }
+        if (!observed) {
+            mt_range_observe(&s->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+        }
+        dx->scale = s->q.dx_scale;
+        dx->zero_point = 0;
+    }
+    if (sgd == NULL) {
+        return;
+    }
+    size_t scratch_bytes = pass->scratch_floats * sizeof(float);
+    float unit_w = s->q.dy_scale * s->q.x.scale;
+    mt_grad_stats_t w_stats = { 0 }, b_stats = { 0 };
+    if (s->sigma_w.count == 0) {
+        // Gradient standardization needs a divisor before the first update: this step's.
+        if (k->update(layer, NULL, x->data, dy->data, &w_stats, &b_stats, pass->scratch, scratch_bytes) != 0) {
+            raise_kernel(layer, "update");
+        }
+        mt_ema_observe(&s->sigma_w, mt_grad_stats_rms(&w_stats, unit_w), MT_S8_RANGE_MOMENTUM);
+        mt_ema_observe(&s->sigma_b, mt_grad_stats_rms(&b_stats, s->q.dy_scale), MT_S8_RANGE_MOMENTUM);
+        w_stats = (mt_grad_stats_t) { 0 };
+        b_stats = (mt_grad_stats_t) { 0 };
+    }
+    mt_s8_update_t u = {
+        .lr = sgd->lr, .weight_decay = sgd->weight_decay, .sigma_w = s->sigma_w.value, .sigma_b = s->sigma_b.value,
+        .eps = 1e-8f, .rescale_below = MT_S8_RESCALE_BELOW, .rng = NULL,
+    };
+    if (k->update(layer, &u, x->data, dy->data, &w_stats, &b_stats, pass->scratch, scratch_bytes) != 0) {
+        raise_kernel(layer, "update");
+    }
+    // The lagged divisor for the next step (conv2d_s8.h).
+    mt_ema_observe(&s->sigma_w, mt_grad_stats_rms(&w_stats, unit_w), MT_S8_RANGE_MOMENTUM);
+    mt_ema_observe(&s->sigma_b, mt_grad_stats_rms(&b_stats, s->q.dy_scale), MT_S8_RANGE_MOMENTUM);
+    if (s->bias_q) {
+        mt_bias_s32_to_f32(s->bias_q, layer->bias->data, s->out_c, s->q.x.scale, layer->weight_scale->data);
+    }
+}

@@ -1,0 +1,52 @@
+// int8 fully quantized training for Linear and Conv layers (Deutel et al. 2024, after
+// kernels/quant.h and conv2d_s8.h): the binding side. A layer keeps
+// - int8 weights with an fp32 scale per output channel (layer.weight_scale), updated in place
+//   by the kernels with no float copy;
+// - an fp32 bias in real units (it is out_c floats), turned into the kernels' int32 units of
+//   s_x * s_w[o] before each pass and back after each update;
+// - range trackers (exponential moving averages, momentum MT_S8_RANGE_MOMENTUM) of its
+//   output's real range and of its input error's magnitude, which give the int8 scales of
+//   the next pass: no float activation or error is ever stored. A tracker without an
+//   observation (the first pass) is filled by running that pass once more first;
+// - the gradient standardization divisors sigma_w, sigma_b: moving averages of earlier
+//   steps' gradient RMS, seeded by a statistics-only pass on the first step.
+// The update is plain SGD (lr, weight decay) with nearest-even rounding; momentum and Adam
+// need float state per weight, which this scheme avoids, so int8 layers refuse them.
+#ifndef MCUTRAIN_LAYER_S8_H
+#define MCUTRAIN_LAYER_S8_H
+
+#include "layer.h"
+#include "kernels/quant.h"
+
+#define MT_S8_RANGE_MOMENTUM (0.9f)
+// Keep a channel's weight scale while its largest new weight stays within [1/2, 1] of the
+// int8 range: small steps then leave the other weights exactly as they were.
+#define MT_S8_RESCALE_BELOW (0.5f)
+
+typedef struct {
+    mt_s8_quant_t q;               // the current pass's scales (x, y, dy, dx)
+    mt_range_tracker_t y_range;    // output (pre-activation) range
+    mt_range_tracker_t dx_range;   // input error magnitude (max only)
+    mt_ema_t sigma_w, sigma_b;     // gradient standardization divisors
+    int32_t *bias_q;               // the bias in kernel units, or NULL without bias
+    int out_c;
+} mt_s8_layer_t;
+
+// The kernels of one layer type, bound to its parameters.
+typedef struct {
+    int (*forward)(mt_layer_obj_t *layer, const int8_t *x, int8_t *y, mt_range_t *y_range, void *scratch);
+    int (*grad_input)(mt_layer_obj_t *layer, const int8_t *dy, int8_t *dx, float *dx_absmax, void *scratch);
+    int (*update)(mt_layer_obj_t *layer, const mt_s8_update_t *u, const int8_t *x, const int8_t *dy,
+        mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats, void *scratch, size_t scratch_bytes);
+} mt_s8_kernels_t;
+
+// Parameters of a new int8 layer: weights drawn as for fp32 (PyTorch's bounds) and
+// quantized per output channel; an fp32 bias.
+void mt_s8_layer_init(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_shape_t *wshape, int fan_in, bool bias,
+    const char *what);
+void mt_s8_forward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_pass_t *pass,
+    const mt_s8_kernels_t *k);
+void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass, const mt_s8_kernels_t *k);
+
+#endif
