@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "host"))
 
 from mcutrain.runner import open_target, run_on  # noqa: E402
 
-DEVICE_SCRIPTS = ["cases_fp32.py", "pure_python_dense.py"]
+DEVICE_SCRIPTS = ["cases.py", "pure_python_dense.py"]
 BOARDS = ["qemu-m4f", "qemu-rv32"]
 
 
@@ -40,7 +40,8 @@ def add_ratios(results: list[dict]) -> None:
             continue
         per_mac = pure["instructions"] / pure["macs"]
         for r in results:
-            if r["target"] == board and r["case"].startswith("dense_") and r["case"].endswith("_train"):
+            if (r["target"] == board and r["case"].startswith("dense_") and r["case"].endswith("_train")
+                    and r["dtype"] == "float32"):
                 r["vs_pure_python"] = round(per_mac / (r["instructions"] / r["macs"]), 1)
 
 

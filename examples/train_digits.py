@@ -18,6 +18,7 @@ MOMENTUM = 0.9
 SEED = 1
 DATA = "/remote"   # where digits_train.u8 and digits_test.u8 are (mpremote mount puts them here)
 PRETRAINED = None  # an .mtm to fine-tune (python -m mcutrain.pretrain), instead of MODEL
+DTYPE = "float32"  # "float32", "float16" or "int8" (fully quantized training; SGD without momentum)
 UPDATE = None      # None: full update; or a policy, e.g. mt.TopK(0.1) or mt.ChannelRatio(0.25)
 
 
@@ -32,20 +33,23 @@ def load(name):
     return memoryview(data)[6:6 + 64 * n], memoryview(data)[6 + 64 * n:], n
 
 
-def build(kind):
+def build(kind, dtype):
+    # Reduced-precision models take float32 pixels through a Convert layer.
+    first = [] if dtype == "float32" else [mt.Convert(dtype)]
     if kind == "mlp":
-        return mt.Sequential(mt.Flatten(), mt.Linear(64, 32), mt.ReLU(), mt.Linear(32, 10))
+        return mt.Sequential(*first, mt.Flatten(), mt.Linear(64, 32, dtype=dtype), mt.ReLU(),
+                             mt.Linear(32, 10, dtype=dtype))
     return mt.Sequential(
-        mt.Conv2d(1, 8, 3, padding=1), mt.ReLU(), mt.MaxPool2d(2),
-        mt.Conv2d(8, 16, 3, padding=1), mt.ReLU(), mt.MaxPool2d(2),
-        mt.Flatten(), mt.Linear(64, 10))
+        *first, mt.Conv2d(1, 8, 3, padding=1, dtype=dtype), mt.ReLU(), mt.MaxPool2d(2),
+        mt.Conv2d(8, 16, 3, padding=1, dtype=dtype), mt.ReLU(), mt.MaxPool2d(2),
+        mt.Flatten(), mt.Linear(64, 10, dtype=dtype))
 
 
 def accuracy(model, x, pixels, labels, n):
     correct = 0
     for i in range(n):
         x.copy_from(pixels[64 * i:64 * i + 64], scale=1 / 16)
-        out = model.predict(x)
+        out = model.predict(x)  # float32, float16 or int8 logits: the argmax is the same
         best = 0
         for c in range(1, 10):
             if out[0][c] > out[0][best]:
@@ -57,7 +61,7 @@ def accuracy(model, x, pixels, labels, n):
 train_px, train_y, n_train = load("digits_train.u8")
 test_px, test_y, n_test = load("digits_test.u8")
 mt.seed(SEED)
-model = mt.load(PRETRAINED) if PRETRAINED else build(MODEL)
+model = mt.load(PRETRAINED) if PRETRAINED else build(MODEL, DTYPE)
 opt = mt.SGD(model, lr=LR, momentum=MOMENTUM, update=UPDATE)
 backward_macs = full_backward_macs = 0
 x = mt.zeros((1, 8, 8, 1))
@@ -84,7 +88,7 @@ for epoch in range(EPOCHS):
     print("epoch", epoch + 1, "loss", total / n_train)
 
 summary = {
-    "model": MODEL, "epochs": EPOCHS, "seed": SEED,
+    "model": MODEL, "dtype": DTYPE, "epochs": EPOCHS, "seed": SEED,
     "train_accuracy": accuracy(model, x, train_px, train_y, n_train),
     "test_accuracy": accuracy(model, x, test_px, test_y, n_test),
     "step_instructions": step_instructions, "peak_ram_bytes": model.memory()["total"],

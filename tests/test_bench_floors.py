@@ -17,13 +17,13 @@ from mcutrain.runner import run_on
 @pytest.fixture(scope="module")
 def m4f_bench(target_pool) -> dict[str, dict]:
     target = target_pool.get("qemu-m4f")
-    results = {}
-    for name in ("cases_fp32.py", "pure_python_dense.py"):
+    results = {}  # by case, with ":dtype" appended for the non-fp32 runs
+    for name in ("cases.py", "pure_python_dense.py"):
         out = run_on(target, (ROOT / "bench" / name).read_text(), timeout=300)
         for line in out.splitlines():
             if line.startswith("@bench "):
                 r = json.loads(line.split(" ", 1)[1])
-                results[r["case"]] = r
+                results[r["case"] if r["dtype"] == "float32" else f"{r['case']}:{r['dtype']}"] = r
     return results
 
 
@@ -46,3 +46,10 @@ def test_topk10_backward_is_4x_cheaper(m4f_bench):
     # Issue 6: a 10% dynamic top-k update's backward pass against the full update's.
     r = m4f_bench["conv3x3_16x16x16_32_train_topk10"]
     assert r["full_backward_instructions"] / r["backward_instructions"] >= 4, r
+
+
+def test_int8_conv_training_step_is_1_3x_cheaper_than_fp32(m4f_bench):
+    # Issue 5: int8 fully quantized training against fp32 on the same conv step.
+    fp32 = m4f_bench["conv3x3_16x16x16_32_train"]["instructions"]
+    int8 = m4f_bench["conv3x3_16x16x16_32_train:int8"]["instructions"]
+    assert fp32 / int8 >= 1.3, (fp32, int8)

@@ -1,4 +1,5 @@
-# Device script: fp32 kernel and training-step benchmarks, one "@bench {json}" line per case.
+# Device script: kernel and training-step benchmarks (fp32, float16, int8), one "@bench {json}"
+# line per case.
 # Instruction counts come from mt.perf_counter(), exact on the emulated boards (1 count =
 # 1 guest instruction under QEMU -icount shift=0). Each case runs once to plan its
 # buffers, then is measured on a second, allocation-free run.
@@ -9,8 +10,8 @@ import mcutrain as mt
 TARGET = "unknown"  # set by bench/run.py
 
 
-def report(case, macs, instructions, **extra):
-    fields = {"target": TARGET, "case": case, "dtype": "float32", "macs": macs,
+def report(case, macs, instructions, dtype="float32", **extra):
+    fields = {"target": TARGET, "case": case, "dtype": dtype, "macs": macs,
               "instructions": instructions, "mac_per_instr": round(macs / instructions, 4)}
     fields.update(extra)
     print("@bench", json.dumps(fields))
@@ -29,13 +30,19 @@ def filled(shape, seed):
     return t.reshape(shape)
 
 
-def layer_train_step(case, layer, x_shape):
-    """forward + input gradient + weight gradient + fused SGD update of one layer."""
+def layer_train_step(case, make_layer, x_shape, dtype="float32"):
+    """forward + input gradient + weight gradient + fused SGD update of one layer; float16
+    and int8 layers get their input and output gradient converted by mt.Convert first."""
     gc.collect()
+    layer = make_layer(dtype)
     x = filled(x_shape, 1)
+    if dtype != "float32":
+        x = mt.Convert(dtype).forward(x)
     opt = mt.SGD(layer, lr=0.001)
     y = layer.forward(x)
     dy = filled(y.shape, 2)
+    if dtype != "float32":
+        dy = mt.Convert(dtype).forward(dy)
     layer.backward(dy, opt)
     macs = layer.macs()
     gc.collect()
@@ -44,11 +51,11 @@ def layer_train_step(case, layer, x_shape):
     layer.backward(dy, opt)
     t1 = mt.perf_counter()
     # forward, input gradient and weight gradient each do the forward's MACs
-    report(case, 3 * macs["forward"], t1 - t0)
+    report(case, 3 * macs["forward"], t1 - t0, dtype)
     t0 = mt.perf_counter()
     layer.forward(x)
     t1 = mt.perf_counter()
-    report(case.replace("_train", "_forward"), macs["forward"], t1 - t0)
+    report(case.replace("_train", "_forward"), macs["forward"], t1 - t0, dtype)
 
 
 def partial_train_step(case, make_layer, x_shape, update):
@@ -56,7 +63,9 @@ def partial_train_step(case, make_layer, x_shape, update):
     that does only the selected channels' work. Reports the backward's instructions
     next to the full update's."""
     backward = {}
+    layer = opt = x = y = dy = None
     for policy in (None, update):
+        layer = opt = x = y = dy = None  # free the last run's buffers before the next
         gc.collect()
         layer = make_layer()
         x = filled(x_shape, 1)
@@ -91,10 +100,13 @@ def model_train_step(case, model, x_shape, labels):
     report(case, model.macs()["train_step"], t1 - t0, peak_ram_bytes=model.memory()["total"])
 
 
-layer_train_step("conv3x3_16x16x16_32_train", mt.Conv2d(16, 32, 3, padding=1), (1, 16, 16, 16))
-layer_train_step("dense_256_128_train", mt.Linear(256, 128), (1, 256))
-layer_train_step("depthwise3x3_16x16x32_train", mt.Conv2d(32, 32, 3, padding=1, groups=32), (1, 16, 16, 32))
-layer_train_step("pointwise_8x8x32_64_train", mt.Conv2d(32, 64, 1), (1, 8, 8, 32))
+for dtype in ("float32", "float16", "int8"):
+    layer_train_step("conv3x3_16x16x16_32_train", lambda d: mt.Conv2d(16, 32, 3, padding=1, dtype=d),
+                     (1, 16, 16, 16), dtype)
+    layer_train_step("dense_256_128_train", lambda d: mt.Linear(256, 128, dtype=d), (1, 256), dtype)
+layer_train_step("depthwise3x3_16x16x32_train", lambda d: mt.Conv2d(32, 32, 3, padding=1, groups=32, dtype=d),
+                 (1, 16, 16, 32))
+layer_train_step("pointwise_8x8x32_64_train", lambda d: mt.Conv2d(32, 64, 1, dtype=d), (1, 8, 8, 32))
 partial_train_step("conv3x3_16x16x16_32_train_topk10", lambda: mt.Conv2d(16, 32, 3, padding=1),
                    (1, 16, 16, 16), mt.TopK(0.1))
 model_train_step("dense_64_32_10_train", mt.Sequential(mt.Linear(64, 32), mt.ReLU(), mt.Linear(32, 10)),
