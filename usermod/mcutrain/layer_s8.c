@@ -103,9 +103,24 @@ void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj
         set_qparams(layer, mt_qparams_symmetric(s->dx_range.max, &qp), "input gradient");
         s->q.dx_scale = qp.scale;
         if (k->grad_input(layer, dy->data, dx->data, &absmax, pass->scratch) != 0) {
-            raise_kernel(layer, "input gradient");
+            // The tracked range has fallen far below this step's errors (after many tiny
+            // ones): measure this step's range as on the first step and start again from it.
+            s->q.dx_scale = 1.0f;
+            if (k->grad_input(layer, dy->data, dx->data, &absmax, pass->scratch) != 0) {
+                raise_kernel(layer, "input gradient");
+            }
+            s->dx_range.count = 0;
+            mt_range_observe(&s->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+            observed = true;
+            set_qparams(layer, mt_qparams_symmetric(s->dx_range.max, &qp), "input gradient");
+            s->q.dx_scale = qp.scale;
+            if (k->grad_input(layer, dy->data, dx->data, &absmax, pass->scratch) != 0) {
+                raise_kernel(layer, "input gradient");
+            }
         }
-        if (!observed) {
+        // An all-zero error (a sample already learnt, or every ReLU off) says nothing about
+        // the range: leave the tracker as it is rather than let it decay towards zero.
+        if (!observed && absmax > 0.0f) {
             mt_range_observe(&s->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
         }
         dx->scale = s->q.dx_scale;
