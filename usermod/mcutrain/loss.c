@@ -121,6 +121,11 @@ static float run_chunks(const mt_tensor_obj_t *out, mt_tensor_obj_t *dout, float
         }
         if (pass == 0) {
             mt_qparams_t qp;
+            // A gradient below the smallest int8 step (a sample learnt so well that the
+            // softmax underflows) quantizes to zeros; do not ask for an unusable scale.
+            if (absmax < 127.0f * MT_QUANT_MIN_SCALE) {
+                absmax = 0.0f;
+            }
             if (mt_qparams_symmetric(absmax, &qp) != 0) {
                 mp_raise_ValueError(MP_ERROR_TEXT("loss: the gradient is not finite"));
             }
