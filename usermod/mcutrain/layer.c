@@ -321,6 +321,18 @@ void mt_grad_end(const mt_pass_t *pass, mt_tensor_obj_t *param) {
     }
 }
 
+void mt_grad_begin_params(const mt_pass_t *pass, mt_layer_obj_t *layer, mt_grad_dest_t *dw, mt_grad_dest_t *db) {
+    *dw = mt_grad_begin(pass, layer->weight);
+    *db = layer->bias ? mt_grad_begin(pass, layer->bias) : (mt_grad_dest_t) { 0 };
+}
+
+void mt_grad_end_params(const mt_pass_t *pass, mt_layer_obj_t *layer) {
+    mt_grad_end(pass, layer->weight);
+    if (layer->bias) {
+        mt_grad_end(pass, layer->bias);
+    }
+}
+
 /******************************************************************************/
 // Top-level use: any layer can be a model.
 

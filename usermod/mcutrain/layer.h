@@ -170,6 +170,10 @@ uint64_t mt_layer_macs(const mt_layer_obj_t *layer, mt_macs_kind_t kind, bool ne
 // with an optimizer this is the fused update.
 mt_grad_dest_t mt_grad_begin(const mt_pass_t *pass, mt_tensor_obj_t *param);
 void mt_grad_end(const mt_pass_t *pass, mt_tensor_obj_t *param);
+// The same for a layer's weight and its bias (db->data is NULL without a bias). Both share
+// the optimizer, so their alphas are the same.
+void mt_grad_begin_params(const mt_pass_t *pass, mt_layer_obj_t *layer, mt_grad_dest_t *dw, mt_grad_dest_t *db);
+void mt_grad_end_params(const mt_pass_t *pass, mt_layer_obj_t *layer);
 
 // Calls fn(leaf, name, ctx) for every simple layer under `layer` (itself if simple),
 // with its state_dict-style name ("3.body.0"; "" for the root).

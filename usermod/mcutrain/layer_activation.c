@@ -47,57 +47,49 @@ static void s8_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *dy, mt_tens
     dx->zero_point = 0;
 }
 
-static void relu_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
+// ReLU and ReLU6 clamp their input, to [0, inf) or [0, 6]; they differ only in the kernels.
+typedef struct {
+    void (*f32_forward)(const float *x, float *y, size_t n);
+    void (*f32_grad_input)(const float *y, const float *dy, float *dx, size_t n);
+    void (*f16_forward)(const uint16_t *x, uint16_t *y, size_t n);
+    void (*f16_grad_input)(const uint16_t *y, const uint16_t *dy, uint16_t *dx, size_t n);
+} clamp_kernels_t;
+
+static const clamp_kernels_t clamp_kernels[2] = {
+    { mt_relu_f32_forward, mt_relu_f32_grad_input, mt_relu_f16_forward, mt_relu_f16_grad_input },
+    { mt_relu6_f32_forward, mt_relu6_f32_grad_input, mt_relu6_f16_forward, mt_relu6_f16_grad_input },
+};
+
+static bool is_relu6(const mt_layer_obj_t *self) {
+    return self->base.type->name == MP_QSTR_ReLU6;
+}
+
+static void clamp_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     (void)pass;
+    const clamp_kernels_t *k = &clamp_kernels[is_relu6(self)];
     if (self->in_dtype == MT_INT8) {
-        s8_forward(self, x, false);
+        s8_forward(self, x, is_relu6(self));
     } else if (is_f16(self)) {
-        mt_relu_f16_forward(x->data, self->output->data, self->output->size);
+        k->f16_forward(x->data, self->output->data, self->output->size);
     } else {
-        mt_relu_f32_forward(x->data, self->output->data, self->output->size);
+        k->f32_forward(x->data, self->output->data, self->output->size);
     }
 }
 
-static void relu_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+static void clamp_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
     mt_tensor_obj_t *dx, const mt_pass_t *pass) {
     (void)x;
     (void)pass;
     if (dx == NULL) {
         return;
     }
+    const clamp_kernels_t *k = &clamp_kernels[is_relu6(self)];
     if (self->in_dtype == MT_INT8) {
-        s8_backward(self, dy, dx, false);
+        s8_backward(self, dy, dx, is_relu6(self));
     } else if (is_f16(self)) {
-        mt_relu_f16_grad_input(self->output->data, dy->data, dx->data, self->output->size);
+        k->f16_grad_input(self->output->data, dy->data, dx->data, self->output->size);
     } else {
-        mt_relu_f32_grad_input(self->output->data, dy->data, dx->data, self->output->size);
-    }
-}
-
-static void relu6_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
-    (void)pass;
-    if (self->in_dtype == MT_INT8) {
-        s8_forward(self, x, true);
-    } else if (is_f16(self)) {
-        mt_relu6_f16_forward(x->data, self->output->data, self->output->size);
-    } else {
-        mt_relu6_f32_forward(x->data, self->output->data, self->output->size);
-    }
-}
-
-static void relu6_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
-    mt_tensor_obj_t *dx, const mt_pass_t *pass) {
-    (void)x;
-    (void)pass;
-    if (dx == NULL) {
-        return;
-    }
-    if (self->in_dtype == MT_INT8) {
-        s8_backward(self, dy, dx, true);
-    } else if (is_f16(self)) {
-        mt_relu6_f16_grad_input(self->output->data, dy->data, dx->data, self->output->size);
-    } else {
-        mt_relu6_f32_grad_input(self->output->data, dy->data, dx->data, self->output->size);
+        k->f32_grad_input(self->output->data, dy->data, dx->data, self->output->size);
     }
 }
 
@@ -135,8 +127,8 @@ static const mt_layer_ops_t relu_ops = {
     .flags = MT_LAYER_MAY_RUN_IN_PLACE | MT_LAYER_NEEDS_OUTPUT,
     .dtypes = MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8),
     .plan = same_shape_plan,
-    .forward = relu_forward,
-    .backward = relu_backward,
+    .forward = clamp_forward,
+    .backward = clamp_backward,
 };
 
 static const mt_layer_ops_t relu6_ops = {
@@ -144,8 +136,8 @@ static const mt_layer_ops_t relu6_ops = {
     .flags = MT_LAYER_MAY_RUN_IN_PLACE | MT_LAYER_NEEDS_OUTPUT,
     .dtypes = MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8),
     .plan = same_shape_plan,
-    .forward = relu6_forward,
-    .backward = relu6_backward,
+    .forward = clamp_forward,
+    .backward = clamp_backward,
 };
 
 static const mt_layer_ops_t softmax_ops = {

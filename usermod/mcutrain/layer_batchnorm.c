@@ -66,11 +66,10 @@ static void bn_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const
         return;
     }
     // gamma and beta are fp32 in every dtype, so their destinations are fp32 too.
-    mt_grad_dest_t dgamma = mt_grad_begin(pass, self_in->weight);
-    mt_grad_dest_t dbeta = mt_grad_begin(pass, self_in->bias);
+    mt_grad_dest_t dgamma, dbeta;
+    mt_grad_begin_params(pass, self_in, &dgamma, &dbeta);
     bn_backward_kernel(self, x->data, dy->data, NULL, dgamma.alpha, dgamma.data, dbeta.data);
-    mt_grad_end(pass, self_in->weight);
-    mt_grad_end(pass, self_in->bias);
+    mt_grad_end_params(pass, self_in);
 }
 
 static uint64_t bn_macs(const mt_layer_obj_t *self_in, mt_macs_kind_t kind, bool need_dx) {

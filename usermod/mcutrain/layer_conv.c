@@ -179,10 +179,7 @@ static void conv_backward_partial(mt_conv_obj_t *self, const float *x, const flo
         dw_sel[i] = 0.0f;
     }
     mt_conv2d_f32_grad_weight(&q, x, dy_sel, 1.0f, dw_sel, layer->bias ? db_sel : NULL, kernel_scratch);
-    mt_update_rows(pass, layer->weight, sel, k, row_len, dw_sel);
-    if (layer->bias) {
-        mt_update_rows(pass, layer->bias, sel, k, 1, db_sel);
-    }
+    mt_update_selected_rows(pass, layer, sel, k, row_len, dw_sel, db_sel);
 }
 
 // float16: fp16 activations and errors, gradients summed in fp32 and added either into the
@@ -196,17 +193,14 @@ static void conv_backward_f16(mt_conv_obj_t *self, const mt_tensor_obj_t *x, con
     if (!layer->trainable) {
         return;
     }
-    mt_grad_dest_t dw = mt_grad_begin(pass, layer->weight);
-    mt_grad_dest_t db = layer->bias ? mt_grad_begin(pass, layer->bias) : (mt_grad_dest_t) { 0 };
+    mt_grad_dest_t dw, db;
+    mt_grad_begin_params(pass, layer, &dw, &db);
     if (dw.dtype == MT_FLOAT16) {
         mt_conv2d_f16_grad_weight(&self->p, x->data, dy->data, dw.alpha, dw.data, db.data, pass->scratch, dw.rng);
     } else {
         mt_conv2d_f16_grad_weight_f32(&self->p, x->data, dy->data, dw.alpha, dw.data, db.data, pass->scratch);
     }
-    mt_grad_end(pass, layer->weight);
-    if (layer->bias) {
-        mt_grad_end(pass, layer->bias);
-    }
+    mt_grad_end_params(pass, layer);
 }
 
 static void conv_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_tensor_obj_t *dy_t,
@@ -232,22 +226,13 @@ static void conv_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, c
     if (!self_in->trainable) {
         return;
     }
-    if (pass->optim != NULL && self_in->update.kind == MT_UPDATE_BIAS_ONLY) {
-        if (self_in->bias) {
-            mt_grad_dest_t db = mt_grad_begin(pass, self_in->bias);
-            mt_channel_sum_f32(dy, self->p.batch * self->p.out_h * self->p.out_w, self->p.out_c, db.alpha, db.data);
-            mt_grad_end(pass, self_in->bias);
-        }
+    if (mt_update_bias_only(pass, self_in, dy, self->p.batch * self->p.out_h * self->p.out_w)) {
         return;
     }
-    // Weight and bias share the optimizer, so their alphas are the same.
-    mt_grad_dest_t dw = mt_grad_begin(pass, self_in->weight);
-    float *db = self_in->bias ? mt_grad_begin(pass, self_in->bias).data : NULL;
-    mt_conv2d_f32_grad_weight(&self->p, x, dy, dw.alpha, dw.data, db, pass->scratch);
-    mt_grad_end(pass, self_in->weight);
-    if (db) {
-        mt_grad_end(pass, self_in->bias);
-    }
+    mt_grad_dest_t dw, db;
+    mt_grad_begin_params(pass, self_in, &dw, &db);
+    mt_conv2d_f32_grad_weight(&self->p, x, dy, dw.alpha, dw.data, db.data, pass->scratch);
+    mt_grad_end_params(pass, self_in);
 }
 
 static uint64_t conv_macs(const mt_layer_obj_t *self_in, mt_macs_kind_t kind, bool need_dx) {

@@ -311,9 +311,24 @@ const int32_t *mt_update_select(mt_layer_obj_t *layer, const float *dy, int rows
     return u->selection;
 }
 
-void mt_update_rows(const mt_pass_t *pass, mt_tensor_obj_t *param, const int32_t *rows, int k, int row_len,
-    const float *grad) {
-    pass->optim->ops->apply_rows(pass->optim, param, rows, k, row_len, grad);
+void mt_update_selected_rows(const mt_pass_t *pass, mt_layer_obj_t *layer, const int32_t *rows, int k,
+    int row_len, const float *dw, const float *db) {
+    pass->optim->ops->apply_rows(pass->optim, layer->weight, rows, k, row_len, dw);
+    if (layer->bias) {
+        pass->optim->ops->apply_rows(pass->optim, layer->bias, rows, k, 1, db);
+    }
+}
+
+bool mt_update_bias_only(const mt_pass_t *pass, mt_layer_obj_t *layer, const float *dy, int rows) {
+    if (pass->optim == NULL || layer->update.kind != MT_UPDATE_BIAS_ONLY) {
+        return false;
+    }
+    if (layer->bias) {
+        mt_grad_dest_t db = mt_grad_begin(pass, layer->bias);
+        mt_channel_sum_f32(dy, rows, mt_update_structures(layer), db.alpha, db.data);
+        mt_grad_end(pass, layer->bias);
+    }
+    return true;
 }
 
 /******************************************************************************/

@@ -31,9 +31,14 @@ size_t mt_update_state_elems(const mt_layer_obj_t *layer, const mt_tensor_obj_t 
 const int32_t *mt_update_select(mt_layer_obj_t *layer, const float *dy, int rows, const mt_pass_t *pass,
     float *mag, uint8_t *taken, int *k);
 
-// Updates rows `rows[0..k)` of `param` (row_len floats each) from the compact gradient.
-void mt_update_rows(const mt_pass_t *pass, mt_tensor_obj_t *param, const int32_t *rows, int k, int row_len,
-    const float *grad);
+// Updates rows `rows[0..k)` of the layer's weight (row_len floats each) and bias from
+// their compact gradients (db ignored without a bias).
+void mt_update_selected_rows(const mt_pass_t *pass, mt_layer_obj_t *layer, const int32_t *rows, int k,
+    int row_len, const float *dw, const float *db);
+
+// A BiasOnly update through an optimizer: adds the bias gradient (dy summed over its rows)
+// and returns true; false when the layer's policy is something else.
+bool mt_update_bias_only(const mt_pass_t *pass, mt_layer_obj_t *layer, const float *dy, int rows);
 
 // update_stats(): MACs of the last backward against a full update, and per layer how many
 // structures were updated.
