@@ -2,15 +2,10 @@
 
 #include "half.h"
 #include "pool_f16.h"
+#include "pool_window.h"
 
 // Per-channel running values live on the stack in blocks of this many channels.
 #define CHANNEL_BLOCK 16
-
-typedef struct {
-    int ih0, iw0;
-    int kh_begin, kh_end;
-    int kw_begin, kw_end;
-} window_t;
 
 static inline int max_int(int a, int b) {
     return a > b ? a : b;
@@ -18,22 +13,6 @@ static inline int max_int(int a, int b) {
 
 static inline int min_int(int a, int b) {
     return a < b ? a : b;
-}
-
-static inline window_t window_at(const mt_pool2d_params_t *p, int oh, int ow) {
-    window_t w;
-    w.ih0 = oh * p->stride_h - p->pad_h;
-    w.iw0 = ow * p->stride_w - p->pad_w;
-    w.kh_begin = max_int(0, -w.ih0);
-    w.kh_end = min_int(p->kernel_h, p->in_h - w.ih0);
-    w.kw_begin = max_int(0, -w.iw0);
-    w.kw_end = min_int(p->kernel_w, p->in_w - w.iw0);
-    return w;
-}
-
-static inline size_t pixel(const mt_pool2d_params_t *p, int b, int ih, int iw) {
-    return (((size_t)b * (size_t)p->in_h + (size_t)ih) * (size_t)p->in_w + (size_t)iw)
-           * (size_t)p->channels;
 }
 
 // The fp32 kernels' test (strict, so the first of equal maxima wins; NaN wins).
@@ -52,7 +31,7 @@ void mt_maxpool2d_f16_forward(const mt_pool2d_params_t *p, const uint16_t *x, ui
     for (int b = 0; b < p->batch; b++) {
         for (int oh = 0; oh < p->out_h; oh++) {
             for (int ow = 0; ow < p->out_w; ow++, y += c_n) {
-                const window_t w = window_at(p, oh, ow);
+                const mt_pool_window_t w = mt_pool_window_at(p, oh, ow);
                 for (int c0 = 0; c0 < c_n; c0 += CHANNEL_BLOCK) {
                     const int nc = min_int(CHANNEL_BLOCK, c_n - c0);
                     for (int j = 0; j < nc; j++) {
@@ -61,7 +40,7 @@ void mt_maxpool2d_f16_forward(const mt_pool2d_params_t *p, const uint16_t *x, ui
                     }
                     for (int kh = w.kh_begin; kh < w.kh_end; kh++) {
                         for (int kw = w.kw_begin; kw < w.kw_end; kw++) {
-                            const uint16_t *xp = x + pixel(p, b, w.ih0 + kh, w.iw0 + kw) + c0;
+                            const uint16_t *xp = x + mt_pool_pixel(p, b, w.ih0 + kh, w.iw0 + kw) + c0;
                             for (int j = 0; j < nc; j++) {
                                 const float v = mt_f16_to_f32(xp[j]);
                                 if (beats(v, best[j])) {
@@ -90,17 +69,17 @@ void mt_maxpool2d_f16_grad_input(const mt_pool2d_params_t *p, const uint16_t *x,
     for (int b = 0; b < p->batch; b++) {
         for (int oh = 0; oh < p->out_h; oh++) {
             for (int ow = 0; ow < p->out_w; ow++, dy += c_n) {
-                const window_t w = window_at(p, oh, ow);
+                const mt_pool_window_t w = mt_pool_window_at(p, oh, ow);
                 if (w.kh_begin >= w.kh_end || w.kw_begin >= w.kw_end) {
                     continue;   // window entirely in the padding
                 }
-                const size_t first = pixel(p, b, w.ih0 + w.kh_begin, w.iw0 + w.kw_begin);
+                const size_t first = mt_pool_pixel(p, b, w.ih0 + w.kh_begin, w.iw0 + w.kw_begin);
                 for (int c = 0; c < c_n; c++) {
                     size_t arg = first + (size_t)c;
                     float max = -INFINITY;
                     for (int kh = w.kh_begin; kh < w.kh_end; kh++) {
                         for (int kw = w.kw_begin; kw < w.kw_end; kw++) {
-                            const size_t i = pixel(p, b, w.ih0 + kh, w.iw0 + kw) + (size_t)c;
+                            const size_t i = mt_pool_pixel(p, b, w.ih0 + kh, w.iw0 + kw) + (size_t)c;
                             const float v = mt_f16_to_f32(x[i]);
                             if (beats(v, max)) {
                                 max = v;
@@ -122,7 +101,7 @@ void mt_avgpool2d_f16_forward(const mt_pool2d_params_t *p, const uint16_t *x, ui
     for (int b = 0; b < p->batch; b++) {
         for (int oh = 0; oh < p->out_h; oh++) {
             for (int ow = 0; ow < p->out_w; ow++, y += c_n) {
-                const window_t w = window_at(p, oh, ow);
+                const mt_pool_window_t w = mt_pool_window_at(p, oh, ow);
                 for (int c0 = 0; c0 < c_n; c0 += CHANNEL_BLOCK) {
                     const int nc = min_int(CHANNEL_BLOCK, c_n - c0);
                     for (int j = 0; j < nc; j++) {
@@ -130,7 +109,7 @@ void mt_avgpool2d_f16_forward(const mt_pool2d_params_t *p, const uint16_t *x, ui
                     }
                     for (int kh = w.kh_begin; kh < w.kh_end; kh++) {
                         for (int kw = w.kw_begin; kw < w.kw_end; kw++) {
-                            const uint16_t *xp = x + pixel(p, b, w.ih0 + kh, w.iw0 + kw) + c0;
+                            const uint16_t *xp = x + mt_pool_pixel(p, b, w.ih0 + kh, w.iw0 + kw) + c0;
                             for (int j = 0; j < nc; j++) {
                                 sum[j] += mt_f16_to_f32(xp[j]);
                             }

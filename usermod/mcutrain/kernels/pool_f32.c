@@ -2,40 +2,8 @@
 #include <string.h>
 
 #include "pool_f32.h"
+#include "pool_window.h"
 
-// The part of one pooling window that lies inside the input: kernel rows
-// [kh_begin, kh_end) and columns [kw_begin, kw_end), the window's top-left corner
-// being input pixel (ih0, iw0), which may lie in the padding.
-typedef struct {
-    int ih0, iw0;
-    int kh_begin, kh_end;
-    int kw_begin, kw_end;
-} window_t;
-
-static inline int max_int(int a, int b) {
-    return a > b ? a : b;
-}
-
-static inline int min_int(int a, int b) {
-    return a < b ? a : b;
-}
-
-static inline window_t window_at(const mt_pool2d_params_t *p, int oh, int ow) {
-    window_t w;
-    w.ih0 = oh * p->stride_h - p->pad_h;
-    w.iw0 = ow * p->stride_w - p->pad_w;
-    w.kh_begin = max_int(0, -w.ih0);
-    w.kh_end = min_int(p->kernel_h, p->in_h - w.ih0);
-    w.kw_begin = max_int(0, -w.iw0);
-    w.kw_end = min_int(p->kernel_w, p->in_w - w.iw0);
-    return w;
-}
-
-// Offset of pixel (ih, iw) of image b, channel 0.
-static inline size_t pixel(const mt_pool2d_params_t *p, int b, int ih, int iw) {
-    return (((size_t)b * (size_t)p->in_h + (size_t)ih) * (size_t)p->in_w + (size_t)iw)
-           * (size_t)p->channels;
-}
 
 static inline size_t input_size(const mt_pool2d_params_t *p) {
     return (size_t)p->batch * (size_t)p->in_h * (size_t)p->in_w * (size_t)p->channels;
@@ -52,14 +20,14 @@ void mt_maxpool2d_f32_forward(const mt_pool2d_params_t *p, const float *x, float
     for (int b = 0; b < p->batch; b++) {
         for (int oh = 0; oh < p->out_h; oh++) {
             for (int ow = 0; ow < p->out_w; ow++) {
-                window_t w = window_at(p, oh, ow);
+                mt_pool_window_t w = mt_pool_window_at(p, oh, ow);
                 for (int c = 0; c < c_n; c++) {
                     y[c] = -INFINITY;
                 }
                 // Channels innermost: contiguous in both x and y.
                 for (int kh = w.kh_begin; kh < w.kh_end; kh++) {
                     for (int kw = w.kw_begin; kw < w.kw_end; kw++) {
-                        const float *xp = x + pixel(p, b, w.ih0 + kh, w.iw0 + kw);
+                        const float *xp = x + mt_pool_pixel(p, b, w.ih0 + kh, w.iw0 + kw);
                         for (int c = 0; c < c_n; c++) {
                             if (beats(xp[c], y[c])) {
                                 y[c] = xp[c];
@@ -80,14 +48,14 @@ void mt_maxpool2d_f32_grad_input(const mt_pool2d_params_t *p, const float *x, co
     for (int b = 0; b < p->batch; b++) {
         for (int oh = 0; oh < p->out_h; oh++) {
             for (int ow = 0; ow < p->out_w; ow++) {
-                window_t w = window_at(p, oh, ow);
+                mt_pool_window_t w = mt_pool_window_at(p, oh, ow);
                 if (w.kh_begin >= w.kh_end || w.kw_begin >= w.kw_end) {
                     dy += c_n;
                     continue;  // window entirely in the padding: no input to credit
                 }
                 // One channel at a time so the argmax stays in registers (no index buffer);
                 // strided reads cost nothing extra on cache-less microcontrollers.
-                size_t first = pixel(p, b, w.ih0 + w.kh_begin, w.iw0 + w.kw_begin);
+                size_t first = mt_pool_pixel(p, b, w.ih0 + w.kh_begin, w.iw0 + w.kw_begin);
                 for (int c = 0; c < c_n; c++) {
                     // Like PyTorch, start from the first in-bounds element so an all -inf
                     // window still credits a real input.
@@ -95,7 +63,7 @@ void mt_maxpool2d_f32_grad_input(const mt_pool2d_params_t *p, const float *x, co
                     float max = -INFINITY;
                     for (int kh = w.kh_begin; kh < w.kh_end; kh++) {
                         for (int kw = w.kw_begin; kw < w.kw_end; kw++) {
-                            size_t i = pixel(p, b, w.ih0 + kh, w.iw0 + kw) + (size_t)c;
+                            size_t i = mt_pool_pixel(p, b, w.ih0 + kh, w.iw0 + kw) + (size_t)c;
                             if (beats(x[i], max)) {
                                 max = x[i];
                                 arg = i;
@@ -117,13 +85,13 @@ void mt_avgpool2d_f32_forward(const mt_pool2d_params_t *p, const float *x, float
     for (int b = 0; b < p->batch; b++) {
         for (int oh = 0; oh < p->out_h; oh++) {
             for (int ow = 0; ow < p->out_w; ow++) {
-                window_t w = window_at(p, oh, ow);
+                mt_pool_window_t w = mt_pool_window_at(p, oh, ow);
                 for (int c = 0; c < c_n; c++) {
                     y[c] = 0.0f;
                 }
                 for (int kh = w.kh_begin; kh < w.kh_end; kh++) {
                     for (int kw = w.kw_begin; kw < w.kw_end; kw++) {
-                        const float *xp = x + pixel(p, b, w.ih0 + kh, w.iw0 + kw);
+                        const float *xp = x + mt_pool_pixel(p, b, w.ih0 + kh, w.iw0 + kw);
                         for (int c = 0; c < c_n; c++) {
                             y[c] += xp[c];
                         }
@@ -145,10 +113,10 @@ void mt_avgpool2d_f32_grad_input(const mt_pool2d_params_t *p, const float *dy, f
     for (int b = 0; b < p->batch; b++) {
         for (int oh = 0; oh < p->out_h; oh++) {
             for (int ow = 0; ow < p->out_w; ow++) {
-                window_t w = window_at(p, oh, ow);
+                mt_pool_window_t w = mt_pool_window_at(p, oh, ow);
                 for (int kh = w.kh_begin; kh < w.kh_end; kh++) {
                     for (int kw = w.kw_begin; kw < w.kw_end; kw++) {
-                        float *dxp = dx + pixel(p, b, w.ih0 + kh, w.iw0 + kw);
+                        float *dxp = dx + mt_pool_pixel(p, b, w.ih0 + kh, w.iw0 + kw);
                         for (int c = 0; c < c_n; c++) {
                             dxp[c] += dy[c] * inv_area;
                         }
