@@ -28,8 +28,10 @@ mt_dtype_t mt_dtype_from_obj(mp_obj_t obj) {
             }
         }
     }
+    // MicroPython's exception formatting has no %r: name the string, or the type.
     mp_raise_msg_varg(&mp_type_ValueError,
-        MP_ERROR_TEXT("dtype must be mt.float32, mt.float16 or mt.int8, not %r"), obj);
+        MP_ERROR_TEXT("dtype must be mt.float32, mt.float16 or mt.int8, not %s"),
+        mp_obj_is_str(obj) ? mp_obj_str_get_str(obj) : mp_obj_get_type_str(obj));
 }
 
 // Buffer typecodes of each dtype; float16 is exposed as raw 16-bit words.
