@@ -31,9 +31,9 @@ TOPK_UPDATE = "{'0': mt.TopK(0.1, 0.5), '3': mt.TopK(0.1, 0.5), '7': mt.Full()}"
 CHECKS = {
     "digits_mlp_fp32": {"MODEL": '"mlp"'},
     "digits_cnn_fp32": {"MODEL": '"cnn"'},
-    "finetune_full": {"MODEL": '"cnn"', "PRETRAINED": '"/remote/pretrained.mtm"', "EPOCHS": "2",
+    "finetune_full": {"MODEL": '"cnn"', "PRETRAINED": '"/remote/pretrained.mtm"', "EPOCHS": "2", "LR": "0.005",
                       "MOMENTUM": "0.0"},
-    "finetune_topk10": {"MODEL": '"cnn"', "PRETRAINED": '"/remote/pretrained.mtm"', "EPOCHS": "2",
+    "finetune_topk10": {"MODEL": '"cnn"', "PRETRAINED": '"/remote/pretrained.mtm"', "EPOCHS": "2", "LR": "0.005",
                         "MOMENTUM": "0.0", "UPDATE": TOPK_UPDATE},
 }
 

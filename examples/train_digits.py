@@ -11,14 +11,15 @@ import struct
 import mcutrain as mt
 
 MODEL = "mlp"      # "mlp" (64-32-10) or "cnn" (two 3x3 convs, max pooling, a linear head)
+DTYPE = "float32"  # "float32", "float16" or "int8" (fully quantized training; plain SGD)
 EPOCHS = 10 if MODEL == "mlp" else 6
-LR = 0.01 if MODEL == "mlp" else 0.005
+# int8 layers train with plain SGD: ten times the rate gives momentum 0.9's step size.
+MOMENTUM = 0.0 if DTYPE == "int8" else 0.9
+LR = (0.01 if MODEL == "mlp" else 0.005) * (10 if MOMENTUM == 0.0 else 1)
 DECAY = 0.8 if MODEL == "mlp" else 0.7   # the learning rate shrinks by this factor each epoch
-MOMENTUM = 0.9
 SEED = 1
 DATA = "/remote"   # where digits_train.u8 and digits_test.u8 are (mpremote mount puts them here)
 PRETRAINED = None  # an .mtm to fine-tune (python -m mcutrain.pretrain), instead of MODEL
-DTYPE = "float32"  # "float32", "float16" or "int8" (fully quantized training; SGD without momentum)
 UPDATE = None      # None: full update; or a policy, e.g. mt.TopK(0.1) or mt.ChannelRatio(0.25)
 
 

@@ -610,10 +610,8 @@ def _dx_scale(x, w, ws, dy, stride, padding, groups) -> float:
     return Q.qparams_symmetric(absmax).scale
 
 
-def test_int8_update_matches_the_integer_reference_bit_for_bit(target):
-    # One SGD step (lr, weight decay exact in the boards' floats) with gradient
-    # standardization: the first step's divisors come from a statistics-only pass.
-    lr, wd = 0.0625, 0.015625
+def _int8_update_cases(target, sgd_args: str, lr: float, wd: float):
+    """One SGD step of each int8 case on the target: (results, cases)."""
     rng = np.random.default_rng(42)
     script = DeviceScript()
     cases = []
@@ -624,20 +622,39 @@ def test_int8_update_matches_the_integer_reference_bit_for_bit(target):
         dy = rng.integers(-127, 128, y.shape).astype(np.int8)
         _s8_script(name, src, x, w, ws, b, dy, True, script)
         cases.append((name, x, w, ws, b, dy, q, bias_q, stride, padding, groups))
-    script.lines = [line.replace("lr=0.05, weight_decay=0.01", f"lr={lr}, weight_decay={wd}") for line in script.lines]
-    results = script.run(target)
-    for name, x, w, ws, b, dy, q, bias_q, stride, padding, groups in cases:
-        dx = _s8_grad_input(x, w, ws, dy, q, stride, padding, groups)
-        assert np.array_equal(results[f"{name}.dx"], dx), f"{name}: input gradient differs"
-        if stride is None:
-            upd = lambda u: Q.linear_s8_update(x, dy, w, ws, bias_q, q, u)  # noqa: E731
-        else:
-            upd = lambda u: Q.conv2d_s8_update(x, dy, w, ws, bias_q, q, u, stride, padding, groups)  # noqa: E731
+    script.lines = [line.replace("lr=0.05, weight_decay=0.01", f"lr={lr}, weight_decay={wd}{sgd_args}")
+                    for line in script.lines]
+    return script.run(target), cases
+
+
+def _int8_reference_update(case, lr, wd, standardize):
+    name, x, w, ws, b, dy, q, bias_q, stride, padding, groups = case
+    if stride is None:
+        upd = lambda u: Q.linear_s8_update(x, dy, w, ws, bias_q, q, u)  # noqa: E731
+    else:
+        upd = lambda u: Q.conv2d_s8_update(x, dy, w, ws, bias_q, q, u, stride, padding, groups)  # noqa: E731
+    sigma_w = sigma_b = 0.0
+    if standardize:
         stats = upd(None)
         unit_w = float(np.float32(DY_SCALE) * np.float32(X_SCALE))
-        u = Q.S8Update(lr=lr, weight_decay=wd, sigma_w=Q.grad_stats_rms(stats.w_stats, unit_w),
-                       sigma_b=Q.grad_stats_rms(stats.b_stats, DY_SCALE), eps=1e-8, rescale_below=0.5)
-        r = upd(u)
+        sigma_w = Q.grad_stats_rms(stats.w_stats, unit_w)
+        sigma_b = Q.grad_stats_rms(stats.b_stats, DY_SCALE)
+    return upd(Q.S8Update(lr=lr, weight_decay=wd, sigma_w=sigma_w, sigma_b=sigma_b, eps=1e-8, rescale_below=0.5))
+
+
+@pytest.mark.parametrize("standardize", [True, False], ids=["standardized", "plain"])
+def test_int8_update_matches_the_integer_reference_bit_for_bit(target, standardize):
+    # One SGD step (lr, weight decay exact in the boards' floats) rounded to nearest even;
+    # with gradient standardization the first step's divisors come from a statistics-only
+    # pass, without it the step is lr times the real-valued gradient.
+    lr, wd = (0.0625, 0.015625) if standardize else (0.25, 0.015625)
+    results, cases = _int8_update_cases(
+        target, f", standardize={standardize}, rounding='nearest'", lr, wd)
+    for case in cases:
+        name, x, w, ws, b, dy, q, bias_q, stride, padding, groups = case
+        dx = _s8_grad_input(x, w, ws, dy, q, stride, padding, groups)
+        assert np.array_equal(results[f"{name}.dx"], dx), f"{name}: input gradient differs"
+        r = _int8_reference_update(case, lr, wd, standardize)
         assert np.array_equal(results[f"{name}.w"], r.w), f"{name}: updated weights differ"
         assert np.array_equal(results[f"{name}.ws"], r.w_scale), f"{name}: updated weight scales differ"
         assert not np.array_equal(r.w, w), f"{name}: the step changed nothing"
@@ -645,6 +662,25 @@ def test_int8_update_matches_the_integer_reference_bit_for_bit(target):
             # The bias comes back to real units: b = b_q * (s_x * s_w[o]) in float32.
             expected = r.bias.astype(np.float32) * (np.float32(X_SCALE) * r.w_scale)
             assert np.array_equal(results[f"{name}.b"], expected.astype(np.float32)), f"{name}: bias differs"
+
+
+def test_int8_update_rounds_stochastically_by_default(target):
+    # The default rounding: each new weight is the exact value's floor or ceiling (so at
+    # most one step from the nearest-even result), the scales are the same, and some
+    # weights do round the other way.
+    lr, wd = 0.25, 0.015625
+    results, cases = _int8_update_cases(target, "", lr, wd)
+    moved = 0
+    for case in cases:
+        name, x, w, ws, b, dy, q, bias_q, stride, padding, groups = case
+        dx = _s8_grad_input(x, w, ws, dy, q, stride, padding, groups)  # also sets q's error scales
+        assert np.array_equal(results[f"{name}.dx"], dx), f"{name}: input gradient differs"
+        r = _int8_reference_update(case, lr, wd, standardize=False)
+        got = results[f"{name}.w"].astype(np.int64)
+        assert np.abs(got - r.w.astype(np.int64)).max() <= 1, f"{name}: beyond one step of the exact value"
+        assert np.array_equal(results[f"{name}.ws"], r.w_scale), f"{name}: updated weight scales differ"
+        moved += int(np.count_nonzero(got != r.w))
+    assert moved > 0, "no weight rounded away from nearest: stochastic rounding is off"
 
 
 S8_CNN = """mt.Sequential(mt.Convert(mt.int8), mt.Conv2d(1, 8, 3, padding=1, dtype=mt.int8), mt.ReLU(),
@@ -668,7 +704,7 @@ def test_int8_cnn_learns_and_its_train_step_allocates_nothing(target):
 import gc, mcutrain as mt
 mt.seed(1)
 model = {S8_CNN}
-opt = mt.SGD(model, lr=0.02)
+opt = mt.SGD(model, lr=0.02, standardize=True)  # the paper's scheme: steps of about lr from the start
 data = {tensor_expr(x)}
 labels = {labels_expr(labels)}
 losses = []
@@ -805,3 +841,33 @@ print(max(abs(u - v) for ra, rb in zip(a, b) for u, v in zip(ra, rb)))
     # The range trackers (the activations' scales) are not in the file: the loaded model
     # measures them again on its first batch, so its outputs differ by a few output steps.
     assert float(out.splitlines()[1]) < 0.5
+
+
+def test_quant_range_reads_sets_and_rejects_bad_ranges(target):
+    out = run_on(target, """
+import mcutrain as mt
+m = mt.Sequential(mt.Convert(mt.int8), mt.Linear(4, 3, dtype=mt.int8))
+print('fresh', m[0].quant_range, m[1].quant_range)
+m[1].quant_range = (-1.5, 2.0)
+x = mt.Tensor([[0.1, 0.2, -0.3, 0.4]])
+print('scale', m.predict(x).scale)
+print('input', m[0].quant_range)
+for bad in ((1.0, float('nan')), (2.0, 1.0), (0.0, float('inf')), (1.0,), 'ab'):
+    try:
+        m[1].quant_range = bad
+        print('accepted', bad)
+    except (ValueError, TypeError) as e:
+        print('rejected', type(e).__name__)
+m[1].quant_range = None
+print('forgot', m[1].quant_range)
+print('float32', hasattr(mt.Linear(2, 2), 'quant_range'))
+""")
+    lines = out.splitlines()
+    assert lines[0] == "fresh None None"
+    # The set range gives the output scale: (2.0 + 1.5) / 255.
+    assert abs(float(lines[1].split()[1]) - 3.5 / 255) < 1e-6
+    lo, hi = map(float, lines[2].split(" ", 1)[1].strip("()").split(","))
+    assert abs(lo + 0.3) < 1e-6 and abs(hi - 0.4) < 1e-6  # Convert measured its input
+    assert all(line.startswith("rejected") for line in lines[3:8]), lines[3:8]
+    assert lines[8] == "forgot None"
+    assert lines[9] == "float32 False"

@@ -10,6 +10,7 @@
 #include "optim.h"
 #include "random.h"
 #include "partial_update.h"
+#include "kernels/quant.h"
 #include "kernels/activation_f32.h"
 #include "kernels/half.h"
 
@@ -64,6 +65,7 @@ void mt_layer_init(mt_layer_obj_t *layer) {
     layer->extra_params[0] = NULL;
     layer->extra_params[1] = NULL;
     layer->weight_scale = NULL;
+    layer->quant_range = NULL;
     layer->update = (mt_update_t) { .kind = MT_UPDATE_FULL };
 }
 
@@ -862,13 +864,41 @@ static void set_trainable(mt_layer_obj_t *layer, bool trainable) {
     layer->trainable = trainable;
 }
 
+// layer.quant_range = (min, max) sets the tracked range as if observed once (calibration);
+// None forgets it, so the next pass measures it again.
+static void set_quant_range(mt_range_tracker_t *t, mp_obj_t value) {
+    if (value == mp_const_none) {
+        t->count = 0;
+        return;
+    }
+    mp_obj_t *items;
+    mp_obj_get_array_fixed_n(value, 2, &items);
+    float lo = (float)mp_obj_get_float(items[0]), hi = (float)mp_obj_get_float(items[1]);
+    mt_qparams_t qp;
+    if (!(lo <= hi) || mt_qparams_asymmetric(lo, hi, &qp) != 0) {
+        mp_raise_ValueError(MP_ERROR_TEXT("quant_range must be (min, max) with finite min <= max"));
+    }
+    t->min = lo;
+    t->max = hi;
+    t->count = 1;
+}
+
 void mt_layer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
     mt_layer_obj_t *self = MP_OBJ_TO_PTR(self_in);
     if (dest[0] == MP_OBJ_SENTINEL) {
         if (attr == MP_QSTR_trainable && dest[1] != MP_OBJ_NULL) {
             set_trainable(self, mp_obj_is_true(dest[1]));
             dest[0] = MP_OBJ_NULL;
+        } else if (attr == MP_QSTR_quant_range && dest[1] != MP_OBJ_NULL && self->quant_range != NULL) {
+            set_quant_range(self->quant_range, dest[1]);
+            dest[0] = MP_OBJ_NULL;
         }
+        return;
+    }
+    if (attr == MP_QSTR_quant_range && self->quant_range != NULL) {
+        const mt_range_tracker_t *t = self->quant_range;
+        mp_obj_t pair[2] = { mp_obj_new_float_from_f(t->min), mp_obj_new_float_from_f(t->max) };
+        dest[0] = t->count == 0 ? mp_const_none : mp_obj_new_tuple(2, pair);
         return;
     }
     switch (attr) {

@@ -128,6 +128,9 @@ struct _mt_layer_obj_t {
     mt_tensor_obj_t *loss_buf;     // fp32 chunk of a float16/int8 output for the loss, or NULL
     mt_tensor_obj_t *extra_params[2];  // BatchNorm running statistics
     mt_tensor_obj_t *weight_scale;     // int8 layers: fp32 scale of each weight row (out_c)
+    // int8 layers: the tracked real range their int8 output is quantized from (Convert to
+    // int8: its input's); layer.quant_range reads and sets it (calibration). NULL otherwise.
+    struct _mt_range_tracker_t *quant_range;
     mt_update_t update;                // set by the optimizer's update= policy
 };
 

@@ -117,6 +117,9 @@ static mp_obj_t convert_make_new(const mp_obj_type_t *type, size_t n_args, size_
     mt_layer_init(&self->base);
     self->base.dtype = mt_dtype_from_obj(args[ARG_dtype].u_obj);  // every dtype, None is an error
     self->range.count = 0;
+    if (self->base.dtype == MT_INT8) {
+        self->base.quant_range = &self->range;  // the float input's range it quantizes from
+    }
     return MP_OBJ_FROM_PTR(self);
 }
 

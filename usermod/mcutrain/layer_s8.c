@@ -4,6 +4,7 @@
 #include "layer_s8.h"
 #include "optim.h"
 #include "kernels/vector_f32.h"
+#include "random.h"
 
 void mt_s8_layer_init(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_shape_t *wshape, int fan_in, bool bias,
     const char *what) {
@@ -25,11 +26,13 @@ void mt_s8_layer_init(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_shape_t 
         s->bias_q = m_new0(int32_t, out_c);
     }
     s->out_c = out_c;
+    s->rng.state = mt_random_u32() | 1u;
     s->q = (mt_s8_quant_t) {
         .x = { 1.0f, 0 }, .y = { 1.0f, 0 }, .dy_scale = 1.0f, .dx_scale = 1.0f,
         .act_min = MT_S8_ACT_MIN, .act_max = MT_S8_ACT_MAX,
     };
     s->y_range.count = s->dx_range.count = 0;
+    layer->quant_range = &s->y_range;
     s->sigma_w.count = s->sigma_b.count = 0;
 }
 
@@ -78,7 +81,7 @@ void mt_s8_forward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_
 
 void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
     mt_tensor_obj_t *dx, const mt_pass_t *pass, const mt_s8_kernels_t *k) {
-    const mt_sgd_params_t *sgd = NULL;
+    const mt_int8_sgd_t *sgd = NULL;
     if (layer->trainable) {
         sgd = pass->optim ? pass->optim->ops->int8_sgd(pass->optim) : NULL;
         if (sgd == NULL) {
@@ -132,7 +135,7 @@ void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj
     size_t scratch_bytes = pass->scratch_floats * sizeof(float);
     float unit_w = s->q.dy_scale * s->q.x.scale;
     mt_grad_stats_t w_stats = { 0 }, b_stats = { 0 };
-    if (s->sigma_w.count == 0) {
+    if (sgd->standardize && s->sigma_w.count == 0) {
         // Gradient standardization needs a divisor before the first update: this step's.
         if (k->update(layer, NULL, x->data, dy->data, &w_stats, &b_stats, pass->scratch, scratch_bytes) != 0) {
             raise_kernel(layer, "update");
@@ -142,9 +145,11 @@ void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj
         w_stats = (mt_grad_stats_t) { 0 };
         b_stats = (mt_grad_stats_t) { 0 };
     }
+    // Without standardization the step is plain SGD on the real-valued gradient (sigma 0).
     mt_s8_update_t u = {
-        .lr = sgd->lr, .weight_decay = sgd->weight_decay, .sigma_w = s->sigma_w.value, .sigma_b = s->sigma_b.value,
-        .eps = 1e-8f, .rescale_below = MT_S8_RESCALE_BELOW, .rng = NULL,
+        .lr = sgd->lr, .weight_decay = sgd->weight_decay,
+        .sigma_w = sgd->standardize ? s->sigma_w.value : 0.0f, .sigma_b = sgd->standardize ? s->sigma_b.value : 0.0f,
+        .eps = 1e-8f, .rescale_below = MT_S8_RESCALE_BELOW, .rng = sgd->stochastic_rounding ? &s->rng : NULL,
     };
     if (k->update(layer, &u, x->data, dy->data, &w_stats, &b_stats, pass->scratch, scratch_bytes) != 0) {
         raise_kernel(layer, "update");

@@ -8,10 +8,18 @@
 //   output's real range and of its input error's magnitude, which give the int8 scales of
 //   the next pass: no float activation or error is ever stored. A tracker without an
 //   observation (the first pass) is filled by running that pass once more first;
-// - the gradient standardization divisors sigma_w, sigma_b: moving averages of earlier
-//   steps' gradient RMS, seeded by a statistics-only pass on the first step.
-// The update is plain SGD (lr, weight decay) with nearest-even rounding; momentum and Adam
-// need float state per weight, which this scheme avoids, so int8 layers refuse them.
+// - the gradient standardization divisors sigma_w, sigma_b (mt.SGD(standardize=True)):
+//   moving averages of earlier steps' gradient RMS, seeded by a statistics-only pass on the
+//   first step;
+// - a random state for stochastic rounding of the new weights (mt.SGD(rounding=...)).
+// The update is plain SGD (lr, weight decay) on the real-valued gradient, or on the gradient
+// over its running RMS with standardize=True. The new weights round stochastically by
+// default: an update under half a quantization step then still moves a weight with the
+// right probability, where nearest rounding loses it for good (on digits, 95.3% against
+// 88-89% test accuracy). Standardization keeps every step near lr whatever the loss, so it
+// cannot anneal and ends noisier (about 90% on digits); it is there for the paper's scheme.
+// Momentum and Adam need float state per weight, which this scheme avoids, so int8 layers
+// refuse them.
 #ifndef MCUTRAIN_LAYER_S8_H
 #define MCUTRAIN_LAYER_S8_H
 
@@ -29,6 +37,7 @@ typedef struct {
     mt_range_tracker_t dx_range;   // input error magnitude (max only)
     mt_ema_t sigma_w, sigma_b;     // gradient standardization divisors
     int32_t *bias_q;               // the bias in kernel units, or NULL without bias
+    mt_rng_t rng;                  // stochastic rounding of updated weights
     int out_c;
 } mt_s8_layer_t;
 

@@ -12,6 +12,15 @@
 
 typedef struct _mt_optim_obj_t mt_optim_obj_t;
 
+// How int8 layers update (layer_s8.h): plain SGD, optionally with Deutel et al.'s gradient
+// standardization, rounding the new weights stochastically or to nearest even.
+typedef struct {
+    float lr;
+    float weight_decay;
+    bool standardize;
+    bool stochastic_rounding;
+} mt_int8_sgd_t;
+
 typedef struct {
     // Called once per train_step before the backward pass.
     void (*step_begin)(mt_optim_obj_t *self);
@@ -28,7 +37,7 @@ typedef struct {
     size_t (*state_bytes_per_float)(const mt_optim_obj_t *self);
     // int8 layers run their own update (kernels/conv2d_s8.h) with plain SGD's settings:
     // those, or NULL if this optimizer cannot train int8 layers.
-    const mt_sgd_params_t *(*int8_sgd)(const mt_optim_obj_t *self);
+    const mt_int8_sgd_t *(*int8_sgd)(const mt_optim_obj_t *self);
 } mt_optim_ops_t;
 
 struct _mt_optim_obj_t {

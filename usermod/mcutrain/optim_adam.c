@@ -67,7 +67,7 @@ static size_t adam_state_bytes(const mt_optim_obj_t *self) {
     return 3 * sizeof(float);
 }
 
-static const mt_sgd_params_t *adam_int8(const mt_optim_obj_t *self) {
+static const mt_int8_sgd_t *adam_int8(const mt_optim_obj_t *self) {
     (void)self;
     return NULL;
 }

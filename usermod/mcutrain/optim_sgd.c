@@ -1,5 +1,6 @@
-// mt.SGD(model, lr, momentum=0, weight_decay=0, update=None): the update fused into the weight-
-// gradient pass, so no gradient buffer exists (see kernels/optim_f32.h).
+// mt.SGD(model, lr, momentum=0, weight_decay=0, update=None, standardize=False,
+// rounding='stochastic'): the update fused into the weight-gradient pass, so no gradient
+// buffer exists (see kernels/optim_f32.h). standardize and rounding apply to int8 layers.
 #include "py/runtime.h"
 #include "optim.h"
 #include "kernels/optim_f32.h"
@@ -8,6 +9,7 @@
 typedef struct {
     mt_optim_obj_t base;
     mt_sgd_params_t p;
+    mt_int8_sgd_t int8;    // the same lr and weight decay, and the int8-only settings
 } mt_sgd_obj_t;
 
 static void sgd_step_begin(mt_optim_obj_t *self) {
@@ -72,9 +74,21 @@ static size_t sgd_state_bytes(const mt_optim_obj_t *self_in) {
     return self->p.momentum != 0.0f ? sizeof(float) : 0;
 }
 
-static const mt_sgd_params_t *sgd_int8(const mt_optim_obj_t *self_in) {
-    const mt_sgd_obj_t *self = (const mt_sgd_obj_t *)self_in;
-    return self->p.momentum == 0.0f ? &self->p : NULL;
+static const mt_int8_sgd_t *sgd_int8(const mt_optim_obj_t *self_in) {
+    mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
+    self->int8.lr = self->p.lr;
+    self->int8.weight_decay = self->p.weight_decay;
+    return self->p.momentum == 0.0f ? &self->int8 : NULL;
+}
+
+static bool rounding_arg(mp_obj_t obj) {
+    if (mp_obj_is_str(obj)) {
+        qstr q = mp_obj_str_get_qstr(obj);
+        if (q == MP_QSTR_stochastic || q == MP_QSTR_nearest) {
+            return q == MP_QSTR_stochastic;
+        }
+    }
+    mp_raise_ValueError(MP_ERROR_TEXT("SGD: rounding must be 'stochastic' or 'nearest'"));
 }
 
 static const mt_optim_ops_t sgd_ops = {
@@ -97,13 +111,15 @@ static float check_rate(mp_obj_t obj, const char *what, bool allow_zero) {
 }
 
 static mp_obj_t sgd_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_model, ARG_lr, ARG_momentum, ARG_weight_decay, ARG_update };
+    enum { ARG_model, ARG_lr, ARG_momentum, ARG_weight_decay, ARG_update, ARG_standardize, ARG_rounding };
     static const mp_arg_t allowed_args[] = {
         { MP_QSTR_model, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_lr, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_momentum, MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_SMALL_INT(0)} },
         { MP_QSTR_weight_decay, MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_SMALL_INT(0)} },
         { MP_QSTR_update, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_standardize, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
+        { MP_QSTR_rounding, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_QSTR(MP_QSTR_stochastic)} },
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
@@ -115,6 +131,8 @@ static mp_obj_t sgd_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
         mp_raise_ValueError(MP_ERROR_TEXT("SGD: momentum must be in [0, 1)"));
     }
     self->p.weight_decay = check_rate(args[ARG_weight_decay].u_obj, "weight_decay", true);
+    self->int8.standardize = args[ARG_standardize].u_bool;
+    self->int8.stochastic_rounding = rounding_arg(args[ARG_rounding].u_obj);
     mt_optim_init_params(&self->base, args[ARG_model].u_obj, self->p.momentum != 0.0f ? 1 : 0, true,
         args[ARG_update].u_obj);
     return MP_OBJ_FROM_PTR(self);
@@ -136,6 +154,10 @@ static void sgd_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
         dest[0] = mp_obj_new_float_from_f(self->p.momentum);
     } else if (attr == MP_QSTR_weight_decay) {
         dest[0] = mp_obj_new_float_from_f(self->p.weight_decay);
+    } else if (attr == MP_QSTR_standardize) {
+        dest[0] = mp_obj_new_bool(self->int8.standardize);
+    } else if (attr == MP_QSTR_rounding) {
+        dest[0] = MP_OBJ_NEW_QSTR(self->int8.stochastic_rounding ? MP_QSTR_stochastic : MP_QSTR_nearest);
     } else {
         dest[1] = MP_OBJ_SENTINEL;
     }

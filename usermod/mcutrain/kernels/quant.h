@@ -71,7 +71,7 @@ typedef struct {
 } mt_range_t;
 
 // Exponential moving average of a range; count == 0 means no observation yet.
-typedef struct {
+typedef struct _mt_range_tracker_t {
     float min, max;
     int32_t count;
 } mt_range_tracker_t;
