@@ -1,4 +1,4 @@
-# Device script: kernel and training-step benchmarks (fp32, float16, int8), one "@bench {json}"
+# Device script: kernel and training-step benchmarks (fp32, float16, int8, mixed), one "@bench {json}"
 # line per case.
 # Instruction counts come from mt.perf_counter(), exact on the emulated boards (1 count =
 # 1 guest instruction under QEMU -icount shift=0). Each case runs once to plan its
@@ -32,16 +32,17 @@ def filled(shape, seed):
 
 def layer_train_step(case, make_layer, x_shape, dtype="float32"):
     """forward + input gradient + weight gradient + fused SGD update of one layer; float16
-    and int8 layers get their input and output gradient converted by mt.Convert first."""
+    and int8 layers get their input and output gradient converted by mt.Convert first (mixed
+    layers take and give float32)."""
     gc.collect()
     layer = make_layer(dtype)
     x = filled(x_shape, 1)
-    if dtype != "float32":
+    if dtype in ("float16", "int8"):
         x = mt.Convert(dtype).forward(x)
     opt = mt.SGD(layer, lr=0.001)
     y = layer.forward(x)
     dy = filled(y.shape, 2)
-    if dtype != "float32":
+    if dtype in ("float16", "int8"):
         dy = mt.Convert(dtype).forward(dy)
     layer.backward(dy, opt)
     macs = layer.macs()
@@ -100,7 +101,7 @@ def model_train_step(case, model, x_shape, labels):
     report(case, model.macs()["train_step"], t1 - t0, peak_ram_bytes=model.memory()["total"])
 
 
-for dtype in ("float32", "float16", "int8"):
+for dtype in ("float32", "float16", "int8", "mixed"):
     layer_train_step("conv3x3_16x16x16_32_train", lambda d: mt.Conv2d(16, 32, 3, padding=1, dtype=d),
                      (1, 16, 16, 16), dtype)
     layer_train_step("dense_256_128_train", lambda d: mt.Linear(256, 128, dtype=d), (1, 256), dtype)

@@ -11,10 +11,10 @@ import struct
 import mcutrain as mt
 
 MODEL = "mlp"      # "mlp" (64-32-10) or "cnn" (two 3x3 convs, max pooling, a linear head)
-DTYPE = "float32"  # "float32", "float16" or "int8" (fully quantized training; plain SGD)
+DTYPE = "float32"  # "float32", "float16", "int8" (fully quantized) or "mixed" (int8 forward, fp32 backward)
 EPOCHS = 10 if MODEL == "mlp" else 6
-# int8 layers train with plain SGD: ten times the rate gives momentum 0.9's step size.
-MOMENTUM = 0.0 if DTYPE == "int8" else 0.9
+# int8 and mixed layers train with plain SGD: ten times the rate gives momentum 0.9's step size.
+MOMENTUM = 0.0 if DTYPE in ("int8", "mixed") else 0.9
 LR = (0.01 if MODEL == "mlp" else 0.005) * (10 if MOMENTUM == 0.0 else 1)
 DECAY = 0.8 if MODEL == "mlp" else 0.7   # the learning rate shrinks by this factor each epoch
 SEED = 1
@@ -35,8 +35,9 @@ def load(name):
 
 
 def build(kind, dtype):
-    # Reduced-precision models take float32 pixels through a Convert layer.
-    first = [] if dtype == "float32" else [mt.Convert(dtype)]
+    # float16 and int8 models take float32 pixels through a Convert layer (mixed layers take
+    # and give float32).
+    first = [] if dtype in ("float32", "mixed") else [mt.Convert(dtype)]
     if kind == "mlp":
         return mt.Sequential(*first, mt.Flatten(), mt.Linear(64, 32, dtype=dtype), mt.ReLU(),
                              mt.Linear(32, 10, dtype=dtype))
@@ -63,7 +64,10 @@ train_px, train_y, n_train = load("digits_train.u8")
 test_px, test_y, n_test = load("digits_test.u8")
 mt.seed(SEED)
 model = mt.load(PRETRAINED) if PRETRAINED else build(MODEL, DTYPE)
-opt = mt.SGD(model, lr=LR, momentum=MOMENTUM, update=UPDATE)
+if DTYPE in ("int8", "mixed"):  # stochastic rounding keeps updates under half an int8 step
+    opt = mt.SGD(model, lr=LR, update=UPDATE, rounding="stochastic")
+else:
+    opt = mt.SGD(model, lr=LR, momentum=MOMENTUM, update=UPDATE)
 backward_macs = full_backward_macs = 0
 x = mt.zeros((1, 8, 8, 1))
 order = list(range(n_train))

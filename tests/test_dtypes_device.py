@@ -664,12 +664,12 @@ def test_int8_update_matches_the_integer_reference_bit_for_bit(target, standardi
             assert np.array_equal(results[f"{name}.b"], expected.astype(np.float32)), f"{name}: bias differs"
 
 
-def test_int8_update_rounds_stochastically_by_default(target):
-    # The default rounding: each new weight is the exact value's floor or ceiling (so at
+def test_int8_update_rounds_stochastically_on_request(target):
+    # rounding='stochastic': each new weight is the exact value's floor or ceiling (so at
     # most one step from the nearest-even result), the scales are the same, and some
     # weights do round the other way.
     lr, wd = 0.25, 0.015625
-    results, cases = _int8_update_cases(target, "", lr, wd)
+    results, cases = _int8_update_cases(target, ", rounding='stochastic'", lr, wd)
     moved = 0
     for case in cases:
         name, x, w, ws, b, dy, q, bias_q, stride, padding, groups = case

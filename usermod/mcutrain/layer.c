@@ -42,6 +42,10 @@ qstr mt_layer_name(const mt_layer_obj_t *layer) {
     return layer->base.type->name;
 }
 
+qstr mt_layer_dtype_qstr(const mt_layer_obj_t *layer) {
+    return mt_layer_is_mixed(layer) ? MP_QSTR_mixed : mt_dtype_qstr(layer->dtype);
+}
+
 void mt_layer_init(mt_layer_obj_t *layer) {
     layer->in_shape.ndim = 0;
     layer->out_shape.ndim = 0;
@@ -93,6 +97,11 @@ uint8_t mt_layer_dtype_arg(mp_obj_t obj, unsigned allowed, bool allow_any, const
             mt_dtype_qstr(dtype));
     }
     return (uint8_t)dtype;
+}
+
+uint8_t mt_layer_weights_dtype_arg(mp_obj_t obj, unsigned allowed, const char *what, bool *mixed) {
+    *mixed = mp_obj_is_str(obj) && mp_obj_str_get_qstr(obj) == MP_QSTR_mixed;
+    return *mixed ? MT_FLOAT32 : mt_layer_dtype_arg(obj, allowed, false, what);
 }
 
 uint8_t mt_layer_parse_any_dtype(size_t n_args, size_t n_kw, const mp_obj_t *args, const char *what) {
@@ -917,7 +926,7 @@ void mt_layer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
         case MP_QSTR_dtype:
             // Its own, else (parameterless layers, containers) the output's once planned.
             if (self->dtype != MT_DTYPE_ANY) {
-                dest[0] = MP_OBJ_NEW_QSTR(mt_dtype_qstr(self->dtype));
+                dest[0] = MP_OBJ_NEW_QSTR(mt_layer_dtype_qstr(self));
             } else {
                 dest[0] = self->planned ? MP_OBJ_NEW_QSTR(mt_dtype_qstr(self->out_dtype)) : mp_const_none;
             }

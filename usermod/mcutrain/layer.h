@@ -135,6 +135,13 @@ struct _mt_layer_obj_t {
 };
 
 const mt_layer_ops_t *mt_layer_ops(const mt_layer_obj_t *layer);
+// A mixed layer (int8 forward, fp32 backward; layer_mixed.h) takes and gives float32 but
+// keeps int8 weights with per-channel scales.
+static inline bool mt_layer_is_mixed(const mt_layer_obj_t *layer) {
+    return layer->dtype == MT_FLOAT32 && layer->weight_scale != NULL;
+}
+// The dtype a layer was built with, as dtype= takes it: "mixed" for mixed layers.
+qstr mt_layer_dtype_qstr(const mt_layer_obj_t *layer);
 // The layer behind obj, or TypeError naming `what`.
 mt_layer_obj_t *mt_layer_get(mp_obj_t obj, const char *what);
 // The layer's class name, for messages.
@@ -148,6 +155,10 @@ mt_tensor_obj_t *mt_layer_new_param(const mt_shape_t *shape, int fan_in, mt_dtyp
 // The dtype= argument of a constructor (None: MT_DTYPE_ANY if allow_any, else float32);
 // `allowed` is a mask of MT_DTYPE_BIT()s.
 uint8_t mt_layer_dtype_arg(mp_obj_t obj, unsigned allowed, bool allow_any, const char *what);
+
+// dtype= of a layer with weights: as mt_layer_dtype_arg, plus "mixed" (sets *mixed and
+// gives float32, the dtype of its activations and errors).
+uint8_t mt_layer_weights_dtype_arg(mp_obj_t obj, unsigned allowed, const char *what, bool *mixed);
 
 // Constructors of parameterless layers: no arguments but an optional dtype= (None: the
 // input's; a dtype: the input must have it, as a model file records it).

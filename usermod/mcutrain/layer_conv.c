@@ -8,6 +8,7 @@
 #include "kernels/conv2d_s8.h"
 #include "kernels/select_f32.h"
 #include "layer_s8.h"
+#include "layer_mixed.h"
 
 typedef struct {
     mt_layer_obj_t base;
@@ -106,6 +107,13 @@ static size_t partial_scratch(const mt_conv_obj_t *self) {
     return floats + mt_conv2d_f32_scratch_floats(&q);
 }
 
+// Mixed layers run both the int8 kernels (forward) and the float32 ones (backward).
+static size_t mixed_kernel_floats(const mt_conv_obj_t *self) {
+    size_t s8 = (mt_conv2d_s8_scratch_bytes(&self->p) + sizeof(float) - 1) / sizeof(float);
+    size_t f32 = mt_conv2d_f32_scratch_floats(&self->p);
+    return s8 > f32 ? s8 : f32;
+}
+
 static size_t conv_scratch(const mt_layer_obj_t *self_in) {
     const mt_conv_obj_t *self = (const mt_conv_obj_t *)self_in;
     if (self_in->dtype == MT_FLOAT16) {
@@ -113,6 +121,9 @@ static size_t conv_scratch(const mt_layer_obj_t *self_in) {
     }
     if (self_in->dtype == MT_INT8) {
         return (mt_conv2d_s8_scratch_bytes(&self->p) + sizeof(float) - 1) / sizeof(float);
+    }
+    if (self->s8 != NULL) {
+        return mt_mixed_scratch_floats(self_in, mixed_kernel_floats(self), self_in->weight->size);
     }
     size_t full = mt_conv2d_f32_scratch_floats(&self->p);
     if (self_in->update.kind != MT_UPDATE_CHANNELS && self_in->update.kind != MT_UPDATE_TOPK) {
@@ -127,6 +138,8 @@ static void conv_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, cons
     void *bias = self_in->bias ? self_in->bias->data : NULL;
     if (self_in->dtype == MT_INT8) {
         mt_s8_forward(self->s8, self_in, x, pass, &s8_kernels);
+    } else if (self->s8 != NULL) {
+        mt_mixed_forward(self->s8, self_in, x, pass, &s8_kernels, mixed_kernel_floats(self));
     } else if (self_in->dtype == MT_FLOAT16) {
         mt_conv2d_f16_forward(&self->p, x->data, self_in->weight->data, bias, self_in->output->data, pass->scratch);
     } else {
@@ -203,17 +216,9 @@ static void conv_backward_f16(mt_conv_obj_t *self, const mt_tensor_obj_t *x, con
     mt_grad_end_params(pass, layer);
 }
 
-static void conv_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_tensor_obj_t *dy_t,
+static void conv_backward_f32(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_tensor_obj_t *dy_t,
     mt_tensor_obj_t *dx_t, const mt_pass_t *pass) {
     mt_conv_obj_t *self = (mt_conv_obj_t *)self_in;
-    if (self_in->dtype == MT_FLOAT16) {
-        conv_backward_f16(self, x_t, dy_t, dx_t, pass);
-        return;
-    }
-    if (self_in->dtype == MT_INT8) {
-        mt_s8_backward(self->s8, self_in, x_t, dy_t, dx_t, pass, &s8_kernels);
-        return;
-    }
     const float *x = x_t->data, *dy = dy_t->data;
     float *dx = dx_t ? dx_t->data : NULL;
     if (self_in->trainable && mt_update_is_partial(self_in, pass)) {
@@ -233,6 +238,20 @@ static void conv_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, c
     mt_grad_begin_params(pass, self_in, &dw, &db);
     mt_conv2d_f32_grad_weight(&self->p, x, dy, dw.alpha, dw.data, db.data, pass->scratch);
     mt_grad_end_params(pass, self_in);
+}
+
+static void conv_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_tensor_obj_t *dy_t,
+    mt_tensor_obj_t *dx_t, const mt_pass_t *pass) {
+    mt_conv_obj_t *self = (mt_conv_obj_t *)self_in;
+    if (self_in->dtype == MT_FLOAT16) {
+        conv_backward_f16(self, x_t, dy_t, dx_t, pass);
+    } else if (self_in->dtype == MT_INT8) {
+        mt_s8_backward(self->s8, self_in, x_t, dy_t, dx_t, pass, &s8_kernels);
+    } else if (self->s8 != NULL) {
+        mt_mixed_backward(self->s8, self_in, x_t, dy_t, dx_t, pass, conv_backward_f32, mixed_kernel_floats(self));
+    } else {
+        conv_backward_f32(self_in, x_t, dy_t, dx_t, pass);
+    }
 }
 
 static uint64_t conv_macs(const mt_layer_obj_t *self_in, mt_macs_kind_t kind, bool need_dx) {
@@ -261,7 +280,7 @@ static mp_obj_t conv_config(const mt_layer_obj_t *self_in) {
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_padding), pair_or_int(p->pad_h, p->pad_w, self->is_1d));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_groups), MP_OBJ_NEW_SMALL_INT(p->groups));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_bias), mp_obj_new_bool(self_in->bias != NULL));
-    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_dtype), MP_OBJ_NEW_QSTR(mt_dtype_qstr(self_in->dtype)));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_dtype), MP_OBJ_NEW_QSTR(mt_layer_dtype_qstr(self_in)));
     return dict;
 }
 
@@ -305,7 +324,8 @@ static mp_obj_t conv_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
     mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
     bool is_1d = type->name == MP_QSTR_Conv1d;
     const char *name = is_1d ? "Conv1d" : "Conv2d";
-    uint8_t dtype = mt_layer_dtype_arg(args[ARG_dtype].u_obj, MT_CONV_DTYPES, false, name);
+    bool mixed;
+    uint8_t dtype = mt_layer_weights_dtype_arg(args[ARG_dtype].u_obj, MT_CONV_DTYPES, name, &mixed);
     mp_int_t in = args[ARG_in_channels].u_int, out = args[ARG_out_channels].u_int;
     mp_int_t groups = args[ARG_groups].u_int;
     if (in < 1 || out < 1 || in > 0xffff || out > 0xffff) {
@@ -346,7 +366,7 @@ static mp_obj_t conv_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
         wshape = (mt_shape_t) { .ndim = 4, .dim = { p->out_c, p->kernel_h, p->kernel_w, p->in_c / p->groups } };
     }
     self->s8 = NULL;
-    if (dtype == MT_INT8) {
+    if (dtype == MT_INT8 || mixed) {
         self->s8 = m_new0(mt_s8_layer_t, 1);
         mt_s8_layer_init(self->s8, &self->base, &wshape, fan_in, args[ARG_bias].u_bool, "Conv.weight");
         return MP_OBJ_FROM_PTR(self);
@@ -370,8 +390,8 @@ static void conv_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_
         mp_printf(print, "Conv2d(%d, %d, (%d, %d), stride=(%d, %d), padding=(%d, %d), groups=%d", p->in_c,
             p->out_c, p->kernel_h, p->kernel_w, p->stride_h, p->stride_w, p->pad_h, p->pad_w, p->groups);
     }
-    if (self->base.dtype != MT_FLOAT32) {
-        mp_printf(print, ", dtype=%q", mt_dtype_qstr(self->base.dtype));
+    if (self->base.dtype != MT_FLOAT32 || self->s8 != NULL) {
+        mp_printf(print, ", dtype=%q", mt_layer_dtype_qstr(&self->base));
     }
     mp_print_str(print, ")");
 }

@@ -6,8 +6,11 @@
 #include "kernels/linear_f32.h"
 #include "kernels/linear_f16.h"
 #include "kernels/linear_s8.h"
+#include "kernels/linear_mixed.h"
 #include "kernels/select_f32.h"
 #include "layer_s8.h"
+#include "layer_mixed.h"
+#include "optim.h"
 
 typedef struct {
     mt_layer_obj_t base;
@@ -53,11 +56,18 @@ static void linear_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     self_in->out_shape.dim[1] = self->p.out_features;
 }
 
+// Mixed layers run both the int8 kernels (forward) and the float32 ones (backward).
+static size_t mixed_kernel_floats(const mt_linear_obj_t *self) {
+    return (mt_linear_s8_scratch_bytes(&self->p) + sizeof(float) - 1) / sizeof(float);
+}
+
 static void linear_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     mt_linear_obj_t *self = (mt_linear_obj_t *)self_in;
     void *bias = self_in->bias ? self_in->bias->data : NULL;
     if (self_in->dtype == MT_INT8) {
         mt_s8_forward(self->s8, self_in, x, pass, &s8_kernels);
+    } else if (self->s8 != NULL) {
+        mt_mixed_forward(self->s8, self_in, x, pass, &s8_kernels, mixed_kernel_floats(self));
     } else if (self_in->dtype == MT_FLOAT16) {
         mt_linear_f16_forward(&self->p, x->data, self_in->weight->data, bias, self_in->output->data, pass->scratch);
     } else {
@@ -74,6 +84,9 @@ static size_t linear_scratch(const mt_layer_obj_t *self_in) {
     }
     if (self_in->dtype == MT_INT8) {
         return (mt_linear_s8_scratch_bytes(&self->p) + sizeof(float) - 1) / sizeof(float);
+    }
+    if (self->s8 != NULL) {
+        return mt_mixed_scratch_floats(self_in, mixed_kernel_floats(self), (size_t)self->p.in_features);
     }
     if (self_in->update.kind != MT_UPDATE_CHANNELS && self_in->update.kind != MT_UPDATE_TOPK) {
         return 0;
@@ -130,17 +143,9 @@ static void linear_backward_f16(mt_linear_obj_t *self, const mt_tensor_obj_t *x,
     mt_grad_end_params(pass, layer);
 }
 
-static void linear_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_tensor_obj_t *dy_t,
+static void linear_backward_f32(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_tensor_obj_t *dy_t,
     mt_tensor_obj_t *dx_t, const mt_pass_t *pass) {
     mt_linear_obj_t *self = (mt_linear_obj_t *)self_in;
-    if (self_in->dtype == MT_FLOAT16) {
-        linear_backward_f16(self, x_t, dy_t, dx_t, pass);
-        return;
-    }
-    if (self_in->dtype == MT_INT8) {
-        mt_s8_backward(self->s8, self_in, x_t, dy_t, dx_t, pass, &s8_kernels);
-        return;
-    }
     const float *x = x_t->data, *dy = dy_t->data;
     float *dx = dx_t ? dx_t->data : NULL;
     if (self_in->trainable && mt_update_is_partial(self_in, pass)) {
@@ -162,6 +167,35 @@ static void linear_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t,
     mt_grad_end_params(pass, self_in);
 }
 
+// mixed (layer_mixed.h): the float32 pass on the int8 weights, a row at a time.
+static void linear_backward_mixed(mt_linear_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass) {
+    mt_layer_obj_t *layer = &self->base;
+    const mt_int8_sgd_t *sgd = mt_s8_sgd(layer, pass);
+    if (dx != NULL) {
+        mt_linear_mixed_grad_input(&self->p, dy->data, layer->weight->data, layer->weight_scale->data, dx->data);
+    }
+    if (sgd != NULL) {
+        mt_linear_mixed_update(&self->p, x->data, dy->data, layer->weight->data, layer->weight_scale->data,
+            layer->bias ? layer->bias->data : NULL, sgd->lr, sgd->weight_decay, MT_S8_RESCALE_BELOW,
+            sgd->stochastic_rounding ? &self->s8->rng : NULL, pass->scratch + mixed_kernel_floats(self));
+    }
+}
+
+static void linear_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_tensor_obj_t *dy_t,
+    mt_tensor_obj_t *dx_t, const mt_pass_t *pass) {
+    mt_linear_obj_t *self = (mt_linear_obj_t *)self_in;
+    if (self_in->dtype == MT_FLOAT16) {
+        linear_backward_f16(self, x_t, dy_t, dx_t, pass);
+    } else if (self_in->dtype == MT_INT8) {
+        mt_s8_backward(self->s8, self_in, x_t, dy_t, dx_t, pass, &s8_kernels);
+    } else if (self->s8 != NULL) {
+        linear_backward_mixed(self, x_t, dy_t, dx_t, pass);
+    } else {
+        linear_backward_f32(self_in, x_t, dy_t, dx_t, pass);
+    }
+}
+
 static uint64_t linear_macs(const mt_layer_obj_t *self_in, mt_macs_kind_t kind, bool need_dx) {
     (void)kind;
     (void)need_dx;
@@ -175,7 +209,7 @@ static mp_obj_t linear_config(const mt_layer_obj_t *self_in) {
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_in_features), MP_OBJ_NEW_SMALL_INT(self->p.in_features));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_out_features), MP_OBJ_NEW_SMALL_INT(self->p.out_features));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_bias), mp_obj_new_bool(self_in->bias != NULL));
-    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_dtype), MP_OBJ_NEW_QSTR(mt_dtype_qstr(self_in->dtype)));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_dtype), MP_OBJ_NEW_QSTR(mt_layer_dtype_qstr(self_in)));
     return dict;
 }
 
@@ -206,7 +240,8 @@ static mp_obj_t linear_make_new(const mp_obj_type_t *type, size_t n_args, size_t
         mp_raise_msg_varg(&mp_type_ValueError,
             MP_ERROR_TEXT("Linear: in_features and out_features must be positive, not %d and %d"), (int)in, (int)out);
     }
-    uint8_t dtype = mt_layer_dtype_arg(args[ARG_dtype].u_obj, MT_LINEAR_DTYPES, false, "Linear");
+    bool mixed;
+    uint8_t dtype = mt_layer_weights_dtype_arg(args[ARG_dtype].u_obj, MT_LINEAR_DTYPES, "Linear", &mixed);
     mt_linear_obj_t *self = mp_obj_malloc(mt_linear_obj_t, type);
     mt_layer_init(&self->base);
     self->base.dtype = dtype;
@@ -215,7 +250,7 @@ static mp_obj_t linear_make_new(const mp_obj_type_t *type, size_t n_args, size_t
     self->p.out_features = (int)out;
     mt_shape_t wshape = { .ndim = 2, .dim = { (int32_t)out, (int32_t)in } };
     self->s8 = NULL;
-    if (dtype == MT_INT8) {
+    if (dtype == MT_INT8 || mixed) {
         self->s8 = m_new0(mt_s8_layer_t, 1);
         mt_s8_layer_init(self->s8, &self->base, &wshape, (int)in, args[ARG_bias].u_bool, "Linear.weight");
         return MP_OBJ_FROM_PTR(self);
@@ -233,8 +268,8 @@ static void linear_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kin
     mt_linear_obj_t *self = MP_OBJ_TO_PTR(self_in);
     mp_printf(print, "Linear(%d, %d, bias=%s", self->p.in_features, self->p.out_features,
         self->base.bias ? "True" : "False");
-    if (self->base.dtype != MT_FLOAT32) {
-        mp_printf(print, ", dtype=%q", mt_dtype_qstr(self->base.dtype));
+    if (self->base.dtype != MT_FLOAT32 || self->s8 != NULL) {
+        mp_printf(print, ", dtype=%q", mt_layer_dtype_qstr(&self->base));
     }
     mp_print_str(print, ")");
 }

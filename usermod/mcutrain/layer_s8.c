@@ -51,10 +51,17 @@ static void set_qparams(const mt_layer_obj_t *layer, int ok, const char *what) {
 
 void mt_s8_forward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_pass_t *pass,
     const mt_s8_kernels_t *k) {
-    s->q.x.scale = x->scale;
-    s->q.x.zero_point = x->zero_point;
+    mt_qparams_t xq = { x->scale, x->zero_point };
+    mt_s8_forward_into(s, layer, x->data, xq, layer->output->data, pass, k);
+    layer->output->scale = s->q.y.scale;
+    layer->output->zero_point = s->q.y.zero_point;
+}
+
+void mt_s8_forward_into(mt_s8_layer_t *s, mt_layer_obj_t *layer, const int8_t *x, mt_qparams_t xq, int8_t *y,
+    const mt_pass_t *pass, const mt_s8_kernels_t *k) {
+    s->q.x = xq;
     if (s->bias_q) {
-        mt_quantize_bias_s32(layer->bias->data, s->bias_q, s->out_c, x->scale, layer->weight_scale->data);
+        mt_quantize_bias_s32(layer->bias->data, s->bias_q, s->out_c, xq.scale, layer->weight_scale->data);
     }
     mt_range_t range;
     bool observed = false;
@@ -62,34 +69,37 @@ void mt_s8_forward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_
         // No range yet: a first pass measures it.
         s->q.y.scale = 1.0f;
         s->q.y.zero_point = 0;
-        if (k->forward(layer, x->data, layer->output->data, &range, pass->scratch) != 0) {
+        if (k->forward(layer, x, y, &range, pass->scratch) != 0) {
             raise_kernel(layer, "forward");
         }
         mt_range_observe(&s->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
         observed = true;
     }
     set_qparams(layer, mt_qparams_asymmetric(s->y_range.min, s->y_range.max, &s->q.y), "output");
-    if (k->forward(layer, x->data, layer->output->data, &range, pass->scratch) != 0) {
+    if (k->forward(layer, x, y, &range, pass->scratch) != 0) {
         raise_kernel(layer, "forward");
     }
     if (pass->training && !observed) {
         mt_range_observe(&s->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
     }
-    layer->output->scale = s->q.y.scale;
-    layer->output->zero_point = s->q.y.zero_point;
+}
+
+const mt_int8_sgd_t *mt_s8_sgd(const mt_layer_obj_t *layer, const mt_pass_t *pass) {
+    if (!layer->trainable) {
+        return NULL;
+    }
+    const mt_int8_sgd_t *sgd = pass->optim ? pass->optim->ops->int8_sgd(pass->optim) : NULL;
+    if (sgd == NULL) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%q: %q layers update during backward: give mt.SGD without momentum "
+                "(backward(dy, opt) or train_step)"), mt_layer_name(layer), mt_layer_dtype_qstr(layer));
+    }
+    return sgd;
 }
 
 void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
     mt_tensor_obj_t *dx, const mt_pass_t *pass, const mt_s8_kernels_t *k) {
-    const mt_int8_sgd_t *sgd = NULL;
-    if (layer->trainable) {
-        sgd = pass->optim ? pass->optim->ops->int8_sgd(pass->optim) : NULL;
-        if (sgd == NULL) {
-            mp_raise_msg_varg(&mp_type_ValueError,
-                MP_ERROR_TEXT("%q: int8 layers update during backward: give mt.SGD without momentum "
-                    "(backward(dy, opt) or train_step)"), mt_layer_name(layer));
-        }
-    }
+    const mt_int8_sgd_t *sgd = mt_s8_sgd(layer, pass);
     s->q.dy_scale = dy->scale;
     if (dx != NULL) {
         float absmax;

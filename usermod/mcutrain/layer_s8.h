@@ -13,10 +13,11 @@
 //   first step;
 // - a random state for stochastic rounding of the new weights (mt.SGD(rounding=...)).
 // The update is plain SGD (lr, weight decay) on the real-valued gradient, or on the gradient
-// over its running RMS with standardize=True. The new weights round stochastically by
-// default: an update under half a quantization step then still moves a weight with the
-// right probability, where nearest rounding loses it for good (on digits, 95.3% against
-// 88-89% test accuracy). Standardization keeps every step near lr whatever the loss, so it
+// over its running RMS with standardize=True. The new weights round to nearest even by
+// default; mt.SGD(rounding="stochastic") is what training from scratch wants: an update
+// under half a quantization step then still moves a weight with the right probability,
+// where nearest rounding loses it for good (digits CNN: 95.3% against 88-89% test
+// accuracy), for about 25 more instructions per updated weight on the Cortex-M4. Standardization keeps every step near lr whatever the loss, so it
 // cannot anneal and ends noisier (about 90% on digits); it is there for the paper's scheme.
 // Momentum and Adam need float state per weight, which this scheme avoids, so int8 layers
 // refuse them.
@@ -57,5 +58,13 @@ void mt_s8_forward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_
     const mt_s8_kernels_t *k);
 void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
     mt_tensor_obj_t *dx, const mt_pass_t *pass, const mt_s8_kernels_t *k);
+// The forward pass on raw int8 input with parameters xq, into y (mt_s8_forward's core; the
+// output's parameters are then s->q.y).
+void mt_s8_forward_into(mt_s8_layer_t *s, mt_layer_obj_t *layer, const int8_t *x, mt_qparams_t xq, int8_t *y,
+    const mt_pass_t *pass, const mt_s8_kernels_t *k);
+// The int8 update settings of the pass's optimizer; NULL for a frozen layer; raises if the
+// optimizer cannot train int8 (or mixed) layers.
+struct _mt_int8_sgd_t;
+const struct _mt_int8_sgd_t *mt_s8_sgd(const mt_layer_obj_t *layer, const mt_pass_t *pass);
 
 #endif

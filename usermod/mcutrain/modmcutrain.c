@@ -103,6 +103,7 @@ static const mp_rom_map_elem_t mcutrain_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_float32), MP_ROM_QSTR(MP_QSTR_float32) },
     { MP_ROM_QSTR(MP_QSTR_float16), MP_ROM_QSTR(MP_QSTR_float16) },
     { MP_ROM_QSTR(MP_QSTR_int8), MP_ROM_QSTR(MP_QSTR_int8) },
+    { MP_ROM_QSTR(MP_QSTR_mixed), MP_ROM_QSTR(MP_QSTR_mixed) },
     { MP_ROM_QSTR(MP_QSTR_Tensor), MP_ROM_PTR(&mt_tensor_type) },
     { MP_ROM_QSTR(MP_QSTR_zeros), MP_ROM_PTR(&mt_zeros_obj) },
     { MP_ROM_QSTR(MP_QSTR_frombuffer), MP_ROM_PTR(&mt_frombuffer_obj) },

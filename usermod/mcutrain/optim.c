@@ -41,10 +41,10 @@ typedef struct {
 
 static void init_leaf(mt_layer_obj_t *leaf, const char *name, void *ctx_in) {
     init_ctx_t *ctx = ctx_in;
-    if (leaf->dtype == MT_INT8 && leaf->weight != NULL && leaf->trainable && ctx->optim->ops->int8_sgd(ctx->optim) == NULL) {
+    if (leaf->weight_scale != NULL && leaf->trainable && ctx->optim->ops->int8_sgd(ctx->optim) == NULL) {
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("%q at %s: int8 layers train with mt.SGD without momentum"),
-            mt_layer_name(leaf), *name ? name : qstr_str(mt_layer_name(leaf)));
+            MP_ERROR_TEXT("%q at %s: %q layers train with mt.SGD without momentum"),
+            mt_layer_name(leaf), *name ? name : qstr_str(mt_layer_name(leaf)), mt_layer_dtype_qstr(leaf));
     }
     mt_tensor_obj_t *params[2] = { leaf->weight, leaf->bias };
     for (size_t i = 0; i < 2; i++) {

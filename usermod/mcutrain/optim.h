@@ -14,7 +14,7 @@ typedef struct _mt_optim_obj_t mt_optim_obj_t;
 
 // How int8 layers update (layer_s8.h): plain SGD, optionally with Deutel et al.'s gradient
 // standardization, rounding the new weights stochastically or to nearest even.
-typedef struct {
+typedef struct _mt_int8_sgd_t {
     float lr;
     float weight_decay;
     bool standardize;

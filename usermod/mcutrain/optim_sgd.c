@@ -1,5 +1,5 @@
 // mt.SGD(model, lr, momentum=0, weight_decay=0, update=None, standardize=False,
-// rounding='stochastic'): the update fused into the weight-gradient pass, so no gradient
+// rounding='nearest'): the update fused into the weight-gradient pass, so no gradient
 // buffer exists (see kernels/optim_f32.h). standardize and rounding apply to int8 layers.
 #include "py/runtime.h"
 #include "optim.h"
@@ -119,7 +119,7 @@ static mp_obj_t sgd_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
         { MP_QSTR_weight_decay, MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_SMALL_INT(0)} },
         { MP_QSTR_update, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
         { MP_QSTR_standardize, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
-        { MP_QSTR_rounding, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_QSTR(MP_QSTR_stochastic)} },
+        { MP_QSTR_rounding, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_QSTR(MP_QSTR_nearest)} },
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);

@@ -235,10 +235,11 @@ static void apply_to_leaf(mt_layer_obj_t *leaf, const char *name, void *ctx_in) 
         }
     }
     if ((p->kind == POLICY_CHANNELS || p->kind == POLICY_TOPK || p->kind == POLICY_BIAS_ONLY)
-        && leaf->dtype != MT_FLOAT32 && leaf->dtype != MT_DTYPE_ANY) {
+        && ((leaf->dtype != MT_FLOAT32 && leaf->dtype != MT_DTYPE_ANY) || mt_layer_is_mixed(leaf))) {
         mp_raise_msg_varg(&mp_type_ValueError,
             MP_ERROR_TEXT("%q at %s: partial updates are float32-only for now (the layer is %q)"),
-            policy_names[p->kind], *name ? name : qstr_str(mt_layer_name(leaf)), mt_dtype_qstr(leaf->dtype));
+            policy_names[p->kind], *name ? name : qstr_str(mt_layer_name(leaf)),
+            leaf->dtype == MT_DTYPE_ANY ? mt_dtype_qstr(leaf->dtype) : mt_layer_dtype_qstr(leaf));
     }
     if (!ctx->dry_run) {
         set_policy(leaf, p, index_from_end);

@@ -347,12 +347,22 @@ void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int
     // |v * inv| <= 127 up to rounding (more if a kept scale overflowed): round (saturating
     // to int32), then clamp.
     if (u->rng) {
+        // mt_round_stochastic inlined, with the state in a register: floor(v * inv + u) for
+        // |v * inv| <= 128 or so (the scale rule above bounds it), where truncation plus one
+        // compare is the floor.
+        uint32_t s = u->rng->state ? u->rng->state : 0x9e3779b9u;
         for (int i = 0; i < n; i++) {
             float v;
             memcpy(&v, &acc[i], sizeof v);
-            w[i] = (int8_t)mt_s8_clamp(mt_round_stochastic(v * inv, u->rng), -MT_S8_SYM_MAX,
-                MT_S8_SYM_MAX);
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            const float t = v * inv + (float)(s >> 8) * (1.0f / 16777216.0f);
+            int32_t r = (t > 1024.0f || t < -1024.0f || t != t) ? floor_to_int32(t) : (int32_t)t;
+            r -= (float)r > t;
+            w[i] = (int8_t)mt_s8_clamp(r, -MT_S8_SYM_MAX, MT_S8_SYM_MAX);
         }
+        u->rng->state = s;
     } else {
         for (int i = 0; i < n; i++) {
             float v;
@@ -364,6 +374,25 @@ void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int
     if (bias) {
         const float b = (k->x_scale * s_old) * (float)*bias - k->c_b * (float)bias_acc;
         *bias = mt_round_half_even(b / (k->x_scale * s_new));
+    }
+}
+
+void mt_s8_requantize_rows(const float *v, int8_t *w, float *scale, int rows, int row_len, float rescale_below,
+    mt_rng_t *rng) {
+    for (int o = 0; o < rows; o++, v += row_len, w += row_len) {
+        float mx = 0.0f;
+        for (int i = 0; i < row_len; i++) {
+            const float m = fabsf(v[i]);
+            mx = m > mx ? m : mx;
+        }
+        const float hi = 127.0f * scale[o];
+        if ((mx > hi || mx < rescale_below * hi) && mx > 0.0f) {
+            scale[o] = mx / 127.0f;
+        }
+        const float inv = 1.0f / scale[o];
+        for (int i = 0; i < row_len; i++) {
+            w[i] = (int8_t)mt_s8_clamp(mt_round_stochastic(v[i] * inv, rng), -MT_S8_SYM_MAX, MT_S8_SYM_MAX);
+        }
     }
 }
 

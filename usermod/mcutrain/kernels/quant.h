@@ -176,6 +176,13 @@ typedef struct {
     mt_rng_t *rng;              // stochastic rounding of the new weights; NULL: nearest even
 } mt_s8_update_t;
 
+// Requantizes float weights v (rows x row_len, real units) into w with one scale per row,
+// as the int8 update does (conv2d_s8.h): scale[o] is kept while the row's largest |v| lies in
+// [rescale_below * 127 * scale[o], 127 * scale[o]], else becomes max |v| / 127; w =
+// clamp(round(v / scale), -127, 127), stochastic with rng, else nearest even.
+void mt_s8_requantize_rows(const float *v, int8_t *w, float *scale, int rows, int row_len, float rescale_below,
+    mt_rng_t *rng);
+
 // ---- gradient statistics (for standardization, see conv2d_s8.h) ----------------------------
 
 // Sums over the gradient accumulators a kernel computed (integers, in units of the
