@@ -249,9 +249,43 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0 if written else 1
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import load_calibration, quantize_model
+
+    x = load_calibration(args.calibration, args.samples)
+    spec = quantize_model(args.src, x, dtype=args.dtype, out=args.out, samples=args.samples)
+    print(f"wrote {args.out}: {args.dtype}, calibrated on {len(x)} samples, "
+          f"{_describe_model(spec)}")  # fmt: skip
+    return 0
+
+
+def cmd_dequantize(args: argparse.Namespace) -> int:
+    from .quantize import dequantize_model
+
+    spec = dequantize_model(args.src, out=args.out)
+    print(f"wrote {args.out}: float32, {_describe_model(spec)}")
+    return 0
+
+
+def _model_info(path: Path) -> int:
+    from .formats import read_model
+    from .formats.spec import layer_rows
+
+    spec = read_model(path)
+    print(f"{path}: {_describe_model(spec)}")
+    for row in layer_rows(spec):
+        dtype = ("-> " if row["type"] == "Convert" else "") + row["dtype"]
+        extra = f" quant_range={list(row['quant_range'])}" if row["quant_range"] else ""
+        print(f"  {row['name']:12} {row['type']:14} {dtype:10} {row['parameters']:7} "
+              f"{json.dumps(row['config'])}{extra}")  # fmt: skip
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .device_info import device_info, format_info
 
+    if args.model is not None:
+        return _model_info(args.model)
     with _open(args) as device:
         info = device_info(device)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
@@ -391,9 +425,28 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser(
         "info", help="firmware version, board, free heap and the module's features"
     )
+    info.add_argument("model", type=Path, nargs="?",
+                      help="an .mtm file: list its layers with their dtypes instead")
     _device_options(info)
     info.add_argument("--json", action="store_true", help="as JSON")
     info.set_defaults(func=cmd_info)
+
+    quantize = commands.add_parser(
+        "quantize", help="quantize a float32 .mtm to int8 (or mixed) with calibration data"
+    )
+    quantize.add_argument("src", type=Path, help="the float32 .mtm")
+    quantize.add_argument("--calibration", type=Path, required=True, metavar="DATA",
+                          help="an .mtd dataset or an .npz with an array x (channels-last)")
+    quantize.add_argument("--dtype", choices=("int8", "mixed"), default="int8")
+    quantize.add_argument("--samples", type=int, default=256, metavar="N",
+                          help="calibration samples to use (default 256)")
+    quantize.add_argument("-o", "--out", type=Path, required=True, help="the .mtm to write")
+    quantize.set_defaults(func=cmd_quantize)
+
+    dequantize = commands.add_parser("dequantize", help="an int8/mixed .mtm back to float32")
+    dequantize.add_argument("src", type=Path)
+    dequantize.add_argument("-o", "--out", type=Path, required=True, help="the .mtm to write")
+    dequantize.set_defaults(func=cmd_dequantize)
     return parser
 
 

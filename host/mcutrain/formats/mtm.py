@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .common import NUMPY_DTYPES, FormatError, align, atomic_write, crc32, read_exact
-from .spec import ModelSpec, SpecError, expected_tensors
+from .spec import ModelSpec, Node, SpecError, expected_tensors, float32_bits
 
 MAGIC = b"MTM\0"
 VERSION = 1
@@ -37,6 +37,22 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+def _file_graph(node: Node) -> Node:
+    """The graph as written: each quant_range also as its exact float32 bit patterns, which
+    readers with single-precision float parsing (MicroPython on the boards) need."""
+    if node["type"] == "Sequential":
+        return {**node, "layers": [_file_graph(n) for n in node["layers"]]}
+    if node["type"] == "Residual":
+        short = node.get("shortcut")
+        return {**node, "body": _file_graph(node["body"]),
+                "shortcut": None if short is None else _file_graph(short)}  # fmt: skip
+    if node.get("quant_range") is None:
+        return node
+    lo, hi = node["quant_range"]
+    return {**node, "quant_range": [lo, hi], "quant_range_bits": [float32_bits(lo),
+                                                                  float32_bits(hi)]}
+
+
 def model_bytes(spec: ModelSpec) -> bytes:
     """The .mtm file for spec, as bytes."""
     spec.validate()
@@ -52,7 +68,7 @@ def model_bytes(spec: ModelSpec) -> bytes:
             entry.update(scale=float(scale), zero_point=int(zero_point))
         table.append(entry)
         offset = align(offset + t.nbytes, TENSOR_ALIGN)
-    doc: dict[str, Any] = {"model": spec.graph, "tensors": table}
+    doc: dict[str, Any] = {"model": _file_graph(spec.graph), "tensors": table}
     if spec.input_shape is not None:
         doc["input_shape"] = spec.input_shape
     if spec.meta:

@@ -2,7 +2,7 @@
 
 A graph node is one of
     {"type": "Conv2d", "config": {...constructor arguments...}, "dtype": "float32",
-     "trainable": True}                      (dtype and trainable optional)
+     "trainable": True, "quant_range": (min, max)}   (dtype, trainable, quant_range optional)
     {"type": "Sequential", "layers": [node, ...]}
     {"type": "Residual", "body": node, "shortcut": node or None}
 Tensor names follow the device's state_dict: "0.weight", "3.body.1.running_mean".
@@ -39,7 +39,12 @@ LAYERS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "GlobalAvgPool": ((), {}),
     "Flatten": ((), {}),
     "Softmax": ((), {}),
+    "Convert": (("dtype",), {}),
 }
+# Layers kept in int8 (or mixed) with a per-output-channel weight_scale tensor and a quant_range.
+QUANT_LAYERS = ("Linear", "Conv2d", "Conv1d")
+QUANT_DTYPES = ("int8", "mixed")
+CONVERT_DTYPES = ("float32", "float16", "int8")
 CONTAINERS = ("Sequential", "Residual")
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
@@ -65,7 +70,10 @@ def _single(value: Any, where: str) -> int:
 
 
 def layer(type_: str, dtype: str = "float32", trainable: bool = True, **config: Any) -> Node:
-    """A leaf node, e.g. layer("Conv2d", in_channels=1, out_channels=8, kernel_size=3)."""
+    """A leaf node, e.g. layer("Conv2d", in_channels=1, out_channels=8, kernel_size=3);
+    layer("Convert", dtype="int8") converts to dtype."""
+    if type_ == "Convert":
+        config["dtype"], dtype = dtype, "float32"
     node: Node = {"type": type_, "config": config}
     if dtype != "float32":
         node["dtype"] = dtype
@@ -110,8 +118,8 @@ def normalize_node(node: Node, where: str = "model") -> Node:
         raise SpecError(f"{where}: unknown layer type {kind!r} (known: {known})")
     required, defaults = LAYERS[kind]
     config = dict(node.get("config") or {})
-    # A device layer's config() may hold its dtype.
-    dtype = config.pop("dtype", node.get("dtype", "float32"))
+    # A device layer's config() may hold its dtype; Convert's config dtype is what it converts to.
+    dtype = "float32" if kind == "Convert" else config.pop("dtype", node.get("dtype", "float32"))
     missing = [k for k in required if k not in config]
     unknown = sorted(set(config) - set(required) - set(defaults))
     if missing or unknown:
@@ -134,13 +142,16 @@ def normalize_node(node: Node, where: str = "model") -> Node:
                 raise SpecError(f"{here}: {key} must be >= 1, got {cfg[key]}")
     if "bias" in cfg:
         cfg["bias"] = bool(cfg["bias"])
-    if kind.startswith("Conv") and (
+    if kind in ("Conv2d", "Conv1d") and (
         cfg["in_channels"] % cfg["groups"] or cfg["out_channels"] % cfg["groups"]
     ):
         raise SpecError(f"{here}: channels {cfg['in_channels']}->{cfg['out_channels']} "
                         f"not divisible by groups {cfg['groups']}")  # fmt: skip
     if kind == "BatchNorm2d":
         cfg["eps"], cfg["momentum"] = float(cfg["eps"]), float(cfg["momentum"])
+    if kind == "Convert" and cfg["dtype"] not in CONVERT_DTYPES:
+        raise SpecError(f"{here}: converts to {cfg['dtype']!r}, not one of "
+                        f"{', '.join(CONVERT_DTYPES)}")  # fmt: skip
     out: Node = {"type": kind, "config": cfg}
     if dtype not in LAYER_DTYPES:
         raise SpecError(f"{here}: dtype {dtype!r} not one of {', '.join(LAYER_DTYPES)}")
@@ -148,7 +159,57 @@ def normalize_node(node: Node, where: str = "model") -> Node:
         out["dtype"] = dtype
     if node.get("trainable", True) is False:
         out["trainable"] = False
+    if node.get("quant_range") is not None:
+        if not has_quant_range(out):
+            raise SpecError(f"{here}: quant_range is only for int8/mixed Linear/Conv and "
+                            f"Convert to int8, not a {dtype} {kind}")  # fmt: skip
+        out["quant_range"] = parse_quant_range(node["quant_range"], node.get("quant_range_bits"),
+                                               here)  # fmt: skip
     return out
+
+
+def has_quant_range(node: Node) -> bool:
+    """Whether a leaf tracks the real range it quantizes (its output; Convert: its input)."""
+    if node["type"] == "Convert":
+        return bool(node["config"]["dtype"] == "int8")
+    return node["type"] in QUANT_LAYERS and node.get("dtype") in QUANT_DTYPES
+
+
+def float32_bits(value: float) -> int:
+    return int(np.array(value, dtype=np.float32).view(np.uint32))
+
+
+def parse_quant_range(value: Any, bits: Any = None, where: str = "model") -> tuple[float, float]:
+    """(min, max) as float32 values from a graph's "quant_range" (and "quant_range_bits", the
+    exact binary32 patterns that win when present: see docs/formats.md)."""
+
+    def pair(v: Any, what: str) -> tuple[Any, Any]:
+        if not isinstance(v, (list, tuple)) or len(v) != 2:
+            raise SpecError(f"{where}: {what} must be [min, max], got {v!r}")
+        return v[0], v[1]
+
+    lo, hi = pair(value, "quant_range")
+    for v in (lo, hi):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise SpecError(f"{where}: quant_range must hold two numbers, got {value!r}")
+    with np.errstate(over="ignore"):
+        got = [float(np.float32(lo)), float(np.float32(hi))]
+    if bits is not None:
+        exact = []
+        for b in pair(bits, "quant_range_bits"):
+            if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 0 <= b < 2**32:
+                raise SpecError(f"{where}: quant_range_bits must be two u32 numbers, got {bits!r}")
+            exact.append(float(np.array(b, dtype=np.uint32).view(np.float32)))
+        # The bits are exact; the numbers are for people (a board prints 6 digits) and must
+        # say the same to 1e-5.
+        if not all(np.isfinite(exact)) or not np.allclose(exact, got, rtol=1e-5, atol=1e-30):
+            raise SpecError(f"{where}: quant_range_bits {bits!r} do not match "
+                            f"quant_range {value!r}")  # fmt: skip
+        got = exact
+    if not (np.isfinite(got[0]) and np.isfinite(got[1]) and got[0] <= got[1]):
+        raise SpecError(f"{where}: quant_range must be finite float32 [min, max] with "
+                        f"min <= max, got {value!r}")  # fmt: skip
+    return got[0], got[1]
 
 
 def children(node: Node) -> list[tuple[str, Node]]:
@@ -187,6 +248,8 @@ def parameter_shapes(node: Node) -> dict[str, Shape]:
         return {}
     if c["bias"]:
         shapes["bias"] = (shapes["weight"][0],)
+    if node.get("dtype") in QUANT_DTYPES:
+        shapes["weight_scale"] = (shapes["weight"][0],)
     return shapes
 
 
@@ -255,7 +318,7 @@ def output_shape(node: Node, shape: Shape, where: str = "model") -> Shape:
         return (shape[-1],)
     if kind == "Flatten":
         return (math.prod(shape),)
-    return shape  # ReLU, ReLU6, Softmax
+    return shape  # ReLU, ReLU6, Softmax, Convert
 
 
 @dataclass
@@ -297,6 +360,16 @@ class ModelSpec:
                 raise SpecError(f"tensor {name} has dtype {t.dtype}, not float32/float16/int8")
             if t.dtype == np.int8 and name not in self.quant:
                 raise SpecError(f"int8 tensor {name} needs quant[{name!r}] = (scale, zero_point)")
+        for prefix, node in leaves(self.graph):
+            if node.get("dtype") not in QUANT_DTYPES:
+                continue
+            w, s = np.asarray(self.tensors[prefix + "weight"]), np.asarray(
+                self.tensors[prefix + "weight_scale"])  # fmt: skip
+            if w.dtype != np.int8 or s.dtype.kind != "f":
+                raise SpecError(f"{node['dtype']} layer {prefix}{node['type']} needs an int8 "
+                                f"weight and float weight_scale, got {w.dtype} and {s.dtype}")
+            if not np.all(np.isfinite(s) & (s > 0)):
+                raise SpecError(f"{prefix}weight_scale must be finite and > 0")
         if self.input_shape is not None:
             output_shape(self.graph, self.input_shape, "")
 
@@ -317,3 +390,19 @@ class ModelSpec:
         tensors = {k: np.array(v) for k, v in self.tensors.items()}
         return ModelSpec(copy.deepcopy(self.graph), tensors, self.input_shape,
                          copy.deepcopy(self.meta), dict(self.quant))  # fmt: skip
+
+
+def layer_rows(spec: ModelSpec) -> list[dict[str, Any]]:
+    """One row per leaf: name, type, dtype, config, quant_range, parameter count (for `info`)."""
+    rows = []
+    for prefix, node in leaves(spec.graph):
+        names = [prefix + n for n in parameter_shapes(node)]
+        dtype = node["config"]["dtype"] if node["type"] == "Convert" else node.get("dtype",
+                                                                                  "float32")
+        rows.append({"name": prefix.rstrip("."), "type": node["type"], "dtype": dtype,
+                     "config": {k: v for k, v in node["config"].items() if k != "dtype"},
+                     "trainable": node.get("trainable", True),
+                     "quant_range": node.get("quant_range"),
+                     "parameters": sum(int(np.asarray(spec.tensors[n]).size) for n in names
+                                       if n in spec.tensors)})  # fmt: skip
+    return rows

@@ -68,6 +68,16 @@ def _build(node, mt, path):
     layer = cls(**kw)
     if node.get("trainable", True) is False:
         layer.trainable = False
+    r = node.get("quant_range")
+    if r is not None:
+        # The bit patterns are exact; a single-precision float parser is not.
+        b = node.get("quant_range_bits")
+        try:
+            if b is not None:
+                r = struct.unpack("<2f", struct.pack("<2I", b[0], b[1]))
+            layer.quant_range = (r[0], r[1])
+        except (AttributeError, TypeError, ValueError, IndexError, OverflowError):
+            _fail(path, "%s layer: bad quant_range %r" % (kind, node["quant_range"]))
     return layer
 
 
@@ -143,6 +153,10 @@ def _describe(layer, prefix, tensors):
         node["dtype"] = dtype
     if not getattr(layer, "trainable", True):
         node["trainable"] = False
+    r = getattr(layer, "quant_range", None)
+    if r is not None:
+        node["quant_range"] = [r[0], r[1]]
+        node["quant_range_bits"] = list(struct.unpack("<2I", struct.pack("<2f", r[0], r[1])))
     for name in _TENSORS:
         t = getattr(layer, name, None)
         if t is not None:
