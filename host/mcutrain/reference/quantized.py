@@ -29,7 +29,11 @@ from numpy.typing import ArrayLike, NDArray
 
 from .functional import (
     IntPair,
+    _pad_hw,
     _pair,
+    _pool_args,
+    _tap,
+    _windows,
     conv2d_forward,
     conv2d_grad_input,
     conv2d_grad_weight,
@@ -46,6 +50,10 @@ __all__ = [
     "Rng",
     "S8Quant",
     "S8Update",
+    "avgpool2d_s8_cover",
+    "avgpool2d_s8_forward",
+    "avgpool2d_s8_grad_input",
+    "div_round_half_even",
     "conv2d_s8_forward",
     "conv2d_s8_grad_input",
     "conv2d_s8_update",
@@ -560,3 +568,60 @@ def linear_s8_update(
     r = conv2d_s8_update(x[:, None, None, :], dy[:, None, None, :], w[:, None, None, :], w_scale,
                          bias, q, u, mask=mask)
     return r._replace(w=r.w[:, 0, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# parameterless layers (pool_s8.c)
+
+
+def div_round_half_even(n: ArrayLike, d: int) -> IntArray:
+    """round(n / d), ties to even, exactly in integers (d > 0)."""
+    n = np.asarray(n, dtype=np.int64)
+    q, r = np.divmod(n, d)  # floor division: 0 <= r < d
+    up = (2 * r > d) | ((2 * r == d) & (q % 2 == 1))
+    return q + up
+
+
+def avgpool2d_s8_forward(
+    x: ArrayLike, zero_point: int, kernel: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+) -> NDArray[np.int8]:
+    """mt_avgpool2d_s8_forward: zp + round_half_even(sum of (x - zp) over the window / area),
+    padding counting as real zeros (count_include_pad=True); same scale and zero point."""
+    x = np.asarray(x, dtype=np.int64) - int(zero_point)
+    p = _pool_args("avgpool2d", x.shape, kernel, stride, padding)
+    sums = _windows(_pad_hw(x, p.padding, 0), p.kernel, p.stride).sum(axis=(4, 5))
+    y = int(zero_point) + div_round_half_even(sums, p.kernel[0] * p.kernel[1])
+    return np.clip(y, ACT_MIN, ACT_MAX).astype(np.int8)
+
+
+def avgpool2d_s8_cover(
+    x_shape: Sequence[int], kernel: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+) -> int:
+    """mt_avgpool2d_s8_cover: the most windows covering one input pixel."""
+    p = _pool_args("avgpool2d", tuple(x_shape), kernel, stride, padding)
+    ch = min(-(-p.kernel[0] // p.stride[0]), p.out_h)
+    cw = min(-(-p.kernel[1] // p.stride[1]), p.out_w)
+    return ch * cw
+
+
+def avgpool2d_s8_grad_input(
+    x_shape: Sequence[int], dy: ArrayLike, dy_scale: float, kernel: IntPair, stride: IntPair | None = None,
+    padding: IntPair = 0,
+) -> tuple[NDArray[np.int8], float]:
+    """mt_avgpool2d_s8_grad_input and the binding's scale: (dx, dx_scale) with dx the sum of the
+    covering windows' dy divided by cover (rounded half to even) and dx_scale = dy_scale * cover
+    / area in float32."""
+    dy = np.asarray(dy, dtype=np.int64)
+    shape = tuple(int(s) for s in x_shape)
+    p = _pool_args("avgpool2d", shape, kernel, stride, padding, dy)
+    (kh, kw), (sh, sw), (ph, pw) = p.kernel, p.stride, p.padding
+    n, h, w, c = shape
+    dxp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, _tap(i, sh, p.out_h), _tap(j, sw, p.out_w), :] += dy
+    sums = dxp[:, ph : ph + h, pw : pw + w, :]
+    cover = avgpool2d_s8_cover(shape, kernel, stride, padding)
+    dx = div_round_half_even(sums, cover).astype(np.int8)
+    scale = F32(dy_scale) * F32(cover) / F32(kh * kw)
+    return dx, float(scale)
