@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from device_arrays import DeviceScript, tensor_expr
+from device_arrays import DeviceScript, labels_expr, tensor_expr
 from device_errors import assert_raises_clearly
 from mcutrain.reference import functional as F
 from mcutrain.reference import quantized as Q
@@ -77,13 +77,196 @@ def test_int8_avgpool2d_matches_the_integer_reference_bit_for_bit(target):
         assert np.all(err <= bound), f"{name}: input gradient beyond its bound"
 
 
+
+# ---- Residual and Add ----------------------------------------------------------------------
+
+
+def _sum_reference(a, sa, za, b, sb, zb, symmetric=False):
+    """The device's two-pass int8 sum (a first pass measures the range): (y, scale, zero point)."""
+    qmin, qmax = (-Q.SYM_MAX, Q.SYM_MAX) if symmetric else (Q.ACT_MIN, Q.ACT_MAX)
+    _, (lo, hi) = Q.add_s8(Q.add_s8_make(sa, sb, 1.0), a, za, b, zb, 0, qmin, qmax)
+    qp = Q.qparams_symmetric(max(-lo, hi)) if symmetric else Q.qparams_asymmetric(lo, hi)
+    y, _ = Q.add_s8(Q.add_s8_make(sa, sb, qp.scale), a, za, b, zb, qp.zero_point, qmin, qmax)
+    return y, qp.scale, qp.zero_point
+
+
+def _pointwise(rng, c):
+    """A frozen int8 1x1 Conv2d's weights: (w, w_scale, bias)."""
+    w = rng.integers(-127, 128, (c, 1, 1, c)).astype(np.int8)
+    ws = rng.uniform(0.004, 0.02, c).astype(np.float32)
+    b = rng.uniform(-0.5, 0.5, c).astype(np.float32)
+    return w, ws, b
+
+
+def _pointwise_script(script, name, w, ws, b):
+    script.add(f"{name} = mt.Conv2d({w.shape[0]}, {w.shape[0]}, 1, dtype=mt.int8)")
+    script.add(f"{name}.weight.copy_from({tensor_expr(w, 'int8')})")
+    script.add(f"{name}.weight_scale.copy_from({tensor_expr(ws)})")
+    script.add(f"{name}.bias.copy_from({tensor_expr(b)})")
+    script.add(f"{name}.trainable = False")
+
+
+def _pointwise_reference(x, w, ws, b, dy):
+    """The frozen conv's forward and input gradient as layer_s8.c computes them (two passes
+    each): ((y, scale, zp), (dx, scale))."""
+    bias_q = Q.quantize_bias(b, X_SCALE, ws)
+    q = Q.S8Quant(X_SCALE, X_ZP)
+    _, (lo, hi) = Q.conv2d_s8_forward(x, w, ws, bias_q, q, 1, 0, 1)
+    q.y_scale, q.y_zero_point = Q.qparams_asymmetric(lo, hi)
+    y, _ = Q.conv2d_s8_forward(x, w, ws, bias_q, q, 1, 0, 1)
+    q.dy_scale, q.dx_scale = DY_SCALE, 1.0
+    _, absmax = Q.conv2d_s8_grad_input(x.shape, w, ws, dy, q, 1, 0, 1)
+    q.dx_scale = Q.qparams_symmetric(absmax).scale
+    dx, _ = Q.conv2d_s8_grad_input(x.shape, w, ws, dy, q, 1, 0, 1)
+    return (y, q.y_scale, q.y_zero_point), (dx, q.dx_scale)
+
+
+def test_int8_residual_matches_the_integer_reference_bit_for_bit(target):
+    rng = np.random.default_rng(52)
+    shape = (2, 5, 4, 3)
+    script = DeviceScript()
+    cases = []
+    # conv_body: body and identity shortcut in different scales; pool_body_conv_shortcut: the
+    # shortcut is a layer, so two layers' input errors meet.
+    for name in ("conv_body", "pool_body_conv_shortcut"):
+        x = rng.integers(-128, 128, shape).astype(np.int8)
+        dy = rng.integers(-127, 128, shape).astype(np.int8)
+        w, ws, b = _pointwise(rng, shape[3])
+        _pointwise_script(script, "conv", w, ws, b)
+        (yc, sc, zc), (dxc, sdc) = _pointwise_reference(x, w, ws, b, dy)
+        if name == "conv_body":
+            script.add("res = mt.Residual(conv)")
+            y, ys, yz = _sum_reference(yc, sc, zc, x, X_SCALE, X_ZP)
+            dx, dxs, _ = _sum_reference(dxc, sdc, 0, dy, DY_SCALE, 0, symmetric=True)
+        else:
+            script.add("res = mt.Residual(mt.AvgPool2d(3, stride=1, padding=1), shortcut=conv)")
+            yp = Q.avgpool2d_s8_forward(x, X_ZP, 3, 1, 1)
+            y, ys, yz = _sum_reference(yp, X_SCALE, X_ZP, yc, sc, zc)
+            dxp, sdp = Q.avgpool2d_s8_grad_input(shape, dy, DY_SCALE, 3, 1, 1)
+            dx, dxs, _ = _sum_reference(dxp, sdp, 0, dxc, sdc, 0, symmetric=True)
+        script.add(f"x = {s8_expr(x, X_SCALE, X_ZP)}")
+        script.emit(f"{name}.y", "res.forward(x)", shape, "int8")
+        script.emit(f"{name}.yq", "mt.Tensor([res.output.scale, res.output.zero_point])", (2,))
+        script.add(f"dx = res.backward({s8_expr(dy, DY_SCALE)})")
+        script.emit(f"{name}.dx", "dx", shape, "int8")
+        script.emit(f"{name}.dxq", "mt.Tensor([dx.scale, dx.zero_point])", (2,))
+        cases.append((name, y, ys, yz, dx, dxs))
+    results = script.run(target)
+    for name, y, ys, yz, dx, dxs in cases:
+        assert np.array_equal(results[f"{name}.y"], y), f"{name}: forward differs from the integer reference"
+        got_s, got_z = results[f"{name}.yq"]
+        assert abs(got_s - ys) <= SCALE_RTOL * ys and got_z == yz, (name, got_s, got_z, ys, yz)
+        assert np.array_equal(results[f"{name}.dx"], dx), f"{name}: input gradient differs"
+        got_s, got_z = results[f"{name}.dxq"]
+        assert abs(got_s - dxs) <= SCALE_RTOL * dxs and got_z == 0, (name, got_s, dxs)
+
+
+def test_int8_add_sums_different_scales_within_half_a_step_and_tracks_its_range(target):
+    rng = np.random.default_rng(53)
+    shape = (3, 17)
+    sa, za, sb, zb = 0.03125, -7, 0.0078125, 20
+    pairs = [tuple(rng.integers(-128, 128, shape).astype(np.int8) for _ in range(2)) for _ in range(3)]
+    pairs[1][0][0, :4] = [127, -128, 127, -128]  # a wider second range
+    script = DeviceScript()
+    script.add("add = mt.Add()")
+    for i, (a, b) in enumerate(pairs):
+        script.emit(f"y{i}", f"add.forward({s8_expr(a, sa, za)}, {s8_expr(b, sb, zb)})", shape, "int8")
+        script.emit(f"q{i}", f"mt.Tensor([add.backward({s8_expr(a, 0.5)})[1].scale])", (1,))
+    results = script.run(target)
+    # The first call measures the range; each call quantizes with the moving average of the
+    # ranges before it, then adds its own (momentum 0.9).
+    tracker = Q.RangeTracker(momentum=0.9)
+    for i, (a, b) in enumerate(pairs):
+        if tracker.count == 0:
+            _, (lo, hi) = Q.add_s8(Q.add_s8_make(sa, sb, 1.0), a, za, b, zb)
+            tracker.observe(lo, hi)
+            measured = True
+        else:
+            measured = False
+        s, z = Q.qparams_asymmetric(tracker.min, tracker.max)
+        y, (lo, hi) = Q.add_s8(Q.add_s8_make(sa, sb, s), a, za, b, zb, z)
+        if not measured:
+            tracker.observe(lo, hi)
+        assert np.array_equal(results[f"y{i}"], y), f"sum {i} differs from the integer reference"
+        assert results[f"q{i}"][0] == 0.5  # backward passes dy on unchanged
+        # Against float64: one rounding (half a step) unless the tracked range clips the sum.
+        ref = Q.dequantize(a, sa, za).astype(np.float64) + Q.dequantize(b, sb, zb).astype(np.float64)
+        got = Q.dequantize(y, s, z).astype(np.float64)
+        inside = (ref > (Q.ACT_MIN - z) * s) & (ref < (Q.ACT_MAX - z) * s)
+        assert np.all(np.abs(got - ref)[inside] <= 0.5 * s * (1 + 2.0**-20)), f"sum {i} beyond half a step"
+
+
 def test_int8_layers_refuse_mixed_dtypes_clearly(target):
     cases = [
         ("mt.AvgPool2d(2, dtype=mt.int8).forward(mt.zeros((1, 2, 2, 1)))", "ValueError",
          "AvgPool2d has dtype int8 but its input is float32"),
         ("mt.AvgPool2d(2).forward(mt.zeros((1, 1, 1, 1), dtype=mt.int8))", "ValueError", "kernel is larger"),
         ("p8.backward(mt.zeros((1, 1, 1, 1)))", "TypeError", "int8"),
+        # the two input errors of an int8 sum would meet in float32
+        ("mt.Residual(mt.Convert(mt.int8), shortcut=mt.Convert(mt.int8)).forward(mt.zeros((1, 2, 2, 1)))",
+         "ValueError", "int8 branches need an int8 input, not float32"),
+        ("mt.Residual(mt.Sequential(mt.Convert(mt.float32), mt.ReLU()), shortcut=mt.Convert(mt.float32))"
+         ".forward(mt.zeros((1, 2, 2, 1), dtype=mt.int8))", "ValueError", "int8 branches need an int8 input"),
+        ("r8.backward(mt.zeros((1, 2, 2, 1)))", "TypeError", "dy must be int8"),
+        ("mt.Add().forward(mt.zeros((2,), dtype=mt.int8), mt.zeros((2,)))", "ValueError", "dtypes int8 and float32"),
+        ("mt.Add().forward(mt.zeros((2,), dtype=mt.int8), mt.zeros((3,), dtype=mt.int8))", "ValueError", "shapes"),
     ]
-    setup = ["import mcutrain as mt", "p8 = mt.AvgPool2d(2)", "p8.forward(mt.zeros((1, 2, 2, 1), dtype=mt.int8))"]
+    setup = ["import mcutrain as mt", "p8 = mt.AvgPool2d(2)", "p8.forward(mt.zeros((1, 2, 2, 1), dtype=mt.int8))",
+             "r8 = mt.Residual(mt.ReLU())", "r8.forward(mt.zeros((1, 2, 2, 1), dtype=mt.int8))"]
     out = assert_raises_clearly(target, cases, setup, after="p8.output.dtype")
     assert out[-1] == "int8"  # the board still works
+
+
+S8_RESNET = """mt.Sequential(mt.Convert(mt.int8), mt.Conv2d(1, 8, 3, padding=1, dtype=mt.int8), mt.ReLU(),
+    mt.Residual(mt.Sequential(mt.Conv2d(8, 8, 3, padding=1, dtype=mt.int8), mt.ReLU(),
+                              mt.Conv2d(8, 8, 3, padding=1, dtype=mt.int8))),
+    mt.ReLU(), mt.AvgPool2d(2), mt.Conv2d(8, 8, 3, padding=1, dtype=mt.int8), mt.ReLU(), mt.GlobalAvgPool(),
+    mt.Linear(8, 2, dtype=mt.int8), mt.Convert(mt.float32))"""
+
+
+def test_int8_residual_cnn_with_avgpool_learns_and_its_train_step_allocates_nothing(target):
+    # tests/test_dtypes_device.py's bars: horizontal or vertical, at random positions, with noise.
+    rng = np.random.default_rng(54)
+    n = 48
+    x = rng.normal(0, 0.2, (n, 8, 8, 1)).astype(np.float32)
+    labels = rng.integers(0, 2, n)
+    for i in range(n):
+        k = rng.integers(0, 8)
+        if labels[i]:
+            x[i, :, k, 0] += 1.0
+        else:
+            x[i, k, :, 0] += 1.0
+    out = run_on(target, f"""
+import gc, mcutrain as mt
+mt.seed(1)
+model = {S8_RESNET}
+opt = mt.SGD(model, lr=0.02, standardize=True)
+data = {tensor_expr(x)}
+labels = {labels_expr(labels)}
+losses = []
+for epoch in range(6):
+    for b in range(0, {n}, 4):
+        x = mt.frombuffer(memoryview(data)[b * 64:(b + 4) * 64], (4, 8, 8, 1))
+        losses.append(model.train_step(x, labels[b:b + 4], mt.cross_entropy, opt))
+print('loss', sum(losses[:12]) / 12, sum(losses[-12:]) / 12)
+print('accuracy', model.evaluate(data, labels)[1])
+x = mt.frombuffer(memoryview(data)[:256], (4, 8, 8, 1))
+y = labels[:4]
+loss = mt.cross_entropy
+model.train_step(x, y, loss, opt)
+def steps():
+    gc.collect()
+    before = gc.mem_alloc()
+    for _ in range(10):
+        model.train_step(x, y, loss, opt)
+    print('grown', gc.mem_alloc() - before)
+steps()
+print('dtypes', model[3].output.dtype, model[5].output.dtype)
+""", timeout=300)
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    first, last = map(float, lines["loss"].split())
+    assert last < 0.5 * first, (first, last)
+    assert float(lines["accuracy"]) >= 0.9, lines["accuracy"]
+    grown = int(lines["grown"])
+    assert grown <= (10 * 32 if target.name == "unix" else 0), grown  # as test_dtypes_device.py
+    assert lines["dtypes"].split() == ["int8", "int8"]

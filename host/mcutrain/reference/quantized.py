@@ -49,7 +49,10 @@ __all__ = [
     "RangeTracker",
     "Rng",
     "S8Quant",
+    "AddS8",
     "S8Update",
+    "add_s8",
+    "add_s8_make",
     "avgpool2d_s8_cover",
     "avgpool2d_s8_forward",
     "avgpool2d_s8_grad_input",
@@ -625,3 +628,58 @@ def avgpool2d_s8_grad_input(
     dx = div_round_half_even(sums, cover).astype(np.int8)
     scale = F32(dy_scale) * F32(cover) / F32(kh * kw)
     return dx, float(scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# the sum of two differently quantized tensors (add_s8.c)
+
+ADD_MAX_SPREAD = 22
+
+
+class AddS8(NamedTuple):
+    """mt_add_s8_t."""
+
+    m_a: int
+    m_b: int
+    sh_a: int
+    sh_b: int
+    right: int
+    unit: float
+
+
+def add_s8_make(a_scale: float, b_scale: float, y_scale: float) -> AddS8:
+    """mt_add_s8_make: M_a = s_a / s_y and M_b = s_b / s_y (float32) as Q31 multipliers brought
+    to a common exponent (at most 22 apart)."""
+    ma, sa = quant_multiplier(F32(a_scale) / F32(y_scale))
+    mb, sb = quant_multiplier(F32(b_scale) / F32(y_scale))
+    shifts = [s for m, s in ((ma, sa), (mb, sb)) if m]
+    hi, lo = (max(shifts), min(shifts)) if shifts else (30, 30)
+    e = max(lo, hi - ADD_MAX_SPREAD)
+    right = 31 - e
+    unit = F32(y_scale) * F32(2.0**-right)
+    return AddS8(ma, mb, sa - e if ma else 0, sb - e if mb else 0, right, float(unit))
+
+
+def _add_term(q: IntArray, m: int, sh: int) -> IntArray:
+    p = q * int(m)
+    if sh >= 0:
+        return p << sh
+    r = min(-sh, 62)
+    return (p + (1 << (r - 1))) >> r
+
+
+def add_s8(
+    k: AddS8, a: ArrayLike, zp_a: int, b: ArrayLike, zp_b: int, zp_y: int = 0, qmin: int = ACT_MIN,
+    qmax: int = ACT_MAX,
+) -> tuple[NDArray[np.int8], tuple[float, float]]:
+    """mt_add_s8: (y, (min, max)) with y = clamp(zp_y + round(sum * 2^-right)) (ties up), the sum
+    of both terms at the common exponent, and the real range of the sums."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    total = _add_term(a - int(zp_a), k.m_a, k.sh_a) + _add_term(b - int(zp_b), k.m_b, k.sh_b)
+    r = (total + (1 << (k.right - 1))) >> k.right
+    y = np.clip(np.clip(r, -512, 512) + int(zp_y), qmin, qmax).astype(np.int8)
+    if total.size == 0:
+        return y, (0.0, 0.0)
+    ends = np.array([total.min(), total.max()], dtype=np.int64).astype(np.float32) * F32(k.unit)
+    return y, (float(ends[0]), float(ends[1]))
