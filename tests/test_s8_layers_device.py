@@ -196,6 +196,49 @@ def test_int8_add_sums_different_scales_within_half_a_step_and_tracks_its_range(
         assert np.all(np.abs(got - ref)[inside] <= 0.5 * s * (1 + 2.0**-20)), f"sum {i} beyond half a step"
 
 
+
+# ---- Softmax -------------------------------------------------------------------------------
+
+SOFTMAX_CASES = [("classes10_batch3", (3, 10), 0.0625), ("one_class", (2, 1), 0.5),
+                 ("sharp_3d", (2, 3, 7), 0.25), ("classes300", (1, 300), 0.03125)]
+
+
+def test_int8_softmax_matches_the_reference_and_its_integer_backward_bit_for_bit(target):
+    rng = np.random.default_rng(55)
+    script = DeviceScript()
+    cases = []
+    for name, shape, x_scale in SOFTMAX_CASES:
+        x = rng.integers(-128, 128, shape).astype(np.int8)
+        dy = rng.integers(-127, 128, shape).astype(np.int8)
+        script.add("sm = mt.Softmax()")
+        script.emit(f"{name}.y", f"sm.forward({s8_expr(x, x_scale, 3)})", shape, "int8")
+        script.emit(f"{name}.yq", "mt.Tensor([sm.output.scale, sm.output.zero_point])", (2,))
+        script.add(f"dx = sm.backward({s8_expr(dy, DY_SCALE)})")
+        script.emit(f"{name}.dx", "dx", shape, "int8")
+        script.emit(f"{name}.dxq", "mt.Tensor([dx.scale, dx.zero_point])", (2,))
+        cases.append((name, x, x_scale, dy))
+    results = script.run(target)
+    for name, x, x_scale, dy in cases:
+        y = results[f"{name}.y"]
+        assert results[f"{name}.yq"].tolist() == [1 / 256, -128], name  # TFLite's fixed quantization
+        # Float per row with the C library's expf (softmax_s8.h): within one unit of the
+        # exactly rounded softmax, and equal to it nearly everywhere.
+        ref = Q.softmax_s8_forward(x, x_scale)
+        diff = np.abs(y.astype(np.int64) - ref)
+        assert diff.max() <= 1 and np.count_nonzero(diff) <= max(1, y.size // 50), (name, diff.max())
+        # The input gradient is integer given the device's output: bit for bit.
+        dx, dx_scale = Q.softmax_s8_grad_input(y, dy, DY_SCALE)
+        assert np.array_equal(results[f"{name}.dx"], dx), f"{name}: input gradient differs"
+        got_s, got_z = results[f"{name}.dxq"]
+        assert abs(got_s - dx_scale) <= SCALE_RTOL * dx_scale and got_z == 0, (name, got_s, dx_scale)
+        # ... and it is the exact gradient at the quantized p, rounded once (half a step; the
+        # first pass's own range cannot saturate).
+        p = (y.astype(np.float64) + 128) / 256
+        g = dy.astype(np.float64) * DY_SCALE
+        exact = p * (g - (p * g).sum(axis=-1, keepdims=True))
+        assert np.all(np.abs(dx * dx_scale - exact) <= 0.5 * dx_scale * (1 + 2.0**-20) + 1e-12), name
+
+
 def test_int8_layers_refuse_mixed_dtypes_clearly(target):
     cases = [
         ("mt.AvgPool2d(2, dtype=mt.int8).forward(mt.zeros((1, 2, 2, 1)))", "ValueError",
@@ -208,11 +251,15 @@ def test_int8_layers_refuse_mixed_dtypes_clearly(target):
         ("mt.Residual(mt.Sequential(mt.Convert(mt.float32), mt.ReLU()), shortcut=mt.Convert(mt.float32))"
          ".forward(mt.zeros((1, 2, 2, 1), dtype=mt.int8))", "ValueError", "int8 branches need an int8 input"),
         ("r8.backward(mt.zeros((1, 2, 2, 1)))", "TypeError", "dy must be int8"),
+        ("mt.Softmax(dtype=mt.int8).forward(mt.zeros((1, 2)))", "ValueError", "Softmax has dtype int8"),
+        ("mt.Softmax().forward(mt.zeros((1, 16385), dtype=mt.int8))", "ValueError", "16384"),
+        ("s8.backward(mt.zeros((1, 3)))", "TypeError", "dy must be int8"),
         ("mt.Add().forward(mt.zeros((2,), dtype=mt.int8), mt.zeros((2,)))", "ValueError", "dtypes int8 and float32"),
         ("mt.Add().forward(mt.zeros((2,), dtype=mt.int8), mt.zeros((3,), dtype=mt.int8))", "ValueError", "shapes"),
     ]
     setup = ["import mcutrain as mt", "p8 = mt.AvgPool2d(2)", "p8.forward(mt.zeros((1, 2, 2, 1), dtype=mt.int8))",
-             "r8 = mt.Residual(mt.ReLU())", "r8.forward(mt.zeros((1, 2, 2, 1), dtype=mt.int8))"]
+             "r8 = mt.Residual(mt.ReLU())", "r8.forward(mt.zeros((1, 2, 2, 1), dtype=mt.int8))",
+             "s8 = mt.Softmax()", "s8.forward(mt.zeros((1, 3), dtype=mt.int8))"]
     out = assert_raises_clearly(target, cases, setup, after="p8.output.dtype")
     assert out[-1] == "int8"  # the board still works
 

@@ -51,6 +51,8 @@ __all__ = [
     "S8Quant",
     "AddS8",
     "S8Update",
+    "softmax_s8_forward",
+    "softmax_s8_grad_input",
     "add_s8",
     "add_s8_make",
     "avgpool2d_s8_cover",
@@ -683,3 +685,33 @@ def add_s8(
         return y, (0.0, 0.0)
     ends = np.array([total.min(), total.max()], dtype=np.int64).astype(np.float32) * F32(k.unit)
     return y, (float(ends[0]), float(ends[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax (softmax_s8.c): output scale 1/256, zero point -128
+
+SOFTMAX_SCALE, SOFTMAX_ZERO_POINT = 1.0 / 256.0, -128
+
+
+def softmax_s8_forward(x: ArrayLike, x_scale: float) -> NDArray[np.int8]:
+    """round_half_even(256 softmax(s_x x)) - 128 over the last axis, in float64: the exactly
+    rounded result. The device computes it in float32 with its C library's expf, so it may be
+    one unit off where 256 p lies within about 1e-4 of a rounding tie (softmax_s8.h)."""
+    z = np.asarray(x, dtype=np.float64) * float(F32(x_scale))
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    p = e / e.sum(axis=-1, keepdims=True)
+    return np.clip(np.rint(256.0 * p) + SOFTMAX_ZERO_POINT, ACT_MIN, ACT_MAX).astype(np.int8)
+
+
+def softmax_s8_grad_input(y: ArrayLike, dy: ArrayLike, dy_scale: float) -> tuple[NDArray[np.int8], float]:
+    """The device's int8 softmax input gradient from its own output y, with a first observation
+    of the error's range: (dx, dx_scale) (mt_softmax_s8_grad_input and the binding)."""
+    u = np.asarray(y, dtype=np.int64) - SOFTMAX_ZERO_POINT
+    d = np.asarray(dy, dtype=np.int64)
+    acc = u * (256 * d - (u * d).sum(axis=-1, keepdims=True))
+    unit = F32(dy_scale) * F32(1.0 / 65536.0)
+    absmax = F32(np.abs(acc).max() if acc.size else 0) * unit
+    qp = qparams_symmetric(float(absmax))
+    m, shift = quant_multiplier(unit / F32(qp.scale))
+    dx = np.clip(requantize(acc, m, shift), -SYM_MAX, SYM_MAX).astype(np.int8)
+    return dx, qp.scale
