@@ -239,6 +239,83 @@ def test_int8_softmax_matches_the_reference_and_its_integer_backward_bit_for_bit
         assert np.all(np.abs(dx * dx_scale - exact) <= 0.5 * dx_scale * (1 + 2.0**-20) + 1e-12), name
 
 
+
+# ---- BatchNorm2d ---------------------------------------------------------------------------
+
+BN_LR, BN_WD = 0.0625, 0.015625  # exact in the emulated boards' 30-bit floats
+BN_CASES = [("c5_batch2", (2, 4, 3, 5)), ("c20_two_blocks", (1, 3, 5, 20)), ("rows1", (1, 1, 1, 3))]
+
+
+def test_int8_batchnorm_matches_the_float32_sequence_bit_for_bit(target):
+    rng = np.random.default_rng(56)
+    script = DeviceScript()
+    cases = []
+    for name, shape in BN_CASES:
+        c = shape[-1]
+        x = rng.integers(-128, 128, shape).astype(np.int8)
+        dy = rng.integers(-127, 128, shape).astype(np.int8)
+        gamma = rng.uniform(-1.5, 1.5, c).astype(np.float32)
+        beta = rng.uniform(-0.5, 0.5, c).astype(np.float32)
+        script.add(f"bn = mt.BatchNorm2d({c}, momentum=0.25, dtype=mt.int8)")
+        script.add(f"bn.weight.copy_from({tensor_expr(gamma)})")
+        script.add(f"bn.bias.copy_from({tensor_expr(beta)})")
+        script.add(f"x = {s8_expr(x, X_SCALE, X_ZP)}")
+        script.emit(f"{name}.y", "bn.forward(x)", shape, "int8")
+        script.emit(f"{name}.yq", "mt.Tensor([bn.output.scale, bn.output.zero_point])", (2,))
+        script.add(f"dx = bn.backward({s8_expr(dy, DY_SCALE)}, mt.SGD(bn, lr={BN_LR}, weight_decay={BN_WD}))")
+        script.emit(f"{name}.dx", "dx", shape, "int8")
+        script.emit(f"{name}.dxq", "mt.Tensor([dx.scale, dx.zero_point])", (2,))
+        script.emit(f"{name}.gamma", "bn.weight", (c,))
+        script.emit(f"{name}.beta", "bn.bias", (c,))
+        script.emit(f"{name}.rm", "bn.running_mean", (c,))
+        script.emit(f"{name}.rv", "bn.running_var", (c,))
+        script.emit(f"{name}.eval", "bn.predict(x)", shape, "int8")
+        cases.append((name, x, dy, gamma, beta))
+    results = script.run(target)
+    for name, x, dy, gamma, beta in cases:
+        c = x.shape[-1]
+        kw = dict(eps=1e-5, momentum=0.25)
+        st = Q.batchnorm_s8_prepare(x, X_SCALE, X_ZP, gamma, beta, True, np.zeros(c), np.ones(c), **kw)
+        ys, yz = Q.qparams_asymmetric(*st.y_range)  # the first pass's own range
+        y = Q.batchnorm_s8_forward(x, X_SCALE, X_ZP, gamma, beta, st, ys, yz)
+        assert np.array_equal(results[f"{name}.y"], y), f"{name}: forward differs"
+        got_s, got_z = results[f"{name}.yq"]
+        assert abs(got_s - ys) <= SCALE_RTOL * ys and got_z == yz, (name, got_s, got_z, ys, yz)
+        assert np.array_equal(results[f"{name}.rm"], st.running_mean), f"{name}: running mean"
+        assert np.array_equal(results[f"{name}.rv"], st.running_var), f"{name}: running variance"
+        _, absmax, dgamma, dbeta = Q.batchnorm_s8_backward(x, X_SCALE, X_ZP, dy, DY_SCALE, gamma, st, None)
+        dxs = Q.qparams_symmetric(absmax).scale
+        dx, _, _, _ = Q.batchnorm_s8_backward(x, X_SCALE, X_ZP, dy, DY_SCALE, gamma, st, dxs)
+        assert np.array_equal(results[f"{name}.dx"], dx), f"{name}: input gradient differs"
+        got_s, got_z = results[f"{name}.dxq"]
+        assert abs(got_s - dxs) <= SCALE_RTOL * dxs and got_z == 0, (name, got_s, dxs)
+        # Plain SGD with decoupled weight decay, as the int8 layers (float32, in this order).
+        keep, step = np.float32(1) - np.float32(BN_LR) * np.float32(BN_WD), np.float32(-BN_LR)
+        assert np.array_equal(results[f"{name}.gamma"], gamma * keep + step * dgamma), f"{name}: gamma update"
+        assert np.array_equal(results[f"{name}.beta"], beta * keep + step * dbeta), f"{name}: beta update"
+        # predict(): the running statistics and the updated parameters, quantized with the
+        # range tracked so far (one observation: the training pass's).
+        g1, b1 = results[f"{name}.gamma"], results[f"{name}.beta"]
+        ev = Q.batchnorm_s8_prepare(x, X_SCALE, X_ZP, g1, b1, False, st.running_mean, st.running_var, **kw)
+        y_eval = Q.batchnorm_s8_forward(x, X_SCALE, X_ZP, g1, b1, ev, ys, yz)
+        assert np.array_equal(results[f"{name}.eval"], y_eval), f"{name}: predict differs"
+
+        # Against float64 (F.batchnorm on the dequantized input): the float32 sequence errs
+        # by a few ulps before the one rounding, so half a step plus 2**-16 of the output's
+        # magnitude; the same for the input gradient.
+        if x.size // c > 1:
+            xr = Q.dequantize(x, X_SCALE, X_ZP).astype(np.float64).reshape(-1, c)
+            mu, var = xr.mean(axis=0), xr.var(axis=0)
+            ref = (xr - mu) / np.sqrt(var + 1e-5) * gamma + beta
+            got = Q.dequantize(y, ys, yz).astype(np.float64).reshape(-1, c)
+            assert np.all(np.abs(got - ref) <= 0.5 * ys + 2.0**-16 * (np.abs(ref) + 1)), f"{name}: forward bound"
+            g = dy.astype(np.float64).reshape(-1, c) * DY_SCALE
+            xhat = (xr - mu) / np.sqrt(var + 1e-5)
+            dx_ref = gamma / np.sqrt(var + 1e-5) * (g - g.mean(axis=0) - xhat * (g * xhat).mean(axis=0))
+            got = dx.astype(np.float64).reshape(-1, c) * dxs
+            assert np.all(np.abs(got - dx_ref) <= 0.5 * dxs + 2.0**-16 * (np.abs(dx_ref) + dxs)), f"{name}: dx bound"
+
+
 def test_int8_layers_refuse_mixed_dtypes_clearly(target):
     cases = [
         ("mt.AvgPool2d(2, dtype=mt.int8).forward(mt.zeros((1, 2, 2, 1)))", "ValueError",
@@ -254,23 +331,33 @@ def test_int8_layers_refuse_mixed_dtypes_clearly(target):
         ("mt.Softmax(dtype=mt.int8).forward(mt.zeros((1, 2)))", "ValueError", "Softmax has dtype int8"),
         ("mt.Softmax().forward(mt.zeros((1, 16385), dtype=mt.int8))", "ValueError", "16384"),
         ("s8.backward(mt.zeros((1, 3)))", "TypeError", "dy must be int8"),
+        ("mt.BatchNorm2d(2, dtype=mt.int8).forward(mt.zeros((1, 2, 2, 2)))", "ValueError",
+         "BatchNorm2d has dtype int8 but its input is float32"),
+        ("mt.BatchNorm2d(2).forward(mt.zeros((1, 2, 2, 2), dtype=mt.int8))", "ValueError",
+         "BatchNorm2d has dtype float32 but its input is int8"),
+        ("mt.BatchNorm2d(3, dtype=mt.int8).forward(mt.zeros((1, 2, 2, 2), dtype=mt.int8))", "ValueError",
+         "expects 3 channels"),
+        ("mt.Adam(mt.BatchNorm2d(2, dtype=mt.int8))", "ValueError", "without momentum"),
+        ("b8.backward(mt.zeros((1, 2, 2, 2), dtype=mt.int8))", "ValueError", "backward(dy, opt)"),
         ("mt.Add().forward(mt.zeros((2,), dtype=mt.int8), mt.zeros((2,)))", "ValueError", "dtypes int8 and float32"),
         ("mt.Add().forward(mt.zeros((2,), dtype=mt.int8), mt.zeros((3,), dtype=mt.int8))", "ValueError", "shapes"),
     ]
     setup = ["import mcutrain as mt", "p8 = mt.AvgPool2d(2)", "p8.forward(mt.zeros((1, 2, 2, 1), dtype=mt.int8))",
              "r8 = mt.Residual(mt.ReLU())", "r8.forward(mt.zeros((1, 2, 2, 1), dtype=mt.int8))",
-             "s8 = mt.Softmax()", "s8.forward(mt.zeros((1, 3), dtype=mt.int8))"]
+             "s8 = mt.Softmax()", "s8.forward(mt.zeros((1, 3), dtype=mt.int8))",
+             "b8 = mt.BatchNorm2d(2, dtype=mt.int8)", "b8.forward(mt.zeros((1, 2, 2, 2), dtype=mt.int8))"]
     out = assert_raises_clearly(target, cases, setup, after="p8.output.dtype")
     assert out[-1] == "int8"  # the board still works
 
 
-S8_RESNET = """mt.Sequential(mt.Convert(mt.int8), mt.Conv2d(1, 8, 3, padding=1, dtype=mt.int8), mt.ReLU(),
-    mt.AvgPool2d(2), mt.Residual(mt.Sequential(mt.Conv2d(8, 8, 3, padding=1, dtype=mt.int8), mt.ReLU())),
+S8_RESNET = """mt.Sequential(mt.Convert(mt.int8), mt.Conv2d(1, 8, 3, padding=1, dtype=mt.int8),
+    mt.BatchNorm2d(8, dtype=mt.int8), mt.ReLU(), mt.AvgPool2d(2),
+    mt.Residual(mt.Sequential(mt.Conv2d(8, 8, 3, padding=1, dtype=mt.int8), mt.ReLU())),
     mt.Conv2d(8, 8, 3, padding=1, dtype=mt.int8), mt.ReLU6(), mt.GlobalAvgPool(), mt.Linear(8, 2, dtype=mt.int8),
     mt.Convert(mt.float32))"""
 
 
-def test_int8_residual_cnn_with_avgpool_learns_and_its_train_step_allocates_nothing(target):
+def test_int8_residual_cnn_with_batchnorm_and_avgpool_learns_and_its_train_step_allocates_nothing(target):
     # tests/test_dtypes_device.py's bars: horizontal or vertical, at random positions, with noise.
     rng = np.random.default_rng(54)
     n = 48
@@ -290,7 +377,7 @@ opt = mt.SGD(model, lr=0.02, standardize=True)
 data = {tensor_expr(x)}
 labels = {labels_expr(labels)}
 losses = []
-for epoch in range(8):
+for epoch in range(10):
     for b in range(0, {n}, 4):
         x = mt.frombuffer(memoryview(data)[b * 64:(b + 4) * 64], (4, 8, 8, 1))
         losses.append(model.train_step(x, labels[b:b + 4], mt.cross_entropy, opt))
@@ -307,7 +394,7 @@ def steps():
         model.train_step(x, y, loss, opt)
     print('grown', gc.mem_alloc() - before)
 steps()
-print('dtypes', model[3].output.dtype, model[4].output.dtype)
+print('dtypes', model[2].output.dtype, model[4].output.dtype, model[5].output.dtype)
 """, timeout=300)
     lines = dict(line.split(" ", 1) for line in out.splitlines())
     first, last = map(float, lines["loss"].split())
@@ -316,4 +403,4 @@ print('dtypes', model[3].output.dtype, model[4].output.dtype)
     assert float(lines["accuracy"]) >= 0.9, lines["accuracy"]
     grown = int(lines["grown"])
     assert grown <= (10 * 32 if target.name == "unix" else 0), grown  # as test_dtypes_device.py
-    assert lines["dtypes"].split() == ["int8", "int8"]
+    assert lines["dtypes"].split() == ["int8", "int8", "int8"]

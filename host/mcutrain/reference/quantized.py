@@ -51,6 +51,9 @@ __all__ = [
     "S8Quant",
     "AddS8",
     "S8Update",
+    "batchnorm_s8_backward",
+    "batchnorm_s8_forward",
+    "batchnorm_s8_prepare",
     "softmax_s8_forward",
     "softmax_s8_grad_input",
     "add_s8",
@@ -715,3 +718,86 @@ def softmax_s8_grad_input(y: ArrayLike, dy: ArrayLike, dy_scale: float) -> tuple
     m, shift = quant_multiplier(unit / F32(qp.scale))
     dx = np.clip(requantize(acc, m, shift), -SYM_MAX, SYM_MAX).astype(np.int8)
     return dx, qp.scale
+
+
+# ---------------------------------------------------------------------------------------------
+# batch normalization (batchnorm_s8.c): float32 per channel, the kernels' operations in order
+
+
+class BatchNormS8Stats(NamedTuple):
+    mean_q: NDArray[np.float32]       # the mean in units of s_x (offsets from the zero point)
+    inv_std: NDArray[np.float32]
+    running_mean: NDArray[np.float32]
+    running_var: NDArray[np.float32]
+    y_range: tuple[float, float]
+
+
+def _rows(x: ArrayLike, zero_point: int) -> IntArray:
+    x = np.asarray(x, dtype=np.int64)
+    return x.reshape(-1, x.shape[-1]) - int(zero_point)
+
+
+def batchnorm_s8_prepare(
+    x: ArrayLike, x_scale: float, zero_point: int, gamma: ArrayLike, beta: ArrayLike, training: bool,
+    running_mean: ArrayLike, running_var: ArrayLike, eps: float = 1e-5, momentum: float = 0.1,
+) -> BatchNormS8Stats:
+    """mt_batchnorm_s8_prepare: statistics (and updated running ones) and the output range."""
+    v = _rows(x, zero_point)
+    rows = v.shape[0]
+    xs, n, m, one = F32(x_scale), F32(rows), F32(momentum), F32(1.0)
+    gamma, beta = _f32(gamma), _f32(beta)
+    rm, rv = _f32(running_mean).copy(), _f32(running_var).copy()
+    if training:
+        s1, s2 = v.sum(axis=0), (v * v).sum(axis=0)
+        mean_q = s1.astype(np.float32) / n
+        var = ((rows * s2 - s1 * s1).astype(np.float32) / (n * n)) * (xs * xs)
+        rm = (one - m) * rm + m * (mean_q * xs)
+        if rows > 1:
+            rv = (one - m) * rv + m * (var * (n / F32(rows - 1)))
+        inv_std = one / np.sqrt(var + F32(eps))
+    else:
+        mean_q = rm / xs
+        inv_std = one / np.sqrt(rv + F32(eps))
+    a = (gamma * inv_std) * xs
+    lo = a * (v.min(axis=0).astype(np.float32) - mean_q) + beta
+    hi = a * (v.max(axis=0).astype(np.float32) - mean_q) + beta
+    y_range = (float(np.minimum(lo, hi).min()), float(np.maximum(lo, hi).max()))
+    return BatchNormS8Stats(mean_q.astype(np.float32), inv_std.astype(np.float32), rm, rv, y_range)
+
+
+def batchnorm_s8_forward(
+    x: ArrayLike, x_scale: float, zero_point: int, gamma: ArrayLike, beta: ArrayLike, st: BatchNormS8Stats,
+    y_scale: float, y_zero_point: int,
+) -> NDArray[np.int8]:
+    """mt_batchnorm_s8_forward."""
+    shape = np.shape(x)
+    v = _rows(x, zero_point).astype(np.float32)
+    ka = ((_f32(gamma) * st.inv_std) * F32(x_scale)) / F32(y_scale)
+    kb = _f32(beta) / F32(y_scale)
+    t = ka * (v - st.mean_q) + kb
+    y = np.clip(round_half_even(t) + int(y_zero_point), ACT_MIN, ACT_MAX)
+    return y.astype(np.int8).reshape(shape)
+
+
+def batchnorm_s8_backward(
+    x: ArrayLike, x_scale: float, zero_point: int, dy: ArrayLike, dy_scale: float, gamma: ArrayLike,
+    st: BatchNormS8Stats, dx_scale: float | None,
+) -> tuple[NDArray[np.int8] | None, float, NDArray[np.float32], NDArray[np.float32]]:
+    """mt_batchnorm_s8_backward: (dx or None if dx_scale is None, the largest real |dx|, dgamma,
+    dbeta)."""
+    shape = np.shape(x)
+    v = _rows(x, zero_point)
+    d = np.asarray(dy, dtype=np.int64).reshape(v.shape)
+    n, dys = F32(v.shape[0]), F32(dy_scale)
+    sd, sdv = d.sum(axis=0), (d * v).sum(axis=0)
+    k = F32(x_scale) * st.inv_std
+    g = k * (sdv.astype(np.float32) - st.mean_q * sd.astype(np.float32))
+    mg, mdy = g / n, sd.astype(np.float32) / n
+    pk = (_f32(gamma) * st.inv_std) * dys
+    dgamma, dbeta = dys * g, dys * sd.astype(np.float32)
+    inner = (d.astype(np.float32) - mdy) - (k * (v.astype(np.float32) - st.mean_q)) * mg
+    absmax = float((np.abs(pk) * np.abs(inner).max(axis=0)).max()) if inner.size else 0.0
+    dx = None
+    if dx_scale is not None:
+        dx = np.clip(round_half_even((pk / F32(dx_scale)) * inner), -SYM_MAX, SYM_MAX).astype(np.int8).reshape(shape)
+    return dx, absmax, dgamma.astype(np.float32), dbeta.astype(np.float32)
