@@ -1,15 +1,24 @@
 // mt.ReLU(), mt.ReLU6() and mt.Softmax() (over the last dimension), in their input's dtype.
 // ReLU and ReLU6 run in place when the layer before them does not need its output kept.
+// int8 Softmax (kernels/softmax_s8.h) outputs scale 1/256, zero point -128, and quantizes its
+// input error to a tracked symmetric scale (momentum MT_S8_RANGE_MOMENTUM, as layer_s8.c).
 #include "py/runtime.h"
 #include "layer.h"
+#include "layer_s8.h"
 #include "kernels/activation_f32.h"
 #include "kernels/activation_f16.h"
 #include "kernels/activation_s8.h"
 #include "kernels/quant.h"
+#include "kernels/softmax_s8.h"
 
 typedef struct {
     mt_layer_obj_t base;
 } mt_activation_obj_t;
+
+typedef struct {
+    mt_layer_obj_t base;
+    mt_range_tracker_t dx_range;   // int8: the input error's magnitude (max only)
+} mt_softmax_obj_t;
 
 static void same_shape_plan(mt_layer_obj_t *self, const mt_shape_t *in) {
     self->out_shape = *in;
@@ -97,10 +106,52 @@ static int softmax_cols(const mt_layer_obj_t *self) {
     return self->out_shape.dim[self->out_shape.ndim - 1];
 }
 
+static void softmax_plan(mt_layer_obj_t *self, const mt_shape_t *in) {
+    self->out_shape = *in;
+    if (self->in_dtype == MT_INT8 && in->dim[in->ndim - 1] > MT_SOFTMAX_S8_MAX_COLS) {
+        mt_layer_raise_expects(self, "int8 takes at most %d classes", MT_SOFTMAX_S8_MAX_COLS, in);
+    }
+}
+
+static size_t softmax_scratch_floats(const mt_layer_obj_t *self) {
+    // int8: one row's exponentials.
+    return self->in_dtype == MT_INT8 ? (size_t)softmax_cols(self) : 0;
+}
+
+// dx from dy (int8) and the layer's int8 output, to the tracked error scale.
+static void softmax_backward_s8(mt_softmax_obj_t *self, const mt_tensor_obj_t *dy, mt_tensor_obj_t *dx) {
+    mt_layer_obj_t *base = &self->base;
+    int cols = softmax_cols(base), rows = (int)(base->output->size / (size_t)cols);
+    const int8_t *y = base->output->data;
+    // acc units: s_dy / 65536 (a power of two: exact).
+    const float unit = dy->scale * (1.0f / 65536.0f);
+    float absmax = (float)mt_softmax_s8_grad_absmax(y, dy->data, rows, cols) * unit;
+    bool observed = false;
+    if (self->dx_range.count == 0) {
+        mt_range_observe(&self->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+        observed = true;
+    }
+    mt_qparams_t qp;
+    mt_requant_t m;
+    if (mt_qparams_symmetric(self->dx_range.max, &qp) != 0 || mt_quant_multiplier(unit / qp.scale, &m) != 0) {
+        mp_raise_ValueError(MP_ERROR_TEXT("Softmax: int8 input gradient: a quantization scale is out of range"));
+    }
+    mt_softmax_s8_grad_input(y, dy->data, dx->data, rows, cols, m);
+    // An all-zero error says nothing about the range (layer_s8.c).
+    if (!observed && absmax > 0.0f) {
+        mt_range_observe(&self->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+    }
+    dx->scale = qp.scale;
+    dx->zero_point = 0;
+}
+
 static void softmax_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
-    (void)pass;
     int cols = softmax_cols(self), rows = (int)(self->output->size / (size_t)cols);
-    if (is_f16(self)) {
+    if (self->in_dtype == MT_INT8) {
+        mt_softmax_s8_forward(x->data, x->scale, self->output->data, rows, cols, pass->scratch);
+        self->output->scale = MT_SOFTMAX_S8_SCALE;
+        self->output->zero_point = MT_SOFTMAX_S8_ZERO_POINT;
+    } else if (is_f16(self)) {
         mt_softmax_f16_forward(x->data, self->output->data, rows, cols);
     } else {
         mt_softmax_f32_forward(x->data, self->output->data, rows, cols);
@@ -115,7 +166,9 @@ static void softmax_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, con
         return;
     }
     int cols = softmax_cols(self), rows = (int)(self->output->size / (size_t)cols);
-    if (is_f16(self)) {
+    if (self->in_dtype == MT_INT8) {
+        softmax_backward_s8((mt_softmax_obj_t *)self, dy, dx);
+    } else if (is_f16(self)) {
         mt_softmax_f16_grad_input(self->output->data, dy->data, dx->data, rows, cols);
     } else {
         mt_softmax_f32_grad_input(self->output->data, dy->data, dx->data, rows, cols);
@@ -143,8 +196,9 @@ static const mt_layer_ops_t relu6_ops = {
 static const mt_layer_ops_t softmax_ops = {
     .magic = MT_LAYER_MAGIC,
     .flags = MT_LAYER_NEEDS_OUTPUT,
-    .dtypes = MT_DTYPES_FLOAT,
-    .plan = same_shape_plan,
+    .dtypes = MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8),
+    .plan = softmax_plan,
+    .scratch_floats = softmax_scratch_floats,
     .forward = softmax_forward,
     .backward = softmax_backward,
 };
@@ -153,6 +207,14 @@ static mp_obj_t activation_make_new(const mp_obj_type_t *type, size_t n_args, si
     mt_activation_obj_t *self = mp_obj_malloc(mt_activation_obj_t, type);
     mt_layer_init(&self->base);
     self->base.dtype = mt_layer_parse_any_dtype(n_args, n_kw, args, qstr_str(type->name));
+    return MP_OBJ_FROM_PTR(self);
+}
+
+static mp_obj_t softmax_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args) {
+    mt_softmax_obj_t *self = mp_obj_malloc(mt_softmax_obj_t, type);
+    mt_layer_init(&self->base);
+    self->base.dtype = mt_layer_parse_any_dtype(n_args, n_kw, args, qstr_str(type->name));
+    self->dx_range.count = 0;
     return MP_OBJ_FROM_PTR(self);
 }
 
@@ -187,7 +249,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     mt_softmax_type,
     MP_QSTR_Softmax,
     MP_TYPE_FLAG_NONE,
-    make_new, activation_make_new,
+    make_new, softmax_make_new,
     print, activation_print,
     attr, mt_layer_attr,
     protocol, &softmax_ops,

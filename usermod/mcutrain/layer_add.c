@@ -1,13 +1,18 @@
 // mt.Add(): y = a + b for two same-shape tensors, the join of a residual connection
-// used on its own (mt.Residual uses the same kernel inside a model).
+// used on its own (mt.Residual uses the same kernels inside a model). int8 operands may have
+// different scales: their sum is requantized (kernels/add_s8.h) to the moving-average range
+// of the sums seen so far (the first call measures it).
 #include "py/runtime.h"
 #include "tensor.h"
+#include "layer_s8.h"
 #include "kernels/activation_f32.h"
 #include "kernels/activation_f16.h"
+#include "kernels/add_s8.h"
 
 typedef struct {
     mp_obj_base_t base;
     mt_tensor_obj_t *output;
+    mt_range_tracker_t range;      // int8: the sum's real range
 } mt_add_obj_t;
 
 static mp_obj_t add_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args) {
@@ -15,24 +20,62 @@ static mp_obj_t add_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
     mp_arg_check_num(n_args, n_kw, 0, 0, false);
     mt_add_obj_t *self = mp_obj_malloc(mt_add_obj_t, type);
     self->output = NULL;
+    self->range.count = 0;
     return MP_OBJ_FROM_PTR(self);
 }
 
-// A float32 or float16 operand.
-static mt_tensor_obj_t *float_operand(mp_obj_t obj, const char *what) {
+// A float32, float16 or int8 operand.
+static mt_tensor_obj_t *operand(mp_obj_t obj, const char *what) {
     mt_tensor_obj_t *t = mt_tensor_get(obj, what);
-    if (t->dtype != MT_FLOAT32 && t->dtype != MT_FLOAT16) {
-        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%s must be float32 or float16, not %q"), what,
+    if (t->dtype != MT_FLOAT32 && t->dtype != MT_FLOAT16 && t->dtype != MT_INT8) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%s must be float32, float16 or int8, not %q"), what,
             mt_dtype_qstr(t->dtype));
     }
     return t;
 }
 
-// forward(a, b) -> a + b (both float32 or both float16), in a buffer planned once per shape.
+NORETURN static void raise_range(void) {
+    mp_raise_ValueError(MP_ERROR_TEXT("Add: int8 sum: a quantization scale is out of range"));
+}
+
+static void add_s8_make(float a, float b, float y, mt_add_s8_t *k) {
+    if (mt_add_s8_make(a, b, y, k) != 0) {
+        raise_range();
+    }
+}
+
+// y = a + b requantized to the tracked range, which this sum then updates.
+static void add_s8(mt_add_obj_t *self, const mt_tensor_obj_t *a, const mt_tensor_obj_t *b) {
+    mt_tensor_obj_t *y = self->output;
+    mt_add_s8_t k;
+    mt_range_t range;
+    bool observed = false;
+    if (self->range.count == 0) {
+        add_s8_make(a->scale, b->scale, 1.0f, &k);
+        mt_add_s8(&k, a->data, a->zero_point, b->data, b->zero_point, NULL, 0, MT_S8_ACT_MIN, MT_S8_ACT_MAX,
+            a->size, &range);
+        mt_range_observe(&self->range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
+        observed = true;
+    }
+    mt_qparams_t qp;
+    if (mt_qparams_asymmetric(self->range.min, self->range.max, &qp) != 0) {
+        raise_range();
+    }
+    add_s8_make(a->scale, b->scale, qp.scale, &k);
+    mt_add_s8(&k, a->data, a->zero_point, b->data, b->zero_point, y->data, qp.zero_point, MT_S8_ACT_MIN,
+        MT_S8_ACT_MAX, a->size, &range);
+    if (!observed) {
+        mt_range_observe(&self->range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
+    }
+    y->scale = qp.scale;
+    y->zero_point = qp.zero_point;
+}
+
+// forward(a, b) -> a + b (both float32, float16 or int8), in a buffer planned once per shape.
 static mp_obj_t add_forward(mp_obj_t self_in, mp_obj_t a_in, mp_obj_t b_in) {
     mt_add_obj_t *self = MP_OBJ_TO_PTR(self_in);
-    mt_tensor_obj_t *a = float_operand(a_in, "Add.forward: a");
-    mt_tensor_obj_t *b = float_operand(b_in, "Add.forward: b");
+    mt_tensor_obj_t *a = operand(a_in, "Add.forward: a");
+    mt_tensor_obj_t *b = operand(b_in, "Add.forward: b");
     if (!mt_shape_equal(&a->shape, &b->shape)) {
         char sa[64], sb[64];
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("Add: shapes %s and %s differ"),
@@ -45,7 +88,9 @@ static mp_obj_t add_forward(mp_obj_t self_in, mp_obj_t a_in, mp_obj_t b_in) {
     if (self->output == NULL || !mt_shape_equal(&self->output->shape, &a->shape) || self->output->dtype != a->dtype) {
         self->output = mt_tensor_new(&a->shape, a->dtype, "Add");
     }
-    if (a->dtype == MT_FLOAT16) {
+    if (a->dtype == MT_INT8) {
+        add_s8(self, a, b);
+    } else if (a->dtype == MT_FLOAT16) {
         mt_add_f16(a->data, b->data, self->output->data, a->size);
     } else {
         mt_add_f32(a->data, b->data, self->output->data, a->size);
@@ -54,10 +99,10 @@ static mp_obj_t add_forward(mp_obj_t self_in, mp_obj_t a_in, mp_obj_t b_in) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_3(add_forward_obj, add_forward);
 
-// backward(dy) -> (dy, dy): each input's gradient is the output's.
+// backward(dy) -> (dy, dy): each input's gradient is the output's (int8: in dy's scale).
 static mp_obj_t add_backward(mp_obj_t self_in, mp_obj_t dy_in) {
     (void)self_in;
-    float_operand(dy_in, "Add.backward: dy");
+    operand(dy_in, "Add.backward: dy");
     mp_obj_t items[2] = { dy_in, dy_in };
     return mp_obj_new_tuple(2, items);
 }

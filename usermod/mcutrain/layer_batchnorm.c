@@ -2,15 +2,27 @@
 // (channel) dim: batch statistics when training, running ones in predict(); fold_into(conv)
 // folds it into the preceding layer for inference. A float16 layer has float16 activations
 // and errors but keeps gamma, beta and the statistics in float32 (kernels/batchnorm_f16.h).
+// An int8 layer (kernels/batchnorm_s8.h) has int8 activations and errors, float parameters
+// and statistics; its output is quantized to a tracked range (layer.quant_range) and its
+// input error to a tracked symmetric scale (momentum MT_S8_RANGE_MOMENTUM, a first pass
+// measuring, as layer_s8.c). Like the other int8 layers it updates during backward, with the
+// optimizer's int8 settings (mt.SGD without momentum): plain SGD with decoupled weight decay
+// on the float gamma and beta (standardize= and rounding= concern int8 weights only).
 #include "py/runtime.h"
 #include "layer.h"
+#include "layer_s8.h"
+#include "optim.h"
 #include "kernels/batchnorm_f32.h"
 #include "kernels/batchnorm_f16.h"
+#include "kernels/batchnorm_s8.h"
 
 typedef struct {
     mt_layer_obj_t base;
     mt_batchnorm_params_t p;
-    float *saved;              // batch mean[C] and 1/sqrt(var + eps)[C] for backward
+    float *saved;              // batch mean[C] and 1/sqrt(var + eps)[C] for backward (int8:
+                               // the mean in units of the input's scale)
+    mt_range_tracker_t y_range;    // int8: output range
+    mt_range_tracker_t dx_range;   // int8: input error magnitude (max only)
 } mt_batchnorm_obj_t;
 
 static void bn_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
@@ -23,8 +35,48 @@ static void bn_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     self_in->state_bytes = 2 * self->p.channels * sizeof(float);
 }
 
+NORETURN static void raise_s8(const char *what) {
+    mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("BatchNorm2d: int8 %s range is not finite or too small"),
+        what);
+}
+
+static mt_qparams_t qparams_of(const mt_tensor_obj_t *t) {
+    mt_qparams_t q = { t->scale, t->zero_point };
+    return q;
+}
+
+static void bn_forward_s8(mt_batchnorm_obj_t *self, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
+    mt_layer_obj_t *base = &self->base;
+    mt_range_t range;
+    mt_batchnorm_s8_prepare(&self->p, x->data, qparams_of(x), base->weight->data, base->bias->data,
+        pass->training, base->extra_params[0]->data, base->extra_params[1]->data, self->saved,
+        self->saved + self->p.channels, &range);
+    // The range comes from the statistics, so measuring the first one costs nothing extra;
+    // later ones quantize with the range tracked before them, as the other int8 layers.
+    bool observed = false;
+    if (self->y_range.count == 0) {
+        mt_range_observe(&self->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
+        observed = true;
+    }
+    mt_qparams_t yq;
+    if (mt_qparams_asymmetric(self->y_range.min, self->y_range.max, &yq) != 0) {
+        raise_s8("output");
+    }
+    mt_batchnorm_s8_forward(&self->p, x->data, qparams_of(x), base->weight->data, base->bias->data, self->saved,
+        self->saved + self->p.channels, base->output->data, yq);
+    if (pass->training && !observed) {
+        mt_range_observe(&self->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
+    }
+    base->output->scale = yq.scale;
+    base->output->zero_point = yq.zero_point;
+}
+
 static void bn_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_pass_t *pass) {
     mt_batchnorm_obj_t *self = (mt_batchnorm_obj_t *)self_in;
+    if (self_in->dtype == MT_INT8) {
+        bn_forward_s8(self, x_t, pass);
+        return;
+    }
     float *gamma = self_in->weight->data, *beta = self_in->bias->data;
     float *running_mean = self_in->extra_params[0]->data, *running_var = self_in->extra_params[1]->data;
     float *mean = self->saved, *inv_std = self->saved + self->p.channels;
@@ -54,9 +106,56 @@ static void bn_backward_kernel(mt_batchnorm_obj_t *self, const void *x, const vo
     }
 }
 
+// The int8 input gradient, to the tracked error scale.
+static void bn_backward_s8(mt_batchnorm_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx) {
+    const float *gamma = self->base.weight->data, *mean_q = self->saved, *inv_std = self->saved + self->p.channels;
+    float absmax;
+    bool observed = false;
+    if (self->dx_range.count == 0) {
+        mt_batchnorm_s8_backward(&self->p, x->data, qparams_of(x), dy->data, dy->scale, gamma, mean_q, inv_std,
+            NULL, 1.0f, &absmax, 1.0f, 0.0f, NULL, NULL);
+        mt_range_observe(&self->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+        observed = true;
+    }
+    mt_qparams_t qp;
+    if (mt_qparams_symmetric(self->dx_range.max, &qp) != 0) {
+        raise_s8("input gradient");
+    }
+    mt_batchnorm_s8_backward(&self->p, x->data, qparams_of(x), dy->data, dy->scale, gamma, mean_q, inv_std,
+        dx->data, qp.scale, &absmax, 1.0f, 0.0f, NULL, NULL);
+    // An all-zero error says nothing about the range (layer_s8.c).
+    if (!observed && absmax > 0.0f) {
+        mt_range_observe(&self->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+    }
+    dx->scale = qp.scale;
+    dx->zero_point = 0;
+}
+
 static void bn_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
     mt_tensor_obj_t *dx, const mt_pass_t *pass) {
     mt_batchnorm_obj_t *self = (mt_batchnorm_obj_t *)self_in;
+    if (self_in->dtype == MT_INT8) {
+        const mt_int8_sgd_t *sgd = NULL;
+        if (self_in->trainable) {
+            sgd = pass->optim ? pass->optim->ops->int8_sgd(pass->optim) : NULL;
+            if (sgd == NULL) {
+                mp_raise_msg_varg(&mp_type_ValueError,
+                    MP_ERROR_TEXT("%q: int8 layers update during backward: give mt.SGD without momentum "
+                        "(backward(dy, opt) or train_step)"), mt_layer_name(self_in));
+            }
+        }
+        if (dx != NULL) {
+            bn_backward_s8(self, x, dy, dx);  // with gamma as in forward: before the update
+        }
+        if (sgd != NULL) {
+            float *gamma = self_in->weight->data;
+            mt_batchnorm_s8_backward(&self->p, x->data, qparams_of(x), dy->data, dy->scale, gamma, self->saved,
+                self->saved + self->p.channels, NULL, 1.0f, NULL, 1.0f - sgd->lr * sgd->weight_decay, -sgd->lr,
+                gamma, self_in->bias->data);
+        }
+        return;
+    }
     if (dx != NULL) {
         // dx needs gamma as it was in the forward pass, and a fused update may change
         // gamma as soon as its gradient pass begins (weight decay): dx goes first.
@@ -90,7 +189,7 @@ static mp_obj_t bn_config(const mt_layer_obj_t *self_in) {
 
 static const mt_layer_ops_t bn_ops = {
     .magic = MT_LAYER_MAGIC,
-    .dtypes = MT_DTYPES_FLOAT,
+    .dtypes = MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8),
     .plan = bn_plan,
     .forward = bn_forward,
     .backward = bn_backward,
@@ -126,7 +225,8 @@ static mp_obj_t bn_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     if (!(eps > 0.0f) || !(momentum >= 0.0f && momentum <= 1.0f)) {
         mp_raise_ValueError(MP_ERROR_TEXT("BatchNorm2d: need eps > 0 and momentum in [0, 1]"));
     }
-    uint8_t dtype = mt_layer_dtype_arg(args[ARG_dtype].u_obj, MT_DTYPES_FLOAT, false, "BatchNorm2d");
+    uint8_t dtype = mt_layer_dtype_arg(args[ARG_dtype].u_obj, MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8), false,
+        "BatchNorm2d");
     mt_batchnorm_obj_t *self = mp_obj_malloc(mt_batchnorm_obj_t, type);
     mt_layer_init(&self->base);
     self->base.dtype = dtype;
@@ -136,6 +236,10 @@ static mp_obj_t bn_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     self->base.extra_params[0] = filled((int)c, 0.0f, "BatchNorm2d.running_mean");
     self->base.extra_params[1] = filled((int)c, 1.0f, "BatchNorm2d.running_var");
     self->saved = m_new0(float, 2 * c);
+    self->y_range.count = self->dx_range.count = 0;
+    if (dtype == MT_INT8) {
+        self->base.quant_range = &self->y_range;
+    }
     return MP_OBJ_FROM_PTR(self);
 }
 

@@ -17,10 +17,6 @@ static bool is_max(const mt_layer_obj_t *self) {
 
 static void pool_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     mt_pool2d_params_t *p = &((mt_pool_obj_t *)self_in)->p;
-    if (self_in->in_dtype == MT_INT8 && !is_max(self_in)) {
-        mp_raise_ValueError(MP_ERROR_TEXT("AvgPool2d does not support int8 inputs yet: put mt.Convert(mt.float32) "
-            "before it, or use MaxPool2d or GlobalAvgPool"));
-    }
     p->batch = in->dim[0];
     p->in_h = in->dim[1];
     p->in_w = in->dim[2];
@@ -38,9 +34,13 @@ static void pool_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, cons
     const mt_pool2d_params_t *p = &((mt_pool_obj_t *)self_in)->p;
     void *y = self_in->output->data;
     if (self_in->in_dtype == MT_INT8) {
-        self_in->output->scale = x->scale;   // the maximum keeps the quantization
+        self_in->output->scale = x->scale;   // the maximum and the mean keep the quantization
         self_in->output->zero_point = x->zero_point;
-        mt_maxpool2d_s8_forward(p, x->data, y);
+        if (is_max(self_in)) {
+            mt_maxpool2d_s8_forward(p, x->data, y);
+        } else {
+            mt_avgpool2d_s8_forward(p, x->data, y, x->zero_point);
+        }
     } else if (self_in->in_dtype == MT_FLOAT16) {
         if (is_max(self_in)) {
             mt_maxpool2d_f16_forward(p, x->data, y);
@@ -62,8 +62,14 @@ static void pool_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, con
         return;
     }
     if (self_in->in_dtype == MT_INT8) {
-        mt_maxpool2d_s8_grad_input(p, x->data, dy->data, dx->data);
-        dx->scale = dy->scale;
+        if (is_max(self_in)) {
+            mt_maxpool2d_s8_grad_input(p, x->data, dy->data, dx->data);
+            dx->scale = dy->scale;
+        } else {
+            // dy / area spread over each window (pool_s8.h): the scale carries the division.
+            mt_avgpool2d_s8_grad_input(p, dy->data, dx->data);
+            dx->scale = dy->scale * (float)mt_avgpool2d_s8_cover(p) / (float)(p->kernel_h * p->kernel_w);
+        }
         dx->zero_point = 0;
     } else if (self_in->in_dtype == MT_FLOAT16) {
         if (is_max(self_in)) {
@@ -93,7 +99,7 @@ static mp_obj_t pool_config(const mt_layer_obj_t *self_in) {
 static const mt_layer_ops_t pool_ops = {
     .magic = MT_LAYER_MAGIC,
     .input_ndim = 4,
-    .dtypes = MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8),  // AvgPool2d: float only (pool_plan)
+    .dtypes = MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8),
     .plan = pool_plan,
     .forward = pool_forward,
     .backward = pool_backward,

@@ -1,16 +1,24 @@
 // mt.Residual(body, shortcut=None): y = body(x) + shortcut(x), the shortcut being the
 // identity when None (ResNet blocks; a 1x1 stride-2 conv shortcut when shapes change).
+// int8: the sum is requantized (kernels/add_s8.h) to a tracked output range, and in backward
+// the body's and the shortcut's input errors, each in its own scale, to a tracked symmetric
+// one; both trackers are moving averages (momentum MT_S8_RANGE_MOMENTUM) whose first
+// observation comes from a measuring pass, as in layer_s8.c.
 #include <string.h>
 
 #include "py/runtime.h"
 #include "layer.h"
 #include "kernels/activation_f32.h"
 #include "kernels/activation_f16.h"
+#include "kernels/add_s8.h"
+#include "layer_s8.h"
 
 typedef struct {
     mt_layer_obj_t base;
     mt_layer_obj_t *children[2];   // body, shortcut (NULL: identity)
     mt_tensor_obj_t shortcut_grad; // the shortcut's input gradient, added into dx (data NULL if none)
+    mt_range_tracker_t y_range;    // int8: the sum's real range
+    mt_range_tracker_t dx_range;   // int8: the summed input error's magnitude (max only)
 } mt_residual_obj_t;
 
 // a + b in the dtype both have.
@@ -51,9 +59,15 @@ static void res_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
             MP_ERROR_TEXT("Residual: body gives %q but the shortcut gives %q; convert one with mt.Convert"),
             mt_dtype_qstr(body->out_dtype), mt_dtype_qstr(other_dtype));
     }
-    if (!(MT_DTYPES_FLOAT & MT_DTYPE_BIT(other_dtype))) {
+    if (!((MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8)) & MT_DTYPE_BIT(other_dtype))) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("Residual: %q is not supported yet"),
             mt_dtype_qstr(other_dtype));
+    }
+    if ((in_dtype == MT_INT8) != (other_dtype == MT_INT8)) {
+        // The two input errors of an int8 sum meet in the input's dtype.
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("Residual: int8 branches need an int8 input, not %q; convert inside both or neither"),
+            mt_dtype_qstr(in_dtype));
     }
     self_in->out_shape = body->out_shape;
     self_in->out_dtype = other_dtype;
@@ -71,16 +85,87 @@ static void res_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     }
 }
 
+NORETURN static void raise_s8(const char *what) {
+    mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("Residual: int8 %s: a quantization scale is out of range"),
+        what);
+}
+
+// k for scales (a, b) into y, or ValueError.
+static void add_s8_make(float a, float b, float y, mt_add_s8_t *k, const char *what) {
+    if (mt_add_s8_make(a, b, y, k) != 0) {
+        raise_s8(what);
+    }
+}
+
+// y = a + b requantized to the tracked output range (a first pass measures it).
+static void res_forward_s8(mt_residual_obj_t *self, const mt_tensor_obj_t *a, const mt_tensor_obj_t *b,
+    const mt_pass_t *pass) {
+    mt_tensor_obj_t *y = self->base.output;
+    mt_add_s8_t k;
+    mt_range_t range;
+    bool observed = false;
+    if (self->y_range.count == 0) {
+        add_s8_make(a->scale, b->scale, 1.0f, &k, "sum");
+        mt_add_s8(&k, a->data, a->zero_point, b->data, b->zero_point, NULL, 0, MT_S8_ACT_MIN, MT_S8_ACT_MAX,
+            y->size, &range);
+        mt_range_observe(&self->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
+        observed = true;
+    }
+    mt_qparams_t qp;
+    if (mt_qparams_asymmetric(self->y_range.min, self->y_range.max, &qp) != 0) {
+        raise_s8("sum range");
+    }
+    add_s8_make(a->scale, b->scale, qp.scale, &k, "sum");
+    mt_add_s8(&k, a->data, a->zero_point, b->data, b->zero_point, y->data, qp.zero_point, MT_S8_ACT_MIN,
+        MT_S8_ACT_MAX, y->size, &range);
+    if (pass->training && !observed) {
+        mt_range_observe(&self->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
+    }
+    y->scale = qp.scale;
+    y->zero_point = qp.zero_point;
+}
+
+// dx = dx + other (symmetric int8 errors in their own scales), in place, requantized to the
+// tracked error magnitude.
+static void res_backward_s8(mt_residual_obj_t *self, mt_tensor_obj_t *dx, const mt_tensor_obj_t *other, size_t n) {
+    mt_add_s8_t k;
+    mt_range_t range;
+    add_s8_make(dx->scale, other->scale, 1.0f, &k, "input gradient");
+    mt_add_s8(&k, dx->data, 0, other->data, 0, NULL, 0, -MT_S8_SYM_MAX, MT_S8_SYM_MAX, n, &range);
+    float absmax = -range.min > range.max ? -range.min : range.max;
+    bool observed = false;
+    if (self->dx_range.count == 0) {
+        mt_range_observe(&self->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+        observed = true;
+    }
+    mt_qparams_t qp;
+    if (mt_qparams_symmetric(self->dx_range.max, &qp) != 0) {
+        raise_s8("input gradient range");
+    }
+    add_s8_make(dx->scale, other->scale, qp.scale, &k, "input gradient");
+    mt_add_s8(&k, dx->data, 0, other->data, 0, dx->data, 0, -MT_S8_SYM_MAX, MT_S8_SYM_MAX, n, NULL);
+    // An all-zero error says nothing about the range (layer_s8.c).
+    if (!observed && absmax > 0.0f) {
+        mt_range_observe(&self->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+    }
+    dx->scale = qp.scale;
+    dx->zero_point = 0;
+}
+
 static void res_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     mt_residual_obj_t *self = (mt_residual_obj_t *)self_in;
     mt_layer_obj_t *body = self->children[0], *shortcut = self->children[1];
     mt_layer_forward(body, x, pass);
-    const void *other = x->data;
+    const mt_tensor_obj_t *other = x;
     if (shortcut) {
         mt_layer_forward(shortcut, x, pass);
-        other = shortcut->output->data;
+        other = shortcut->output;
     }
-    add(self_in->out_dtype, body->output->data, other, self_in->output->data, self_in->output->size);
+    if (self_in->out_dtype == MT_INT8) {
+        res_forward_s8(self, body->output, other, pass);
+        return;
+    }
+    add(self_in->out_dtype, body->output->data, other->data, self_in->output->data, self_in->output->size);
 }
 
 static void res_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
@@ -90,13 +175,18 @@ static void res_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, cons
     size_t in_size = mt_shape_size(&self_in->in_shape);
     // Both branches receive dy unchanged; their input gradients add up.
     mt_layer_ops(body)->backward(body, x, dy, dx, pass);
+    const mt_tensor_obj_t *other = dy;
     if (shortcut) {
         mt_layer_ops(shortcut)->backward(shortcut, x, dy, dx ? &self->shortcut_grad : NULL, pass);
-        if (dx) {
-            add(self_in->in_dtype, dx->data, self->shortcut_grad.data, dx->data, in_size);
-        }
-    } else if (dx) {
-        add(self_in->in_dtype, dx->data, dy->data, dx->data, in_size);
+        other = &self->shortcut_grad;
+    }
+    if (dx == NULL) {
+        return;
+    }
+    if (self_in->in_dtype == MT_INT8) {
+        res_backward_s8(self, dx, other, in_size);
+    } else {
+        add(self_in->in_dtype, dx->data, other->data, dx->data, in_size);
     }
 }
 
@@ -143,6 +233,7 @@ static mp_obj_t res_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
     }
     self->base.dtype = MT_DTYPE_ANY;
     mt_tensor_header_init(&self->shortcut_grad, NULL, MT_FLOAT32);
+    self->y_range.count = self->dx_range.count = 0;
     return MP_OBJ_FROM_PTR(self);
 }
 

@@ -41,7 +41,8 @@ typedef struct {
 
 static void init_leaf(mt_layer_obj_t *leaf, const char *name, void *ctx_in) {
     init_ctx_t *ctx = ctx_in;
-    if (leaf->weight_scale != NULL && leaf->trainable && ctx->optim->ops->int8_sgd(ctx->optim) == NULL) {
+    if ((leaf->dtype == MT_INT8 || mt_layer_is_mixed(leaf)) && leaf->weight != NULL && leaf->trainable
+        && ctx->optim->ops->int8_sgd(ctx->optim) == NULL) {
         mp_raise_msg_varg(&mp_type_ValueError,
             MP_ERROR_TEXT("%q at %s: %q layers train with mt.SGD without momentum"),
             mt_layer_name(leaf), *name ? name : qstr_str(mt_layer_name(leaf)), mt_layer_dtype_qstr(leaf));

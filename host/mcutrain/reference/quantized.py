@@ -29,7 +29,11 @@ from numpy.typing import ArrayLike, NDArray
 
 from .functional import (
     IntPair,
+    _pad_hw,
     _pair,
+    _pool_args,
+    _tap,
+    _windows,
     conv2d_forward,
     conv2d_grad_input,
     conv2d_grad_weight,
@@ -45,7 +49,19 @@ __all__ = [
     "RangeTracker",
     "Rng",
     "S8Quant",
+    "AddS8",
     "S8Update",
+    "batchnorm_s8_backward",
+    "batchnorm_s8_forward",
+    "batchnorm_s8_prepare",
+    "softmax_s8_forward",
+    "softmax_s8_grad_input",
+    "add_s8",
+    "add_s8_make",
+    "avgpool2d_s8_cover",
+    "avgpool2d_s8_forward",
+    "avgpool2d_s8_grad_input",
+    "div_round_half_even",
     "conv2d_s8_forward",
     "conv2d_s8_grad_input",
     "conv2d_s8_update",
@@ -560,3 +576,228 @@ def linear_s8_update(
     r = conv2d_s8_update(x[:, None, None, :], dy[:, None, None, :], w[:, None, None, :], w_scale,
                          bias, q, u, mask=mask)
     return r._replace(w=r.w[:, 0, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# parameterless layers (pool_s8.c)
+
+
+def div_round_half_even(n: ArrayLike, d: int) -> IntArray:
+    """round(n / d), ties to even, exactly in integers (d > 0)."""
+    n = np.asarray(n, dtype=np.int64)
+    q, r = np.divmod(n, d)  # floor division: 0 <= r < d
+    up = (2 * r > d) | ((2 * r == d) & (q % 2 == 1))
+    return q + up
+
+
+def avgpool2d_s8_forward(
+    x: ArrayLike, zero_point: int, kernel: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+) -> NDArray[np.int8]:
+    """mt_avgpool2d_s8_forward: zp + round_half_even(sum of (x - zp) over the window / area),
+    padding counting as real zeros (count_include_pad=True); same scale and zero point."""
+    x = np.asarray(x, dtype=np.int64) - int(zero_point)
+    p = _pool_args("avgpool2d", x.shape, kernel, stride, padding)
+    sums = _windows(_pad_hw(x, p.padding, 0), p.kernel, p.stride).sum(axis=(4, 5))
+    y = int(zero_point) + div_round_half_even(sums, p.kernel[0] * p.kernel[1])
+    return np.clip(y, ACT_MIN, ACT_MAX).astype(np.int8)
+
+
+def avgpool2d_s8_cover(
+    x_shape: Sequence[int], kernel: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+) -> int:
+    """mt_avgpool2d_s8_cover: the most windows covering one input pixel."""
+    p = _pool_args("avgpool2d", tuple(x_shape), kernel, stride, padding)
+    ch = min(-(-p.kernel[0] // p.stride[0]), p.out_h)
+    cw = min(-(-p.kernel[1] // p.stride[1]), p.out_w)
+    return ch * cw
+
+
+def avgpool2d_s8_grad_input(
+    x_shape: Sequence[int], dy: ArrayLike, dy_scale: float, kernel: IntPair, stride: IntPair | None = None,
+    padding: IntPair = 0,
+) -> tuple[NDArray[np.int8], float]:
+    """mt_avgpool2d_s8_grad_input and the binding's scale: (dx, dx_scale) with dx the sum of the
+    covering windows' dy divided by cover (rounded half to even) and dx_scale = dy_scale * cover
+    / area in float32."""
+    dy = np.asarray(dy, dtype=np.int64)
+    shape = tuple(int(s) for s in x_shape)
+    p = _pool_args("avgpool2d", shape, kernel, stride, padding, dy)
+    (kh, kw), (sh, sw), (ph, pw) = p.kernel, p.stride, p.padding
+    n, h, w, c = shape
+    dxp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, _tap(i, sh, p.out_h), _tap(j, sw, p.out_w), :] += dy
+    sums = dxp[:, ph : ph + h, pw : pw + w, :]
+    cover = avgpool2d_s8_cover(shape, kernel, stride, padding)
+    dx = div_round_half_even(sums, cover).astype(np.int8)
+    scale = F32(dy_scale) * F32(cover) / F32(kh * kw)
+    return dx, float(scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# the sum of two differently quantized tensors (add_s8.c)
+
+ADD_MAX_SPREAD = 22
+
+
+class AddS8(NamedTuple):
+    """mt_add_s8_t."""
+
+    m_a: int
+    m_b: int
+    sh_a: int
+    sh_b: int
+    right: int
+    unit: float
+
+
+def add_s8_make(a_scale: float, b_scale: float, y_scale: float) -> AddS8:
+    """mt_add_s8_make: M_a = s_a / s_y and M_b = s_b / s_y (float32) as Q31 multipliers brought
+    to a common exponent (at most 22 apart)."""
+    ma, sa = quant_multiplier(F32(a_scale) / F32(y_scale))
+    mb, sb = quant_multiplier(F32(b_scale) / F32(y_scale))
+    shifts = [s for m, s in ((ma, sa), (mb, sb)) if m]
+    hi, lo = (max(shifts), min(shifts)) if shifts else (30, 30)
+    e = max(lo, hi - ADD_MAX_SPREAD)
+    right = 31 - e
+    unit = F32(y_scale) * F32(2.0**-right)
+    return AddS8(ma, mb, sa - e if ma else 0, sb - e if mb else 0, right, float(unit))
+
+
+def _add_term(q: IntArray, m: int, sh: int) -> IntArray:
+    p = q * int(m)
+    if sh >= 0:
+        return p << sh
+    r = min(-sh, 62)
+    return (p + (1 << (r - 1))) >> r
+
+
+def add_s8(
+    k: AddS8, a: ArrayLike, zp_a: int, b: ArrayLike, zp_b: int, zp_y: int = 0, qmin: int = ACT_MIN,
+    qmax: int = ACT_MAX,
+) -> tuple[NDArray[np.int8], tuple[float, float]]:
+    """mt_add_s8: (y, (min, max)) with y = clamp(zp_y + round(sum * 2^-right)) (ties up), the sum
+    of both terms at the common exponent, and the real range of the sums."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    total = _add_term(a - int(zp_a), k.m_a, k.sh_a) + _add_term(b - int(zp_b), k.m_b, k.sh_b)
+    r = (total + (1 << (k.right - 1))) >> k.right
+    y = np.clip(np.clip(r, -512, 512) + int(zp_y), qmin, qmax).astype(np.int8)
+    if total.size == 0:
+        return y, (0.0, 0.0)
+    ends = np.array([total.min(), total.max()], dtype=np.int64).astype(np.float32) * F32(k.unit)
+    return y, (float(ends[0]), float(ends[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax (softmax_s8.c): output scale 1/256, zero point -128
+
+SOFTMAX_SCALE, SOFTMAX_ZERO_POINT = 1.0 / 256.0, -128
+
+
+def softmax_s8_forward(x: ArrayLike, x_scale: float) -> NDArray[np.int8]:
+    """round_half_even(256 softmax(s_x x)) - 128 over the last axis, in float64: the exactly
+    rounded result. The device computes it in float32 with its C library's expf, so it may be
+    one unit off where 256 p lies within about 1e-4 of a rounding tie (softmax_s8.h)."""
+    z = np.asarray(x, dtype=np.float64) * float(F32(x_scale))
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    p = e / e.sum(axis=-1, keepdims=True)
+    return np.clip(np.rint(256.0 * p) + SOFTMAX_ZERO_POINT, ACT_MIN, ACT_MAX).astype(np.int8)
+
+
+def softmax_s8_grad_input(y: ArrayLike, dy: ArrayLike, dy_scale: float) -> tuple[NDArray[np.int8], float]:
+    """The device's int8 softmax input gradient from its own output y, with a first observation
+    of the error's range: (dx, dx_scale) (mt_softmax_s8_grad_input and the binding)."""
+    u = np.asarray(y, dtype=np.int64) - SOFTMAX_ZERO_POINT
+    d = np.asarray(dy, dtype=np.int64)
+    acc = u * (256 * d - (u * d).sum(axis=-1, keepdims=True))
+    unit = F32(dy_scale) * F32(1.0 / 65536.0)
+    absmax = F32(np.abs(acc).max() if acc.size else 0) * unit
+    qp = qparams_symmetric(float(absmax))
+    m, shift = quant_multiplier(unit / F32(qp.scale))
+    dx = np.clip(requantize(acc, m, shift), -SYM_MAX, SYM_MAX).astype(np.int8)
+    return dx, qp.scale
+
+
+# ---------------------------------------------------------------------------------------------
+# batch normalization (batchnorm_s8.c): float32 per channel, the kernels' operations in order
+
+
+class BatchNormS8Stats(NamedTuple):
+    mean_q: NDArray[np.float32]       # the mean in units of s_x (offsets from the zero point)
+    inv_std: NDArray[np.float32]
+    running_mean: NDArray[np.float32]
+    running_var: NDArray[np.float32]
+    y_range: tuple[float, float]
+
+
+def _rows(x: ArrayLike, zero_point: int) -> IntArray:
+    x = np.asarray(x, dtype=np.int64)
+    return x.reshape(-1, x.shape[-1]) - int(zero_point)
+
+
+def batchnorm_s8_prepare(
+    x: ArrayLike, x_scale: float, zero_point: int, gamma: ArrayLike, beta: ArrayLike, training: bool,
+    running_mean: ArrayLike, running_var: ArrayLike, eps: float = 1e-5, momentum: float = 0.1,
+) -> BatchNormS8Stats:
+    """mt_batchnorm_s8_prepare: statistics (and updated running ones) and the output range."""
+    v = _rows(x, zero_point)
+    rows = v.shape[0]
+    xs, n, m, one = F32(x_scale), F32(rows), F32(momentum), F32(1.0)
+    gamma, beta = _f32(gamma), _f32(beta)
+    rm, rv = _f32(running_mean).copy(), _f32(running_var).copy()
+    if training:
+        s1, s2 = v.sum(axis=0), (v * v).sum(axis=0)
+        mean_q = s1.astype(np.float32) / n
+        var = ((rows * s2 - s1 * s1).astype(np.float32) / (n * n)) * (xs * xs)
+        rm = (one - m) * rm + m * (mean_q * xs)
+        if rows > 1:
+            rv = (one - m) * rv + m * (var * (n / F32(rows - 1)))
+        inv_std = one / np.sqrt(var + F32(eps))
+    else:
+        mean_q = rm / xs
+        inv_std = one / np.sqrt(rv + F32(eps))
+    a = (gamma * inv_std) * xs
+    lo = a * (v.min(axis=0).astype(np.float32) - mean_q) + beta
+    hi = a * (v.max(axis=0).astype(np.float32) - mean_q) + beta
+    y_range = (float(np.minimum(lo, hi).min()), float(np.maximum(lo, hi).max()))
+    return BatchNormS8Stats(mean_q.astype(np.float32), inv_std.astype(np.float32), rm, rv, y_range)
+
+
+def batchnorm_s8_forward(
+    x: ArrayLike, x_scale: float, zero_point: int, gamma: ArrayLike, beta: ArrayLike, st: BatchNormS8Stats,
+    y_scale: float, y_zero_point: int,
+) -> NDArray[np.int8]:
+    """mt_batchnorm_s8_forward."""
+    shape = np.shape(x)
+    v = _rows(x, zero_point).astype(np.float32)
+    ka = ((_f32(gamma) * st.inv_std) * F32(x_scale)) / F32(y_scale)
+    kb = _f32(beta) / F32(y_scale)
+    t = ka * (v - st.mean_q) + kb
+    y = np.clip(round_half_even(t) + int(y_zero_point), ACT_MIN, ACT_MAX)
+    return y.astype(np.int8).reshape(shape)
+
+
+def batchnorm_s8_backward(
+    x: ArrayLike, x_scale: float, zero_point: int, dy: ArrayLike, dy_scale: float, gamma: ArrayLike,
+    st: BatchNormS8Stats, dx_scale: float | None,
+) -> tuple[NDArray[np.int8] | None, float, NDArray[np.float32], NDArray[np.float32]]:
+    """mt_batchnorm_s8_backward: (dx or None if dx_scale is None, the largest real |dx|, dgamma,
+    dbeta)."""
+    shape = np.shape(x)
+    v = _rows(x, zero_point)
+    d = np.asarray(dy, dtype=np.int64).reshape(v.shape)
+    n, dys = F32(v.shape[0]), F32(dy_scale)
+    sd, sdv = d.sum(axis=0), (d * v).sum(axis=0)
+    k = F32(x_scale) * st.inv_std
+    g = k * (sdv.astype(np.float32) - st.mean_q * sd.astype(np.float32))
+    mg, mdy = g / n, sd.astype(np.float32) / n
+    pk = (_f32(gamma) * st.inv_std) * dys
+    dgamma, dbeta = dys * g, dys * sd.astype(np.float32)
+    inner = (d.astype(np.float32) - mdy) - (k * (v.astype(np.float32) - st.mean_q)) * mg
+    absmax = float((np.abs(pk) * np.abs(inner).max(axis=0)).max()) if inner.size else 0.0
+    dx = None
+    if dx_scale is not None:
+        dx = np.clip(round_half_even((pk / F32(dx_scale)) * inner), -SYM_MAX, SYM_MAX).astype(np.int8).reshape(shape)
+    return dx, absmax, dgamma.astype(np.float32), dbeta.astype(np.float32)
