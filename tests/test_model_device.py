@@ -259,3 +259,20 @@ print(max(abs(a - b) for ra, rb in zip(before, after) for a, b in zip(ra, rb)))
     assert lines[0].split() == ["5", "4"]
     # Folding changes the rounding of the per-channel scale and shift only.
     assert float(lines[1]) < 1e-5
+
+
+def test_a_layer_planned_inside_a_model_refuses_to_run_alone(target):
+    # Its buffers and scratch belong to the model: running it on its own used to crash.
+    out = run_on(target, """
+import mcutrain as mt
+m = mt.Sequential(mt.Conv2d(1, 2, 3, padding=1), mt.ReLU(), mt.Flatten(), mt.Linear(32, 3))
+x = mt.zeros((1, 4, 4, 1))
+m.predict(x)
+try:
+    m[0].forward(x)
+    print('ran')
+except ValueError as e:
+    print('refused', 'part of a model' in str(e))
+print('model still works', m.predict(x).shape)
+""")
+    assert out.splitlines() == ["refused True", "model still works (1, 3)"]

@@ -53,6 +53,7 @@ void mt_layer_init(mt_layer_obj_t *layer) {
     layer->in_dtype = MT_FLOAT32;
     layer->out_dtype = MT_FLOAT32;
     layer->planned = false;
+    layer->planned_as_top = false;
     layer->trainable = true;
     layer->in_place = false;
     layer->weight = NULL;
@@ -275,6 +276,7 @@ void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype
     bool owns_output = layer->output != NULL && !layer->in_place
         && !(ops->flags & (MT_LAYER_VIEW | MT_LAYER_COMPOSITE));
     layer->planned = false;
+    layer->planned_as_top = false;
     layer->state_bytes = 0;
     if (ops->input_ndim && in->ndim != ops->input_ndim) {
         mt_layer_raise_expects(layer, "expects %d dimensions (batch first)", ops->input_ndim, in);
@@ -363,6 +365,13 @@ static void input_shape(mt_layer_obj_t *self, const mt_tensor_obj_t *x, mt_shape
 // Plans the whole tree for `in` unless already planned for it. If anything fails
 // (a shape error, MemoryError), the layer is left unplanned and the next call retries.
 static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtype) {
+    if (self->planned && !self->planned_as_top) {
+        // Its buffers belong to the model that planned it (and the scratch is the model's):
+        // planning it again on its own would change that model's memory under it.
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%q is planned as part of a model: run the model (its layers' .output "
+                "hold each result), or use a layer of its own"), mt_layer_name(self));
+    }
     if (self->planned && mt_shape_equal(&self->in_shape, in) && self->in_dtype == in_dtype) {
         return;
     }
@@ -384,6 +393,7 @@ static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtyp
     }
     self->scratch_floats = scratch;
     self->planned = true;
+    self->planned_as_top = true;
 }
 
 // What a loss needs, allocated by the first train_step or evaluate after planning (plain

@@ -112,6 +112,7 @@ struct _mt_layer_obj_t {
     uint8_t in_dtype;              // planned input and output dtypes
     uint8_t out_dtype;
     bool planned;
+    bool planned_as_top;           // planned by its own call (owns scratch), not by a parent's
     bool trainable;
     bool in_place;                 // output shares the input's memory (set when planned)
     mt_tensor_obj_t *weight;       // NULL when absent
