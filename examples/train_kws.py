@@ -5,6 +5,9 @@
 #   mpremote mount data run examples/train_kws.py   # or: mcutrain run examples/train_kws.py --mount data
 #
 # `make demo` does all of this and collects the metrics lines (@mt ...) this script prints.
+# DTYPE = "int8": the float32 model (PRETRAINED, or a fresh one) is quantized on the board
+# (mt.quantize, calibrated on CALIBRATION training samples) and fine-tuned in int8 with plain
+# SGD; `python -m mcutrain.demo --dtype int8` runs that (results in results/kws-int8/).
 # The speech is synthetic: results say how well the model tells synthesized voices apart,
 # not how it does on recorded speech.
 import gc
@@ -15,7 +18,9 @@ EPOCHS = 4
 LR = 0.02
 MOMENTUM = 0.9
 DECAY = 0.7              # the learning rate shrinks by this factor each epoch
-DTYPE = "float32"        # "float32" now; int8 as reduced precision lands
+DTYPE = "float32"        # or "int8": quantized on the board (see above), then fine-tuned in int8
+CALIBRATION = 256        # int8: training samples whose ranges calibrate the quantized model
+INT8_HEAD = None         # int8: classifier (and pooling, if it can) in int8; None: if AvgPool2d takes int8
 UPDATE = None            # None: full update; or e.g. mt.TopK(0.1, 0.5)
 PRETRAINED = None        # an .mtm to fine-tune (e.g. pretrained on the host), else from scratch
 SAVE = "/flash/kws_dscnn.mtm"
@@ -39,6 +44,16 @@ def dscnn(classes, width, batchnorm):
         *block(mt.Conv2d(width, width, 3, padding=1, groups=width)), *block(mt.Conv2d(width, width, 1)),
         *block(mt.Conv2d(width, width, 3, padding=1, groups=width)), *block(mt.Conv2d(width, width, 1)),
         mt.AvgPool2d((5, 1)), mt.Flatten(), mt.Linear(5 * 5 * width, classes))
+
+
+def int8_avgpool():
+    """Whether this firmware's AvgPool2d takes int8 input: plan a tiny one and see."""
+    try:
+        pool = mt.Sequential(mt.Convert(mt.int8), mt.AvgPool2d(1), mt.Convert(mt.float32))
+        pool.predict(mt.zeros((1, 1, 1, 1)))
+        return True
+    except ValueError:
+        return False
 
 
 def as_float(x, xf, ds):
@@ -73,7 +88,17 @@ test = mt.Dataset(DATA + "/kws_test.mtd", verify=False)
 classes = len(train.class_names)
 mt.seed(SEED)
 model = mt.load(PRETRAINED) if PRETRAINED else dscnn(classes, WIDTH, BATCHNORM)
-opt = mt.SGD(model, lr=LR, momentum=MOMENTUM, update=UPDATE)
+if DTYPE == "int8":
+    # Until AvgPool2d takes int8, the head (pooling, flatten, classifier) stays float32.
+    head = INT8_HEAD if INT8_HEAD is not None else int8_avgpool()
+    pool = [i for i in range(len(model)) if type(model[i]).__name__ == "AvgPool2d"]
+    keep = () if head or not pool else tuple(range(pool[0], len(model)))
+    model = mt.quantize(model, train, samples=CALIBRATION, keep_float=keep)
+    gc.collect()
+    # int8 layers train with plain SGD (no momentum), new weights stochastically rounded.
+    opt = mt.SGD(model, lr=LR, standardize=False, rounding="stochastic", update=UPDATE)
+else:
+    opt = mt.SGD(model, lr=LR, momentum=MOMENTUM, update=UPDATE)
 xf = mt.zeros((1,) + tuple(train.sample_shape))
 memory = model.memory(xf.shape)
 macs = model.macs()

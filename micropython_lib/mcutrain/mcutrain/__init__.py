@@ -5,6 +5,7 @@ from _mcutrain import version
 from .dataset import Dataset, FormatError
 from .model_io import load, save
 from .metrics import Metrics, report
+from .quantize import dequantize, quantize
 
 __version__ = version()
 
