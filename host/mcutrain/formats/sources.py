@@ -81,7 +81,8 @@ def read_idx(path: PathLike) -> np.ndarray:
     return np.frombuffer(data[:need], dtype=dtype).reshape(dims)
 
 
-def _find(folder: Path, stem: str) -> Path:
+def find_idx(folder: Path, stem: str) -> Path:
+    """The idx file `stem` in `folder`, gzipped or not, under either naming of the mirrors."""
     dotted = stem.replace("-idx", ".idx")  # some mirrors name them train-images.idx3-ubyte
     for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         if (folder / name).is_file():
@@ -134,7 +135,7 @@ def load_mnist_folder(
     if not d.is_dir():
         hint = " (apt-get install dataset-fashion-mnist)" if d == FASHION_MNIST_DIR else ""
         raise SourceError(f"{d}: no such folder{hint}")
-    return load_idx(_find(d, f"{split}-images-idx3-ubyte"), _find(d, f"{split}-labels-idx1-ubyte"),
+    return load_idx(find_idx(d, f"{split}-images-idx3-ubyte"), find_idx(d, f"{split}-labels-idx1-ubyte"),
                     class_names)  # fmt: skip
 
 
