@@ -276,3 +276,35 @@ except ValueError as e:
 print('model still works', m.predict(x).shape)
 """)
     assert out.splitlines() == ["refused True", "model still works (1, 3)"]
+
+
+def test_release_frees_the_planned_buffers_and_the_next_call_plans_again(target):
+    # A float model that was quantized (or evaluated) and will not train again on a small
+    # board: release() gives its activation and gradient memory back; weights stay.
+    out = run_on(target, """
+import gc, mcutrain as mt
+mt.seed(3)
+m = mt.Sequential(mt.Conv2d(1, 8, 3, padding=1), mt.ReLU(), mt.Residual(mt.Sequential(mt.Conv2d(8, 8, 1))),
+                  mt.MaxPool2d(2), mt.Flatten(), mt.Linear(8 * 8 * 8, 4))
+opt = mt.SGD(m, lr=0.01, momentum=0.9)
+x = mt.Tensor([[[[(i * 7 + j * 3) % 11 / 10] for j in range(16)] for i in range(16)]])
+m.train_step(x, 1, mt.cross_entropy, opt)
+activations = m.memory()['activations']
+gc.collect()
+planned = gc.mem_alloc()
+m.release()
+gc.collect()
+freed = planned - gc.mem_alloc()
+print('freed', freed >= activations, m[0].output is None)
+m.release()  # once more: nothing planned, nothing to do
+# The next call plans again and trains as before.
+a = m.train_step(x, 1, mt.cross_entropy, opt)
+m.release()
+b = m.train_step(x, 1, mt.cross_entropy, opt)
+print('trains', a > b > 0, m.predict(x).shape)
+try:
+    m[2].release()
+except ValueError as e:
+    print('refused', 'part of a model' in str(e))
+""")
+    assert out.splitlines() == ["freed True True", "trains True (1, 4)", "refused True"], out

@@ -301,6 +301,32 @@ void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype
     layer->planned = true;
 }
 
+void mt_layer_release(mt_layer_obj_t *layer) {
+    const mt_layer_ops_t *ops = mt_layer_ops(layer);
+    if (ops->children) {
+        mt_layer_obj_t *const *children;
+        size_t n = ops->children(layer, &children);
+        for (size_t i = 0; i < n; i++) {
+            mt_layer_release(children[i]);
+        }
+    }
+    if (ops->release) {
+        ops->release(layer);
+    }
+    layer->planned = false;
+    layer->planned_as_top = false;
+    layer->in_place = false;
+    layer->output = NULL;
+    layer->state_bytes = 0;
+    layer->last_input = MP_OBJ_NULL;
+    layer->input_grad = NULL;
+    layer->output_grad = NULL;
+    layer->scratch = NULL;
+    layer->scratch_floats = 0;
+    layer->labels = NULL;
+    layer->loss_buf = NULL;
+}
+
 void mt_layer_forward(mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     const mt_layer_ops_t *ops = mt_layer_ops(layer);
     if (layer->in_place || (ops->flags & MT_LAYER_VIEW)) {
@@ -811,6 +837,19 @@ static void add_memory(const mt_layer_obj_t *layer, memory_use_t *use) {
     use->activations += layer->state_bytes;
 }
 
+// release(): frees what running the model planned (activations, gradient buffers, scratch)
+// until its next call, e.g. a float model once quantized. Weights and optimizer state stay.
+static mp_obj_t layer_release(mp_obj_t self_in) {
+    mt_layer_obj_t *self = mt_layer_get(self_in, "self");
+    if (self->planned && !self->planned_as_top) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%q is planned as part of a model: release the model"), mt_layer_name(self));
+    }
+    mt_layer_release(self);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(layer_release_obj, layer_release);
+
 // memory(input_shape=None) -> dict of bytes by kind for a training step.
 static mp_obj_t layer_memory(size_t n_args, const mp_obj_t *args) {
     mt_layer_obj_t *self = mt_layer_get(args[0], "self");
@@ -995,6 +1034,7 @@ static const mp_rom_map_elem_t layer_locals_dict_table[] = {
     { MP_ROM_QSTR(MP_QSTR_state_dict), MP_ROM_PTR(&layer_state_dict_obj) },
     { MP_ROM_QSTR(MP_QSTR_load_state_dict), MP_ROM_PTR(&layer_load_state_dict_obj) },
     { MP_ROM_QSTR(MP_QSTR_memory), MP_ROM_PTR(&layer_memory_obj) },
+    { MP_ROM_QSTR(MP_QSTR_release), MP_ROM_PTR(&layer_release_obj) },
     { MP_ROM_QSTR(MP_QSTR_macs), MP_ROM_PTR(&layer_macs_obj) },
     { MP_ROM_QSTR(MP_QSTR_config), MP_ROM_PTR(&layer_config_obj) },
     { MP_ROM_QSTR(MP_QSTR_update_stats), MP_ROM_PTR(&mt_update_stats_obj) },

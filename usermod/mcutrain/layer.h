@@ -102,6 +102,8 @@ typedef struct _mt_layer_ops_t {
     size_t (*children)(const mt_layer_obj_t *self, mt_layer_obj_t *const **children);
     // Composites: bytes of gradient buffers they own (for memory()).
     size_t (*grad_bytes)(const mt_layer_obj_t *self);
+    // Drops the buffers the type's plan() allocated beyond the common fields (NULL: none).
+    void (*release)(mt_layer_obj_t *self);
 } mt_layer_ops_t;
 
 struct _mt_layer_obj_t {
@@ -169,6 +171,9 @@ void mt_layer_print_simple(const mp_print_t *print, const mt_layer_obj_t *layer)
 
 // Plans a child for `in` of dtype in_dtype; may_share lets it run in place on its input.
 void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype, bool may_share);
+// Forgets a layer tree's plan and drops every buffer planning allocated (outputs, gradient
+// buffers, scratch, loss buffers) for the GC to take back; the next call plans again.
+void mt_layer_release(mt_layer_obj_t *layer);
 // Runs a planned child's forward (pointing view outputs at x first).
 void mt_layer_forward(mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_pass_t *pass);
 // A tensor header (not a Python object) over a planned buffer, for gradients passed

@@ -18,7 +18,7 @@ typedef struct {
     mt_layer_obj_t *children[2];   // body, shortcut (NULL: identity)
     mt_tensor_obj_t shortcut_grad; // the shortcut's input gradient, added into dx (data NULL if none)
     mt_range_tracker_t y_range;    // int8: the sum's real range
-    mt_range_tracker_t dx_range;   // int8: the summed input error's magnitude (max only)
+    mt_range_tracker_t dx_range;   // int8: the summed input error's magnitude, relative (layer_s8.h)
 } mt_residual_obj_t;
 
 // a + b in the dtype both have.
@@ -126,8 +126,9 @@ static void res_forward_s8(mt_residual_obj_t *self, const mt_tensor_obj_t *a, co
 }
 
 // dx = dx + other (symmetric int8 errors in their own scales), in place, requantized to the
-// tracked error magnitude.
-static void res_backward_s8(mt_residual_obj_t *self, mt_tensor_obj_t *dx, const mt_tensor_obj_t *other, size_t n) {
+// tracked error magnitude (relative to dy_scale, the scale of the error both branches got).
+static void res_backward_s8(mt_residual_obj_t *self, mt_tensor_obj_t *dx, const mt_tensor_obj_t *other, size_t n,
+    float dy_scale) {
     mt_add_s8_t k;
     mt_range_t range;
     add_s8_make(dx->scale, other->scale, 1.0f, &k, "input gradient");
@@ -135,18 +136,18 @@ static void res_backward_s8(mt_residual_obj_t *self, mt_tensor_obj_t *dx, const 
     float absmax = -range.min > range.max ? -range.min : range.max;
     bool observed = false;
     if (self->dx_range.count == 0) {
-        mt_range_observe(&self->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+        mt_s8_error_observe(&self->dx_range, absmax, dy_scale);
         observed = true;
     }
     mt_qparams_t qp;
-    if (mt_qparams_symmetric(self->dx_range.max, &qp) != 0) {
+    if (mt_qparams_symmetric(mt_s8_error_absmax(&self->dx_range, dy_scale), &qp) != 0) {
         raise_s8("input gradient range");
     }
     add_s8_make(dx->scale, other->scale, qp.scale, &k, "input gradient");
     mt_add_s8(&k, dx->data, 0, other->data, 0, dx->data, 0, -MT_S8_SYM_MAX, MT_S8_SYM_MAX, n, NULL);
     // An all-zero error says nothing about the range (layer_s8.c).
     if (!observed && absmax > 0.0f) {
-        mt_range_observe(&self->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+        mt_s8_error_observe(&self->dx_range, absmax, dy_scale);
     }
     dx->scale = qp.scale;
     dx->zero_point = 0;
@@ -184,7 +185,8 @@ static void res_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, cons
         return;
     }
     if (self_in->in_dtype == MT_INT8) {
-        res_backward_s8(self, dx, other, in_size);
+        // A float dy (the branches convert back to float32 inside) has no scale of its own.
+        res_backward_s8(self, dx, other, in_size, self_in->out_dtype == MT_INT8 ? dy->scale : 1.0f);
     } else {
         add(self_in->in_dtype, dx->data, other->data, dx->data, in_size);
     }
@@ -204,6 +206,10 @@ static size_t res_grad_bytes(const mt_layer_obj_t *self_in) {
     return self->shortcut_grad.data ? mt_shape_size(&self_in->in_shape) * mt_dtype_size(self_in->in_dtype) : 0;
 }
 
+static void res_release(mt_layer_obj_t *self_in) {
+    ((mt_residual_obj_t *)self_in)->shortcut_grad.data = NULL;
+}
+
 static const mt_layer_ops_t res_ops = {
     .magic = MT_LAYER_MAGIC,
     .flags = MT_LAYER_COMPOSITE,
@@ -213,6 +219,7 @@ static const mt_layer_ops_t res_ops = {
     .macs = res_macs,
     .children = res_children,
     .grad_bytes = res_grad_bytes,
+    .release = res_release,
 };
 
 static mp_obj_t res_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {

@@ -110,6 +110,12 @@ static size_t seq_grad_bytes(const mt_layer_obj_t *self_in) {
     return self_in->planned ? self->grad_bytes : 0;
 }
 
+static void seq_release(mt_layer_obj_t *self_in) {
+    mt_sequential_obj_t *self = (mt_sequential_obj_t *)self_in;
+    self->grad[0].data = self->grad[1].data = NULL;
+    self->grad_bytes = 0;
+}
+
 static const mt_layer_ops_t seq_ops = {
     .magic = MT_LAYER_MAGIC,
     .flags = MT_LAYER_COMPOSITE,
@@ -119,6 +125,7 @@ static const mt_layer_ops_t seq_ops = {
     .macs = seq_macs,
     .children = seq_children,
     .grad_bytes = seq_grad_bytes,
+    .release = seq_release,
 };
 
 static mp_obj_t seq_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args) {

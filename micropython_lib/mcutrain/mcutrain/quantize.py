@@ -15,6 +15,8 @@
 # input. The float model runs as in inference, where a ReLU right after a layer runs in place
 # on its output: such a layer's range is the ReLU's, [0, max] (what the int8 output has to
 # represent for the ReLU). The host quantizer (mcutrain.quantize) measures before the ReLU.
+import gc
+
 import uctypes
 
 _PASS = ("ReLU", "ReLU6", "MaxPool2d", "GlobalAvgPool", "Flatten")  # int8 in, int8 out
@@ -266,7 +268,8 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
     of one sample each, or a Dataset; at most `samples` of them). BatchNorm2d is folded
     first; layers that cannot take int8 (AvgPool2d until the firmware's does, Softmax,
     BatchNorm2d, Residual, ...) and the top-level indices in keep_float stay float32.
-    The input model's weights may change (BatchNorm folding): pass a copy to keep it."""
+    The input model's weights may change (BatchNorm folding): pass a copy to keep it. Its
+    planned buffers are released (model.release()) once calibrated."""
     import mcutrain as mt
 
     if type(model).__name__ != "Sequential":
@@ -281,6 +284,10 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
                              "(dequantize it first)" % (i, kind))
     if len(model) == 0:
         raise ValueError("quantize: the model has no layers")
+    try:
+        model.release()  # buffers planned by earlier runs: calibration plans its own
+    except ValueError:
+        pass  # part of a bigger model, whose buffers these are
     model = mt.fold_batchnorm(model)
     passthrough = _PASS + (("AvgPool2d",) if int8_avgpool() else ())
     # Ranges needed: the input of each quantized layer (read by a Convert(int8) when an int8
@@ -292,6 +299,10 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
                 if j not in need:
                     need.append(j)
     lo, hi = _calibrate(model, calibration, samples, need)
+    # Calibration planned the float model's training buffers: free them for the int8 layers
+    # (on a 256 KB board both do not fit at once).
+    model.release()
+    gc.collect()
     layers = []
     int8 = False
     quantized = 0
