@@ -17,7 +17,7 @@ typedef struct {
 
 typedef struct {
     mt_layer_obj_t base;
-    mt_range_tracker_t dx_range;   // int8: the input error's magnitude (max only)
+    mt_range_tracker_t dx_range;   // int8: the input error's magnitude, relative (layer_s8.h)
 } mt_softmax_obj_t;
 
 static void same_shape_plan(mt_layer_obj_t *self, const mt_shape_t *in) {
@@ -128,18 +128,19 @@ static void softmax_backward_s8(mt_softmax_obj_t *self, const mt_tensor_obj_t *d
     float absmax = (float)mt_softmax_s8_grad_absmax(y, dy->data, rows, cols) * unit;
     bool observed = false;
     if (self->dx_range.count == 0) {
-        mt_range_observe(&self->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+        mt_s8_error_observe(&self->dx_range, absmax, dy->scale);
         observed = true;
     }
     mt_qparams_t qp;
     mt_requant_t m;
-    if (mt_qparams_symmetric(self->dx_range.max, &qp) != 0 || mt_quant_multiplier(unit / qp.scale, &m) != 0) {
+    if (mt_qparams_symmetric(mt_s8_error_absmax(&self->dx_range, dy->scale), &qp) != 0
+        || mt_quant_multiplier(unit / qp.scale, &m) != 0) {
         mp_raise_ValueError(MP_ERROR_TEXT("Softmax: int8 input gradient: a quantization scale is out of range"));
     }
     mt_softmax_s8_grad_input(y, dy->data, dx->data, rows, cols, m);
     // An all-zero error says nothing about the range (layer_s8.c).
     if (!observed && absmax > 0.0f) {
-        mt_range_observe(&self->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+        mt_s8_error_observe(&self->dx_range, absmax, dy->scale);
     }
     dx->scale = qp.scale;
     dx->zero_point = 0;

@@ -22,7 +22,7 @@ typedef struct {
     float *saved;              // batch mean[C] and 1/sqrt(var + eps)[C] for backward (int8:
                                // the mean in units of the input's scale)
     mt_range_tracker_t y_range;    // int8: output range
-    mt_range_tracker_t dx_range;   // int8: input error magnitude (max only)
+    mt_range_tracker_t dx_range;   // int8: input error magnitude, relative (layer_s8.h)
 } mt_batchnorm_obj_t;
 
 static void bn_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
@@ -115,18 +115,18 @@ static void bn_backward_s8(mt_batchnorm_obj_t *self, const mt_tensor_obj_t *x, c
     if (self->dx_range.count == 0) {
         mt_batchnorm_s8_backward(&self->p, x->data, qparams_of(x), dy->data, dy->scale, gamma, mean_q, inv_std,
             NULL, 1.0f, &absmax, 1.0f, 0.0f, NULL, NULL);
-        mt_range_observe(&self->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+        mt_s8_error_observe(&self->dx_range, absmax, dy->scale);
         observed = true;
     }
     mt_qparams_t qp;
-    if (mt_qparams_symmetric(self->dx_range.max, &qp) != 0) {
+    if (mt_qparams_symmetric(mt_s8_error_absmax(&self->dx_range, dy->scale), &qp) != 0) {
         raise_s8("input gradient");
     }
     mt_batchnorm_s8_backward(&self->p, x->data, qparams_of(x), dy->data, dy->scale, gamma, mean_q, inv_std,
         dx->data, qp.scale, &absmax, 1.0f, 0.0f, NULL, NULL);
     // An all-zero error says nothing about the range (layer_s8.c).
     if (!observed && absmax > 0.0f) {
-        mt_range_observe(&self->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+        mt_s8_error_observe(&self->dx_range, absmax, dy->scale);
     }
     dx->scale = qp.scale;
     dx->zero_point = 0;

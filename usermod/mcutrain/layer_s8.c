@@ -109,11 +109,12 @@ void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj
             if (k->grad_input(layer, dy->data, dx->data, &absmax, pass->scratch) != 0) {
                 raise_kernel(layer, "input gradient");
             }
-            mt_range_observe(&s->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+            mt_s8_error_observe(&s->dx_range, absmax, dy->scale);
             observed = true;
         }
         mt_qparams_t qp;
-        set_qparams(layer, mt_qparams_symmetric(s->dx_range.max, &qp), "input gradient");
+        set_qparams(layer, mt_qparams_symmetric(mt_s8_error_absmax(&s->dx_range, dy->scale), &qp),
+            "input gradient");
         s->q.dx_scale = qp.scale;
         if (k->grad_input(layer, dy->data, dx->data, &absmax, pass->scratch) != 0) {
             // The tracked range has fallen far below this step's errors (after many tiny
@@ -123,9 +124,10 @@ void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj
                 raise_kernel(layer, "input gradient");
             }
             s->dx_range.count = 0;
-            mt_range_observe(&s->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+            mt_s8_error_observe(&s->dx_range, absmax, dy->scale);
             observed = true;
-            set_qparams(layer, mt_qparams_symmetric(s->dx_range.max, &qp), "input gradient");
+            set_qparams(layer, mt_qparams_symmetric(mt_s8_error_absmax(&s->dx_range, dy->scale), &qp),
+            "input gradient");
             s->q.dx_scale = qp.scale;
             if (k->grad_input(layer, dy->data, dx->data, &absmax, pass->scratch) != 0) {
                 raise_kernel(layer, "input gradient");
@@ -134,7 +136,7 @@ void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj
         // An all-zero error (a sample already learnt, or every ReLU off) says nothing about
         // the range: leave the tracker as it is rather than let it decay towards zero.
         if (!observed && absmax > 0.0f) {
-            mt_range_observe(&s->dx_range, 0.0f, absmax, MT_S8_RANGE_MOMENTUM);
+            mt_s8_error_observe(&s->dx_range, absmax, dy->scale);
         }
         dx->scale = s->q.dx_scale;
         dx->zero_point = 0;

@@ -5,8 +5,9 @@
 // - an fp32 bias in real units (it is out_c floats), turned into the kernels' int32 units of
 //   s_x * s_w[o] before each pass and back after each update;
 // - range trackers (exponential moving averages, momentum MT_S8_RANGE_MOMENTUM) of its
-//   output's real range and of its input error's magnitude, which give the int8 scales of
-//   the next pass: no float activation or error is ever stored. A tracker without an
+//   output's real range and of its input error's magnitude relative to its output error's
+//   scale (mt_s8_error_observe), which give the int8 scales of the next pass: no float
+//   activation or error is ever stored. A tracker without an
 //   observation (the first pass) is filled by running that pass once more first;
 // - the gradient standardization divisors sigma_w, sigma_b (mt.SGD(standardize=True)):
 //   moving averages of earlier steps' gradient RMS, seeded by a statistics-only pass on the
@@ -32,10 +33,27 @@
 // int8 range: small steps then leave the other weights exactly as they were.
 #define MT_S8_RESCALE_BELOW (0.5f)
 
+// Input errors are tracked relative to the output error's scale (every int8 layer's
+// backward does this). Errors grow and shrink with each sample's loss, by orders of
+// magnitude from one sample to the next; the loss quantizes each sample's error with its
+// own scale and dx is linear in dy, so |dx| in units of dy's scale follows every sample
+// where a moving average of absolute magnitudes lags and clips or rounds errors away
+// (Fashion-MNIST CNN trained in int8: 76.6% -> 79.2% test accuracy; digits 95.5% -> 96.6%).
+static inline void mt_s8_error_observe(mt_range_tracker_t *t, float absmax, float dy_scale) {
+    mt_range_observe(t, 0.0f, absmax / dy_scale, MT_S8_RANGE_MOMENTUM);
+}
+
+// The magnitude to quantize this pass's input error for, from the tracker: 0 if every error
+// so far was 0, else never below what mt_qparams_symmetric accepts.
+static inline float mt_s8_error_absmax(const mt_range_tracker_t *t, float dy_scale) {
+    const float a = t->max * dy_scale, least = 127.0f * MT_QUANT_MIN_SCALE;
+    return a > 0.0f && a < least ? least : a;
+}
+
 typedef struct {
     mt_s8_quant_t q;               // the current pass's scales (x, y, dy, dx)
     mt_range_tracker_t y_range;    // output (pre-activation) range
-    mt_range_tracker_t dx_range;   // input error magnitude (max only)
+    mt_range_tracker_t dx_range;   // input error magnitude in units of dy's scale (max only)
     mt_ema_t sigma_w, sigma_b;     // gradient standardization divisors
     int32_t *bias_q;               // the bias in kernel units, or NULL without bias
     mt_rng_t rng;                  // stochastic rounding of updated weights
