@@ -163,12 +163,16 @@ void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj
         .sigma_w = sgd->standardize ? s->sigma_w.value : 0.0f, .sigma_b = sgd->standardize ? s->sigma_b.value : 0.0f,
         .eps = 1e-8f, .rescale_below = MT_S8_RESCALE_BELOW, .rng = sgd->stochastic_rounding ? &s->rng : NULL,
     };
-    if (k->update(layer, &u, x->data, dy->data, &w_stats, &b_stats, pass->scratch, scratch_bytes) != 0) {
+    // Gradient statistics cost a few instructions per weight: only standardization wants them.
+    mt_grad_stats_t *ws = sgd->standardize ? &w_stats : NULL, *bs = sgd->standardize ? &b_stats : NULL;
+    if (k->update(layer, &u, x->data, dy->data, ws, bs, pass->scratch, scratch_bytes) != 0) {
         raise_kernel(layer, "update");
     }
-    // The lagged divisor for the next step (conv2d_s8.h).
-    mt_ema_observe(&s->sigma_w, mt_grad_stats_rms(&w_stats, unit_w), MT_S8_RANGE_MOMENTUM);
-    mt_ema_observe(&s->sigma_b, mt_grad_stats_rms(&b_stats, s->q.dy_scale), MT_S8_RANGE_MOMENTUM);
+    if (sgd->standardize) {
+        // The lagged divisor for the next step (conv2d_s8.h).
+        mt_ema_observe(&s->sigma_w, mt_grad_stats_rms(&w_stats, unit_w), MT_S8_RANGE_MOMENTUM);
+        mt_ema_observe(&s->sigma_b, mt_grad_stats_rms(&b_stats, s->q.dy_scale), MT_S8_RANGE_MOMENTUM);
+    }
     if (s->bias_q) {
         mt_bias_s32_to_f32(s->bias_q, layer->bias->data, s->out_c, s->q.x.scale, layer->weight_scale->data);
     }
