@@ -107,7 +107,8 @@ bench: setup firmware-qemu-m4f firmware-qemu-rv32
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python -m mcutrain.bench_transfer --out bench/results.json --append
 
-# Learning checks on the emulated M4F (digits from scratch, top-k fine-tuning); a table.
+# Learning checks on the emulated M4F (digits from scratch, top-k fine-tuning) and the precision
+# checks (digits and Fashion-MNIST CNNs in float32, int8 and mixed over six seeds); tables.
 learning: setup firmware-qemu-m4f
 	$(VENV)/bin/python bench/learning.py
 

@@ -56,7 +56,9 @@ PRECISION_MODELS = {
     "fashion_cnn": (FASHION_SCRIPT, {}),
 }
 PRECISION_DTYPES = ("float32", "int8", "mixed")
-PRECISION_SEEDS = (1, 2, 3)
+# Six seeds: one seed's accuracy moves by one to two points with the seed alone, so a mean
+# over three cannot tell a one-point gap from noise.
+PRECISION_SEEDS = (1, 2, 3, 4, 5, 6)
 FASHION_TRAIN, FASHION_TEST = 3000, 1000
 
 
