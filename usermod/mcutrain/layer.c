@@ -46,27 +46,37 @@ qstr mt_layer_dtype_qstr(const mt_layer_obj_t *layer) {
     return mt_layer_is_mixed(layer) ? MP_QSTR_mixed : mt_dtype_qstr(layer->dtype);
 }
 
+// The buffers a top-level call allocates for its loss and scratch (plan_top, plan_loss).
+static void forget_top_buffers(mt_layer_obj_t *layer) {
+    layer->scratch = NULL;
+    layer->input_grad = NULL;
+    layer->output_grad = NULL;
+    layer->labels = NULL;
+    layer->loss_buf = NULL;
+}
+
+// Every field planning sets: the layer as if never planned.
+static void forget_plan(mt_layer_obj_t *layer) {
+    forget_top_buffers(layer);
+    layer->planned = false;
+    layer->planned_as_top = false;
+    layer->in_place = false;
+    layer->output = NULL;
+    layer->state_bytes = 0;
+    layer->last_input = MP_OBJ_NULL;
+    layer->scratch_floats = 0;
+}
+
 void mt_layer_init(mt_layer_obj_t *layer) {
     layer->in_shape.ndim = 0;
     layer->out_shape.ndim = 0;
     layer->dtype = MT_FLOAT32;
     layer->in_dtype = MT_FLOAT32;
     layer->out_dtype = MT_FLOAT32;
-    layer->planned = false;
-    layer->planned_as_top = false;
     layer->trainable = true;
-    layer->in_place = false;
     layer->weight = NULL;
     layer->bias = NULL;
-    layer->output = NULL;
-    layer->state_bytes = 0;
-    layer->last_input = MP_OBJ_NULL;
-    layer->input_grad = NULL;
-    layer->output_grad = NULL;
-    layer->scratch = NULL;
-    layer->scratch_floats = 0;
-    layer->labels = NULL;
-    layer->loss_buf = NULL;
+    forget_plan(layer);
     layer->extra_params[0] = NULL;
     layer->extra_params[1] = NULL;
     layer->weight_scale = NULL;
@@ -313,18 +323,7 @@ void mt_layer_release(mt_layer_obj_t *layer) {
     if (ops->release) {
         ops->release(layer);
     }
-    layer->planned = false;
-    layer->planned_as_top = false;
-    layer->in_place = false;
-    layer->output = NULL;
-    layer->state_bytes = 0;
-    layer->last_input = MP_OBJ_NULL;
-    layer->input_grad = NULL;
-    layer->output_grad = NULL;
-    layer->scratch = NULL;
-    layer->scratch_floats = 0;
-    layer->labels = NULL;
-    layer->loss_buf = NULL;
+    forget_plan(layer);
 }
 
 void mt_layer_forward(mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
@@ -402,11 +401,7 @@ static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtyp
         return;
     }
     self->planned = false;
-    self->scratch = NULL;
-    self->input_grad = NULL;
-    self->output_grad = NULL;
-    self->labels = NULL;
-    self->loss_buf = NULL;
+    forget_top_buffers(self);
     mt_layer_plan(self, in, in_dtype, false);
     self->planned = false;
     size_t scratch = mt_layer_scratch_floats(self);

@@ -120,15 +120,18 @@ def _store(h, i, m, e):
     h[2 * i + 1] = (b << 7) | ((m >> 16) & 0x7F)
 
 
+def _rows(w, q, scale):
+    # Views of a layer's weights as output-channel rows: (rows, row_len, float32 weight
+    # halves, scale halves, int8 memoryview).
+    rows = scale.size
+    return rows, w.size // rows, _halves(w), _halves(scale), memoryview(q)
+
+
 def quantize_weights(w, q, scale):
     """Per-output-channel symmetric int8 weights: w (float32 Tensor, output channels first)
     into q (int8 Tensor, same shape) and scale (float32 Tensor, one per output channel), by
     the rule in this module's header."""
-    rows = scale.size
-    row_len = w.size // rows
-    wh = _halves(w)
-    sh = _halves(scale)
-    qv = memoryview(q)
+    rows, row_len, wh, sh, qv = _rows(w, q, scale)
     for o in range(rows):
         base = o * row_len
         thi = tlo = 0  # largest |w| as its bit pattern (the order of non-negative floats)
@@ -165,11 +168,7 @@ def quantize_weights(w, q, scale):
 
 def dequantize_weights(q, scale, w):
     """w = float32(scale[o] * q[o, k]): the real weights of an int8 layer into a float32 Tensor."""
-    rows = scale.size
-    row_len = q.size // rows
-    wh = _halves(w)
-    sh = _halves(scale)
-    qv = memoryview(q)
+    rows, row_len, wh, sh, qv = _rows(w, q, scale)
     for o in range(rows):
         _, sm, se = _parts(sh, o)
         for k in range(o * row_len, (o + 1) * row_len):
