@@ -24,6 +24,31 @@ def tensor_expr(a: np.ndarray, dtype: str = "float32") -> str:
     return f"mt.Tensor(bytes.fromhex('{data.tobytes().hex()}'), {tuple(data.shape)!r}{suffix})"
 
 
+def bars(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n noisy 8x8 one-channel images of a horizontal (label 0) or vertical (label 1) bar at
+    a random position: a small task every dtype's CNN must learn."""
+    x = rng.normal(0, 0.2, (n, 8, 8, 1)).astype(np.float32)
+    labels = rng.integers(0, 2, n)
+    for i in range(n):
+        k = rng.integers(0, 8)
+        if labels[i]:
+            x[i, :, k, 0] += 1.0
+        else:
+            x[i, k, :, 0] += 1.0
+    return x, labels
+
+
+# Device code printing `grown N`: the bytes ten more model.train_step(x, y, loss, opt) calls
+# allocate (none may, on the boards). In a function: new globals would grow the module's dict.
+ALLOCATION_CHECK = """def steps():
+    gc.collect()
+    before = gc.mem_alloc()
+    for _ in range(10):
+        model.train_step(x, y, loss, opt)
+    print('grown', gc.mem_alloc() - before)
+steps()"""
+
+
 def labels_expr(labels: np.ndarray) -> str:
     return "[" + ", ".join(str(int(v)) for v in labels) + "]"
 

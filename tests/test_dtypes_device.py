@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device_arrays import DeviceScript, assert_close_bilinear, labels_expr, tensor_expr
+from device_arrays import ALLOCATION_CHECK, DeviceScript, assert_close_bilinear, bars, labels_expr, tensor_expr
 from device_errors import assert_raises_clearly
 from mcutrain.reference import functional as F
 from mcutrain.reference import nn as R
@@ -685,17 +685,9 @@ S8_CNN = """mt.Sequential(mt.Convert(mt.int8), mt.Conv2d(1, 8, 3, padding=1, dty
 
 
 def test_int8_cnn_learns_and_its_train_step_allocates_nothing(target):
-    # Two classes of 8x8 images: horizontal or vertical bars at random positions, with noise.
     rng = np.random.default_rng(43)
     n = 48
-    x = rng.normal(0, 0.2, (n, 8, 8, 1)).astype(np.float32)
-    labels = rng.integers(0, 2, n)
-    for i in range(n):
-        k = rng.integers(0, 8)
-        if labels[i]:
-            x[i, :, k, 0] += 1.0
-        else:
-            x[i, k, :, 0] += 1.0
+    x, labels = bars(rng, n)
     out = run_on(target, f"""
 import gc, mcutrain as mt
 mt.seed(1)
@@ -715,13 +707,7 @@ x = mt.frombuffer(memoryview(data)[:256], (4, 8, 8, 1))
 y = labels[:4]
 loss = mt.cross_entropy
 model.train_step(x, y, loss, opt)  # plans for a batch of 4 again (evaluate planned for 48)
-def steps():  # in a function: new globals would grow the module's dict
-    gc.collect()
-    before = gc.mem_alloc()
-    for _ in range(10):
-        model.train_step(x, y, loss, opt)
-    print('grown', gc.mem_alloc() - before)
-steps()
+{ALLOCATION_CHECK}
 print('dtypes', model[1].weight.dtype, model[1].output.dtype, model[7].output.dtype, model[8].output.dtype)
 """, timeout=300)
     lines = dict(line.split(" ", 1) for line in out.splitlines())

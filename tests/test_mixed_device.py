@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device_arrays import DeviceScript, tensor_expr
+from device_arrays import ALLOCATION_CHECK, DeviceScript, tensor_expr
 from device_errors import assert_raises_clearly
 from mcutrain.reference import functional as F
 from mcutrain.reference import quantized as Q
@@ -125,7 +125,7 @@ def _out_shape(name, x_shape, w_shape, stride, padding):
 
 
 def test_mixed_model_learns_and_its_train_step_allocates_nothing(target):
-    out = run_on(target, """
+    out = run_on(target, f"""
 import gc, mcutrain as mt
 mt.seed(3)
 model = mt.Sequential(mt.Conv2d(1, 4, 3, padding=1, dtype=mt.mixed), mt.ReLU(), mt.MaxPool2d(2),
@@ -141,13 +141,7 @@ loss = mt.cross_entropy
 first = model.train_step(x, y, loss, opt)
 for i in range(20):
     model.train_step(x, y, loss, opt)
-def steps():  # in a function: new globals would grow the module's dict
-    gc.collect()
-    before = gc.mem_alloc()
-    for _ in range(10):
-        model.train_step(x, y, loss, opt)
-    print('grown', gc.mem_alloc() - before)
-steps()
+{ALLOCATION_CHECK}
 print('loss', first, model.train_step(x, y, loss, opt))
 print('out', model.output.dtype, model.predict(x).dtype)
 """)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from device_arrays import DeviceScript, labels_expr, tensor_expr
+from device_arrays import ALLOCATION_CHECK, DeviceScript, bars, labels_expr, tensor_expr
 from device_errors import assert_raises_clearly
 from mcutrain.reference import functional as F
 from mcutrain.reference import quantized as Q
@@ -358,17 +358,9 @@ S8_RESNET = """mt.Sequential(mt.Convert(mt.int8), mt.Conv2d(1, 8, 3, padding=1, 
 
 
 def test_int8_residual_cnn_with_batchnorm_and_avgpool_learns_and_its_train_step_allocates_nothing(target):
-    # tests/test_dtypes_device.py's bars: horizontal or vertical, at random positions, with noise.
     rng = np.random.default_rng(54)
     n = 48
-    x = rng.normal(0, 0.2, (n, 8, 8, 1)).astype(np.float32)
-    labels = rng.integers(0, 2, n)
-    for i in range(n):
-        k = rng.integers(0, 8)
-        if labels[i]:
-            x[i, :, k, 0] += 1.0
-        else:
-            x[i, k, :, 0] += 1.0
+    x, labels = bars(rng, n)
     out = run_on(target, f"""
 import gc, mcutrain as mt
 mt.seed(1)
@@ -387,13 +379,7 @@ x = mt.frombuffer(memoryview(data)[:256], (4, 8, 8, 1))
 y = labels[:4]
 loss = mt.cross_entropy
 model.train_step(x, y, loss, opt)
-def steps():
-    gc.collect()
-    before = gc.mem_alloc()
-    for _ in range(10):
-        model.train_step(x, y, loss, opt)
-    print('grown', gc.mem_alloc() - before)
-steps()
+{ALLOCATION_CHECK}
 print('dtypes', model[2].output.dtype, model[4].output.dtype, model[5].output.dtype)
 """, timeout=300)
     lines = dict(line.split(" ", 1) for line in out.splitlines())
