@@ -726,19 +726,20 @@ def test_int8_memory_is_under_a_third_of_float32(target):
 import mcutrain as mt
 def model(d):
     return mt.Sequential(mt.Conv2d(8, 16, 3, padding=1, dtype=d), mt.ReLU(), mt.Conv2d(16, 8, 3, padding=1, dtype=d))
-for d in (mt.float32, mt.float16, mt.int8):
-    m = model(d)
-    mt.SGD(m, lr=0.01)  # int8 layers take plain SGD: no optimizer state in any dtype
-    print(d, m.memory((4, 12, 12, 8))['total'])
-    m = None
+for batch in (1, 4):
+    for d in (mt.float32, mt.float16, mt.int8):
+        m = model(d)
+        mt.SGD(m, lr=0.01)  # int8 layers take plain SGD: no optimizer state in any dtype
+        print(batch, d, m.memory((batch, 12, 12, 8))['total'])
+        m = None
 """)
-    totals = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()}
-    # Activations and errors dominate at a batch of 4 (float32: 173 KB). At a batch of one,
-    # the int8 kernels' scratch (packed operands, gradient accumulators: 36 KB for
-    # Conv2d(16, 32, 3) on 16x16, against 16 KB in fp32) is a large share and int8 takes
-    # 0.43x.
-    assert totals["float16"] <= 0.55 * totals["float32"], totals
-    assert totals["int8"] <= 0.35 * totals["float32"], totals
+    totals = {tuple(line.split()[:2]): int(line.split()[2]) for line in out.splitlines()}
+    for batch in ("1", "4"):
+        fp32 = totals[batch, "float32"]
+        # At a batch of one the kernels' scratch is a large share: the int8 update's
+        # gradient sums (4 bytes a weight) are kept within the layer's own tensors.
+        assert totals[batch, "int8"] <= 0.35 * fp32, totals
+    assert totals["4", "float16"] <= 0.55 * totals["4", "float32"], totals
 
 
 def test_int8_convert_relu_and_pools_match_the_reference(target):

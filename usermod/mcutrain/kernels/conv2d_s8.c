@@ -1104,15 +1104,17 @@ size_t mt_conv2d_s8_scratch_bytes(const mt_conv2d_params_t *p) {
     size_t bytes = fwd_layout(p, NULL, &f);
     const size_t gi = gi_layout(p, NULL, &g);
     bytes = gi > bytes ? gi : bytes;
-    // The update: one pass over x if that needs at most 3x what forward and input gradient
-    // need anyway, else blocks of channels within 1.5x of it (at least 3 channels).
+    // The update sums a block of channels' weight gradients in int32 (4 bytes a weight) and
+    // packs x again for each block. Blocks grow while its scratch stays within the larger
+    // of the above and the bytes of the layer's own int8 tensors (weights, input, output
+    // and their errors): fewer passes over x, but scratch never outgrows the layer.
     const int og = p->out_c / p->groups;
-    const size_t single = mt_conv2d_s8_update_scratch_bytes(p, og);
-    if (single <= 3 * bytes) {
-        return single > bytes ? single : bytes;
-    }
+    const size_t in = (size_t)p->batch * p->in_h * p->in_w * p->in_c;
+    const size_t out = (size_t)p->batch * p->out_h * p->out_w * p->out_c;
+    const size_t tensors = (size_t)p->out_c * taps_of(p) * (p->in_c / p->groups) + 2 * (in + out);
+    const size_t budget = tensors > bytes ? tensors : bytes;
     int block = 3;
-    while (block + 3 < og && mt_conv2d_s8_update_scratch_bytes(p, block + 3) <= bytes + bytes / 2) {
+    while (block < og && mt_conv2d_s8_update_scratch_bytes(p, block + 3) <= budget) {
         block += 3;
     }
     const size_t upd = mt_conv2d_s8_update_scratch_bytes(p, block);
