@@ -13,9 +13,11 @@ import mcutrain as mt
 MODEL = "mlp"      # "mlp" (64-32-10) or "cnn" (two 3x3 convs, max pooling, a linear head)
 DTYPE = "float32"  # "float32", "float16", "int8" (fully quantized) or "mixed" (int8 forward, fp32 backward)
 EPOCHS = 10 if MODEL == "mlp" else 6
+BATCH = 1          # samples per training step (the last few of an epoch that fill no batch wait)
 # int8 and mixed layers train with plain SGD: ten times the rate gives momentum 0.9's step size.
+# The loss is the batch's mean, so the rate grows with BATCH to keep the step per sample.
 MOMENTUM = 0.0 if DTYPE in ("int8", "mixed") else 0.9
-LR = (0.01 if MODEL == "mlp" else 0.005) * (10 if MOMENTUM == 0.0 else 1)
+LR = (0.01 if MODEL == "mlp" else 0.005) * (10 if MOMENTUM == 0.0 else 1) * BATCH
 DECAY = 0.8 if MODEL == "mlp" else 0.7   # the learning rate shrinks by this factor each epoch
 SEED = 1
 DATA = "/remote"   # where digits_train.u8 and digits_test.u8 are (mpremote mount puts them here)
@@ -70,6 +72,11 @@ else:
     opt = mt.SGD(model, lr=LR, momentum=MOMENTUM, update=UPDATE)
 backward_macs = full_backward_macs = 0
 x = mt.zeros((1, 8, 8, 1))
+# A batch is one float buffer; each sample is copied into its own view of it.
+batch = bytearray(4 * 64 * BATCH)
+xb = mt.frombuffer(batch, (BATCH, 8, 8, 1))
+rows = [mt.frombuffer(memoryview(batch)[256 * b:256 * (b + 1)], (1, 8, 8, 1)) for b in range(BATCH)]
+labels = [0] * BATCH
 order = list(range(n_train))
 state = SEED
 step_instructions = 0
@@ -80,23 +87,27 @@ for epoch in range(EPOCHS):
         j = state % (i + 1)
         order[i], order[j] = order[j], order[i]
     total = 0.0
-    for k in order:
-        x.copy_from(train_px[64 * k:64 * k + 64], scale=1 / 16)
+    for first in range(0, n_train - BATCH + 1, BATCH):
+        for b in range(BATCH):
+            k = order[first + b]
+            rows[b].copy_from(train_px[64 * k:64 * k + 64], scale=1 / 16)
+            labels[b] = train_y[k]
         t0 = mt.perf_counter()
-        total += model.train_step(x, train_y[k], mt.cross_entropy, opt)
+        total += BATCH * model.train_step(xb, labels if BATCH > 1 else labels[0], mt.cross_entropy, opt)
         step_instructions = mt.perf_counter() - t0
         if UPDATE is not None:
             stats = model.update_stats()
             backward_macs += stats["backward_macs"]
             full_backward_macs += stats["full_backward_macs"]
     gc.collect()
-    print("epoch", epoch + 1, "loss", total / n_train)
+    print("epoch", epoch + 1, "loss", total / (n_train - n_train % BATCH))
 
+step_ram = model.memory()["total"]  # planned for a training batch (evaluation plans for one sample)
 summary = {
-    "model": MODEL, "dtype": DTYPE, "epochs": EPOCHS, "seed": SEED,
+    "model": MODEL, "dtype": DTYPE, "epochs": EPOCHS, "batch": BATCH, "seed": SEED,
     "train_accuracy": accuracy(model, x, train_px, train_y, n_train),
     "test_accuracy": accuracy(model, x, test_px, test_y, n_test),
-    "step_instructions": step_instructions, "peak_ram_bytes": model.memory()["total"],
+    "step_instructions": step_instructions, "peak_ram_bytes": step_ram,
 }
 if UPDATE is not None:
     summary["update"] = repr(UPDATE)

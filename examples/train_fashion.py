@@ -17,9 +17,11 @@ import mcutrain as mt
 
 DTYPE = "float32"  # "float32", "float16", "int8" (fully quantized) or "mixed" (int8 forward, fp32 backward)
 EPOCHS = 8
+BATCH = 4          # samples per training step (the last few of an epoch that fill no batch wait)
 # int8 and mixed layers train with plain SGD: ten times the rate gives momentum 0.9's step size.
+# The loss is the batch's mean, so the rate grows with BATCH to keep the step per sample.
 MOMENTUM = 0.0 if DTYPE in ("int8", "mixed") else 0.9
-LR = 0.003 * (10 if MOMENTUM == 0.0 else 1)
+LR = 0.003 * (10 if MOMENTUM == 0.0 else 1) * BATCH
 DECAY = 0.8        # the learning rate shrinks by this factor each epoch
 SEED = 1
 N_TRAIN = None     # None: every training sample in the file; or the first N_TRAIN of them
@@ -119,6 +121,12 @@ if DTYPE in ("int8", "mixed"):  # stochastic rounding keeps updates under half a
 else:
     opt = mt.SGD(model, lr=LR, momentum=MOMENTUM)
 x = mt.zeros((1, train.h, train.w, 1))
+# A batch is one float buffer; each sample is read into its own view of it.
+batch = bytearray(4 * BATCH * train.size)
+xb = mt.frombuffer(batch, (BATCH, train.h, train.w, 1))
+rows = [mt.frombuffer(memoryview(batch)[4 * train.size * b:4 * train.size * (b + 1)], (1, train.h, train.w, 1))
+        for b in range(BATCH)]
+labels = [0] * BATCH
 order = list(range(train.n))
 state = SEED
 step_instructions = 0
@@ -129,20 +137,22 @@ for epoch in range(EPOCHS):
         j = state % (i + 1)
         order[i], order[j] = order[j], order[i]
     total = 0.0
-    for k in order:
-        label = train.load(x, k)
+    for first in range(0, train.n - BATCH + 1, BATCH):
+        for b in range(BATCH):
+            labels[b] = train.load(rows[b], order[first + b])
         t0 = mt.perf_counter()
-        total += model.train_step(x, label, mt.cross_entropy, opt)
+        total += BATCH * model.train_step(xb, labels if BATCH > 1 else labels[0], mt.cross_entropy, opt)
         step_instructions = mt.perf_counter() - t0
     gc.collect()
-    print("epoch", epoch + 1, "loss", total / train.n)
+    print("epoch", epoch + 1, "loss", total / (train.n - train.n % BATCH))
 
+step_ram = model.memory()["total"]  # planned for a training batch (evaluation plans for one sample)
 summary = {
-    "model": "fashion_cnn", "dtype": DTYPE, "epochs": EPOCHS, "seed": SEED,
+    "model": "fashion_cnn", "dtype": DTYPE, "epochs": EPOCHS, "batch": BATCH, "seed": SEED,
     "n_train": train.n, "n_test": test.n, "image": [train.h, train.w],
     "train_accuracy": accuracy(model, x, train, min(train.n, TRAIN_EVAL)),
     "test_accuracy": accuracy(model, x, test, test.n),
-    "step_instructions": step_instructions, "peak_ram_bytes": model.memory()["total"],
+    "step_instructions": step_instructions, "peak_ram_bytes": step_ram,
 }
 summary["run_instructions"] = mt.perf_counter() - start  # copying to flash included
 print(json.dumps(summary))
