@@ -154,6 +154,7 @@ def lib(kernels):
         "mt_f32_to_f16_array": [vp, vp, sz],
         "mt_f16_add_scaled": [vp, vp, f, sz, vp],
         "mt_conv2d_f16_scratch_floats": [vp],
+        "mt_conv2d_f32_scratch_floats": [vp],
         "mt_conv2d_f16_forward": [vp, vp, vp, vp, vp, vp],
         "mt_conv2d_f16_grad_input": [vp, vp, vp, vp, vp],
         "mt_conv2d_f16_grad_weight": [vp, vp, vp, f, vp, vp, vp, vp],
@@ -192,6 +193,7 @@ def lib(kernels):
         getattr(kernels, name).argtypes = args
         getattr(kernels, name).restype = None
     kernels.mt_conv2d_f16_scratch_floats.restype = sz
+    kernels.mt_conv2d_f32_scratch_floats.restype = sz
     kernels.mt_linear_f16_scratch_floats.restype = sz
     return kernels
 
@@ -524,6 +526,35 @@ def test_conv2d_f16_scratch_stays_small(lib, case):
         assert floats <= 4096, floats
 
 
+# The example CNNs' layers (batch, in_h, in_w, in_c, out_c; 3x3, padding 1).
+SMALL_CONV_LAYERS = {
+    "digits_conv1": (1, 8, 8, 1, 8), "digits_conv2": (1, 4, 4, 8, 16),
+    "fashion_conv1": (1, 14, 14, 1, 8), "fashion_conv2": (1, 7, 7, 8, 16),
+    "pair_conv1": (1, 12, 12, 8, 16), "pair_conv2": (1, 12, 12, 16, 8),
+}
+
+
+@pytest.mark.parametrize("layer", SMALL_CONV_LAYERS)
+def test_conv2d_f16_scratch_of_small_layers_scales_with_the_layer(lib, layer):
+    n, hw, _, c, o = SMALL_CONV_LAYERS[layer]
+    params = Conv2dParams(n, hw, hw, c, hw, hw, o, 3, 3, 1, 1, 1, 1, 1)
+    f16 = lib.mt_conv2d_f16_scratch_floats(ref(params))
+    f32 = lib.mt_conv2d_f32_scratch_floats(ref(params))
+    k = 9 * c
+    tensors = n * hw * hw * (c + o) + o * k
+    # Half the fp32 kernels' scratch or a quarter of the tensors, whichever is more, unless
+    # the smallest tiles (4 pixels by 4 channels, one tap gathered) need more: a fixed 16 KB
+    # would cost these layers more than fp16 saves.
+    smallest = 8 * max(k, o) + 16
+    assert f16 <= max(f32 // 2, tensors // 4, smallest), (f16, f32, tensors)
+
+
+def test_conv2d_f16_big_layers_keep_the_full_tiles(lib):
+    # The benchmark layer's plan (16 KB) is what its instruction count was measured with.
+    params, *_ = conv_case("3x3_16ch_to_32_bench")
+    assert lib.mt_conv2d_f16_scratch_floats(ref(params)) == 4096
+
+
 # ---- Linear --------------------------------------------------------------------------------
 
 LINEAR_CASES = [(1, 256, 128), (5, 256, 128), (1, 7, 5), (3, 9, 10), (3, 1, 1), (2, 33, 17),
@@ -576,6 +607,19 @@ def test_linear_f16_matches_reference(lib, batch, inp, out):
     scratch.check()
     err = np.abs(f64(dw32) - (f64(w0) + alpha * ref_dw))
     assert np.all(err <= gamma(batch + 3) * (np.abs(f64(w0)) + abs(alpha) * mag_dw) + 1e-30)
+
+
+@pytest.mark.parametrize("batch,inp,out", [(1, 64, 10), (1, 144, 10), (4, 64, 10), (4, 144, 10)])
+def test_linear_f16_scratch_of_small_layers_is_at_most_a_quarter_of_the_tensors(lib, batch, inp,
+                                                                                 out):
+    # The fp32 kernel needs no scratch: a fixed 16 KB would dwarf these layers.
+    floats = lib.mt_linear_f16_scratch_floats(ref(LinearParams(batch, inp, out)))
+    assert floats <= (batch * (inp + out) + inp * out) // 4, floats
+
+
+def test_linear_f16_big_layers_keep_the_full_blocks(lib):
+    # dense_256_128's benchmark plan: 8 x 256 weight blocks, one batch row.
+    assert lib.mt_linear_f16_scratch_floats(ref(LinearParams(1, 256, 128))) == 8 * 256 + 256 + 8
 
 
 # ---- activations ---------------------------------------------------------------------------

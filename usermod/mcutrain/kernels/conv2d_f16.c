@@ -3,10 +3,9 @@
 #include "conv2d_f16.h"
 #include "gemm_f32.h"
 
-// Scratch the tiling aims for (16 KB), and the part of it one fp32 block of weights or
-// weight-gradient sums may take. Bigger blocks convert the im2col tiles fewer times.
+// Most scratch the tiling aims for (16 KB); one fp32 block of weights or weight-gradient
+// sums may take 5/8 of a layer's budget. Bigger blocks convert the im2col tiles fewer times.
 #define BUDGET 4096
-#define BLOCK_BUDGET 2560
 #define TILE_ROWS_MIN 4
 #define TILE_ROWS_MAX 64
 
@@ -73,21 +72,38 @@ static void sink_add(const sink_t *s, int offset, const float *g, int n) {
 
 // ---- tiling plans ---------------------------------------------------------------------------
 
-// Block of n_total channels whose fp32 copy (len floats each) fits BLOCK_BUDGET: all of
+// The scratch a layer's tiles aim for: half what the fp32 kernels need, or a quarter of
+// its tensors (x, y, weights) if more, at most BUDGET. A fixed 16 KB would cost a small
+// layer more than fp16 saves it; layers of 16K floats and more keep the full tiles. The
+// plans never go below their smallest tiles, which may take more.
+static int layer_budget(const mt_conv2d_params_t *p) {
+    const size_t tensors = (size_t)p->batch * ((size_t)p->in_h * p->in_w * p->in_c
+                                               + (size_t)p->out_h * p->out_w * p->out_c)
+                           + (size_t)p->out_c * patch_len(p);
+    size_t floats = mt_conv2d_f32_scratch_floats(p) / 2;
+    floats = floats > tensors / 4 ? floats : tensors / 4;
+    return floats < BUDGET ? (int)floats : BUDGET;
+}
+
+static int block_budget(int budget) {
+    return budget / 8 * 5;
+}
+
+// Block of n_total channels whose fp32 copy (len floats each) fits `block` floats: all of
 // them if they fit, else equal blocks of a multiple of 4 (the GEMM's width), at least 4.
-static int channel_block(int n_total, int len) {
-    if (n_total * len <= BLOCK_BUDGET) {
+static int channel_block(int n_total, int len, int block) {
+    if (n_total * len <= block) {
         return n_total;
     }
-    const int most = max_int(4, (BLOCK_BUDGET / len) & ~3);
+    const int most = max_int(4, (block / len) & ~3);
     const int blocks = (n_total + most - 1) / most;
     return min_int(n_total, ((n_total + blocks - 1) / blocks + 3) & ~3);
 }
 
-// Pixels per tile when `fixed` floats are taken and each pixel needs row_len + block more:
-// a multiple of 4 (the GEMM's block height) in [4, 64], at most `total`.
-static int tile_rows(int fixed, int row_len, int block, int total) {
-    int rows = (BUDGET - fixed) / (row_len + block);
+// Pixels per tile when `fixed` of the budget's floats are taken and each pixel needs
+// row_len + block more: a multiple of 4 (the GEMM's block height) in [4, 64], at most `total`.
+static int tile_rows(int budget, int fixed, int row_len, int block, int total) {
+    int rows = (budget - fixed) / (row_len + block);
     rows = max_int(TILE_ROWS_MIN, min_int(TILE_ROWS_MAX, rows)) & ~3;
     return min_int(rows, total);
 }
@@ -99,10 +115,10 @@ typedef struct {
 } forward_plan_t;
 
 static forward_plan_t forward_plan(const mt_conv2d_params_t *p) {
-    const int K = patch_len(p), og = p->out_c / p->groups;
+    const int K = patch_len(p), og = p->out_c / p->groups, budget = layer_budget(p);
     forward_plan_t f;
-    f.ob = channel_block(og, K);
-    f.rows = tile_rows(f.ob * K, K, f.ob, out_pixels(p));
+    f.ob = channel_block(og, K, block_budget(budget));
+    f.rows = tile_rows(budget, f.ob * K, K, f.ob, out_pixels(p));
     return f;
 }
 
@@ -114,11 +130,9 @@ static int taps_in_phase(int k, int stride, int phase) {
 // Input gradient: per input pixel a row of gathered dy values, og for each of tb taps
 // (len = tb * og); the weights of those taps reordered tap-major as a len x cb block; the
 // output tile rows x cb, which sums over the blocks of taps. All taps of a phase go in one
-// block when the row is short (the weights are then converted once per channel block);
-// longer rows are cut into blocks of about 128 so the scratch stays small, at the price of
-// converting the weights once per tile.
-#define GATHER_ROW_MAX 512
-#define GATHER_BLOCK 128
+// block when the row is short, up to budget / 8 (the weights are then converted once per
+// channel block); longer rows are cut into blocks of about budget / 32 so the scratch
+// stays small, at the price of converting the weights once per tile.
 
 typedef struct {
     int tb, len, cb, rows;
@@ -127,11 +141,12 @@ typedef struct {
 static grad_input_plan_t grad_input_plan(const mt_conv2d_params_t *p) {
     const int cg = p->in_c / p->groups, og = p->out_c / p->groups;
     const int taps = taps_in_phase(p->kernel_h, p->stride_h, 0) * taps_in_phase(p->kernel_w, p->stride_w, 0);
+    const int budget = layer_budget(p);
     grad_input_plan_t g;
-    g.tb = taps * og <= GATHER_ROW_MAX ? taps : max_int(1, min_int(taps, GATHER_BLOCK / og));
+    g.tb = taps * og <= budget / 8 ? taps : max_int(1, min_int(taps, budget / 32 / og));
     g.len = g.tb * og;
-    g.cb = channel_block(cg, g.len);
-    g.rows = tile_rows(g.len * g.cb, g.len, g.cb, p->batch * p->in_h * p->in_w);
+    g.cb = channel_block(cg, g.len, block_budget(budget));
+    g.rows = tile_rows(budget, g.len * g.cb, g.len, g.cb, p->batch * p->in_h * p->in_w);
     return g;
 }
 
@@ -145,16 +160,17 @@ typedef struct {
 
 static grad_weight_plan_t grad_weight_plan(const mt_conv2d_params_t *p) {
     const int og = p->out_c / p->groups, row_len = p->kernel_w * (p->in_c / p->groups);
+    const int budget = layer_budget(p), block = block_budget(budget);
     grad_weight_plan_t w;
-    if (og * row_len <= BLOCK_BUDGET) {
+    if (og * row_len <= block) {
         w.ob = og;
-        w.krb = min_int(p->kernel_h, BLOCK_BUDGET / (og * row_len));
+        w.krb = min_int(p->kernel_h, block / (og * row_len));
     } else {
-        w.ob = channel_block(og, row_len);
+        w.ob = channel_block(og, row_len, block);
         w.krb = 1;
     }
     const int kb = w.krb * row_len;
-    w.rows = tile_rows(w.ob * kb, kb, w.ob, out_pixels(p));
+    w.rows = tile_rows(budget, w.ob * kb, kb, w.ob, out_pixels(p));
     return w;
 }
 
@@ -193,9 +209,10 @@ static int dw_in_tile_floats(const mt_conv2d_params_t *p, int rows, int cols) {
             * dw_out_extent(cols, p->stride_w, p->kernel_w, p->out_w)) * p->in_c;
 }
 
-// The largest tile within the budget: whole rows if one fits, then as many rows as fit.
+// The largest tile within the layer's budget: whole rows if one fits, then as many rows as
+// fit; at least one pixel.
 static dw_tile_t dw_tile(const mt_conv2d_params_t *p, int out_side) {
-    const int avail = BUDGET - dw_fixed(p);
+    const int avail = layer_budget(p) - dw_fixed(p);
     const int max_rows = out_side ? p->out_h : p->in_h, max_cols = out_side ? p->out_w : p->in_w;
     dw_tile_t t = { 1, 1 };
     while (t.cols < max_cols && (out_side ? dw_out_tile_floats(p, 1, t.cols + 1)

@@ -3,11 +3,9 @@
 #include "gemm_f32.h"
 #include "linear_f16.h"
 
-// Scratch the blocking aims for (16 KB); the weight block may take BLOCK_BUDGET of it;
-// sums run over at most K_BLOCK inputs per GEMM call.
+// Most scratch the blocking aims for (16 KB). Of a layer's budget the weight block may
+// take half, and sums run over at most budget / 16 inputs per GEMM call (256 at most).
 #define BUDGET 4096
-#define BLOCK_BUDGET 2048
-#define K_BLOCK 256
 
 static inline int min_int(int a, int b) {
     return a < b ? a : b;
@@ -25,11 +23,30 @@ typedef struct {
     int mb, nb, kb;
 } plan_t;
 
-static plan_t plan(int m, int n, int k) {
+// The scratch a layer's blocks aim for: a quarter of its tensors (x, y, weights), at most
+// BUDGET. The fp32 kernel needs none, so a fixed 16 KB would cost a small layer more than
+// fp16 saves it; layers of 16K floats and more keep the full blocks. Blocks never go below
+// 4 wide (or the whole dimension), which may take more.
+static int layer_budget(const mt_linear_params_t *p) {
+    const size_t tensors = (size_t)p->batch * ((size_t)p->in_features + (size_t)p->out_features)
+                           + (size_t)p->in_features * (size_t)p->out_features;
+    return tensors / 4 < BUDGET ? (int)(tensors / 4) : BUDGET;
+}
+
+static int k_block(int budget) {
+    return max_int(4, (budget / 16) & ~3);
+}
+
+// Rows of the batch per block once the nb x kb weight block is taken.
+static int batch_block(int budget, int m, int nb, int kb) {
+    return min_int(m, max_int(4, ((budget - nb * kb) / (kb + nb)) & ~3));
+}
+
+static plan_t plan(int budget, int m, int n, int k) {
     plan_t b;
-    b.kb = min_int(k, K_BLOCK);
-    b.nb = min_int(n, max_int(4, (BLOCK_BUDGET / b.kb) & ~3));
-    b.mb = min_int(m, max_int(4, ((BUDGET - b.nb * b.kb) / (b.kb + b.nb)) & ~3));
+    b.kb = min_int(k, k_block(budget));
+    b.nb = min_int(n, max_int(4, (budget / 2 / b.kb) & ~3));
+    b.mb = batch_block(budget, m, b.nb, b.kb);
     return b;
 }
 
@@ -37,19 +54,20 @@ static int plan_floats(plan_t b) {
     return b.nb * b.kb + b.mb * b.kb + b.mb * b.nb;
 }
 
-// The input gradient reads weight rows along its columns (n): blocks of up to K_BLOCK
-// columns keep the converted runs long, and the sum over outputs is cut to fit.
-static plan_t plan_columns(int m, int n, int k) {
+// The input gradient reads weight rows along its columns (n): blocks of up to
+// budget / 16 columns keep the converted runs long, and the sum over outputs is cut to fit.
+static plan_t plan_columns(int budget, int m, int n, int k) {
     plan_t b;
-    b.nb = min_int(n, K_BLOCK);
-    b.kb = min_int(k, max_int(4, (BLOCK_BUDGET / b.nb) & ~3));
-    b.mb = min_int(m, max_int(4, ((BUDGET - b.nb * b.kb) / (b.kb + b.nb)) & ~3));
+    b.nb = min_int(n, k_block(budget));
+    b.kb = min_int(k, max_int(4, (budget / 2 / b.nb) & ~3));
+    b.mb = batch_block(budget, m, b.nb, b.kb);
     return b;
 }
 
 size_t mt_linear_f16_scratch_floats(const mt_linear_params_t *p) {
-    const int forward = plan_floats(plan(p->batch, p->out_features, p->in_features));
-    const int grad_input = plan_floats(plan_columns(p->batch, p->in_features, p->out_features));
+    const int budget = layer_budget(p), m = p->batch, in = p->in_features, out = p->out_features;
+    const int forward = plan_floats(plan(budget, m, out, in));
+    const int grad_input = plan_floats(plan_columns(budget, m, in, out));
     return (size_t)max_int(1, max_int(forward, grad_input));
 }
 
@@ -75,7 +93,7 @@ static void zero_floats(float *dst, int n) {
 void mt_linear_f16_forward(const mt_linear_params_t *p, const uint16_t *x,
     const uint16_t *weight, const uint16_t *bias, uint16_t *y, float *scratch) {
     const int B = p->batch, in = p->in_features, out = p->out_features;
-    const plan_t b = plan(B, out, in);
+    const plan_t b = plan(layer_budget(p), B, out, in);
     float *wbuf = scratch, *xbuf = wbuf + b.nb * b.kb, *acc = xbuf + b.mb * b.kb;
     for (int r0 = 0; r0 < B; r0 += b.mb) {
         const int nr = min_int(b.mb, B - r0);
@@ -106,7 +124,7 @@ void mt_linear_f16_forward(const mt_linear_params_t *p, const uint16_t *x,
 void mt_linear_f16_grad_input(const mt_linear_params_t *p, const uint16_t *dy,
     const uint16_t *weight, uint16_t *dx, float *scratch) {
     const int B = p->batch, in = p->in_features, out = p->out_features;
-    const plan_t b = plan_columns(B, in, out);
+    const plan_t b = plan_columns(layer_budget(p), B, in, out);
     float *wbuf = scratch, *dybuf = wbuf + b.nb * b.kb, *acc = dybuf + b.mb * b.kb;
     for (int r0 = 0; r0 < B; r0 += b.mb) {
         const int nr = min_int(b.mb, B - r0);
@@ -189,7 +207,7 @@ static void grad_weight_blocks(const mt_linear_params_t *p, const uint16_t *x, c
 static void grad_weight(const mt_linear_params_t *p, const uint16_t *x, const uint16_t *dy,
     const sink_t *dw, const sink_t *db, float *scratch) {
     const int B = p->batch, out = p->out_features;
-    const plan_t b = plan(B, out, p->in_features);
+    const plan_t b = plan(layer_budget(p), B, out, p->in_features);
     if (B == 1) {
         grad_weight_rank1(p, x, dy, dw, scratch, b.kb);
     } else {
