@@ -187,13 +187,15 @@ def precision_sweep(target, data_dir: Path, models=tuple(PRECISION_MODELS), dtyp
 
 
 def main_precision(target_name: str, out_dir: Path, seeds: tuple[int, ...],
-                   models: tuple[str, ...] = tuple(PRECISION_MODELS)) -> None:
+                   models: tuple[str, ...] = tuple(PRECISION_MODELS), batch: int | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp, open_target(target_name) as target:
         data = prepare_precision_data(Path(tmp))
         missing = [d for d in PRECISION_DTYPES if d != "float32" and not has_dtype(target, d)]
         if missing:
             print(f"the {target_name} firmware has no dtype {', '.join(missing)}: left out", flush=True)
-        results = precision_sweep(target, data, models, seeds=seeds, log=lambda line: print(line, flush=True))
+        overrides = {m: {"BATCH": str(batch)} for m in models} if batch else None
+        results = precision_sweep(target, data, models, seeds=seeds, overrides=overrides,
+                                  log=lambda line: print(line, flush=True))
     rows = precision_summary(results)
     table = precision_markdown(rows, target_name)
     print(table)
@@ -212,13 +214,15 @@ def main() -> int:
     parser.add_argument("--target", default="qemu-m4f", help="precision checks: qemu-m4f (default) or unix")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(PRECISION_SEEDS))
     parser.add_argument("--models", nargs="+", choices=list(PRECISION_MODELS), default=list(PRECISION_MODELS))
+    parser.add_argument("--batch", type=int, help="precision checks: samples per step for every model "
+                        "(default: each model's setting, 4; the scripts scale the rate with it)")
     parser.add_argument("--precision-out", type=Path, default=ROOT / "results",
                         help="directory for precision.json and precision.md")
     args = parser.parse_args()
     if args.only != "precision":
         run_checks(args.out)
     if args.only != "checks":
-        main_precision(args.target, args.precision_out, tuple(args.seeds), tuple(args.models))
+        main_precision(args.target, args.precision_out, tuple(args.seeds), tuple(args.models), args.batch)
     return 0
 
 
