@@ -1106,11 +1106,12 @@ size_t mt_conv2d_s8_scratch_bytes(const mt_conv2d_params_t *p) {
     bytes = gi > bytes ? gi : bytes;
     // The update sums a block of channels' weight gradients in int32 (4 bytes a weight) and
     // packs x again for each block. Blocks grow while its scratch stays within the larger
-    // of the above and the bytes of the layer's own int8 tensors (weights, input, output
-    // and their errors): fewer passes over x, but scratch never outgrows the layer.
+    // of the above and the bytes of the layer's own int8 tensors for one sample (weights,
+    // input, output and their errors): fewer passes over x, but scratch never outgrows the
+    // layer. One sample's: the sums do not grow with the batch, so neither does their room.
     const int og = p->out_c / p->groups;
-    const size_t in = (size_t)p->batch * p->in_h * p->in_w * p->in_c;
-    const size_t out = (size_t)p->batch * p->out_h * p->out_w * p->out_c;
+    const size_t in = (size_t)p->in_h * p->in_w * p->in_c;
+    const size_t out = (size_t)p->out_h * p->out_w * p->out_c;
     const size_t tensors = (size_t)p->out_c * taps_of(p) * (p->in_c / p->groups) + 2 * (in + out);
     const size_t budget = tensors > bytes ? tensors : bytes;
     int block = 3;

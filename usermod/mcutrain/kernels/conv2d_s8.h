@@ -69,8 +69,8 @@
 // results do not depend on the block. mt_conv2d_s8_scratch_bytes(p) lets blocks grow while
 // the update's scratch stays within the larger of what forward and input gradient need
 // anyway (their panels: 2 bytes per weight plus a few rows) and the bytes of the layer's
-// int8 weights, input, output and their errors, so scratch never dominates a small layer's
-// memory; the update uses whatever block scratch_bytes allows (at least 3 channels:
+// int8 weights and one sample's input, output and their errors, so scratch never dominates
+// a small layer's memory (larger batches get smaller blocks: x's copy grows with them); the update uses whatever block scratch_bytes allows (at least 3 channels:
 // mt_conv2d_s8_update_scratch_bytes(p, 3) is the minimum). Example, 16x16x16 input, 3x3,
 // pad 1, 32 filters, batch 1 (Cortex-M4 instruction counts under QEMU; fp32 kernels
 // 5.06 M): forward 1.21 M and input gradient 1.22 M with 12 KB, update 1.25 M with 33 KB
