@@ -73,13 +73,13 @@ static void sink_add(const sink_t *s, int offset, const float *g, int n) {
 // ---- tiling plans ---------------------------------------------------------------------------
 
 // The scratch a layer's tiles aim for: half what the fp32 kernels need, or a quarter of
-// its tensors (x, y, weights) if more, at most BUDGET. A fixed 16 KB would cost a small
-// layer more than fp16 saves it; layers of 16K floats and more keep the full tiles. The
-// plans never go below their smallest tiles, which may take more.
+// its weights and one sample's x and y if more (tiles need not grow with the batch), at
+// most BUDGET. A fixed 16 KB would cost a small layer more than fp16 saves it; layers of
+// 16K floats and more keep the full tiles. The plans never go below their smallest tiles,
+// which may take more.
 static int layer_budget(const mt_conv2d_params_t *p) {
-    const size_t tensors = (size_t)p->batch * ((size_t)p->in_h * p->in_w * p->in_c
-                                               + (size_t)p->out_h * p->out_w * p->out_c)
-                           + (size_t)p->out_c * patch_len(p);
+    const size_t tensors = (size_t)p->in_h * p->in_w * p->in_c
+                           + (size_t)p->out_h * p->out_w * p->out_c + (size_t)p->out_c * patch_len(p);
     size_t floats = mt_conv2d_f32_scratch_floats(p) / 2;
     floats = floats > tensors / 4 ? floats : tensors / 4;
     return floats < BUDGET ? (int)floats : BUDGET;

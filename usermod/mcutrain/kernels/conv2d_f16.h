@@ -13,9 +13,9 @@
 // - depthwise (groups == in_c == out_c) converts tiles of the image and runs the fp32
 //   depthwise kernels on them.
 // mt_conv2d_f16_scratch_floats() gives the fp32 scratch all three functions need. The
-// tiles aim for half the fp32 kernels' scratch or a quarter of the layer's tensors (x, y,
-// weights), whichever is more, but at least the smallest tiles (4 pixels by 4 channels)
-// and at most about 4096 floats (16 KB; at most 4700) while a patch (kernel_h * kernel_w
+// tiles aim for half the fp32 kernels' scratch or a quarter of the layer's weights and
+// one sample's x and y, whichever is more, but at least the smallest tiles (4 pixels by 4
+// channels) and at most about 4096 floats (16 KB; at most 4700) while a patch (kernel_h * kernel_w
 // * in_c / groups) has up to 512 floats, about 8 patches beyond (the fp32 kernels take
 // 4); for depthwise at most 4096 floats up to 200 channels (3x3), then 20 floats per
 // channel. Layers of 16K floats and more take the full 16 KB tiles.

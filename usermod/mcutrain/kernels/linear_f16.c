@@ -23,12 +23,13 @@ typedef struct {
     int mb, nb, kb;
 } plan_t;
 
-// The scratch a layer's blocks aim for: a quarter of its tensors (x, y, weights), at most
-// BUDGET. The fp32 kernel needs none, so a fixed 16 KB would cost a small layer more than
-// fp16 saves it; layers of 16K floats and more keep the full blocks. Blocks never go below
-// 4 wide (or the whole dimension), which may take more.
+// The scratch a layer's blocks aim for: a quarter of its weights and one sample's x and y
+// (blocks need not grow with the batch), at most BUDGET. The fp32 kernel needs none, so a
+// fixed 16 KB would cost a small layer more than fp16 saves it; layers of 16K floats and
+// more keep the full blocks. Blocks never go below 4 wide (or the whole dimension), which
+// may take more.
 static int layer_budget(const mt_linear_params_t *p) {
-    const size_t tensors = (size_t)p->batch * ((size_t)p->in_features + (size_t)p->out_features)
+    const size_t tensors = (size_t)p->in_features + (size_t)p->out_features
                            + (size_t)p->in_features * (size_t)p->out_features;
     return tensors / 4 < BUDGET ? (int)(tensors / 4) : BUDGET;
 }

@@ -2,9 +2,9 @@
 // x (batch, in), y (batch, out), weight (out, in), bias (out)) with every tensor stored as
 // IEEE binary16 (uint16_t bits, see half.h). Blocks of the operands are widened to fp32
 // in `scratch` for the fp32 GEMMs; every output element is one fp32 sum, rounded to fp16
-// once. The scratch, from mt_linear_f16_scratch_floats(), is about a quarter of the
-// layer's tensors (x, y, weights) for small layers (blocks at least 4 wide) and stays
-// within about 4096 floats (16 KB) for any size: long rows are cut into blocks of 256.
+// once. The scratch, from mt_linear_f16_scratch_floats(), is about a quarter of
+// the layer's weights and one sample's x and y for small layers (blocks at least 4 wide)
+// and stays within about 4096 floats (16 KB) for any size: long rows are cut into blocks of 256.
 #ifndef MCUTRAIN_KERNELS_LINEAR_F16_H
 #define MCUTRAIN_KERNELS_LINEAR_F16_H
 
