@@ -7,7 +7,6 @@
 #include "layer_s8.h"
 #include "kernels/activation_f32.h"
 #include "kernels/activation_f16.h"
-#include "kernels/add_s8.h"
 
 typedef struct {
     mp_obj_base_t base;
@@ -34,43 +33,6 @@ static mt_tensor_obj_t *operand(mp_obj_t obj, const char *what) {
     return t;
 }
 
-NORETURN static void raise_range(void) {
-    mp_raise_ValueError(MP_ERROR_TEXT("Add: int8 sum: a quantization scale is out of range"));
-}
-
-static void add_s8_make(float a, float b, float y, mt_add_s8_t *k) {
-    if (mt_add_s8_make(a, b, y, k) != 0) {
-        raise_range();
-    }
-}
-
-// y = a + b requantized to the tracked range, which this sum then updates.
-static void add_s8(mt_add_obj_t *self, const mt_tensor_obj_t *a, const mt_tensor_obj_t *b) {
-    mt_tensor_obj_t *y = self->output;
-    mt_add_s8_t k;
-    mt_range_t range;
-    bool observed = false;
-    if (self->range.count == 0) {
-        add_s8_make(a->scale, b->scale, 1.0f, &k);
-        mt_add_s8(&k, a->data, a->zero_point, b->data, b->zero_point, NULL, 0, MT_S8_ACT_MIN, MT_S8_ACT_MAX,
-            a->size, &range);
-        mt_range_observe(&self->range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
-        observed = true;
-    }
-    mt_qparams_t qp;
-    if (mt_qparams_asymmetric(self->range.min, self->range.max, &qp) != 0) {
-        raise_range();
-    }
-    add_s8_make(a->scale, b->scale, qp.scale, &k);
-    mt_add_s8(&k, a->data, a->zero_point, b->data, b->zero_point, y->data, qp.zero_point, MT_S8_ACT_MIN,
-        MT_S8_ACT_MAX, a->size, &range);
-    if (!observed) {
-        mt_range_observe(&self->range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
-    }
-    y->scale = qp.scale;
-    y->zero_point = qp.zero_point;
-}
-
 // forward(a, b) -> a + b (both float32, float16 or int8), in a buffer planned once per shape.
 static mp_obj_t add_forward(mp_obj_t self_in, mp_obj_t a_in, mp_obj_t b_in) {
     mt_add_obj_t *self = MP_OBJ_TO_PTR(self_in);
@@ -89,7 +51,7 @@ static mp_obj_t add_forward(mp_obj_t self_in, mp_obj_t a_in, mp_obj_t b_in) {
         self->output = mt_tensor_new(&a->shape, a->dtype, "Add");
     }
     if (a->dtype == MT_INT8) {
-        add_s8(self, a, b);
+        mt_s8_add_tracked(&self->range, a, b, self->output, true, "Add");
     } else if (a->dtype == MT_FLOAT16) {
         mt_add_f16(a->data, b->data, self->output->data, a->size);
     } else {

@@ -3,6 +3,7 @@
 #include "py/runtime.h"
 #include "layer_s8.h"
 #include "optim.h"
+#include "kernels/add_s8.h"
 #include "kernels/vector_f32.h"
 #include "random.h"
 
@@ -82,6 +83,38 @@ void mt_s8_forward_into(mt_s8_layer_t *s, mt_layer_obj_t *layer, const int8_t *x
     if (pass->training && !observed) {
         mt_range_observe(&s->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
     }
+}
+
+NORETURN static void raise_sum_scale(const char *who) {
+    mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%s: int8 sum: a quantization scale is out of range"), who);
+}
+
+void mt_s8_add_tracked(mt_range_tracker_t *range, const mt_tensor_obj_t *a, const mt_tensor_obj_t *b,
+    mt_tensor_obj_t *y, bool observe, const char *who) {
+    mt_add_s8_t k;
+    mt_range_t seen;
+    bool observed = false;
+    if (range->count == 0) {
+        if (mt_add_s8_make(a->scale, b->scale, 1.0f, &k) != 0) {
+            raise_sum_scale(who);
+        }
+        mt_add_s8(&k, a->data, a->zero_point, b->data, b->zero_point, NULL, 0, MT_S8_ACT_MIN, MT_S8_ACT_MAX,
+            y->size, &seen);
+        mt_range_observe(range, seen.min, seen.max, MT_S8_RANGE_MOMENTUM);
+        observed = true;
+    }
+    mt_qparams_t qp;
+    if (mt_qparams_asymmetric(range->min, range->max, &qp) != 0
+        || mt_add_s8_make(a->scale, b->scale, qp.scale, &k) != 0) {
+        raise_sum_scale(who);
+    }
+    mt_add_s8(&k, a->data, a->zero_point, b->data, b->zero_point, y->data, qp.zero_point, MT_S8_ACT_MIN,
+        MT_S8_ACT_MAX, y->size, &seen);
+    if (observe && !observed) {
+        mt_range_observe(range, seen.min, seen.max, MT_S8_RANGE_MOMENTUM);
+    }
+    y->scale = qp.scale;
+    y->zero_point = qp.zero_point;
 }
 
 const mt_int8_sgd_t *mt_s8_sgd(const mt_layer_obj_t *layer, const mt_pass_t *pass) {

@@ -80,6 +80,11 @@ void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj
 // output's parameters are then s->q.y).
 void mt_s8_forward_into(mt_s8_layer_t *s, mt_layer_obj_t *layer, const int8_t *x, mt_qparams_t xq, int8_t *y,
     const mt_pass_t *pass, const mt_s8_kernels_t *k);
+// y = a + b (int8 tensors of one size, each in its own scale), requantized to the range
+// `range` tracks; a first pass measures it when it has none, and with observe the sum then
+// updates it (mt.Add, mt.Residual). ValueError naming `who` if a scale is out of range.
+void mt_s8_add_tracked(mt_range_tracker_t *range, const mt_tensor_obj_t *a, const mt_tensor_obj_t *b,
+    mt_tensor_obj_t *y, bool observe, const char *who);
 // The int8 update settings of the pass's optimizer; NULL for a frozen layer; raises if the
 // optimizer cannot train int8 (or mixed) layers.
 struct _mt_int8_sgd_t;

@@ -97,34 +97,6 @@ static void add_s8_make(float a, float b, float y, mt_add_s8_t *k, const char *w
     }
 }
 
-// y = a + b requantized to the tracked output range (a first pass measures it).
-static void res_forward_s8(mt_residual_obj_t *self, const mt_tensor_obj_t *a, const mt_tensor_obj_t *b,
-    const mt_pass_t *pass) {
-    mt_tensor_obj_t *y = self->base.output;
-    mt_add_s8_t k;
-    mt_range_t range;
-    bool observed = false;
-    if (self->y_range.count == 0) {
-        add_s8_make(a->scale, b->scale, 1.0f, &k, "sum");
-        mt_add_s8(&k, a->data, a->zero_point, b->data, b->zero_point, NULL, 0, MT_S8_ACT_MIN, MT_S8_ACT_MAX,
-            y->size, &range);
-        mt_range_observe(&self->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
-        observed = true;
-    }
-    mt_qparams_t qp;
-    if (mt_qparams_asymmetric(self->y_range.min, self->y_range.max, &qp) != 0) {
-        raise_s8("sum range");
-    }
-    add_s8_make(a->scale, b->scale, qp.scale, &k, "sum");
-    mt_add_s8(&k, a->data, a->zero_point, b->data, b->zero_point, y->data, qp.zero_point, MT_S8_ACT_MIN,
-        MT_S8_ACT_MAX, y->size, &range);
-    if (pass->training && !observed) {
-        mt_range_observe(&self->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
-    }
-    y->scale = qp.scale;
-    y->zero_point = qp.zero_point;
-}
-
 // dx = dx + other (symmetric int8 errors in their own scales), in place, requantized to the
 // tracked error magnitude (relative to dy_scale, the scale of the error both branches got).
 static void res_backward_s8(mt_residual_obj_t *self, mt_tensor_obj_t *dx, const mt_tensor_obj_t *other, size_t n,
@@ -163,7 +135,7 @@ static void res_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const
         other = shortcut->output;
     }
     if (self_in->out_dtype == MT_INT8) {
-        res_forward_s8(self, body->output, other, pass);
+        mt_s8_add_tracked(&self->y_range, body->output, other, self_in->output, pass->training, "Residual");
         return;
     }
     add(self_in->out_dtype, body->output->data, other->data, self_in->output->data, self_in->output->size);
