@@ -27,6 +27,17 @@ def s8_expr(a: np.ndarray, scale: float, zero_point: int = 0) -> str:
             f"scale={scale}, zero_point={zero_point})")
 
 
+def emit_int8_pass(script: DeviceScript, name: str, layer: str, x_expr: str, y_shape: tuple, dy_expr: str,
+                   x_shape: tuple, backward_args: str = "") -> None:
+    """Emit `name`.y and .yq (`layer`'s forward on x_expr, its output's scale and zero point)
+    and `name`.dx and .dxq (its backward on dy_expr, then backward_args)."""
+    script.emit(f"{name}.y", f"{layer}.forward({x_expr})", y_shape, "int8")
+    script.emit(f"{name}.yq", f"mt.Tensor([{layer}.output.scale, {layer}.output.zero_point])", (2,))
+    script.add(f"dx = {layer}.backward({dy_expr}{backward_args})")
+    script.emit(f"{name}.dx", "dx", x_shape, "int8")
+    script.emit(f"{name}.dxq", "mt.Tensor([dx.scale, dx.zero_point])", (2,))
+
+
 # (name, x shape, kernel, stride, padding): the keyword-spotting case (2x2, no overlap) first
 AVGPOOL_CASES = [
     ("k2_no_overlap_batch2", (2, 6, 5, 3), 2, None, 0),
@@ -45,13 +56,7 @@ def test_int8_avgpool2d_matches_the_integer_reference_bit_for_bit(target):
         y = Q.avgpool2d_s8_forward(x, X_ZP, kernel, stride, padding)
         dy = rng.integers(-127, 128, y.shape).astype(np.int8)
         script.add(f"layer = mt.AvgPool2d({kernel!r}, stride={stride!r}, padding={padding!r})")
-        script.add(f"x = {s8_expr(x, X_SCALE, X_ZP)}")
-        script.emit(f"{name}.y", "layer.forward(x)", y.shape, "int8")
-        script.add(f"y = layer.output")
-        script.emit(f"{name}.yq", "mt.Tensor([y.scale, y.zero_point])", (2,))
-        script.add(f"dx = layer.backward({s8_expr(dy, DY_SCALE)})")
-        script.emit(f"{name}.dx", "dx", x.shape, "int8")
-        script.emit(f"{name}.dxq", "mt.Tensor([dx.scale, dx.zero_point])", (2,))
+        emit_int8_pass(script, name, "layer", s8_expr(x, X_SCALE, X_ZP), y.shape, s8_expr(dy, DY_SCALE), x.shape)
         cases.append((name, shape, kernel, stride, padding, x, y, dy))
     results = script.run(target)
     for name, shape, kernel, stride, padding, x, y, dy in cases:
@@ -145,11 +150,7 @@ def test_int8_residual_matches_the_integer_reference_bit_for_bit(target):
             dxp, sdp = Q.avgpool2d_s8_grad_input(shape, dy, DY_SCALE, 3, 1, 1)
             dx, dxs, _ = _sum_reference(dxp, sdp, 0, dxc, sdc, 0, symmetric=True)
         script.add(f"x = {s8_expr(x, X_SCALE, X_ZP)}")
-        script.emit(f"{name}.y", "res.forward(x)", shape, "int8")
-        script.emit(f"{name}.yq", "mt.Tensor([res.output.scale, res.output.zero_point])", (2,))
-        script.add(f"dx = res.backward({s8_expr(dy, DY_SCALE)})")
-        script.emit(f"{name}.dx", "dx", shape, "int8")
-        script.emit(f"{name}.dxq", "mt.Tensor([dx.scale, dx.zero_point])", (2,))
+        emit_int8_pass(script, name, "res", "x", shape, s8_expr(dy, DY_SCALE), shape)
         cases.append((name, y, ys, yz, dx, dxs))
     results = script.run(target)
     for name, y, ys, yz, dx, dxs in cases:
@@ -211,11 +212,7 @@ def test_int8_softmax_matches_the_reference_and_its_integer_backward_bit_for_bit
         x = rng.integers(-128, 128, shape).astype(np.int8)
         dy = rng.integers(-127, 128, shape).astype(np.int8)
         script.add("sm = mt.Softmax()")
-        script.emit(f"{name}.y", f"sm.forward({s8_expr(x, x_scale, 3)})", shape, "int8")
-        script.emit(f"{name}.yq", "mt.Tensor([sm.output.scale, sm.output.zero_point])", (2,))
-        script.add(f"dx = sm.backward({s8_expr(dy, DY_SCALE)})")
-        script.emit(f"{name}.dx", "dx", shape, "int8")
-        script.emit(f"{name}.dxq", "mt.Tensor([dx.scale, dx.zero_point])", (2,))
+        emit_int8_pass(script, name, "sm", s8_expr(x, x_scale, 3), shape, s8_expr(dy, DY_SCALE), shape)
         cases.append((name, x, x_scale, dy))
     results = script.run(target)
     for name, x, x_scale, dy in cases:
@@ -260,11 +257,8 @@ def test_int8_batchnorm_matches_the_float32_sequence_bit_for_bit(target):
         script.add(f"bn.weight.copy_from({tensor_expr(gamma)})")
         script.add(f"bn.bias.copy_from({tensor_expr(beta)})")
         script.add(f"x = {s8_expr(x, X_SCALE, X_ZP)}")
-        script.emit(f"{name}.y", "bn.forward(x)", shape, "int8")
-        script.emit(f"{name}.yq", "mt.Tensor([bn.output.scale, bn.output.zero_point])", (2,))
-        script.add(f"dx = bn.backward({s8_expr(dy, DY_SCALE)}, mt.SGD(bn, lr={BN_LR}, weight_decay={BN_WD}))")
-        script.emit(f"{name}.dx", "dx", shape, "int8")
-        script.emit(f"{name}.dxq", "mt.Tensor([dx.scale, dx.zero_point])", (2,))
+        emit_int8_pass(script, name, "bn", "x", shape, s8_expr(dy, DY_SCALE), shape,
+                       f", mt.SGD(bn, lr={BN_LR}, weight_decay={BN_WD})")
         script.emit(f"{name}.gamma", "bn.weight", (c,))
         script.emit(f"{name}.beta", "bn.bias", (c,))
         script.emit(f"{name}.rm", "bn.running_mean", (c,))
