@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import mcutrain
+from mcutrain.runner import run_on
 
 from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import learning  # noqa: E402
 
 HELLO = ROOT / "examples" / "hello.py"
 
@@ -38,3 +44,33 @@ def test_bench_memory_table_is_the_same_on_every_target(target):
             assert ratio == pytest.approx(n / total, abs=0.005) and ratio < 1, row
     expected = ROOT / "README.md"
     assert all(row in expected.read_text() for row in rows), "README memory table is stale"
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+    from mcutrain.fashion import write_fashion
+
+    out = tmp_path_factory.mktemp("fashion")
+    write_fashion(out, n_train=30, n_test=20)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_train_fashion_runs_in_batches_with_a_remainder(target, fashion_dir, dtype):
+    # 30 samples in batches of 4: seven steps, the last 2 samples wait for the next epoch.
+    settings = {"DTYPE": f'"{dtype}"', "EPOCHS": "2", "BATCH": "4"}
+    r = learning.run_script(target, fashion_dir, f"fashion_{dtype}",
+                            learning.script_with(settings, learning.FASHION_SCRIPT), timeout=300)
+    assert (r["dtype"], r["batch"], r["epochs"], r["n_train"], r["n_test"]) == (dtype, 4, 2, 30, 20)
+    assert 0 <= r["test_accuracy"] <= 1 and r["step_instructions"] > 0
+    # The training plan's bytes (a batch of 4), not the one-sample evaluation's.
+    one = run_on(target, f"""
+import mcutrain as mt
+first = [] if {dtype!r} == "float32" else [mt.Convert({dtype!r})]
+m = mt.Sequential(*first, mt.Conv2d(1, 8, 3, padding=1, dtype={dtype!r}), mt.ReLU(), mt.MaxPool2d(2),
+    mt.Conv2d(8, 16, 3, padding=1, dtype={dtype!r}), mt.ReLU(), mt.MaxPool2d(2),
+    mt.Flatten(), mt.Linear(144, 10, dtype={dtype!r}))
+mt.SGD(m, lr=0.01) if {dtype!r} == "int8" else mt.SGD(m, lr=0.01, momentum=0.9)
+print(m.memory((1, 14, 14, 1))['total'])
+""")
+    assert r["peak_ram_bytes"] > int(one), (r["peak_ram_bytes"], one)
