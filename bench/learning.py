@@ -206,6 +206,13 @@ def main_precision(target_name: str, out_dir: Path, seeds: tuple[int, ...],
     print(f"wrote {out_dir / 'precision.json'} and {out_dir / 'precision.md'}")
 
 
+def positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "learning.json")
@@ -214,7 +221,7 @@ def main() -> int:
     parser.add_argument("--target", default="qemu-m4f", help="precision checks: qemu-m4f (default) or unix")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(PRECISION_SEEDS))
     parser.add_argument("--models", nargs="+", choices=list(PRECISION_MODELS), default=list(PRECISION_MODELS))
-    parser.add_argument("--batch", type=int, help="precision checks: samples per step for every model "
+    parser.add_argument("--batch", type=positive_int, help="precision checks: samples per step for every model "
                         "(default: each model's setting, 4; the scripts scale the rate with it)")
     parser.add_argument("--precision-out", type=Path, default=ROOT / "results",
                         help="directory for precision.json and precision.md")

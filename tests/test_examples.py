@@ -74,3 +74,12 @@ mt.SGD(m, lr=0.01) if {dtype!r} == "int8" else mt.SGD(m, lr=0.01, momentum=0.9)
 print(m.memory((1, 14, 14, 1))['total'])
 """)
     assert r["peak_ram_bytes"] > int(one), (r["peak_ram_bytes"], one)
+
+
+@pytest.mark.parametrize("batch", ["0", "-4", "four"])
+def test_learning_rejects_a_batch_that_is_not_a_positive_integer(batch, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["learning.py", "--only", "precision", "--batch", batch])
+    with pytest.raises(SystemExit) as e:
+        learning.main()
+    assert e.value.code == 2
+    assert "--batch" in capsys.readouterr().err
