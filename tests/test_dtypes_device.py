@@ -492,6 +492,11 @@ S8_CASES = [
     ("conv_pointwise", "mt.Conv2d(7, 5, 1, dtype=mt.int8)", (1, 4, 5, 7), (5, 1, 1, 7), (1, 1), (0, 0), 1, True),
     ("linear_batch1", "mt.Linear(37, 5, dtype=mt.int8)", (1, 37), (5, 37), None, None, 1, True),
     ("linear_batch3_no_bias", "mt.Linear(9, 13, bias=False, dtype=mt.int8)", (3, 9), (13, 9), None, None, 1, False),
+    # Weights large against the image: the kernels pack them a block of channels at a time.
+    ("conv_blocked_tiny_image", "mt.Conv2d(8, 16, 3, padding=1, dtype=mt.int8)", (1, 3, 3, 8), (16, 3, 3, 8),
+     (1, 1), (1, 1), 1, True),
+    ("conv_blocked_odd_groups", "mt.Conv2d(6, 10, 3, padding=1, groups=2, dtype=mt.int8)", (2, 2, 3, 6),
+     (10, 3, 3, 3), (1, 1), (1, 1), 2, True),
 ]
 
 
@@ -612,7 +617,7 @@ def _int8_update_cases(target, sgd_args: str, lr: float, wd: float):
     script = DeviceScript()
     cases = []
     for name, src, x_shape, w_shape, stride, padding, groups, bias in (S8_CASES[0], S8_CASES[2], S8_CASES[5],
-                                                                        S8_CASES[4]):
+                                                                        S8_CASES[4], S8_CASES[6], S8_CASES[7]):
         x, w, ws, b = _s8_case(rng, x_shape, w_shape, bias)
         q, bias_q, y = _s8_reference(x, w, ws, b, stride, padding, groups)
         dy = rng.integers(-127, 128, y.shape).astype(np.int8)

@@ -350,6 +350,10 @@ CONV_CASES = {
     "conv1d_k5_groups": (1, 1, 20, 4, 8, (1, 5), (1, 1), (0, 2), 2),
     "3x3_16ch_to_32": (1, 16, 16, 16, 32, (3, 3), (1, 1), (1, 1), 1),
     "wide_rows_many_tiles": (2, 3, 40, 4, 5, (3, 3), (1, 2), (1, 1), 1),
+    # Weights large against the image: panels are packed a block of channels at a time.
+    "tiny_image_blocked": (1, 4, 4, 8, 16, (3, 3), (1, 1), (1, 1), 1),
+    "blocked_odd_groups": (2, 2, 3, 6, 10, (3, 3), (1, 1), (1, 1), 2),
+    "1x1_image_wide": (2, 1, 1, 12, 20, (3, 3), (1, 1), (1, 1), 1),
 }
 CROPS = {"full": (0, 0), "cropped": (1, 1)}
 
@@ -504,6 +508,17 @@ def test_conv2d_s8_update_results_do_not_depend_on_scratch_size(lib, case):
     results = [run_conv_update(lib, params, d, qc, upd, scratch_bytes=n) for n in (small, big)]
     for a, b in zip(results[0][:3], results[1][:3]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["tiny_image_blocked", "1x1_image_wide"])
+def test_conv2d_s8_scratch_stays_within_the_layers_own_tensors(lib, case):
+    # Widened to int16 in one panel, the weights alone would take twice their bytes; in
+    # blocks the scratch stays within the layer's int8 weights plus one sample's input,
+    # output and their errors (conv2d_s8.h).
+    params, d, _ = conv_case(case)
+    one_sample = (d["x"].size + d["dy"].size) // params.batch
+    tensors = d["w"].size + 2 * one_sample
+    assert lib.mt_conv2d_s8_scratch_bytes(ctypes.byref(params)) <= tensors
 
 
 def test_conv2d_s8_statistics_only_call_writes_nothing(lib):

@@ -350,7 +350,29 @@ static void init_minmax(int32_t *mm, int channels) {
     }
 }
 
-// The input gradient's weight fold (conv2d_s8.h): rb, r[o] and the multiplier.
+// The bytes of the layer's own int8 tensors for one sample: weights, input, output and
+// their errors. Packed weight panels and the update's gradient sums grow only up to this (or
+// their smallest layout), so scratch never dominates a small layer's memory; one sample's,
+// since none of them grows with the batch.
+static size_t layer_bytes(const mt_conv2d_params_t *p) {
+    const size_t in = (size_t)p->in_h * p->in_w * p->in_c;
+    const size_t out = (size_t)p->out_h * p->out_w * p->out_c;
+    return (size_t)p->out_c * taps_of(p) * (p->in_c / p->groups) + 2 * (in + out);
+}
+
+// Channel pairs per block of a panel of `total` pairs whose scratch is bytes(p, pairs): as
+// many as fit in layer_bytes (at least one), spread evenly over the blocks it takes.
+static int pairs_per_block(const mt_conv2d_params_t *p, int total,
+    size_t (*bytes)(const mt_conv2d_params_t *p, int pairs)) {
+    const size_t budget = layer_bytes(p);
+    int fit = 1;
+    while (fit < total && bytes(p, fit + 1) <= budget) {
+        fit++;
+    }
+    const int blocks = (total + fit - 1) / fit;
+    return (total + blocks - 1) / blocks;
+}
+
 // ---- depthwise ----------------------------------------------------------------------------
 //
 // Direct loops: each channel sees one filter, so a pixel's channels are independent sums.
@@ -547,21 +569,36 @@ static int depthwise_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
 typedef struct {
     mt_s8_rq_t *rq;       // out_c
     int32_t *rec;         // REC_WORDS * out_c
-    int16_t *wpanel;      // groups * ceil(og / 2) blocks of 2 * kp
+    int16_t *wpanel;      // one block of channel pairs: pairs blocks of 2 * kp
     int16_t *apanel;      // 3 * kp
-    int8_t *stage;        // 3 * K
+    int8_t *stage;        // 3 * K, when patches cannot be packed straight from x
 } fwd_scratch_t;
 
-static size_t fwd_layout(const mt_conv2d_params_t *p, void *scratch, fwd_scratch_t *s) {
-    const int og = p->out_c / p->groups, K = taps_of(p) * (p->in_c / p->groups);
+// Patches are packed straight from x when every tap's channel run fills whole groups of 4.
+static int fwd_direct(const mt_conv2d_params_t *p) {
+    return (p->in_c / p->groups) % 4 == 0;
+}
+
+static size_t fwd_layout(const mt_conv2d_params_t *p, int pairs, void *scratch,
+    fwd_scratch_t *s) {
+    const int K = taps_of(p) * (p->in_c / p->groups);
     const size_t kp = (size_t)mt_gemm_s8_kpad(K);
     arena_t a = { scratch, 0 };
     s->rq = take(&a, (size_t)p->out_c * sizeof(mt_s8_rq_t));
     s->rec = take(&a, REC_WORDS * (size_t)p->out_c * sizeof(int32_t));
-    s->wpanel = take(&a, (size_t)p->groups * (size_t)round_up(og, 2) * kp * sizeof(int16_t));
+    s->wpanel = take(&a, (size_t)pairs * 2 * kp * sizeof(int16_t));
     s->apanel = take(&a, 3 * kp * sizeof(int16_t));
-    s->stage = take(&a, 3 * (size_t)K);
+    s->stage = take(&a, fwd_direct(p) ? 0 : 3 * (size_t)K);
     return a.used;
+}
+
+static size_t fwd_bytes(const mt_conv2d_params_t *p, int pairs) {
+    fwd_scratch_t s;
+    return fwd_layout(p, pairs, NULL, &s);
+}
+
+static int fwd_pairs(const mt_conv2d_params_t *p) {
+    return pairs_per_block(p, (p->out_c / p->groups + 1) / 2, fwd_bytes);
 }
 
 int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, const int8_t *x,
@@ -570,8 +607,9 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
     if (is_depthwise(p)) {
         return depthwise_forward(p, q, x, w, w_scale, bias, y, y_range, scratch);
     }
+    const int pairs = fwd_pairs(p);
     fwd_scratch_t s;
-    fwd_layout(p, scratch, &s);
+    fwd_layout(p, pairs, scratch, &s);
     const int O = p->out_c, G = p->groups, og = O / G, K = taps_of(p) * (p->in_c / G);
     const int kp = mt_gemm_s8_kpad(K), ogb = (og + 1) / 2, pixels = out_pixels(p);
     const int32_t zp_x = q->x.zero_point, zp_y = q->y.zero_point;
@@ -580,10 +618,6 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
         if (mt_s8_rq_from_real((q->x.scale * w_scale[o]) / q->y.scale, &s.rq[o])) {
             return -1;
         }
-    }
-    for (int g = 0; g < G; g++) {
-        mt_pack_s8_rows(w + (size_t)g * og * K, K, og, K, 0, 2, kp,
-            s.wpanel + (size_t)g * ogb * 2 * kp);
     }
     // Per-channel records for the block epilogue; fast: both channels of a block qualify.
     for (int o = 0; o < O; o++) {
@@ -596,44 +630,51 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
     }
     epi_ctx_t ctx = { O, lo, hi, (y_range ? EPI_TRACK : 0) | (lo > MT_S8_ACT_MIN ? EPI_LO : 0)
                       | (hi < MT_S8_ACT_MAX ? EPI_HI : 0) };
-    const int direct = (K / p->kernel_h / p->kernel_w) % 4 == 0;
+    const int direct = fwd_direct(p);
     int32_t *apanel = (int32_t *)s.apanel;
-    for (int q0 = 0; q0 < pixels; q0 += 3) {
-        const int rows = mt_s8_min(3, pixels - q0);
-        for (int g = 0; g < G; g++) {
-            if (direct) {
-                for (int r = 0; r < 3; r++) {
-                    if (r < rows) {
-                        pack_patch(p, x, q0 + r, g, zp_x, kp, apanel + r, 3);
-                    } else {
-                        mt_pack_zero_run(kp, apanel + r, 3);
+    // Blocks of channel pairs, each a pass over the patches: a layer whose packed weights
+    // would outgrow its tensors packs them a block at a time.
+    for (int g = 0; g < G; g++) {
+        for (int cb0 = 0; cb0 < ogb; cb0 += pairs) {
+            const int nb = mt_s8_min(pairs, ogb - cb0);
+            mt_pack_s8_rows(w + ((size_t)g * og + 2 * cb0) * K, K, mt_s8_min(2 * nb, og - 2 * cb0),
+                K, 0, 2, kp, s.wpanel);
+            for (int q0 = 0; q0 < pixels; q0 += 3) {
+                const int rows = mt_s8_min(3, pixels - q0);
+                if (direct) {
+                    for (int r = 0; r < 3; r++) {
+                        if (r < rows) {
+                            pack_patch(p, x, q0 + r, g, zp_x, kp, apanel + r, 3);
+                        } else {
+                            mt_pack_zero_run(kp, apanel + r, 3);
+                        }
                     }
+                } else {
+                    for (int r = 0; r < rows; r++) {
+                        im2col_pixel(p, x, q0 + r, g, (int8_t)zp_x, s.stage + r * K);
+                    }
+                    mt_pack_s8_rows(s.stage, K, rows, K, zp_x, 3, kp, s.apanel);
                 }
-            } else {
-                for (int r = 0; r < rows; r++) {
-                    im2col_pixel(p, x, q0 + r, g, (int8_t)zp_x, s.stage + r * K);
-                }
-                mt_pack_s8_rows(s.stage, K, rows, K, zp_x, 3, kp, s.apanel);
-            }
-            const int16_t *wp = s.wpanel + (size_t)g * ogb * 2 * kp;
-            for (int cb = 0; cb < ogb; cb++, wp += 2 * kp) {
-                const int o0 = g * og + 2 * cb, cols = mt_s8_min(2, og - 2 * cb);
-                const int32_t b0 = bias ? bias[o0] : 0;
-                const int32_t b1 = bias && cols > 1 ? bias[o0 + 1] : 0;
-                int32_t acc[6] = { b0, b1, b0, b1, b0, b1 };
-                mt_gemm_s16_3x2(kp, apanel, (const int32_t *)wp, acc);
-                int8_t *out = y + (size_t)q0 * O + o0;
-                int32_t *rec = s.rec + REC_WORDS * o0;
-                if (rows == 3 && cols == 2 && s.rq[o0].left == 0 && s.rq[o0 + 1].left == 0
-                    && s.rq[o0].right >= 1 && s.rq[o0].right <= 23
-                    && s.rq[o0 + 1].right >= 1 && s.rq[o0 + 1].right <= 23) {
-                    epi_3x2(acc, rec, out, &ctx);
-                    continue;
-                }
-                forward_out(acc, rows, &s.rq[o0], zp_y, lo, hi, rec, out, O);
-                if (cols > 1) {
-                    forward_out(acc + 1, rows, &s.rq[o0 + 1], zp_y, lo, hi, rec + REC_WORDS,
-                        out + 1, O);
+                const int16_t *wp = s.wpanel;
+                for (int cb = cb0; cb < cb0 + nb; cb++, wp += 2 * kp) {
+                    const int o0 = g * og + 2 * cb, cols = mt_s8_min(2, og - 2 * cb);
+                    const int32_t b0 = bias ? bias[o0] : 0;
+                    const int32_t b1 = bias && cols > 1 ? bias[o0 + 1] : 0;
+                    int32_t acc[6] = { b0, b1, b0, b1, b0, b1 };
+                    mt_gemm_s16_3x2(kp, apanel, (const int32_t *)wp, acc);
+                    int8_t *out = y + (size_t)q0 * O + o0;
+                    int32_t *rec = s.rec + REC_WORDS * o0;
+                    if (rows == 3 && cols == 2 && s.rq[o0].left == 0 && s.rq[o0 + 1].left == 0
+                        && s.rq[o0].right >= 1 && s.rq[o0].right <= 23
+                        && s.rq[o0 + 1].right >= 1 && s.rq[o0 + 1].right <= 23) {
+                        epi_3x2(acc, rec, out, &ctx);
+                        continue;
+                    }
+                    forward_out(acc, rows, &s.rq[o0], zp_y, lo, hi, rec, out, O);
+                    if (cols > 1) {
+                        forward_out(acc + 1, rows, &s.rq[o0 + 1], zp_y, lo, hi, rec + REC_WORDS,
+                            out + 1, O);
+                    }
                 }
             }
         }
@@ -648,29 +689,44 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
 
 typedef struct {
     int32_t *r;           // out_c
-    int16_t *wpanel;      // groups * ceil(cg / 2) blocks of 2 * kp
+    int16_t *wpanel;      // one block of input-channel pairs: pairs blocks of 2 * kp
     int16_t *apanel;      // 3 * kp
-    int8_t *stage;        // 3 * taps * og
+    int8_t *stage;        // 3 * taps * og, when dy cannot be packed straight
 } gi_scratch_t;
 
-static size_t gi_layout(const mt_conv2d_params_t *p, void *scratch, gi_scratch_t *s) {
-    const int cg = p->in_c / p->groups, K = taps_of(p) * (p->out_c / p->groups);
+// dy's gathers are packed straight from dy when each tap's run fills whole groups of 4.
+static int gi_direct(const mt_conv2d_params_t *p) {
+    return (p->out_c / p->groups) % 4 == 0;
+}
+
+static size_t gi_layout(const mt_conv2d_params_t *p, int pairs, void *scratch,
+    gi_scratch_t *s) {
+    const int K = taps_of(p) * (p->out_c / p->groups);
     const size_t kp = (size_t)mt_gemm_s8_kpad(K);
     arena_t a = { scratch, 0 };
     s->r = take(&a, (size_t)p->out_c * sizeof(int32_t));
-    s->wpanel = take(&a, (size_t)p->groups * (size_t)round_up(cg, 2) * kp * sizeof(int16_t));
+    s->wpanel = take(&a, (size_t)pairs * 2 * kp * sizeof(int16_t));
     s->apanel = take(&a, 3 * kp * sizeof(int16_t));
-    s->stage = take(&a, 3 * (size_t)K);
+    s->stage = take(&a, gi_direct(p) ? 0 : 3 * (size_t)K);
     return a.used;
 }
 
-// Panel of group g's transposed weights: row c (input channel), k = tap * og + o, value
-// w[o][tap][c] * r[o].
+static size_t gi_bytes(const mt_conv2d_params_t *p, int pairs) {
+    gi_scratch_t s;
+    return gi_layout(p, pairs, NULL, &s);
+}
+
+static int gi_pairs(const mt_conv2d_params_t *p) {
+    return pairs_per_block(p, (p->in_c / p->groups + 1) / 2, gi_bytes);
+}
+
+// Panel of group g's transposed weights for its input channels [c0, c0 + n): row c - c0,
+// k = tap * og + o, value w[o][tap][c] * r[o].
 static void pack_weights_transposed(const mt_conv2d_params_t *p, const int8_t *w,
-    const int32_t *r, int g, int kp, int16_t *panel) {
+    const int32_t *r, int g, int c0, int n, int kp, int16_t *panel) {
     const int og = p->out_c / p->groups, cg = p->in_c / p->groups, taps = taps_of(p);
-    const int K = taps * og, blocks = (cg + 1) / 2;
-    const int8_t *wg = w + (size_t)g * og * taps * cg;
+    const int K = taps * og, blocks = (n + 1) / 2;
+    const int8_t *wg = w + (size_t)g * og * taps * cg + c0;
     const int32_t *rg = r + g * og;
     int t = 0, o = 0;
     for (int k = 0; k < kp; k++) {
@@ -681,11 +737,11 @@ static void pack_weights_transposed(const mt_conv2d_params_t *p, const int8_t *w
             const int8_t *src = wg + ((size_t)o * taps + t) * cg;
             const int32_t ro = rg[o];
             int c = 0;
-            for (; c + 2 <= cg; c += 2, dst += 2 * kp) {
+            for (; c + 2 <= n; c += 2, dst += 2 * kp) {
                 dst[0] = (int16_t)(src[c] * ro);
                 dst[2] = (int16_t)(src[c + 1] * ro);
             }
-            if (c < cg) {
+            if (c < n) {
                 dst[0] = (int16_t)(src[c] * ro);
                 dst[2] = 0;
             }
@@ -708,59 +764,61 @@ int mt_conv2d_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
     if (is_depthwise(p)) {
         return depthwise_grad_input(p, q, dy, w, w_scale, dx, dx_absmax, scratch);
     }
+    const int pairs = gi_pairs(p);
     gi_scratch_t s;
-    gi_layout(p, scratch, &s);
+    gi_layout(p, pairs, scratch, &s);
     const int G = p->groups, C = p->in_c, cg = C / G, og = p->out_c / G;
     const int K = taps_of(p) * og, kp = mt_gemm_s8_kpad(K), cgb = (cg + 1) / 2;
-    const int pixels = in_pixels(p);
+    const int pixels = in_pixels(p), direct = gi_direct(p);
     mt_s8_rq_t rq;
     float unit;
     if (mt_s8_grad_input_fold(K, p->out_c, w_scale, q->dy_scale, q->dx_scale, s.r, &rq, &unit)) {
         return -1;
     }
-    for (int g = 0; g < G; g++) {
-        pack_weights_transposed(p, w, s.r, g, kp, s.wpanel + (size_t)g * cgb * 2 * kp);
-    }
     int32_t amin = 0, amax = 0;
     const int fast = rq.left == 0 && rq.right >= 1 && rq.right <= 23;
     const int32_t rec[3] = { rq.m, fast ? mt_s8_rq_c(rq.right, 0) : 0, rq.right };
     int32_t range[3] = { 0, 0, C };
-    for (int q0 = 0; q0 < pixels; q0 += 3) {
-        const int rows = mt_s8_min(3, pixels - q0);
-        for (int g = 0; g < G; g++) {
-            if (og % 4 == 0) {
-                for (int r = 0; r < 3; r++) {
-                    if (r < rows) {
-                        pack_dy_pixel(p, dy, q0 + r, g, kp, (int32_t *)s.apanel + r, 3);
-                    } else {
-                        mt_pack_zero_run(kp, (int32_t *)s.apanel + r, 3);
+    // Blocks of input-channel pairs, each a pass over dy (see the forward).
+    for (int g = 0; g < G; g++) {
+        for (int cb0 = 0; cb0 < cgb; cb0 += pairs) {
+            const int nb = mt_s8_min(pairs, cgb - cb0);
+            pack_weights_transposed(p, w, s.r, g, 2 * cb0, mt_s8_min(2 * nb, cg - 2 * cb0), kp,
+                s.wpanel);
+            for (int q0 = 0; q0 < pixels; q0 += 3) {
+                const int rows = mt_s8_min(3, pixels - q0);
+                if (direct) {
+                    for (int r = 0; r < 3; r++) {
+                        if (r < rows) {
+                            pack_dy_pixel(p, dy, q0 + r, g, kp, (int32_t *)s.apanel + r, 3);
+                        } else {
+                            mt_pack_zero_run(kp, (int32_t *)s.apanel + r, 3);
+                        }
                     }
+                } else {
+                    for (int r = 0; r < rows; r++) {
+                        gather_dy_pixel(p, dy, q0 + r, g, s.stage + r * K);
+                    }
+                    mt_pack_s8_rows(s.stage, K, rows, K, 0, 3, kp, s.apanel);
                 }
-            } else {
-                for (int r = 0; r < rows; r++) {
-                    gather_dy_pixel(p, dy, q0 + r, g, s.stage + r * K);
-                }
-                mt_pack_s8_rows(s.stage, K, rows, K, 0, 3, kp, s.apanel);
-            }
-            const int16_t *wp = s.wpanel + (size_t)g * cgb * 2 * kp;
-            for (int cb = 0; cb < cgb; cb++, wp += 2 * kp) {
-                const int c0 = g * cg + 2 * cb, cols = mt_s8_min(2, cg - 2 * cb);
-                int32_t acc[6] = { 0, 0, 0, 0, 0, 0 };
-                mt_gemm_s16_3x2(kp, (const int32_t *)s.apanel, (const int32_t *)wp, acc);
-                if (fast && rows == 3 && cols == 2) {
-                    grad_input_out(acc, rec, dx + (size_t)q0 * C + c0, range);
-                    continue;
-                }
-                amin = mt_s8_min(amin, range[0]);
-                amax = mt_s8_max(amax, range[1]);
-                for (int r = 0; r < rows; r++) {
-                    int8_t *out = dx + (size_t)(q0 + r) * C + c0;
-                    for (int c = 0; c < cols; c++) {
-                        const int32_t v = acc[r * 2 + c];
-                        amin = mt_s8_min(amin, v);
-                        amax = mt_s8_max(amax, v);
-                        out[c] = (int8_t)mt_s8_clamp(mt_s8_rq(v, &rq), -MT_S8_SYM_MAX,
-                            MT_S8_SYM_MAX);
+                const int16_t *wp = s.wpanel;
+                for (int cb = cb0; cb < cb0 + nb; cb++, wp += 2 * kp) {
+                    const int c0 = g * cg + 2 * cb, cols = mt_s8_min(2, cg - 2 * cb);
+                    int32_t acc[6] = { 0, 0, 0, 0, 0, 0 };
+                    mt_gemm_s16_3x2(kp, (const int32_t *)s.apanel, (const int32_t *)wp, acc);
+                    if (fast && rows == 3 && cols == 2) {
+                        grad_input_out(acc, rec, dx + (size_t)q0 * C + c0, range);
+                        continue;
+                    }
+                    for (int r = 0; r < rows; r++) {
+                        int8_t *out = dx + (size_t)(q0 + r) * C + c0;
+                        for (int c = 0; c < cols; c++) {
+                            const int32_t v = acc[r * 2 + c];
+                            amin = mt_s8_min(amin, v);
+                            amax = mt_s8_max(amax, v);
+                            out[c] = (int8_t)mt_s8_clamp(mt_s8_rq(v, &rq), -MT_S8_SYM_MAX,
+                                MT_S8_SYM_MAX);
+                        }
                     }
                 }
             }
@@ -1099,20 +1157,14 @@ size_t mt_conv2d_s8_scratch_bytes(const mt_conv2d_params_t *p) {
         dw_scratch_t s;
         return dw_layout(p, NULL, &s);
     }
-    fwd_scratch_t f;
-    gi_scratch_t g;
-    size_t bytes = fwd_layout(p, NULL, &f);
-    const size_t gi = gi_layout(p, NULL, &g);
+    size_t bytes = fwd_bytes(p, fwd_pairs(p));
+    const size_t gi = gi_bytes(p, gi_pairs(p));
     bytes = gi > bytes ? gi : bytes;
     // The update sums a block of channels' weight gradients in int32 (4 bytes a weight) and
     // packs x again for each block. Blocks grow while its scratch stays within the larger
-    // of the above and the bytes of the layer's own int8 tensors for one sample (weights,
-    // input, output and their errors): fewer passes over x, but scratch never outgrows the
-    // layer. One sample's: the sums do not grow with the batch, so neither does their room.
+    // of the above and layer_bytes: fewer passes over x, but scratch never outgrows the layer.
     const int og = p->out_c / p->groups;
-    const size_t in = (size_t)p->in_h * p->in_w * p->in_c;
-    const size_t out = (size_t)p->out_h * p->out_w * p->out_c;
-    const size_t tensors = (size_t)p->out_c * taps_of(p) * (p->in_c / p->groups) + 2 * (in + out);
+    const size_t tensors = layer_bytes(p);
     const size_t budget = tensors > bytes ? tensors : bytes;
     int block = 3;
     while (block < og && mt_conv2d_s8_update_scratch_bytes(p, block + 3) <= budget) {
