@@ -350,26 +350,20 @@ static void init_minmax(int32_t *mm, int channels) {
     }
 }
 
-// The bytes of the layer's own int8 tensors for one sample: weights, input, output and
-// their errors. Packed weight panels and the update's gradient sums grow only up to this (or
-// their smallest layout), so scratch never dominates a small layer's memory; one sample's,
-// since none of them grows with the batch.
-static size_t layer_bytes(const mt_conv2d_params_t *p) {
+// The bytes of the layer's own int8 tensors for `batch` samples: weights, input, output
+// and their errors. Kernel scratch grows only up to this (or its smallest layout), so it
+// never dominates a small layer's memory.
+static size_t layer_bytes(const mt_conv2d_params_t *p, int batch) {
     const size_t in = (size_t)p->in_h * p->in_w * p->in_c;
     const size_t out = (size_t)p->out_h * p->out_w * p->out_c;
-    return (size_t)p->out_c * taps_of(p) * (p->in_c / p->groups) + 2 * (in + out);
+    return (size_t)p->out_c * taps_of(p) * (p->in_c / p->groups) + 2 * (size_t)batch * (in + out);
 }
 
-// Channel pairs per block of a panel of `total` pairs whose scratch is bytes(p, pairs): as
-// many as fit in layer_bytes (at least one), spread evenly over the blocks it takes.
-static int pairs_per_block(const mt_conv2d_params_t *p, int total,
-    size_t (*bytes)(const mt_conv2d_params_t *p, int pairs)) {
-    const size_t budget = layer_bytes(p);
-    int fit = 1;
-    while (fit < total && bytes(p, fit + 1) <= budget) {
-        fit++;
-    }
-    const int blocks = (total + fit - 1) / fit;
+// Channel pairs per block of a weight panel of `total` pairs (4 * kp bytes each): as many
+// as the layer's bytes at its batch hold (at least one), spread evenly over the blocks.
+static int pairs_per_block(const mt_conv2d_params_t *p, int total, int kp) {
+    const size_t fit = layer_bytes(p, p->batch) / (4 * (size_t)kp);
+    const int blocks = fit >= (size_t)total ? 1 : (total + (int)fit - 1) / mt_s8_max((int)fit, 1);
     return (total + blocks - 1) / blocks;
 }
 
@@ -592,13 +586,9 @@ static size_t fwd_layout(const mt_conv2d_params_t *p, int pairs, void *scratch,
     return a.used;
 }
 
-static size_t fwd_bytes(const mt_conv2d_params_t *p, int pairs) {
-    fwd_scratch_t s;
-    return fwd_layout(p, pairs, NULL, &s);
-}
-
 static int fwd_pairs(const mt_conv2d_params_t *p) {
-    return pairs_per_block(p, (p->out_c / p->groups + 1) / 2, fwd_bytes);
+    const int K = taps_of(p) * (p->in_c / p->groups);
+    return pairs_per_block(p, (p->out_c / p->groups + 1) / 2, mt_gemm_s8_kpad(K));
 }
 
 int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, const int8_t *x,
@@ -711,13 +701,9 @@ static size_t gi_layout(const mt_conv2d_params_t *p, int pairs, void *scratch,
     return a.used;
 }
 
-static size_t gi_bytes(const mt_conv2d_params_t *p, int pairs) {
-    gi_scratch_t s;
-    return gi_layout(p, pairs, NULL, &s);
-}
-
 static int gi_pairs(const mt_conv2d_params_t *p) {
-    return pairs_per_block(p, (p->in_c / p->groups + 1) / 2, gi_bytes);
+    const int K = taps_of(p) * (p->out_c / p->groups);
+    return pairs_per_block(p, (p->in_c / p->groups + 1) / 2, mt_gemm_s8_kpad(K));
 }
 
 // Panel of group g's transposed weights for its input channels [c0, c0 + n): row c - c0,
@@ -1157,14 +1143,18 @@ size_t mt_conv2d_s8_scratch_bytes(const mt_conv2d_params_t *p) {
         dw_scratch_t s;
         return dw_layout(p, NULL, &s);
     }
-    size_t bytes = fwd_bytes(p, fwd_pairs(p));
-    const size_t gi = gi_bytes(p, gi_pairs(p));
+    fwd_scratch_t f;
+    gi_scratch_t g;
+    size_t bytes = fwd_layout(p, fwd_pairs(p), NULL, &f);
+    const size_t gi = gi_layout(p, gi_pairs(p), NULL, &g);
     bytes = gi > bytes ? gi : bytes;
     // The update sums a block of channels' weight gradients in int32 (4 bytes a weight) and
     // packs x again for each block. Blocks grow while its scratch stays within the larger
-    // of the above and layer_bytes: fewer passes over x, but scratch never outgrows the layer.
+    // of the above and the layer's bytes for one sample: fewer passes over x, but scratch
+    // never outgrows the layer. One sample's: the sums do not grow with the batch (x's copy
+    // does, leaving larger batches smaller blocks).
     const int og = p->out_c / p->groups;
-    const size_t tensors = layer_bytes(p);
+    const size_t tensors = layer_bytes(p, 1);
     const size_t budget = tensors > bytes ? tensors : bytes;
     int block = 3;
     while (block < og && mt_conv2d_s8_update_scratch_bytes(p, block + 3) <= budget) {

@@ -62,21 +62,21 @@
 // and bias, and are left out of the statistics. Depthwise layers compute all channels'
 // (cheap) sums but update and count only the selected ones.
 //
-// Speed/memory. Scratch is sized from the layer's own int8 tensors for one sample: its
-// weights, input, output and their errors ("the layer's bytes"), so that it never dominates
-// a small layer's memory; none of it grows with the batch except the update's copy of x.
+// Speed/memory. Scratch is sized from the layer's own int8 tensors: its weights, input,
+// output and their errors ("the layer's bytes"), so that it never dominates a small
+// layer's memory.
 //   forward and input gradient widen the weights to int16 panels (2 bytes a weight, plus a
-//   few rows of the patch or error). When all of them would exceed the layer's bytes, they
-//   are packed a block of channel pairs at a time (output channels in the forward, input
-//   channels in the input gradient; at least one pair), each block one more pass packing
-//   the patches or errors: a small image under many weights (8 to 16 channels on 4x4)
-//   takes 3 and 4 passes. Results do not depend on the blocks.
+//   few rows of the patch or error). When that panel would exceed the layer's bytes at its
+//   batch, the weights are packed a block of channel pairs at a time (output channels in
+//   the forward, input channels in the input gradient; at least one pair), each block one
+//   more pass packing the patches or errors. Results do not depend on the blocks.
 //   update works on blocks of output channels; its scratch holds a copy of x transposed to
 //   channel pairs (about 4 bytes per padded input pixel per channel pair, i.e. 2 per input
 //   value), the int32 gradient rows of one block (block * kh * kw * in_c/groups * 4 bytes)
 //   and dy of one tile. Every block is one more pass over x, so bigger is faster. Blocks
-//   grow while its scratch stays within the larger of the layer's bytes and what forward
-//   and input gradient take (larger batches get smaller blocks: x's copy grows with them);
+//   grow while its scratch stays within the larger of the layer's bytes for one sample and
+//   what forward and input gradient take (larger batches get smaller blocks: x's copy grows
+//   with them, the sums do not);
 //   the update uses whatever block scratch_bytes allows (at least 3 channels:
 //   mt_conv2d_s8_update_scratch_bytes(p, 3) is the minimum).
 // Example, 16x16x16 input, 3x3, pad 1, 32 filters, batch 1 (Cortex-M4 instruction counts
