@@ -7,7 +7,7 @@
 #include "py/objtype.h"
 #include "layer.h"
 #include "loss.h"
-#include "optim.h"
+#include "grad_sink.h"
 #include "random.h"
 #include "partial_update.h"
 #include "kernels/quant.h"
@@ -82,6 +82,7 @@ void mt_layer_init(mt_layer_obj_t *layer) {
     layer->weight_scale = NULL;
     layer->quant_range = NULL;
     layer->update = (mt_update_t) { .kind = MT_UPDATE_FULL };
+    layer->optim = MP_OBJ_NULL;
 }
 
 mt_tensor_obj_t *mt_layer_new_param(const mt_shape_t *shape, int fan_in, mt_dtype_t dtype, const char *what) {
@@ -143,7 +144,6 @@ void mt_tensor_header_init(mt_tensor_obj_t *t, void *data, uint8_t dtype) {
     t->data = data;
     t->owner = MP_OBJ_NULL;
     t->grad = mp_const_none;
-    t->opt_state = MP_OBJ_NULL;
 }
 
 NORETURN void mt_layer_raise_shape(const mt_layer_obj_t *layer, const char *msg, const mt_shape_t *in) {
@@ -340,10 +340,11 @@ void mt_layer_forward(mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_
 mt_grad_dest_t mt_grad_begin(const mt_pass_t *pass, mt_tensor_obj_t *param) {
     mt_grad_dest_t dest;
     if (pass->optim != NULL) {
-        pass->optim->ops->grad_begin(pass->optim, param, &dest);
+        mt_optim_grad_begin(pass->optim, param, &dest);
         return dest;
     }
-    // Plain backward: the gradient of this call, in .grad (fp32, allocated before the pass).
+    // Plain backward: the gradient of this call, in .grad (fp32 of the parameter's size,
+    // checked by ensure_grads before the pass).
     mt_tensor_obj_t *grad = MP_OBJ_TO_PTR(param->grad);
     memset(grad->data, 0, grad->size * sizeof(float));
     dest.data = grad->data;
@@ -355,7 +356,7 @@ mt_grad_dest_t mt_grad_begin(const mt_pass_t *pass, mt_tensor_obj_t *param) {
 
 void mt_grad_end(const mt_pass_t *pass, mt_tensor_obj_t *param) {
     if (pass->optim != NULL) {
-        pass->optim->ops->grad_end(pass->optim, param);
+        mt_optim_grad_end(pass->optim, param);
     }
 }
 
@@ -482,18 +483,29 @@ static int row_argmax(const mt_tensor_obj_t *t, int r, int n) {
     return best;
 }
 
-// Allocates .grad for every trainable parameter that lacks one (plain backward only).
+// Allocates .grad for every trainable float parameter that lacks one (plain backward
+// only), and checks the ones users assigned before any kernel writes into them. int8 and
+// mixed layers update inside backward(dy, opt)/train_step and get no .grad.
 static void ensure_grads(mt_layer_obj_t *layer) {
     mt_layer_obj_t *const *children;
     size_t n = layer_children(layer, &children);
     for (size_t i = 0; i < n; i++) {
         ensure_grads(children[i]);
     }
-    if (n == 0 && layer->trainable && layer->dtype != MT_INT8) {  // int8 layers need an optimizer
+    if (n == 0 && layer->trainable && layer->dtype != MT_INT8 && !mt_layer_is_mixed(layer)) {
         mt_tensor_obj_t *params[] = { layer->weight, layer->bias };
         for (size_t i = 0; i < 2; i++) {
-            if (params[i] != NULL && params[i]->grad == mp_const_none) {
+            if (params[i] == NULL) {
+                continue;
+            }
+            if (params[i]->grad == mp_const_none) {
                 params[i]->grad = MP_OBJ_FROM_PTR(mt_tensor_new(&params[i]->shape, MT_FLOAT32, "grad"));
+            }
+            const mt_tensor_obj_t *g = MP_OBJ_TO_PTR(params[i]->grad);
+            if (!mp_obj_is_type(params[i]->grad, &mt_tensor_type) || g->dtype != MT_FLOAT32
+                || g->size != params[i]->size) {
+                mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q: a .grad is not float32 of its shape"),
+                    mt_layer_name(layer));
             }
         }
     }
@@ -519,7 +531,6 @@ static MP_DEFINE_CONST_FUN_OBJ_KW(layer_forward_obj, 2, layer_forward);
 // parameters' .grad; with one, it updates them in the same pass (as train_step does).
 static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
     mt_layer_obj_t *self = mt_layer_get(args[0], "self");
-    mt_optim_obj_t *optim = n_args > 2 && args[2] != mp_const_none ? mt_optim_get(args[2]) : NULL;
     if (!self->planned || self->last_input == MP_OBJ_NULL) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: call forward first"),
             mt_layer_name(self));
@@ -538,10 +549,12 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
     if (self->input_grad == NULL) {
         self->input_grad = mt_tensor_new(&x->shape, self->in_dtype, "input gradient");
     }
-    if (optim == NULL) {
-        ensure_grads(self);
+    // Everything checked before any kernel writes.
+    mt_optim_obj_t *optim = NULL;
+    if (n_args > 2 && args[2] != mp_const_none) {
+        optim = mt_optim_begin_pass(args[2], self, "backward");
     } else {
-        optim->ops->step_begin(optim);
+        ensure_grads(self);
     }
     // Without a loss there is no relative loss: dynamic top-k uses its largest ratio.
     mt_pass_t pass = { .training = true, .scratch = self->scratch, .scratch_floats = self->scratch_floats,
@@ -564,19 +577,16 @@ static void check_loss_output(mt_layer_obj_t *self, const mt_loss_obj_t *loss) {
 static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
     mt_layer_obj_t *self = mt_layer_get(args[0], "self");
     const mt_loss_obj_t *loss = mt_loss_get(args[3]);
-    mt_optim_obj_t *optim = mt_optim_get(args[4]);
+    mt_optim_get(args[4]);  // a TypeError before anything runs
     mt_tensor_obj_t *x = prepare_input(self, args[1], "train_step: x");
     check_loss_output(self, loss);
     plan_loss(self);
     run_forward(self, x, true);
     float value = run_loss(self, loss, args[2], true);
     if (mt_layer_has_trainable(self)) {
-        optim->ops->step_begin(optim);
+        mt_optim_obj_t *optim = mt_optim_begin_pass(args[4], self, "train_step");
         // The sample's loss relative to the largest seen, for dynamic top-k updates.
-        if (value > optim->max_loss) {
-            optim->max_loss = value;
-        }
-        float ratio = optim->max_loss > 0.0f ? value / optim->max_loss : 1.0f;
+        float ratio = mt_optim_loss_ratio(optim, value);
         mt_pass_t pass = { .training = true, .scratch = self->scratch, .scratch_floats = self->scratch_floats,
             .optim = optim, .loss_ratio = ratio };
         mt_layer_ops(self)->backward(self, x, self->output_grad, NULL, &pass);
@@ -817,10 +827,6 @@ static void add_memory(const mt_layer_obj_t *layer, memory_use_t *use) {
         if (p->grad != mp_const_none) {
             use->gradients += ((mt_tensor_obj_t *)MP_OBJ_TO_PTR(p->grad))->size * sizeof(float);
         }
-        if (p->opt_state != MP_OBJ_NULL) {
-            const mt_tensor_obj_t *state = MP_OBJ_TO_PTR(p->opt_state);
-            use->optimizer += state->size * mt_dtype_size(state->dtype);
-        }
     }
     if (ops->grad_bytes != NULL) {
         use->gradients += ops->grad_bytes(layer);
@@ -859,6 +865,8 @@ static mp_obj_t layer_memory(size_t n_args, const mp_obj_t *args) {
     }
     memory_use_t use = { 0 };
     add_memory(self, &use);
+    // The state of the last optimizer built for this model (it owns that state).
+    use.optimizer = self->optim != MP_OBJ_NULL ? mt_optim_state_bytes(self->optim) : 0;
     // A training step's loss buffers, whether or not one has run yet (plan_loss).
     size_t out_size = mt_shape_size(&self->out_shape);
     use.gradients += out_size * mt_dtype_size(self->out_dtype);

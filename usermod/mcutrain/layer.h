@@ -135,6 +135,9 @@ struct _mt_layer_obj_t {
     // int8: its input's); layer.quant_range reads and sets it (calibration). NULL otherwise.
     struct _mt_range_tracker_t *quant_range;
     mt_update_t update;                // set by the optimizer's update= policy
+    // The last optimizer built for this layer as a model (memory() reports its state), or
+    // MP_OBJ_NULL. The state itself belongs to the optimizer (optim.h).
+    mp_obj_t optim;
 };
 
 const mt_layer_ops_t *mt_layer_ops(const mt_layer_obj_t *layer);

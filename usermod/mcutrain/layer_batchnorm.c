@@ -11,7 +11,7 @@
 #include "py/runtime.h"
 #include "layer.h"
 #include "layer_s8.h"
-#include "optim.h"
+#include "grad_sink.h"
 #include "kernels/batchnorm_f32.h"
 #include "kernels/batchnorm_f16.h"
 #include "kernels/batchnorm_s8.h"
@@ -138,7 +138,7 @@ static void bn_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const
     if (self_in->dtype == MT_INT8) {
         const mt_int8_sgd_t *sgd = NULL;
         if (self_in->trainable) {
-            sgd = pass->optim ? pass->optim->ops->int8_sgd(pass->optim) : NULL;
+            sgd = pass->optim ? mt_optim_int8_sgd(pass->optim) : NULL;
             if (sgd == NULL) {
                 mp_raise_msg_varg(&mp_type_ValueError,
                     MP_ERROR_TEXT("%q: int8 layers update during backward: give mt.SGD without momentum "

@@ -10,7 +10,7 @@
 #include "kernels/select_f32.h"
 #include "layer_s8.h"
 #include "layer_mixed.h"
-#include "optim.h"
+#include "grad_sink.h"
 
 typedef struct {
     mt_layer_obj_t base;

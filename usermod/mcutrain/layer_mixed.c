@@ -1,7 +1,7 @@
 // dtype="mixed" Linear and Conv layers: int8 forward, fp32 backward with QAS (layer_mixed.h).
 #include "py/runtime.h"
 #include "layer_mixed.h"
-#include "optim.h"
+#include "grad_sink.h"
 #include "kernels/vector_f32.h"
 
 // Byte offsets in the scratch after the kernels' part: the int8 output goes after the int8

@@ -2,7 +2,7 @@
 // (layer_s8.h). The kernels (conv2d_s8.h, linear_s8.h) do the work.
 #include "py/runtime.h"
 #include "layer_s8.h"
-#include "optim.h"
+#include "grad_sink.h"
 #include "kernels/add_s8.h"
 #include "kernels/vector_f32.h"
 #include "random.h"
@@ -121,7 +121,7 @@ const mt_int8_sgd_t *mt_s8_sgd(const mt_layer_obj_t *layer, const mt_pass_t *pas
     if (!layer->trainable) {
         return NULL;
     }
-    const mt_int8_sgd_t *sgd = pass->optim ? pass->optim->ops->int8_sgd(pass->optim) : NULL;
+    const mt_int8_sgd_t *sgd = pass->optim ? mt_optim_int8_sgd(pass->optim) : NULL;
     if (sgd == NULL) {
         mp_raise_msg_varg(&mp_type_ValueError,
             MP_ERROR_TEXT("%q: %q layers update during backward: give mt.SGD without momentum "

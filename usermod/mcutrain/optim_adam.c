@@ -1,6 +1,8 @@
 // mt.Adam(model, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0).
 // Adam needs the whole gradient before its update, so unlike SGD it keeps a gradient
 // buffer besides its two moments: 12 bytes of state per parameter, shown by memory().
+#include <math.h>
+
 #include "py/runtime.h"
 #include "optim.h"
 #include "kernels/optim_f32.h"
@@ -11,63 +13,56 @@ typedef struct {
     mt_adam_params_t p;
 } mt_adam_obj_t;
 
-// State layout per parameter of n elements: gradient[n], first moment[n], second moment[n],
-// all fp32 whatever the parameter's dtype (the second moment needs fp32's range).
-static float *adam_state(mt_optim_obj_t *self, mt_tensor_obj_t *param) {
-    return mt_optim_state(self, param, 3, MT_FLOAT32);
+// State layout of a slot covering n elements: gradient[n], first moment[n], second
+// moment[n], all fp32 whatever the parameter's dtype (the second moment needs fp32's range).
+static inline float *adam_moment(const mt_optim_slot_t *slot, int which) {
+    return (float *)slot->state + (size_t)which * slot->elems;
 }
 
 static void adam_step_begin(mt_optim_obj_t *self_in) {
     ((mt_adam_obj_t *)self_in)->p.step++;
 }
 
-static void adam_grad_begin(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, mt_grad_dest_t *dest) {
-    float *state = adam_state(self_in, param);
-    for (size_t i = 0; i < param->size; i++) {
-        state[i] = 0.0f;
+static void adam_grad_begin(mt_optim_obj_t *self_in, mt_optim_slot_t *slot, mt_grad_dest_t *dest) {
+    (void)self_in;
+    float *grad = adam_moment(slot, 0);
+    for (size_t i = 0; i < slot->param->size; i++) {
+        grad[i] = 0.0f;
     }
-    dest->data = state;
+    dest->data = grad;
     dest->alpha = 1.0f;
     dest->dtype = MT_FLOAT32;
     dest->rng = NULL;
 }
 
-// Adam on n elements of w (fp32) from g, with the moments at element `at` of the state.
-static void adam_update(mt_adam_obj_t *self, mt_tensor_obj_t *param, float *w, const float *g, size_t at, size_t n) {
-    float *state = adam_state(&self->base, param);
-    size_t elems = mt_optim_state_elems(param, 3);
-    mt_adam_f32_step(&self->p, w, g, state + elems + at, state + 2 * elems + at, n);
+// Adam on n elements of the parameter from element `at` (fp32) from g.
+static void adam_update(mt_adam_obj_t *self, mt_optim_slot_t *slot, const float *g, size_t at, size_t n) {
+    mt_adam_f32_step(&self->p, (float *)slot->param->data + at, g, adam_moment(slot, 1) + at,
+        adam_moment(slot, 2) + at, n);
 }
 
-static void adam_apply(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const float *grad) {
-    if (param->dtype == MT_FLOAT16) {
-        float *state = adam_state(self_in, param);
-        size_t elems = mt_optim_state_elems(param, 3);
-        mt_adam_f16_step(&((mt_adam_obj_t *)self_in)->p, param->data, grad, state + elems, state + 2 * elems,
-            param->size, &self_in->rng);
+static void adam_apply(mt_optim_obj_t *self_in, mt_optim_slot_t *slot, const float *grad, size_t n) {
+    if (slot->param->dtype == MT_FLOAT16) {
+        mt_adam_f16_step(&((mt_adam_obj_t *)self_in)->p, slot->param->data, grad, adam_moment(slot, 1),
+            adam_moment(slot, 2), n, &self_in->rng);
         return;
     }
-    adam_update((mt_adam_obj_t *)self_in, param, param->data, grad, 0, param->size);
+    adam_update((mt_adam_obj_t *)self_in, slot, grad, 0, n);
 }
 
-static void adam_grad_end(mt_optim_obj_t *self_in, mt_tensor_obj_t *param) {
-    adam_apply(self_in, param, adam_state(self_in, param));
+static void adam_grad_end(mt_optim_obj_t *self_in, mt_optim_slot_t *slot) {
+    adam_apply(self_in, slot, adam_moment(slot, 0), slot->param->size);
 }
 
-static void adam_apply_rows(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const int32_t *rows, int k,
+static void adam_apply_rows(mt_optim_obj_t *self_in, mt_optim_slot_t *slot, const int32_t *rows, int k,
     int row_len, const float *grad) {
     for (int j = 0; j < k; j++) {
-        size_t at = (size_t)rows[j] * (size_t)row_len;
-        adam_update((mt_adam_obj_t *)self_in, param, (float *)param->data + at, grad + (size_t)j * row_len, at, (size_t)row_len);
+        adam_update((mt_adam_obj_t *)self_in, slot, grad + (size_t)j * row_len, (size_t)rows[j] * (size_t)row_len,
+            (size_t)row_len);
     }
 }
 
-static size_t adam_state_bytes(const mt_optim_obj_t *self) {
-    (void)self;
-    return 3 * sizeof(float);
-}
-
-static const mt_int8_sgd_t *adam_int8(const mt_optim_obj_t *self) {
+static const mt_int8_sgd_t *adam_int8(mt_optim_obj_t *self) {
     (void)self;
     return NULL;
 }
@@ -78,9 +73,13 @@ static const mt_optim_ops_t adam_ops = {
     .grad_end = adam_grad_end,
     .apply = adam_apply,
     .apply_rows = adam_apply_rows,
-    .state_bytes_per_float = adam_state_bytes,
     .int8_sgd = adam_int8,
 };
+
+// lr > 0 and finite, in the constructor and as a setter alike.
+static float adam_lr(mp_obj_t obj) {
+    return mt_optim_float_arg(obj, "Adam", "lr", 0.0f, false, INFINITY);
+}
 
 static mp_obj_t adam_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
     enum { ARG_model, ARG_lr, ARG_betas, ARG_eps, ARG_weight_decay, ARG_update };
@@ -96,23 +95,21 @@ static mp_obj_t adam_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
     mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
     mt_adam_obj_t *self = mp_obj_malloc(mt_adam_obj_t, type);
     self->base.ops = &adam_ops;
-    self->p.lr = args[ARG_lr].u_obj ? (float)mp_obj_get_float(args[ARG_lr].u_obj) : 0.001f;
+    self->base.name = "Adam";
+    self->p.lr = args[ARG_lr].u_obj ? adam_lr(args[ARG_lr].u_obj) : 0.001f;
     self->p.beta1 = 0.9f;
     self->p.beta2 = 0.999f;
     if (args[ARG_betas].u_obj != mp_const_none) {
         mp_obj_t *betas;
         mp_obj_get_array_fixed_n(args[ARG_betas].u_obj, 2, &betas);
-        self->p.beta1 = (float)mp_obj_get_float(betas[0]);
-        self->p.beta2 = (float)mp_obj_get_float(betas[1]);
+        self->p.beta1 = mt_optim_float_arg(betas[0], "Adam", "betas[0]", 0.0f, true, 1.0f);
+        self->p.beta2 = mt_optim_float_arg(betas[1], "Adam", "betas[1]", 0.0f, true, 1.0f);
     }
-    self->p.eps = args[ARG_eps].u_obj != mp_const_none ? (float)mp_obj_get_float(args[ARG_eps].u_obj) : 1e-8f;
-    self->p.weight_decay = (float)mp_obj_get_float(args[ARG_weight_decay].u_obj);
+    self->p.eps = args[ARG_eps].u_obj != mp_const_none
+        ? mt_optim_float_arg(args[ARG_eps].u_obj, "Adam", "eps", 0.0f, false, INFINITY) : 1e-8f;
+    self->p.weight_decay = mt_optim_float_arg(args[ARG_weight_decay].u_obj, "Adam", "weight_decay", 0.0f, true,
+        INFINITY);
     self->p.step = 0;
-    if (!(self->p.lr > 0.0f) || !(self->p.beta1 >= 0.0f && self->p.beta1 < 1.0f)
-        || !(self->p.beta2 >= 0.0f && self->p.beta2 < 1.0f) || !(self->p.eps > 0.0f)
-        || !(self->p.weight_decay >= 0.0f)) {
-        mp_raise_ValueError(MP_ERROR_TEXT("Adam: need lr > 0, betas in [0, 1), eps > 0, weight_decay >= 0"));
-    }
     mt_optim_init_params(&self->base, args[ARG_model].u_obj, 3, false, args[ARG_update].u_obj);
     return MP_OBJ_FROM_PTR(self);
 }
@@ -121,7 +118,7 @@ static void adam_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
     mt_adam_obj_t *self = MP_OBJ_TO_PTR(self_in);
     if (dest[0] == MP_OBJ_SENTINEL) {
         if (attr == MP_QSTR_lr && dest[1] != MP_OBJ_NULL) {
-            self->p.lr = (float)mp_obj_get_float(dest[1]);
+            self->p.lr = adam_lr(dest[1]);
             dest[0] = MP_OBJ_NULL;
         }
         return;

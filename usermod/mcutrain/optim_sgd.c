@@ -1,6 +1,8 @@
 // mt.SGD(model, lr, momentum=0, weight_decay=0, update=None, standardize=False,
 // rounding='nearest'): the update fused into the weight-gradient pass, so no gradient
 // buffer exists (see kernels/optim_f32.h). standardize and rounding apply to int8 layers.
+#include <math.h>
+
 #include "py/runtime.h"
 #include "optim.h"
 #include "kernels/optim_f32.h"
@@ -18,14 +20,14 @@ static void sgd_step_begin(mt_optim_obj_t *self) {
 
 // The velocity of a parameter: in its own dtype (an fp16 velocity is enough for momentum,
 // see kernels/optim_f16.h), or NULL without momentum.
-static void *sgd_velocity(mt_sgd_obj_t *self, mt_tensor_obj_t *param) {
-    return self->p.momentum != 0.0f
-        ? mt_optim_state(&self->base, param, 1, mt_optim_state_dtype(param, true)) : NULL;
+static inline void *sgd_velocity(const mt_optim_slot_t *slot) {
+    return slot->state;
 }
 
-static void sgd_grad_begin(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, mt_grad_dest_t *dest) {
+static void sgd_grad_begin(mt_optim_obj_t *self_in, mt_optim_slot_t *slot, mt_grad_dest_t *dest) {
     mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
-    void *velocity = sgd_velocity(self, param);
+    mt_tensor_obj_t *param = slot->param;
+    void *velocity = sgd_velocity(slot);
     if (param->dtype == MT_FLOAT16) {
         mt_sgd_f16_fused_begin_v16(&self->p, param->data, velocity, param->size, &self_in->rng);
         dest->dtype = MT_FLOAT16;
@@ -40,41 +42,38 @@ static void sgd_grad_begin(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, mt_g
     dest->data = velocity ? velocity : param->data;
 }
 
-static void sgd_grad_end(mt_optim_obj_t *self_in, mt_tensor_obj_t *param) {
+static void sgd_grad_end(mt_optim_obj_t *self_in, mt_optim_slot_t *slot) {
     mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
+    mt_tensor_obj_t *param = slot->param;
     if (param->dtype == MT_FLOAT16) {
-        mt_sgd_f16_fused_end_v16(&self->p, param->data, sgd_velocity(self, param), param->size, &self_in->rng);
+        mt_sgd_f16_fused_end_v16(&self->p, param->data, sgd_velocity(slot), param->size, &self_in->rng);
     } else {
-        mt_sgd_f32_fused_end(&self->p, param->data, sgd_velocity(self, param), param->size);
+        mt_sgd_f32_fused_end(&self->p, param->data, sgd_velocity(slot), param->size);
     }
 }
 
-static void sgd_apply(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const float *grad) {
+static void sgd_apply(mt_optim_obj_t *self_in, mt_optim_slot_t *slot, const float *grad, size_t n) {
     mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
+    mt_tensor_obj_t *param = slot->param;
     if (param->dtype == MT_FLOAT16) {
-        mt_sgd_f16_step_v16(&self->p, param->data, grad, sgd_velocity(self, param), param->size, &self_in->rng);
+        mt_sgd_f16_step_v16(&self->p, param->data, grad, sgd_velocity(slot), n, &self_in->rng);
     } else {
-        mt_sgd_f32_step(&self->p, param->data, grad, sgd_velocity(self, param), param->size);
+        mt_sgd_f32_step(&self->p, param->data, grad, sgd_velocity(slot), n);
     }
 }
 
-static void sgd_apply_rows(mt_optim_obj_t *self_in, mt_tensor_obj_t *param, const int32_t *rows, int k,
+static void sgd_apply_rows(mt_optim_obj_t *self_in, mt_optim_slot_t *slot, const int32_t *rows, int k,
     int row_len, const float *grad) {
     // Partial updates are float32-only (partial_update.c refuses other dtypes).
     mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
-    float *w = param->data, *velocity = sgd_velocity(self, param);
+    float *w = slot->param->data, *velocity = sgd_velocity(slot);
     for (int j = 0; j < k; j++) {
         size_t at = (size_t)rows[j] * (size_t)row_len;
         mt_sgd_f32_step(&self->p, w + at, grad + (size_t)j * row_len, velocity ? velocity + at : NULL, (size_t)row_len);
     }
 }
 
-static size_t sgd_state_bytes(const mt_optim_obj_t *self_in) {
-    const mt_sgd_obj_t *self = (const mt_sgd_obj_t *)self_in;
-    return self->p.momentum != 0.0f ? sizeof(float) : 0;
-}
-
-static const mt_int8_sgd_t *sgd_int8(const mt_optim_obj_t *self_in) {
+static const mt_int8_sgd_t *sgd_int8(mt_optim_obj_t *self_in) {
     mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
     self->int8.lr = self->p.lr;
     self->int8.weight_decay = self->p.weight_decay;
@@ -97,17 +96,12 @@ static const mt_optim_ops_t sgd_ops = {
     .grad_end = sgd_grad_end,
     .apply = sgd_apply,
     .apply_rows = sgd_apply_rows,
-    .state_bytes_per_float = sgd_state_bytes,
     .int8_sgd = sgd_int8,
 };
 
-static float check_rate(mp_obj_t obj, const char *what, bool allow_zero) {
-    float v = (float)mp_obj_get_float(obj);
-    if (!(v >= 0.0f) || (!allow_zero && v == 0.0f) || v > 1e30f) {
-        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("SGD: %s must be %s, not %f"), what,
-            allow_zero ? ">= 0" : "> 0", (double)v);
-    }
-    return v;
+// Every rate is finite; lr > 0, momentum in [0, 1), weight_decay >= 0.
+static float sgd_lr(mp_obj_t obj) {
+    return mt_optim_float_arg(obj, "SGD", "lr", 0.0f, false, INFINITY);
 }
 
 static mp_obj_t sgd_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
@@ -125,12 +119,11 @@ static mp_obj_t sgd_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
     mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
     mt_sgd_obj_t *self = mp_obj_malloc(mt_sgd_obj_t, type);
     self->base.ops = &sgd_ops;
-    self->p.lr = check_rate(args[ARG_lr].u_obj, "lr", false);
-    self->p.momentum = check_rate(args[ARG_momentum].u_obj, "momentum", true);
-    if (self->p.momentum >= 1.0f) {
-        mp_raise_ValueError(MP_ERROR_TEXT("SGD: momentum must be in [0, 1)"));
-    }
-    self->p.weight_decay = check_rate(args[ARG_weight_decay].u_obj, "weight_decay", true);
+    self->base.name = "SGD";
+    self->p.lr = sgd_lr(args[ARG_lr].u_obj);
+    self->p.momentum = mt_optim_float_arg(args[ARG_momentum].u_obj, "SGD", "momentum", 0.0f, true, 1.0f);
+    self->p.weight_decay = mt_optim_float_arg(args[ARG_weight_decay].u_obj, "SGD", "weight_decay", 0.0f, true,
+        INFINITY);
     self->int8.standardize = args[ARG_standardize].u_bool;
     self->int8.stochastic_rounding = rounding_arg(args[ARG_rounding].u_obj);
     mt_optim_init_params(&self->base, args[ARG_model].u_obj, self->p.momentum != 0.0f ? 1 : 0, true,
@@ -143,7 +136,7 @@ static void sgd_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
     mt_sgd_obj_t *self = MP_OBJ_TO_PTR(self_in);
     if (dest[0] == MP_OBJ_SENTINEL) {
         if (attr == MP_QSTR_lr && dest[1] != MP_OBJ_NULL) {
-            self->p.lr = check_rate(dest[1], "lr", false);
+            self->p.lr = sgd_lr(dest[1]);
             dest[0] = MP_OBJ_NULL;
         }
         return;

@@ -5,7 +5,7 @@
 
 #include "py/runtime.h"
 #include "partial_update.h"
-#include "optim.h"
+#include "grad_sink.h"
 #include "kernels/select_f32.h"
 
 // Policies as users write them; FROZEN and LAST_LAYERS become trainable flags.
@@ -314,9 +314,9 @@ const int32_t *mt_update_select(mt_layer_obj_t *layer, const float *dy, int rows
 
 void mt_update_selected_rows(const mt_pass_t *pass, mt_layer_obj_t *layer, const int32_t *rows, int k,
     int row_len, const float *dw, const float *db) {
-    pass->optim->ops->apply_rows(pass->optim, layer->weight, rows, k, row_len, dw);
+    mt_optim_apply_rows(pass->optim, layer->weight, rows, k, row_len, dw);
     if (layer->bias) {
-        pass->optim->ops->apply_rows(pass->optim, layer->bias, rows, k, 1, db);
+        mt_optim_apply_rows(pass->optim, layer->bias, rows, k, 1, db);
     }
 }
 

@@ -126,7 +126,6 @@ static mt_tensor_obj_t *tensor_alloc(const mt_shape_t *shape, mt_dtype_t dtype) 
     t->data = NULL;
     t->owner = MP_OBJ_NULL;
     t->grad = mp_const_none;
-    t->opt_state = MP_OBJ_NULL;
     return t;
 }
 
@@ -474,10 +473,18 @@ static void tensor_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
     if (dest[0] == MP_OBJ_SENTINEL) {
         // Store: only the gradient, scale and zero point are settable.
         if (attr == MP_QSTR_grad && dest[1] != MP_OBJ_NULL) {
+            // Optimizers and backward run float32 kernels over .grad and the tensor: only a
+            // float32 gradient of the same shape, and none for int8 tensors (int8 layers
+            // update inside train_step/backward(dy, opt)).
             if (dest[1] != mp_const_none) {
                 mt_tensor_obj_t *g = mt_tensor_get(dest[1], "Tensor.grad");
+                if (t->dtype == MT_INT8) {
+                    mp_raise_ValueError(MP_ERROR_TEXT("Tensor.grad: int8 tensors have no gradient"));
+                }
                 if (!mt_shape_equal(&g->shape, &t->shape) || g->dtype != MT_FLOAT32) {
-                    mp_raise_ValueError(MP_ERROR_TEXT("Tensor.grad must be float32 of the tensor's shape"));
+                    char a[64], b[64];
+                    mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("Tensor.grad must be float32 %s, not %q %s"),
+                        mt_shape_str(&t->shape, a, sizeof(a)), mt_dtype_qstr(g->dtype), mt_shape_str(&g->shape, b, sizeof(b)));
                 }
             }
             t->grad = dest[1];

@@ -27,8 +27,7 @@ typedef struct _mt_tensor_obj_t {
     int32_t zero_point;
     void *data;
     mp_obj_t owner;          // keeps a viewed buffer alive; MP_OBJ_NULL if data is ours
-    mp_obj_t grad;           // a parameter's gradient Tensor, or None
-    mp_obj_t opt_state;      // optimizer state of a parameter, or MP_OBJ_NULL
+    mp_obj_t grad;           // a parameter's gradient Tensor (float32, its shape), or None
 } mt_tensor_obj_t;
 
 extern const mp_obj_type_t mt_tensor_type;
