@@ -210,6 +210,7 @@ static mp_obj_t res_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
     if (self->children[0] == self->children[1]) {
         mp_raise_ValueError(MP_ERROR_TEXT("Residual: body and shortcut must be different objects"));
     }
+    mt_layer_adopt(self->children, 2, "Residual");
     self->base.dtype = MT_DTYPE_ANY;
     mt_tensor_header_init(&self->shortcut_grad, NULL, MT_FLOAT32);
     self->y_range.count = self->dx_range.count = 0;

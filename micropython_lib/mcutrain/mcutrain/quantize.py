@@ -210,17 +210,6 @@ def _samples(calibration, samples):
         n += 1
 
 
-def _clone(layer, dtype=None):
-    # A new layer like `layer` (parameterless ones too: they plan for the dtype they see).
-    kw = layer.config()
-    if dtype is not None:
-        kw["dtype"] = dtype
-    new = type(layer)(**kw)
-    if not getattr(layer, "trainable", True):
-        new.trainable = False
-    return new
-
-
 def _calibrate(model, calibration, samples, need):
     # lo[i], hi[i]: min and max over the samples of the input of top-level layer i (i = len:
     # the model's output), for the i in need (the others stay None).
@@ -267,9 +256,10 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
     of one sample each, or a Dataset; at most `samples` of them). BatchNorm2d is folded
     first; layers that cannot take int8 (AvgPool2d until the firmware's does, Softmax,
     BatchNorm2d, Residual, ...) and the top-level indices in keep_float stay float32.
-    The input model's weights may change (BatchNorm folding): pass a copy to keep it. Its
-    planned buffers are released (model.release()) once calibrated."""
+    The result shares no layer with model (float layers are copied), and model's weights
+    stay as they are; its planned buffers are released (model.release()) to make room."""
     import mcutrain as mt
+    from .clone import clone
 
     if type(model).__name__ != "Sequential":
         raise TypeError("quantize: need a Sequential, got %s" % type(model).__name__)
@@ -287,7 +277,7 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
         model.release()  # buffers planned by earlier runs: calibration plans its own
     except ValueError:
         pass  # part of a bigger model, whose buffers these are
-    model = mt.fold_batchnorm(model)
+    model = mt.fold_batchnorm(model)  # a copy: calibration plans it, the input stays as is
     passthrough = _PASS + (("AvgPool2d",) if int8_avgpool() else ())
     # Ranges needed: the input of each quantized layer (read by a Convert(int8) when an int8
     # run starts there) and its output.
@@ -315,7 +305,7 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
                 c.quant_range = (lo[i], hi[i])
                 layers.append(c)
                 int8 = True
-            new = _clone(layer, dtype)
+            new = clone(layer, dtype)
             quantize_weights(layer.weight, new.weight, new.weight_scale)
             if layer.bias is not None:
                 new.bias.copy_from(layer.bias)
@@ -323,14 +313,13 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
             layers.append(new)
             quantized += 1
         elif can and int8:
-            layers.append(_clone(layer))
+            layers.append(clone(layer))
         else:
             if int8:
                 layers.append(mt.Convert(mt.float32))
                 int8 = False
-            # Float layers are shared, not copied: they keep their weights and settings.
-            layers.append(layer if kind in ("Residual", "Sequential") or layer.weight is not None
-                          else _clone(layer))
+            # A layer belongs to one model: the folded copy's layers are copied again.
+            layers.append(clone(layer))
     if int8:
         layers.append(mt.Convert(mt.float32))
     if quantized == 0:
@@ -340,8 +329,10 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
 
 def dequantize(model):
     """A float32 Sequential from a quantized one: int8 layers back to float32 with
-    w = scale * q, Convert layers dropped, float layers kept."""
+    w = scale * q, Convert layers dropped, float layers copied (the result shares no layer
+    with model)."""
     import mcutrain as mt
+    from .clone import clone
 
     if type(model).__name__ != "Sequential":
         raise TypeError("dequantize: need a Sequential, got %s" % type(model).__name__)
@@ -352,7 +343,7 @@ def dequantize(model):
         if kind == "Convert":
             continue
         if kind in _QUANT and layer.dtype == "int8":
-            new = _clone(layer, "float32")
+            new = clone(layer, "float32")
             dequantize_weights(layer.weight, layer.weight_scale, new.weight)
             if layer.bias is not None:
                 new.bias.copy_from(layer.bias)
@@ -360,8 +351,6 @@ def dequantize(model):
         elif kind in _QUANT and layer.dtype != "float32":
             raise ValueError("dequantize: layer %d (%s) is %s; only int8 and float32 are handled"
                              % (i, kind, layer.dtype))
-        elif layer.weight is None and kind not in ("Residual", "Sequential"):
-            layers.append(_clone(layer))
         else:
-            layers.append(layer)
+            layers.append(clone(layer))
     return mt.Sequential(*layers)
