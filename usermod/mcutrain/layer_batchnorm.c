@@ -63,7 +63,7 @@ static void bn_forward_s8(mt_batchnorm_obj_t *self, const mt_tensor_obj_t *x, co
         observed = true;
     }
     mt_qparams_t yq;
-    if (mt_qparams_asymmetric(self->y_range.min, self->y_range.max, &yq) != 0) {
+    if (self->y_range.count == 0 || mt_qparams_asymmetric(self->y_range.min, self->y_range.max, &yq) != 0) {
         raise_s8("output");
     }
     mt_batchnorm_s8_forward(&self->p, x->data, qparams_of(x), base->weight->data, base->bias->data, self->saved,
