@@ -210,10 +210,37 @@ def _samples(calibration, samples):
         n += 1
 
 
-def _calibrate(model, calibration, samples, need):
-    # lo[i], hi[i]: min and max over the samples of the input of top-level layer i (i = len:
-    # the model's output), for the i in need (the others stay None).
-    n = len(model)
+def _fold_groups(model):
+    # The layers of mt.fold_batchnorm(model) without building it: for each, the index of its
+    # layer in model and the indices of the BatchNorm2d layers folded into it.
+    groups = []
+    for i in range(len(model)):
+        layer = model[i]
+        if type(layer).__name__ == "BatchNorm2d" and groups and model[groups[-1][0]].weight is not None:
+            groups[-1][1].append(i)
+        else:
+            groups.append((i, []))
+    return groups
+
+
+def _folded_copy(model, group):
+    # A float copy of the group's layer with its BatchNorm2d layers folded in (mt.clone).
+    from .clone import clone
+
+    new = clone(model[group[0]])
+    for b in group[1]:
+        model[b].fold_into(new)
+    return new
+
+
+def _calibrate(model, groups, calibration, samples, need):
+    # lo[i], hi[i]: min and max over the samples of the input of folded layer i (i = len:
+    # the model's output), for the i in need (the others stay None). The unfolded model
+    # runs (BatchNorm2d in inference mode computes what the folded layer does), so no
+    # folded copy of the whole model has to fit in RAM beside it.
+    n = len(groups)
+    # the layer of model whose output is the input of folded layer i (None: the input)
+    source = [None] + [(g[1] or [g[0]])[-1] for g in groups]
     lo = [None] * (n + 1)
     hi = [None] * (n + 1)
     shape = None
@@ -233,7 +260,7 @@ def _calibrate(model, calibration, samples, need):
             raise ValueError("quantize: calibration samples of shape %s do not fit the model: %s"
                              % (shape, e))
         for i in need:
-            mv = memoryview(x if i == 0 else model[i - 1].output)
+            mv = memoryview(x if source[i] is None else model[source[i]].output)
             a, b = min(mv), max(mv)
             if lo[i] is None or a < lo[i]:
                 lo[i] = a
@@ -254,7 +281,7 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
     (per-channel symmetric weights, float32 bias), a Convert(int8) in front of each int8 run
     and a Convert(float32) after it, quant_ranges set from calibration (float32 input Tensors
     of one sample each, or a Dataset; at most `samples` of them). BatchNorm2d is folded
-    first; layers that cannot take int8 (AvgPool2d until the firmware's does, Softmax,
+    first (keep_float indices count the layers after folding); layers that cannot take int8 (AvgPool2d until the firmware's does, Softmax,
     BatchNorm2d, Residual, ...) and the top-level indices in keep_float stay float32.
     The result shares no layer with model (float layers are copied), and model's weights
     stay as they are; its planned buffers are released (model.release()) to make room."""
@@ -276,18 +303,18 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
     try:
         model.release()  # buffers planned by earlier runs: calibration plans its own
     except ValueError:
-        pass  # part of a bigger model, whose buffers these are
-    model = mt.fold_batchnorm(model)  # a copy: calibration plans it, the input stays as is
+        model = clone(model)  # part of a bigger model, which alone may run it: run a copy
+    groups = _fold_groups(model)
     passthrough = _PASS + (("AvgPool2d",) if int8_avgpool() else ())
     # Ranges needed: the input of each quantized layer (read by a Convert(int8) when an int8
     # run starts there) and its output.
     need = []
-    for i in range(len(model)):
-        if i not in keep_float and type(model[i]).__name__ in _QUANT:
+    for i in range(len(groups)):
+        if i not in keep_float and type(model[groups[i][0]]).__name__ in _QUANT:
             for j in (i, i + 1):
                 if j not in need:
                     need.append(j)
-    lo, hi = _calibrate(model, calibration, samples, need)
+    lo, hi = _calibrate(model, groups, calibration, samples, need)
     # Calibration planned the float model's training buffers: free them for the int8 layers
     # (on a 256 KB board both do not fit at once).
     model.release()
@@ -295,8 +322,10 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
     layers = []
     int8 = False
     quantized = 0
-    for i in range(len(model)):
-        layer = model[i]
+    for i in range(len(groups)):
+        # The layer with its BatchNorm2d folded in: a copy if there is one to fold (model
+        # stays as it is), else model's own, only read.
+        layer = _folded_copy(model, groups[i]) if groups[i][1] else model[groups[i][0]]
         kind = type(layer).__name__
         can = i not in keep_float and (kind in _QUANT or kind in passthrough)
         if can and kind in _QUANT:
@@ -318,8 +347,8 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
             if int8:
                 layers.append(mt.Convert(mt.float32))
                 int8 = False
-            # A layer belongs to one model: the folded copy's layers are copied again.
-            layers.append(clone(layer))
+            # A layer belongs to one model: the input's are copied.
+            layers.append(layer if groups[i][1] else clone(layer))
     if int8:
         layers.append(mt.Convert(mt.float32))
     if quantized == 0:
