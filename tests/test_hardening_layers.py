@@ -60,6 +60,10 @@ CASES = [
     ("m.backward(mt.zeros((2, 3)))", "ValueError", "call forward first"),
     ("m.forward(x); m.train_step(x, [0, 9], mt.cross_entropy, opt)", "ValueError", "label 9 is outside"),
     ("m.backward(mt.zeros((2, 3)))", "ValueError", "call forward first"),
+    # re-planned for another batch by memory(shape): the last forward's buffers are gone
+    ("m.forward(x); m.memory((5, 4)); m.backward(mt.zeros((2, 3)))", "ValueError", "call forward first"),
+    ("m.forward(x); m.forward(42)", "TypeError", "forward: x must be"),
+    ("m.backward(mt.zeros((2, 3)))", "ValueError", "call forward first"),
     ("m.train_step(" + NAN_X + ", [0, 1], mt.cross_entropy, opt)", "ValueError",
      "loss is not finite; weights unchanged"),
     ("m.train_step(" + INF_X + ", mt.zeros((2, 3)), mt.mse, opt)", "ValueError",

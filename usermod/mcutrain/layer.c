@@ -470,6 +470,7 @@ static void plan_loss(mt_layer_obj_t *self) {
 }
 
 static mt_tensor_obj_t *prepare_input(mt_layer_obj_t *self, mp_obj_t x_in, const char *what) {
+    self->last_input = MP_OBJ_NULL;  // whatever happens next, the last forward is gone
     mt_tensor_obj_t *x = mt_tensor_get(x_in, what);
     mt_shape_t shape;
     input_shape(self, x, &shape);
@@ -505,6 +506,14 @@ static bool all_finite(const mt_tensor_obj_t *t) {
         }
     }
     return true;
+}
+
+// Whether the plan is still the one the last forward ran with: memory(shape) or macs(shape)
+// may have planned the model for another shape since.
+static bool plan_fits(mt_layer_obj_t *self, const mt_tensor_obj_t *x) {
+    mt_shape_t shape;
+    input_shape(self, x, &shape);
+    return mt_shape_equal(&shape, &self->in_shape) && x->dtype == self->in_dtype;
 }
 
 // dy must have the output's shape, or that shape without its batch of one when the
@@ -590,7 +599,7 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
     mt_layer_obj_t *self = mt_layer_get(args[0], "self");
     mt_optim_obj_t *optim = n_args > 2 && args[2] != mp_const_none ? mt_optim_get(args[2]) : NULL;
     check_not_owned(self);
-    if (!self->planned || self->last_input == MP_OBJ_NULL) {
+    if (!self->planned || self->last_input == MP_OBJ_NULL || !plan_fits(self, MP_OBJ_TO_PTR(self->last_input))) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: call forward first"),
             mt_layer_name(self));
     }
