@@ -93,6 +93,11 @@ CASES = [
     ("conv.load_state_dict({'0.weight': bytes(216), '0.bias': sd['0.bias']})", "TypeError",
      "0.weight must be a Tensor, not bytes"),
     ("conv.load_state_dict([1])", "TypeError", "load_state_dict: need a dict"),
+    # copy_from (what mt.clone copies with): same type and config only
+    ("fresh.copy_from(mt.Linear(4, 2))", "ValueError", "Linear.copy_from: its weight differs"),
+    ("fresh.copy_from(mt.Linear(4, 3, bias=False))", "ValueError", "Linear.copy_from: its bias differs"),
+    ("fresh.copy_from(mt.ReLU())", "TypeError", "Linear.copy_from: need a Linear, not ReLU"),
+    ("m.copy_from(m)", "TypeError", "containers: mt.clone"),
     # BatchNorm2d training on one value per channel, as PyTorch
     ("bn.forward(mt.zeros((1, 1, 1, 3)))", "ValueError", "more than 1 value per channel"),
     ("bn.train_step(mt.zeros((1, 3)), mt.zeros((1, 3)), mt.mse, mt.SGD(bn, lr=0.1))", "ValueError",
@@ -212,3 +217,45 @@ def test_batchnorm_backward_after_inference_forward_uses_running_statistics(targ
         np.testing.assert_allclose(got[f"{dtype}.dx"], dyd * gamma * inv_std, rtol=tol, atol=tol)
         np.testing.assert_allclose(got[f"{dtype}.dgamma"], (dyd * xhat).sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(got[f"{dtype}.dbeta"], dyd.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+
+
+def test_clone_copies_layers_bit_for_bit_in_every_dtype(target):
+    """mt.clone: an owned layer or a whole model, float32 with BatchNorm statistics, int8 with
+    quant_ranges and weight scales, mixed: the copy predicts exactly what the original does
+    and belongs to no model, so a new one can take it."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 4, 4, 2)).astype(np.float32)
+    s = DeviceScript()
+    s.add(f"x = {tensor_expr(x)}")
+    s.add("models = [mt.Sequential(mt.Conv2d(2, 3, 3), mt.BatchNorm2d(3), mt.ReLU(), mt.Flatten(), mt.Linear(12, 2)),"
+          " mt.Sequential(mt.Convert(mt.int8), mt.Conv2d(2, 3, 3, dtype=mt.int8), mt.ReLU(), mt.Flatten(),"
+          " mt.Linear(12, 2, dtype=mt.int8), mt.Convert(mt.float32)),"
+          " mt.Sequential(mt.Conv2d(2, 3, 3, dtype='mixed'), mt.Flatten(), mt.Linear(12, 2, dtype='mixed'))]")
+    for i in range(3):
+        s.add(f"m = models[{i}]")
+        s.add("m.train_step(x, [0, 1], mt.cross_entropy, mt.SGD(m, lr=0.05))")
+        s.emit(f"m{i}", "m.predict(x)", (2, 2))
+        s.add("c = mt.clone(m)")
+        s.emit(f"c{i}", "c.predict(x)", (2, 2))
+        # an owned layer copies too, and the copy joins another model
+        s.add("h = mt.Sequential(mt.clone(m[len(m) - 1]))")
+    got = s.run(target)
+    for i in range(3):
+        np.testing.assert_array_equal(got[f"c{i}"], got[f"m{i}"], err_msg=f"model {i}")
+
+
+def test_batchnorm_running_statistics_skip_non_finite_batches(target):
+    """One inf in a channel's batch leaves that channel's running statistics as they were;
+    the other channels update as usual (PyTorch would store inf)."""
+    x = np.ones((2, 1, 2, 2), np.float32)
+    x[:, 0, :, 1] = [[1, 3], [5, 7]]
+    x[0, 0, 0, 0] = np.inf
+    s = DeviceScript()
+    s.add("bn = mt.BatchNorm2d(2, momentum=0.5)")
+    s.add(f"bn.forward({tensor_expr(x)})")
+    s.emit("rm", "bn.running_mean", (2,))
+    s.emit("rv", "bn.running_var", (2,))
+    got = s.run(target)
+    # channel 1 holds 1, 3, 5, 7: mean 4, unbiased variance 20/3
+    np.testing.assert_allclose(got["rm"], [0.0, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(got["rv"], [1.0, 0.5 + 0.5 * 20 / 3], rtol=1e-6)

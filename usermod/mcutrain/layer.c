@@ -919,6 +919,42 @@ static mp_obj_t layer_load_state_dict(size_t n_args, const mp_obj_t *pos_args, m
 }
 static MP_DEFINE_CONST_FUN_OBJ_KW(layer_load_state_dict_obj, 2, layer_load_state_dict);
 
+// copy_from(other): other's parameters, running statistics, tracked quant_range (exactly:
+// a Python float on the boards keeps only 30 bits) and trainable into this layer, a simple
+// layer of the same type and config. mt.clone builds its copies with it.
+static mp_obj_t layer_copy_from(mp_obj_t self_in, mp_obj_t other_in) {
+    mt_layer_obj_t *self = mt_layer_get(self_in, "self");
+    mt_layer_obj_t *other = mt_layer_get(other_in, "copy_from: other");
+    if (self->base.type != other->base.type || (mt_layer_ops(self)->flags & MT_LAYER_COMPOSITE)) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%q.copy_from: need a %q, not %q (containers: mt.clone)"),
+            mt_layer_name(self), mt_layer_name(self), mt_layer_name(other));
+    }
+    // Check everything first, so a refused copy leaves the layer unchanged.
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < MP_ARRAY_SIZE(param_names); i++) {
+            mt_tensor_obj_t *dst = layer_param(self, i), *src = layer_param(other, i);
+            if (dst == NULL && src == NULL) {
+                continue;
+            }
+            if (dst == NULL || src == NULL || dst->dtype != src->dtype || !mt_shape_equal(&dst->shape, &src->shape)) {
+                mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.copy_from: its %q differs: build it with the same config"),
+                    mt_layer_name(self), param_names[i]);
+            }
+            if (pass == 1 && dst != src) {
+                memmove(dst->data, src->data, dst->size * mt_dtype_size(dst->dtype));
+                dst->scale = src->scale;
+                dst->zero_point = src->zero_point;
+            }
+        }
+    }
+    if (self->quant_range != NULL && other->quant_range != NULL) {
+        *self->quant_range = *other->quant_range;
+    }
+    self->trainable = other->trainable;
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(layer_copy_from_obj, layer_copy_from);
+
 // The input dtype a model expects: that of its first layer with a dtype of its own.
 static uint8_t first_dtype(const mt_layer_obj_t *layer) {
     mt_layer_obj_t *const *children;
@@ -1182,6 +1218,7 @@ static const mp_rom_map_elem_t layer_locals_dict_table[] = {
     { MP_ROM_QSTR(MP_QSTR_parameters), MP_ROM_PTR(&layer_parameters_obj) },
     { MP_ROM_QSTR(MP_QSTR_state_dict), MP_ROM_PTR(&layer_state_dict_obj) },
     { MP_ROM_QSTR(MP_QSTR_load_state_dict), MP_ROM_PTR(&layer_load_state_dict_obj) },
+    { MP_ROM_QSTR(MP_QSTR_copy_from), MP_ROM_PTR(&layer_copy_from_obj) },
     { MP_ROM_QSTR(MP_QSTR_memory), MP_ROM_PTR(&layer_memory_obj) },
     { MP_ROM_QSTR(MP_QSTR_release), MP_ROM_PTR(&layer_release_obj) },
     { MP_ROM_QSTR(MP_QSTR_macs), MP_ROM_PTR(&layer_macs_obj) },

@@ -4,8 +4,6 @@
 # parameters, running statistics, trainable and quant_range. Optimizer state and planned
 # buffers are not copied (the copy plans its own on its first call).
 
-_TENSORS = ("weight", "bias", "running_mean", "running_var", "weight_scale")
-
 
 def clone(layer, dtype=None):
     """A new layer equal to `layer` (Sequential and Residual copied with all their layers),
@@ -22,19 +20,10 @@ def clone(layer, dtype=None):
     kw = layer.config()
     if dtype is not None:
         kw["dtype"] = dtype
+        new = type(layer)(**kw)
+        if not layer.trainable:
+            new.trainable = False
+        return new
     new = type(layer)(**kw)
-    if not layer.trainable:
-        new.trainable = False
-    if dtype is None:
-        for name in _TENSORS:
-            t = getattr(layer, name, None)
-            if t is not None:
-                new_t = getattr(new, name, None)
-                new_t.copy_from(t)
-                if t.dtype == "int8":
-                    new_t.scale = t.scale
-                    new_t.zero_point = t.zero_point
-        r = getattr(layer, "quant_range", None)
-        if r is not None:
-            new.quant_range = r
+    new.copy_from(layer)  # parameters, statistics, quant_range (exactly), trainable
     return new
