@@ -93,6 +93,8 @@ CASES = [
     ("conv.load_state_dict({'0.weight': bytes(216), '0.bias': sd['0.bias']})", "TypeError",
      "0.weight must be a Tensor, not bytes"),
     ("conv.load_state_dict([1])", "TypeError", "load_state_dict: need a dict"),
+    # messages stay within MicroPython's 84-byte decompression buffer (ASan caught this one)
+    ("mt.Residual(mt.Linear(4, 3)).forward(x)", "ValueError", "Residual: body gives (2, 3), shortcut (2, 4)"),
     # copy_from (what mt.clone copies with): same type and config only
     ("fresh.copy_from(mt.Linear(4, 2))", "ValueError", "Linear.copy_from: its weight differs"),
     ("fresh.copy_from(mt.Linear(4, 3, bias=False))", "ValueError", "Linear.copy_from: its bias differs"),
