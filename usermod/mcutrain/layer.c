@@ -74,6 +74,7 @@ void mt_layer_init(mt_layer_obj_t *layer) {
     layer->in_dtype = MT_FLOAT32;
     layer->out_dtype = MT_FLOAT32;
     layer->trainable = true;
+    layer->owned = false;
     layer->weight = NULL;
     layer->bias = NULL;
     forget_plan(layer);
@@ -326,6 +327,23 @@ void mt_layer_release(mt_layer_obj_t *layer) {
     forget_plan(layer);
 }
 
+void mt_layer_adopt(mt_layer_obj_t *const *children, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++) {
+        if (children[i] != NULL && children[i]->owned) {
+            // Two containers would plan one set of buffers for two uses (DESIGN.md 8).
+            mp_raise_msg_varg(&mp_type_ValueError,
+                MP_ERROR_TEXT("%s: %q (item %u) already belongs to a model: pass mt.clone(it)"),
+                what, mt_layer_name(children[i]), (unsigned)i);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (children[i] != NULL) {
+            mt_layer_release(children[i]);  // a plan of its own, made for another use
+            children[i]->owned = true;
+        }
+    }
+}
+
 void mt_layer_forward(mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     const mt_layer_ops_t *ops = mt_layer_ops(layer);
     if (layer->in_place || (ops->flags & MT_LAYER_VIEW)) {
@@ -375,6 +393,16 @@ void mt_grad_end_params(const mt_pass_t *pass, mt_layer_obj_t *layer) {
 /******************************************************************************/
 // Top-level use: any layer can be a model.
 
+// A layer that belongs to a container runs only as part of it: its buffers and scratch
+// are planned by the container, for the container's input.
+static void check_not_owned(const mt_layer_obj_t *self) {
+    if (self->owned) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%q is part of a model: run the model (its layers' .output hold results)"),
+            mt_layer_name(self));
+    }
+}
+
 // The input shape a call sees, adding a batch of one where the layer wants one more dim.
 static void input_shape(mt_layer_obj_t *self, const mt_tensor_obj_t *x, mt_shape_t *shape) {
     *shape = x->shape;
@@ -391,6 +419,7 @@ static void input_shape(mt_layer_obj_t *self, const mt_tensor_obj_t *x, mt_shape
 // Plans the whole tree for `in` unless already planned for it. If anything fails
 // (a shape error, MemoryError), the layer is left unplanned and the next call retries.
 static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtype) {
+    check_not_owned(self);
     if (self->planned && !self->planned_as_top) {
         // Its buffers belong to the model that planned it (and the scratch is the model's):
         // planning it again on its own would change that model's memory under it.
@@ -442,6 +471,7 @@ static void plan_loss(mt_layer_obj_t *self) {
 }
 
 static mt_tensor_obj_t *prepare_input(mt_layer_obj_t *self, mp_obj_t x_in, const char *what) {
+    self->last_input = MP_OBJ_NULL;  // whatever happens next, the last forward is gone
     mt_tensor_obj_t *x = mt_tensor_get(x_in, what);
     mt_shape_t shape;
     input_shape(self, x, &shape);
@@ -449,11 +479,59 @@ static mt_tensor_obj_t *prepare_input(mt_layer_obj_t *self, mp_obj_t x_in, const
     return x;
 }
 
+// last_input marks a forward whose buffers backward may read: it is set only once the
+// pass has completed, so a pass that raised leaves backward nothing to read.
 static void run_forward(mt_layer_obj_t *self, mt_tensor_obj_t *x, bool training) {
     mt_pass_t pass = { .training = training, .scratch = self->scratch, .scratch_floats = self->scratch_floats,
         .optim = NULL };
-    self->last_input = MP_OBJ_FROM_PTR(x);
+    self->last_input = MP_OBJ_NULL;
     mt_layer_forward(self, x, &pass);
+    self->last_input = MP_OBJ_FROM_PTR(x);
+}
+
+// Whether every value of a float tensor is finite (int8 ones always are).
+static bool all_finite(const mt_tensor_obj_t *t) {
+    if (t->dtype == MT_FLOAT32) {
+        const float *v = t->data;
+        for (size_t i = 0; i < t->size; i++) {
+            if (!isfinite(v[i])) {
+                return false;
+            }
+        }
+    } else if (t->dtype == MT_FLOAT16) {
+        const uint16_t *h = t->data;
+        for (size_t i = 0; i < t->size; i++) {
+            if ((h[i] & 0x7c00) == 0x7c00) {  // all-ones exponent: inf or NaN
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+// Whether the plan is still the one the last forward ran with: memory(shape) or macs(shape)
+// may have planned the model for another shape since.
+static bool plan_fits(mt_layer_obj_t *self, const mt_tensor_obj_t *x) {
+    mt_shape_t shape;
+    input_shape(self, x, &shape);
+    return mt_shape_equal(&shape, &self->in_shape) && x->dtype == self->in_dtype;
+}
+
+// dy must have the output's shape, or that shape without its batch of one when the
+// input came without one (forward added it).
+static bool dy_shape_fits(const mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_shape_t *dy) {
+    if (mt_shape_equal(dy, &self->out_shape)) {
+        return true;
+    }
+    if (x->shape.ndim + 1 != self->in_shape.ndim || dy->ndim + 1 != self->out_shape.ndim) {
+        return false;
+    }
+    for (int i = 0; i < dy->ndim; i++) {
+        if (dy->dim[i] != self->out_shape.dim[i + 1]) {
+            return false;
+        }
+    }
+    return true;
 }
 
 // The loss of the planned output against target, writing dL/doutput into output_grad if grad.
@@ -531,7 +609,8 @@ static MP_DEFINE_CONST_FUN_OBJ_KW(layer_forward_obj, 2, layer_forward);
 // parameters' .grad; with one, it updates them in the same pass (as train_step does).
 static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
     mt_layer_obj_t *self = mt_layer_get(args[0], "self");
-    if (!self->planned || self->last_input == MP_OBJ_NULL) {
+    check_not_owned(self);
+    if (!self->planned || self->last_input == MP_OBJ_NULL || !plan_fits(self, MP_OBJ_TO_PTR(self->last_input))) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: call forward first"),
             mt_layer_name(self));
     }
@@ -540,18 +619,23 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
         mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%q.backward: dy must be %q (as the output), not %q"),
             mt_layer_name(self), mt_dtype_qstr(self->out_dtype), mt_dtype_qstr(dy->dtype));
     }
-    if (dy->size != self->output->size) {
+    mt_tensor_obj_t *x = MP_OBJ_TO_PTR(self->last_input);
+    if (dy->size != self->output->size || !dy_shape_fits(self, x, &dy->shape)) {
         char a[64], b[64];
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: dy has shape %s, the output %s"),
             mt_layer_name(self), mt_shape_str(&dy->shape, a, sizeof(a)), mt_shape_str(&self->out_shape, b, sizeof(b)));
     }
-    mt_tensor_obj_t *x = MP_OBJ_TO_PTR(self->last_input);
+    bool with_optim = n_args > 2 && args[2] != mp_const_none;
+    if (with_optim && !all_finite(dy)) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: dy is not finite; weights unchanged"),
+            mt_layer_name(self));
+    }
     if (self->input_grad == NULL) {
         self->input_grad = mt_tensor_new(&x->shape, self->in_dtype, "input gradient");
     }
     // Everything checked before any kernel writes.
     mt_optim_obj_t *optim = NULL;
-    if (n_args > 2 && args[2] != mp_const_none) {
+    if (with_optim) {
         optim = mt_optim_begin_pass(args[2], self, "backward");
     } else {
         ensure_grads(self);
@@ -559,7 +643,10 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
     // Without a loss there is no relative loss: dynamic top-k uses its largest ratio.
     mt_pass_t pass = { .training = true, .scratch = self->scratch, .scratch_floats = self->scratch_floats,
         .optim = optim, .loss_ratio = 1.0f };
+    // A backward that raised may have left the layers' buffers half rewritten.
+    self->last_input = MP_OBJ_NULL;
     mt_layer_ops(self)->backward(self, x, dy, self->input_grad, &pass);
+    self->last_input = MP_OBJ_FROM_PTR(x);
     return MP_OBJ_FROM_PTR(self->input_grad);
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_backward_obj, 2, 3, layer_backward);
@@ -582,7 +669,13 @@ static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
     check_loss_output(self, loss);
     plan_loss(self);
     run_forward(self, x, true);
+    self->last_input = MP_OBJ_NULL;  // set again once the whole step has succeeded
     float value = run_loss(self, loss, args[2], true);
+    if (!isfinite(value)) {
+        // The fused update runs inside backward: stop before it, or every weight turns NaN.
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.train_step: loss is not finite; weights unchanged"),
+            mt_layer_name(self));
+    }
     if (mt_layer_has_trainable(self)) {
         mt_optim_obj_t *optim = mt_optim_begin_pass(args[4], self, "train_step");
         // The sample's loss relative to the largest seen, for dynamic top-k updates.
@@ -591,6 +684,7 @@ static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
             .optim = optim, .loss_ratio = ratio };
         mt_layer_ops(self)->backward(self, x, self->output_grad, NULL, &pass);
     }
+    self->last_input = MP_OBJ_FROM_PTR(x);
     return mp_obj_new_float_from_f(value);
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_train_step_obj, 5, 5, layer_train_step);
@@ -612,6 +706,7 @@ static mp_obj_t layer_evaluate(size_t n_args, const mp_obj_t *args) {
     check_loss_output(self, loss);
     plan_loss(self);
     run_forward(self, x, false);
+    self->last_input = MP_OBJ_NULL;  // set again once the loss has succeeded
     float value = run_loss(self, loss, args[2], false);
     mp_obj_t accuracy = mp_const_none;
     if (loss->takes_labels) {
@@ -622,6 +717,7 @@ static mp_obj_t layer_evaluate(size_t n_args, const mp_obj_t *args) {
         }
         accuracy = mp_obj_new_float_from_f((float)correct / (float)rows);
     }
+    self->last_input = MP_OBJ_FROM_PTR(x);
     mp_obj_t items[2] = { mp_obj_new_float_from_f(value), accuracy };
     return mp_obj_new_tuple(2, items);
 }
@@ -734,15 +830,80 @@ static mp_obj_t layer_state_dict(mp_obj_t self_in) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(layer_state_dict_obj, layer_state_dict);
 
-// load_state_dict(d): copies each entry into the matching tensor; names and sizes must match.
-static mp_obj_t layer_load_state_dict(mp_obj_t self_in, mp_obj_t src) {
-    mp_obj_t own = layer_state_dict(self_in);
-    mp_map_t *own_map = mp_obj_dict_get_map(own);
-    if (!mp_obj_is_type(src, &mp_type_dict)) {
-        mp_raise_TypeError(MP_ERROR_TEXT("load_state_dict: need a dict"));
+// Checks that value can load into the model's tensor `dst` named key: a Tensor of the
+// same shape and a compatible dtype (float32 and float16 convert into each other).
+static mt_tensor_obj_t *loadable(mp_obj_t key, mp_obj_t value, const mt_tensor_obj_t *dst) {
+    const char *name = mp_obj_str_get_str(key);
+    if (!mp_obj_is_type(value, &mt_tensor_type)) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("load_state_dict: %s must be a Tensor, not %s"),
+            name, mp_obj_get_type_str(value));
     }
+    mt_tensor_obj_t *src = MP_OBJ_TO_PTR(value);
+    if (!mt_shape_equal(&src->shape, &dst->shape)) {
+        // e.g. a PyTorch (O, I, KH, KW) conv weight for the engine's (O, KH, KW, I).
+        char a[64], b[64];
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("load_state_dict: %s has shape %s, the model %s"),
+            name, mt_shape_str(&src->shape, a, sizeof(a)), mt_shape_str(&dst->shape, b, sizeof(b)));
+    }
+    bool both_float = (MT_DTYPES_FLOAT & MT_DTYPE_BIT(src->dtype)) && (MT_DTYPES_FLOAT & MT_DTYPE_BIT(dst->dtype));
+    if (src->dtype != dst->dtype && !both_float) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("load_state_dict: %s is %q, the model's is %q"),
+            name, mt_dtype_qstr(src->dtype), mt_dtype_qstr(dst->dtype));
+    }
+    return src;
+}
+
+// Appends "what: [names]" of a non-empty list to msg.
+static void describe_keys(vstr_t *msg, const char *what, mp_obj_t list) {
+    if (mp_obj_get_int(mp_obj_len(list)) == 0) {
+        return;
+    }
+    if (msg->len) {
+        vstr_add_str(msg, "; ");
+    }
+    vstr_add_str(msg, what);
+    mp_print_t out = { msg, (mp_print_strn_t)vstr_add_strn };
+    mp_obj_print_helper(&out, list, PRINT_REPR);
+}
+
+// load_state_dict(state_dict, strict=True) -> (missing, unexpected) key lists, as PyTorch:
+// each value must be a Tensor of its parameter's shape and a compatible dtype; with strict
+// the keys must match exactly (strict=False skips missing and unexpected ones, shapes are
+// still checked). Everything is checked before anything is copied, so a refused dict leaves
+// the model unchanged.
+static mp_obj_t layer_load_state_dict(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_state_dict, ARG_strict };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_state_dict, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_strict, MP_ARG_BOOL, {.u_bool = true} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mp_obj_t src = args[ARG_state_dict].u_obj;
+    if (!mp_obj_is_dict_or_ordereddict(src)) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("load_state_dict: need a dict, not %s"),
+            mp_obj_get_type_str(src));
+    }
+    mp_map_t *own_map = mp_obj_dict_get_map(layer_state_dict(pos_args[0]));
     mp_map_t *src_map = mp_obj_dict_get_map(src);
-    // Check everything first, so a bad entry leaves the model unchanged.
+    mp_obj_t missing = mp_obj_new_list(0, NULL), unexpected = mp_obj_new_list(0, NULL);
+    for (size_t i = 0; i < own_map->alloc; i++) {
+        if (mp_map_slot_is_filled(own_map, i) && mp_map_lookup(src_map, own_map->table[i].key, MP_MAP_LOOKUP) == NULL) {
+            mp_obj_list_append(missing, own_map->table[i].key);
+        }
+    }
+    for (size_t i = 0; i < src_map->alloc; i++) {
+        if (mp_map_slot_is_filled(src_map, i) && mp_map_lookup(own_map, src_map->table[i].key, MP_MAP_LOOKUP) == NULL) {
+            mp_obj_list_append(unexpected, src_map->table[i].key);
+        }
+    }
+    if (args[ARG_strict].u_bool && (mp_obj_is_true(missing) || mp_obj_is_true(unexpected))) {
+        vstr_t msg;
+        vstr_init(&msg, 64);
+        describe_keys(&msg, "missing keys ", missing);
+        describe_keys(&msg, "unexpected keys ", unexpected);
+        mp_raise_msg_varg(&mp_type_KeyError, MP_ERROR_TEXT("load_state_dict: %s"), vstr_null_terminated_str(&msg));
+    }
     for (int pass = 0; pass < 2; pass++) {
         for (size_t i = 0; i < own_map->alloc; i++) {
             if (!mp_map_slot_is_filled(own_map, i)) {
@@ -750,34 +911,60 @@ static mp_obj_t layer_load_state_dict(mp_obj_t self_in, mp_obj_t src) {
             }
             mp_map_elem_t *e = mp_map_lookup(src_map, own_map->table[i].key, MP_MAP_LOOKUP);
             if (e == NULL) {
-                mp_raise_msg_varg(&mp_type_KeyError, MP_ERROR_TEXT("load_state_dict: missing %s"),
-                    mp_obj_str_get_str(own_map->table[i].key));
+                continue;  // missing, allowed by strict=False
             }
             mt_tensor_obj_t *dst = MP_OBJ_TO_PTR(own_map->table[i].value);
-            if (mp_obj_is_type(e->value, &mt_tensor_type)) {
-                // float32 <-> float16 tensors convert (an fp32 state into a float16 model).
-                mt_tensor_obj_t *src_t = MP_OBJ_TO_PTR(e->value);
-                if (src_t->dtype != dst->dtype && src_t->size == dst->size
-                    && src_t->dtype != MT_INT8 && dst->dtype != MT_INT8) {
-                    if (pass == 1) {
-                        mt_tensor_convert_into(src_t, dst);
-                    }
-                    continue;
-                }
+            mt_tensor_obj_t *src_t = loadable(own_map->table[i].key, e->value, dst);
+            if (pass == 0 || src_t == dst) {
+                continue;
             }
-            mp_buffer_info_t info;
-            if (!mp_get_buffer(e->value, &info, MP_BUFFER_READ) || info.len != dst->size * mt_dtype_size(dst->dtype)) {
-                mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("load_state_dict: %s needs %u bytes"),
-                    mp_obj_str_get_str(own_map->table[i].key), (unsigned)(dst->size * mt_dtype_size(dst->dtype)));
-            }
-            if (pass == 1) {
-                memmove(dst->data, info.buf, info.len);
+            if (!mt_tensor_convert_into(src_t, dst)) {
+                memmove(dst->data, src_t->data, dst->size * mt_dtype_size(dst->dtype));
+                dst->scale = src_t->scale;
+                dst->zero_point = src_t->zero_point;
             }
         }
     }
+    mp_obj_t result[2] = { missing, unexpected };
+    return mp_obj_new_tuple(2, result);
+}
+static MP_DEFINE_CONST_FUN_OBJ_KW(layer_load_state_dict_obj, 2, layer_load_state_dict);
+
+// copy_from(other): other's parameters, running statistics, tracked quant_range (exactly:
+// a Python float on the boards keeps only 30 bits) and trainable into this layer, a simple
+// layer of the same type and config. mt.clone builds its copies with it.
+static mp_obj_t layer_copy_from(mp_obj_t self_in, mp_obj_t other_in) {
+    mt_layer_obj_t *self = mt_layer_get(self_in, "self");
+    mt_layer_obj_t *other = mt_layer_get(other_in, "copy_from: other");
+    if (self->base.type != other->base.type || (mt_layer_ops(self)->flags & MT_LAYER_COMPOSITE)) {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%q.copy_from: need a %q, not %q (containers: mt.clone)"),
+            mt_layer_name(self), mt_layer_name(self), mt_layer_name(other));
+    }
+    // Check everything first, so a refused copy leaves the layer unchanged.
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < MP_ARRAY_SIZE(param_names); i++) {
+            mt_tensor_obj_t *dst = layer_param(self, i), *src = layer_param(other, i);
+            if (dst == NULL && src == NULL) {
+                continue;
+            }
+            if (dst == NULL || src == NULL || dst->dtype != src->dtype || !mt_shape_equal(&dst->shape, &src->shape)) {
+                mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.copy_from: its %q differs: build it with the same config"),
+                    mt_layer_name(self), param_names[i]);
+            }
+            if (pass == 1 && dst != src) {
+                memmove(dst->data, src->data, dst->size * mt_dtype_size(dst->dtype));
+                dst->scale = src->scale;
+                dst->zero_point = src->zero_point;
+            }
+        }
+    }
+    if (self->quant_range != NULL && other->quant_range != NULL) {
+        *self->quant_range = *other->quant_range;
+    }
+    self->trainable = other->trainable;
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_2(layer_load_state_dict_obj, layer_load_state_dict);
+static MP_DEFINE_CONST_FUN_OBJ_2(layer_copy_from_obj, layer_copy_from);
 
 // The input dtype a model expects: that of its first layer with a dtype of its own.
 static uint8_t first_dtype(const mt_layer_obj_t *layer) {
@@ -842,9 +1029,9 @@ static void add_memory(const mt_layer_obj_t *layer, memory_use_t *use) {
 // until its next call, e.g. a float model once quantized. Weights and optimizer state stay.
 static mp_obj_t layer_release(mp_obj_t self_in) {
     mt_layer_obj_t *self = mt_layer_get(self_in, "self");
-    if (self->planned && !self->planned_as_top) {
+    if (self->owned) {
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("%q is planned as part of a model: release the model"), mt_layer_name(self));
+            MP_ERROR_TEXT("%q is part of a model: release the model"), mt_layer_name(self));
     }
     mt_layer_release(self);
     return mp_const_none;
@@ -948,7 +1135,11 @@ void mt_layer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
     mt_layer_obj_t *self = MP_OBJ_TO_PTR(self_in);
     if (dest[0] == MP_OBJ_SENTINEL) {
         if (attr == MP_QSTR_trainable && dest[1] != MP_OBJ_NULL) {
-            set_trainable(self, mp_obj_is_true(dest[1]));
+            if (!mp_obj_is_bool(dest[1])) {
+                mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("trainable must be True or False, not %s"),
+                    mp_obj_get_type_str(dest[1]));
+            }
+            set_trainable(self, dest[1] == mp_const_true);
             dest[0] = MP_OBJ_NULL;
         } else if (attr == MP_QSTR_quant_range && dest[1] != MP_OBJ_NULL && self->quant_range != NULL) {
             set_quant_range(self->quant_range, dest[1]);
@@ -1036,6 +1227,7 @@ static const mp_rom_map_elem_t layer_locals_dict_table[] = {
     { MP_ROM_QSTR(MP_QSTR_parameters), MP_ROM_PTR(&layer_parameters_obj) },
     { MP_ROM_QSTR(MP_QSTR_state_dict), MP_ROM_PTR(&layer_state_dict_obj) },
     { MP_ROM_QSTR(MP_QSTR_load_state_dict), MP_ROM_PTR(&layer_load_state_dict_obj) },
+    { MP_ROM_QSTR(MP_QSTR_copy_from), MP_ROM_PTR(&layer_copy_from_obj) },
     { MP_ROM_QSTR(MP_QSTR_memory), MP_ROM_PTR(&layer_memory_obj) },
     { MP_ROM_QSTR(MP_QSTR_release), MP_ROM_PTR(&layer_release_obj) },
     { MP_ROM_QSTR(MP_QSTR_macs), MP_ROM_PTR(&layer_macs_obj) },

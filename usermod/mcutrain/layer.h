@@ -117,6 +117,7 @@ struct _mt_layer_obj_t {
     bool planned_as_top;           // planned by its own call (owns scratch), not by a parent's
     bool trainable;
     bool in_place;                 // output shares the input's memory (set when planned)
+    bool owned;                    // adopted by a container, for good (mt_layer_adopt)
     mt_tensor_obj_t *weight;       // NULL when absent
     mt_tensor_obj_t *bias;
     mt_tensor_obj_t *output;
@@ -171,6 +172,11 @@ uint8_t mt_layer_weights_dtype_arg(mp_obj_t obj, unsigned allowed, const char *w
 uint8_t mt_layer_parse_any_dtype(size_t n_args, size_t n_kw, const mp_obj_t *args, const char *what);
 // Prints "Name()" or "Name(dtype=float16)".
 void mt_layer_print_simple(const mp_print_t *print, const mt_layer_obj_t *layer);
+
+// A container's constructor takes its children: each must be a layer that no container
+// owns yet (ValueError naming it otherwise; `what` is e.g. "Sequential"). Every child is
+// checked before any is taken, and a child planned on its own loses that plan first.
+void mt_layer_adopt(mt_layer_obj_t *const *children, size_t n, const char *what);
 
 // Plans a child for `in` of dtype in_dtype; may_share lets it run in place on its input.
 void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype, bool may_share);

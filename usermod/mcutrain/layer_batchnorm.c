@@ -8,6 +8,8 @@
 // measuring, as layer_s8.c). Like the other int8 layers it updates during backward, with the
 // optimizer's int8 settings (mt.SGD without momentum): plain SGD with decoupled weight decay
 // on the float gamma and beta (standardize= and rounding= concern int8 weights only).
+#include <math.h>
+
 #include "py/runtime.h"
 #include "layer.h"
 #include "layer_s8.h"
@@ -20,7 +22,9 @@ typedef struct {
     mt_layer_obj_t base;
     mt_batchnorm_params_t p;
     float *saved;              // batch mean[C] and 1/sqrt(var + eps)[C] for backward (int8:
-                               // the mean in units of the input's scale)
+                               // the mean in units of the input's scale); running ones after
+                               // an inference forward
+    bool batch_stats;          // the last forward normalized with batch statistics
     mt_range_tracker_t y_range;    // int8: output range
     mt_range_tracker_t dx_range;   // int8: input error magnitude, relative (layer_s8.h)
 } mt_batchnorm_obj_t;
@@ -59,7 +63,7 @@ static void bn_forward_s8(mt_batchnorm_obj_t *self, const mt_tensor_obj_t *x, co
         observed = true;
     }
     mt_qparams_t yq;
-    if (mt_qparams_asymmetric(self->y_range.min, self->y_range.max, &yq) != 0) {
+    if (self->y_range.count == 0 || mt_qparams_asymmetric(self->y_range.min, self->y_range.max, &yq) != 0) {
         raise_s8("output");
     }
     mt_batchnorm_s8_forward(&self->p, x->data, qparams_of(x), base->weight->data, base->bias->data, self->saved,
@@ -71,8 +75,25 @@ static void bn_forward_s8(mt_batchnorm_obj_t *self, const mt_tensor_obj_t *x, co
     base->output->zero_point = yq.zero_point;
 }
 
+// For backward after an inference forward: the running statistics it normalized with.
+static void save_running(mt_batchnorm_obj_t *self) {
+    const float *running_mean = self->base.extra_params[0]->data, *running_var = self->base.extra_params[1]->data;
+    for (int c = 0; c < self->p.channels; c++) {
+        self->saved[c] = running_mean[c];
+        self->saved[self->p.channels + c] = 1.0f / sqrtf(running_var[c] + self->p.eps);
+    }
+}
+
 static void bn_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_pass_t *pass) {
     mt_batchnorm_obj_t *self = (mt_batchnorm_obj_t *)self_in;
+    if (pass->training && self->p.rows < 2) {
+        // The batch variance of one value is 0: the output would be beta whatever x is.
+        mt_layer_raise_shape(self_in, "training needs more than 1 value per channel", &self_in->in_shape);
+    }
+    self->batch_stats = pass->training;
+    if (!pass->training && self_in->dtype != MT_INT8) {
+        save_running(self);
+    }
     if (self_in->dtype == MT_INT8) {
         bn_forward_s8(self, x_t, pass);
         return;
@@ -99,6 +120,14 @@ static void bn_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, cons
 static void bn_backward_kernel(mt_batchnorm_obj_t *self, const void *x, const void *dy, void *dx, float alpha,
     float *dgamma, float *dbeta) {
     const float *gamma = self->base.weight->data, *mean = self->saved, *inv_std = self->saved + self->p.channels;
+    if (!self->batch_stats) {
+        if (self->base.dtype == MT_FLOAT16) {
+            mt_batchnorm_f16_backward_eval(&self->p, x, dy, gamma, mean, inv_std, dx, alpha, dgamma, dbeta);
+        } else {
+            mt_batchnorm_f32_backward_eval(&self->p, x, dy, gamma, mean, inv_std, dx, alpha, dgamma, dbeta);
+        }
+        return;
+    }
     if (self->base.dtype == MT_FLOAT16) {
         mt_batchnorm_f16_backward(&self->p, x, dy, gamma, mean, inv_std, dx, alpha, dgamma, dbeta);
     } else {
@@ -136,6 +165,11 @@ static void bn_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const
     mt_tensor_obj_t *dx, const mt_pass_t *pass) {
     mt_batchnorm_obj_t *self = (mt_batchnorm_obj_t *)self_in;
     if (self_in->dtype == MT_INT8) {
+        if (!self->batch_stats) {
+            mp_raise_msg_varg(&mp_type_ValueError,
+                MP_ERROR_TEXT("%q: int8 backward after forward(training=False) is not supported"),
+                mt_layer_name(self_in));
+        }
         const mt_int8_sgd_t *sgd = NULL;
         if (self_in->trainable) {
             sgd = pass->optim ? mt_optim_int8_sgd(pass->optim) : NULL;
@@ -236,6 +270,7 @@ static mp_obj_t bn_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     self->base.extra_params[0] = filled((int)c, 0.0f, "BatchNorm2d.running_mean");
     self->base.extra_params[1] = filled((int)c, 1.0f, "BatchNorm2d.running_var");
     self->saved = m_new0(float, 2 * c);
+    self->batch_stats = true;
     self->y_range.count = self->dx_range.count = 0;
     if (dtype == MT_INT8) {
         self->base.quant_range = &self->y_range;

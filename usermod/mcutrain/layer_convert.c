@@ -77,6 +77,9 @@ static void convert_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, c
         float lo, hi;
         mt_minmax_f32(x->data, n, &lo, &hi);
         mt_range_observe(&self->range, lo, hi, MT_S8_RANGE_MOMENTUM);
+        if (self->range.count == 0) {
+            raise_range();  // the first batch had inf or NaN: no range to quantize with
+        }
     }
     convert(x, self_in->output, n, false, &self->range);
 }

@@ -76,7 +76,9 @@ void mt_s8_forward_into(mt_s8_layer_t *s, mt_layer_obj_t *layer, const int8_t *x
         mt_range_observe(&s->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
         observed = true;
     }
-    set_qparams(layer, mt_qparams_asymmetric(s->y_range.min, s->y_range.max, &s->q.y), "output");
+    // Still no range: the first pass saw only inf or NaN (the tracker ignores them).
+    set_qparams(layer, s->y_range.count == 0 ? -1 : mt_qparams_asymmetric(s->y_range.min, s->y_range.max, &s->q.y),
+        "output");
     if (k->forward(layer, x, y, &range, pass->scratch) != 0) {
         raise_kernel(layer, "forward");
     }
@@ -104,7 +106,7 @@ void mt_s8_add_tracked(mt_range_tracker_t *range, const mt_tensor_obj_t *a, cons
         observed = true;
     }
     mt_qparams_t qp;
-    if (mt_qparams_asymmetric(range->min, range->max, &qp) != 0
+    if (range->count == 0 || mt_qparams_asymmetric(range->min, range->max, &qp) != 0
         || mt_add_s8_make(a->scale, b->scale, qp.scale, &k) != 0) {
         raise_sum_scale(who);
     }

@@ -153,6 +153,7 @@ static mp_obj_t seq_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
         }
         self->layers[i] = layer;
     }
+    mt_layer_adopt(self->layers, n, "Sequential");
     self->base.dtype = MT_DTYPE_ANY;
     self->n = n;
     mt_tensor_header_init(&self->grad[0], NULL, MT_FLOAT32);

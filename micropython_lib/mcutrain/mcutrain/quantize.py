@@ -210,21 +210,37 @@ def _samples(calibration, samples):
         n += 1
 
 
-def _clone(layer, dtype=None):
-    # A new layer like `layer` (parameterless ones too: they plan for the dtype they see).
-    kw = layer.config()
-    if dtype is not None:
-        kw["dtype"] = dtype
-    new = type(layer)(**kw)
-    if not getattr(layer, "trainable", True):
-        new.trainable = False
+def _fold_groups(model):
+    # The layers of mt.fold_batchnorm(model) without building it: for each, the index of its
+    # layer in model and the indices of the BatchNorm2d layers folded into it.
+    groups = []
+    for i in range(len(model)):
+        layer = model[i]
+        if type(layer).__name__ == "BatchNorm2d" and groups and model[groups[-1][0]].weight is not None:
+            groups[-1][1].append(i)
+        else:
+            groups.append((i, []))
+    return groups
+
+
+def _folded_copy(model, group):
+    # A float copy of the group's layer with its BatchNorm2d layers folded in (mt.clone).
+    from .clone import clone
+
+    new = clone(model[group[0]])
+    for b in group[1]:
+        model[b].fold_into(new)
     return new
 
 
-def _calibrate(model, calibration, samples, need):
-    # lo[i], hi[i]: min and max over the samples of the input of top-level layer i (i = len:
-    # the model's output), for the i in need (the others stay None).
-    n = len(model)
+def _calibrate(model, groups, calibration, samples, need):
+    # lo[i], hi[i]: min and max over the samples of the input of folded layer i (i = len:
+    # the model's output), for the i in need (the others stay None). The unfolded model
+    # runs (BatchNorm2d in inference mode computes what the folded layer does), so no
+    # folded copy of the whole model has to fit in RAM beside it.
+    n = len(groups)
+    # the layer of model whose output is the input of folded layer i (None: the input)
+    source = [None] + [(g[1] or [g[0]])[-1] for g in groups]
     lo = [None] * (n + 1)
     hi = [None] * (n + 1)
     shape = None
@@ -244,7 +260,7 @@ def _calibrate(model, calibration, samples, need):
             raise ValueError("quantize: calibration samples of shape %s do not fit the model: %s"
                              % (shape, e))
         for i in need:
-            mv = memoryview(x if i == 0 else model[i - 1].output)
+            mv = memoryview(x if source[i] is None else model[source[i]].output)
             a, b = min(mv), max(mv)
             if lo[i] is None or a < lo[i]:
                 lo[i] = a
@@ -265,11 +281,12 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
     (per-channel symmetric weights, float32 bias), a Convert(int8) in front of each int8 run
     and a Convert(float32) after it, quant_ranges set from calibration (float32 input Tensors
     of one sample each, or a Dataset; at most `samples` of them). BatchNorm2d is folded
-    first; layers that cannot take int8 (AvgPool2d until the firmware's does, Softmax,
+    first (keep_float indices count the layers after folding); layers that cannot take int8 (AvgPool2d until the firmware's does, Softmax,
     BatchNorm2d, Residual, ...) and the top-level indices in keep_float stay float32.
-    The input model's weights may change (BatchNorm folding): pass a copy to keep it. Its
-    planned buffers are released (model.release()) once calibrated."""
+    The result shares no layer with model (float layers are copied), and model's weights
+    stay as they are; its planned buffers are released (model.release()) to make room."""
     import mcutrain as mt
+    from .clone import clone
 
     if type(model).__name__ != "Sequential":
         raise TypeError("quantize: need a Sequential, got %s" % type(model).__name__)
@@ -286,18 +303,18 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
     try:
         model.release()  # buffers planned by earlier runs: calibration plans its own
     except ValueError:
-        pass  # part of a bigger model, whose buffers these are
-    model = mt.fold_batchnorm(model)
+        model = clone(model)  # part of a bigger model, which alone may run it: run a copy
+    groups = _fold_groups(model)
     passthrough = _PASS + (("AvgPool2d",) if int8_avgpool() else ())
     # Ranges needed: the input of each quantized layer (read by a Convert(int8) when an int8
     # run starts there) and its output.
     need = []
-    for i in range(len(model)):
-        if i not in keep_float and type(model[i]).__name__ in _QUANT:
+    for i in range(len(groups)):
+        if i not in keep_float and type(model[groups[i][0]]).__name__ in _QUANT:
             for j in (i, i + 1):
                 if j not in need:
                     need.append(j)
-    lo, hi = _calibrate(model, calibration, samples, need)
+    lo, hi = _calibrate(model, groups, calibration, samples, need)
     # Calibration planned the float model's training buffers: free them for the int8 layers
     # (on a 256 KB board both do not fit at once).
     model.release()
@@ -305,8 +322,10 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
     layers = []
     int8 = False
     quantized = 0
-    for i in range(len(model)):
-        layer = model[i]
+    for i in range(len(groups)):
+        # The layer with its BatchNorm2d folded in: a copy if there is one to fold (model
+        # stays as it is), else model's own, only read.
+        layer = _folded_copy(model, groups[i]) if groups[i][1] else model[groups[i][0]]
         kind = type(layer).__name__
         can = i not in keep_float and (kind in _QUANT or kind in passthrough)
         if can and kind in _QUANT:
@@ -315,7 +334,7 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
                 c.quant_range = (lo[i], hi[i])
                 layers.append(c)
                 int8 = True
-            new = _clone(layer, dtype)
+            new = clone(layer, dtype)
             quantize_weights(layer.weight, new.weight, new.weight_scale)
             if layer.bias is not None:
                 new.bias.copy_from(layer.bias)
@@ -323,14 +342,13 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
             layers.append(new)
             quantized += 1
         elif can and int8:
-            layers.append(_clone(layer))
+            layers.append(clone(layer))
         else:
             if int8:
                 layers.append(mt.Convert(mt.float32))
                 int8 = False
-            # Float layers are shared, not copied: they keep their weights and settings.
-            layers.append(layer if kind in ("Residual", "Sequential") or layer.weight is not None
-                          else _clone(layer))
+            # A layer belongs to one model: the input's are copied.
+            layers.append(layer if groups[i][1] else clone(layer))
     if int8:
         layers.append(mt.Convert(mt.float32))
     if quantized == 0:
@@ -340,8 +358,10 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
 
 def dequantize(model):
     """A float32 Sequential from a quantized one: int8 layers back to float32 with
-    w = scale * q, Convert layers dropped, float layers kept."""
+    w = scale * q, Convert layers dropped, float layers copied (the result shares no layer
+    with model)."""
     import mcutrain as mt
+    from .clone import clone
 
     if type(model).__name__ != "Sequential":
         raise TypeError("dequantize: need a Sequential, got %s" % type(model).__name__)
@@ -352,7 +372,7 @@ def dequantize(model):
         if kind == "Convert":
             continue
         if kind in _QUANT and layer.dtype == "int8":
-            new = _clone(layer, "float32")
+            new = clone(layer, "float32")
             dequantize_weights(layer.weight, layer.weight_scale, new.weight)
             if layer.bias is not None:
                 new.bias.copy_from(layer.bias)
@@ -360,8 +380,6 @@ def dequantize(model):
         elif kind in _QUANT and layer.dtype != "float32":
             raise ValueError("dequantize: layer %d (%s) is %s; only int8 and float32 are handled"
                              % (i, kind, layer.dtype))
-        elif layer.weight is None and kind not in ("Residual", "Sequential"):
-            layers.append(_clone(layer))
         else:
-            layers.append(layer)
+            layers.append(clone(layer))
     return mt.Sequential(*layers)

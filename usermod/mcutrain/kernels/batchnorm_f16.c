@@ -41,8 +41,11 @@ void mt_batchnorm_f16_forward_train(const mt_batchnorm_params_t *p, const uint16
     const float unbias = rows > 1 ? (float)rows / (float)(rows - 1) : 0.0f;
     for (int c = 0; c < c_n; c++) {
         const float var = inv_std[c] * inv_rows;
-        running_mean[c] = (1.0f - m) * running_mean[c] + m * mean[c];
-        if (rows > 1) {
+        // A batch with inf or NaN must not poison the running statistics for good.
+        if (isfinite(mean[c]) && isfinite(var)) {
+            running_mean[c] = (1.0f - m) * running_mean[c] + m * mean[c];
+        }
+        if (rows > 1 && isfinite(var)) {
             running_var[c] = (1.0f - m) * running_var[c] + m * (var * unbias);
         }
         inv_std[c] = 1.0f / sqrtf(var + p->eps);
@@ -128,6 +131,49 @@ void mt_batchnorm_f16_backward(const mt_batchnorm_params_t *p, const uint16_t *x
                 const float xhat = (mt_f16_to_f32(xr[j]) - mu[j]) * is[j];
                 dxr[j] = mt_f32_to_f16(
                     dx_scale[j] * (mt_f16_to_f32(dyr[j]) - sum_dy[j] - xhat * sum_dy_xhat[j]));
+            }
+        }
+    }
+}
+
+// Backward of the inference forward: the statistics are constants, so (as PyTorch's
+// BatchNorm2d in eval mode) dx = dy * gamma * inv_std, dgamma = sum(dy * xhat), dbeta =
+// sum(dy), with mean and inv_std from the running statistics.
+void mt_batchnorm_f16_backward_eval(const mt_batchnorm_params_t *p, const uint16_t *x, const uint16_t *dy,
+    const float *gamma, const float *mean, const float *inv_std, uint16_t *dx, float alpha,
+    float *dgamma, float *dbeta) {
+    const int rows = p->rows, c_n = p->channels;
+    float sum_dy[CHANNEL_BLOCK], sum_dy_xhat[CHANNEL_BLOCK], dx_scale[CHANNEL_BLOCK];
+    for (int c0 = 0; c0 < c_n; c0 += CHANNEL_BLOCK) {
+        const int block = c_n - c0 < CHANNEL_BLOCK ? c_n - c0 : CHANNEL_BLOCK;
+        const float *mu = mean + c0, *is = inv_std + c0;
+        for (int j = 0; j < block; j++) {
+            sum_dy[j] = 0.0f;
+            sum_dy_xhat[j] = 0.0f;
+            dx_scale[j] = gamma[c0 + j] * is[j];  // before a fused update writes gamma
+        }
+        const uint16_t *xr = x + c0, *dyr = dy + c0;
+        uint16_t *dxr = dx ? dx + c0 : NULL;
+        for (int r = 0; r < rows; r++, xr += c_n, dyr += c_n) {
+            for (int j = 0; j < block; j++) {
+                const float d = mt_f16_to_f32(dyr[j]);
+                sum_dy[j] += d;
+                sum_dy_xhat[j] += d * ((mt_f16_to_f32(xr[j]) - mu[j]) * is[j]);
+            }
+            if (dxr) {
+                // dy[i] is read before dx[i] is written, so dx may alias dy.
+                for (int j = 0; j < block; j++) {
+                    dxr[j] = mt_f32_to_f16(dx_scale[j] * mt_f16_to_f32(dyr[j]));
+                }
+                dxr += c_n;
+            }
+        }
+        for (int j = 0; j < block; j++) {
+            if (dgamma) {
+                dgamma[c0 + j] += alpha * sum_dy_xhat[j];
+            }
+            if (dbeta) {
+                dbeta[c0 + j] += alpha * sum_dy[j];
             }
         }
     }

@@ -33,6 +33,12 @@ void mt_batchnorm_f16_backward(const mt_batchnorm_params_t *p, const uint16_t *x
     const uint16_t *dy, const float *gamma, const float *mean, const float *inv_std,
     uint16_t *dx, float alpha, float *dgamma, float *dbeta);
 
+// Backward of the inference forward (running statistics, held fixed): mean and inv_std
+// are the running mean and 1/sqrt(running_var + eps). dx, dgamma, dbeta as above.
+void mt_batchnorm_f16_backward_eval(const mt_batchnorm_params_t *p, const uint16_t *x, const uint16_t *dy,
+    const float *gamma, const float *mean, const float *inv_std, uint16_t *dx, float alpha,
+    float *dgamma, float *dbeta);
+
 // Folds inference batch norm into a preceding fp16 convolution or linear layer: weight
 // rows (channels rows of row_len halves) are scaled and the bias rewritten, in place.
 void mt_batchnorm_f16_fold(const mt_batchnorm_params_t *p, const float *gamma,

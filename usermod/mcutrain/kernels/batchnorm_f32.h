@@ -30,6 +30,12 @@ void mt_batchnorm_f32_backward(const mt_batchnorm_params_t *p, const float *x, c
     const float *gamma, const float *mean, const float *inv_std, float *dx, float alpha,
     float *dgamma, float *dbeta);
 
+// Backward of the inference forward (running statistics, held fixed): mean and inv_std
+// are the running mean and 1/sqrt(running_var + eps). dx, dgamma, dbeta as above.
+void mt_batchnorm_f32_backward_eval(const mt_batchnorm_params_t *p, const float *x, const float *dy,
+    const float *gamma, const float *mean, const float *inv_std, float *dx, float alpha,
+    float *dgamma, float *dbeta);
+
 // Folds inference batch norm into the preceding convolution or linear layer:
 // weight rows (out_c of row_len floats each) are scaled and bias rewritten in place.
 void mt_batchnorm_f32_fold(const mt_batchnorm_params_t *p, const float *gamma, const float *beta,

@@ -236,6 +236,9 @@ int32_t mt_requantize(int32_t acc, mt_requant_t m) {
 }
 
 void mt_range_observe(mt_range_tracker_t *t, float lo, float hi, float momentum) {
+    if (!isfinite(lo) || !isfinite(hi)) {
+        return;  // one bad batch must not pin the range at (inf, inf) for good
+    }
     if (t->count <= 0) {
         t->min = lo;
         t->max = hi;
@@ -251,6 +254,9 @@ void mt_range_observe(mt_range_tracker_t *t, float lo, float hi, float momentum)
 }
 
 void mt_ema_observe(mt_ema_t *e, float value, float momentum) {
+    if (!isfinite(value)) {
+        return;
+    }
     if (e->count <= 0) {
         e->value = value;
         e->count = 1;

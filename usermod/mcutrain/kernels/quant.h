@@ -140,7 +140,7 @@ int32_t mt_requantize(int32_t acc, mt_requant_t m);
 // ---- range tracking ------------------------------------------------------------------------
 
 // First observation: taken as is. Then min = momentum * min + (1 - momentum) * lo, same for
-// max (momentum in [0, 1); 0 keeps only the latest range).
+// max (momentum in [0, 1); 0 keeps only the latest range). A non-finite lo or hi is ignored.
 void mt_range_observe(mt_range_tracker_t *t, float lo, float hi, float momentum);
 
 // Exponential moving average of one value (the gradient standardization's divisor): the
