@@ -51,12 +51,12 @@ static void res_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     if (!mt_shape_equal(&body->out_shape, other)) {
         char a[64], b[64];
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("Residual: body gives %s but the shortcut gives %s; add a shortcut layer that matches"),
+            MP_ERROR_TEXT("Residual: body gives %s but the shortcut gives %s: make them match"),
             mt_shape_str(&body->out_shape, a, sizeof(a)), mt_shape_str(other, b, sizeof(b)));
     }
     if (body->out_dtype != other_dtype) {
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("Residual: body gives %q but the shortcut gives %q; convert one with mt.Convert"),
+            MP_ERROR_TEXT("Residual: body gives %q, the shortcut %q: convert one with mt.Convert"),
             mt_dtype_qstr(body->out_dtype), mt_dtype_qstr(other_dtype));
     }
     if (!((MT_DTYPES_FLOAT | MT_DTYPE_BIT(MT_INT8)) & MT_DTYPE_BIT(other_dtype))) {
@@ -66,7 +66,7 @@ static void res_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     if ((in_dtype == MT_INT8) != (other_dtype == MT_INT8)) {
         // The two input errors of an int8 sum meet in the input's dtype.
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("Residual: int8 branches need an int8 input, not %q; convert inside both or neither"),
+            MP_ERROR_TEXT("Residual: int8 branches need an int8 input, not %q: convert in both"),
             mt_dtype_qstr(in_dtype));
     }
     self_in->out_shape = body->out_shape;
