@@ -248,7 +248,8 @@ static mp_obj_t linear_make_new(const mp_obj_type_t *type, size_t n_args, size_t
     mp_int_t in = args[ARG_in_features].u_int, out = args[ARG_out_features].u_int;
     if (in < 1 || out < 1 || in > 0xffffff || out > 0xffffff) {
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("Linear: in_features and out_features must be positive, not %d and %d"), (int)in, (int)out);
+            MP_ERROR_TEXT("Linear: in_features and out_features must be in [1, %d], not %d and %d"), 0xffffff,
+            (int)in, (int)out);
     }
     bool mixed;
     uint8_t dtype = mt_layer_weights_dtype_arg(args[ARG_dtype].u_obj, MT_LINEAR_DTYPES, "Linear", &mixed);
