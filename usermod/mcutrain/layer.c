@@ -394,7 +394,7 @@ static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtyp
         // Its buffers belong to the model that planned it (and the scratch is the model's):
         // planning it again on its own would change that model's memory under it.
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("%q is planned in a model: run the model, or use a layer of its own"), mt_layer_name(self));
+            MP_ERROR_TEXT("%q is planned as part of a model: run the model, or use a new layer"), mt_layer_name(self));
     }
     if (self->planned && mt_shape_equal(&self->in_shape, in) && self->in_dtype == in_dtype) {
         return;
