@@ -144,6 +144,7 @@ void mt_tensor_header_init(mt_tensor_obj_t *t, void *data, uint8_t dtype) {
     t->zero_point = 0;
     t->data = data;
     t->owner = MP_OBJ_NULL;
+    t->offset = 0;
     t->grad = mp_const_none;
 }
 
@@ -424,8 +425,7 @@ static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtyp
         // Its buffers belong to the model that planned it (and the scratch is the model's):
         // planning it again on its own would change that model's memory under it.
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("%q is planned as part of a model: run the model (its layers' .output "
-                "hold each result), or use a layer of its own"), mt_layer_name(self));
+            MP_ERROR_TEXT("%q is planned as part of a model: run the model, or use a new layer"), mt_layer_name(self));
     }
     if (self->planned && mt_shape_equal(&self->in_shape, in) && self->in_dtype == in_dtype) {
         return;
@@ -619,7 +619,8 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
         mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%q.backward: dy must be %q (as the output), not %q"),
             mt_layer_name(self), mt_dtype_qstr(self->out_dtype), mt_dtype_qstr(dy->dtype));
     }
-    mt_tensor_obj_t *x = MP_OBJ_TO_PTR(self->last_input);
+    // Synced: a frombuffer input's bytearray may have moved since forward.
+    mt_tensor_obj_t *x = mt_tensor_get(self->last_input, "backward: x");
     if (dy->size != self->output->size || !dy_shape_fits(self, x, &dy->shape)) {
         char a[64], b[64];
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: dy has shape %s, the output %s"),
@@ -992,8 +993,9 @@ static uint8_t planned_input_dtype(const mt_layer_obj_t *self) {
     return d == MT_DTYPE_ANY ? MT_FLOAT32 : d;
 }
 
+// 64-bit sums: a model's byte counts, each checked when planned, may exceed 32 bits together.
 typedef struct {
-    size_t weights, gradients, optimizer, activations;
+    uint64_t weights, gradients, optimizer, activations;
 } memory_use_t;
 
 static void add_memory(const mt_layer_obj_t *layer, memory_use_t *use) {
@@ -1055,19 +1057,18 @@ static mp_obj_t layer_memory(size_t n_args, const mp_obj_t *args) {
     // The state of the last optimizer built for this model (it owns that state).
     use.optimizer = self->optim != MP_OBJ_NULL ? mt_optim_state_bytes(self->optim) : 0;
     // A training step's loss buffers, whether or not one has run yet (plan_loss).
-    size_t out_size = mt_shape_size(&self->out_shape);
-    use.gradients += out_size * mt_dtype_size(self->out_dtype);
-    size_t scratch = self->scratch_floats * sizeof(float) + self->out_shape.dim[0] * sizeof(int32_t);
+    use.gradients += mt_shape_bytes(&self->out_shape, self->out_dtype, "output gradient");
+    uint64_t scratch = (uint64_t)self->scratch_floats * sizeof(float) + (uint64_t)self->out_shape.dim[0] * sizeof(int32_t);
     size_t loss_floats = self->out_dtype != MT_FLOAT32 ? mt_loss_buf_floats(&self->out_shape) : 0;
-    scratch += loss_floats > self->scratch_floats ? loss_floats * sizeof(float) : 0;  // see plan_loss
+    scratch += loss_floats > self->scratch_floats ? (uint64_t)loss_floats * sizeof(float) : 0;  // see plan_loss
     mp_obj_t dict = mt_new_ordered_dict(6);
-    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_weights), mp_obj_new_int_from_uint(use.weights));
-    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_gradients), mp_obj_new_int_from_uint(use.gradients));
-    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_optimizer), mp_obj_new_int_from_uint(use.optimizer));
-    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_activations), mp_obj_new_int_from_uint(use.activations));
-    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_scratch), mp_obj_new_int_from_uint(scratch));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_weights), mp_obj_new_int_from_ull(use.weights));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_gradients), mp_obj_new_int_from_ull(use.gradients));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_optimizer), mp_obj_new_int_from_ull(use.optimizer));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_activations), mp_obj_new_int_from_ull(use.activations));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_scratch), mp_obj_new_int_from_ull(scratch));
     mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_total),
-        mp_obj_new_int_from_uint(use.weights + use.gradients + use.optimizer + use.activations + scratch));
+        mp_obj_new_int_from_ull(use.weights + use.gradients + use.optimizer + use.activations + scratch));
     return dict;
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_memory_obj, 1, 2, layer_memory);

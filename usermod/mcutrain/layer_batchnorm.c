@@ -175,8 +175,7 @@ static void bn_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const
             sgd = pass->optim ? mt_optim_int8_sgd(pass->optim) : NULL;
             if (sgd == NULL) {
                 mp_raise_msg_varg(&mp_type_ValueError,
-                    MP_ERROR_TEXT("%q: int8 layers update during backward: give mt.SGD without momentum "
-                        "(backward(dy, opt) or train_step)"), mt_layer_name(self_in));
+                    MP_ERROR_TEXT("%q: int8 layers update in backward(dy, opt): need SGD without momentum"), mt_layer_name(self_in));
             }
         }
         if (dx != NULL) {

@@ -7,6 +7,7 @@
 #include "kernels/conv2d_f16.h"
 #include "kernels/conv2d_s8.h"
 #include "kernels/select_f32.h"
+#include "kernels/checked_size.h"
 #include "layer_s8.h"
 #include "layer_mixed.h"
 
@@ -97,30 +98,33 @@ static size_t partial_scratch(const mt_conv_obj_t *self) {
     if (!is_depthwise(p)) {
         k = (size_t)round_up4((int)k);
     }
-    size_t rows_out = (size_t)p->batch * p->out_h * p->out_w, rows_in = (size_t)p->batch * p->in_h * p->in_w;
+    bool of = false;
+    size_t rows_out = mt_shape_size(&self->base.out_shape) / n, rows_in = mt_shape_size(&self->base.in_shape) / (size_t)p->in_c;
     size_t row_len = self->base.weight->size / n;
-    size_t floats = n + (n + 3) / 4 + rows_out * k + 2 * k * row_len + k;
+    size_t floats = n + (n + 3) / 4 + k;
+    floats = mt_add_size(floats, mt_mul_size(rows_out, k, &of), &of);
+    floats = mt_add_size(floats, mt_mul_size(2 * k, row_len, &of), &of);
     if (is_depthwise(p)) {
-        floats += 2 * rows_in * k;
+        floats = mt_add_size(floats, mt_mul_size(2 * rows_in, k, &of), &of);
     }
     mt_conv2d_params_t q = compact_params(p, (int)k);
-    return floats + mt_conv2d_f32_scratch_floats(&q);
+    return mt_add_size(floats, mt_conv2d_f32_scratch_floats(&q), &of);
 }
 
 // Mixed layers run both the int8 kernels (forward) and the float32 ones (backward).
 static size_t mixed_kernel_floats(const mt_conv_obj_t *self) {
-    size_t s8 = (mt_conv2d_s8_scratch_bytes(&self->p) + sizeof(float) - 1) / sizeof(float);
-    size_t f32 = mt_conv2d_f32_scratch_floats(&self->p);
-    return s8 > f32 ? s8 : f32;
+    size_t s8 = mt_size_bytes_to_floats(mt_conv2d_s8_scratch_bytes(&self->p));
+    return mt_max_size(s8, mt_conv2d_f32_scratch_floats(&self->p));
 }
 
-static size_t conv_scratch(const mt_layer_obj_t *self_in) {
-    const mt_conv_obj_t *self = (const mt_conv_obj_t *)self_in;
+// The kernels' size helpers saturate (kernels/checked_size.h): one check here.
+static size_t conv_scratch_unchecked(const mt_conv_obj_t *self) {
+    const mt_layer_obj_t *self_in = &self->base;
     if (self_in->dtype == MT_FLOAT16) {
         return mt_conv2d_f16_scratch_floats(&self->p);
     }
     if (self_in->dtype == MT_INT8) {
-        return (mt_conv2d_s8_scratch_bytes(&self->p) + sizeof(float) - 1) / sizeof(float);
+        return mt_size_bytes_to_floats(mt_conv2d_s8_scratch_bytes(&self->p));
     }
     if (self->s8 != NULL) {
         return mt_mixed_scratch_floats(self_in, mixed_kernel_floats(self), self_in->weight->size);
@@ -129,8 +133,13 @@ static size_t conv_scratch(const mt_layer_obj_t *self_in) {
     if (self_in->update.kind != MT_UPDATE_CHANNELS && self_in->update.kind != MT_UPDATE_TOPK) {
         return full;
     }
-    size_t partial = partial_scratch(self);
-    return partial > full ? partial : full;
+    return mt_max_size(partial_scratch(self), full);
+}
+
+static size_t conv_scratch(const mt_layer_obj_t *self_in) {
+    size_t floats = conv_scratch_unchecked((const mt_conv_obj_t *)self_in);
+    mt_size_check(floats, sizeof(float), qstr_str(mt_layer_name(self_in)));
+    return floats;
 }
 
 static void conv_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
@@ -358,13 +367,15 @@ static mp_obj_t conv_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
         mt_parse_pair(args[ARG_stride].u_obj, &p->stride_h, &p->stride_w, "Conv2d: stride", 1);
         mt_parse_pair(args[ARG_padding].u_obj, &p->pad_h, &p->pad_w, "Conv2d: padding", 0);
     }
-    int fan_in = p->kernel_h * p->kernel_w * (p->in_c / p->groups);
     mt_shape_t wshape;
     if (is_1d) {
         wshape = (mt_shape_t) { .ndim = 3, .dim = { p->out_c, p->kernel_w, p->in_c / p->groups } };
     } else {
         wshape = (mt_shape_t) { .ndim = 4, .dim = { p->out_c, p->kernel_h, p->kernel_w, p->in_c / p->groups } };
     }
+    // Before any int product of the kernel's sizes: the weight's size, checked.
+    mt_shape_bytes(&wshape, MT_FLOAT32, is_1d ? "Conv1d.weight" : "Conv2d.weight");
+    int fan_in = p->kernel_h * p->kernel_w * (p->in_c / p->groups);
     self->s8 = NULL;
     if (dtype == MT_INT8 || mixed) {
         self->s8 = m_new0(mt_s8_layer_t, 1);

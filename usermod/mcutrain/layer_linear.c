@@ -8,6 +8,7 @@
 #include "kernels/linear_s8.h"
 #include "kernels/linear_mixed.h"
 #include "kernels/select_f32.h"
+#include "kernels/checked_size.h"
 #include "layer_s8.h"
 #include "layer_mixed.h"
 #include "grad_sink.h"
@@ -58,7 +59,7 @@ static void linear_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
 
 // Mixed layers run both the int8 kernels (forward) and the float32 ones (backward).
 static size_t mixed_kernel_floats(const mt_linear_obj_t *self) {
-    return (mt_linear_s8_scratch_bytes(&self->p) + sizeof(float) - 1) / sizeof(float);
+    return mt_size_bytes_to_floats(mt_linear_s8_scratch_bytes(&self->p));
 }
 
 static void linear_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
@@ -77,13 +78,14 @@ static void linear_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, co
 
 // Compact-path scratch (see layer_conv.c): magnitudes, mask, selected dy columns,
 // weight rows and their gradients.
-static size_t linear_scratch(const mt_layer_obj_t *self_in) {
-    const mt_linear_obj_t *self = (const mt_linear_obj_t *)self_in;
+// The kernels' size helpers saturate (kernels/checked_size.h): one check in linear_scratch.
+static size_t linear_scratch_unchecked(const mt_linear_obj_t *self) {
+    const mt_layer_obj_t *self_in = &self->base;
     if (self_in->dtype == MT_FLOAT16) {
         return mt_linear_f16_scratch_floats(&self->p);
     }
     if (self_in->dtype == MT_INT8) {
-        return (mt_linear_s8_scratch_bytes(&self->p) + sizeof(float) - 1) / sizeof(float);
+        return mt_size_bytes_to_floats(mt_linear_s8_scratch_bytes(&self->p));
     }
     if (self->s8 != NULL) {
         return mt_mixed_scratch_floats(self_in, mixed_kernel_floats(self), (size_t)self->p.in_features);
@@ -91,8 +93,16 @@ static size_t linear_scratch(const mt_layer_obj_t *self_in) {
     if (self_in->update.kind != MT_UPDATE_CHANNELS && self_in->update.kind != MT_UPDATE_TOPK) {
         return 0;
     }
+    bool of = false;
     size_t n = (size_t)self->p.out_features, k = (size_t)mt_update_max_selected(self_in);
-    return n + (n + 3) / 4 + (size_t)self->p.batch * k + 2 * k * (size_t)self->p.in_features + k;
+    size_t floats = mt_add_size(n + (n + 3) / 4 + k, mt_mul_size((size_t)self->p.batch, k, &of), &of);
+    return mt_add_size(floats, mt_mul_size(2 * k, (size_t)self->p.in_features, &of), &of);
+}
+
+static size_t linear_scratch(const mt_layer_obj_t *self_in) {
+    size_t floats = linear_scratch_unchecked((const mt_linear_obj_t *)self_in);
+    mt_size_check(floats, sizeof(float), "Linear");
+    return floats;
 }
 
 // A partial update: only the selected rows' error flows back (see layer_conv.c).
@@ -238,7 +248,8 @@ static mp_obj_t linear_make_new(const mp_obj_type_t *type, size_t n_args, size_t
     mp_int_t in = args[ARG_in_features].u_int, out = args[ARG_out_features].u_int;
     if (in < 1 || out < 1 || in > 0xffffff || out > 0xffffff) {
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("Linear: in_features and out_features must be positive, not %d and %d"), (int)in, (int)out);
+            MP_ERROR_TEXT("Linear: in_features and out_features must be in [1, %d], not %d and %d"), 0xffffff,
+            (int)in, (int)out);
     }
     bool mixed;
     uint8_t dtype = mt_layer_weights_dtype_arg(args[ARG_dtype].u_obj, MT_LINEAR_DTYPES, "Linear", &mixed);

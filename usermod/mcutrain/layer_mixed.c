@@ -3,6 +3,7 @@
 #include "layer_mixed.h"
 #include "grad_sink.h"
 #include "kernels/vector_f32.h"
+#include "kernels/checked_size.h"
 
 // Byte offsets in the scratch after the kernels' part: the int8 output goes after the int8
 // input, 4-byte aligned for the kernels' word loads.
@@ -13,7 +14,8 @@ static size_t align4(size_t n) {
 size_t mt_mixed_scratch_floats(const mt_layer_obj_t *layer, size_t kernel_floats, size_t w_floats) {
     size_t io_bytes = align4(mt_shape_size(&layer->in_shape)) + align4(mt_shape_size(&layer->out_shape));
     size_t io_floats = io_bytes / sizeof(float);
-    return kernel_floats + (io_floats > w_floats ? io_floats : w_floats);
+    bool overflow = false;  // kernel_floats may have saturated (kernels/checked_size.h)
+    return mt_add_size(kernel_floats, mt_max_size(io_floats, w_floats), &overflow);
 }
 
 void mt_mixed_forward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_pass_t *pass,

@@ -11,6 +11,8 @@ typedef struct {
     mt_pool2d_params_t p;
 } mt_pool_obj_t;
 
+#define POOL_MAX_AREA (1 << 23)
+
 static bool is_max(const mt_layer_obj_t *self) {
     return self->base.type->name == MP_QSTR_MaxPool2d;
 }
@@ -128,6 +130,11 @@ static mp_obj_t pool_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
         mt_parse_pair(args[ARG_stride].u_obj, &p->stride_h, &p->stride_w, "pool: stride", 1);
     }
     mt_parse_pair(args[ARG_padding].u_obj, &p->pad_h, &p->pad_w, "pool: padding", 0);
+    // int8 average pooling sums a window of 8-bit values in int32: keep area * 255 in range.
+    if (p->kernel_h > POOL_MAX_AREA / p->kernel_w) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("pool: kernel_size %d x %d is over %d values"),
+            p->kernel_h, p->kernel_w, POOL_MAX_AREA);
+    }
     // PyTorch's rule: a window must never lie entirely in the padding.
     if (2 * p->pad_h > p->kernel_h || 2 * p->pad_w > p->kernel_w) {
         mp_raise_ValueError(MP_ERROR_TEXT("pool: padding must be at most half the kernel size"));

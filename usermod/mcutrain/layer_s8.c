@@ -126,8 +126,7 @@ const mt_int8_sgd_t *mt_s8_sgd(const mt_layer_obj_t *layer, const mt_pass_t *pas
     const mt_int8_sgd_t *sgd = pass->optim ? mt_optim_int8_sgd(pass->optim) : NULL;
     if (sgd == NULL) {
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("%q: %q layers update during backward: give mt.SGD without momentum "
-                "(backward(dy, opt) or train_step)"), mt_layer_name(layer), mt_layer_dtype_qstr(layer));
+            MP_ERROR_TEXT("%q: %q layers update in backward(dy, opt): need mt.SGD without momentum"), mt_layer_name(layer), mt_layer_dtype_qstr(layer));
     }
     return sgd;
 }

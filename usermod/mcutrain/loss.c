@@ -7,6 +7,25 @@
 #include "kernels/quant.h"
 #include "kernels/vector_f32.h"
 
+// labels[i] = label, checked as a Python int before it is narrowed (2**32 + 1 is not 1).
+static void set_label(int32_t *labels, int i, mp_obj_t label, int classes) {
+    mp_int_t v;
+    if (!mt_int_get_in_range(label, 0, classes - 1, &v)) {
+        vstr_t text;
+        mp_print_t print;
+        vstr_init_print(&text, 16, &print);
+        mp_obj_print_helper(&print, label, PRINT_STR);
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("label %s is outside [0, %d)"),
+            vstr_null_terminated_str(&text), classes);
+    }
+    labels[i] = (int32_t)v;
+}
+
+// A float16 Tensor's buffer holds raw 16-bit words: never labels.
+static bool is_float_tensor(mp_obj_t obj) {
+    return mp_obj_is_type(obj, &mt_tensor_type) && ((mt_tensor_obj_t *)MP_OBJ_TO_PTR(obj))->dtype != MT_INT8;
+}
+
 void mt_labels_from_obj(mp_obj_t obj, int32_t *labels, int n, int classes) {
     mp_buffer_info_t info;
     if (mp_obj_is_int(obj)) {
@@ -14,7 +33,7 @@ void mt_labels_from_obj(mp_obj_t obj, int32_t *labels, int n, int classes) {
             mp_raise_msg_varg(&mp_type_ValueError,
                 MP_ERROR_TEXT("labels: one int for a batch of %d"), n);
         }
-        labels[0] = (int32_t)mp_obj_get_int(obj);
+        set_label(labels, 0, obj, classes);
     } else if (mp_obj_is_type(obj, &mp_type_list) || mp_obj_is_type(obj, &mp_type_tuple)) {
         size_t len;
         mp_obj_t *items;
@@ -24,9 +43,9 @@ void mt_labels_from_obj(mp_obj_t obj, int32_t *labels, int n, int classes) {
                 MP_ERROR_TEXT("labels: %d given for a batch of %d"), (int)len, n);
         }
         for (int i = 0; i < n; i++) {
-            labels[i] = (int32_t)mp_obj_get_int(items[i]);
+            set_label(labels, i, items[i], classes);
         }
-    } else if (obj != mp_const_none && mp_get_buffer(obj, &info, MP_BUFFER_READ)
+    } else if (obj != mp_const_none && !is_float_tensor(obj) && mp_get_buffer(obj, &info, MP_BUFFER_READ)
                && info.typecode != 'f' && info.typecode != 'd') {
         size_t item = mp_binary_get_size('@', info.typecode, NULL);
         if ((int)(info.len / item) != n) {
@@ -34,18 +53,12 @@ void mt_labels_from_obj(mp_obj_t obj, int32_t *labels, int n, int classes) {
                 MP_ERROR_TEXT("labels: %d given for a batch of %d"), (int)(info.len / item), n);
         }
         for (int i = 0; i < n; i++) {
-            labels[i] = (int32_t)mp_obj_get_int(mp_binary_get_val_array(info.typecode, info.buf, i));
+            set_label(labels, i, mp_binary_get_val_array(info.typecode, info.buf, i), classes);
         }
     } else {
         mp_raise_msg_varg(&mp_type_TypeError,
             MP_ERROR_TEXT("labels must be an int, a list of ints or an int array, not %s"),
             mp_obj_get_type_str(obj));
-    }
-    for (int i = 0; i < n; i++) {
-        if (labels[i] < 0 || labels[i] >= classes) {
-            mp_raise_msg_varg(&mp_type_ValueError,
-                MP_ERROR_TEXT("label %d is outside [0, %d)"), (int)labels[i], classes);
-        }
     }
 }
 
@@ -175,9 +188,26 @@ static float mse_chunk(const void *ctx_in, float *buf, size_t at, size_t n, bool
     return loss * share;
 }
 
+// The target has the output's shape, or that shape without a batch of one (as an input
+// may): another shape of the same size would pair the wrong values silently.
+static bool mse_shape_matches(const mt_shape_t *target, const mt_shape_t *out) {
+    if (mt_shape_equal(target, out)) {
+        return true;
+    }
+    if (out->ndim != target->ndim + 1 || out->dim[0] != 1) {
+        return false;
+    }
+    for (int i = 0; i < target->ndim; i++) {
+        if (target->dim[i] != out->dim[i + 1]) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static mt_tensor_obj_t *mse_target(const mt_tensor_obj_t *out, mp_obj_t target) {
     mt_tensor_obj_t *t = mt_tensor_get_f32(target, "mse: target");
-    if (t->size != out->size) {
+    if (!mse_shape_matches(&t->shape, &out->shape)) {
         char a[64], b[64];
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("mse: target shape %s, output shape %s"),
             mt_shape_str(&t->shape, a, sizeof(a)), mt_shape_str(&out->shape, b, sizeof(b)));
@@ -202,7 +232,7 @@ const mt_loss_obj_t *mt_loss_get(mp_obj_t obj) {
 
 // Scratch for a direct call: the gradient and labels of `out`, freed right after.
 static float call_loss(const mt_loss_obj_t *loss, const mt_tensor_obj_t *out, mp_obj_t target, mt_tensor_obj_t **grad) {
-    if (out->shape.ndim < 2 && loss->takes_labels) {
+    if (out->shape.ndim != 2 && loss->takes_labels) {
         mp_raise_ValueError(MP_ERROR_TEXT("cross_entropy: output must be (batch, classes)"));
     }
     *grad = mt_tensor_new(&out->shape, MT_FLOAT32, "loss gradient");

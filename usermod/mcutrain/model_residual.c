@@ -77,7 +77,7 @@ static void res_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     }
     mt_tensor_header_init(&self->shortcut_grad, NULL, in_dtype);
     if (shortcut) {
-        size_t bytes = mt_shape_size(in) * mt_dtype_size(in_dtype);
+        size_t bytes = mt_shape_bytes(in, in_dtype, "Residual: gradient");
         self->shortcut_grad.data = m_malloc_maybe(bytes);
         if (self->shortcut_grad.data == NULL) {
             mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("Residual: cannot allocate %u bytes"), (unsigned)bytes);

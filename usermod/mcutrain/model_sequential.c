@@ -35,7 +35,7 @@ static void seq_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
         dtype = layer->out_dtype;
         if (i + 1 < self->n) {
             // Errors are stored in the dtype of the activations they belong to.
-            size_t bytes = mt_shape_size(&shape) * mt_dtype_size(dtype);
+            size_t bytes = mt_shape_bytes(&shape, dtype, "Sequential: gradient");
             grad_bytes = bytes > grad_bytes ? bytes : grad_bytes;
         }
     }

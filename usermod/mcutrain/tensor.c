@@ -6,6 +6,7 @@
 #include "py/objarray.h"
 #include "tensor.h"
 #include "kernels/half.h"
+#include "kernels/checked_size.h"
 
 size_t mt_dtype_size(mt_dtype_t dtype) {
     static const uint8_t sizes[] = { [MT_FLOAT32] = 4, [MT_FLOAT16] = 2, [MT_INT8] = 1 };
@@ -41,11 +42,39 @@ static char dtype_typecode(mt_dtype_t dtype) {
 }
 
 size_t mt_shape_size(const mt_shape_t *shape) {
+    bool overflow = false;
     size_t n = 1;
     for (int i = 0; i < shape->ndim; i++) {
-        n *= (size_t)shape->dim[i];
+        n = mt_mul_size(n, shape->dim[i] > 0 ? (size_t)shape->dim[i] : MT_SIZE_OVERFLOW, &overflow);
     }
     return n;
+}
+
+size_t mt_shape_bytes(const mt_shape_t *shape, mt_dtype_t dtype, const char *what) {
+    bool overflow = false;
+    size_t n = mt_shape_size(shape);
+    mt_mul_size(n, sizeof(float), &overflow);
+    if (overflow) {
+        char buf[64];
+        mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("%s %s does not fit in memory"), what,
+            mt_shape_str(shape, buf, sizeof(buf)));
+    }
+    return n * mt_dtype_size(dtype);
+}
+
+size_t mt_size_check(size_t count, size_t item_bytes, const char *what) {
+    bool overflow = false;
+    size_t bytes = mt_mul_size(count, item_bytes, &overflow);
+    if (overflow && count <= MT_SIZE_LIMIT) {
+        mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("%s: %u x %u bytes does not fit in memory"),
+            what, (unsigned)count, (unsigned)item_bytes);
+    }
+    if (overflow) {
+        // The count itself overflowed (saturated) on its way here.
+        mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("%s: more than %u bytes does not fit in memory"),
+            what, (unsigned)MT_SIZE_LIMIT);
+    }
+    return bytes;
 }
 
 bool mt_shape_equal(const mt_shape_t *a, const mt_shape_t *b) {
@@ -71,6 +100,22 @@ const char *mt_shape_str(const mt_shape_t *shape, char *buf, size_t len) {
     return vstr_null_terminated_str(&vstr);
 }
 
+bool mt_int_get_in_range(mp_obj_t obj, mp_int_t lo, mp_int_t hi, mp_int_t *value) {
+    if (mp_obj_is_int(obj) && !mp_obj_is_small_int(obj)) {
+        // A big int: compare it as a Python int, before narrowing could wrap it.
+        if (mp_binary_op(MP_BINARY_OP_LESS, obj, mp_obj_new_int(lo)) == mp_const_true
+            || mp_binary_op(MP_BINARY_OP_MORE, obj, mp_obj_new_int(hi)) == mp_const_true) {
+            return false;
+        }
+    }
+    mp_int_t v = mp_obj_get_int(obj);  // TypeError for what is not an int
+    if (v < lo || v > hi) {
+        return false;
+    }
+    *value = v;
+    return true;
+}
+
 void mt_shape_from_obj(mp_obj_t obj, mt_shape_t *shape, const char *what) {
     size_t n;
     mp_obj_t *items;
@@ -90,22 +135,18 @@ void mt_shape_from_obj(mp_obj_t obj, mt_shape_t *shape, const char *what) {
     }
     shape->ndim = (uint8_t)n;
     for (size_t i = 0; i < n; i++) {
-        mp_int_t d = mp_obj_get_int(items[i]);
-        if (d < 1 || d > 0x7fffffff / 4) {
-            mp_raise_msg_varg(&mp_type_ValueError,
-                MP_ERROR_TEXT("%s: dimension %u is %d; sizes must be positive"), what, (unsigned)i,
-                (int)d);
+        mp_int_t d;
+        if (!mt_int_get_in_range(items[i], 1, (mp_int_t)(MT_SIZE_LIMIT / sizeof(float)), &d)) {
+            if (mp_binary_op(MP_BINARY_OP_LESS, items[i], MP_OBJ_NEW_SMALL_INT(1)) == mp_const_true) {
+                mp_raise_msg_varg(&mp_type_ValueError,
+                    MP_ERROR_TEXT("%s: dimension %u must be positive"), what, (unsigned)i);
+            }
+            mp_raise_msg_varg(&mp_type_MemoryError,
+                MP_ERROR_TEXT("%s: dimension %u does not fit in memory"), what, (unsigned)i);
         }
         shape->dim[i] = (int32_t)d;
     }
-    // Guard against products that overflow size_t on 32-bit boards.
-    uint64_t total = 1;
-    for (size_t i = 0; i < n; i++) {
-        total *= (uint64_t)shape->dim[i];
-        if (total > 0x7fffffff / 4) {
-            mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%s is too large"), what);
-        }
-    }
+    mt_shape_bytes(shape, MT_FLOAT32, what);
 }
 
 mp_obj_t mt_shape_to_tuple(const mt_shape_t *shape) {
@@ -125,13 +166,14 @@ static mt_tensor_obj_t *tensor_alloc(const mt_shape_t *shape, mt_dtype_t dtype) 
     t->zero_point = 0;
     t->data = NULL;
     t->owner = MP_OBJ_NULL;
+    t->offset = 0;
     t->grad = mp_const_none;
     return t;
 }
 
 mt_tensor_obj_t *mt_tensor_new(const mt_shape_t *shape, mt_dtype_t dtype, const char *what) {
+    size_t bytes = mt_shape_bytes(shape, dtype, what);
     mt_tensor_obj_t *t = tensor_alloc(shape, dtype);
-    size_t bytes = t->size * mt_dtype_size(dtype);
     // A failed allocation names what did not fit, rather than a bare MemoryError.
     t->data = m_malloc_maybe(bytes ? bytes : 1);
     if (t->data == NULL) {
@@ -142,11 +184,49 @@ mt_tensor_obj_t *mt_tensor_new(const mt_shape_t *shape, mt_dtype_t dtype, const 
     return t;
 }
 
+// The start and length of the buffer a view's owner holds now.
+static uint8_t *owner_buffer(mp_obj_t owner, size_t *len) {
+    if (mp_obj_is_type(owner, &mt_tensor_type)) {
+        mt_tensor_obj_t *o = MP_OBJ_TO_PTR(owner);
+        mt_tensor_sync(o);
+        *len = o->size * mt_dtype_size(o->dtype);
+        return o->data;
+    }
+    mp_buffer_info_t info;
+    mp_get_buffer_raise(owner, &info, MP_BUFFER_READ);
+    *len = info.len;
+    return info.buf;
+}
+
 mt_tensor_obj_t *mt_tensor_view(const mt_shape_t *shape, mt_dtype_t dtype, void *data, mp_obj_t owner) {
     mt_tensor_obj_t *t = tensor_alloc(shape, dtype);
     t->data = data;
     t->owner = owner;
+    if (owner != MP_OBJ_NULL) {
+        size_t len;
+        t->offset = (size_t)((uint8_t *)data - owner_buffer(owner, &len));
+    }
     return t;
+}
+
+// A bytearray or array that grows is reallocated, and the old memory freed: a view must
+// never keep using a pointer it took earlier.
+void mt_tensor_sync(mt_tensor_obj_t *t) {
+    if (t->owner == MP_OBJ_NULL) {
+        return;
+    }
+    size_t len;
+    uint8_t *base = owner_buffer(t->owner, &len);
+    size_t item = mt_dtype_size(t->dtype), need = t->size * item;
+    if (len < t->offset || len - t->offset < need) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("Tensor: its buffer shrank to %u bytes, the view needs %u"), (unsigned)len,
+            (unsigned)(t->offset + need));
+    }
+    if (((uintptr_t)(base + t->offset) & (item - 1)) != 0) {
+        mp_raise_ValueError(MP_ERROR_TEXT("Tensor: its buffer moved and is not aligned for the dtype"));
+    }
+    t->data = base + t->offset;
 }
 
 mt_tensor_obj_t *mt_tensor_get(mp_obj_t obj, const char *what) {
@@ -154,7 +234,9 @@ mt_tensor_obj_t *mt_tensor_get(mp_obj_t obj, const char *what) {
         mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%s must be a Tensor, not %s"), what,
             mp_obj_get_type_str(obj));
     }
-    return MP_OBJ_TO_PTR(obj);
+    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(obj);
+    mt_tensor_sync(t);
+    return t;
 }
 
 mt_tensor_obj_t *mt_tensor_get_f32(mp_obj_t obj, const char *what) {
@@ -344,6 +426,7 @@ static mp_obj_t tensor_make_new(const mp_obj_type_t *type, size_t n_args, size_t
 static void tensor_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
     (void)kind;
     mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+    mt_tensor_sync(t);
     char buf[64];
     mp_printf(print, "Tensor(shape=%s, dtype=%q", mt_shape_str(&t->shape, buf, sizeof(buf)),
         mt_dtype_qstr(t->dtype));
@@ -376,12 +459,12 @@ static mp_obj_t tolist_level(const mt_tensor_obj_t *t, int level, size_t *index)
 
 static mp_obj_t tensor_tolist(mp_obj_t self_in) {
     size_t index = 0;
-    return tolist_level(MP_OBJ_TO_PTR(self_in), 0, &index);
+    return tolist_level(mt_tensor_get(self_in, "tolist"), 0, &index);
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(tensor_tolist_obj, tensor_tolist);
 
 static mp_obj_t tensor_fill(mp_obj_t self_in, mp_obj_t value) {
-    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+    mt_tensor_obj_t *t = mt_tensor_get(self_in, "fill");
     for (size_t i = 0; i < t->size; i++) {
         tensor_set_item(t, i, value);
     }
@@ -401,7 +484,7 @@ static mp_obj_t tensor_copy_from(size_t n_args, const mp_obj_t *pos_args, mp_map
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
-    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(pos_args[0]);
+    mt_tensor_obj_t *t = mt_tensor_get(pos_args[0], "copy_from");
     mp_obj_t src = args[ARG_src].u_obj;
     mp_buffer_info_t info;
     if (src == mp_const_none || !mp_get_buffer(src, &info, MP_BUFFER_READ)) {
@@ -453,7 +536,7 @@ static MP_DEFINE_CONST_FUN_OBJ_KW(tensor_copy_from_obj, 2, tensor_copy_from);
 
 // reshape(shape): a view of the same data with another shape of the same size.
 static mp_obj_t tensor_reshape(mp_obj_t self_in, mp_obj_t shape_in) {
-    mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+    mt_tensor_obj_t *t = mt_tensor_get(self_in, "reshape");
     mt_shape_t shape;
     mt_shape_from_obj(shape_in, &shape, "reshape: shape");
     if (mt_shape_size(&shape) != t->size) {
@@ -551,6 +634,7 @@ static mp_obj_t tensor_subscr(mp_obj_t self_in, mp_obj_t index, mp_obj_t value) 
         mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("Tensor indices must be ints, not %s"),
             mp_obj_get_type_str(index));
     }
+    mt_tensor_sync(t);
     size_t i = mp_get_index(&mp_type_list, (size_t)t->shape.dim[0], index, false);
     if (t->shape.ndim == 1) {
         if (value == MP_OBJ_SENTINEL) {
@@ -578,6 +662,7 @@ static mp_obj_t tensor_subscr(mp_obj_t self_in, mp_obj_t index, mp_obj_t value) 
 static mp_int_t tensor_get_buffer(mp_obj_t self_in, mp_buffer_info_t *info, mp_uint_t flags) {
     (void)flags;
     mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
+    mt_tensor_sync(t);
     info->buf = t->data;
     info->len = t->size * mt_dtype_size(t->dtype);
     info->typecode = dtype_typecode(t->dtype);

@@ -2,6 +2,7 @@
 // depthwise, the fp32 depthwise kernels) on them, results rounded to fp16 once.
 #include "conv2d_f16.h"
 #include "gemm_f32.h"
+#include "checked_size.h"
 
 // Most scratch the tiling aims for (16 KB); one fp32 block of weights or weight-gradient
 // sums may take 5/8 of a layer's budget. Bigger blocks convert the im2col tiles fewer times.
@@ -226,6 +227,16 @@ static dw_tile_t dw_tile(const mt_conv2d_params_t *p, int out_side) {
     return t;
 }
 
+// A plan's fp32 blocks: a weights block (nb x k), an im2col tile (rows x k) and an
+// output tile (rows x nb), saturating for a layer too large to plan (checked_size.h).
+static size_t block_floats(int nb, int k, int rows) {
+    bool overflow = false;
+    const size_t w = mt_mul_size((size_t)nb, (size_t)k, &overflow);
+    const size_t t = mt_mul_size((size_t)rows, (size_t)k, &overflow);
+    const size_t y = mt_mul_size((size_t)rows, (size_t)nb, &overflow);
+    return mt_add_size(mt_add_size(w, t, &overflow), y, &overflow);
+}
+
 size_t mt_conv2d_f16_scratch_floats(const mt_conv2d_params_t *p) {
     if (is_depthwise(p)) {
         const dw_tile_t out_tile = dw_tile(p, 1), in_tile = dw_tile(p, 0);
@@ -238,10 +249,10 @@ size_t mt_conv2d_f16_scratch_floats(const mt_conv2d_params_t *p) {
     const grad_input_plan_t g = grad_input_plan(p);
     const grad_weight_plan_t w = grad_weight_plan(p);
     const int kb = w.krb * row_len;
-    const int forward = f.ob * K + f.rows * K + f.rows * f.ob;
-    const int grad_input = g.len * g.cb + g.rows * g.len + g.rows * g.cb;
-    const int grad_weight = w.ob * kb + w.rows * kb + w.rows * w.ob;
-    return (size_t)max_int(forward, max_int(grad_input, grad_weight));
+    const size_t forward = block_floats(f.ob, K, f.rows);
+    const size_t grad_input = block_floats(g.cb, g.len, g.rows);
+    const size_t grad_weight = block_floats(w.ob, kb, w.rows);
+    return mt_max_size(forward, mt_max_size(grad_input, grad_weight));
 }
 
 // ---- im2col on a tile of output pixels ------------------------------------------------------

@@ -2,6 +2,7 @@
 // and pointwise convolutions.
 #include "conv2d_f32.h"
 #include "gemm_f32.h"
+#include "checked_size.h"
 
 // Thumb-2 with a single-precision FPU (Cortex-M4F/M7/M33): inline asm moves 8 floats per
 // vldmia/vstmia where compiled C needs one load or store per float (see gemm_f32.c).
@@ -55,7 +56,8 @@ size_t mt_conv2d_f32_scratch_floats(const mt_conv2d_params_t *p) {
     if (is_depthwise(p) || is_pointwise(p)) {
         return 0;
     }
-    return (size_t)tile_rows(p) * (size_t)patch_len(p);
+    bool overflow = false;  // saturates for a layer too large to plan (checked_size.h)
+    return mt_mul_size((size_t)tile_rows(p), (size_t)patch_len(p), &overflow);
 }
 
 // ---- float array helpers ------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include "conv2d_s8.h"
 #include "gemm_s8.h"
 #include "s8_common.h"
+#include "checked_size.h"
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -44,7 +45,8 @@ static int round_up(int v, int m) {
     return (v + m - 1) / m * m;
 }
 
-// Scratch is carved into 8-byte aligned regions; with a NULL base it only counts bytes.
+// Scratch is carved into 8-byte aligned regions; with a NULL base it only counts bytes,
+// saturating at MT_SIZE_OVERFLOW (checked_size.h) for a layer too large to plan.
 typedef struct {
     uint8_t *base;
     size_t used;
@@ -52,7 +54,8 @@ typedef struct {
 
 static void *take(arena_t *a, size_t bytes) {
     void *p = a->base ? a->base + a->used : NULL;
-    a->used += (bytes + 7) & ~(size_t)7;
+    bool overflow = false;
+    a->used = mt_add_size(a->used, mt_add_size(bytes, 7, &overflow) & ~(size_t)7, &overflow);
     return p;
 }
 
@@ -362,8 +365,10 @@ static size_t layer_bytes(const mt_conv2d_params_t *p, int batch) {
 // Channel pairs per block of a weight panel of `total` pairs (4 * kp bytes each): as many
 // as the layer's bytes at its batch hold (at least one), spread evenly over the blocks.
 static int pairs_per_block(const mt_conv2d_params_t *p, int total, int kp) {
-    const size_t fit = layer_bytes(p, p->batch) / (4 * (size_t)kp);
-    const int blocks = fit >= (size_t)total ? 1 : (total + (int)fit - 1) / mt_s8_max((int)fit, 1);
+    // At least one pair: a layer smaller than one panel row must not make zero blocks
+    // (a division by zero below).
+    const size_t fit = mt_max_size(layer_bytes(p, p->batch) / (4 * (size_t)kp), 1);
+    const int blocks = fit >= (size_t)total ? 1 : (total + (int)fit - 1) / (int)fit;
     return (total + blocks - 1) / blocks;
 }
 

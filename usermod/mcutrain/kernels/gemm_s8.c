@@ -2,6 +2,7 @@
 #include <string.h>
 #include "gemm_s8.h"
 #include "s8_common.h"
+#include "checked_size.h"
 
 // ---- the 3x2 kernel -----------------------------------------------------------------------
 //
@@ -212,7 +213,8 @@ size_t mt_gemm_s8_nt_scratch_bytes(int m, int n, int k) {
     (void)n;
     const size_t kp = (size_t)mt_gemm_s8_kpad(k);
     const size_t mp = (size_t)((m + 2) / 3 * 3);
-    return (mp + MT_GEMM_S8_COLS) * kp * sizeof(int16_t);
+    bool overflow = false;  // saturates for sizes too large to plan (checked_size.h)
+    return mt_mul_size(mt_mul_size(mp + MT_GEMM_S8_COLS, kp, &overflow), sizeof(int16_t), &overflow);
 }
 
 void mt_gemm_s8_nt(int m, int n, int k, const int8_t *a, int lda, int32_t a_offset,

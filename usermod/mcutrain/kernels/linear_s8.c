@@ -3,6 +3,7 @@
 #include "gemm_s8.h"
 #include "linear_s8.h"
 #include "s8_common.h"
+#include "checked_size.h"
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -17,7 +18,8 @@ typedef struct {
 
 static void *take(arena_t *a, size_t bytes) {
     void *p = a->base ? a->base + a->used : NULL;
-    a->used += (bytes + 7) & ~(size_t)7;
+    bool overflow = false;  // saturates for a layer too large to plan (checked_size.h)
+    a->used = mt_add_size(a->used, mt_add_size(bytes, 7, &overflow) & ~(size_t)7, &overflow);
     return p;
 }
 
