@@ -10,6 +10,7 @@
 
 #include "py/obj.h"
 #include "tensor.h"
+#include "plan_arena.h"
 #include "kernels/half.h"
 
 typedef struct _mt_layer_obj_t mt_layer_obj_t;
@@ -129,6 +130,8 @@ struct _mt_layer_obj_t {
     size_t scratch_floats;
     int32_t *labels;
     mt_tensor_obj_t *loss_buf;     // fp32 chunk of a float16/int8 output for the loss, or NULL
+    mt_plan_arena_t arena;         // the block all of the above but input_grad live in (plan_arena.h)
+    bool plans_loss;               // the plan includes the loss buffers (a train_step or evaluate ran)
     mt_tensor_obj_t *extra_params[2];  // BatchNorm running statistics
     mt_tensor_obj_t *weight_scale;     // int8 layers: fp32 scale of each weight row (out_c)
     // int8 layers: the tracked real range their int8 output is quantized from (Convert to
