@@ -12,7 +12,7 @@ from mcutrain.runner import run_on
 
 # A model with every kind of planned buffer: outputs (own, in place, views), BatchNorm,
 # Sequential's gradient buffers, a Residual's sum and shortcut gradient, scratch, and the
-# loss buffers; trained at batch 4, evaluated at batch 1, predicting at batch 32.
+# loss buffers; trained at batch 4, evaluated at batch 1, predicting at batch 16.
 ALTERNATING = """
 import gc, mcutrain as mt
 mt.seed(2)
@@ -25,7 +25,7 @@ loss = mt.cross_entropy
 def batch(n):
     return mt.Tensor([[[[((i * 5 + r * 3 + c) % 7) / 7 - 0.4] for c in range(8)] for r in range(8)]
                       for i in range(n)])
-x4, x1, x32 = batch(4), batch(1), batch(32)
+x4, x1, x16 = batch(4), batch(1), batch(16)
 y4, y1 = [0, 1, 2, 0], [0]
 gc.collect()
 base = gc.mem_alloc()  # weights, optimizer state, inputs: everything but the plans
@@ -33,7 +33,7 @@ def rounds(n):
     for _ in range(n):
         model.train_step(x4, y4, loss, opt)
         model.evaluate(x1, y1)
-        model.predict(x32)
+        model.predict(x16)
 def run():
     rounds(1)  # each shape planned once: the arena grows to the largest plan
     gc.collect()
@@ -47,7 +47,7 @@ def check():
     gc.collect()
     planned = gc.mem_alloc() - base
     largest = 0
-    for n in (4, 1, 32):
+    for n in (4, 1, 16):
         m = model.memory((n, 8, 8, 1))
         largest = max(largest, m['activations'] + m['gradients'] + m['scratch'])
     print('planned', planned, 'largest', largest)
@@ -56,7 +56,7 @@ def check():
     b = model.predict(x4).tolist()[0]
     print('same', max(abs(p - q) for p, q in zip(a, b)) < 1e-5)
     # A tensor from before a re-plan is the planned output: the same object, reshaped.
-    out = model.predict(x32)
+    out = model.predict(x16)
     model.predict(x1)
     print('output', out is model.output, out.shape)
 check()  # in functions: a stale slot of the module's frame could keep a tensor alive
@@ -126,8 +126,8 @@ def run(epochs):
         log = log[-12:]
         gc.collect()
         used.append(gc.mem_alloc())
-    print('used', min(used), max(used), used[0], used[-1])
-run(12)
+    print('used', ' '.join(str(u) for u in used))
+run(30)
 print('done')
 """
 
@@ -137,7 +137,9 @@ def test_long_alternating_run_fits_the_heap_memory_promises(target_pool):
     lines = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
     heap, step = (int(v) for v in lines["heap"].split()[::2])
     assert step > heap // 2, "the plan should take most of the heap, as in the report"
-    low, high, first, last = (int(v) for v in lines["used"].split())
-    # After the first epoch nothing more stays allocated: heap use is flat.
-    assert high - low <= 1024, out
+    used = [int(v) for v in lines["used"].split()]
+    # Heap use after each epoch: the script's own log and strings settle within a few
+    # epochs; the model adds nothing after its first plans.
+    assert max(used) - used[0] <= 2048, out
+    assert max(used[5:]) - min(used[5:]) <= 512, out
     assert out.splitlines()[-1] == "done", out
