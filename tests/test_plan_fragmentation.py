@@ -143,3 +143,39 @@ def test_long_alternating_run_fits_the_heap_memory_promises(target_pool):
     assert max(used) - used[0] <= 2048, out
     assert max(used[5:]) - min(used[5:]) <= 512, out
     assert out.splitlines()[-1] == "done", out
+
+
+# A heap already cut into holes shorter than a whole plan (by the script's own data): the
+# plan cannot take one arena, so each buffer gets a block of its own, as before arenas.
+FRAGMENTED = """
+import gc, mcutrain as mt
+mt.seed(4)
+model = mt.Sequential(*[layer for _ in range(4) for layer in (mt.Conv1d(8, 8, 3, padding=1), mt.ReLU())],
+                      mt.GlobalAvgPool(), mt.Linear(8, 2))
+opt = mt.SGD(model, lr=0.01)
+x4, x1 = mt.zeros((4, 48, 8)), mt.zeros((1, 48, 8))
+def fragment():
+    chunks = []
+    gc.collect()
+    while gc.mem_free() > 40000:
+        chunks.append(bytearray(16000))
+    return chunks[::2]  # every other one freed: holes of 16 KB, half the heap free
+def run():
+    holes = fragment()
+    gc.collect()
+    step = model.memory((4, 48, 8))
+    print('plan', step['activations'] + step['gradients'] + step['scratch'] > 16000)
+    for _ in range(3):
+        a = model.train_step(x4, [0, 1, 0, 1], mt.cross_entropy, opt)
+        model.evaluate(x1, [1])
+    print('trained', a > 0)
+    del holes
+    gc.collect()
+    print('again', model.train_step(mt.zeros((8, 48, 8)), [0, 1] * 4, mt.cross_entropy, opt) > 0)
+run()
+"""
+
+
+def test_a_plan_longer_than_any_free_run_still_fits_in_pieces(target):
+    out = run_on(target, FRAGMENTED)
+    assert out.splitlines() == ["plan True", "trained True", "again True"], out

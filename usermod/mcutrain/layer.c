@@ -426,7 +426,8 @@ static void plan_pass(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dty
 // Lays the plan for `in` out in the model's arena (plan_arena.h): measures it, grows the
 // arena if it does not fit (the old plan and block are dropped first, so both never have to
 // fit at once), then places every buffer and zeroes them. A plan that fits the arena, as
-// every plan after the largest one does, allocates nothing.
+// every plan after the largest one does, allocates nothing. In a heap with no free run as
+// long as the plan, each buffer gets a block of its own (as before arenas) rather than failing.
 static void plan_layout(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtype) {
     self->planned = false;
     nlr_buf_t nlr;
@@ -434,15 +435,22 @@ static void plan_layout(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_d
         mt_plan_begin(NULL);
         plan_pass(self, in, in_dtype);
         size_t bytes = mt_plan_end();
+        bool loose = false;
         if (self->arena.block == NULL || bytes > self->arena.bytes) {
             bool plans_loss = self->plans_loss;
             mt_layer_release(self);
             self->plans_loss = plans_loss;
-            mt_plan_arena_reserve(&self->arena, bytes, mt_layer_name(self));
+            loose = !mt_plan_arena_reserve(&self->arena, bytes);
         }
-        mt_plan_begin(&self->arena);
-        plan_pass(self, in, in_dtype);
-        memset(self->arena.block, 0, mt_plan_end());
+        if (loose) {
+            mt_plan_begin_loose();
+            plan_pass(self, in, in_dtype);
+            mt_plan_end();
+        } else {
+            mt_plan_begin(&self->arena);
+            plan_pass(self, in, in_dtype);
+            memset(self->arena.block, 0, mt_plan_end());
+        }
         nlr_pop();
     } else {
         mt_plan_abort();

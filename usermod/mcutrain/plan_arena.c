@@ -10,6 +10,7 @@
 static struct {
     bool active;
     bool measuring;
+    bool loose;                // placing into a GC block per buffer
     uint8_t *base;
     mp_obj_t owner;
     size_t capacity;
@@ -18,11 +19,18 @@ static struct {
 
 void mt_plan_begin(const mt_plan_arena_t *arena) {
     pass.active = true;
+    pass.loose = false;
     pass.measuring = arena == NULL;
     pass.base = arena ? arena->block : NULL;
     pass.owner = arena ? arena->owner : MP_OBJ_NULL;
     pass.capacity = arena ? arena->bytes : 0;
     pass.used = 0;
+}
+
+void mt_plan_begin_loose(void) {
+    mt_plan_begin(NULL);
+    pass.measuring = false;
+    pass.loose = true;
 }
 
 size_t mt_plan_end(void) {
@@ -58,6 +66,15 @@ void *mt_plan_alloc(size_t bytes, const char *what) {
     if (pass.measuring) {
         return NULL;
     }
+    if (pass.loose) {
+        void *data = m_malloc_maybe(bytes ? bytes : 1);
+        if (data == NULL) {
+            mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("%s: cannot allocate %u bytes"), what,
+                (unsigned)bytes);
+        }
+        memset(data, 0, bytes);
+        return data;
+    }
     if (pass.used > pass.capacity) {
         // The placing pass asks for what the measuring one counted: this cannot happen.
         mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("%s: plan outgrew its measure"), what);
@@ -76,7 +93,8 @@ mt_tensor_obj_t *mt_plan_header(mt_tensor_obj_t *reuse, const mt_shape_t *shape,
     t->scale = 1.0f;
     t->zero_point = 0;
     t->data = data;
-    t->owner = data != NULL ? pass.owner : MP_OBJ_NULL;
+    // A loose buffer is a block of its own, which the data pointer keeps alive.
+    t->owner = data != NULL && !pass.loose ? pass.owner : MP_OBJ_NULL;
     return t;
 }
 
@@ -95,18 +113,18 @@ void mt_plan_arena_drop(mt_plan_arena_t *arena) {
     arena->bytes = 0;
 }
 
-void mt_plan_arena_reserve(mt_plan_arena_t *arena, size_t bytes, qstr what) {
+bool mt_plan_arena_reserve(mt_plan_arena_t *arena, size_t bytes) {
     if (arena->block != NULL && arena->bytes >= bytes) {
-        return;
+        return true;
     }
     mt_plan_arena_drop(arena);
     uint8_t *block = m_malloc_maybe(bytes ? bytes : 1);
     if (block == NULL) {
-        mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("%q: cannot allocate %u bytes for its plan"),
-            what, (unsigned)bytes);
+        return false;
     }
     // The owner object planned tensors keep: a bytearray over the whole block.
     arena->owner = mp_obj_new_bytearray_by_ref(bytes, block);
     arena->block = block;
     arena->bytes = bytes;
+    return true;
 }

@@ -28,6 +28,9 @@ typedef struct {
 // Starts a pass: measuring if arena is NULL, else placing into it. mt_plan_end() ends it
 // and gives the bytes the pass used (alignment included); mt_plan_abort() ends a failed one.
 void mt_plan_begin(const mt_plan_arena_t *arena);
+// Starts a placing pass that gives each buffer a GC block of its own: the fallback when the
+// heap has no free run as long as the whole plan (it fragments again on the next re-plan).
+void mt_plan_begin_loose(void);
 size_t mt_plan_end(void);
 void mt_plan_abort(void);
 bool mt_plan_measuring(void);
@@ -44,9 +47,9 @@ mt_tensor_obj_t *mt_plan_tensor(mt_tensor_obj_t *reuse, const mt_shape_t *shape,
 mt_tensor_obj_t *mt_plan_header(mt_tensor_obj_t *reuse, const mt_shape_t *shape, uint8_t dtype, void *data);
 
 // Makes the arena at least `bytes` large: the old block is dropped (for the GC to take back)
-// before the new one is taken, so the two never need to fit together. MemoryError names
-// `what` and the size.
-void mt_plan_arena_reserve(mt_plan_arena_t *arena, size_t bytes, qstr what);
+// before the new one is taken, so the two never need to fit together. False (and no
+// arena) if the heap has no free run that long.
+bool mt_plan_arena_reserve(mt_plan_arena_t *arena, size_t bytes);
 // Drops the block; tensors still pointing into it keep it alive until they go.
 void mt_plan_arena_drop(mt_plan_arena_t *arena);
 
