@@ -5,6 +5,7 @@
 
 #include "py/runtime.h"
 #include "py/objtype.h"
+#include "py/gc.h"
 #include "layer.h"
 #include "loss.h"
 #include "grad_sink.h"
@@ -46,18 +47,21 @@ qstr mt_layer_dtype_qstr(const mt_layer_obj_t *layer) {
     return mt_layer_is_mixed(layer) ? MP_QSTR_mixed : mt_dtype_qstr(layer->dtype);
 }
 
-// The buffers a top-level call allocates for its loss and scratch (plan_top, plan_loss).
-static void forget_top_buffers(mt_layer_obj_t *layer) {
+// What planning as the top of a model sets up: the arena and the buffers in it. The arena
+// is dropped, not freed: tensors a script still holds keep it alive (their data points into it).
+static void forget_top(mt_layer_obj_t *layer) {
     layer->scratch = NULL;
     layer->input_grad = NULL;
     layer->output_grad = NULL;
     layer->labels = NULL;
     layer->loss_buf = NULL;
+    mt_plan_arena_drop(&layer->arena);
+    layer->plans_loss = false;
 }
 
 // Every field planning sets: the layer as if never planned.
 static void forget_plan(mt_layer_obj_t *layer) {
-    forget_top_buffers(layer);
+    forget_top(layer);
     layer->planned = false;
     layer->planned_as_top = false;
     layer->in_place = false;
@@ -284,9 +288,6 @@ static void check_dtype(const mt_layer_obj_t *layer, const mt_layer_ops_t *ops, 
 
 void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype, bool may_share) {
     const mt_layer_ops_t *ops = mt_layer_ops(layer);
-    // An output buffer of the layer's own can be reused if the shape and dtype stay.
-    bool owns_output = layer->output != NULL && !layer->in_place
-        && !(ops->flags & (MT_LAYER_VIEW | MT_LAYER_COMPOSITE));
     layer->planned = false;
     layer->planned_as_top = false;
     layer->state_bytes = 0;
@@ -294,6 +295,10 @@ void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype
         mt_layer_raise_expects(layer, "expects %d dimensions (batch first)", ops->input_ndim, in);
     }
     check_dtype(layer, ops, in_dtype);
+    if (!mt_plan_measuring() && !mt_plan_places_into(&layer->arena)) {
+        // Planned inside another model now: what it planned on its own goes.
+        forget_top(layer);
+    }
     layer->in_shape = *in;
     layer->in_dtype = in_dtype;
     layer->out_dtype = in_dtype;  // Convert's and composites' plan() change it
@@ -301,14 +306,14 @@ void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype
     if (ops->flags & MT_LAYER_COMPOSITE) {
         // plan() set output to the child that produces it.
     } else if ((ops->flags & MT_LAYER_VIEW) || ((ops->flags & MT_LAYER_MAY_RUN_IN_PLACE) && may_share)) {
+        // A header only: forward points it at the input.
         layer->in_place = !(ops->flags & MT_LAYER_VIEW);
-        layer->output = mt_tensor_view(&layer->out_shape, layer->out_dtype, NULL, MP_OBJ_NULL);
+        layer->output = mt_plan_header(layer->output, &layer->out_shape, layer->out_dtype, NULL);
     } else {
+        // The same header for every shape: re-planning allocates nothing (plan_arena.h).
         layer->in_place = false;
-        if (!owns_output || !mt_shape_equal(&layer->output->shape, &layer->out_shape)
-            || layer->output->dtype != layer->out_dtype) {
-            layer->output = mt_tensor_new(&layer->out_shape, layer->out_dtype, qstr_str(mt_layer_name(layer)));
-        }
+        layer->output = mt_plan_tensor(layer->output, &layer->out_shape, layer->out_dtype,
+            qstr_str(mt_layer_name(layer)));
     }
     layer->planned = true;
 }
@@ -348,8 +353,10 @@ void mt_layer_adopt(mt_layer_obj_t *const *children, size_t n, const char *what)
 void mt_layer_forward(mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     const mt_layer_ops_t *ops = mt_layer_ops(layer);
     if (layer->in_place || (ops->flags & MT_LAYER_VIEW)) {
-        // A view shares the input's memory and, for int8, its quantization.
+        // A view shares the input's memory (keeping it alive) and, for int8, its quantization.
         layer->output->data = x->data;
+        layer->output->owner = x->owner != MP_OBJ_NULL ? x->owner : MP_OBJ_FROM_PTR(x);
+        layer->output->offset = x->owner != MP_OBJ_NULL ? x->offset : 0;  // see mt_tensor_sync
         layer->output->scale = x->scale;
         layer->output->zero_point = x->zero_point;
     }
@@ -417,6 +424,75 @@ static void input_shape(mt_layer_obj_t *self, const mt_tensor_obj_t *x, mt_shape
     }
 }
 
+// The loss buffers of the top's plan (plan_loss): the output's gradient, labels and, for
+// float16 and int8 outputs, a small fp32 buffer that losses widen chunks of the output into.
+static void plan_loss_buffers(mt_layer_obj_t *self) {
+    bool narrow = self->out_dtype != MT_FLOAT32;
+    size_t floats = narrow ? mt_loss_buf_floats(&self->out_shape) : 0;
+    // The scratch, which no layer uses between forward and backward, if it is big enough.
+    float *buf = floats > self->scratch_floats ? mt_plan_alloc(floats * sizeof(float), "loss buffer") : self->scratch;
+    self->labels = mt_plan_alloc((size_t)self->out_shape.dim[0] * sizeof(int32_t), "labels");
+    self->output_grad = mt_plan_tensor(self->output_grad, &self->out_shape, self->out_dtype, "output gradient");
+    if (!mt_plan_measuring()) {
+        mt_shape_t shape = { .ndim = 1, .dim = { (int32_t)floats } };
+        self->loss_buf = narrow ? mt_plan_header(self->loss_buf, &shape, MT_FLOAT32, buf) : NULL;
+    }
+}
+
+// One pass over the whole plan: the tree, the scratch and, once wanted, the loss buffers.
+static void plan_pass(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtype) {
+    mt_layer_plan(self, in, in_dtype, false);
+    self->planned = false;  // until the whole plan is placed
+    size_t scratch = mt_layer_scratch_floats(self);
+    if (scratch > SIZE_MAX / sizeof(float)) {
+        mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("%q: scratch is too large"), mt_layer_name(self));
+    }
+    self->scratch = scratch ? mt_plan_alloc(scratch * sizeof(float), "scratch") : NULL;
+    self->scratch_floats = scratch;
+    if (self->plans_loss) {
+        plan_loss_buffers(self);
+    }
+}
+
+// Lays the plan for `in` out in the model's arena (plan_arena.h): measures it, grows the
+// arena if it does not fit (the old plan and block are dropped first, so both never have to
+// fit at once), then places every buffer and zeroes them. A plan that fits the arena, as
+// every plan after the largest one does, allocates nothing. In a heap with no free run as
+// long as the plan, each buffer gets a block of its own (as before arenas) rather than failing.
+static void plan_layout(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtype) {
+    self->planned = false;
+    nlr_buf_t nlr;
+    if (nlr_push(&nlr) == 0) {
+        mt_plan_begin(NULL);
+        plan_pass(self, in, in_dtype);
+        size_t bytes = mt_plan_end();
+        bool loose = false;
+        if (self->arena.block == NULL || bytes > self->arena.bytes) {
+            bool plans_loss = self->plans_loss;
+            mt_layer_release(self);
+            self->plans_loss = plans_loss;
+            loose = !mt_plan_arena_reserve(&self->arena, bytes);
+        }
+        if (loose) {
+            mt_plan_begin_loose();
+            plan_pass(self, in, in_dtype);
+            mt_plan_end();
+        } else {
+            mt_plan_begin(&self->arena);
+            plan_pass(self, in, in_dtype);
+            memset(self->arena.block, 0, mt_plan_end());
+        }
+        nlr_pop();
+    } else {
+        mt_plan_abort();
+        self->planned = false;
+        nlr_jump(nlr.ret_val);
+    }
+    self->last_input = MP_OBJ_NULL;
+    self->planned = true;
+    self->planned_as_top = true;
+}
+
 // Plans the whole tree for `in` unless already planned for it. If anything fails
 // (a shape error, MemoryError), the layer is left unplanned and the next call retries.
 static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtype) {
@@ -430,44 +506,18 @@ static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtyp
     if (self->planned && mt_shape_equal(&self->in_shape, in) && self->in_dtype == in_dtype) {
         return;
     }
-    self->planned = false;
-    forget_top_buffers(self);
-    mt_layer_plan(self, in, in_dtype, false);
-    self->planned = false;
-    size_t scratch = mt_layer_scratch_floats(self);
-    if (scratch) {
-        self->scratch = m_malloc_maybe(scratch * sizeof(float));
-        if (self->scratch == NULL) {
-            mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("%q: cannot allocate %u bytes of scratch"),
-                mt_layer_name(self), (unsigned)(scratch * sizeof(float)));
-        }
-    }
-    self->scratch_floats = scratch;
-    self->planned = true;
-    self->planned_as_top = true;
+    plan_layout(self, in, in_dtype);
 }
 
-// What a loss needs, allocated by the first train_step or evaluate after planning (plain
-// forward and backward calls do without): the output's gradient, labels and, for float16
-// and int8 outputs, a small fp32 buffer.
+// What a loss needs joins the plan with the first train_step or evaluate (plain forward
+// and backward calls do without): planned again, before the forward that follows.
 static void plan_loss(mt_layer_obj_t *self) {
-    if (self->output_grad != NULL) {
+    if (self->plans_loss) {
         return;
     }
-    if (self->out_dtype != MT_FLOAT32) {
-        // Losses run in fp32 on chunks of the output widened into a small buffer: the
-        // scratch, which no layer uses between forward and backward, if it is big enough.
-        mt_shape_t shape = { .ndim = 1, .dim = { (int32_t)mt_loss_buf_floats(&self->out_shape) } };
-        self->loss_buf = (size_t)shape.dim[0] <= self->scratch_floats
-            ? mt_tensor_view(&shape, MT_FLOAT32, self->scratch, MP_OBJ_NULL)
-            : mt_tensor_new(&shape, MT_FLOAT32, "loss buffer");
-    }
-    int batch = self->out_shape.dim[0];
-    self->labels = m_malloc_maybe(batch * sizeof(int32_t));
-    if (self->labels == NULL) {
-        mp_raise_msg(&mp_type_MemoryError, MP_ERROR_TEXT("cannot allocate labels"));
-    }
-    self->output_grad = mt_tensor_new(&self->out_shape, self->out_dtype, "output gradient");
+    self->plans_loss = true;
+    mt_shape_t in = self->in_shape;
+    plan_layout(self, &in, self->in_dtype);
 }
 
 static mt_tensor_obj_t *prepare_input(mt_layer_obj_t *self, mp_obj_t x_in, const char *what) {
@@ -589,6 +639,22 @@ static void ensure_grads(mt_layer_obj_t *layer) {
     }
 }
 
+// The input gradient backward() returns, in one block kept at the largest size used (its
+// header reshaped), so backward() at alternating shapes does not allocate again either.
+static mt_tensor_obj_t *sized_input_grad(mt_tensor_obj_t *t, const mt_shape_t *shape, uint8_t dtype) {
+    size_t bytes = mt_shape_size(shape) * mt_dtype_size(dtype);
+    if (t == NULL || t->owner != MP_OBJ_NULL || gc_nbytes(t->data) < bytes) {
+        return mt_tensor_new(shape, dtype, "input gradient");
+    }
+    t->dtype = dtype;
+    t->shape = *shape;
+    t->size = mt_shape_size(shape);
+    t->scale = 1.0f;
+    t->zero_point = 0;
+    memset(t->data, 0, bytes);
+    return t;
+}
+
 // forward(x, training=True) -> output Tensor (planned once per input shape, reused).
 static mp_obj_t layer_forward(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
     enum { ARG_x, ARG_training };
@@ -631,9 +697,7 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: dy is not finite; weights unchanged"),
             mt_layer_name(self));
     }
-    if (self->input_grad == NULL) {
-        self->input_grad = mt_tensor_new(&x->shape, self->in_dtype, "input gradient");
-    }
+    self->input_grad = sized_input_grad(self->input_grad, &x->shape, self->in_dtype);
     // Everything checked before any kernel writes.
     mt_optim_obj_t *optim = NULL;
     if (with_optim) {
@@ -1020,8 +1084,10 @@ static void add_memory(const mt_layer_obj_t *layer, memory_use_t *use) {
     if (ops->grad_bytes != NULL) {
         use->gradients += ops->grad_bytes(layer);
     }
-    if (layer->planned && layer->output != NULL && layer->output->owner == MP_OBJ_NULL
-        && !(ops->flags & MT_LAYER_COMPOSITE) && !layer->in_place && !(ops->flags & MT_LAYER_VIEW)) {
+    // Outputs of its own (a Sequential's is its last layer's; a Residual's sum is its own).
+    bool own_output = !layer->in_place && !(ops->flags & MT_LAYER_VIEW)
+        && (n == 0 || layer->output != children[n - 1]->output);
+    if (layer->planned && layer->output != NULL && own_output) {
         use->activations += layer->output->size * mt_dtype_size(layer->output->dtype);
     }
     use->activations += layer->state_bytes;

@@ -1,7 +1,7 @@
 // The layer protocol shared by every layer type, Sequential and Residual included.
 //
-// A layer is planned once for an input shape: it sets its output shape and allocates
-// its output buffer and any per-shape state. After that, forward and backward only run
+// A layer is planned once for an input shape: it sets its output shape and takes its
+// output buffer and any per-shape state from the model's arena (plan_arena.h). After that, forward and backward only run
 // kernels on planned memory, so a training step allocates nothing. Any layer can be
 // the top of a model: the methods in layer.c (forward, backward, train_step, memory,
 // ...) work on a single Linear as well as on a nested Sequential.
@@ -10,6 +10,7 @@
 
 #include "py/obj.h"
 #include "tensor.h"
+#include "plan_arena.h"
 #include "kernels/half.h"
 
 typedef struct _mt_layer_obj_t mt_layer_obj_t;
@@ -81,8 +82,9 @@ typedef struct _mt_layer_ops_t {
     uint8_t input_ndim;
     // The input dtypes the layer can run on (MT_DTYPE_BIT mask).
     uint8_t dtypes;
-    // Checks the input shape and sets self->out_shape; may allocate per-shape state.
-    // Raises ValueError naming the layer and the shapes.
+    // Checks the input shape and sets self->out_shape; per-shape state comes from
+    // mt_plan_alloc/mt_plan_tensor only (it runs twice: measuring, then placing), never
+    // from the heap directly. Raises ValueError naming the layer and the shapes.
     void (*plan)(mt_layer_obj_t *self, const mt_shape_t *in);
     size_t (*scratch_floats)(const mt_layer_obj_t *self);
     // Reads x (self->in_shape, self->in_dtype), writes self->output.
@@ -130,6 +132,8 @@ struct _mt_layer_obj_t {
     size_t scratch_floats;
     int32_t *labels;
     mt_tensor_obj_t *loss_buf;     // fp32 chunk of a float16/int8 output for the loss, or NULL
+    mt_plan_arena_t arena;         // the block all of the above but input_grad live in (plan_arena.h)
+    bool plans_loss;               // the plan includes the loss buffers (a train_step or evaluate ran)
     mt_tensor_obj_t *extra_params[2];  // BatchNorm running statistics
     mt_tensor_obj_t *weight_scale;     // int8 layers: fp32 scale of each weight row (out_c)
     // int8 layers: the tracked real range their int8 output is quantized from (Convert to

@@ -8,6 +8,7 @@
 
 #include "py/runtime.h"
 #include "layer.h"
+#include "plan_arena.h"
 #include "kernels/activation_f32.h"
 #include "kernels/activation_f16.h"
 #include "kernels/add_s8.h"
@@ -71,17 +72,11 @@ static void res_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     }
     self_in->out_shape = body->out_shape;
     self_in->out_dtype = other_dtype;
-    if (self_in->output == NULL || !mt_shape_equal(&self_in->output->shape, &self_in->out_shape)
-        || self_in->output->dtype != other_dtype) {
-        self_in->output = mt_tensor_new(&self_in->out_shape, other_dtype, "Residual");
-    }
+    self_in->output = mt_plan_tensor(self_in->output, &self_in->out_shape, other_dtype, "Residual");
     mt_tensor_header_init(&self->shortcut_grad, NULL, in_dtype);
     if (shortcut) {
         size_t bytes = mt_shape_bytes(in, in_dtype, "Residual: gradient");
-        self->shortcut_grad.data = m_malloc_maybe(bytes);
-        if (self->shortcut_grad.data == NULL) {
-            mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("Residual: cannot allocate %u bytes"), (unsigned)bytes);
-        }
+        self->shortcut_grad.data = mt_plan_alloc(bytes, "Residual shortcut gradient");
     }
 }
 

@@ -5,6 +5,7 @@
 
 #include "py/runtime.h"
 #include "layer.h"
+#include "plan_arena.h"
 
 typedef struct {
     mt_layer_obj_t base;
@@ -45,12 +46,7 @@ static void seq_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     // Gradient buffers alternate between layers; two are needed from three layers on.
     size_t buffers = self->n > 2 ? 2 : self->n - 1;
     for (size_t b = 0; b < buffers; b++) {
-        void *data = m_malloc_maybe(grad_bytes);
-        if (data == NULL) {
-            mp_raise_msg_varg(&mp_type_MemoryError,
-                MP_ERROR_TEXT("Sequential: cannot allocate %u bytes of gradient buffer"), (unsigned)grad_bytes);
-        }
-        mt_tensor_header_init(&self->grad[b], data, MT_FLOAT32);
+        mt_tensor_header_init(&self->grad[b], mt_plan_alloc(grad_bytes, "Sequential gradient"), MT_FLOAT32);
     }
     self->grad_bytes = grad_bytes * buffers;
 }
