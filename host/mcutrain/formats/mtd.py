@@ -45,6 +45,7 @@ HEADER_SIZE = HEADER.size  # 80
 DEFAULT_CHUNK_BYTES = 4096
 MAX_SAMPLE_DIMS = 3  # the device's tensors have up to 4 dims, one of them the batch
 CLASS_DTYPES = ("uint8", "uint16", "int32")
+MAX_RECORD = 2**30  # bytes per record
 
 
 @dataclass(frozen=True)
@@ -351,8 +352,11 @@ def parse_header(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> tuple
         problems.append(f"sample shape {(s0, s1, s2)} (ndim {ndim}) or label size {label_size}")
     elif problems:
         pass
-    elif record_size % 4 or record_size < h.sample_bytes + h.label_bytes + h.teacher_bytes:
-        problems.append(f"record size {record_size} is not a multiple of 4 holding its fields")
+    elif record_size % 4 or not (
+        h.sample_bytes + h.label_bytes + h.teacher_bytes <= record_size <= MAX_RECORD
+    ):
+        problems.append(f"record size {record_size} is not a multiple of 4 holding its fields "
+                        f"(at most {MAX_RECORD})")  # fmt: skip
     if dtype == "int8" and not (
         SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] and -128 <= zero_point <= 127
     ):

@@ -54,33 +54,36 @@ class SpecError(ValueError):
     """A model graph or its tensors do not describe a valid mcutrain model."""
 
 
-# Every size in a layer config and every dim of a shape is at most this (docs/formats.md).
+# Limits of docs/formats.md, as the device constructors have them: a shape dim or Linear's
+# in/out features at most MAX_SIZE, every other size in a layer config at most MAX_LAYER_SIZE.
 MAX_SIZE = 2**24 - 1
+MAX_LAYER_SIZE = 2**16 - 1
 # Parameterless layers (and BatchNorm2d, whose tensors stay float32) run in their input's dtype.
 PLAIN_DTYPES = ("float32", "float16", "int8")
 
 
-def check_size(value: Any, where: str, lo: int = 1) -> int:
+def check_size(value: Any, where: str, lo: int = 1, hi: int = MAX_SIZE) -> int:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        if lo <= value <= MAX_SIZE:
+        if lo <= value <= hi:
             return int(value)
-        raise SpecError(f"{where}: {value} is outside {lo}..{MAX_SIZE}")
+        raise SpecError(f"{where}: {value} is outside {lo}..{hi}")
     raise SpecError(f"{where}: expected an int, got {value!r}")
 
 
 def _pair(value: Any, where: str, lo: int = 1) -> tuple[int, int]:
+    hi = MAX_LAYER_SIZE
     if isinstance(value, (list, tuple)) and len(value) == 2:
-        return check_size(value[0], where, lo), check_size(value[1], where, lo)
+        return check_size(value[0], where, lo, hi), check_size(value[1], where, lo, hi)
     if isinstance(value, (list, tuple)):
         raise SpecError(f"{where}: expected an int or an (h, w) pair, got {value!r}")
-    v = check_size(value, where, lo)
+    v = check_size(value, where, lo, hi)
     return v, v
 
 
-def _single(value: Any, where: str, lo: int = 1) -> int:
+def _single(value: Any, where: str, lo: int = 1, hi: int = MAX_LAYER_SIZE) -> int:
     if isinstance(value, (list, tuple)) and len(value) == 1:
         value = value[0]
-    return check_size(value, where, lo)
+    return check_size(value, where, lo, hi)
 
 
 def _number(value: Any, where: str, lo: float, hi: float) -> float:
@@ -170,7 +173,8 @@ def normalize_node(node: Node, where: str = "model") -> Node:
     for key in ("in_features", "out_features", "in_channels", "out_channels", "groups",
                 "num_features"):  # fmt: skip
         if key in cfg:
-            cfg[key] = _single(cfg[key], f"{here} {key}")
+            hi = MAX_SIZE if key.endswith("_features") and kind == "Linear" else MAX_LAYER_SIZE
+            cfg[key] = _single(cfg[key], f"{here} {key}", 1, hi)
     if "bias" in cfg:
         if not isinstance(cfg["bias"], (bool, np.bool_)):
             raise SpecError(f"{here}: bias must be true or false, got {cfg['bias']!r}")
