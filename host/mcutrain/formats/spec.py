@@ -89,7 +89,7 @@ def _single(value: Any, where: str, lo: int = 1, hi: int = MAX_LAYER_SIZE) -> in
 def _number(value: Any, where: str, lo: float, hi: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise SpecError(f"{where}: expected a number, got {value!r}")
-    if not lo <= float(value) <= hi:
+    if not lo <= value <= hi:  # compared as given: a huge int never becomes a float here
         raise SpecError(f"{where}: {value} is outside [{lo}, {hi}]")
     return float(value)
 
