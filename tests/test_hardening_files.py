@@ -301,3 +301,18 @@ def test_boot_formats_a_blank_erased_image(emulated_board, tmp_path):
     flash.write_bytes(b"\xff" * FLASH_SIZE)  # erased NOR flash
     with Emulator(emulated_board, flash=flash) as emu:
         assert emu.exec("import os\nprint(os.getcwd())").strip() == "/flash"
+
+
+def test_emulate_format_flash_blanks_the_image_it_is_given(tmp_path):
+    from mcutrain.cli import _blank_flash_image
+
+    image = tmp_path / "flash.img"
+    image.write_bytes(b"\x5a" * 8192)
+    _blank_flash_image(image)  # `mcutrain emulate --format-flash`
+    assert image.read_bytes() == bytes(8192)
+    with open(image, "rb") as held:  # an emulator holds its image locked
+        import fcntl
+
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ValueError, match="in use"):
+            _blank_flash_image(image)
