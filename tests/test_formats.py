@@ -239,9 +239,12 @@ def test_model_round_trip_keeps_graph_tensors_shape_and_meta(tmp_path):
 
 
 def test_model_int8_tensor_keeps_its_scale_and_zero_point(tmp_path):
-    graph = sequential(layer("Linear", in_features=3, out_features=2))
+    # An int8 tensor belongs to an int8 layer: a float32 layer stores float32 (the device
+    # refuses anything else, so the host reader does too).
+    graph = sequential(layer("Linear", dtype="int8", in_features=3, out_features=2))
     q = np.array([[1, -2, 3], [4, 5, -128]], dtype=np.int8)
-    spec = ModelSpec(graph, {"0.weight": q, "0.bias": np.zeros(2, np.float32)},
+    spec = ModelSpec(graph, {"0.weight": q, "0.bias": np.zeros(2, np.float32),
+                             "0.weight_scale": np.ones(2, np.float32)},
                      quant={"0.weight": (0.05, -3)})  # fmt: skip
     write_model(tmp_path / "q.mtm", spec)
     back = read_model(tmp_path / "q.mtm")

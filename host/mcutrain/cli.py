@@ -81,7 +81,28 @@ def _report_transfer(what: str, dest: str, size: int, result: TransferResult | N
 # -- commands ---------------------------------------------------------------------------------
 
 
+def _blank_flash_image(path: Path) -> None:
+    """Overwrite a flash image with zeros (its size kept): the board formats it at boot. A board
+    never formats an image that is not blank by itself (boards/README.md)."""
+    from .emulator import FLASH_SIZE
+
+    import fcntl
+
+    size = path.stat().st_size if path.exists() else FLASH_SIZE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"flash image {path} is in use by a running emulator") from None
+        f.truncate(0)
+        f.truncate(size)
+    print(f"erased flash image {path} ({size} bytes): the board formats it at boot")
+
+
 def cmd_emulate(args: argparse.Namespace) -> int:
+    if args.format_flash:
+        _blank_flash_image(_flash_for(args))
     emulator = Emulator(args.board, flash=_flash_for(args), heap=args.heap, hold_uart=False)
     with emulator:
         board = emulator.board
@@ -323,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Boot an emulated board, print its serial device, and run until Ctrl-C.",
     )
     _board_options(emulate, EMULATED_BOARDS)
+    emulate.add_argument("--format-flash", action="store_true",
+                         help="erase the flash image first (everything on it is lost); a board "
+                              "never formats an image it cannot mount by itself")  # fmt: skip
     emulate.set_defaults(func=cmd_emulate)
 
     run = commands.add_parser(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
+
+from .strict_json import json_problem
 
 # One code table for both formats (docs/formats.md). Codes are stable: new dtypes get new codes.
 DTYPE_CODES: dict[str, int] = {
@@ -29,6 +32,9 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
     "uint16": np.dtype("<u2"),
     "int32": np.dtype("<i4"),
 }
+# int8 scales (a dataset's x_scale, an int8 tensor's scale): well inside float32's normal range,
+# so every target holds them as the same non-zero number.
+SCALE_RANGE = (1e-30, 1e30)
 # What a dataset's samples and a model's tensors may hold.
 SAMPLE_DTYPES = ("float32", "float16", "int8")
 
@@ -68,6 +74,17 @@ def read_exact(f: BinaryIO, n: int, path: str | os.PathLike[str], what: str) -> 
     if len(data) != n:
         raise FormatError(path, f"truncated: {what} needs {n} bytes, only {len(data)} left")
     return data
+
+
+def parse_json_section(data: bytes, path: str | os.PathLike[str], what: str) -> Any:
+    """A JSON object from a file section that passes the strict check (strict_json.py)."""
+    problem = json_problem(data)
+    if problem is not None:
+        raise FormatError(path, f"{what} is not valid JSON: {problem}")
+    doc = json.loads(data.decode("utf-8"))
+    if not isinstance(doc, dict):
+        raise FormatError(path, f"{what} is not a JSON object")
+    return doc
 
 
 @contextmanager

@@ -22,13 +22,17 @@ from .common import (
     DTYPE_CODES,
     NUMPY_DTYPES,
     SAMPLE_DTYPES,
+    SCALE_RANGE,
     FormatError,
     align,
     atomic_write,
     crc32,
     dtype_name,
+    parse_json_section,
     read_exact,
 )
+from .spec import MAX_SIZE
+from .strict_json import json_problem
 from .quant import int8_params, quantize_int8
 
 MAGIC = b"MTD\0"
@@ -40,6 +44,8 @@ HEADER = struct.Struct("<4sHH6I4B3Ifi6I")
 HEADER_SIZE = HEADER.size  # 80
 DEFAULT_CHUNK_BYTES = 4096
 MAX_SAMPLE_DIMS = 3  # the device's tensors have up to 4 dims, one of them the batch
+CLASS_DTYPES = ("uint8", "uint16", "int32")
+MAX_RECORD = 2**30  # bytes per record
 
 
 @dataclass(frozen=True)
@@ -139,11 +145,16 @@ def _samples(
         if x.dtype == np.int8:
             if scale is None:
                 raise ValueError("int8 samples need their scale (and zero_point)")
-            return x, float(scale), int(zero_point or 0)
-        if scale is None:
-            scale, zero_point = int8_params(x)
-        zp = int(zero_point or 0)
-        return quantize_int8(x, scale, zp), float(scale), zp
+            scale, zp = float(scale), int(zero_point or 0)
+        else:
+            if scale is None:
+                scale, zero_point = int8_params(x)
+            zp = int(zero_point or 0)
+            x = quantize_int8(x, scale, zp)
+        if not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] and -128 <= zp <= 127):
+            raise ValueError(f"int8 scale {scale} must be in {SCALE_RANGE}, zero_point "
+                             f"{zp} in -128..127")  # fmt: skip
+        return x, float(scale), zp
     if scale is not None or zero_point is not None:
         raise ValueError(f"scale and zero_point are for int8 samples, not {dtype}")
     if x.dtype == np.int8 and dtype != "int8":
@@ -202,7 +213,11 @@ def write_dataset(
         info["class_names"] = [str(c) for c in class_names]
     if meta:
         info["meta"] = meta
-    info_bytes = json.dumps(info, ensure_ascii=False, separators=(",", ":")).encode()
+    info_bytes = json.dumps(info, ensure_ascii=False, separators=(",", ":"),
+                            allow_nan=False).encode()  # fmt: skip
+    problem = json_problem(info_bytes)
+    if problem is not None:
+        raise ValueError(f"class_names/meta do not make a valid info section: {problem}")
 
     sample_bytes = samples[0].nbytes if count else math.prod(xa.shape[1:]) * samples.itemsize
     label_bytes = label_size * NUMPY_DTYPES[label_dtype].itemsize
@@ -322,12 +337,30 @@ def parse_header(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> tuple
         table_offset=table_offset, data_offset=data_offset,
     )  # fmt: skip
     problems = []
-    if dtype not in SAMPLE_DTYPES or (teacher_dtype or "float32") not in ("float32", "float16"):
-        problems.append(f"sample dtype {dtype} / teacher dtype {teacher_dtype} not allowed")
-    if 0 in h.sample_shape or label_size < 1:
-        problems.append(f"empty sample shape {h.sample_shape} or label size {label_size}")
-    elif record_size < h.sample_bytes + h.label_bytes + h.teacher_bytes:
-        problems.append(f"record size {record_size} is smaller than its fields")
+    if dtype not in SAMPLE_DTYPES:
+        problems.append(f"sample dtype {dtype} not allowed")
+    if label_dtype == "float32":
+        if num_classes != 0 or teacher_dtype is not None:
+            problems.append("float targets need num_classes 0 and no teacher logits")
+    elif label_dtype not in CLASS_DTYPES or label_size != 1:
+        problems.append(f"labels must be one {'/'.join(CLASS_DTYPES)} class index or "
+                        f"float32 targets, got {label_size} {label_dtype}")  # fmt: skip
+    if teacher_dtype not in (None, "float32", "float16"):
+        problems.append(f"teacher dtype {teacher_dtype} not allowed")
+    if (0 in h.sample_shape or any((s0, s1, s2)[ndim:]) or label_size < 1
+            or max(h.sample_shape) > MAX_SIZE):  # fmt: skip
+        problems.append(f"sample shape {(s0, s1, s2)} (ndim {ndim}) or label size {label_size}")
+    elif problems:
+        pass
+    elif record_size % 4 or not (
+        h.sample_bytes + h.label_bytes + h.teacher_bytes <= record_size <= MAX_RECORD
+    ):
+        problems.append(f"record size {record_size} is not a multiple of 4 holding its fields "
+                        f"(at most {MAX_RECORD})")  # fmt: skip
+    if dtype == "int8" and not (
+        SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] and -128 <= zero_point <= 127
+    ):
+        problems.append(f"int8 scale {scale} / zero point {zero_point} out of range")
     if chunk_records < 1 or chunk_count != -(-count // chunk_records):
         problems.append(f"{chunk_count} chunks of {chunk_records} do not hold {count} records")
     if table_offset < HEADER_SIZE + info_size or data_offset < table_offset + 4 * chunk_count:
@@ -335,6 +368,19 @@ def parse_header(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> tuple
     if problems:
         raise FormatError(path, "inconsistent header: " + "; ".join(problems))
     return h, info_crc, table_crc
+
+
+def check_info(info: dict[str, Any], num_classes: int, path: str | os.PathLike[str]) -> None:
+    """The info section's known keys: class_names a list of num_classes strings, meta an
+    object (null or absent: none)."""
+    names = info.get("class_names")
+    if names is not None and (
+        not isinstance(names, list) or len(names) != num_classes
+        or not all(isinstance(n, str) for n in names)
+    ):  # fmt: skip
+        raise FormatError(path, f"info: class_names must be {num_classes} strings")
+    if info.get("meta") is not None and not isinstance(info["meta"], dict):
+        raise FormatError(path, "info: meta must be a JSON object")
 
 
 class DatasetReader:
@@ -372,12 +418,8 @@ class DatasetReader:
         data = read_exact(f, self.header.info_size, self.path, "info section")
         if crc32(data) != info_crc:
             raise FormatError(self.path, "info section CRC mismatch: class names/meta corrupted")
-        try:
-            info = json.loads(data.decode()) if data else {}
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FormatError(self.path, f"info section is not JSON: {e}") from None
-        if not isinstance(info, dict):
-            raise FormatError(self.path, "info section is not a JSON object")
+        info = parse_json_section(data, self.path, "info section") if data else {}
+        check_info(info, self.header.num_classes, self.path)
         return info
 
     def _read_table(self, f: BinaryIO, table_crc: int) -> tuple[int, ...]:
@@ -399,7 +441,7 @@ class DatasetReader:
 
     @property
     def meta(self) -> dict[str, Any]:
-        return dict(self.info.get("meta", {}))
+        return dict(self.info.get("meta") or {})
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int | np.ndarray]:
         """(x, y) of sample i: x in the stored dtype, y an int (class) or a float32 array."""

@@ -14,8 +14,28 @@ from typing import Any
 
 import numpy as np
 
-from .common import NUMPY_DTYPES, FormatError, align, atomic_write, crc32, read_exact
-from .spec import ModelSpec, Node, SpecError, expected_tensors, float32_bits
+from .common import (
+    NUMPY_DTYPES,
+    SCALE_RANGE,
+    FormatError,
+    align,
+    atomic_write,
+    crc32,
+    parse_json_section,
+    read_exact,
+)
+from .strict_json import json_problem
+from .spec import (
+    ModelSpec,
+    Node,
+    Shape,
+    SpecError,
+    check_size,
+    expected_dtypes,
+    expected_tensors,
+    float32_bits,
+    normalize_node,
+)
 
 MAGIC = b"MTM\0"
 VERSION = 1
@@ -73,7 +93,11 @@ def model_bytes(spec: ModelSpec) -> bytes:
         doc["input_shape"] = spec.input_shape
     if spec.meta:
         doc["meta"] = spec.meta
-    graph = json.dumps(_json_ready(doc), ensure_ascii=False, separators=(",", ":")).encode()
+    graph = json.dumps(_json_ready(doc), ensure_ascii=False, separators=(",", ":"),
+                       allow_nan=False).encode()  # fmt: skip
+    problem = json_problem(graph)
+    if problem is not None:
+        raise SpecError(f"the model does not make a valid graph section: {problem}")
     data_offset = align(HEADER_SIZE + len(graph), TENSOR_ALIGN)
     data_size = table[-1]["offset"] + table[-1]["nbytes"] if table else 0
     head = HEADER.pack(MAGIC, VERSION, HEADER_SIZE, len(graph), crc32(graph), data_offset,
@@ -122,7 +146,7 @@ def read_model(path: str | os.PathLike[str]) -> ModelSpec:
 
 
 def parse_model(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> ModelSpec:
-    """The ModelSpec in the bytes of an .mtm file."""
+    """The ModelSpec in the bytes of an .mtm file, checked by the rules of docs/formats.md."""
     graph_size, graph_crc, data_offset, data_size = _header(data[:HEADER_SIZE], path)
     end = data_offset + data_size
     if len(data) < end:
@@ -132,45 +156,98 @@ def parse_model(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> ModelS
     graph = data[HEADER_SIZE : HEADER_SIZE + graph_size]
     if crc32(graph) != graph_crc:
         raise FormatError(path, "graph section CRC mismatch: the layer list is corrupted")
+    doc = parse_json_section(graph, path, "graph section")
     try:
-        doc = json.loads(graph.decode())
-        table = doc["tensors"]
-        tensors, quant = {}, {}
-        for entry in table:
-            name, t = _tensor(data, data_offset, data_size, entry, path)
-            tensors[name] = t
-            if "scale" in entry:
-                quant[name] = (float(entry["scale"]), int(entry.get("zero_point", 0)))
-        spec = ModelSpec(doc["model"], tensors, doc.get("input_shape"), doc.get("meta", {}),
-                         quant)  # fmt: skip
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise FormatError(path, f"graph section is malformed: {type(e).__name__}: {e}") from None
+        model, input_shape, meta = _check_document(doc)
+        want = expected_tensors(model)
+        dtypes = expected_dtypes(model)
+        entries = _check_table(doc["tensors"], want, dtypes, data_size)
     except SpecError as e:
         raise FormatError(path, f"invalid model: {e}") from None
-    want = expected_tensors(spec.graph)
-    if set(want) != set(tensors):
-        raise FormatError(
-            path, f"tensors {sorted(tensors)} do not match the layers' {sorted(want)}"
-        )
-    return spec
+    tensors, quant = {}, {}
+    for entry in entries:
+        name = entry["name"]
+        start = data_offset + entry["offset"]
+        raw = data[start : start + entry["nbytes"]]
+        if crc32(raw) != entry["crc"]:
+            raise FormatError(path, f"tensor {name}: CRC mismatch (its data is corrupted)")
+        t = np.frombuffer(raw, dtype=NUMPY_DTYPES[entry["dtype"]]).reshape(want[name]).copy()
+        tensors[name] = t
+        if entry["dtype"] == "int8":
+            quant[name] = (float(entry["scale"]), int(entry["zero_point"]))
+    return ModelSpec(model, tensors, input_shape, meta, quant)
 
 
-def _tensor(
-    data: bytes, data_offset: int, data_size: int, entry: dict[str, Any],
-    path: str | os.PathLike[str],
-) -> tuple[str, np.ndarray]:  # fmt: skip
-    name, dtype, shape = entry["name"], entry["dtype"], tuple(entry["shape"])
-    if dtype not in TENSOR_DTYPES:
-        raise FormatError(path, f"tensor {name}: unknown dtype {dtype!r}")
-    nbytes, offset = int(entry["nbytes"]), int(entry["offset"])
-    if math.prod(shape) * NUMPY_DTYPES[dtype].itemsize != nbytes:
-        raise FormatError(path, f"tensor {name}: {nbytes} bytes do not hold {dtype} {shape}")
-    if offset < 0 or offset + nbytes > data_size:
-        raise FormatError(path, f"tensor {name}: bytes {offset}..{offset + nbytes} outside data")
-    raw = data[data_offset + offset : data_offset + offset + nbytes]
-    if crc32(raw) != entry["crc"]:
-        raise FormatError(path, f"tensor {name}: CRC mismatch (its data is corrupted)")
-    return name, np.frombuffer(raw, dtype=NUMPY_DTYPES[dtype]).reshape(shape).copy()
+def _check_document(doc: dict[str, Any]) -> tuple[Node, Shape | None, dict[str, Any]]:
+    """(normalized layer tree, input shape, meta) of a graph section; SpecError if invalid."""
+    for key in ("model", "tensors"):
+        if key not in doc:
+            raise SpecError(f"the graph section has no {key!r}")
+    if not isinstance(doc["model"], dict) or doc["model"].get("type") != "Sequential":
+        raise SpecError("the top layer must be a Sequential")
+    model = normalize_node(doc["model"])
+    input_shape = doc.get("input_shape")
+    if input_shape is not None:
+        if not isinstance(input_shape, list) or not 1 <= len(input_shape) <= 3:
+            raise SpecError(f"input_shape must be a list of 1 to 3 sizes, got {input_shape!r}")
+        input_shape = tuple(check_size(d, "input_shape") for d in input_shape)
+    meta = doc.get("meta")
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise SpecError("meta must be a JSON object")
+    return model, input_shape, meta
+
+
+def _check_table(
+    table: Any, want: dict[str, Shape], dtypes: dict[str, str], data_size: int
+) -> list[dict[str, Any]]:
+    """The tensor table's entries, each checked: exactly the layers' tensors, in their shapes
+    and dtypes, inside the data section; SpecError names the first entry that is wrong."""
+    if not isinstance(table, list):
+        raise SpecError("'tensors' must be a list")
+    seen: set[str] = set()
+    for i, e in enumerate(table):
+        if not isinstance(e, dict):
+            raise SpecError(f"tensor entry {i} is not an object")
+        name = e.get("name")
+        if not isinstance(name, str) or name not in want:
+            raise SpecError(f"tensor entry {i}: {name!r} is not a tensor of the layers")
+        if name in seen:
+            raise SpecError(f"tensor {name} is listed twice")
+        seen.add(name)
+        shape = e.get("shape")
+        if not isinstance(shape, list) or not all(_is_int(d) for d in shape) or (
+            tuple(shape) != want[name]
+        ):
+            raise SpecError(f"tensor {name}: shape {shape!r}, the layer needs {list(want[name])}")
+        if e.get("dtype") != dtypes[name]:
+            raise SpecError(f"tensor {name}: dtype {e.get('dtype')!r}, the layer stores "
+                            f"{dtypes[name]}")  # fmt: skip
+        for key in ("offset", "nbytes", "crc"):
+            if not _is_int(e.get(key)) or not 0 <= e[key] < 2**32:
+                raise SpecError(f"tensor {name}: {key} must be a u32, got {e.get(key)!r}")
+        nbytes = math.prod(want[name]) * NUMPY_DTYPES[dtypes[name]].itemsize
+        if e["nbytes"] != nbytes or e["offset"] + nbytes > data_size:
+            raise SpecError(f"tensor {name}: {e['nbytes']} bytes at {e['offset']} do not hold "
+                            f"{dtypes[name]} {list(want[name])} inside {data_size}")  # fmt: skip
+        if dtypes[name] == "int8":
+            scale, zp = e.get("scale"), e.get("zero_point")
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+                SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]
+            ):
+                raise SpecError(f"tensor {name}: scale {scale!r} is not in "
+                                f"[{SCALE_RANGE[0]}, {SCALE_RANGE[1]}]")  # fmt: skip
+            if not _is_int(zp) or not -128 <= zp <= 127:
+                raise SpecError(f"tensor {name}: zero_point {zp!r} is not in -128..127")
+    missing = sorted(set(want) - seen)
+    if missing:
+        raise SpecError(f"the tensor table lacks {missing}")
+    return list(table)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def read_model_graph(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -180,5 +257,4 @@ def read_model_graph(path: str | os.PathLike[str]) -> dict[str, Any]:
         graph = read_exact(f, graph_size, path, "graph section")
     if crc32(graph) != graph_crc:
         raise FormatError(path, "graph section CRC mismatch: the layer list is corrupted")
-    doc: dict[str, Any] = json.loads(graph.decode())
-    return doc
+    return parse_json_section(graph, path, "graph section")

@@ -10,7 +10,7 @@ from numpy.typing import ArrayLike
 
 from .mtm import read_model
 from .quant import dequantize_int8
-from .spec import QUANT_DTYPES, ModelSpec, Node, leaves
+from .spec import ModelSpec, Node, is_quantized, leaves
 
 
 def _convert_class(nn: Any) -> Any:
@@ -58,7 +58,7 @@ def real_tensors(spec: ModelSpec) -> dict[str, np.ndarray]:
             t = dequantize_int8(t, *spec.quant.get(name, (1.0, 0)))
         state[name] = np.asarray(t, dtype=np.float64)
     for prefix, node in leaves(spec.graph):
-        if node.get("dtype") in QUANT_DTYPES:
+        if is_quantized(node):
             w = state[prefix + "weight"]
             # float32 product, as the device forms its real weights
             s = np.asarray(spec.tensors[prefix + "weight_scale"], dtype=np.float32)

@@ -46,6 +46,7 @@ QUANT_LAYERS = ("Linear", "Conv2d", "Conv1d")
 QUANT_DTYPES = ("int8", "mixed")
 CONVERT_DTYPES = ("float32", "float16", "int8")
 CONTAINERS = ("Sequential", "Residual")
+EPS_RANGE = (1e-30, 1e30)  # BatchNorm2d eps, kept well inside float32's normal range
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -53,20 +54,44 @@ class SpecError(ValueError):
     """A model graph or its tensors do not describe a valid mcutrain model."""
 
 
-def _pair(value: Any, where: str) -> tuple[int, int]:
+# Limits of docs/formats.md, as the device constructors have them: a shape dim or Linear's
+# in/out features at most MAX_SIZE, every other size in a layer config at most MAX_LAYER_SIZE.
+MAX_SIZE = 2**24 - 1
+MAX_LAYER_SIZE = 2**16 - 1
+# Parameterless layers (and BatchNorm2d, whose tensors stay float32) run in their input's dtype.
+PLAIN_DTYPES = ("float32", "float16", "int8")
+
+
+def check_size(value: Any, where: str, lo: int = 1, hi: int = MAX_SIZE) -> int:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value), int(value)
+        if lo <= value <= hi:
+            return int(value)
+        raise SpecError(f"{where}: {value} is outside {lo}..{hi}")
+    raise SpecError(f"{where}: expected an int, got {value!r}")
+
+
+def _pair(value: Any, where: str, lo: int = 1) -> tuple[int, int]:
+    hi = MAX_LAYER_SIZE
     if isinstance(value, (list, tuple)) and len(value) == 2:
-        return int(value[0]), int(value[1])
-    raise SpecError(f"{where}: expected an int or an (h, w) pair, got {value!r}")
+        return check_size(value[0], where, lo, hi), check_size(value[1], where, lo, hi)
+    if isinstance(value, (list, tuple)):
+        raise SpecError(f"{where}: expected an int or an (h, w) pair, got {value!r}")
+    v = check_size(value, where, lo, hi)
+    return v, v
 
 
-def _single(value: Any, where: str) -> int:
+def _single(value: Any, where: str, lo: int = 1, hi: int = MAX_LAYER_SIZE) -> int:
     if isinstance(value, (list, tuple)) and len(value) == 1:
         value = value[0]
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value)
-    raise SpecError(f"{where}: expected an int, got {value!r}")
+    return check_size(value, where, lo, hi)
+
+
+def _number(value: Any, where: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise SpecError(f"{where}: expected a number, got {value!r}")
+    if not lo <= value <= hi:  # compared as given: a huge int never becomes a float here
+        raise SpecError(f"{where}: {value} is outside [{lo}, {hi}]")
+    return float(value)
 
 
 def layer(type_: str, dtype: str = "float32", trainable: bool = True, **config: Any) -> Node:
@@ -94,7 +119,8 @@ def residual(body: Node, shortcut: Node | None = None) -> Node:
 def normalize_node(node: Node, where: str = "model") -> Node:
     """A checked copy with defaults filled in and sizes as ints or (h, w) tuples."""
     if not isinstance(node, Mapping) or "type" not in node:
-        raise SpecError(f"{where}: a layer must be a dict with a 'type', got {node!r}")
+        raise SpecError(f"{where}: a layer must be an object with a 'type', got "
+                        f"{type(node).__name__}")  # fmt: skip
     kind = node["type"]
     if kind == "Sequential":
         layers = node.get("layers")
@@ -113,11 +139,16 @@ def normalize_node(node: Node, where: str = "model") -> Node:
         }
     if kind == "Add":
         raise SpecError(f"{where}: write a residual Add as Residual(body, shortcut)")
-    if kind not in LAYERS:
+    if not isinstance(kind, str) or kind not in LAYERS:
         known = ", ".join([*LAYERS, *CONTAINERS])
         raise SpecError(f"{where}: unknown layer type {kind!r} (known: {known})")
     required, defaults = LAYERS[kind]
-    config = dict(node.get("config") or {})
+    config = node.get("config")
+    if config is None:
+        config = {}
+    if not isinstance(config, Mapping):
+        raise SpecError(f"{where}: {kind} config must be an object, got {config!r}")
+    config = dict(config)
     # A device layer's config() may hold its dtype; Convert's config dtype is what it converts to.
     dtype = "float32" if kind == "Convert" else config.pop("dtype", node.get("dtype", "float32"))
     missing = [k for k in required if k not in config]
@@ -128,19 +159,25 @@ def normalize_node(node: Node, where: str = "model") -> Node:
     cfg = {k: merged[k] for k in (*required, *defaults)}  # constructor order
     here = f"{where} ({kind})"
     if kind in ("Conv2d", "MaxPool2d", "AvgPool2d"):
-        cfg["kernel_size"] = _pair(cfg["kernel_size"], here)
-        cfg["stride"] = cfg["kernel_size"] if cfg["stride"] is None else _pair(cfg["stride"], here)
-        cfg["padding"] = _pair(cfg["padding"], here)
+        cfg["kernel_size"] = _pair(cfg["kernel_size"], f"{here} kernel_size")
+        cfg["stride"] = (cfg["kernel_size"] if cfg["stride"] is None
+                         else _pair(cfg["stride"], f"{here} stride"))  # fmt: skip
+        cfg["padding"] = _pair(cfg["padding"], f"{here} padding", 0)
     elif kind == "Conv1d":
         for key in ("kernel_size", "stride", "padding"):
-            cfg[key] = _single(cfg[key], here)
+            cfg[key] = _single(cfg[key], f"{here} {key}", 0 if key == "padding" else 1)
+    if kind in ("MaxPool2d", "AvgPool2d") and any(
+        2 * p > k for p, k in zip(cfg["padding"], cfg["kernel_size"])
+    ):
+        raise SpecError(f"{here}: padding {cfg['padding']} is more than half the kernel")
     for key in ("in_features", "out_features", "in_channels", "out_channels", "groups",
                 "num_features"):  # fmt: skip
         if key in cfg:
-            cfg[key] = _single(cfg[key], here)
-            if cfg[key] < 1:
-                raise SpecError(f"{here}: {key} must be >= 1, got {cfg[key]}")
+            hi = MAX_SIZE if key.endswith("_features") and kind == "Linear" else MAX_LAYER_SIZE
+            cfg[key] = _single(cfg[key], f"{here} {key}", 1, hi)
     if "bias" in cfg:
+        if not isinstance(cfg["bias"], (bool, np.bool_)):
+            raise SpecError(f"{here}: bias must be true or false, got {cfg['bias']!r}")
         cfg["bias"] = bool(cfg["bias"])
     if kind in ("Conv2d", "Conv1d") and (
         cfg["in_channels"] % cfg["groups"] or cfg["out_channels"] % cfg["groups"]
@@ -148,16 +185,21 @@ def normalize_node(node: Node, where: str = "model") -> Node:
         raise SpecError(f"{here}: channels {cfg['in_channels']}->{cfg['out_channels']} "
                         f"not divisible by groups {cfg['groups']}")  # fmt: skip
     if kind == "BatchNorm2d":
-        cfg["eps"], cfg["momentum"] = float(cfg["eps"]), float(cfg["momentum"])
+        cfg["eps"] = _number(cfg["eps"], f"{here} eps", EPS_RANGE[0], EPS_RANGE[1])
+        cfg["momentum"] = _number(cfg["momentum"], f"{here} momentum", 0.0, 1.0)
     if kind == "Convert" and cfg["dtype"] not in CONVERT_DTYPES:
         raise SpecError(f"{here}: converts to {cfg['dtype']!r}, not one of "
                         f"{', '.join(CONVERT_DTYPES)}")  # fmt: skip
     out: Node = {"type": kind, "config": cfg}
-    if dtype not in LAYER_DTYPES:
-        raise SpecError(f"{here}: dtype {dtype!r} not one of {', '.join(LAYER_DTYPES)}")
+    allowed = LAYER_DTYPES if kind in QUANT_LAYERS else PLAIN_DTYPES
+    if not isinstance(dtype, str) or dtype not in allowed:
+        raise SpecError(f"{here}: dtype {dtype!r} not one of {', '.join(allowed)}")
     if dtype != "float32":
         out["dtype"] = dtype
-    if node.get("trainable", True) is False:
+    trainable = node.get("trainable", True)
+    if not isinstance(trainable, (bool, np.bool_)):
+        raise SpecError(f"{here}: trainable must be true or false, got {trainable!r}")
+    if not trainable:
         out["trainable"] = False
     if node.get("quant_range") is not None:
         if not has_quant_range(out):
@@ -168,11 +210,16 @@ def normalize_node(node: Node, where: str = "model") -> Node:
     return out
 
 
+def is_quantized(node: Node) -> bool:
+    """Whether a leaf stores an int8 weight and a weight_scale (an int8/mixed Linear/Conv)."""
+    return node["type"] in QUANT_LAYERS and node.get("dtype") in QUANT_DTYPES
+
+
 def has_quant_range(node: Node) -> bool:
     """Whether a leaf tracks the real range it quantizes (its output; Convert: its input)."""
     if node["type"] == "Convert":
         return bool(node["config"]["dtype"] == "int8")
-    return node["type"] in QUANT_LAYERS and node.get("dtype") in QUANT_DTYPES
+    return is_quantized(node)
 
 
 def float32_bits(value: float) -> int:
@@ -248,15 +295,36 @@ def parameter_shapes(node: Node) -> dict[str, Shape]:
         return {}
     if c["bias"]:
         shapes["bias"] = (shapes["weight"][0],)
-    if node.get("dtype") in QUANT_DTYPES:
+    if is_quantized(node):
         shapes["weight_scale"] = (shapes["weight"][0],)
     return shapes
+
+
+def parameter_dtypes(node: Node) -> dict[str, str]:
+    """Tensor name -> the dtype the device stores it in, for one leaf layer: float16 layers
+    keep float16 tensors, int8/mixed ones an int8 weight; everything else is float32."""
+    dtype = node.get("dtype", "float32")
+    out = {}
+    for name in parameter_shapes(node):
+        if node["type"] == "BatchNorm2d" or name == "weight_scale":
+            out[name] = "float32"
+        elif is_quantized(node):
+            out[name] = "int8" if name == "weight" else "float32"
+        else:
+            out[name] = dtype
+    return out
 
 
 def expected_tensors(graph: Node) -> dict[str, Shape]:
     """Every tensor a graph needs: state_dict name -> device-layout shape."""
     return {prefix + name: shape for prefix, node in leaves(graph)
             for name, shape in parameter_shapes(node).items()}  # fmt: skip
+
+
+def expected_dtypes(graph: Node) -> dict[str, str]:
+    """Every tensor a graph needs: state_dict name -> the dtype the device stores it in."""
+    return {prefix + name: dtype for prefix, node in leaves(graph)
+            for name, dtype in parameter_dtypes(node).items()}  # fmt: skip
 
 
 def _window(size: int, k: int, s: int, p: int) -> int:
@@ -361,7 +429,7 @@ class ModelSpec:
             if t.dtype == np.int8 and name not in self.quant:
                 raise SpecError(f"int8 tensor {name} needs quant[{name!r}] = (scale, zero_point)")
         for prefix, node in leaves(self.graph):
-            if node.get("dtype") not in QUANT_DTYPES:
+            if not is_quantized(node):
                 continue
             w, s = np.asarray(self.tensors[prefix + "weight"]), np.asarray(
                 self.tensors[prefix + "weight_scale"])  # fmt: skip

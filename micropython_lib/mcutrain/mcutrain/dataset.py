@@ -10,6 +10,12 @@ _HEADER_SIZE = 80
 _DTYPES = (None, "float32", "float16", "int8", "uint8", "uint16", "int32")
 _ITEMSIZE = (0, 4, 2, 1, 1, 2, 4)
 _BLOCK = 256  # bytes per read while checking CRCs: bounded RAM whatever the chunk size
+# The shared limits of docs/formats.md ("Validation rules"), as the host reader has them.
+_MAX_SIZE = (1 << 24) - 1  # a shape dim or layer size
+_MAX_RECORD = 1 << 30  # bytes per record
+_SCALE_MIN, _SCALE_MAX = 1e-30, 1e30  # int8 scales
+_MAX_DEPTH = 32  # JSON nesting
+_MAX_NUMBER = 40  # characters of a JSON number
 
 
 class FormatError(ValueError):
@@ -18,6 +24,205 @@ class FormatError(ValueError):
 
 def _fail(path, reason):
     raise FormatError("%s: %s" % (path, reason))
+
+
+# Strict JSON (RFC 8259, strict UTF-8, the limits above) for the info and graph sections:
+# MicroPython's json takes `[1,]` or `{"a" 1}` and overlong UTF-8, so a section is checked
+# first, exactly as the host's mcutrain/formats/strict_json.py does (keep the two identical).
+_WS = b" \t\n\r"
+_ESCAPES = b'"\\/bfnrtu'
+_HEX = b"0123456789abcdefABCDEF"
+_DIGITS = b"0123456789"
+
+
+def _utf8_len(b, i):
+    # Bytes of the strict UTF-8 sequence at b[i] (a non-ASCII lead byte), 0 if malformed.
+    c = b[i]
+    if 0xC2 <= c <= 0xDF:
+        n, lo, hi = 2, 0x80, 0xBF
+    elif c == 0xE0:
+        n, lo, hi = 3, 0xA0, 0xBF
+    elif c == 0xED:
+        n, lo, hi = 3, 0x80, 0x9F  # no UTF-16 surrogates
+    elif 0xE1 <= c <= 0xEF:
+        n, lo, hi = 3, 0x80, 0xBF
+    elif c == 0xF0:
+        n, lo, hi = 4, 0x90, 0xBF
+    elif 0xF1 <= c <= 0xF3:
+        n, lo, hi = 4, 0x80, 0xBF
+    elif c == 0xF4:
+        n, lo, hi = 4, 0x80, 0x8F  # nothing above U+10FFFF
+    else:
+        return 0
+    if i + n > len(b) or not lo <= b[i + 1] <= hi:
+        return 0
+    for k in range(i + 2, i + n):
+        if not 0x80 <= b[k] <= 0xBF:
+            return 0
+    return n
+
+
+def _string_end(b, i):
+    # b[i] is '"': the index after the closing quote, or -1.
+    i += 1
+    n = len(b)
+    while i < n:
+        c = b[i]
+        if c == 0x22:
+            return i + 1
+        if c == 0x5C:
+            if i + 1 >= n or b[i + 1] not in _ESCAPES:
+                return -1
+            if b[i + 1] == 0x75:  # \uXXXX
+                if i + 6 > n:
+                    return -1
+                for k in range(i + 2, i + 6):
+                    if b[k] not in _HEX:
+                        return -1
+                i += 6
+            else:
+                i += 2
+        elif c < 0x20:
+            return -1
+        elif c < 0x80:
+            i += 1
+        else:
+            step = _utf8_len(b, i)
+            if step == 0:
+                return -1
+            i += step
+    return -1
+
+
+def _number_end(b, i):
+    # -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? at b[i]: the index after it, or -1.
+    n, start = len(b), i
+    if i < n and b[i] == 0x2D:
+        i += 1
+    if i < n and b[i] == 0x30:
+        i += 1
+    elif i < n and 0x31 <= b[i] <= 0x39:
+        while i < n and b[i] in _DIGITS:
+            i += 1
+    else:
+        return -1
+    if i < n and b[i] == 0x2E:
+        i += 1
+        if i >= n or b[i] not in _DIGITS:
+            return -1
+        while i < n and b[i] in _DIGITS:
+            i += 1
+    if i < n and b[i] in b"eE":
+        i += 1
+        if i < n and b[i] in b"+-":
+            i += 1
+        if i >= n or b[i] not in _DIGITS:
+            return -1
+        while i < n and b[i] in _DIGITS:
+            i += 1
+    if i - start > _MAX_NUMBER:
+        return -1
+    return i
+
+
+def _json_problem(b):
+    """What makes b not strict JSON within the limits (a short reason), or None if it is."""
+    n = len(b)
+    stack = []  # open containers: '[' or '{'
+    i = 0
+    want = 0  # 0: a value, 1: after a value, 2: an object key (or '}' right after '{')
+    first = False  # just after '[' or '{': the container may close at once
+    while True:
+        while i < n and b[i] in _WS:
+            i += 1
+        if want == 1 and not stack:
+            return None if i == n else "bytes after the JSON value at %d" % i
+        if i >= n:
+            return "ends early"
+        c = b[i]
+        if want == 0:
+            if c == 0x5D and first and stack[-1] == 0x5B:
+                stack.pop()
+                i, want, first = i + 1, 1, False
+                continue
+            first = False
+            if c in b"[{":
+                if len(stack) >= _MAX_DEPTH:
+                    return "nested more than %d deep" % _MAX_DEPTH
+                stack.append(c)
+                i += 1
+                want, first = (0, True) if c == 0x5B else (2, True)
+                continue
+            if c == 0x22:
+                i = _string_end(b, i)
+                if i < 0:
+                    return "bad string"
+            elif c == 0x2D or c in _DIGITS:
+                i = _number_end(b, i)
+                if i < 0:
+                    return "bad number"
+            else:
+                for word in (b"true", b"false", b"null"):
+                    if b[i : i + len(word)] == word:
+                        i += len(word)
+                        break
+                else:
+                    return "unexpected byte at %d" % i
+            want = 1
+        elif want == 2:
+            if c == 0x7D and first:
+                stack.pop()
+                i, want, first = i + 1, 1, False
+                continue
+            first = False
+            if c != 0x22:
+                return "expected a key at %d" % i
+            i = _string_end(b, i)
+            if i < 0:
+                return "bad string"
+            while i < n and b[i] in _WS:
+                i += 1
+            if i >= n or b[i] != 0x3A:
+                return "expected ':' at %d" % i
+            i += 1
+            want = 0
+        else:  # after a value inside a container
+            top = stack[-1]
+            if c == 0x2C:
+                i += 1
+                want = 0 if top == 0x5B else 2
+            elif (c == 0x5D and top == 0x5B) or (c == 0x7D and top == 0x7B):
+                stack.pop()
+                i += 1
+            else:
+                return "expected ',' or a closing bracket at %d" % i
+
+
+def parse_json(data, path, what):
+    """A JSON object from a file section, or FormatError (strict JSON, as on the host)."""
+    problem = _json_problem(data)
+    if problem is not None:
+        _fail(path, "%s is not valid JSON: %s" % (what, problem))
+    import json
+
+    doc = json.loads(data)
+    if type(doc) is not dict:
+        _fail(path, "%s is not a JSON object" % what)
+    return doc
+
+
+def check_info(info, num_classes, path):
+    # The info section's known keys (as the host's mtd.check_info).
+    names = info.get("class_names")
+    if names is not None:
+        ok = type(names) is list and len(names) == num_classes
+        for n in names if ok else ():
+            ok = ok and type(n) is str
+        if not ok:
+            _fail(path, "info: class_names must be %d strings" % num_classes)
+    meta = info.get("meta")
+    if meta is not None and type(meta) is not dict:
+        _fail(path, "info: meta must be a JSON object")
 
 
 def readinto_all(f, buf, nbytes):
@@ -119,32 +324,19 @@ class Dataset:
             _fail(path, "unsupported .mtd version %d (this reader reads %d)" % (h[1], VERSION))
         if binascii.crc32(memoryview(head)[: _HEADER_SIZE - 4]) != h[23]:
             _fail(path, "header CRC mismatch: the header is corrupted")
+        if h[2] != _HEADER_SIZE:
+            _fail(path, "header size %d, expected %d" % (h[2], _HEADER_SIZE))
         (self.count, self.record_size, self.chunk_records, self._data_offset, info_size,
          info_crc) = h[3:9]
         x_code, ndim, label_code, teacher_code = h[9:13]
         self.scale, self.zero_point, self.num_classes, self.label_size = h[16:20]
         chunk_count, table_offset, table_crc = h[20:23]
-        if not (1 <= x_code <= 3 and 1 <= ndim <= 3 and 1 <= label_code <= 6
-                and teacher_code in (0, 1, 2)):
+        if not (1 <= x_code <= 6 and 1 <= ndim <= 3 and 1 <= label_code <= 6
+                and teacher_code <= 6):
             _fail(path, "inconsistent header: dtype codes %d/%d/%d, ndim %d"
                   % (x_code, label_code, teacher_code, ndim))
-        self.sample_shape = h[13 : 13 + ndim]
-        self.dtype = _DTYPES[x_code]
-        self.label_dtype = _DTYPES[label_code]
-        self.teacher_dtype = _DTYPES[teacher_code]
-        size = 1
-        for d in self.sample_shape:
-            size *= d
-        self._sample_bytes = size * _ITEMSIZE[x_code]
-        self._label_bytes = self.label_size * _ITEMSIZE[label_code]
-        self._teacher_bytes = self.num_classes * _ITEMSIZE[teacher_code]
+        self._check_fields(h, x_code, ndim, label_code, teacher_code)
         self._chunk_count, self._table_offset = chunk_count, table_offset
-        if (size < 1 or self.label_size < 1 or self.chunk_records < 1
-                or self.record_size < self._sample_bytes + self._label_bytes + self._teacher_bytes
-                or chunk_count != (self.count + self.chunk_records - 1) // self.chunk_records
-                or table_offset < _HEADER_SIZE + info_size
-                or self._data_offset < table_offset + 4 * chunk_count):
-            _fail(path, "inconsistent header: sizes and offsets do not agree")
         end = self._data_offset + self.count * self.record_size
         have = f.seek(0, 2)
         if have < end:
@@ -160,8 +352,58 @@ class Dataset:
         f.seek(table_offset)
         if _crc_stream(f, 4 * chunk_count, buf) != table_crc:
             _fail(path, "chunk CRC table is corrupted (its CRC does not match)")
-        # Preallocated for the hot loop: the label bytes of one record.
-        self._lbuf = bytearray(self._label_bytes if self.label_dtype != "float32" else 0)
+        if info_size:  # checked now, parsed again when asked for (RAM is scarce)
+            f.seek(_HEADER_SIZE)
+            check_info(parse_json(f.read(info_size), path, "info section"), self.num_classes,
+                       path)
+        # Preallocated for the hot loop: the label bytes of one record (no bytearray(0): the
+        # MicroPython core trips UBSan on it).
+        self._lbuf = bytearray(self._label_bytes) if self.label_dtype != "float32" else None
+
+    def _check_fields(self, h, x_code, ndim, label_code, teacher_code):
+        # The header's fields agree with each other (docs/formats.md, as the host checks them).
+        path, problems = self.path, []
+        self.sample_shape = h[13 : 13 + ndim]
+        self.dtype = _DTYPES[x_code]
+        self.label_dtype = _DTYPES[label_code]
+        self.teacher_dtype = _DTYPES[teacher_code]
+        if x_code > 3:
+            problems.append("sample dtype %s not allowed" % self.dtype)
+        if label_code == 1:
+            if self.num_classes != 0 or teacher_code:
+                problems.append("float targets need num_classes 0 and no teacher logits")
+        elif label_code < 4 or self.label_size != 1:
+            problems.append("labels must be one class index or float32 targets")
+        if teacher_code > 2:
+            problems.append("teacher dtype %s not allowed" % self.teacher_dtype)
+        size = 1
+        for d in self.sample_shape:
+            size *= d
+        bad_shape = (size < 1 or self.label_size < 1 or max(self.sample_shape) > _MAX_SIZE)
+        for d in h[13 + ndim : 16]:
+            bad_shape = bad_shape or d != 0
+        self._sample_bytes = size * _ITEMSIZE[x_code]
+        self._label_bytes = self.label_size * _ITEMSIZE[label_code]
+        self._teacher_bytes = self.num_classes * _ITEMSIZE[teacher_code]
+        if bad_shape:
+            problems.append("sample shape %r or label size %d" % (h[13:16], self.label_size))
+        elif not problems and (self.record_size % 4 or self.record_size > _MAX_RECORD
+                               or self.record_size < self._sample_bytes + self._label_bytes
+                               + self._teacher_bytes):
+            problems.append("record size %d is not a multiple of 4 holding its fields"
+                            % self.record_size)
+        if x_code == 3 and not (_SCALE_MIN <= self.scale <= _SCALE_MAX
+                                and -128 <= self.zero_point <= 127):
+            problems.append("int8 scale / zero point out of range")
+        chunk_records, chunk_count, table_offset = self.chunk_records, h[20], h[21]
+        if chunk_records < 1 or chunk_count != (self.count + chunk_records - 1) // chunk_records:
+            problems.append("%d chunks of %d do not hold %d records"
+                            % (chunk_count, chunk_records, self.count))
+        if (table_offset < _HEADER_SIZE + h[7]
+                or self._data_offset < table_offset + 4 * chunk_count):
+            problems.append("sections overlap")
+        if problems:
+            _fail(path, "inconsistent header: " + "; ".join(problems))
 
     def verify(self):
         """Check every chunk of records against its CRC (FormatError names the first bad one)."""
@@ -188,7 +430,7 @@ class Dataset:
             f = self._f
             f.seek(_HEADER_SIZE)
             text = f.read(self._info_size)
-            self._info = json.loads(text) if text else {}
+            self._info = json.loads(text) if text else {}  # checked at open
         return self._info
 
     @property
@@ -197,7 +439,7 @@ class Dataset:
 
     @property
     def meta(self):
-        return self._load_info().get("meta", {})
+        return self._load_info().get("meta") or {}
 
     # -- reading samples
     def _index(self, i):
@@ -298,6 +540,8 @@ class Dataset:
 
         if n < 1:
             raise ValueError("batch size must be >= 1")
+        if not self.count:
+            return  # nothing to read: allocate no buffers for a record size it never uses
         floats = self.label_dtype == "float32"
         xb = self._tensor((n,) + tuple(self.sample_shape), self.dtype)
         yb = self._tensor((n, self.label_size), "float32") if floats else array("i", range(n))
