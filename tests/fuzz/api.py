@@ -68,6 +68,11 @@ class Outcome:
     def calls(self) -> list[tuple[int, str]]:
         return [(int(m.group(1)), m.group(2)) for m in re.finditer(r"^@(\d+) (.*)$", self.stdout, re.M)]
 
+    def corrupted_at(self) -> int | None:
+        """The call after which a heap canary had changed (silent memory corruption), if any."""
+        m = re.search(r"^#CORRUPT (\d+)", self.stdout, re.M)
+        return int(m.group(1)) if m else None
+
     def summary(self) -> dict | None:
         m = re.search(r"^=S (\{.*\})\s*$", self.stdout, re.M)
         return json.loads(m.group(1)) if m else None
@@ -169,25 +174,14 @@ def sanitizer_signature(stderr: str, binary: Path) -> tuple[str, str] | None:
 # -- running device code ------------------------------------------------------------------------
 
 
-def chunk_script(seed: int, start: int, count: int, avoid: list[str] = ()) -> str:
-    return f"SEED = {seed}\nSTART = {start}\nCOUNT = {count}\nAVOID = {list(avoid)!r}\n" + DEVICE_SCRIPT.read_text()
+def chunk_script(seed: int, start: int, count: int, avoid: list[str] = (), replay: list[str] | None = None) -> str:
+    return (f"SEED = {seed}\nSTART = {start}\nCOUNT = {count}\nAVOID = {list(avoid)!r}\nREPLAY = {replay!r}\n"
+            + DEVICE_SCRIPT.read_text())
 
 
 def replay_script(calls: list[str]) -> str:
-    """The calls run exactly as the fuzzer ran them: printed, each in its own try."""
-    lines = [REPLAY_PRELUDE, "G = globals()", "SRC = ["]
-    lines += [f"    {c!r}," for c in calls]
-    lines += [
-        "]",
-        "for i, src in enumerate(SRC):",
-        "    print('@%d %s' % (i, src))",
-        "    try:",
-        "        exec(src, G)",
-        "    except Exception as e:",
-        "        print('!%d %s %s' % (i, type(e).__name__, str(e)[:100]))",
-        "print('=S {\"calls\": %d, \"exceptions\": {}}' % len(SRC))",
-    ]
-    return "\n".join(lines) + "\n"
+    """The calls run exactly as the fuzzer ran them (printed, each in its own try, canaries)."""
+    return chunk_script(0, 0, len(calls), replay=calls)
 
 
 class UnixRunner:
@@ -214,7 +208,7 @@ class UnixRunner:
             return Outcome("hang", _text(e.stdout), _text(e.stderr), None)
         out, err = _text(done.stdout), _text(done.stderr)
         sanitizer = "Sanitizer" in err or "runtime error:" in err
-        ok = done.returncode == 0 and not sanitizer and "=S " in out
+        ok = done.returncode == 0 and not sanitizer and "=S " in out and "#CORRUPT" not in out
         return Outcome("ok" if ok else "crash", out, err, done.returncode, sanitizer)
 
     def signature(self, o: Outcome) -> tuple[str, str]:
@@ -223,6 +217,8 @@ class UnixRunner:
             return san
         if o.status == "hang":
             return "hang", f"no end within {self.timeout} s"
+        if o.corrupted_at() is not None:
+            return "heap canary changed", "a heap canary changed: an out-of-bounds write into the GC heap"
         if o.returncode is not None and o.returncode < 0:
             return f"signal {-o.returncode}", f"killed by signal {-o.returncode}"
         tail = o.stderr.strip().splitlines()[-1:] or o.stdout.strip().splitlines()[-1:]
@@ -257,13 +253,15 @@ class BoardRunner:
             qemu = self.emulator.output
             self.emulator.restart()
             return Outcome("crash", e.output, qemu + ("" if alive else "\n(QEMU exited)"), None)
-        if "=S " not in out:
+        if "=S " not in out or "#CORRUPT" in out:
             return Outcome("crash", out, "no summary line (board reset?)", None)
         return Outcome("ok", out)
 
     def signature(self, o: Outcome) -> tuple[str, str]:
         if o.status == "hang":
             return "hang", f"no end within {self.timeout} s (hard fault loop or endless kernel)"
+        if o.corrupted_at() is not None:
+            return "heap canary changed", "a heap canary changed: an out-of-bounds write into the GC heap"
         if "QEMU exited" in o.stderr:
             return "qemu exit", o.stderr.strip()[-200:]
         if re.search(r"MicroPython v\d", o.stdout):
@@ -351,8 +349,13 @@ def fuzz_target(name: str, calls: int, seed: int, args) -> TargetStats:
                     stats.crashes += 1
                 if o.sanitizer:
                     stats.sanitizer_reports += 1
-                index, call = made[-1] if made else (start, "?")
-                f = Failure(name, seed, index, call, o.status, sig, detail, [c for _, c in made])
+                bad_at = o.corrupted_at()
+                if bad_at is not None:
+                    made_to = [(i, c) for i, c in made if i <= bad_at]
+                else:
+                    made_to = made
+                index, call = made_to[-1] if made_to else (start, "?")
+                f = Failure(name, seed, index, call, o.status, sig, detail, [c for _, c in made_to])
                 stats.failures.append(f)
                 new = sig not in seen
                 seen.add(sig)
@@ -396,7 +399,7 @@ def row(s: TargetStats) -> dict:
 
 def failure_record(f: Failure) -> dict:
     return {"target": f.target, "seed": f.seed, "index": f.index, "call": f.call, "kind": f.kind,
-            "signature": f.signature, "detail": f.detail, "minimized": f.minimized}
+            "signature": f.signature, "detail": f.detail, "minimized": f.minimized, "calls": f.calls}
 
 
 def main(argv: list[str] | None = None) -> int:

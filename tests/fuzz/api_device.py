@@ -1,18 +1,19 @@
 # Seeded random-call fuzzer of the mcutrain device API (runs on the device: unix port, boards).
 #
-# The host (tests/fuzz/api.py) prepends SEED = s, START = i0, COUNT = n, AVOID = [...]. Call i of
-# seed s is generated from its own random stream (seed, i), reading only the live pool's state,
-# and is executed as one line of Python source, printed *before* it runs:
+# The host (tests/fuzz/api.py) prepends SEED, START, COUNT, AVOID = [...], REPLAY = None. Call i
+# of seed s is generated from its own random stream (seed, i), reading only the live pool's
+# state, and is executed as one line of Python source, printed *before* it runs:
 #     "@<i> <source>"                the call (the last such line before a crash is the culprit)
 #     "!<i> <ExcType> <message>"     when it raised a Python exception (allowed)
+#     "#CORRUPT <i> ..."             a heap canary changed during call i (memory corruption)
 #     "=S <json summary>"           at the end: calls made, exceptions by type
-# so any chunk can be replayed exactly from its printed lines (REPLAY_PRELUDE + the sources).
+# so any chunk can be replayed exactly from its printed lines (api.py REPLAY_PRELUDE + sources).
 import mcutrain as mt
 import gc
 import json
 
 N_SLOTS = 16
-P = [None] * N_SLOTS      # live objects: tensors, layers, models, optimizers, policies, losses
+P = [None] * N_SLOTS      # live objects: tensors, layers, models, optimizers, policies, results
 B = [None] * 4            # bytearrays that frombuffer tensors view (grown and shrunk later)
 nan = float("nan")
 inf = float("inf")
@@ -28,7 +29,8 @@ def filled(t, v):
     return t
 
 
-G = {"filled": filled, "mt": mt, "P": P, "B": B, "nan": nan, "inf": inf, "buf": buf, "gc": gc}
+G = {"mt": mt, "gc": gc, "P": P, "B": B, "nan": nan, "inf": inf, "buf": buf, "filled": filled}
+MODE = [1]
 
 
 class Rng:
@@ -51,6 +53,11 @@ class Rng:
     def pick(self, seq):
         return seq[self.below(len(seq))]
 
+    def bad(self, p100):
+        # A near-valid or hostile choice, p100 scaled by the call's mode: most calls are
+        # all-valid (so that they reach deep into the engine), some mixed, a few hostile.
+        return self.below(100) < p100 * MODE[0]
+
 
 HUGE = ["2**31-1", "2**31", "2**32+1", "2**63", "-2**31", "-1", "0", "32768", "16384", "65536", "10**6"]
 HOSTILE = ["None", "0", "-1", "2**31-1", "2**32+1", "2**63", "nan", "inf", "-inf", "'x'", "()", "[]",
@@ -58,6 +65,7 @@ HOSTILE = ["None", "0", "-1", "2**31-1", "2**32+1", "2**63", "nan", "inf", "-inf
 FLOATS = ["0.1", "0.01", "0.5", "1.0", "0.0", "-1.0", "nan", "inf", "-inf", "1e30", "1e-30", "2.0", "-0.25"]
 DTYPES = ["mt.float32", "mt.float16", "mt.int8", "mt.mixed"]
 ACT_DTYPES = ["mt.float32", "mt.float16", "mt.int8"]
+BUILTIN = (int, float, str, bool, tuple, list, dict, type(None), bytes)
 
 
 def small(r):
@@ -65,15 +73,11 @@ def small(r):
 
 
 def int_arg(r, valid):
-    if r.chance(88):
-        return str(valid)
-    return r.pick(HUGE)
+    return r.pick(HUGE) if r.bad(10) else str(valid)
 
 
 def float_arg(r, valid):
-    if r.chance(80):
-        return valid
-    return r.pick(FLOATS)
+    return r.pick(FLOATS) if r.bad(15) else valid
 
 
 def hostile(r):
@@ -96,16 +100,16 @@ def rand_shape(r):
 
 
 def shape_arg(r, shape=None):
-    if shape is None or r.chance(15):
+    if shape is None or r.bad(8):
         shape = rand_shape(r)
-    if r.chance(92):
+    if not r.bad(6):
         return shape_code(shape)
     return r.pick(("()", "(0,)", "(2, 0)", "(1, 1, 1, 1, 1)", "(-1, 4)", "(2**31-1, 2)", "(65536, 65536)",
-                   "(2**32+1,)", "[2, 2]", "None", "(1.5,)", "'x'", "(46341, 46341)"))
+                   "(2**32+1,)", "[2, 2]", "None", "(1.5,)", "'x'", "(46341, 46341)", "(2**16, 2**16, 2)"))
 
 
 def dtype_arg(r, dtype="mt.float32"):
-    if r.chance(75):
+    if not r.bad(15):
         return dtype
     if r.chance(85):
         return r.pick(DTYPES)
@@ -121,50 +125,91 @@ def tensor_code(r, shape=None, dtype=None):
     size = 1
     for d in shape:
         size *= d
+    q = dtype == "mt.int8"
     k = r.below(10)
-    if k < 4:
+    if k < 2:
         return "mt.zeros(%s, %s)" % (shape_arg(r, shape), dtype_arg(r, dtype))
-    if k < 7 or size > 48:
-        v = r.pick(("0.5", "-1.25", "3.0", "0.01", "1.0")) if r.chance(95) else r.pick(("nan", "inf", "1e38"))
+    if k < 6 or size > 48:
+        if q:
+            v = str(r.below(255) - 127) if not r.bad(5) else r.pick(("1000", "-129", "0.5", "nan"))
+        else:
+            v = r.pick(("0.5", "-1.25", "3.0", "0.01", "1.0")) if not r.bad(5) else r.pick(("nan", "inf", "1e38", "-inf"))
         return "filled(mt.zeros(%s, %s), %s)" % (shape_arg(r, shape), dtype_arg(r, dtype), v)
     if k < 9:
-        vals = ", ".join(str((r.below(41) - 20) / 8) for _ in range(size))
-        if dtype == "mt.float32" or r.chance(20):
+        if q:
+            vals = ", ".join(str(r.below(61) - 30) for _ in range(size))
+        else:
+            vals = ", ".join(str((r.below(41) - 20) / 8) for _ in range(size))
+        if dtype == "mt.float32" and r.chance(70):
             return "mt.Tensor([%s], %s)" % (vals, shape_arg(r, shape))
-        return "mt.Tensor([%s], %s, dtype=%s)" % (vals, shape_arg(r, shape), dtype)
+        scale = ", scale=%s" % float_arg(r, "0.05") if q and r.chance(50) else ""
+        return "mt.Tensor([%s], %s, dtype=%s%s)" % (vals, shape_arg(r, shape), dtype, scale)
     b = r.below(len(B))
     item = {"mt.float32": 4, "mt.float16": 2}.get(dtype, 1)
-    return "mt.frombuffer(B[%d], %s, %s)" % (b, shape_arg(r, shape), dtype_arg(r, dtype)) if B[b] is not None and len(B[b]) == size * item \
-        else "mt.frombuffer(buf(%d, %d), %s, %s)" % (b, size * item, shape_arg(r, shape), dtype)
+    if B[b] is not None and len(B[b]) == size * item:
+        return "mt.frombuffer(B[%d], %s, %s)" % (b, shape_arg(r, shape), dtype_arg(r, dtype))
+    return "mt.frombuffer(buf(%d, %d), %s, %s)" % (b, size * item, shape_arg(r, shape), dtype)
 
 
-# -- what a layer takes and gives (a hint for drawing fitting inputs) --------------------------
+# -- what a layer takes and gives (hints for drawing fitting inputs) ------------------------
 
-def layer_dtype(obj):
+
+def children(obj):
+    name = type(obj).__name__
+    try:
+        if name == "Sequential":
+            return list(obj)
+        if name == "Residual":
+            return [obj.body]
+    except Exception:
+        pass
+    return []
+
+
+def config(obj):
+    try:
+        return obj.config()
+    except Exception:
+        return {}
+
+
+def in_dtype(r, obj):
+    # The dtype obj takes as input (a guess from its type and dtype).
+    name = type(obj).__name__
+    kids = children(obj)
+    if kids:
+        return in_dtype(r, kids[0])
     try:
         d = obj.dtype
     except Exception:
+        d = None
+    if name == "Convert":
+        return "float32" if d in ("int8", "float16") else r.pick(("int8", "float16"))
+    if d in ("float32", "float16", "int8"):
+        return d
+    if d == "mixed":
         return "float32"
-    return d if d in ("float32", "float16", "int8") else "float32"
+    return r.pick(("float32", "float32", "float16", "int8"))
 
 
-def input_hint(r, obj):
-    # A plausible input shape for obj: its planned shape, else from its config.
+def input_hint(r, obj, batch=None):
+    # A plausible input shape for obj: its planned shape, else from its (first) layer's config.
+    b = batch or r.pick((1, 1, 2, 3))
     try:
         s = obj.input_shape
-        if s and r.chance(80):
-            return tuple(s)
+        if s and r.chance(85):
+            return (b,) + tuple(s)[1:] if batch else tuple(s)
     except Exception:
         pass
     name = type(obj).__name__
-    b = r.pick((1, 1, 2, 3))
-    try:
-        if name in ("Sequential", "Residual"):
-            first = obj[0] if name == "Sequential" else obj.body
-            return input_hint(r, first)
-        c = obj.config()
-    except Exception:
-        c = {}
+    kids = children(obj)
+    if kids:
+        # Layers without a config that fixes the shape pass it on: look further in.
+        for k in kids:
+            if type(k).__name__ in ("Linear", "Conv1d", "Conv2d", "BatchNorm2d", "Sequential", "Residual"):
+                return input_hint(r, k, b)
+        return (b, r.pick((2, 4)), r.pick((2, 4)), r.pick((1, 2)))
+    c = config(obj)
     if name == "Linear":
         return (b, c.get("in_features", 4))
     if name == "Conv1d":
@@ -178,57 +223,89 @@ def input_hint(r, obj):
     return rand_shape(r)
 
 
-def input_code(r, obj):
-    if r.chance(10):
-        return hostile(r)
-    if r.chance(8):
-        return tensor_code(r)
-    d = layer_dtype(obj)
-    if r.chance(10):
-        d = r.pick(("float32", "float16", "int8"))
-    return tensor_code(r, input_hint(r, obj), "mt." + d)
-
-
-def output_hint(obj):
+def classes(obj):
+    # The width of obj's output if its last layer with a config says (Linear), else None.
     try:
         s = obj.output_shape
         if s:
-            return tuple(s)
+            return s[-1]
     except Exception:
         pass
-    return None
+    kids = children(obj)
+    for k in reversed(kids):
+        n = classes(k)
+        if n:
+            return n
+        if type(k).__name__ not in ("Convert", "ReLU", "ReLU6", "Softmax", "Flatten"):
+            break
+    return config(obj).get("out_features")
 
 
-def target_code(r, obj, loss):
-    # Labels for cross_entropy, a Tensor for mse.
-    shape = output_hint(obj) or rand_shape(r)
-    if r.chance(8):
+def input_code(r, obj, batch=None):
+    if r.bad(8):
         return hostile(r)
+    if r.bad(6):
+        return tensor_code(r)
+    d = in_dtype(r, obj)
+    if r.bad(8):
+        d = r.pick(("float32", "float16", "int8"))
+    return tensor_code(r, input_hint(r, obj, batch), "mt." + d)
+
+
+def target_code(r, obj, loss, batch):
+    # Labels for cross_entropy, a Tensor for mse, for a batch of `batch`.
+    if r.bad(6):
+        return hostile(r)
+    n = classes(obj) or r.pick((2, 3, 4))
     if loss == "mt.mse":
-        if r.chance(15):
-            shape = tuple(reversed(shape))
+        shape = (batch, n)
+        if r.bad(15):
+            shape = (n, batch) if r.chance(50) else (batch * n,)
         return tensor_code(r, shape, "mt.float32")
-    classes = shape[-1] if shape else 2
-    if len(shape) == 2 and shape[0] == 1 and r.chance(50):
-        return str(r.below(classes)) if r.chance(90) else r.pick(HUGE)
-    n = shape[0] if shape else 1
-    labels = [str(r.below(max(classes, 1))) for _ in range(n)]
-    if r.chance(10):
-        labels[r.below(n)] = r.pick(HUGE)
-    if r.chance(10):
+    if batch == 1 and r.chance(40):
+        return str(r.below(n)) if not r.bad(10) else r.pick(HUGE)
+    labels = [str(r.below(n)) for _ in range(batch)]
+    if r.bad(10):
+        labels[r.below(batch)] = r.pick(HUGE + ["%d" % n])
+    if r.bad(5):
         labels.append("0")
     return "[%s]" % ", ".join(labels)
 
 
+def batch_of(r, obj):
+    try:
+        s = obj.input_shape
+        if s and r.chance(70):
+            return s[0]
+    except Exception:
+        pass
+    return r.pick((1, 1, 2, 3))
+
+
 def grad_code(r, obj):
-    shape = output_hint(obj)
-    if shape is None or r.chance(10):
+    try:
+        shape = tuple(obj.output_shape or ())
+    except Exception:
+        shape = ()
+    if not shape or r.bad(10):
         return tensor_code(r)
-    d = layer_dtype(obj)
-    return tensor_code(r, shape, "mt." + d if r.chance(90) else r.pick(ACT_DTYPES))
+    try:
+        d = obj.dtype
+    except Exception:
+        d = None
+    d = d if d in ("float32", "float16", "int8") else "float32"
+    if r.bad(10):
+        shape = tuple(reversed(shape)) if r.chance(50) else (shape[0], -1)
+        if -1 in shape:
+            n = 1
+            for x in obj.output_shape[1:]:
+                n *= x
+            shape = (shape[0], n)
+    return tensor_code(r, shape, "mt." + d if not r.bad(10) else r.pick(ACT_DTYPES))
 
 
 # -- constructors -----------------------------------------------------------------------------
+
 
 def layer_dtype_kw(r, choices=DTYPES):
     if r.chance(45):
@@ -242,7 +319,7 @@ def new_linear(r):
 
 
 def kernel_arg(r):
-    if r.chance(80):
+    if not r.bad(20):
         return str(r.pick((1, 2, 3, 3, 5)))
     return r.pick(("(1, 3)", "(3, 1)", "(2, 2)", "0", "-1", "2**31-1", "65536", "(3,)", "(1, 2, 3)"))
 
@@ -253,13 +330,13 @@ def conv_args(r):
     if r.chance(25):
         groups = cin  # depthwise
     cout = cin * r.pick((1, 2)) if groups > 1 else small(r)
-    if r.chance(10):
+    if r.bad(10):
         groups = r.pick((2, 3, 0, -1))
     kw = ""
     if r.chance(40):
-        kw += ", stride=%s" % r.pick(("1", "2", "3", "(1, 2)", "0", "-1", "2**31-1"))
+        kw += ", stride=%s" % (r.pick(("1", "2", "3", "(1, 2)")) if not r.bad(15) else r.pick(("0", "-1", "2**31-1")))
     if r.chance(40):
-        kw += ", padding=%s" % r.pick(("1", "1", "2", "0", "(1, 0)", "-1", "16384", "2**31-1"))
+        kw += ", padding=%s" % (r.pick(("1", "1", "2", "0", "(1, 0)")) if not r.bad(15) else r.pick(("-1", "16384", "2**31-1")))
     if groups != 1:
         kw += ", groups=%d" % groups
     if r.chance(10):
@@ -270,15 +347,15 @@ def conv_args(r):
 def new_pool(r, name):
     kw = ""
     if r.chance(30):
-        kw += ", stride=%s" % r.pick(("1", "2", "None", "0", "(2, 1)"))
+        kw += ", stride=%s" % r.pick(("1", "2", "None", "(2, 1)") if not r.bad(20) else ("0", "-1"))
     if r.chance(20):
-        kw += ", padding=%s" % r.pick(("0", "1", "2", "-1"))
-    return "mt.%s(%s%s)" % (name, r.pick(("2", "2", "3", "1", "(2, 1)", "0", "-1", "65536")), kw)
+        kw += ", padding=%s" % r.pick(("0", "1") if not r.bad(20) else ("2", "-1", "5"))
+    return "mt.%s(%s%s)" % (name, r.pick(("2", "2", "3", "1", "(2, 1)") if not r.bad(10) else ("0", "-1", "65536")), kw)
 
 
 def pooled_layer(r):
     # A layer object from the pool if there is one (object reuse), else a fresh one.
-    if r.chance(40):
+    if r.chance(35):
         i = r.below(N_SLOTS)
         if hasattr(P[i], "forward"):
             return "P[%d]" % i
@@ -287,7 +364,7 @@ def pooled_layer(r):
 
 def new_layer(r, simple=False):
     k = r.below(17 if not simple else 14)
-    if k == 0 or k == 1:
+    if k in (0, 1, 12, 13):
         return new_linear(r)
     if k == 2 or k == 3:
         return "mt.Conv2d(%s)" % conv_args(r)
@@ -309,10 +386,8 @@ def new_layer(r, simple=False):
         return "mt.BatchNorm2d(%d, dtype=%s)" % (small(r), r.pick(ACT_DTYPES))
     if k == 11:
         return r.pick(("mt.ReLU()", "mt.Flatten()"))
-    if k == 12 or k == 13:
-        return new_linear(r)
     if k == 14:
-        return "mt.Sequential(%s)" % ", ".join(pooled_layer(r) for _ in range(r.below(4)))
+        return "mt.Sequential(%s)" % ", ".join(pooled_layer(r) for _ in range(1 + r.below(4)))
     if k == 15:
         body = pooled_layer(r)
         return "mt.Residual(%s%s)" % (body, ", " + pooled_layer(r) if r.chance(30) else "")
@@ -321,31 +396,36 @@ def new_layer(r, simple=False):
 
 def new_model(r):
     # A well-formed model, so that training reaches the kernels (every dtype).
-    d = r.pick(("float32", "float32", "float16", "int8", "mixed"))
+    d = r.pick(("float32", "float32", "float16", "int8", "int8", "mixed"))
     c, h, n = small(r), small(r) + 1, r.pick((2, 3, 4))
     dk = "" if d == "float32" else ", dtype=mt.%s" % d
     pre, post = "", ""
     if d in ("float16", "int8"):
         pre, post = "mt.Convert(mt.%s), " % d, ", mt.Convert(mt.float32)"
-    k = r.below(6)
+    bnd = "" if d in ("float32", "mixed") else ", dtype=mt.%s" % d
+    k = r.below(8)
     if k == 0:
         body = "mt.Linear(%d, %d%s), mt.ReLU(), mt.Linear(%d, %d%s)" % (c, h, dk, h, n, dk)
     elif k == 1:
         body = "mt.Conv2d(%d, %d, 3, padding=1%s), mt.ReLU(), mt.MaxPool2d(2), mt.GlobalAvgPool(), mt.Flatten(), mt.Linear(%d, %d%s)" % (
             c, h, dk, h, n, dk)
     elif k == 2:
-        body = "mt.Conv2d(%d, %d, 3, groups=%d, padding=1%s), mt.ReLU6(), mt.Conv2d(%d, %d, 1%s), mt.AvgPool2d(2), mt.Flatten(), mt.Linear(%d, %d%s)" % (
+        body = "mt.Conv2d(%d, %d, 3, groups=%d, padding=1%s), mt.ReLU6(), mt.Conv2d(%d, %d, 1%s), mt.AvgPool2d(2), mt.GlobalAvgPool(), mt.Flatten(), mt.Linear(%d, %d%s)" % (
             c, c, c, dk, c, h, dk, h, n, dk)
     elif k == 3:
-        bn = "mt.BatchNorm2d(%d%s), " % (h, "" if d in ("float32", "mixed") else ", dtype=mt.%s" % d)
-        body = "mt.Conv2d(%d, %d, 3, stride=2, padding=1%s), %smt.ReLU(), mt.GlobalAvgPool(), mt.Flatten(), mt.Linear(%d, %d%s)" % (
-            c, h, dk, bn, h, n, dk)
+        body = "mt.Conv2d(%d, %d, 3, stride=2, padding=1%s), mt.BatchNorm2d(%d%s), mt.ReLU(), mt.GlobalAvgPool(), mt.Flatten(), mt.Linear(%d, %d%s)" % (
+            c, h, dk, h, bnd, h, n, dk)
     elif k == 4:
-        body = "mt.Conv1d(%d, %d, 3, padding=1%s), mt.ReLU(), mt.Flatten(), mt.Linear(%d, %d%s)" % (
-            c, h, dk, h * 4, n, dk)
-    else:
+        body = "mt.Conv1d(%d, %d, 3, padding=1%s), mt.ReLU(), mt.GlobalAvgPool(), mt.Flatten(), mt.Linear(%d, %d%s)" % (
+            c, h, dk, h, n, dk)
+    elif k == 5:
         body = "mt.Conv2d(%d, %d, 1%s), mt.Residual(mt.Sequential(mt.Conv2d(%d, %d, 3, padding=1%s), mt.ReLU())), mt.GlobalAvgPool(), mt.Flatten(), mt.Linear(%d, %d%s)" % (
             c, h, dk, h, h, dk, h, n, dk)
+    elif k == 6:
+        body = "mt.Linear(%d, %d%s), mt.Softmax()" % (c, n, dk)
+    else:
+        body = "mt.Conv2d(%d, %d, 3, padding=1%s), mt.BatchNorm2d(%d%s), mt.ReLU(), mt.Residual(mt.Sequential(mt.Conv2d(%d, %d, 3, padding=1, groups=%d%s), mt.ReLU()), mt.Conv2d(%d, %d, 1%s)), mt.GlobalAvgPool(), mt.Flatten(), mt.Linear(%d, %d%s)" % (
+            c, h, dk, h, bnd, h, h, h, dk, h, h, dk, h, n, dk)
     return "mt.Sequential(%s%s%s)" % (pre, body, post)
 
 
@@ -364,37 +444,37 @@ def policy_code(r):
     if k == 5:
         return r.pick(("mt.Full()", "mt.Frozen()"))
     if k == 6:
-        return "{%s: %s}" % (r.pick(("'0'", "'1'", "'2'", "'x'", "'0.body.0'", "0")), policy_code(r))
+        return "{%s: %s}" % (r.pick(("'0'", "'1'", "'2'", "'x'", "'0.body.0'", "0", "'4.body.0'")), policy_code(r))
     return slot_ref(r)
 
 
 def model_ref(r):
-    for _ in range(4):
+    for _ in range(6):
         i = r.below(N_SLOTS)
         if hasattr(P[i], "parameters"):
             return "P[%d]" % i
-    return slot_ref(r) if r.chance(30) else new_model(r)
+    return slot_ref(r) if r.bad(30) else new_model(r)
 
 
-def optimizer_code(r):
-    m = model_ref(r)
+def optimizer_code(r, m=None):
+    m = m or model_ref(r)
     kw = ""
-    if r.chance(50):
+    if r.chance(35):
         kw += ", update=%s" % policy_code(r)
-    if r.chance(50):
+    if r.chance(60):
         kw2 = ""
-        if r.chance(50):
+        if r.chance(40):
             kw2 += ", momentum=%s" % float_arg(r, "0.9")
         if r.chance(20):
             kw2 += ", weight_decay=%s" % float_arg(r, "0.01")
         if r.chance(20):
-            kw2 += ", standardize=%s" % r.pick(("True", "False", "None", "2"))
+            kw2 += ", standardize=%s" % r.pick(("True", "False") if not r.bad(30) else ("None", "2"))
         if r.chance(20):
-            kw2 += ", rounding=%s" % r.pick(("'nearest'", "'stochastic'", "'up'", "None"))
+            kw2 += ", rounding=%s" % r.pick(("'nearest'", "'stochastic'") if not r.bad(30) else ("'up'", "None"))
         return "mt.SGD(%s, %s%s%s)" % (m, float_arg(r, "0.01"), kw2, kw)
     kw2 = ""
     if r.chance(30):
-        kw2 += ", betas=%s" % r.pick(("(0.9, 0.999)", "(0.5, 0.9)", "(1.0, 1.0)", "(nan, 0.9)", "(0.9,)", "None"))
+        kw2 += ", betas=%s" % r.pick(("(0.9, 0.999)", "(0.5, 0.9)") if not r.bad(40) else ("(1.0, 1.0)", "(nan, 0.9)", "(0.9,)", "None"))
     if r.chance(20):
         kw2 += ", eps=%s" % float_arg(r, "1e-8")
     if r.chance(20):
@@ -402,18 +482,19 @@ def optimizer_code(r):
     return "mt.Adam(%s%s%s%s)" % (m, (", lr=%s" % float_arg(r, "0.001")) if r.chance(60) else "", kw2, kw)
 
 
-def optim_ref(r):
-    for _ in range(4):
+def optim_ref(r, model=None):
+    # A pooled optimizer (perhaps built for another model: reuse), or a fresh one for `model`.
+    if model is not None and r.chance(45):
+        return optimizer_code(r, model)
+    for _ in range(6):
         i = r.below(N_SLOTS)
         if hasattr(P[i], "zero_grad"):
             return "P[%d]" % i
-    return slot_ref(r) if r.chance(40) else optimizer_code(r)
+    return slot_ref(r) if r.bad(40) else optimizer_code(r, model)
 
 
 def loss_ref(r):
-    if r.chance(95):
-        return r.pick(("mt.cross_entropy", "mt.mse"))
-    return hostile(r)
+    return hostile(r) if r.bad(4) else r.pick(("mt.cross_entropy", "mt.mse"))
 
 
 def calib_code(r, obj):
@@ -423,80 +504,118 @@ def calib_code(r, obj):
 
 def new_object(r):
     k = r.below(20)
-    if k < 5:
+    if k < 4:
         return tensor_code(r)
-    if k < 11:
+    if k < 10:
         return new_layer(r)
     if k < 13:
         return new_model(r)
-    if k < 15:
+    if k < 16:
         return optimizer_code(r)
-    if k == 15:
-        return policy_code(r)
     if k == 16:
-        return "bytearray(%d)" % r.pick((1, 4, 8, 16, 24, 48))
+        return policy_code(r)
     if k == 17:
-        m = model_ref(r)
-        i = r.below(N_SLOTS)
-        return r.pick(("mt.fold_batchnorm(%s)" % m, "mt.dequantize(%s)" % m,
-                       "mt.quantize(%s, %s%s)" % (m, calib_code(r, P[i]) if r.chance(85) else hostile(r),
-                                                  r.pick(("", "", ", keep_float=(0,)", ", samples=1", ", keep_float=('0',)", ", samples=0")))))
+        return "bytearray(%d)" % r.pick((1, 4, 8, 16, 24, 48))
     if k == 18:
-        return r.pick(("mt.cross_entropy", "mt.mse", "mt.Metrics(every=%s)" % int_arg(r, 2)))
-    return tensor_code(r)
+        m = model_ref(r)
+        return r.pick(("mt.fold_batchnorm(%s)" % m, "mt.dequantize(%s)" % m, quantize_code(r, m)))
+    return r.pick(("mt.cross_entropy", "mt.mse", "mt.Metrics(every=%s)" % int_arg(r, 2)))
+
+
+def quantize_code(r, m):
+    try:
+        obj = eval(m, G)
+    except Exception:
+        obj = None
+    extra = ""
+    if r.chance(25):
+        extra = r.pick((", keep_float=(0,)", ", samples=1", ", keep_float=('0',)", ", keep_float=('1',)")
+                       if not r.bad(30) else (", samples=0", ", samples=-1", ", keep_float=('x',)"))
+    return "mt.quantize(%s, %s%s)" % (m, calib_code(r, obj) if not r.bad(10) else hostile(r), extra)
+
+
+# -- scenarios: valid sequences that reach the engine's deep paths ------------------------------
+
+
+def scenario(r, i):
+    m = "P[%d]" % i
+    obj = P[i]
+    b = batch_of(r, obj)
+    k = r.below(10)
+    loss = loss_ref(r)
+    if classes(obj) is None and loss == "mt.cross_entropy" and r.chance(60):
+        loss = "mt.mse"
+    if k < 3:
+        return "%s.train_step(%s, %s, %s, %s)" % (m, input_code(r, obj, b), target_code(r, obj, loss, b), loss, optim_ref(r, m))
+    if k == 3:
+        return "%s.forward(%s); %s.backward(%s.backward(%s.output, %s)%s)" % (
+            m, input_code(r, obj, b), m, loss, m, target_code(r, obj, loss, b), (", " + optim_ref(r, m)) * r.chance(50))
+    if k == 4:
+        o = optim_ref(r, m)
+        return "o = %s; %s.forward(%s); %s.backward(%s); o.step()" % (
+            o, m, input_code(r, obj, b), m, grad_code(r, obj) if obj is not None else "None")
+    if k == 5:
+        return "%s.evaluate(%s, %s%s)" % (m, input_code(r, obj, b), target_code(r, obj, loss, b), (", " + loss) * r.chance(50))
+    if k == 6:
+        return "P[%d] = %s" % (r.below(N_SLOTS), quantize_code(r, m))
+    if k == 7:
+        return "P[%d] = %s.predict(%s)" % (r.below(N_SLOTS), m, input_code(r, obj, b))
+    if k == 8:
+        return "mt.save(%s, 'fz.mtm'); P[%d] = mt.load('fz.mtm')" % (m, r.below(N_SLOTS))
+    return "P[%d] = mt.Sequential(%s, %s)" % (r.below(N_SLOTS), m, pooled_layer(r))
 
 
 # -- methods, attributes ----------------------------------------------------------------------
 
+
 def method_args(r, obj, name):
     # Arguments for obj.name(...): mostly valid, sometimes near-valid or hostile.
-    if r.chance(4):
+    if r.bad(4):
         return ", ".join(hostile(r) for _ in range(r.below(4)))
     loss = loss_ref(r)
+    tname = type(obj).__name__
+    b = batch_of(r, obj)
     if name == "forward":
-        if type(obj).__name__ == "Add":
+        if tname == "Add":
             x = input_code(r, obj)
-            return "%s, %s" % (x, x if r.chance(40) else tensor_code(r))
-        return input_code(r, obj) + (", training=%s" % r.pick(("False", "True", "None"))) * r.chance(30)
+            return "%s, %s" % (x, x if r.chance(50) else tensor_code(r))
+        return input_code(r, obj, b) + (", training=%s" % r.pick(("False", "True", "None"))) * r.chance(30)
     if name == "backward":
-        if type(obj).__name__ == "Loss":
-            return "%s, %s" % (input_code(r, obj), target_code(r, obj, slot_name(obj)))
+        if tname == "Loss":
+            return "%s, %s" % (slot_ref(r), target_code(r, obj, "mt.mse" if obj is mt.mse else "mt.cross_entropy", 1))
         return grad_code(r, obj) + (", " + optim_ref(r)) * r.chance(40)
     if name == "train_step":
-        return "%s, %s, %s, %s" % (input_code(r, obj), target_code(r, obj, loss), loss, optim_ref(r))
+        return "%s, %s, %s, %s" % (input_code(r, obj, b), target_code(r, obj, loss, b), loss, optim_ref(r))
     if name == "evaluate":
-        return "%s, %s%s" % (input_code(r, obj), target_code(r, obj, loss), (", " + loss) * r.chance(50))
+        return "%s, %s%s" % (input_code(r, obj, b), target_code(r, obj, loss, b), (", " + loss) * r.chance(50))
     if name == "predict":
-        return input_code(r, obj)
+        return input_code(r, obj, b)
     if name == "load_state_dict":
         j = r.below(N_SLOTS)
         if r.chance(70) and hasattr(P[j], "state_dict"):
             return "P[%d].state_dict()" % j
         return r.pick(("{}", "{'0.weight': %s}" % tensor_code(r), "{'weight': %s, 'x': 1}" % tensor_code(r), "None"))
     if name in ("memory", "macs"):
-        return shape_code(input_hint(r, obj)) if r.chance(50) else ("" if r.chance(80) else shape_arg(r))
+        return shape_code(input_hint(r, obj)) if r.chance(50) else ("" if not r.bad(20) else shape_arg(r))
     if name == "fold_into":
         return pooled_layer(r)
     if name == "copy_from":
-        return tensor_code(r, getattr(obj, "shape", None)) + (", %s" % float_arg(r, "0.1")) * r.chance(20)
+        return tensor_code(r, getattr(obj, "shape", None), "mt." + str(getattr(obj, "dtype", "float32")))
     if name == "fill":
+        if getattr(obj, "dtype", None) == "int8":
+            return int_arg(r, r.below(255) - 127)
         return float_arg(r, r.pick(("0.5", "1.0", "-2.0")))
     if name == "reshape":
         return shape_arg(r, tuple(reversed(getattr(obj, "shape", (1,)))))
-    if name in ("step", "epoch", "done"):
-        if type(obj).__name__ == "Metrics":
-            return "loss=%s" % float_arg(r, "0.5")
+    if name in ("step", "epoch", "done") and tname == "Metrics":
+        return "loss=%s" % float_arg(r, "0.5")
     return ""
 
 
-def slot_name(obj):
-    return "mt.mse" if obj is mt.mse else "mt.cross_entropy"
-
-
 SETTABLE = {
-    "trainable": lambda r, o: r.pick(("True", "False", "0", "None")),
-    "quant_range": lambda r, o: r.pick(("(-1.0, 1.0)", "(0.0, 6.0)", "None", "(1.0, -1.0)", "(nan, 1.0)", "(-inf, inf)",
-                                        "(0.0, 0.0)", "(1,)", "(1e38, 1e38)", "1.0")),
+    "trainable": lambda r, o: r.pick(("True", "False") if not r.bad(30) else ("0", "None")),
+    "quant_range": lambda r, o: r.pick(("(-1.0, 1.0)", "(0.0, 6.0)", "None") if not r.bad(40) else (
+        "(1.0, -1.0)", "(nan, 1.0)", "(-inf, inf)", "(0.0, 0.0)", "(1,)", "(1e38, 1e38)", "1.0", "(-1e-30, 1e-30)")),
     "lr": lambda r, o: float_arg(r, "0.01"),
     "momentum": lambda r, o: float_arg(r, "0.9"),
     "weight_decay": lambda r, o: float_arg(r, "0.0"),
@@ -504,32 +623,27 @@ SETTABLE = {
     "rounding": lambda r, o: r.pick(("'nearest'", "'stochastic'", "'x'", "None")),
     "scale": lambda r, o: float_arg(r, "0.05"),
     "zero_point": lambda r, o: int_arg(r, r.pick((0, -128, 127, 3))),
-    "grad": lambda r, o: tensor_code(r, getattr(o, "shape", None), r.pick(("mt.float32", "mt.float16", "mt.int8"))) if r.chance(80) else "None",
+    "grad": lambda r, o: tensor_code(r, tuple(getattr(o, "shape", ()) or (2,)), r.pick(("mt.float32", "mt.float32", "mt.float16", "mt.int8")))
+    if r.chance(85) else "None",
     "weight": lambda r, o: tensor_code(r, tuple(o.weight.shape) if getattr(o, "weight", None) is not None else None),
     "bias": lambda r, o: tensor_code(r, tuple(o.bias.shape) if getattr(o, "bias", None) is not None else None),
     "step_count": lambda r, o: int_arg(r, 1),
+    "selected": lambda r, o: r.pick(("[0]", "None", "(0, 1)")),
 }
-# Attributes that are returned, not set: a result goes into a slot (an output buffer, a grad,
-# a weight alias, a child layer...), which later calls use as an input or mutate.
+# Attributes whose values go into a slot (an output buffer, a grad, a weight alias, a child
+# layer...) where later calls use them as inputs, mutate them or assign them elsewhere.
 KEEPERS = ("output", "weight", "bias", "grad", "running_mean", "running_var", "body", "shortcut", "weight_scale")
 
 
-def method_call(r):
-    i = r.below(N_SLOTS)
-    obj = P[i]
-    if obj is None:
-        return "P[%d] = %s" % (i, new_object(r))
+def attr_call(r, i, obj):
     names = [n for n in dir(obj) if not n.startswith("_")]
-    if type(obj) is bytearray:
-        k = r.below(3)
-        if k == 0:
-            return "P[%d].extend(bytes(%d))" % (i, r.pick((1, 4, 64)))
-        if k == 1:
-            return "P[%d][%d:] = b''" % (i, r.below(8))
-        return "P[%d] = mt.frombuffer(P[%d], (%d,), mt.int8)" % (r.below(N_SLOTS), i, max(1, len(obj)))
     if not names:
         return "P[%d] = %s" % (i, new_object(r))
     name = r.pick(names)
+    if name in ("parameters", "state_dict") and r.chance(40):
+        # A parameter of this model given to another (or to itself, twice).
+        return "P[%d] = %s.%s()%s" % (r.below(N_SLOTS), "P[%d]" % i, name,
+                                      "[0]" if name == "parameters" else "")
     try:
         attr = getattr(obj, name)
     except Exception:
@@ -539,18 +653,43 @@ def method_call(r):
         if r.chance(25):
             return "P[%d] = %s" % (r.below(N_SLOTS), call)
         return call
-    if r.chance(50) or name not in SETTABLE and r.chance(80):
-        if r.chance(50):
+    settable = name in SETTABLE or name in KEEPERS
+    if not settable or r.chance(40):
+        if r.chance(60):
             return "P[%d] = P[%d].%s" % (r.below(N_SLOTS), i, name)
         return "P[%d].%s" % (i, name)
-    value = SETTABLE[name](r, obj) if name in SETTABLE and r.chance(85) else hostile(r)
+    if name in SETTABLE and not r.bad(15):
+        value = SETTABLE[name](r, obj)
+    elif r.chance(50):
+        value = slot_ref(r)  # another pool object: a grad, a weight of another layer...
+    else:
+        value = hostile(r)
     return "P[%d].%s = %s" % (i, name, value)
+
+
+def method_call(r):
+    i = r.below(N_SLOTS)
+    obj = P[i]
+    if isinstance(obj, BUILTIN) and r.chance(85):
+        i = r.below(N_SLOTS)  # builtin results (ints, dicts) are rarely worth a call
+        obj = P[i]
+    if obj is None:
+        return "P[%d] = %s" % (i, new_object(r))
+    if type(obj) is bytearray:
+        k = r.below(3)
+        if k == 0:
+            return "P[%d].extend(bytes(%d))" % (i, r.pick((1, 4, 64)))
+        if k == 1:
+            return "P[%d][%d:] = b''" % (i, r.below(8))
+        return "P[%d] = mt.frombuffer(P[%d], (%d,), mt.int8)" % (r.below(N_SLOTS), i, max(1, len(obj)))
+    if hasattr(obj, "train_step") and r.chance(45):
+        return scenario(r, i)
+    return attr_call(r, i, obj)
 
 
 def item_call(r):
     i = r.below(N_SLOTS)
-    obj = P[i]
-    k = r.below(5)
+    k = r.below(6)
     if k == 0:
         return "len(P[%d])" % i
     if k == 1:
@@ -559,6 +698,8 @@ def item_call(r):
         return "list(P[%d])" % i
     if k == 3:
         return "repr(P[%d])" % i
+    if k == 4:
+        return "P[%d][%s] = %s" % (i, int_arg(r, 0), float_arg(r, "1.5"))
     return "memoryview(P[%d])[%s]" % (i, int_arg(r, 0))
 
 
@@ -582,17 +723,16 @@ def function_call(r):
     if k == 1:
         return "mt.seed(%s)" % int_arg(r, r.below(100))
     if k == 2:
-        return "mt.cross_entropy(%s, %s)" % (a, target_code(r, P[r.below(N_SLOTS)], "mt.cross_entropy"))
+        return "mt.cross_entropy(%s, %s)" % (a, target_code(r, None, "mt.cross_entropy", 1))
     if k == 3:
         return "mt.mse(%s, %s)" % (a, b if r.chance(50) else tensor_code(r, getattr(P[0], "shape", None)))
     if k == 4:
-        return "mt.cross_entropy.backward(%s, %s)" % (a, target_code(r, None, "mt.cross_entropy"))
+        return "mt.cross_entropy.backward(%s, %s)" % (a, target_code(r, None, "mt.cross_entropy", 2))
     if k == 5:
         return "%s.backward(%s)" % (a, b)
     if k == 6:
         return "mt.Tensor(%s, %s)" % (r.pick(("[]", "[[]]", "[1, [2]]", "[[1, 2], [3]]", "[[[[[1]]]]]", "b'\\x01'",
-                                              "bytearray(3)", "[nan, inf]", "[1e40]")),
-                                      shape_arg(r))
+                                              "bytearray(3)", "[nan, inf]", "[1e40]", "[[1], [2]]")), shape_arg(r))
     if k == 7:
         return "mt.zeros(%s, %s)" % (shape_arg(r), dtype_arg(r))
     if k == 8:
@@ -602,11 +742,11 @@ def function_call(r):
 
 def gen_call(r):
     k = r.below(100)
-    if k < 18:
+    if k < 17:
         return "P[%d] = %s" % (r.below(N_SLOTS), new_object(r))
-    if k < 80:
+    if k < 82:
         return method_call(r)
-    if k < 85:
+    if k < 86:
         return item_call(r)
     if k < 90:
         return buffer_call(r)
@@ -619,21 +759,48 @@ def describe(e):
     return str(e).replace("\n", " ")[:100]
 
 
-def run(seed, start, count):
-    exc = {}
-    made = 0
+# Heap canaries: small byte strings spread through the heap between the calls' allocations. The
+# GC heap is invisible to ASan, so an out-of-bounds write into it shows only when it lands on one.
+PATTERN = b"\xa5\x5a" * 12
+CANARIES = []
+
+
+def check_canaries(i):
+    for c in CANARIES:
+        if c != PATTERN:
+            print("#CORRUPT %d canary changed: %s" % (i, bytes(c[:24]).hex()))
+            c[:] = PATTERN
+            return 1
+    return 0
+
+
+def calls(seed, start, count):
+    # (index, source) of each call: generated, or REPLAY's sources (api.py's minimizer).
+    if REPLAY is not None:  # noqa: F821
+        for i, src in enumerate(REPLAY):  # noqa: F821
+            yield i, src
+        return
     for i in range(start, start + count):
         r = Rng(seed, i)
+        MODE[0] = r.pick((0, 0, 0, 0, 0, 0, 1, 1, 1, 3))
         try:
             src = gen_call(r)
             # AVOID (from the host, optional): substrings of calls not to make, e.g. a known
             # crash that would end every chunk before the calls after it can find anything new.
             tries = 0
-            while tries < 20 and any(a in src for a in AVOID):
+            while tries < 20 and any(a in src for a in AVOID):  # noqa: F821
                 src = gen_call(r)
                 tries += 1
         except Exception as e:  # a generator bug reading some odd object: count it, go on
             src = "None  # gen %s: %s" % (type(e).__name__, describe(e))
+        yield i, src
+
+
+def run(seed, start, count):
+    exc = {}
+    made = 0
+    corrupt = 0
+    for i, src in calls(seed, start, count):
         print("@%d %s" % (i, src))
         made += 1
         try:
@@ -642,7 +809,12 @@ def run(seed, start, count):
             name = type(e).__name__
             exc[name] = exc.get(name, 0) + 1
             print("!%d %s %s" % (i, name, describe(e)))
-    print("=S " + json.dumps({"calls": made, "exceptions": exc}))
+        if len(CANARIES) < 48 and i % 3 == 0:
+            CANARIES.append(bytearray(PATTERN))
+        elif CANARIES and i % 7 == 0:
+            CANARIES[i % len(CANARIES)] = bytearray(PATTERN)  # move some, so they land in new gaps
+        corrupt += check_canaries(i)
+    print("=S " + json.dumps({"calls": made, "exceptions": exc, "corrupt": corrupt}))
 
 
 run(SEED, START, COUNT)  # noqa: F821  (defined by the host's prelude)
