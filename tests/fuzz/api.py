@@ -185,9 +185,9 @@ def replay_script(calls: list[str]) -> str:
 
 
 class UnixRunner:
-    def __init__(self, name: str, timeout: float) -> None:
+    def __init__(self, name: str, timeout: float, binary: Path | None = None) -> None:
         self.name = name
-        self.binary = UNIX_BINARIES[name]
+        self.binary = binary or UNIX_BINARIES[name]
         if not self.binary.is_file():
             raise SystemExit(f"{self.binary} not built; run `make firmware-{name}`")
         self.timeout = timeout
@@ -319,13 +319,25 @@ def minimize(runner, failure: Failure, timeout: float, budget: int) -> list[str]
     return ddmin(calls, lambda c: reproduces(runner, c, failure.signature, timeout), budget)
 
 
+def minimize_on_san(failure: Failure, args) -> list[str] | None:
+    if not UNIX_BINARIES["unix-san"].is_file():
+        return None
+    san = UnixRunner("unix-san", args.timeout)
+    o = san.run(replay_script(failure.calls))
+    if o.status == "ok":
+        return None
+    sig = san.signature(o)[0]
+    failure.detail += f" (unix-san: {sig})"
+    return ddmin(failure.calls, lambda c: reproduces(san, c, sig, args.timeout), args.minimize_budget)
+
+
 # -- the campaign --------------------------------------------------------------------------------
 
 
 def fuzz_target(name: str, calls: int, seed: int, args) -> TargetStats:
     stats = TargetStats(name)
     board = name.startswith("qemu")
-    runner = BoardRunner(name, args.board_timeout) if board else UnixRunner(name, args.timeout)
+    runner = BoardRunner(name, args.board_timeout) if board else UnixRunner(name, args.timeout, args.micropython)
     chunk = args.chunk or (BOARD_CHUNK if board else CHUNK.get(name, 500))
     seen: set[str] = set()
     start = 0
@@ -361,10 +373,12 @@ def fuzz_target(name: str, calls: int, seed: int, args) -> TargetStats:
                 seen.add(sig)
                 print(f"[{name}] {o.status.upper()} seed={seed} call={index}: {call}\n    {detail}", flush=True)
                 if new and args.minimize_budget > 0 and len(f.calls) > 1:
-                    # Boards: minimize on the fast unix-san if it fails there the same way? The
-                    # signatures differ by target, so minimize on the board itself, briefly.
-                    budget = args.minimize_budget if not board else min(args.minimize_budget, 25)
-                    f.minimized = minimize(runner, f, args.timeout if not board else args.board_timeout, budget)
+                    if board:
+                        # A board replay costs seconds (a hang: the whole timeout), so minimize on
+                        # unix-san when the calls fail there too, and say so.
+                        f.minimized = minimize_on_san(f, args)
+                    else:
+                        f.minimized = minimize(runner, f, args.timeout, args.minimize_budget)
                     if f.minimized:
                         print("    minimized reproducer:\n" + REPLAY_PRELUDE_SHORT + "\n".join(
                             "    " + c for c in f.minimized), flush=True)
@@ -415,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "build/fuzz/api.json")
     p.add_argument("--failures", type=Path, default=ROOT / "build/fuzz/api_failures.json")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--micropython", type=Path, default=None,
+                   help="another unix(-san) binary to fuzz (e.g. a build with a fix under test)")
     p.add_argument("--avoid", action="append", default=[],
                    help="do not make calls containing this text (a known crash that hides others); repeatable")
     args = p.parse_args(argv)

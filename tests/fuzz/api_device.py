@@ -459,7 +459,7 @@ def model_ref(r):
 def optimizer_code(r, m=None):
     m = m or model_ref(r)
     kw = ""
-    if r.chance(35):
+    if r.chance(50):
         kw += ", update=%s" % policy_code(r)
     if r.chance(60):
         kw2 = ""
@@ -551,9 +551,11 @@ def scenario(r, i):
         return "%s.forward(%s); %s.backward(%s.backward(%s.output, %s)%s)" % (
             m, input_code(r, obj, b), m, loss, m, target_code(r, obj, loss, b), (", " + optim_ref(r, m)) * r.chance(50))
     if k == 4:
-        o = optim_ref(r, m)
-        return "o = %s; %s.forward(%s); %s.backward(%s); o.step()" % (
-            o, m, input_code(r, obj, b), m, grad_code(r, obj) if obj is not None else "None")
+        # backward without an optimizer, then opt.step() (the .grad path), sometimes twice.
+        o = optim_ref(r, m) if r.chance(70) else "P[%d]" % r.below(N_SLOTS)
+        dy = "%s.backward(%s.output, %s)" % (loss, m, target_code(r, obj, loss, b)) if r.chance(85) else grad_code(r, obj)
+        return "o = %s; %s.forward(%s); %s.backward(%s); o.step()%s" % (
+            o, m, input_code(r, obj, b), m, dy, "; o.step()" * r.chance(15) + "; o.zero_grad()" * r.chance(30))
     if k == 5:
         return "%s.evaluate(%s, %s%s)" % (m, input_code(r, obj, b), target_code(r, obj, loss, b), (", " + loss) * r.chance(50))
     if k == 6:
@@ -670,8 +672,13 @@ def attr_call(r, i, obj):
 def method_call(r):
     i = r.below(N_SLOTS)
     obj = P[i]
-    if isinstance(obj, BUILTIN) and r.chance(85):
-        i = r.below(N_SLOTS)  # builtin results (ints, dicts) are rarely worth a call
+    if isinstance(obj, BUILTIN) and r.chance(90):
+        # Builtin results (ints, dicts) are rarely worth a call: train a pooled model instead.
+        for _ in range(4):
+            j = r.below(N_SLOTS)
+            if hasattr(P[j], "train_step"):
+                return scenario(r, j)
+        i = r.below(N_SLOTS)
         obj = P[i]
     if obj is None:
         return "P[%d] = %s" % (i, new_object(r))
