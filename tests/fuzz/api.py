@@ -248,11 +248,14 @@ class BoardRunner:
             alive = self.emulator.running
             self.emulator.restart()
             return Outcome("hang" if alive else "crash", e.output, self.emulator.output, None)
-        except DeviceError as e:
+        except (DeviceError, OSError) as e:
+            # OSError: the UART's pty went away under mpremote or us (QEMU died mid-run).
             alive = self.emulator.running
             qemu = self.emulator.output
             self.emulator.restart()
-            return Outcome("crash", e.output, qemu + ("" if alive else "\n(QEMU exited)"), None)
+            # drain_uart's OSError hides mpremote's DeviceError, which has the board's output.
+            out = getattr(e, "output", None) or getattr(e.__context__, "output", "") or ""
+            return Outcome("crash", out, qemu + ("" if alive else "\n(QEMU exited)"), None)
         if "=S " not in out or "#CORRUPT" in out:
             return Outcome("crash", out, "no summary line (board reset?)", None)
         return Outcome("ok", out)

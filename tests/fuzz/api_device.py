@@ -637,8 +637,16 @@ SETTABLE = {
 KEEPERS = ("output", "weight", "bias", "grad", "running_mean", "running_var", "body", "shortcut", "weight_scale")
 
 
+# Methods of builtin results (dicts from state_dict(), lists, ints) worth calling: the ones that
+# read. `clear()` then `copy()` of a user's own dict trips UBSan in MicroPython's core (a
+# memcpy from a NULL table), which is not ours to find; `copy()` of an mcutrain dict stays.
+BUILTIN_METHODS = ("copy", "keys", "values", "items", "get", "index", "count")
+
+
 def attr_call(r, i, obj):
     names = [n for n in dir(obj) if not n.startswith("_")]
+    if isinstance(obj, BUILTIN):
+        names = [n for n in names if n in BUILTIN_METHODS]
     if not names:
         return "P[%d] = %s" % (i, new_object(r))
     name = r.pick(names)
