@@ -98,6 +98,7 @@ class Failure:
     detail: str
     calls: list[str]
     minimized: list[str] | None = None
+    chunk: tuple[int, int] = (0, 0)  # (start, count) of the chunk it ran in
 
 
 @dataclass
@@ -325,13 +326,18 @@ def minimize(runner, failure: Failure, timeout: float, budget: int) -> list[str]
 def minimize_on_san(failure: Failure, args) -> list[str] | None:
     if not UNIX_BINARIES["unix-san"].is_file():
         return None
-    san = UnixRunner("unix-san", args.timeout)
-    o = san.run(replay_script(failure.calls))
+    san = UnixRunner("unix-san", args.timeout, args.micropython)
+    # The same chunk on unix-san: a board that dies loses the UART's last lines, so its own
+    # output can stop a few calls before the culprit; the sanitizer build names it exactly.
+    o = san.run(chunk_script(failure.seed, failure.chunk[0], failure.chunk[1], args.avoid))
     if o.status == "ok":
-        return None
-    sig = san.signature(o)[0]
-    failure.detail += f" (unix-san: {sig})"
-    return ddmin(failure.calls, lambda c: reproduces(san, c, sig, args.timeout), args.minimize_budget)
+        o = san.run(replay_script(failure.calls))
+        if o.status == "ok":
+            return None
+    sig, detail = san.signature(o)
+    calls = [c for _, c in o.calls()]
+    failure.detail += f" | same calls on unix-san: {detail} at: {calls[-1] if calls else '?'}"
+    return ddmin(calls, lambda c: reproduces(san, c, sig, args.timeout), args.minimize_budget)
 
 
 # -- the campaign --------------------------------------------------------------------------------
@@ -370,7 +376,8 @@ def fuzz_target(name: str, calls: int, seed: int, args) -> TargetStats:
                 else:
                     made_to = made
                 index, call = made_to[-1] if made_to else (start, "?")
-                f = Failure(name, seed, index, call, o.status, sig, detail, [c for _, c in made_to])
+                f = Failure(name, seed, index, call, o.status, sig, detail, [c for _, c in made_to],
+                            chunk=(start, count))
                 stats.failures.append(f)
                 new = sig not in seen
                 seen.add(sig)
@@ -416,7 +423,8 @@ def row(s: TargetStats) -> dict:
 
 def failure_record(f: Failure) -> dict:
     return {"target": f.target, "seed": f.seed, "index": f.index, "call": f.call, "kind": f.kind,
-            "signature": f.signature, "detail": f.detail, "minimized": f.minimized, "calls": f.calls}
+            "signature": f.signature, "detail": f.detail, "minimized": f.minimized, "calls": f.calls,
+            "chunk": list(f.chunk)}
 
 
 def main(argv: list[str] | None = None) -> int:
