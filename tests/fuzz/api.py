@@ -177,7 +177,17 @@ def sanitizer_signature(stderr: str, binary: Path) -> tuple[str, str] | None:
 
 def chunk_script(seed: int, start: int, count: int, avoid: list[str] = (), replay: list[str] | None = None) -> str:
     return (f"SEED = {seed}\nSTART = {start}\nCOUNT = {count}\nAVOID = {list(avoid)!r}\nREPLAY = {replay!r}\n"
-            + DEVICE_SCRIPT.read_text())
+            + device_source())
+
+
+_source: list[str] = []
+
+
+def device_source() -> str:
+    # Read once: a campaign keeps running the script it started with, even if the file changes.
+    if not _source:
+        _source.append(DEVICE_SCRIPT.read_text())
+    return _source[0]
 
 
 def replay_script(calls: list[str]) -> str:
