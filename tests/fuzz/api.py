@@ -240,12 +240,12 @@ class UnixRunner:
 
 
 class BoardRunner:
-    def __init__(self, name: str, timeout: float) -> None:
+    def __init__(self, name: str, timeout: float, firmware: Path | None = None) -> None:
         from mcutrain.emulator import Emulator
 
         self.name = name
         self.timeout = timeout
-        self.emulator = Emulator(name, heap=HEAP)
+        self.emulator = Emulator(name, heap=HEAP, firmware=firmware)
         self.emulator.start()
         self.binary = None
 
@@ -356,7 +356,7 @@ def minimize_on_san(failure: Failure, args) -> list[str] | None:
 def fuzz_target(name: str, calls: int, seed: int, args) -> TargetStats:
     stats = TargetStats(name)
     board = name.startswith("qemu")
-    runner = BoardRunner(name, args.board_timeout) if board else UnixRunner(name, args.timeout, args.micropython)
+    runner = BoardRunner(name, args.board_timeout, args.board_firmware) if board else UnixRunner(name, args.timeout, args.micropython)
     chunk = args.chunk or (BOARD_CHUNK if board else CHUNK.get(name, 500))
     seen: set[str] = set()
     start = 0
@@ -450,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "build/fuzz/api.json")
     p.add_argument("--failures", type=Path, default=ROOT / "build/fuzz/api_failures.json")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--board-firmware", type=Path, default=None,
+                   help="another firmware.elf for the (single) emulated board given in --targets")
     p.add_argument("--micropython", type=Path, default=None,
                    help="another unix(-san) binary to fuzz (e.g. a build with a fix under test)")
     p.add_argument("--avoid", action="append", default=[],
