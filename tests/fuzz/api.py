@@ -16,6 +16,7 @@ import bisect
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -236,7 +237,7 @@ class UnixRunner:
         return f"exit {o.returncode}", f"exit {o.returncode}: {tail[0][:120] if tail else ''}"
 
     def close(self) -> None:
-        pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class BoardRunner:
@@ -346,17 +347,20 @@ def minimize_on_san(failure: Failure, args) -> list[str] | None:
     if not UNIX_BINARIES["unix-san"].is_file():
         return None
     san = UnixRunner("unix-san", args.timeout, args.micropython)
-    # The same chunk on unix-san: a board that dies loses the UART's last lines, so its own
-    # output can stop a few calls before the culprit; the sanitizer build names it exactly.
-    o = san.run(chunk_script(failure.seed, failure.chunk[0], failure.chunk[1], args.avoid))
-    if o.status == "ok":
-        o = san.run(replay_script(failure.calls))
+    try:
+        # The same chunk on unix-san: a board that dies loses the UART's last lines, so its own
+        # output can stop a few calls before the culprit; the sanitizer build names it exactly.
+        o = san.run(chunk_script(failure.seed, failure.chunk[0], failure.chunk[1], args.avoid))
         if o.status == "ok":
-            return None
-    sig, detail = san.signature(o)
-    calls = [c for _, c in o.calls()]
-    failure.detail += f" | same calls on unix-san: {detail} at: {calls[-1] if calls else '?'}"
-    return ddmin(calls, lambda c: reproduces(san, c, sig, args.timeout), args.minimize_budget)
+            o = san.run(replay_script(failure.calls))
+            if o.status == "ok":
+                return None
+        sig, detail = san.signature(o)
+        calls = [c for _, c in o.calls()]
+        failure.detail += f" | same calls on unix-san: {detail} at: {calls[-1] if calls else '?'}"
+        return ddmin(calls, lambda c: reproduces(san, c, sig, args.timeout), args.minimize_budget)
+    finally:
+        san.close()
 
 
 # -- the campaign --------------------------------------------------------------------------------
