@@ -2,6 +2,7 @@
 #   make setup      toolchains, emulators (apt) and the project venv (pip), pinned
 #   make demo       the main job: run examples/hello.py on the emulated Cortex-M4F
 #   make test       build everything and run the test suite
+#   make fuzz       the long fuzz campaign (API calls, file mutants, power loss); a summary table
 #   make firmware   unix + qemu-m4f + qemu-rv32 firmware (also firmware-unix-san)
 # MICROPY_DIR=/path/to/micropython builds against your own MicroPython checkout
 # instead of the pinned Debian source.
@@ -39,7 +40,7 @@ FIRMWARE_ARGS := USER_C_MODULES=$(ROOT)/usermod MPY_LIB_DIR=$(ROOT)/micropython_
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: all setup apt-packages venv fetch firmware firmware-unix firmware-unix-san bench learning \
-	firmware-qemu-m4f firmware-qemu-rv32 test demo emulate clean distclean
+	firmware-qemu-m4f firmware-qemu-rv32 test demo emulate fuzz clean distclean
 
 all: firmware
 
@@ -100,6 +101,21 @@ $(QEMU_FIRMWARE): firmware-qemu-%: $(MPY_CROSS)
 
 test: setup firmware firmware-unix-san
 	$(VENV)/bin/python -m pytest -c tests/pytest.ini $(PYTEST_ARGS)
+
+# The long fuzz campaign: random API calls (>= 50,000 on unix-san, 5,000 on each emulated board,
+# with hang detection), .mtm/.mtd mutants on every target, emulator kills during model.save; each
+# writes build/fuzz/*.json, summary.py prints the table. Fails on any crash, hang or sanitizer report.
+FUZZ_SEED ?= 1
+fuzz: setup firmware firmware-unix-san
+	rm -rf $(BUILD)/fuzz && mkdir -p $(BUILD)/fuzz
+	status=0; \
+	$(VENV)/bin/python tests/fuzz/api.py --calls 50000 --board-calls 5000 \
+		--targets unix-san,qemu-m4f,qemu-rv32 --seed $(FUZZ_SEED) || status=1; \
+	$(VENV)/bin/python tests/fuzz/files.py --mutants 5000 --targets unix-san,qemu-m4f,qemu-rv32 \
+		--seed $(FUZZ_SEED) || status=1; \
+	$(VENV)/bin/python tests/fuzz/power_loss.py --kills 20 || status=1; \
+	$(VENV)/bin/python tests/fuzz/summary.py --check || status=1; \
+	exit $$status
 
 # Kernel and training-step benchmarks in guest instructions on both emulated boards;
 # prints a table and writes bench/results.json.
