@@ -5,13 +5,13 @@
 
 #include "py/runtime.h"
 #include "py/objtype.h"
-#include "py/gc.h"
 #include "layer.h"
 #include "loss.h"
 #include "grad_sink.h"
 #include "random.h"
 #include "partial_update.h"
 #include "kernels/quant.h"
+#include "kernels/vector_f32.h"
 #include "kernels/activation_f32.h"
 #include "kernels/half.h"
 
@@ -52,6 +52,7 @@ qstr mt_layer_dtype_qstr(const mt_layer_obj_t *layer) {
 static void forget_top(mt_layer_obj_t *layer) {
     layer->scratch = NULL;
     layer->input_grad = NULL;
+    layer->input_grad_bytes = 0;
     layer->output_grad = NULL;
     layer->labels = NULL;
     layer->loss_buf = NULL;
@@ -542,12 +543,7 @@ static void run_forward(mt_layer_obj_t *self, mt_tensor_obj_t *x, bool training)
 // Whether every value of a float tensor is finite (int8 ones always are).
 static bool all_finite(const mt_tensor_obj_t *t) {
     if (t->dtype == MT_FLOAT32) {
-        const float *v = t->data;
-        for (size_t i = 0; i < t->size; i++) {
-            if (!isfinite(v[i])) {
-                return false;
-            }
-        }
+        return mt_all_finite_f32(t->data, t->size);
     } else if (t->dtype == MT_FLOAT16) {
         const uint16_t *h = t->data;
         for (size_t i = 0; i < t->size; i++) {
@@ -641,9 +637,11 @@ static void ensure_grads(mt_layer_obj_t *layer) {
 
 // The input gradient backward() returns, in one block kept at the largest size used (its
 // header reshaped), so backward() at alternating shapes does not allocate again either.
-static mt_tensor_obj_t *sized_input_grad(mt_tensor_obj_t *t, const mt_shape_t *shape, uint8_t dtype) {
+static mt_tensor_obj_t *sized_input_grad(mt_layer_obj_t *self, const mt_shape_t *shape, uint8_t dtype) {
+    mt_tensor_obj_t *t = self->input_grad;
     size_t bytes = mt_shape_size(shape) * mt_dtype_size(dtype);
-    if (t == NULL || t->owner != MP_OBJ_NULL || gc_nbytes(t->data) < bytes) {
+    if (t == NULL || t->owner != MP_OBJ_NULL || self->input_grad_bytes < bytes) {
+        self->input_grad_bytes = bytes;
         return mt_tensor_new(shape, dtype, "input gradient");
     }
     t->dtype = dtype;
@@ -651,8 +649,7 @@ static mt_tensor_obj_t *sized_input_grad(mt_tensor_obj_t *t, const mt_shape_t *s
     t->size = mt_shape_size(shape);
     t->scale = 1.0f;
     t->zero_point = 0;
-    memset(t->data, 0, bytes);
-    return t;
+    return t;  // backward writes every element of its input gradient
 }
 
 // forward(x, training=True) -> output Tensor (planned once per input shape, reused).
@@ -697,7 +694,7 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: dy is not finite; weights unchanged"),
             mt_layer_name(self));
     }
-    self->input_grad = sized_input_grad(self->input_grad, &x->shape, self->in_dtype);
+    self->input_grad = sized_input_grad(self, &x->shape, self->in_dtype);
     // Everything checked before any kernel writes.
     mt_optim_obj_t *optim = NULL;
     if (with_optim) {

@@ -127,6 +127,7 @@ struct _mt_layer_obj_t {
     // Used when this layer is the top of a model.
     mp_obj_t last_input;
     mt_tensor_obj_t *input_grad;
+    size_t input_grad_bytes;       // its block's size (gc_nbytes walks the block: too slow per call)
     mt_tensor_obj_t *output_grad;
     float *scratch;
     size_t scratch_floats;

@@ -6,6 +6,7 @@
 #define MCUTRAIN_KERNELS_VECTOR_F32_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 // *lo = min(x), *hi = max(x) over n values; NaNs are skipped (both 0 if nothing is left).
@@ -20,5 +21,9 @@ void mt_scale_f32(float *x, size_t n, float a);
 // b[o] = q[o] * (x_scale * w_scale[o]): an int32 bias in units of s_x * s_w[o] (quant.h)
 // back in real units; mt_quantize_bias_s32 inverts it exactly while |q| < 2^24.
 void mt_bias_s32_to_f32(const int32_t *q, float *b, int channels, float x_scale, const float *w_scale);
+
+// Whether all n values are finite (no inf, no NaN): the check before a fused update, which
+// must cost little beside the pass it guards.
+bool mt_all_finite_f32(const float *x, size_t n);
 
 #endif
