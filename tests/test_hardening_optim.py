@@ -295,6 +295,19 @@ b.extend(bytes(4000))
 m.forward(x); m.backward(mt.cross_entropy.backward(m.output, [0, 1])); o.zero_grad()
 m.forward(x); m.backward(mt.cross_entropy.backward(m.output, [0, 1])); o.step()
 print('grad view', sum(abs(v) for v in memoryview(b)[:320]) > 0, g.shape)
+# F4, F7: another model's optimizer (a float16 model, a lone layer) is refused before any pass.
+fa = mt.Sequential(mt.Conv2d(1, 2, 3, stride=2, padding=1), mt.BatchNorm2d(2), mt.ReLU(),
+                   mt.GlobalAvgPool(), mt.Flatten(), mt.Linear(2, 3))
+fb = mt.Sequential(mt.Convert(mt.float16), mt.Conv2d(4, 8, 3, padding=1, dtype=mt.float16), mt.ReLU(),
+                   mt.GlobalAvgPool(), mt.Flatten(), mt.Linear(8, 3, dtype=mt.float16), mt.Convert(mt.float32))
+fo = mt.Adam(fa)
+for call in (lambda: fb.train_step(mt.zeros((3, 3, 3, 4)), [1, 2, 1], mt.cross_entropy, fo),
+             lambda: fb.backward(mt.cross_entropy.backward(fb.forward(mt.zeros((3, 3, 3, 4))), [1, 2, 1]), fo),
+             lambda: mt.Linear(3, 3).train_step(mt.zeros((1, 3)), mt.zeros((1, 3)), mt.mse, mt.SGD(fa, 0.01, momentum=0.9))):
+    try:
+        call(); print('F4 accepted')
+    except ValueError as e:
+        print('F4', e)
 print('done')
 """
 
@@ -323,3 +336,5 @@ def test_update_policies_belong_to_their_optimizer(target):
     conv_ratio = 1 * 3 * 3 * 2 + 1 + 1 * 4 + 1
     assert [l for l in lines if l.startswith("F9")] == [f"F9 {12 * conv_ratio}", f"F9 {4 * conv_ratio}"], out
     assert "grad view True (10, 8)" in lines, out
+    f4 = [l for l in lines if l.startswith("F4")]
+    assert len(f4) == 3 and all("was built for another model" in l for l in f4), out
