@@ -191,7 +191,8 @@ def test_step_after_plain_backward_honours_the_update_policy(target):
             script.emit(f"{name}_{t}", t, None)
         script.add(f"if g is not None: _emit('{name}_g', g); _emit('{name}_gb', gb)")
         script.add(f"print('{name} memory', o.memory())")
-    # Policies that grow: a compact ChannelRatio state, then another optimizer sets Full.
+    # A compact ChannelRatio state stays compact when another optimizer sets Full: policies
+    # belong to the optimizer given them (F6; this test used to expect a's state to grow).
     script.add("m = mt.Sequential(mt.Linear(4, 8), mt.ReLU(), mt.Linear(8, 3))")
     script.add("a = mt.SGD(m, lr=0.1, momentum=0.9, update=mt.ChannelRatio(0.25))")
     script.add("am = a.memory()")
@@ -226,7 +227,114 @@ def test_step_after_plain_backward_honours_the_update_policy(target):
     assert "frozen_g" not in results
     assert np.array_equal(results["frozen_m.weight"], results["frozen_w0"])
     assert np.array_equal(results["frozen_m.bias"], results["frozen_b0"])
-    # ChannelRatio(0.25): state for 2 of 8 rows and 1 of 3, then every parameter, then every parameter once the policy is Full.
+    # ChannelRatio(0.25): state for 2 of 8 rows and 1 of 3, kept after Adam(update=Full()).
     params = 8 * 4 + 8 + 3 * 8 + 3
-    assert f"grown {4 * (2 * 4 + 2 + 1 * 8 + 1)} {4 * params} {12 * params} True True" in out, out
+    compact = 4 * (2 * 4 + 2 + 1 * 8 + 1)
+    assert f"grown {compact} {compact} {12 * params} True True" in out, out
     assert "mixed grad None None" in out, out
+
+
+POLICY_SCRIPT = """
+import mcutrain as mt
+x = mt.zeros((2, 8)); x.fill(-1.25)
+def rows(m):
+    return sorted(m.update_stats()['updated'].items())
+# F5: an optimizer for a layer inside a model is refused; one built before the layer
+# joined the model changes nothing the model's optimizers do.
+lin = mt.Linear(8, 10)
+early = mt.SGD(lin, 0.01, update=mt.TopK(0.1, 0.5))
+m = mt.Sequential(lin, mt.ReLU(), mt.Linear(10, 3))
+m.train_step(x, [0, 1], mt.cross_entropy, mt.SGD(m, 0.01))
+try:
+    mt.SGD(lin, 0.01, update=mt.TopK(0.1, 0.5)); print('F5 accepted')
+except ValueError as e:
+    print('F5', e)
+try:
+    lin.train_step(x, mt.zeros((2, 10)), mt.mse, early); print('F5 early accepted')
+except ValueError as e:
+    print('F5 early', e)
+m.train_step(x, [0, 1], mt.cross_entropy, mt.Adam(m))
+print('F5 full', rows(m))
+# F6: a policy stays with its optimizer; an optimizer without update= updates in full.
+s = mt.SGD(m, 0.01, momentum=0.9, update=mt.ChannelRatio(0.2))
+a = mt.Adam(m)
+m.train_step(x, [0, 1], mt.cross_entropy, a); print('F6 adam', rows(m))
+m.train_step(x, [0, 1], mt.cross_entropy, s); print('F6 sgd', rows(m))
+m.train_step(x, [0, 1], mt.cross_entropy, a); print('F6 adam', rows(m))
+t = mt.SGD(m, 0.01, momentum=0.9, update=mt.TopK(0.1, 0.5))
+m.forward(x)
+try:
+    m.backward(mt.cross_entropy.backward(m.output, [0, 1]), s); print('F6 backward accepted')
+except ValueError as e:
+    print('F6 backward', e)
+m.forward(x); m.backward(mt.cross_entropy.backward(m.output, [0, 1]), s); print('F6 backward', rows(m))
+# The .grad path: a plain backward, then step() of each (each with its own policy).
+w0 = m[0].weight.tolist()
+m.forward(x); m.backward(mt.cross_entropy.backward(m.output, [0, 1]))
+o = mt.SGD(m, 0.01, momentum=0.9)
+o.step(); s.step(); a.step()
+print('F6 grad steps', o.memory(), s.memory(), a.memory(), m[0].weight.tolist() != w0)
+try:
+    t.step(); print('F6 topk step accepted')
+except ValueError as e:
+    print('F6 topk step', e)
+# F9: ChannelRatio + backward() + step() with Adam and SGD momentum.
+for mk in (lambda m: mt.Adam(m, update=mt.ChannelRatio(0.25)),
+           lambda m: mt.SGD(m, 0.01, momentum=0.9, update=mt.ChannelRatio(0.25))):
+    c = mt.Sequential(mt.Conv2d(2, 4, 3, padding=1), mt.ReLU(), mt.GlobalAvgPool(), mt.Flatten(), mt.Linear(4, 3))
+    co = mk(c)
+    c.forward(mt.zeros((1, 6, 5, 2)))
+    c.backward(mt.cross_entropy.backward(c.output, [0]))
+    co.step(); co.step()
+    print('F9', co.memory())
+# A frombuffer .grad whose bytearray moved: the kernels write where it is now.
+b = bytearray(4 * 80)
+g = mt.frombuffer(b, (10, 8))
+m[0].weight.grad = g
+b.extend(bytes(4000))
+m.forward(x); m.backward(mt.cross_entropy.backward(m.output, [0, 1])); o.zero_grad()
+m.forward(x); m.backward(mt.cross_entropy.backward(m.output, [0, 1])); o.step()
+print('grad view', sum(abs(v) for v in memoryview(b)[:320]) > 0, g.shape)
+# F4, F7: another model's optimizer (a float16 model, a lone layer) is refused before any pass.
+fa = mt.Sequential(mt.Conv2d(1, 2, 3, stride=2, padding=1), mt.BatchNorm2d(2), mt.ReLU(),
+                   mt.GlobalAvgPool(), mt.Flatten(), mt.Linear(2, 3))
+fb = mt.Sequential(mt.Convert(mt.float16), mt.Conv2d(4, 8, 3, padding=1, dtype=mt.float16), mt.ReLU(),
+                   mt.GlobalAvgPool(), mt.Flatten(), mt.Linear(8, 3, dtype=mt.float16), mt.Convert(mt.float32))
+fo = mt.Adam(fa)
+for call in (lambda: fb.train_step(mt.zeros((3, 3, 3, 4)), [1, 2, 1], mt.cross_entropy, fo),
+             lambda: fb.backward(mt.cross_entropy.backward(fb.forward(mt.zeros((3, 3, 3, 4))), [1, 2, 1]), fo),
+             lambda: mt.Linear(3, 3).train_step(mt.zeros((1, 3)), mt.zeros((1, 3)), mt.mse, mt.SGD(fa, 0.01, momentum=0.9))):
+    try:
+        call(); print('F4 accepted')
+    except ValueError as e:
+        print('F4', e)
+print('done')
+"""
+
+
+def test_update_policies_belong_to_their_optimizer(target):
+    """F5, F6, F9 of tests/fuzz/FINDINGS.md: an optimizer for a layer inside a model is
+    refused; a policy applies to the optimizer given it only (the others update in full);
+    backward(dy, opt) under another optimizer's policy asks for a new forward; ChannelRatio
+    with backward() + step() stays inside its state; a moved frombuffer .grad is followed."""
+    out = run_on(target, POLICY_SCRIPT, timeout=120)
+    lines = out.splitlines()
+    assert "done" in lines, out
+    assert "F5 SGD: this Linear is part of a model: optimize the model" in lines, out
+    assert any(l.startswith("F5 early") and "part of a model" in l for l in lines), out
+    full = "[('0', (10, 10)), ('2', (3, 3))]"
+    part = "[('0', (2, 10)), ('2', (1, 3))]"
+    assert f"F5 full {full}" in lines, out
+    assert [l for l in lines if l.startswith("F6 adam") or l.startswith("F6 sgd")] == [
+        f"F6 adam {full}", f"F6 sgd {part}", f"F6 adam {full}"], out
+    assert "F6 backward backward: SGD's update policy is new here: run forward again" in lines, out
+    assert f"F6 backward {part}" in lines, out
+    params = 10 * 8 + 10 + 3 * 10 + 3
+    assert f"F6 grad steps {4 * params} {4 * (2 * 8 + 2 + 1 * 10 + 1)} {12 * params} True" in lines, out
+    assert any(l.startswith("F6 topk step") and "TopK" in l for l in lines), out
+    conv = 4 * 3 * 3 * 2 + 4 + 4 * 3 + 3
+    conv_ratio = 1 * 3 * 3 * 2 + 1 + 1 * 4 + 1
+    assert [l for l in lines if l.startswith("F9")] == [f"F9 {12 * conv_ratio}", f"F9 {4 * conv_ratio}"], out
+    assert "grad view True (10, 8)" in lines, out
+    f4 = [l for l in lines if l.startswith("F4")]
+    assert len(f4) == 3 and all("was built for another model" in l for l in f4), out

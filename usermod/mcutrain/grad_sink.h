@@ -18,8 +18,13 @@ typedef struct _mt_int8_sgd_t {
 
 // The optimizer behind `opt`, or TypeError.
 mt_optim_obj_t *mt_optim_get(mp_obj_t opt);
+// Before train_step plans `model`: TypeError unless mt.SGD/mt.Adam, ValueError unless it
+// was built for this model; makes its update policies the layers' active ones (the model
+// plans again if that changed them).
+void mt_optim_activate(mp_obj_t opt, mt_layer_obj_t *model, const char *what);
 // The optimizer `opt` for one pass over `model`, before any kernel runs: TypeError unless
-// mt.SGD/mt.Adam, ValueError unless it was built for this model; checks the state of every
+// mt.SGD/mt.Adam, ValueError unless it was built for this model or if its update policies
+// are not those the model's forward ran with (backward(dy, opt)); checks the state of every
 // parameter against the layers' update policies (re-sizing it once if a policy grew) and
 // starts the step. `what` names the call ("train_step").
 mt_optim_obj_t *mt_optim_begin_pass(mp_obj_t opt, mt_layer_obj_t *model, const char *what);

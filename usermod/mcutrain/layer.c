@@ -625,8 +625,12 @@ static void ensure_grads(mt_layer_obj_t *layer) {
             if (params[i]->grad == mp_const_none) {
                 params[i]->grad = MP_OBJ_FROM_PTR(mt_tensor_new(&params[i]->shape, MT_FLOAT32, "grad"));
             }
-            const mt_tensor_obj_t *g = MP_OBJ_TO_PTR(params[i]->grad);
-            if (!mp_obj_is_type(params[i]->grad, &mt_tensor_type) || g->dtype != MT_FLOAT32
+            mt_tensor_obj_t *g = MP_OBJ_TO_PTR(params[i]->grad);
+            bool is_tensor = mp_obj_is_type(params[i]->grad, &mt_tensor_type);
+            if (is_tensor) {
+                mt_tensor_sync(g);  // a frombuffer .grad whose bytearray moved
+            }
+            if (!is_tensor || g->dtype != MT_FLOAT32
                 || g->size != params[i]->size) {
                 mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q: a .grad is not float32 of its shape"),
                     mt_layer_name(layer));
@@ -726,7 +730,8 @@ static void check_loss_output(mt_layer_obj_t *self, const mt_loss_obj_t *loss) {
 static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
     mt_layer_obj_t *self = mt_layer_get(args[0], "self");
     const mt_loss_obj_t *loss = mt_loss_get(args[3]);
-    mt_optim_get(args[4]);  // a TypeError before anything runs
+    // A TypeError/ValueError before anything runs; its update policies active before planning.
+    mt_optim_activate(args[4], self, "train_step");
     mt_tensor_obj_t *x = prepare_input(self, args[1], "train_step: x");
     check_loss_output(self, loss);
     plan_loss(self);

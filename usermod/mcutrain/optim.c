@@ -35,18 +35,18 @@ static bool is_int8_layer(const mt_layer_obj_t *layer) {
     return layer->dtype == MT_INT8 || mt_layer_is_mixed(layer);
 }
 
-// Parameter elements the slot's state must cover under the layer's policy now (int8 and
-// mixed layers update with their own int8 SGD, which keeps no state).
+// Parameter elements the slot's state must cover under this optimizer's policy for the
+// layer (int8 and mixed layers update with their own int8 SGD, which keeps no state).
 static size_t needed_elems(const mt_optim_obj_t *self, const mt_optim_slot_t *slot) {
     if (self->per_param == 0 || slot->param == NULL || is_int8_layer(slot->layer)) {
         return 0;
     }
-    return mt_update_state_elems(slot->layer, slot->param);
+    return mt_update_state_elems(slot->layer, &slot->policy, slot->param);
 }
 
 // Grows a slot's state to cover `elems` parameter elements, keeping what it has (the
-// covered elements are the leading ones in either size). Only when a policy changed after
-// the optimizer was built (another optimizer's update=, layer.trainable), never per step.
+// covered elements are the leading ones in either size). Only when layer.trainable was set
+// after the optimizer was built, never per step.
 static void grow_state(mt_optim_obj_t *self, mt_optim_slot_t *slot, size_t elems) {
     size_t esize = mt_dtype_size(slot->state_dtype);
     if (elems > SIZE_MAX / esize / self->per_param) {
@@ -69,7 +69,7 @@ static void grow_state(mt_optim_obj_t *self, mt_optim_slot_t *slot, size_t elems
 
 // Everything a step relies on, checked before any kernel writes: the model's parameters
 // are still those the slots hold (fold_into may add a bias), int8 layers have an optimizer
-// that can train them, and every state covers what its layer's policy updates.
+// that can train them, and every state covers what this optimizer's policy updates.
 static void prepare_step(mt_optim_obj_t *self) {
     for (size_t i = 0; i < self->n_slots; i++) {
         mt_optim_slot_t *slot = &self->slots[i];
@@ -93,6 +93,7 @@ static void prepare_step(mt_optim_obj_t *self) {
 typedef struct {
     mt_optim_obj_t *optim;
     size_t at;
+    bool with_policy;
 } slots_ctx_t;
 
 static void count_leaf(mt_layer_obj_t *leaf, const char *name, void *ctx) {
@@ -115,12 +116,35 @@ static void fill_leaf(mt_layer_obj_t *leaf, const char *name, void *ctx_in) {
         slot->elems = 0;
         slot->state_dtype = params[i] != NULL && ctx->optim->f16_state && params[i]->dtype == MT_FLOAT16
             ? MT_FLOAT16 : MT_FLOAT32;
+        // Built with update=: what it set on the layer; without: a full update.
+        slot->policy = ctx->with_policy ? leaf->update : (mt_update_t) { .kind = MT_UPDATE_FULL };
+        slot->policy.selection = NULL;
+        slot->policy.selected = 0;
     }
+}
+
+// Makes this optimizer's policies the layers' active ones (backward reads them there);
+// true if any changed, and then the model plans again (the compact path's scratch).
+static bool activate_policies(mt_optim_obj_t *self) {
+    bool changed = false;
+    for (size_t i = 0; i < self->n_slots; i += 2) {
+        changed |= mt_update_activate(self->slots[i].layer, &self->slots[i].policy);
+    }
+    if (changed) {
+        ((mt_layer_obj_t *)MP_OBJ_TO_PTR(self->model))->planned = false;
+    }
+    return changed;
 }
 
 void mt_optim_init_params(mt_optim_obj_t *self, mp_obj_t model, size_t per_param, bool f16_state,
     mp_obj_t update) {
     mt_layer_obj_t *layer = mt_layer_get(model, "model");
+    if (layer->owned) {
+        // Its policies would apply inside the container's passes, which planned no scratch
+        // for them; and the layer trains only as part of the container.
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%s: this %q is part of a model: optimize the model"),
+            self->name, mt_layer_name(layer));
+    }
     if (update != mp_const_none) {
         mt_update_apply(model, update);
     }
@@ -131,12 +155,14 @@ void mt_optim_init_params(mt_optim_obj_t *self, mp_obj_t model, size_t per_param
     self->cursor = 0;
     // Peeked, not drawn: creating an optimizer leaves the initialization sequence alone.
     self->rng.state = mt_random_peek();
-    slots_ctx_t ctx = { self, 0 };
+    slots_ctx_t ctx = { self, 0, update != mp_const_none };
     mt_layer_visit(layer, count_leaf, &ctx);
     self->n_slots = ctx.at;
     self->slots = m_new0(mt_optim_slot_t, ctx.at ? ctx.at : 1);
     ctx.at = 0;
     mt_layer_visit(layer, fill_leaf, &ctx);
+    // The last optimizer built has its policies active (memory() and update_stats() say so).
+    activate_policies(self);
     // A fresh optimizer starts from zero state, allocated now so train_step will not.
     prepare_step(self);
     // model.memory() reports the state of the last optimizer built for the model.
@@ -155,11 +181,31 @@ size_t mt_optim_state_bytes(mp_obj_t opt) {
 /******************************************************************************/
 // grad_sink.h: what a backward pass calls
 
-mt_optim_obj_t *mt_optim_begin_pass(mp_obj_t opt, mt_layer_obj_t *model, const char *what) {
+static mt_optim_obj_t *optim_of_model(mp_obj_t opt, mt_layer_obj_t *model, const char *what) {
     mt_optim_obj_t *self = mt_optim_get(opt);
     if (MP_OBJ_TO_PTR(self->model) != model) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%s: this %s was built for another model"), what,
             self->name);
+    }
+    if (model->owned) {
+        // Built before the layer joined a container: it trains only as part of that now.
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%s: this %q is part of a model: run the model"),
+            what, mt_layer_name(model));
+    }
+    return self;
+}
+
+void mt_optim_activate(mp_obj_t opt, mt_layer_obj_t *model, const char *what) {
+    activate_policies(optim_of_model(opt, model, what));
+}
+
+mt_optim_obj_t *mt_optim_begin_pass(mp_obj_t opt, mt_layer_obj_t *model, const char *what) {
+    mt_optim_obj_t *self = optim_of_model(opt, model, what);
+    if (activate_policies(self)) {
+        // backward(dy, opt) after a forward planned under another optimizer's policies:
+        // the compact path's scratch may be missing.
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("%s: %s's update policy is new here: run forward again"), what, self->name);
     }
     prepare_step(self);
     self->ops->step_begin(self);
@@ -229,15 +275,19 @@ static mt_tensor_obj_t *slot_grad(const mt_optim_obj_t *self, const mt_optim_slo
         return NULL;
     }
     mt_tensor_obj_t *g = MP_OBJ_TO_PTR(slot->param->grad);
-    if (!mp_obj_is_type(slot->param->grad, &mt_tensor_type) || g->dtype != MT_FLOAT32
-        || g->size != slot->param->size) {
+    bool is_tensor = mp_obj_is_type(slot->param->grad, &mt_tensor_type);
+    if (is_tensor) {
+        // A frombuffer .grad: its bytearray may have moved (ValueError if it shrank).
+        mt_tensor_sync(g);
+    }
+    if (!is_tensor || g->dtype != MT_FLOAT32 || g->size != slot->param->size) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%s: a %q's .grad is not float32 of its shape"),
             self->name, mt_layer_name(slot->layer));
     }
     return g;
 }
 
-// How many leading elements of a slot's parameter step() updates under its layer's policy
+// How many leading elements of a slot's parameter step() updates under this optimizer's policy
 // (0: none), or ValueError for what step() cannot do.
 static size_t step_elems(mt_optim_obj_t *self, const mt_optim_slot_t *slot) {
     if (slot_grad(self, slot) == NULL) {
@@ -252,12 +302,12 @@ static size_t step_elems(mt_optim_obj_t *self, const mt_optim_slot_t *slot) {
     if (!layer->trainable) {
         return 0;
     }
-    switch (layer->update.kind) {
+    switch (slot->policy.kind) {
         case MT_UPDATE_BIAS_ONLY:
             return slot->param == layer->bias ? slot->param->size : 0;
         case MT_UPDATE_CHANNELS:
             // The policy's leading rows: the same elements its state covers.
-            return mt_update_state_elems(layer, slot->param);
+            return mt_update_state_elems(layer, &slot->policy, slot->param);
         case MT_UPDATE_TOPK:
             mp_raise_msg_varg(&mp_type_ValueError,
                 MP_ERROR_TEXT("%s.step: TopK picks rows by error in train_step/backward(dy, opt)"), self->name);
@@ -266,8 +316,8 @@ static size_t step_elems(mt_optim_obj_t *self, const mt_optim_slot_t *slot) {
     }
 }
 
-// step(): updates every parameter that has a .grad (after model.backward) as the layers'
-// policies say: frozen layers stay, BiasOnly updates biases, ChannelRatio its leading rows;
+// step(): updates every parameter that has a .grad (after model.backward) as this
+// optimizer's policies say (whichever optimizer's are active on the layers): frozen layers stay, BiasOnly updates biases, ChannelRatio its leading rows;
 // TopK and int8 layers raise (they update inside train_step/backward(dy, opt)). Checks
 // everything before updating anything.
 static mp_obj_t optim_step(mp_obj_t self_in) {

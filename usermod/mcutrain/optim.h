@@ -6,6 +6,11 @@
 // (velocity; Adam's gradient buffer and moments), and checks the model, the parameter and
 // the state's size before any kernel writes. Two optimizers on one model each keep their
 // own state; an optimizer given another model is refused.
+//
+// Update policies belong to the optimizer given them (update=; Full without): each slot
+// keeps its layer's policy, and the optimizer makes them the layers' active ones before a
+// pass (mt_optim_activate), so another optimizer's policy never applies to its steps.
+// Frozen/LastLayers set the layers' trainable flags (model state) when it is built.
 #ifndef MCUTRAIN_OPTIM_H
 #define MCUTRAIN_OPTIM_H
 
@@ -21,7 +26,8 @@
 // ChannelRatio update changes only leading rows), or NULL when elems is 0.
 typedef struct {
     mt_tensor_obj_t *param;    // NULL: a layer without a bias (so a bias added later is noticed)
-    mt_layer_obj_t *layer;     // its layer, whose policy says which elements change
+    mt_layer_obj_t *layer;     // its layer
+    mt_update_t policy;        // this optimizer's update policy for the layer (kind, ratios)
     void *state;
     size_t elems;
     uint8_t state_dtype;
@@ -60,9 +66,10 @@ struct _mt_optim_obj_t {
     mt_f16_rng_t rng;
 };
 
-// Applies the update policy (None: leave the layers' policies) and builds one slot per
-// parameter of `model` with state for what each layer can update, now, so train_step
-// will not allocate: per_param elements per parameter element, in float16 for float16
+// Applies the update policy (None: Full for every layer, trainable flags unchanged) and
+// builds one slot per parameter of `model` (ValueError for a layer that is part of a
+// container) with state for what each layer can update, now, so train_step will not
+// allocate: per_param elements per parameter element, in float16 for float16
 // parameters if f16_state, else float32.
 void mt_optim_init_params(mt_optim_obj_t *self, mp_obj_t model, size_t per_param, bool f16_state,
     mp_obj_t update);

@@ -125,32 +125,53 @@ static int floor_ratio(float ratio, int n) {
     return k < 1 ? 1 : k > n ? n : k;
 }
 
-int mt_update_max_selected(const mt_layer_obj_t *layer) {
-    int n = mt_update_structures(layer);
-    if (layer->update.kind == MT_UPDATE_CHANNELS) {
-        return floor_ratio(layer->update.ratio_min, n);
+// The most structures of n that one pass under policy u can select.
+static int max_selected_of(const mt_update_t *u, int n) {
+    if (u->kind == MT_UPDATE_CHANNELS) {
+        return floor_ratio(u->ratio_min, n);
     }
-    if (layer->update.kind == MT_UPDATE_TOPK) {
-        return floor_ratio(layer->update.ratio_max, n);
+    if (u->kind == MT_UPDATE_TOPK) {
+        return floor_ratio(u->ratio_max, n);
     }
     return n;
 }
 
-size_t mt_update_state_elems(const mt_layer_obj_t *layer, const mt_tensor_obj_t *param) {
+int mt_update_max_selected(const mt_layer_obj_t *layer) {
+    return max_selected_of(&layer->update, mt_update_structures(layer));
+}
+
+size_t mt_update_state_elems(const mt_layer_obj_t *layer, const mt_update_t *policy,
+    const mt_tensor_obj_t *param) {
     if (!layer->trainable) {
         return 0;
     }
-    switch (layer->update.kind) {
+    switch (policy->kind) {
         case MT_UPDATE_BIAS_ONLY:
             return param == layer->bias ? param->size : 0;
         case MT_UPDATE_CHANNELS: {
             // The same leading rows every step: state for those rows only.
             int n = mt_update_structures(layer);
-            return param->size / (size_t)n * (size_t)mt_update_max_selected(layer);
+            return param->size / (size_t)n * (size_t)max_selected_of(policy, n);
         }
         default:
             return param->size;
     }
+}
+
+bool mt_update_activate(mt_layer_obj_t *leaf, const mt_update_t *policy) {
+    mt_update_t *u = &leaf->update;
+    if (u->kind == policy->kind && (policy->kind == MT_UPDATE_FULL || policy->kind == MT_UPDATE_BIAS_ONLY
+        || (u->ratio_min == policy->ratio_min && u->ratio_max == policy->ratio_max))) {
+        return false;
+    }
+    if ((policy->kind == MT_UPDATE_CHANNELS || policy->kind == MT_UPDATE_TOPK) && u->selection == NULL) {
+        u->selection = m_new(int32_t, mt_update_structures(leaf));
+    }
+    u->kind = policy->kind;
+    u->ratio_min = policy->ratio_min;
+    u->ratio_max = policy->ratio_max;
+    u->selected = 0;
+    return true;
 }
 
 typedef struct {

@@ -23,8 +23,14 @@ static inline bool mt_update_is_partial(const mt_layer_obj_t *layer, const mt_pa
 }
 // The most structures one pass can select (sizes the compact scratch).
 int mt_update_max_selected(const mt_layer_obj_t *layer);
-// Elements of `param` (the layer's weight or bias) an optimizer may ever change.
-size_t mt_update_state_elems(const mt_layer_obj_t *layer, const mt_tensor_obj_t *param);
+// Elements of `param` (the layer's weight or bias) an optimizer with `policy` for the
+// layer may ever change.
+size_t mt_update_state_elems(const mt_layer_obj_t *layer, const mt_update_t *policy,
+    const mt_tensor_obj_t *param);
+// Makes `policy` (kind and ratios; an optimizer's own copy) the one the layer's passes run
+// with; true if that changed anything (the model must plan again: the compact path's
+// scratch depends on it).
+bool mt_update_activate(mt_layer_obj_t *leaf, const mt_update_t *policy);
 
 // Chooses this pass's structures from the error dy (rows, N); returns their indices
 // (increasing) and sets *k. `mag` needs N floats, `taken` N bytes.
