@@ -84,6 +84,13 @@ for d in ('int8', 'mixed'):
         model.forward(xs)
         loss = model.train_step(xs, mt.zeros(model.output_shape), mt.mse, mt.SGD(model, lr=0.01))
         print('F2', d, shape, ok, loss == loss)
+
+# Fuzz seed 23: a mixed conv too large to plan sized its float32 scratch in int first.
+try:
+    mt.Conv2d(5, 4, 5, padding=16384, dtype=mt.mixed).predict(mt.zeros((3, 5, 3, 5)))
+    print('huge no-error')
+except MemoryError as e:
+    print('huge MemoryError', len(str(e)) > 0)
 print('done')
 """
 
@@ -102,6 +109,7 @@ def check(out: str) -> None:
     assert get["F8 train"].endswith("True"), out
     assert get["F8 range"] == "F8 range True quant_range must be (min, max) with finite min <= max", out
     assert "F15 [[[[127, 127], [127, -128], [-128, 127]]]]" in lines, out
+    assert "huge MemoryError True" in lines, out
     tiny = [line for line in lines if line.startswith("F2 ")]
     assert len(tiny) == 12 and all(line.endswith("True True") for line in tiny), out
 
