@@ -163,11 +163,12 @@ TINY_CONVS = """
 import mcutrain as mt
 mt.seed(1)
 for d in ('float32', 'float16', 'int8', 'mixed'):
-    first = [mt.Convert(d)] if d in ('float16', 'int8') else []
-    last = [mt.Convert(mt.float32)] if d in ('float16', 'int8') else []
     for shape, conv in (((1, 4, 1), mt.Conv1d(1, 2, 3, dtype=d)), ((2, 3, 1), mt.Conv1d(1, 2, 3, dtype=d)),
                         ((1, 3, 3, 1), mt.Conv2d(1, 2, 3, dtype=d)), ((1, 1, 1, 1), mt.Conv2d(1, 1, 1, dtype=d)),
                         ((1, 2, 2, 2), mt.Conv2d(2, 2, 2, groups=2, dtype=d))):
+        # fresh Converts per model: a layer belongs to one container
+        first = [mt.Convert(d)] if d in ('float16', 'int8') else []
+        last = [mt.Convert(mt.float32)] if d in ('float16', 'int8') else []
         model = mt.Sequential(*first, conv, *last)
         ok = model.memory(shape)['total'] > 0 and model.macs(shape)['forward'] > 0
         x = mt.zeros(shape)

@@ -35,6 +35,11 @@ void mt_mixed_forward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_o
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q: mixed input range is not finite"),
             mt_layer_name(layer));
     }
+    if (layer->bias) {
+        // This layer picks its own input scale: one at which its bias fits in int32.
+        mt_qparams_raise_scale(&qp, lo,
+            mt_bias_min_x_scale(layer->bias->data, s->out_c, layer->weight_scale->data));
+    }
     mt_quantize_s8(x->data, xq, n_in, qp, MT_S8_ACT_MIN, MT_S8_ACT_MAX, NULL);
     mt_s8_forward_into(s, layer, xq, qp, yq, pass, k);
     mt_dequantize_s8(yq, layer->output->data, n_out, s->q.y);

@@ -45,7 +45,7 @@ NORETURN static void raise_kernel(const mt_layer_obj_t *layer, const char *what)
 
 static void set_qparams(const mt_layer_obj_t *layer, int ok, const char *what) {
     if (ok != 0) {
-        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q: int8 %s range is not finite"),
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q: int8 %s range is not finite or below 1e-28"),
             mt_layer_name(layer), what);
     }
 }

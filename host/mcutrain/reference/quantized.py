@@ -87,6 +87,10 @@ __all__ = [
 ACT_MIN, ACT_MAX = -128, 127  # activations
 SYM_MAX = 127  # weights and errors: [-127, 127]
 MIN_SCALE = np.float32(1e-30)
+# mt_qparams_asymmetric widens a range narrower than this (after including 0) upward to it.
+MIN_RANGE = np.float32(2.0**-10)
+# Every int32 bias saturates to [-BIAS_MAX, BIAS_MAX] (mt_bias_clamp_s32).
+BIAS_MAX = 2**30
 
 F32 = np.float32
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
@@ -191,14 +195,14 @@ def dequantize_weights(q: ArrayLike, scale: ArrayLike) -> NDArray[np.float32]:
 
 
 def quantize_bias(b: ArrayLike, x_scale: float, w_scale: ArrayLike) -> IntArray:
-    """round(b / (x_scale * w_scale[o])): mt_quantize_bias_s32."""
-    return round_half_even(_f32(b) / (F32(x_scale) * _f32(w_scale)))
+    """round(b / (x_scale * w_scale[o])), saturated to +-2^30: mt_quantize_bias_s32."""
+    return np.clip(round_half_even(_f32(b) / (F32(x_scale) * _f32(w_scale))), -BIAS_MAX, BIAS_MAX)
 
 
 def rescale_bias(b: ArrayLike, old_x_scale: float, new_x_scale: float) -> IntArray:
-    """mt_rescale_bias_s32: round(b * (old / new))."""
+    """mt_rescale_bias_s32: round(b * (old / new)), saturated to +-2^30."""
     ratio = F32(old_x_scale) / F32(new_x_scale)
-    return round_half_even(np.asarray(b, dtype=np.int64).astype(np.float32) * ratio)
+    return np.clip(round_half_even(np.asarray(b, dtype=np.int64).astype(np.float32) * ratio), -BIAS_MAX, BIAS_MAX)
 
 
 def _finite(x: float) -> bool:
@@ -216,6 +220,9 @@ def qparams_asymmetric(lo: float, hi: float) -> QParams:
     scale = (hi - lo) / F32(255.0)
     if not scale >= MIN_SCALE or not _finite(scale):
         raise ValueError(f"range ({lo}, {hi}) is too small")
+    if hi - lo < MIN_RANGE:
+        hi = lo + MIN_RANGE  # a near-constant activation: keep the scale far from 0
+        scale = (hi - lo) / F32(255.0)
     zp = int(np.clip(ACT_MIN - int(round_half_even(lo / scale)), ACT_MIN, ACT_MAX))
     return QParams(float(scale), zp)
 
@@ -504,7 +511,7 @@ def _update_rows(
         ws[o] = s_new
         if b is not None:
             bv = (F32(q.x_scale) * s_old) * F32(b[o]) - c_b * F32(bsum[o])
-            b[o] = int(round_half_even(bv / (F32(q.x_scale) * s_new)))
+            b[o] = int(np.clip(round_half_even(bv / (F32(q.x_scale) * s_new)), -BIAS_MAX, BIAS_MAX))
     return w, ws, b, w_stats, b_stats
 
 
@@ -774,7 +781,7 @@ def batchnorm_s8_forward(
     v = _rows(x, zero_point).astype(np.float32)
     ka = ((_f32(gamma) * st.inv_std) * F32(x_scale)) / F32(y_scale)
     kb = _f32(beta) / F32(y_scale)
-    t = ka * (v - st.mean_q) + kb
+    t = np.clip(ka * (v - st.mean_q) + kb, F32(-65536), F32(65536))  # as the kernel saturates
     y = np.clip(round_half_even(t) + int(y_zero_point), ACT_MIN, ACT_MAX)
     return y.astype(np.int8).reshape(shape)
 

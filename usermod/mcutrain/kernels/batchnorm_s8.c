@@ -95,7 +95,10 @@ void mt_batchnorm_s8_forward(const mt_batchnorm_params_t *p, const int8_t *x, mt
         int8_t *yr = y + c0;
         for (int r = 0; r < rows; r++, xr += c_n, yr += c_n) {
             for (int j = 0; j < block; j++) {
-                const float t = ka[j] * ((float)(xr[j] - xq.zero_point) - mu[j]) + kb[j];
+                float t = ka[j] * ((float)(xr[j] - xq.zero_point) - mu[j]) + kb[j];
+                // Saturate first (an extreme scale makes t huge): the zero point then adds
+                // without overflow, and the int8 clamp below gives the same result.
+                t = t < -65536.0f ? -65536.0f : t > 65536.0f ? 65536.0f : t;
                 const int32_t v = mt_round_half_even(t) + yq.zero_point;
                 yr[j] = (int8_t)(v < MT_S8_ACT_MIN ? MT_S8_ACT_MIN : v > MT_S8_ACT_MAX ? MT_S8_ACT_MAX : v);
             }

@@ -3,6 +3,7 @@
 #include "conv2d_f32.h"
 #include "gemm_f32.h"
 #include "checked_size.h"
+#include <stdint.h>
 
 // Thumb-2 with a single-precision FPU (Cortex-M4F/M7/M33): inline asm moves 8 floats per
 // vldmia/vstmia where compiled C needs one load or store per float (see gemm_f32.c).
@@ -49,7 +50,9 @@ static int out_pixels(const mt_conv2d_params_t *p) {
 static int tile_rows(const mt_conv2d_params_t *p) {
     int rows = TILE_FLOATS / patch_len(p);
     rows = max_int(TILE_ROWS_MIN, min_int(TILE_ROWS_MAX, rows)) & ~3;
-    return min_int(rows, out_pixels(p));
+    // In 64 bits: sizing runs before the layer's size checks (a mixed layer's scratch).
+    const int64_t pixels = (int64_t)p->batch * p->out_h * p->out_w;
+    return pixels < rows ? (int)pixels : rows;
 }
 
 size_t mt_conv2d_f32_scratch_floats(const mt_conv2d_params_t *p) {

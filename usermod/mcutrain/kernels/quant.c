@@ -111,22 +111,48 @@ void mt_quantize_weights_s8(const float *w, int8_t *q, float *scale, int channel
     }
 }
 
+int32_t mt_bias_clamp_s32(int32_t b) {
+    return clamp_int(b, -MT_S8_BIAS_MAX, MT_S8_BIAS_MAX);
+}
+
 void mt_quantize_bias_s32(const float *b, int32_t *q, int channels, float x_scale,
     const float *w_scale) {
     for (int o = 0; o < channels; o++) {
-        q[o] = mt_round_half_even(b[o] / (x_scale * w_scale[o]));
+        q[o] = mt_bias_clamp_s32(mt_round_half_even(b[o] / (x_scale * w_scale[o])));
     }
 }
 
 void mt_rescale_bias_s32(int32_t *b, int channels, float old_x_scale, float new_x_scale) {
     const float ratio = old_x_scale / new_x_scale;
     for (int o = 0; o < channels; o++) {
-        b[o] = mt_round_half_even((float)b[o] * ratio);
+        b[o] = mt_bias_clamp_s32(mt_round_half_even((float)b[o] * ratio));
     }
+}
+
+float mt_bias_min_x_scale(const float *b, int channels, const float *w_scale) {
+    float least = 0.0f;
+    for (int o = 0; o < channels; o++) {
+        const float a = b[o] < 0.0f ? -b[o] : b[o];
+        const float s = (a / w_scale[o]) * (1.0f / (float)MT_S8_BIAS_MAX);
+        if (s > least && s - s == 0.0f) {   // NaN and inf (a zero weight scale) are skipped
+            least = s;
+        }
+    }
+    return least;
 }
 
 static int is_finite(float x) {
     return x - x == 0.0f;   // false for NaN and infinities
+}
+
+void mt_qparams_raise_scale(mt_qparams_t *qp, float min, float least) {
+    if (!(qp->scale < least) || !is_finite(least)) {
+        return;
+    }
+    min = min < 0.0f ? min : 0.0f;
+    qp->scale = least;
+    qp->zero_point = clamp_int(MT_S8_ACT_MIN - mt_round_half_even(min / least), MT_S8_ACT_MIN,
+        MT_S8_ACT_MAX);
 }
 
 int mt_qparams_check(mt_qparams_t qp) {
@@ -147,9 +173,14 @@ int mt_qparams_asymmetric(float min, float max, mt_qparams_t *out) {
         out->zero_point = 0;
         return 0;
     }
-    const float scale = (max - min) / 255.0f;
+    float scale = (max - min) / 255.0f;
     if (!(scale >= MT_QUANT_MIN_SCALE) || !is_finite(scale)) {
         return -1;
+    }
+    if (max - min < MT_QUANT_MIN_RANGE) {
+        // A near-constant activation: keep the scale far from 0 (quant.h).
+        max = min + MT_QUANT_MIN_RANGE;
+        scale = (max - min) / 255.0f;
     }
     // min <= 0, so -min / scale is in [0, 255] up to rounding.
     out->scale = scale;
@@ -379,7 +410,7 @@ void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int
     *w_scale = s_new;
     if (bias) {
         const float b = (k->x_scale * s_old) * (float)*bias - k->c_b * (float)bias_acc;
-        *bias = mt_round_half_even(b / (k->x_scale * s_new));
+        *bias = mt_bias_clamp_s32(mt_round_half_even(b / (k->x_scale * s_new)));
     }
 }
 

@@ -48,6 +48,17 @@
 // built from them would leave the int32 range.
 #define MT_QUANT_MIN_SCALE 1e-30f
 
+// The narrowest activation range (after widening it to include 0) that
+// mt_qparams_asymmetric() quantizes: a near-constant activation (a blank sample through
+// BatchNorm leaves ~1e-5 of rounding residue) would otherwise get a scale so small that
+// every bias, in units of s_x * s_w, leaves the int32 range. 2^-10: real activations span
+// far more, so normal ranges are unaffected.
+#define MT_QUANT_MIN_RANGE 0.0009765625f
+
+// Every int32 bias is saturated to [-2^30, 2^30] (mt_bias_clamp_s32), so that adding the
+// products of one output (each |(x - zp) * w| <= 255 * 127) cannot overflow the accumulator.
+#define MT_S8_BIAS_MAX 1073741824
+
 typedef struct {
     float scale;            // > 0
     int32_t zero_point;     // in [-128, 127]; 0 for symmetric tensors
@@ -105,21 +116,35 @@ void mt_dequantize_s8(const int8_t *q, float *x, size_t n, mt_qparams_t qp);
 // max |w[o]| / 127 (1 if the row is all zeros), q = round(w / scale[o]) in [-127, 127].
 void mt_quantize_weights_s8(const float *w, int8_t *q, float *scale, int channels, int row_len);
 
-// q[o] = round(b[o] / (x_scale * w_scale[o])), saturated to int32.
+// b saturated to [-MT_S8_BIAS_MAX, MT_S8_BIAS_MAX].
+int32_t mt_bias_clamp_s32(int32_t b);
+
+// q[o] = round(b[o] / (x_scale * w_scale[o])), saturated to +-MT_S8_BIAS_MAX.
 void mt_quantize_bias_s32(const float *b, int32_t *q, int channels, float x_scale,
     const float *w_scale);
 
 // Re-expresses a bias in new units after the input's scale changed from old_x_scale to
-// new_x_scale (weight scales unchanged): b = round(b * (old_x_scale / new_x_scale)).
+// new_x_scale (weight scales unchanged): b = round(b * (old_x_scale / new_x_scale)),
+// saturated to +-MT_S8_BIAS_MAX.
 void mt_rescale_bias_s32(int32_t *b, int channels, float old_x_scale, float new_x_scale);
+
+// The smallest input scale at which every bias fits without saturating:
+// max over o of (|b[o]| / w_scale[o]) * 2^-30 (0 for no bias). A layer that chooses its own
+// input scale (dtype="mixed") never goes below it.
+float mt_bias_min_x_scale(const float *b, int channels, const float *w_scale);
 
 // ---- scale and zero point ------------------------------------------------------------------
 
 // Asymmetric int8 parameters covering [min, max], widened to include 0 so that real 0 is
 // exact: scale = (max - min) / 255, zero_point = -128 - round(min / scale), clamped. A
 // degenerate range (max == min == 0) gives scale 1. Returns 0, or -1 if min or max is not
-// finite or scale would be below MT_QUANT_MIN_SCALE.
+// finite or scale would be below MT_QUANT_MIN_SCALE; else a range narrower than
+// MT_QUANT_MIN_RANGE is widened upward to it (max = min + MT_QUANT_MIN_RANGE).
 int mt_qparams_asymmetric(float min, float max, mt_qparams_t *out);
+
+// Raises qp's scale to least (if larger and finite), the zero point following the range's
+// min as in mt_qparams_asymmetric: the range then still covers [min(min, 0), old max].
+void mt_qparams_raise_scale(mt_qparams_t *qp, float min, float least);
 
 // Symmetric parameters for |x| <= absmax: scale = absmax / 127 (1 if absmax is 0), zero
 // point 0. Returns 0, or -1 as above.
