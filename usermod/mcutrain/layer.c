@@ -303,6 +303,8 @@ void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype
     layer->in_dtype = in_dtype;
     layer->out_dtype = in_dtype;  // Convert's and composites' plan() change it
     ops->plan(layer, in);
+    // Before anything sizes scratch from it: the kernels' int pixel counts must not wrap.
+    mt_shape_bytes(&layer->out_shape, layer->out_dtype, qstr_str(mt_layer_name(layer)));
     if (ops->flags & MT_LAYER_COMPOSITE) {
         // plan() set output to the child that produces it.
     } else if ((ops->flags & MT_LAYER_VIEW) || ((ops->flags & MT_LAYER_MAY_RUN_IN_PLACE) && may_share)) {
