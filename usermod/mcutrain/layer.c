@@ -304,6 +304,8 @@ void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype
     layer->in_dtype = in_dtype;
     layer->out_dtype = in_dtype;  // Convert's and composites' plan() change it
     ops->plan(layer, in);
+    // Before anything sizes scratch from it: the kernels' int pixel counts must not wrap.
+    mt_shape_bytes(&layer->out_shape, layer->out_dtype, qstr_str(mt_layer_name(layer)));
     if (ops->flags & MT_LAYER_COMPOSITE) {
         // plan() set output to the child that produces it.
     } else if ((ops->flags & MT_LAYER_VIEW) || ((ops->flags & MT_LAYER_MAY_RUN_IN_PLACE) && may_share)) {
@@ -521,9 +523,45 @@ static void plan_loss(mt_layer_obj_t *self) {
     plan_layout(self, &in, self->in_dtype);
 }
 
+static bool bytes_overlap(const void *a, size_t a_len, const void *b, size_t b_len) {
+    uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
+    return a != NULL && b != NULL && pa < pb + b_len && pb < pa + a_len;
+}
+
+// Whether a layer of the tree has its own output (not a view of its input) over t's bytes:
+// what finds them in a loose plan (plan_arena.h), whose buffers are blocks of their own.
+static bool output_overlaps(mt_layer_obj_t *layer, const void *data, size_t bytes) {
+    mt_layer_obj_t *const *children;
+    size_t n = layer_children(layer, &children);
+    for (size_t i = 0; i < n; i++) {
+        if (output_overlaps(children[i], data, bytes)) {
+            return true;
+        }
+    }
+    const mt_tensor_obj_t *y = layer->output;
+    return y != NULL && !layer->in_place && !(mt_layer_ops(layer)->flags & MT_LAYER_VIEW)
+           && bytes_overlap(data, bytes, y->data, y->size * mt_dtype_size(y->dtype));
+}
+
+// A pass writes the model's planned buffers (outputs, gradients, scratch) while it reads
+// its input and dy: given one of them back (m.predict(m.forward(x))) it would read what it
+// has overwritten, a silently wrong answer. Copying it in the hot path would allocate, so
+// it is refused: the caller copies it (mt.zeros(y.shape).copy_from(y)) once.
+static void check_not_own_buffer(mt_layer_obj_t *self, const mt_tensor_obj_t *t, const char *what) {
+    size_t bytes = t->size * mt_dtype_size(t->dtype);
+    const mt_tensor_obj_t *g = self->input_grad;
+    if (bytes_overlap(t->data, bytes, self->arena.block, self->arena.bytes)
+        || (g != NULL && bytes_overlap(t->data, bytes, g->data, g->size * mt_dtype_size(g->dtype)))
+        || output_overlaps(self, t->data, bytes)) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q %s is this model's own buffer: copy it first"),
+            mt_layer_name(self), what);
+    }
+}
+
 static mt_tensor_obj_t *prepare_input(mt_layer_obj_t *self, mp_obj_t x_in, const char *what) {
     self->last_input = MP_OBJ_NULL;  // whatever happens next, the last forward is gone
     mt_tensor_obj_t *x = mt_tensor_get(x_in, what);
+    check_not_own_buffer(self, x, what);
     mt_shape_t shape;
     input_shape(self, x, &shape);
     plan_top(self, &shape, x->dtype);
@@ -682,6 +720,7 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
             mt_layer_name(self));
     }
     mt_tensor_obj_t *dy = mt_tensor_get(args[1], "backward: dy");
+    check_not_own_buffer(self, dy, "backward: dy");
     if (dy->dtype != self->out_dtype) {
         mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("%q.backward: dy must be %q (as the output), not %q"),
             mt_layer_name(self), mt_dtype_qstr(self->out_dtype), mt_dtype_qstr(dy->dtype));
@@ -793,9 +832,10 @@ static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_evaluate_obj, 3, 4, layer_evalu
 /******************************************************************************/
 // Introspection: parameters, state_dict, memory, macs, config
 
-// Dicts users read (state_dict, memory, macs, config) keep their insertion order.
+// Dicts users read (state_dict, memory, macs, config) keep their insertion order. At
+// least one slot: an empty dict's NULL table makes dict.copy() memcpy from NULL (UBSan).
 mp_obj_t mt_new_ordered_dict(size_t n) {
-    mp_obj_t dict = mp_obj_new_dict(n);
+    mp_obj_t dict = mp_obj_new_dict(n ? n : 1);
     mp_obj_dict_get_map(dict)->is_ordered = 1;
     return dict;
 }

@@ -7,6 +7,7 @@
 #include "tensor.h"
 #include "kernels/half.h"
 #include "kernels/checked_size.h"
+#include "kernels/quant.h"
 
 size_t mt_dtype_size(mt_dtype_t dtype) {
     static const uint8_t sizes[] = { [MT_FLOAT32] = 4, [MT_FLOAT16] = 2, [MT_INT8] = 1 };
@@ -212,6 +213,11 @@ mt_tensor_obj_t *mt_tensor_view(const mt_shape_t *shape, mt_dtype_t dtype, void 
 // A bytearray or array that grows is reallocated, and the old memory freed: a view must
 // never keep using a pointer it took earlier.
 void mt_tensor_sync(mt_tensor_obj_t *t) {
+    if (t->data == NULL) {
+        // A planned view's header (Flatten, in-place ReLU...) before any pass has pointed it
+        // at its input: every use would read or write address 0.
+        mp_raise_ValueError(MP_ERROR_TEXT("Tensor: no data yet (a layer output before forward)"));
+    }
     if (t->owner == MP_OBJ_NULL) {
         return;
     }
@@ -426,10 +432,14 @@ static mp_obj_t tensor_make_new(const mp_obj_type_t *type, size_t n_args, size_t
 static void tensor_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
     (void)kind;
     mt_tensor_obj_t *t = MP_OBJ_TO_PTR(self_in);
-    mt_tensor_sync(t);
     char buf[64];
     mp_printf(print, "Tensor(shape=%s, dtype=%q", mt_shape_str(&t->shape, buf, sizeof(buf)),
         mt_dtype_qstr(t->dtype));
+    if (t->data == NULL) {
+        mp_print_str(print, ", no data yet)");  // a planned view before forward (mt_tensor_sync)
+        return;
+    }
+    mt_tensor_sync(t);
     if (t->dtype == MT_INT8) {
         mp_printf(print, ", scale=%f, zero_point=%d", (double)t->scale, (int)t->zero_point);
     }
@@ -472,9 +482,113 @@ static mp_obj_t tensor_fill(mp_obj_t self_in, mp_obj_t value) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(tensor_fill_obj, tensor_fill);
 
+// One element as a real number (int8: scale * (q - zero_point)).
+static float tensor_real(const mt_tensor_obj_t *t, size_t i) {
+    switch (t->dtype) {
+        case MT_FLOAT32:
+            return ((const float *)t->data)[i];
+        case MT_FLOAT16:
+            return mt_f16_to_f32(((const uint16_t *)t->data)[i]);
+        default:
+            return t->scale * (float)((int32_t)((const int8_t *)t->data)[i] - t->zero_point);
+    }
+}
+
+// Stores a real number (int8: quantized with the tensor's own scale and zero point,
+// rounding to nearest even and saturating).
+static void tensor_set_real(mt_tensor_obj_t *t, size_t i, float v) {
+    switch (t->dtype) {
+        case MT_FLOAT32:
+            ((float *)t->data)[i] = v;
+            break;
+        case MT_FLOAT16:
+            ((uint16_t *)t->data)[i] = mt_f32_to_f16(v);
+            break;
+        default: {
+            // Clamped before the zero point is added, so a huge v cannot overflow.
+            int32_t r = mt_round_half_even(v / t->scale);
+            r = r < -256 ? -256 : r > 256 ? 256 : r;
+            r += t->zero_point;
+            ((int8_t *)t->data)[i] = (int8_t)(r < -128 ? -128 : r > 127 ? 127 : r);
+        }
+    }
+}
+
+static bool ranges_overlap(const void *a, size_t a_len, const void *b, size_t b_len) {
+    uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
+    return pa < pb + b_len && pb < pa + a_len;
+}
+
+// A Tensor source: the same dtype (and int8 quantization) is copied as is, any other pair
+// is converted value by value (int8 by its scale and zero point).
+static void copy_from_tensor(mt_tensor_obj_t *t, const mt_tensor_obj_t *src) {
+    if (src->size != t->size) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("copy_from: tensor has %u items, source %u"), (unsigned)t->size, (unsigned)src->size);
+    }
+    size_t bytes = t->size * mt_dtype_size(t->dtype);
+    if (src->dtype == t->dtype && (t->dtype != MT_INT8
+                                   || (src->scale == t->scale && src->zero_point == t->zero_point))) {
+        memmove(t->data, src->data, bytes);
+        return;
+    }
+    if (ranges_overlap(t->data, bytes, src->data, src->size * mt_dtype_size(src->dtype))) {
+        mp_raise_ValueError(MP_ERROR_TEXT("copy_from: a converting copy needs separate memory"));
+    }
+    if (mt_tensor_convert_into(src, t)) {
+        return;
+    }
+    for (size_t i = 0; i < t->size; i++) {
+        tensor_set_real(t, i, tensor_real(src, i));
+    }
+}
+
+// Bytes of one item of a buffer with this typecode; TypeError for one it cannot read.
+static size_t buffer_item_size(char typecode) {
+    size_t item = typecode == BYTEARRAY_TYPECODE ? 1 : mp_binary_get_size('@', typecode, NULL);
+    if (item == 0 || typecode == 'O') {
+        mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("copy_from: cannot read a buffer of typecode %d"),
+            (int)typecode);
+    }
+    return item;
+}
+
+// A buffer source without a scale: bytes (and the dtype's own typecode) are the tensor's raw
+// memory; items of any other typecode are values (into int8: floats are quantized, ints
+// are the int8 values themselves, as in Tensor([...], dtype=mt.int8)).
+static void copy_from_buffer(mt_tensor_obj_t *t, const mp_buffer_info_t *info) {
+    size_t bytes = t->size * mt_dtype_size(t->dtype);
+    if (info->typecode == 'B' || info->typecode == BYTEARRAY_TYPECODE || info->typecode == dtype_typecode(t->dtype)) {
+        if (info->len != bytes) {
+            mp_raise_msg_varg(&mp_type_ValueError,
+                MP_ERROR_TEXT("copy_from: tensor has %u bytes, source %u"), (unsigned)bytes, (unsigned)info->len);
+        }
+        memmove(t->data, info->buf, bytes);
+        return;
+    }
+    size_t item = buffer_item_size(info->typecode);
+    if (info->len / item != t->size || info->len % item != 0) {
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("copy_from: tensor has %u items, source %u"), (unsigned)t->size, (unsigned)(info->len / item));
+    }
+    if (ranges_overlap(t->data, bytes, info->buf, info->len)) {
+        mp_raise_ValueError(MP_ERROR_TEXT("copy_from: a converting copy needs separate memory"));
+    }
+    bool is_float = info->typecode == 'f' || info->typecode == 'd';
+    for (size_t i = 0; i < t->size; i++) {
+        mp_obj_t v = mp_binary_get_val_array(info->typecode, info->buf, i);
+        if (t->dtype == MT_INT8 && !is_float) {
+            tensor_set_item(t, i, v);
+        } else {
+            tensor_set_real(t, i, (float)mp_obj_get_float(v));
+        }
+    }
+}
+
 // copy_from(src, scale=None, zero_point=0): copies a same-size tensor or buffer into
-// this tensor's memory; with a scale, converts integer items q to scale * (q - zero_point)
-// (e.g. 8-bit pixels into a float32 input) without an intermediate copy.
+// this tensor's memory, converting between dtypes (copy_from_tensor, copy_from_buffer);
+// with a scale, converts integer items q to scale * (q - zero_point) (e.g. 8-bit pixels
+// into a float32 input) without an intermediate copy.
 static mp_obj_t tensor_copy_from(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
     enum { ARG_src, ARG_scale, ARG_zero_point };
     static const mp_arg_t allowed_args[] = {
@@ -486,32 +600,37 @@ static mp_obj_t tensor_copy_from(size_t n_args, const mp_obj_t *pos_args, mp_map
     mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
     mt_tensor_obj_t *t = mt_tensor_get(pos_args[0], "copy_from");
     mp_obj_t src = args[ARG_src].u_obj;
+    bool src_tensor = mp_obj_is_type(src, &mt_tensor_type);
+    if (src_tensor) {
+        mt_tensor_get(src, "copy_from: src");  // synced, and refused if it has no data yet
+    }
     mp_buffer_info_t info;
     if (src == mp_const_none || !mp_get_buffer(src, &info, MP_BUFFER_READ)) {
         mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("copy_from: need a buffer, not %s"),
             mp_obj_get_type_str(src));
     }
     if (args[ARG_scale].u_obj == mp_const_none) {
-        if (mp_obj_is_type(src, &mt_tensor_type) && mt_tensor_convert_into(MP_OBJ_TO_PTR(src), t)) {
-            return mp_const_none;
+        if (src_tensor) {
+            copy_from_tensor(t, MP_OBJ_TO_PTR(src));
+        } else {
+            copy_from_buffer(t, &info);
         }
-        size_t bytes = t->size * mt_dtype_size(t->dtype);
-        if (info.len != bytes) {
-            mp_raise_msg_varg(&mp_type_ValueError,
-                MP_ERROR_TEXT("copy_from: tensor has %u bytes, source %u"), (unsigned)bytes, (unsigned)info.len);
-        }
-        memmove(t->data, info.buf, bytes);
         return mp_const_none;
     }
-    if (t->dtype != MT_FLOAT32 || info.typecode == 'f' || info.typecode == 'd') {
+    if (t->dtype != MT_FLOAT32 || info.typecode == 'f' || info.typecode == 'd'
+        || (src_tensor && ((mt_tensor_obj_t *)MP_OBJ_TO_PTR(src))->dtype != MT_INT8)) {
         mp_raise_TypeError(MP_ERROR_TEXT("copy_from with scale: integer source into a float32 tensor"));
     }
-    size_t item = mp_binary_get_size('@', info.typecode, NULL);
-    if (info.len / item != t->size) {
+    float scale = (float)mp_obj_get_float(args[ARG_scale].u_obj);
+    if (!(scale > 0.0f && scale <= 3.0e38f)) {  // as Tensor.scale; any int zero point (pixels: 128)
+        mp_raise_msg_varg(&mp_type_ValueError,
+            MP_ERROR_TEXT("copy_from: scale must be a positive finite number, not %f"), (double)scale);
+    }
+    size_t item = buffer_item_size(info.typecode);
+    if (info.len / item != t->size || info.len % item != 0) {
         mp_raise_msg_varg(&mp_type_ValueError,
             MP_ERROR_TEXT("copy_from: tensor has %u items, source %u"), (unsigned)t->size, (unsigned)(info.len / item));
     }
-    float scale = (float)mp_obj_get_float(args[ARG_scale].u_obj);
     int32_t zero_point = (int32_t)args[ARG_zero_point].u_int;
     float *dst = mt_tensor_f32(t);
     if (info.typecode == 'B' || info.typecode == BYTEARRAY_TYPECODE) {
