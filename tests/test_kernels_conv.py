@@ -384,6 +384,16 @@ def test_conv2d_scratch_is_zero_for_direct_paths_and_bounded_otherwise(lib, case
 ARM_GCC = shutil.which("arm-none-eabi-gcc")
 ARM_OBJCOPY = shutil.which("arm-none-eabi-objcopy")
 RISCV_GCC = shutil.which("riscv64-unknown-elf-gcc")
+
+
+def _picolibc_specs(gcc: str | None) -> list[str]:
+    if gcc is None:
+        return []
+    path = subprocess.run([gcc, "--print-file-name=picolibc.specs"], capture_output=True, text=True).stdout.strip()
+    return [f"--specs={path}"] if path and path != "picolibc.specs" else []
+
+
+RISCV_LIBC_SPECS = _picolibc_specs(RISCV_GCC)
 QEMU_ARM = shutil.which("qemu-system-arm")
 M4F_FLAGS = ["-mthumb", "-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"]
 WARNINGS = ["-Wall", "-Wextra", "-Werror", "-Wdouble-promotion", "-Wfloat-conversion"]
@@ -711,7 +721,8 @@ MCU_BUILDS = {
     "m4f-O3": (ARM_GCC, [*M4F_FLAGS, "-O3"]),
     "m4f-O2-frame-pointer": (ARM_GCC, [*M4F_FLAGS, "-O2", "-fno-omit-frame-pointer"]),
     "m0plus-O2": (ARM_GCC, ["-mthumb", "-mcpu=cortex-m0plus", "-O2"]),
-    "rv32imac-O2": (RISCV_GCC, ["-march=rv32imac_zicsr", "-mabi=ilp32", "-O2"]),
+    # With picolibc's headers (<stdint.h> and friends), as boards/qemu/Makefile builds it.
+    "rv32imac-O2": (RISCV_GCC, ["-march=rv32imac_zicsr", "-mabi=ilp32", "-O2", *RISCV_LIBC_SPECS]),
 }
 
 
