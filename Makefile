@@ -30,7 +30,7 @@ endif
 
 APT_PACKAGES := build-essential xz-utils gcc-arm-none-eabi libnewlib-arm-none-eabi \
 	gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-arm qemu-system-misc \
-	dataset-fashion-mnist espeak-ng flite
+	dataset-fashion-mnist espeak-ng flite cmake
 
 MPY_CROSS := $(BUILD)/mpy-cross/mpy-cross
 # Shared by every firmware build: our user module, our device packages (also

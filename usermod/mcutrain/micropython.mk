@@ -10,5 +10,7 @@ SRC_USERMOD_LIB_C += $(MCUTRAIN_KERNELS)
 CFLAGS_USERMOD += -I$(MCUTRAIN_MOD_DIR)
 
 # Ports build for size (-Os); the kernels are where the time goes, so build them for
-# speed. The object paths mirror the source paths under $(BUILD).
-$(addprefix $(BUILD)/,$(MCUTRAIN_KERNELS:.c=.o)): CFLAGS += -O2
+# speed. py/py.mk names a user module's objects by their path under USER_C_MODULES
+# (e.g. $(BUILD)/mcutrain/kernels/gemm_s8.o); map the sources the same way.
+MCUTRAIN_KERNEL_OBJS := $(patsubst $(USER_C_MODULES)/%.c,$(BUILD)/%.o,$(MCUTRAIN_KERNELS))
+$(MCUTRAIN_KERNEL_OBJS): CFLAGS += -O2
