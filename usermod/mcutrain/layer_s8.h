@@ -60,7 +60,8 @@ typedef struct {
     int out_c;
 } mt_s8_layer_t;
 
-// The kernels of one layer type, bound to its parameters.
+// The kernels of one layer type, bound to its parameters (mt_conv_s8_core in layer_conv_s8.c,
+// mt_linear_s8_core in layer_linear_s8.c): the int8 and mixed kernel tables run them.
 typedef struct {
     int (*forward)(mt_layer_obj_t *layer, const int8_t *x, int8_t *y, mt_range_t *y_range, void *scratch);
     int (*grad_input)(mt_layer_obj_t *layer, const int8_t *dy, int8_t *dx, float *dx_absmax, void *scratch);
