@@ -8,6 +8,7 @@ import json
 import mcutrain as mt
 
 TARGET = "unknown"  # set by bench/run.py
+PART = "all"  # set by bench/run.py: "layers", "models" (whole-model steps) or "all"
 
 
 def report(case, macs, instructions, dtype="float32", **extra):
@@ -101,22 +102,23 @@ def model_train_step(case, model, x_shape, labels):
     report(case, model.macs()["train_step"], t1 - t0, peak_ram_bytes=model.memory()["total"])
 
 
-for dtype in ("float32", "float16", "int8", "mixed"):
-    layer_train_step("conv3x3_16x16x16_32_train", lambda d: mt.Conv2d(16, 32, 3, padding=1, dtype=d),
-                     (1, 16, 16, 16), dtype)
-    layer_train_step("dense_256_128_train", lambda d: mt.Linear(256, 128, dtype=d), (1, 256), dtype)
-layer_train_step("depthwise3x3_16x16x32_train", lambda d: mt.Conv2d(32, 32, 3, padding=1, groups=32, dtype=d),
-                 (1, 16, 16, 32))
-layer_train_step("pointwise_8x8x32_64_train", lambda d: mt.Conv2d(32, 64, 1, dtype=d), (1, 8, 8, 32))
-partial_train_step("conv3x3_16x16x16_32_train_topk10", lambda: mt.Conv2d(16, 32, 3, padding=1),
-                   (1, 16, 16, 16), mt.TopK(0.1))
-model_train_step("dense_64_32_10_train", mt.Sequential(mt.Linear(64, 32), mt.ReLU(), mt.Linear(32, 10)),
-                 (1, 64), [3])
-model_train_step("cnn_digits_8x8_train",
-                 mt.Sequential(mt.Conv2d(1, 8, 3, padding=1), mt.ReLU(), mt.MaxPool2d(2),
-                               mt.Conv2d(8, 16, 3, padding=1), mt.ReLU(), mt.MaxPool2d(2),
-                               mt.Flatten(), mt.Linear(64, 10)),
-                 (1, 8, 8, 1), [3])
+if PART in ("layers", "all"):
+    for dtype in ("float32", "float16", "int8", "mixed"):
+        layer_train_step("conv3x3_16x16x16_32_train", lambda d: mt.Conv2d(16, 32, 3, padding=1, dtype=d),
+                         (1, 16, 16, 16), dtype)
+        layer_train_step("dense_256_128_train", lambda d: mt.Linear(256, 128, dtype=d), (1, 256), dtype)
+    layer_train_step("depthwise3x3_16x16x32_train", lambda d: mt.Conv2d(32, 32, 3, padding=1, groups=32, dtype=d),
+                     (1, 16, 16, 32))
+    layer_train_step("pointwise_8x8x32_64_train", lambda d: mt.Conv2d(32, 64, 1, dtype=d), (1, 8, 8, 32))
+    partial_train_step("conv3x3_16x16x16_32_train_topk10", lambda: mt.Conv2d(16, 32, 3, padding=1),
+                       (1, 16, 16, 16), mt.TopK(0.1))
+    model_train_step("dense_64_32_10_train", mt.Sequential(mt.Linear(64, 32), mt.ReLU(), mt.Linear(32, 10)),
+                     (1, 64), [3])
+    model_train_step("cnn_digits_8x8_train",
+                     mt.Sequential(mt.Conv2d(1, 8, 3, padding=1), mt.ReLU(), mt.MaxPool2d(2),
+                                   mt.Conv2d(8, 16, 3, padding=1), mt.ReLU(), mt.MaxPool2d(2),
+                                   mt.Flatten(), mt.Linear(64, 10)),
+                     (1, 8, 8, 1), [3])
 
 
 # Whole-model training steps: the models of examples/train_kws.py (DS-CNN, WIDTH=32, no
@@ -124,7 +126,9 @@ model_train_step("cnn_digits_8x8_train",
 # int8, plain SGD, the 5th (warm) step measured. float16 and int8 models take float32 input
 # through a Convert layer; the int8 DS-CNN is quantized on the board by mt.quantize as
 # examples/train_kws.py does it (its head stays float32 if this firmware's AvgPool2d cannot
-# take int8), the others are built in int8 as examples/train_digits.py does.
+# take int8), the others are built in int8 as examples/train_digits.py does. bench/run.py
+# runs them on a 1 MiB heap: the batch-4 KWS step in float32 needs 0.5 MB, and mt.quantize
+# holds the float model beside the int8 one (peak_ram_bytes is what the step itself needs).
 WARM_STEPS = 4
 KWS_WIDTH = 32
 KWS_CLASSES = 12
@@ -206,7 +210,8 @@ def whole_model_step(case, make_model, sample_shape, classes, dtype, batch):
 WHOLE_MODELS = [("kws_dscnn", kws_model, (49, 10, 1), KWS_CLASSES)]
 if TARGET != "qemu-rv32":  # soft float: the KWS steps alone take minutes there
     WHOLE_MODELS += [("digits_cnn", digits_model, (8, 8, 1), 10), ("mlp_256_128_10", mlp_model, (256,), 10)]
-for name, make, shape, classes in WHOLE_MODELS:
-    for batch in (1, 4):
-        for dtype in ("float32", "float16", "int8"):
-            whole_model_step("%s_train_b%d" % (name, batch), make, shape, classes, dtype, batch)
+if PART in ("models", "all"):
+    for name, make, shape, classes in WHOLE_MODELS:
+        for batch in (1, 4):
+            for dtype in ("float32", "float16", "int8"):
+                whole_model_step("%s_train_b%d" % (name, batch), make, shape, classes, dtype, batch)
