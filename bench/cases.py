@@ -8,7 +8,9 @@ import json
 import mcutrain as mt
 
 TARGET = "unknown"  # set by bench/run.py
-PART = "all"  # set by bench/run.py: "layers", "models" (whole-model steps) or "all"
+# set by bench/run.py: "layers" (layer steps and the small models; the default, run on the
+# board's 256 KB heap) or "models" (whole-model steps, run on a bigger heap)
+PART = "layers"
 
 
 def report(case, macs, instructions, dtype="float32", **extra):
@@ -102,7 +104,7 @@ def model_train_step(case, model, x_shape, labels):
     report(case, model.macs()["train_step"], t1 - t0, peak_ram_bytes=model.memory()["total"])
 
 
-if PART in ("layers", "all"):
+if PART == "layers":
     for dtype in ("float32", "float16", "int8", "mixed"):
         layer_train_step("conv3x3_16x16x16_32_train", lambda d: mt.Conv2d(16, 32, 3, padding=1, dtype=d),
                          (1, 16, 16, 16), dtype)
@@ -210,7 +212,7 @@ def whole_model_step(case, make_model, sample_shape, classes, dtype, batch):
 WHOLE_MODELS = [("kws_dscnn", kws_model, (49, 10, 1), KWS_CLASSES)]
 if TARGET != "qemu-rv32":  # soft float: the KWS steps alone take minutes there
     WHOLE_MODELS += [("digits_cnn", digits_model, (8, 8, 1), 10), ("mlp_256_128_10", mlp_model, (256,), 10)]
-if PART in ("models", "all"):
+if PART == "models":
     for name, make, shape, classes in WHOLE_MODELS:
         for batch in (1, 4):
             for dtype in ("float32", "float16", "int8"):

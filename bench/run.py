@@ -34,7 +34,7 @@ def run_board(board: str, cycles: bool) -> list[dict]:
     for name, part, heap in RUNS:
         source = (ROOT / "bench" / name).read_text().replace('TARGET = "unknown"', f"TARGET = {board!r}")
         if part is not None:
-            source = source.replace('PART = "all"', f"PART = {part!r}")
+            source = source.replace('PART = "layers"', f"PART = {part!r}")
         model = CycleModel(get_board(board).firmware_path()) if cycles else None
         with open_target(board, heap=heap, qemu_args=model.qemu_args() if model else ()) as target:
             out = run_on(target, source, timeout=1800)
@@ -44,6 +44,7 @@ def run_board(board: str, cycles: bool) -> list[dict]:
                 print(f"{board}: skipped {line[6:]}")
         if model is not None:
             add_cycles(model, rows)
+            model.close()
         results += rows
     return results
 

@@ -27,7 +27,7 @@ P = 2
 
 class Cost(ctypes.Structure):
     _fields_ = [("cycles", ctypes.c_uint8), ("taken", ctypes.c_uint8), ("flags", ctypes.c_uint8),
-                ("rt", ctypes.c_uint8), ("addr", ctypes.c_uint16)]
+                ("rt", ctypes.c_uint8), ("addr", ctypes.c_uint16), ("wr", ctypes.c_uint16)]
 
 
 BRANCH, CONDITIONAL, LOAD1 = 0x01, 0x02, 0x04
@@ -123,6 +123,18 @@ def test_neighbouring_loads_pipeline_as_the_trm_examples(table):
     assert sum(c.cycles for c in block(table, [[0x6808], [0x6801]])) == 4
 
 
+def test_an_address_from_the_previous_result_stalls_a_cycle(table):
+    # 3.3.2: "Any load or store that generates an address dependent on the result of a
+    # preceding data processing operation stalls the pipeline for an additional cycle"
+    assert [c.cycles for c in block(table, [[0x3104], [0x6808]])] == [1, 3]  # adds r1, #4; ldr r0, [r1]
+    assert [c.cycles for c in block(table, [[0x3204], [0x6808]])] == [1, 2]  # adds r2, #4; ldr r0, [r1]
+    # add.w r1, r1, r2; str r0, [r1]: 1 + 1;  adds r1, #4; vldr s0, [r1]: 2 + 1
+    assert [c.cycles for c in block(table, [[0xEB01, 0x0102], [0x6008]])] == [1, 2]
+    assert [c.cycles for c in block(table, [[0x3104], [0xED91, 0x0A00]])] == [1, 3]
+    # cmp r1, #4 writes no register: no stall
+    assert [c.cycles for c in block(table, [[0x2904], [0x6808]])] == [1, 2]
+
+
 def test_it_folds_and_makes_its_branch_conditional(table):
     # cmp r0, #0; it eq; bxeq lr: IT folds onto the 16-bit CMP, BXEQ is 1, or 1 + P taken
     cmp, it, bx = block(table, [[0x2800], [0xBF08], [0x4770]])
@@ -169,6 +181,7 @@ def m4f_cycles():
     model = CycleModel(firmware)
     with open_target("qemu-m4f", qemu_args=model.qemu_args()) as target:
         yield model, target
+    model.close()
 
 
 def test_plugin_regions_are_the_perf_counter_regions_and_loop_cycles_match_the_trm(m4f_cycles):

@@ -13,6 +13,7 @@ that region; a count no region matches raises (the regions would not be the same
 
 from __future__ import annotations
 
+import shutil
 import struct
 import tempfile
 from collections.abc import Sequence
@@ -95,6 +96,10 @@ class CycleModel:
             if len(fields) == 2:
                 rows.append((int(fields[0]), int(fields[1])))
         return rows
+
+    def close(self) -> None:
+        """Remove the plugin's output file (read regions() first)."""
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def cycles_for(self, instructions: Sequence[int], start: int = 0) -> list[int]:
         """The cycles of each measured region, given their perf_counter() instruction

@@ -26,7 +26,23 @@ void m4_set_refill(unsigned p) {
 }
 
 static m4_cost_t cost(unsigned cycles) {
-    m4_cost_t c = { (uint8_t)cycles, 0, 0, 0, 0 };
+    m4_cost_t c = { (uint8_t)cycles, 0, 0, 0, 0, 0 };
+    return c;
+}
+
+// [3.3.2] "Any load or store that generates an address dependent on the result of a
+// preceding data processing operation stalls the pipeline for an additional cycle while
+// the register bank is updated": data processing records the registers it writes.
+static m4_cost_t alu(unsigned cycles, unsigned rd) {
+    m4_cost_t c = cost(cycles);
+    c.wr = rd == 15 ? 0 : (uint16_t)(1u << rd);   // Rd = 15: TST, TEQ, CMP, CMN
+    return c;
+}
+
+// A load or store that is not a single one (LDM, LDRD, VLDR...): its address registers.
+static m4_cost_t memory(m4_cost_t c, unsigned addr_regs) {
+    c.flags |= M4_MEMORY;
+    c.addr = (uint16_t)addr_regs;
     return c;
 }
 
@@ -52,7 +68,7 @@ static m4_cost_t conditional_branch(void) {
 // load wrote (m4_block). LDREX and STREX "can be pipelined exactly as LDR".
 static m4_cost_t load(unsigned rt, unsigned addr_regs) {
     m4_cost_t c = cost(2);
-    c.flags = M4_LOAD1 | M4_LDST1;
+    c.flags = M4_LOAD1 | M4_LDST1 | M4_MEMORY;
     c.rt = (uint8_t)rt;
     c.addr = (uint16_t)addr_regs;
     return c;
@@ -63,15 +79,15 @@ static m4_cost_t load(unsigned rt, unsigned addr_regs) {
 // the table's 2 cycles, 1 when it pipelines behind a load.
 static m4_cost_t store(unsigned addr_regs, int register_offset) {
     m4_cost_t c = cost(register_offset ? 2 : 1);
-    c.flags = M4_LDST1;
+    c.flags = M4_LDST1 | M4_MEMORY;
     c.addr = (uint16_t)addr_regs;
     return c;
 }
 
 // [3.3.1] LDM, STM, PUSH, POP: 1 + N (N registers, PC and LR included); with PC: + P.
 // [3.3.2] they do not pipeline with their neighbours.
-static m4_cost_t multiple(unsigned n, int loads_pc) {
-    return loads_pc ? branch(1 + n) : cost(1 + n);
+static m4_cost_t multiple(unsigned n, int loads_pc, unsigned rn) {
+    return memory(loads_pc ? branch(1 + n) : cost(1 + n), 1u << rn);
 }
 
 static unsigned bits_set(unsigned v) {
@@ -87,11 +103,11 @@ static m4_cost_t fpu(uint16_t h1, uint16_t h2) {
         if ((h1 & 0xffe0) == 0xec40) {
             return cost(2);                            // VMOV two core registers <-> S/D: 2
         }
-        unsigned p = (h1 >> 8) & 1, w = (h1 >> 5) & 1;
+        unsigned p = (h1 >> 8) & 1, w = (h1 >> 5) & 1, rn = 1u << (h1 & 0xf);
         if (p && !w) {
-            return cost(((h2 >> 8) & 1) ? 3 : 2);      // VLDR/VSTR: .64 3, .32 2
+            return memory(cost(((h2 >> 8) & 1) ? 3 : 2), rn);  // VLDR/VSTR: .64 3, .32 2
         }
-        return cost(1 + (h2 & 0xff));                  // VLDM/VSTM/VPUSH/VPOP: 1 + N floats,
+        return memory(cost(1 + (h2 & 0xff)), rn);      // VLDM/VSTM/VPUSH/VPOP: 1 + N floats,
     }                                                  // 1 + 2N doubles (imm8 counts words)
     if ((h1 & 0xff00) != 0xee00) {
         return cost(1);
@@ -132,11 +148,15 @@ static m4_cost_t narrow(uint16_t h) {
                 if ((h & 0xff00) == 0x4700) {
                     return branch(1);                 // BX, BLX: 1 + P
                 }
-                if ((h & 0xff00) != 0x4500 && rd == 15) {
-                    return branch(1);                 // ADD PC / MOV PC: 1 + P
+                if ((h & 0xff00) == 0x4500) {
+                    return cost(1);                   // CMP (high registers)
                 }
+                return rd == 15 ? branch(1) : alu(1, rd);  // ADD PC / MOV PC: 1 + P
             }
-            return cost(1);                           // data processing, MUL: 1
+            {                                         // data processing, MUL: 1
+                unsigned op = (h >> 6) & 0xf;         // TST, CMP, CMN write no register
+                return (op == 8 || op == 10 || op == 11) ? cost(1) : alu(1, rt);
+            }
         case 0x5: {                                   // register offset
             unsigned addr = 1u << rn | 1u << ((h >> 6) & 7);
             return ((h >> 9) & 7) < 3 ? store(addr, 1) : load(rt, addr);
@@ -145,30 +165,41 @@ static m4_cost_t narrow(uint16_t h) {
             return (h & 0x800) ? load(rt, 1u << rn) : store(1u << rn, 0);
         case 0x9:                                     // STR/LDR SP-relative
             return (h & 0x800) ? load((h >> 8) & 7, 1u << 13) : store(1u << 13, 0);
+        case 0xa:
+            return alu(1, (h >> 8) & 7);              // ADR, ADD Rd, SP, #imm
         case 0xb:
             if ((h & 0xf500) == 0xb100) {
                 return conditional_branch();          // CBZ, CBNZ
             }
             if ((h & 0xfe00) == 0xb400) {
-                return multiple(bits_set(h & 0x1ff), 0);  // PUSH (bit 8: LR)
+                return multiple(bits_set(h & 0x1ff), 0, 13);  // PUSH (bit 8: LR)
             }
             if ((h & 0xfe00) == 0xbc00) {
-                return multiple(bits_set(h & 0x1ff), (h >> 8) & 1);  // POP (bit 8: PC)
+                return multiple(bits_set(h & 0x1ff), (h >> 8) & 1, 13);  // POP (bit 8: PC)
             }
             if ((h & 0xff00) == 0xbf00 && (h & 0xf)) {
                 m4_cost_t c = cost(1);                // IT: 1, or 0 folded (m4_block)
                 c.flags = M4_IT;
                 return c;
             }
-            return cost(1);                           // extend, REV, CPS, ADD/SUB SP, hints
+            if ((h & 0xff00) == 0xb000) {
+                return alu(1, 13);                    // ADD/SUB SP, SP, #imm
+            }
+            if ((h & 0xff00) == 0xb200 || (h & 0xff00) == 0xba00) {
+                return alu(1, rt);                    // SXTH, SXTB, UXTH, UXTB, REV*
+            }
+            return cost(1);                           // CPS, hints, BKPT
         case 0xc:
-            return multiple(bits_set(h & 0xff), 0);   // STM, LDM
+            return multiple(bits_set(h & 0xff), 0, (h >> 8) & 7);  // STM, LDM
         case 0xd:
             return ((h >> 8) & 0xf) < 14 ? conditional_branch() : cost(1);  // B<cc>; UDF, SVC
         case 0xe:
             return branch(1);                         // B
-        default:
-            return cost(1);                           // shifts, add, sub, mov, cmp; ADR
+        default:                                      // 0x0-0x3
+            if ((h >> 11) == 0x5) {
+                return cost(1);                       // CMP #imm8
+            }
+            return alu(1, (h >> 13) ? (h >> 8) & 7 : rt);  // MOV/ADD/SUB #imm8; shifts, ADD, SUB
     }
 }
 
@@ -178,7 +209,7 @@ static m4_cost_t wide(uint16_t h1, uint16_t h2) {
     if (op1 == 1) {
         if ((op2 & 0x64) == 0x00) {                   // LDM, STM, PUSH.W, POP.W
             unsigned l = (h1 >> 4) & 1;
-            return multiple(bits_set(h2), l && (h2 & 0x8000));
+            return multiple(bits_set(h2), l && (h2 & 0x8000), rn);
         }
         if ((op2 & 0x64) == 0x04) {                   // dual, exclusive, table branch
             unsigned o1 = (h1 >> 7) & 3, o2 = (h1 >> 4) & 3, o3 = (h2 >> 4) & 0xf;
@@ -191,21 +222,21 @@ static m4_cost_t wide(uint16_t h1, uint16_t h2) {
             if (o1 == 1 && o2 == 1 && o3 <= 1) {
                 // TBB/TBH: "at least two cycles for the load, one cycle for the add, and
                 // three cycles for the pipeline reload" [3.3.2]; Table 3-1: 2 + P.
-                return branch(2);
+                return memory(branch(2), 1u << rn | 1u << (h2 & 0xf));
             }
             if (o1 == 1 && o2 <= 1 && o3 >= 4) {
                 return load(o2 ? rt : (h2 & 0xf), 1u << rn);  // LDREXB/H, STREXB/H
             }
-            return cost(3);                           // LDRD, STRD: 1 + N, not pipelined
+            return memory(cost(3), 1u << rn);         // LDRD, STRD: 1 + N, not pipelined
         }
         if ((op2 & 0x60) == 0x20) {
-            return cost(1);                           // data processing (shifted register)
+            return alu(1, (h2 >> 8) & 0xf);           // data processing (shifted register)
         }
         return fpu(h1, h2);
     }
     if (op1 == 2) {
         if (!(h2 & 0x8000)) {
-            return cost(1);                           // data processing (immediate)
+            return alu(1, (h2 >> 8) & 0xf);           // data processing (immediate)
         }
         unsigned b = (h2 >> 12) & 5;
         if (b == 1 || b == 5) {
@@ -234,20 +265,23 @@ static m4_cost_t wide(uint16_t h1, uint16_t h2) {
         int reg = rn != 15 && !(h1 & 0x80) && (h2 & 0x0fc0) == 0;
         return load(rt, 1u << rn | (reg ? 1u << (h2 & 0xf) : 0u));
     }
+    unsigned rd = (h2 >> 8) & 0xf;
     if ((op2 & 0x70) == 0x20) {
-        return cost(1);                               // data processing (register), SIMD
+        return alu(1, rd);                            // data processing (register), SIMD
     }
     if ((op2 & 0x78) == 0x30) {
         // MUL, MLA, MLS and Table 3-2's SMLAxy, SMLAD, SMLAW, SMLSD, SMMLA, SMUAD, USADA8...:
         // all 1 on the M4 (Table 3-1 r0p1 gives MLA and MLS 1; the M3 took 2).
-        return cost(1);
+        return alu(1, rd);
     }
     if ((op2 & 0x78) == 0x38) {
         unsigned o1 = (h1 >> 4) & 7, o2 = (h2 >> 4) & 0xf;
         if ((o1 == 1 || o1 == 3) && o2 == 0xf) {
-            return cost(DIVIDE_CYCLES);               // SDIV, UDIV
+            return alu(DIVIDE_CYCLES, rd);            // SDIV, UDIV
         }
-        return cost(1);                               // SMULL, UMULL, SMLAL, UMLAL, SMLALD...: 1
+        m4_cost_t c = alu(1, rd);                     // SMULL, UMULL, SMLAL, UMLAL, SMLALD...: 1
+        c.wr |= (uint16_t)(1u << rt);                 // RdLo
+        return c;
     }
     if (op2 & 0x40) {
         return fpu(h1, h2);
@@ -288,6 +322,9 @@ void m4_block(const uint8_t *code, const uint8_t *sizes, size_t n, m4_cost_t *ou
         if (prev && (prev->flags & M4_LOAD1) && (c.flags & M4_LDST1) &&
             !(c.addr & (1u << prev->rt)) && c.cycles > 1) {
             c.cycles--;                               // [3.3.2] pipelined behind a load
+        }
+        if (prev && (c.flags & M4_MEMORY) && (c.addr & prev->wr)) {
+            c.cycles++;                               // [3.3.2] address from the last result
         }
         out[i] = c;
         prev = &out[i];

@@ -14,13 +14,15 @@
 #define M4_LDST1       0x08u  // single load or store: pipelines behind an M4_LOAD1
 #define M4_IT          0x10u
 #define M4_NARROW      0x20u  // 16-bit encoding
+#define M4_MEMORY      0x40u  // any load or store: `addr` holds its address registers
 
 typedef struct {
     uint8_t cycles;    // when executed and not branching (unconditional branches: taken cost)
     uint8_t taken;     // extra when a conditional branch is taken (P)
     uint8_t flags;
     uint8_t rt;        // register an M4_LOAD1 writes
-    uint16_t addr;     // registers an M4_LDST1 uses for its address (bit n = Rn)
+    uint16_t addr;     // registers an M4_MEMORY instruction uses for its address (bit n = Rn)
+    uint16_t wr;       // registers a data-processing instruction writes (bit n = Rn)
 } m4_cost_t;
 
 // Pipeline refill P of the TRM's "1 + P" (it gives 1 to 3); m4_set_refill() overrides it.
@@ -37,7 +39,7 @@ static inline int m4_is_wide(uint16_t hw1) {
 
 // The costs of the n instructions of a straight-line block (`code`: their bytes, little
 // endian, as fetched; `sizes`: 2 or 4 each), with the effects between neighbours: load
-// pipelining, IT folding, branches made conditional by an IT block.
+// pipelining, address interlocks, IT folding, branches made conditional by an IT block.
 void m4_block(const uint8_t *code, const uint8_t *sizes, size_t n, m4_cost_t *out);
 
 #endif
