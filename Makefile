@@ -40,7 +40,7 @@ FIRMWARE_ARGS := USER_C_MODULES=$(ROOT)/usermod MPY_LIB_DIR=$(ROOT)/micropython_
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: all setup apt-packages venv fetch firmware firmware-unix firmware-unix-san bench learning \
-	firmware-qemu-m4f firmware-qemu-rv32 test demo emulate fuzz clean distclean
+	firmware-qemu-m4f firmware-qemu-rv32 cycle-model test demo emulate fuzz clean distclean
 
 all: firmware
 
@@ -99,6 +99,14 @@ $(QEMU_FIRMWARE): firmware-qemu-%: $(MPY_CROSS)
 	$(MAKE) -C boards/qemu -j$(JOBS) $(FIRMWARE_ARGS) BOARD=$* \
 		MICROPY_DIR=$(MICROPY_DIR) BUILD=$(BUILD)/qemu-$*
 
+# The Cortex-M4 cycle model: a QEMU TCG plugin (tools/cycle-model/README.md), host gcc.
+CYCLE_MODEL := $(BUILD)/cycle-model/libm4cycles.so
+CYCLE_MODEL_SRC := $(wildcard tools/cycle-model/*.c tools/cycle-model/*.h)
+cycle-model: $(CYCLE_MODEL)
+$(CYCLE_MODEL): $(CYCLE_MODEL_SRC)
+	mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -fvisibility=hidden -o $@ $(filter %.c,$^)
+
 test: setup firmware firmware-unix-san
 	$(VENV)/bin/python -m pytest -c tests/pytest.ini $(PYTEST_ARGS)
 
@@ -119,7 +127,7 @@ fuzz: setup firmware firmware-unix-san
 
 # Kernel and training-step benchmarks in guest instructions on both emulated boards;
 # prints a table and writes bench/results.json.
-bench: setup firmware-qemu-m4f firmware-qemu-rv32
+bench: setup firmware-qemu-m4f firmware-qemu-rv32 cycle-model
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python -m mcutrain.bench_transfer --out bench/results.json --append
 

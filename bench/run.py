@@ -4,6 +4,8 @@ Prints a table per board and writes bench/results.json: a list of objects with a
 target, case, dtype, macs, instructions and mac_per_instr (plus peak_ram_bytes for whole
 training steps, and bytes/seconds/bytes_per_s for transfers). Instruction counts are exact
 and repeatable: QEMU runs with -icount shift=0 and mt.perf_counter() counts instructions.
+On qemu-m4f every case also gets `cycles` and `mac_per_cycle`: estimated Cortex-M4 cycles of
+the same region from the cycle-model plugin (docs/cycle-model.md; `make cycle-model`).
 """
 
 from __future__ import annotations
@@ -16,20 +18,44 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "host"))
 
+from mcutrain.boards import get_board  # noqa: E402
+from mcutrain.cycle_model import CycleModel  # noqa: E402
 from mcutrain.runner import open_target, run_on  # noqa: E402
 
-DEVICE_SCRIPTS = ["cases.py", "pure_python_dense.py"]
+# Each run boots the board afresh: (device script, its PART, heap bytes or None for the
+# board's 256 KB). Whole-model steps get 1 MiB: batch-4 KWS in float32 needs 0.5 MB.
+RUNS = [("cases.py", "layers", None), ("cases.py", "models", 1024 * 1024), ("pure_python_dense.py", None, None)]
 BOARDS = ["qemu-m4f", "qemu-rv32"]
+CYCLE_BOARDS = ["qemu-m4f"]  # the cycle model is a Cortex-M4's
 
 
-def run_board(board: str) -> list[dict]:
+def run_board(board: str, cycles: bool) -> list[dict]:
     results = []
-    with open_target(board) as target:
-        for name in DEVICE_SCRIPTS:
-            source = (ROOT / "bench" / name).read_text().replace('TARGET = "unknown"', f"TARGET = {board!r}")
-            out = run_on(target, source, timeout=900)
-            results += [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("@bench ")]
+    for name, part, heap in RUNS:
+        source = (ROOT / "bench" / name).read_text().replace('TARGET = "unknown"', f"TARGET = {board!r}")
+        if part is not None:
+            source = source.replace('PART = "layers"', f"PART = {part!r}")
+        model = CycleModel(get_board(board).firmware_path()) if cycles else None
+        with open_target(board, heap=heap, qemu_args=model.qemu_args() if model else ()) as target:
+            out = run_on(target, source, timeout=1800)
+        rows = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("@bench ")]
+        for line in out.splitlines():
+            if line.startswith("@skip "):
+                print(f"{board}: skipped {line[6:]}")
+        if model is not None:
+            add_cycles(model, rows)
+            model.close()
+        results += rows
     return results
+
+
+def add_cycles(model: CycleModel, rows: list[dict]) -> None:
+    """Each row's estimated cycles: the cycle-model region with its exact instruction count."""
+    measured = [r for r in rows if "instructions" in r]
+    for r, c in zip(measured, model.cycles_for([r["instructions"] for r in measured])):
+        r["cycles"] = c
+        if "macs" in r:
+            r["mac_per_cycle"] = round(r["macs"] / c, 4)
 
 
 def add_ratios(results: list[dict]) -> None:
@@ -51,7 +77,8 @@ def print_table(results: list[dict]) -> None:
         if not rows:
             continue
         print(f"\n{board}")
-        print(f"  {'case':40} {'dtype':8} {'MACs':>10} {'instructions':>13} {'MAC/instr':>9}  notes")
+        print(f"  {'case':40} {'dtype':8} {'MACs':>10} {'instructions':>13} {'MAC/instr':>9} "
+              f"{'cycles':>13} {'MAC/cycle':>9}  notes")
         for r in rows:
             notes = []
             if "vs_pure_python" in r:
@@ -60,18 +87,20 @@ def print_table(results: list[dict]) -> None:
                 notes.append(f"backward {r['backward_speedup']}x fewer instructions than a full update")
             if "peak_ram_bytes" in r:
                 notes.append(f"peak RAM {r['peak_ram_bytes']} B")
+            cycles = f"{r['cycles']:>13} {r['mac_per_cycle']:>9.4f}" if "cycles" in r else f"{'-':>13} {'-':>9}"
             print(f"  {r['case']:40} {r['dtype']:8} {r['macs']:>10} {r['instructions']:>13} "
-                  f"{r['mac_per_instr']:>9.4f}  {'; '.join(notes)}")
+                  f"{r['mac_per_instr']:>9.4f} {cycles}  {'; '.join(notes)}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--board", action="append", choices=BOARDS, help="default: both emulated boards")
+    parser.add_argument("--no-cycles", action="store_true", help="skip the cycle model on qemu-m4f")
     args = parser.parse_args()
     results: list[dict] = []
     for board in args.board or BOARDS:
-        results += run_board(board)
+        results += run_board(board, cycles=board in CYCLE_BOARDS and not args.no_cycles)
     add_ratios(results)
     print_table(results)
     args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -112,6 +112,9 @@ class Emulator:
     gives a temporary image removed on close. `heap` is the MicroPython heap in bytes.
     QEMU is always stopped on exit from the `with` block, including on KeyboardInterrupt.
 
+    `qemu_args` go at the end of QEMU's command line (e.g. the cycle model's -plugin, see
+    cycle_model.py); none by default.
+
     `hold_uart` keeps the UART's pty open between commands: QEMU notices that a pty was
     opened only on a 1 s poll, which would add a second to every mpremote command. It is
     for an emulator that only this object drives (output left between commands is
@@ -126,6 +129,7 @@ class Emulator:
         firmware: Path | str | None = None,
         timeout: float = DEFAULT_BOOT_TIMEOUT,
         hold_uart: bool = True,
+        qemu_args: Sequence[str] = (),
     ) -> None:
         self.board: Board = get_board(board)
         if not self.board.emulated:
@@ -134,6 +138,7 @@ class Emulator:
         self.heap = heap if heap is not None else self.board.default_heap
         self.timeout = timeout
         self.hold_uart = hold_uart
+        self.qemu_args = list(qemu_args)
         self._uart: serial.Serial | None = None
         self._flash = Path(flash).expanduser().absolute() if flash is not None else None
         self._temporary_flash = flash is None
@@ -339,6 +344,7 @@ class Emulator:
             "-semihosting-config",
             f"enable=on,target=native,arg=mcutrain,arg=flash={self._qemu_flash_path()},"
             f"arg=heap={self.heap}",
+            *self.qemu_args,
         ]  # fmt: skip
 
     def _launch(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -156,10 +156,14 @@ def open_target(
     flash: Path | str | None = None,
     heap: int | None = None,
     firmware: Path | str | None = None,
+    qemu_args: Sequence[str] = (),
 ) -> UnixTarget | EmulatedTarget:
-    """A target for `board`, not yet started; use it as a context manager."""
+    """A target for `board`, not yet started; use it as a context manager. `qemu_args` are
+    extra QEMU arguments for an emulated board (e.g. the cycle model's plugin)."""
     if get_board(board).emulated:
-        return EmulatedTarget(Emulator(board, flash=flash, heap=heap, firmware=firmware))
+        return EmulatedTarget(
+            Emulator(board, flash=flash, heap=heap, firmware=firmware, qemu_args=qemu_args)
+        )
     if flash is not None:
         raise ValueError("the unix board has no flash image; it uses the host filesystem")
     return UnixTarget(micropython=firmware, heap=heap)

@@ -1,0 +1,129 @@
+"""Estimated Cortex-M4 cycles on qemu-m4f: the TCG plugin of tools/cycle-model/.
+
+    model = CycleModel(firmware)                 # the qemu-m4f firmware.elf
+    with open_target("qemu-m4f", qemu_args=model.qemu_args()) as target:
+        out = run_on(target, script)             # prints perf_counter() differences
+    cycles = model.cycles_for([instructions, ...])
+
+The plugin writes one line per perf_counter() call: the instructions and estimated cycles of
+the region since the previous call, the same region `t1 - t0` measures. cycles_for() finds
+each measured instruction count among them (in order), so its cycles are those of exactly
+that region; a count no region matches raises (the regions would not be the same).
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .boards import repo_root
+
+PLUGIN = "build/cycle-model/libm4cycles.so"
+
+# Board functions and labels the plugin marks (see tools/cycle-model/plugin.c).
+READ = "mcutrain_board_perf_counter"
+READ_END = "mcutrain_board_perf_counter_end"
+SAMPLE = "edge_loops"  # boards/qemu/m4f/board.c: the timer sampling loop
+
+
+def elf_symbols(path: Path) -> dict[str, tuple[int, int]]:
+    """name -> (address, size) of the function symbols of a 32-bit little-endian ELF."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
+        raise ValueError(f"{path}: not a 32-bit little-endian ELF file")
+    shoff, = struct.unpack_from("<I", data, 0x20)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x2E)
+    sections = [struct.unpack_from("<IIIIIIIIII", data, shoff + i * shentsize) for i in range(shnum)]
+    symbols: dict[str, tuple[int, int]] = {}
+    for _name, kind, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
+        if kind != 2:  # SHT_SYMTAB
+            continue
+        strtab = sections[link]
+        for pos in range(offset, offset + size, entsize):
+            name_off, value, sym_size, info, _other, _shndx = struct.unpack_from("<IIIBBH", data, pos)
+            if info & 0xF != 2:  # STT_FUNC
+                continue
+            start = strtab[4] + name_off
+            name = data[start : data.index(b"\0", start)].decode()
+            symbols[name] = (value & ~1, sym_size)
+    return symbols
+
+
+def plugin_path() -> Path:
+    root = repo_root()
+    if root is None:
+        raise FileNotFoundError("cannot find the mcutrain checkout for the cycle-model plugin")
+    path = root / PLUGIN
+    if not path.is_file():
+        raise FileNotFoundError(f"no cycle-model plugin at {path} (build it with `make cycle-model`)")
+    return path
+
+
+class CycleModel:
+    """The plugin's arguments for one firmware, and the regions it reported."""
+
+    def __init__(self, firmware: Path | str, plugin: Path | str | None = None, refill: int = 2) -> None:
+        symbols = elf_symbols(Path(firmware))
+        try:
+            self.marks = {
+                "read": symbols[READ][0],
+                "read_end": symbols[READ_END][0],
+                "sample": symbols[SAMPLE][0],
+                # its last instruction, a 16-bit `bx lr`
+                "sample_end": symbols[SAMPLE][0] + symbols[SAMPLE][1] - 2,
+            }
+        except KeyError as e:
+            raise ValueError(f"{firmware}: no symbol {e} (not a qemu-m4f firmware?)") from None
+        self.plugin = Path(plugin) if plugin is not None else plugin_path()
+        self.refill = refill
+        self._dir = Path(tempfile.mkdtemp(prefix="mcutrain-cycles-"))
+        self.out = self._dir / "regions.txt"
+
+    def qemu_args(self) -> list[str]:
+        marks = ",".join(f"{k}={v:#x}" for k, v in self.marks.items())
+        return ["-plugin", f"{self.plugin},out={self.out},{marks},refill={self.refill}"]
+
+    def regions(self) -> list[tuple[int, int]]:
+        """(instructions, cycles) of every region so far, in order."""
+        if not self.out.exists():
+            return []
+        rows = []
+        for line in self.out.read_text().splitlines():
+            fields = line.split()
+            if len(fields) == 2:
+                rows.append((int(fields[0]), int(fields[1])))
+        return rows
+
+    def close(self) -> None:
+        """Remove the plugin's output file (read regions() first)."""
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def cycles_for(self, instructions: Sequence[int], start: int = 0) -> list[int]:
+        """The cycles of each measured region, given their perf_counter() instruction
+        counts in the order they were measured; `start` skips regions already matched.
+        A count may also span consecutive regions (t2 - t0 over a t1 read)."""
+        regions = self.regions()
+        found = []
+        i = start
+        for want in instructions:
+            match = _find(regions, i, want)
+            if match is None:
+                raise ValueError(f"no cycle-model region has {want} instructions (after region {i})")
+            first, last = match
+            found.append(sum(c for _, c in regions[first : last + 1]))
+            i = last + 1
+        self.matched = i
+        return found
+
+
+def _find(regions: list[tuple[int, int]], start: int, want: int, span: int = 3) -> tuple[int, int] | None:
+    for first in range(start, len(regions)):
+        total = 0
+        for last in range(first, min(first + span, len(regions))):
+            total += regions[last][0]
+            if total == want:
+                return first, last
+    return None
