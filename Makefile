@@ -107,7 +107,7 @@ $(CYCLE_MODEL): $(CYCLE_MODEL_SRC)
 	mkdir -p $(dir $@)
 	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -fvisibility=hidden -o $@ $(filter %.c,$^)
 
-test: setup firmware firmware-unix-san
+test: setup firmware firmware-unix-san cycle-model
 	$(VENV)/bin/python -m pytest -c tests/pytest.ini $(PYTEST_ARGS)
 
 # The long fuzz campaign: random API calls (>= 50,000 on unix-san, 5,000 on each emulated board,
