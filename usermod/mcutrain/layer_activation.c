@@ -33,18 +33,18 @@ static bool is_f16(const mt_layer_obj_t *self) {
 // int8: the clamp [lo, hi] of the integers that is ReLU (six: ReLU6) in the tensor's
 // quantization (kernels/activation_s8.h); hi = 128 for ReLU lets saturated outputs pass
 // their error.
-static void s8_bounds(const mt_tensor_obj_t *t, bool six, int32_t *lo, int32_t *hi) {
-    *lo = t->zero_point;
+static void s8_bounds(float scale, int32_t zero_point, bool six, int32_t *lo, int32_t *hi) {
+    *lo = zero_point;
     *hi = 128;
     if (six) {
-        int32_t top = t->zero_point + mt_round_half_even(6.0f / t->scale);
+        int32_t top = zero_point + mt_round_half_even(6.0f / scale);
         *hi = top < MT_S8_ACT_MAX ? top : MT_S8_ACT_MAX;
     }
 }
 
 static void s8_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, bool six) {
     int32_t lo, hi;
-    s8_bounds(x, six, &lo, &hi);
+    s8_bounds(x->scale, x->zero_point, six, &lo, &hi);
     self->output->scale = x->scale;
     self->output->zero_point = x->zero_point;
     mt_clamp_s8_forward(x->data, self->output->data, self->output->size, lo, hi > MT_S8_ACT_MAX ? MT_S8_ACT_MAX : hi);
@@ -52,7 +52,7 @@ static void s8_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, bool six)
 
 static void s8_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *dy, mt_tensor_obj_t *dx, bool six) {
     int32_t lo, hi;
-    s8_bounds(self->output, six, &lo, &hi);
+    s8_bounds(self->output->scale, self->output->zero_point, six, &lo, &hi);
     mt_clamp_s8_grad_input(self->output->data, dy->data, dx->data, self->output->size, lo, hi);
     dx->scale = dy->scale;
     dx->zero_point = 0;
@@ -135,11 +135,7 @@ void mt_act_s8_bounds(const mt_layer_obj_t *layer, float y_scale, int32_t y_zp, 
     if (layer->act == MT_ACT_NONE || layer->out_dtype != MT_INT8) {
         return;  // mixed layers clamp their float output (mt_act_forward): ReLU6's 6 is exact there
     }
-    mt_tensor_obj_t t;
-    mt_tensor_header_init(&t, NULL, MT_INT8);
-    t.scale = y_scale;
-    t.zero_point = y_zp;
-    s8_bounds(&t, layer->act == MT_ACT_RELU6, lo, hi);
+    s8_bounds(y_scale, y_zp, layer->act == MT_ACT_RELU6, lo, hi);
     *hi = *hi > MT_S8_ACT_MAX ? MT_S8_ACT_MAX : *hi;
 }
 
@@ -159,7 +155,7 @@ void mt_act_mask_dy(mt_layer_obj_t *producer, mt_tensor_obj_t *dy) {
     const clamp_kernels_t *k = &clamp_kernels[producer->act == MT_ACT_RELU6];
     if (producer->out_dtype == MT_INT8) {
         int32_t lo, hi;
-        s8_bounds(y, producer->act == MT_ACT_RELU6, &lo, &hi);
+        s8_bounds(y->scale, y->zero_point, producer->act == MT_ACT_RELU6, &lo, &hi);
         mt_clamp_s8_grad_input(y->data, dy->data, dy->data, y->size, lo, hi);
     } else if (producer->out_dtype == MT_FLOAT16) {
         k->f16_grad_input(y->data, dy->data, dy->data, y->size);
