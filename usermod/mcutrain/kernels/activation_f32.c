@@ -1,8 +1,7 @@
 #include <math.h>
+#include <stdint.h>
 
 #include "activation_f32.h"
-
-#include <stdint.h>
 
 // ReLU and ReLU6 work on the bits, so they are exact and cost no float compare (a call to
 // __ltsf2 on soft-float cores): floats order like their bits as signed integers while
@@ -12,7 +11,7 @@
 // 0) and -0 staying -0:
 //   forward    y = v < 0 ? 0 : v          (ReLU6: then v > 6 ? 6 : v)
 //   backward   dx = y > 0 ? dy : 0        (ReLU6: 0 < y < 6)
-// Loops take 4 values a step (LDM/STM on Cortex-M, loads the compiler can schedule elsewhere).
+// The C loops take 4 values a step (loads the compiler can schedule together).
 
 // May alias the floats they read and write.
 typedef uint32_t __attribute__((may_alias)) f32_bits_t;
