@@ -78,6 +78,8 @@ SIGNATURES = {
     "mt_softmax_f32_forward": (None, [P, P, I, I]),
     "mt_softmax_f32_grad_input": (None, [P, P, P, I, I]),
     "mt_add_f32": (None, [P, P, P, N]),
+    "mt_clamp_s8_forward": (None, [P, P, N, ctypes.c_int32, ctypes.c_int32]),
+    "mt_clamp_s8_grad_input": (None, [P, P, P, N, ctypes.c_int32, ctypes.c_int32]),
     "mt_maxpool2d_f32_forward": (None, [ctypes.POINTER(Pool2dParams), P, P]),
     "mt_maxpool2d_f32_grad_input": (None, [ctypes.POINTER(Pool2dParams), P, P, P]),
     "mt_avgpool2d_f32_forward": (None, [ctypes.POINTER(Pool2dParams), P, P]),
@@ -144,6 +146,67 @@ def test_relu_and_relu6_match_reference_exactly_in_place(k):
         dx = dy.copy()
         grad_input(ptr(y), ptr(dx), ptr(dx), dx.size)  # in place
         np.testing.assert_array_equal(dx, ref_backward(y, dy))
+
+
+# Every class of float bits the ReLU kernels (which work on the bits) must tell apart: +-0,
+# the smallest and largest subnormals and normals, 6 and its neighbours, +-inf, quiet and
+# signalling NaNs of both signs.
+SPECIAL_F32_BITS = np.array([
+    0x00000000, 0x80000000, 0x00000001, 0x80000001, 0x007fffff, 0x807fffff, 0x00800000, 0x80800000,
+    0x3f800000, 0xbf800000, 0x40bfffff, 0x40c00000, 0x40c00001, 0xc0c00000, 0x7f7fffff, 0xff7fffff,
+    0x7f800000, 0xff800000, 0x7f800001, 0xff800001, 0x7fc00000, 0xffc00000, 0x7fffffff, 0xffffffff,
+], dtype=np.uint32)
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 24, 33])
+def test_relu_kernels_match_the_float_comparisons_bit_for_bit_on_special_values(k, n):
+    """Every length around the 4- and 8-value steps, special bits and random bits, both
+    out of place and in place: the bit tricks must equal the comparisons exactly."""
+    r = rng(40 + n)
+    bits = np.concatenate([SPECIAL_F32_BITS, r.integers(0, 2**32, 64, dtype=np.uint64).astype(np.uint32)])
+    x = r.permutation(bits)[:n].view(np.float32).copy()
+    dy = f32(r.standard_normal(n))
+    with np.errstate(invalid="ignore"):
+        relu = np.where(x < 0, np.float32(0), x)
+        relu6 = np.where(relu > 6, np.float32(6), relu)
+    for forward, grad_input, want_y, keep in (
+        (k.mt_relu_f32_forward, k.mt_relu_f32_grad_input, relu, lambda y: y > 0),
+        (k.mt_relu6_f32_forward, k.mt_relu6_f32_grad_input, relu6, lambda y: (y > 0) & (y < 6)),
+    ):
+        y = np.full(n, np.float32(7.5))
+        forward(ptr(x), ptr(y), n)
+        assert np.array_equal(y.view(np.uint32), want_y.view(np.uint32))
+        inplace = x.copy()
+        forward(ptr(inplace), ptr(inplace), n)
+        assert np.array_equal(inplace.view(np.uint32), want_y.view(np.uint32))
+        # Backward takes any y (as the kernels' contract says), so feed it x's bits as well.
+        for yy in (want_y, x):
+            with np.errstate(invalid="ignore"):
+                want = np.where(keep(yy), dy, np.float32(0))
+            dx = np.full(n, np.float32(7.5))
+            grad_input(ptr(yy), ptr(dy), ptr(dx), n)
+            assert np.array_equal(dx.view(np.uint32), want.view(np.uint32))
+            d = dy.copy()
+            grad_input(ptr(yy), ptr(d), ptr(d), n)
+            assert np.array_equal(d.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("lo, hi", [(-128, 127), (-128, 128), (-3, 128), (-3, 127), (5, 40), (127, 128),
+                                    (127, 127), (-128, -128), (-128, -127), (0, 0), (-20, 90)])
+def test_int8_clamp_kernels_match_numpy_for_every_bound_and_length(k, lo, hi):
+    r = rng(60)
+    for n in (0, 1, 3, 4, 5, 8, 11, 16, 37):
+        x = r.integers(-128, 128, n).astype(np.int8)
+        dy = r.integers(-127, 128, n).astype(np.int8)
+        y = np.zeros(n, np.int8)
+        k.mt_clamp_s8_forward(ptr(x), ptr(y), n, lo, min(hi, 127))
+        assert np.array_equal(y, np.clip(x.astype(np.int32), lo, min(hi, 127)).astype(np.int8))
+        dx = np.zeros(n, np.int8)
+        k.mt_clamp_s8_grad_input(ptr(x), ptr(dy), ptr(dx), n, lo, hi)
+        want = np.where((x > lo) & (x < hi), dy, 0).astype(np.int8)
+        assert np.array_equal(dx, want)
+        k.mt_clamp_s8_grad_input(ptr(x), ptr(dy), ptr(dy), n, lo, hi)  # in place
+        assert np.array_equal(dy, want)
 
 
 @pytest.mark.parametrize("rows, cols", [(1, 1), (3, 7), (1, 10), (5, 3)])

@@ -66,6 +66,9 @@ static void forget_plan(mt_layer_obj_t *layer) {
     layer->planned = false;
     layer->planned_as_top = false;
     layer->in_place = false;
+    layer->act = MT_ACT_NONE;
+    layer->act_masks_dy = false;
+    layer->act_folded = false;
     layer->output = NULL;
     layer->state_bytes = 0;
     layer->last_input = MP_OBJ_NULL;
@@ -292,6 +295,10 @@ void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype
     layer->planned = false;
     layer->planned_as_top = false;
     layer->state_bytes = 0;
+    // Folds are the container's to set, after planning (layer_activation.c).
+    layer->act = MT_ACT_NONE;
+    layer->act_masks_dy = false;
+    layer->act_folded = false;
     if (ops->input_ndim && in->ndim != ops->input_ndim) {
         mt_layer_raise_expects(layer, "expects %d dimensions (batch first)", ops->input_ndim, in);
     }

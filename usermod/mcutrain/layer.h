@@ -74,6 +74,13 @@ typedef struct {
 
 #define MT_LAYER_MAGIC (0x4c61)
 
+// Activations a Sequential folds into the Conv or Linear layer before them (layer_activation.c).
+enum {
+    MT_ACT_NONE,
+    MT_ACT_RELU,
+    MT_ACT_RELU6,
+};
+
 typedef struct _mt_layer_ops_t {
     uint16_t magic;          // MT_LAYER_MAGIC: tells layer types from other types
     uint16_t flags;
@@ -120,6 +127,12 @@ struct _mt_layer_obj_t {
     bool trainable;
     bool in_place;                 // output shares the input's memory (set when planned)
     bool owned;                    // adopted by a container, for good (mt_layer_adopt)
+    // Set when planned by a Sequential (layer_activation.c): an activation folded into this
+    // layer's forward (MT_ACT_*); whether its backward masks dy with it first (the
+    // activation layer then passes dy on); on an activation layer, that it is folded.
+    uint8_t act;
+    bool act_masks_dy;
+    bool act_folded;
     mt_tensor_obj_t *weight;       // NULL when absent
     mt_tensor_obj_t *bias;
     mt_tensor_obj_t *output;
@@ -213,6 +226,20 @@ void mt_grad_end_params(const mt_pass_t *pass, mt_layer_obj_t *layer);
 // with its state_dict-style name ("3.body.0"; "" for the root).
 typedef void (*mt_layer_visit_t)(mt_layer_obj_t *leaf, const char *name, void *ctx);
 void mt_layer_visit(mt_layer_obj_t *layer, mt_layer_visit_t fn, void *ctx);
+
+// Folding an activation layer into the layer before it (layer_activation.c; a Sequential
+// decides when, both being planned, the activation in place). Forward: int8 layers clamp
+// in their kernels' epilogue (mt_act_s8_bounds), float ones clamp their output in place
+// (mt_act_forward). Backward: with masks_dy, the producer's backward starts by masking dy
+// in place (mt_act_mask_dy; the container's own buffer) and the activation passes dy on;
+// without, the activation layer computes its input gradient as usual.
+bool mt_act_can_fold(const mt_layer_obj_t *producer, const mt_layer_obj_t *act);
+void mt_act_fold(mt_layer_obj_t *producer, mt_layer_obj_t *act, bool masks_dy);
+void mt_act_forward(mt_layer_obj_t *producer);
+void mt_act_mask_dy(mt_layer_obj_t *producer, mt_tensor_obj_t *dy);
+// The int8 output clamp [lo, hi] of a layer whose output has scale y_scale and zero point
+// y_zp: its folded activation's, or the whole int8 range.
+void mt_act_s8_bounds(const mt_layer_obj_t *layer, float y_scale, int32_t y_zp, int32_t *lo, int32_t *hi);
 
 // Raises ValueError "<Layer>: <msg> (input <shape>)".
 NORETURN void mt_layer_raise_shape(const mt_layer_obj_t *layer, const char *msg, const mt_shape_t *in);

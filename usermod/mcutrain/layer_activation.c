@@ -1,5 +1,7 @@
 // mt.ReLU(), mt.ReLU6() and mt.Softmax() (over the last dimension), in their input's dtype.
-// ReLU and ReLU6 run in place when the layer before them does not need its output kept.
+// ReLU and ReLU6 run in place when the layer before them does not need its output kept, and
+// a Sequential folds them into a Conv or Linear layer before them (mt_act_fold): then their
+// forward (and, unless they end the Sequential, their backward) costs nothing of its own.
 // int8 Softmax (kernels/softmax_s8.h) outputs scale 1/256, zero point -128, and quantizes its
 // input error to a tracked symmetric scale (momentum MT_S8_RANGE_MOMENTUM, as layer_s8.c).
 #include "py/runtime.h"
@@ -31,18 +33,18 @@ static bool is_f16(const mt_layer_obj_t *self) {
 // int8: the clamp [lo, hi] of the integers that is ReLU (six: ReLU6) in the tensor's
 // quantization (kernels/activation_s8.h); hi = 128 for ReLU lets saturated outputs pass
 // their error.
-static void s8_bounds(const mt_tensor_obj_t *t, bool six, int32_t *lo, int32_t *hi) {
-    *lo = t->zero_point;
+static void s8_bounds(float scale, int32_t zero_point, bool six, int32_t *lo, int32_t *hi) {
+    *lo = zero_point;
     *hi = 128;
     if (six) {
-        int32_t top = t->zero_point + mt_round_half_even(6.0f / t->scale);
+        int32_t top = zero_point + mt_round_half_even(6.0f / scale);
         *hi = top < MT_S8_ACT_MAX ? top : MT_S8_ACT_MAX;
     }
 }
 
 static void s8_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, bool six) {
     int32_t lo, hi;
-    s8_bounds(x, six, &lo, &hi);
+    s8_bounds(x->scale, x->zero_point, six, &lo, &hi);
     self->output->scale = x->scale;
     self->output->zero_point = x->zero_point;
     mt_clamp_s8_forward(x->data, self->output->data, self->output->size, lo, hi > MT_S8_ACT_MAX ? MT_S8_ACT_MAX : hi);
@@ -50,7 +52,7 @@ static void s8_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, bool six)
 
 static void s8_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *dy, mt_tensor_obj_t *dx, bool six) {
     int32_t lo, hi;
-    s8_bounds(self->output, six, &lo, &hi);
+    s8_bounds(self->output->scale, self->output->zero_point, six, &lo, &hi);
     mt_clamp_s8_grad_input(self->output->data, dy->data, dx->data, self->output->size, lo, hi);
     dx->scale = dy->scale;
     dx->zero_point = 0;
@@ -75,6 +77,9 @@ static bool is_relu6(const mt_layer_obj_t *self) {
 
 static void clamp_forward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     (void)pass;
+    if (self->act_folded) {
+        return;  // the layer before clamped its output, which is ours (in place)
+    }
     const clamp_kernels_t *k = &clamp_kernels[is_relu6(self)];
     if (self->in_dtype == MT_INT8) {
         s8_forward(self, x, is_relu6(self));
@@ -99,6 +104,63 @@ static void clamp_backward(mt_layer_obj_t *self, const mt_tensor_obj_t *x, const
         k->f16_grad_input(self->output->data, dy->data, dx->data, self->output->size);
     } else {
         k->f32_grad_input(self->output->data, dy->data, dx->data, self->output->size);
+    }
+}
+
+/******************************************************************************/
+// Folding into the layer before (layer.h)
+
+static uint8_t act_kind(const mt_layer_obj_t *layer) {
+    qstr name = mt_layer_name(layer);
+    return name == MP_QSTR_ReLU ? MT_ACT_RELU : name == MP_QSTR_ReLU6 ? MT_ACT_RELU6 : MT_ACT_NONE;
+}
+
+bool mt_act_can_fold(const mt_layer_obj_t *producer, const mt_layer_obj_t *act) {
+    qstr name = mt_layer_name(producer);
+    // In place: the activation's output is the producer's, clamped where it lies.
+    return act_kind(act) != MT_ACT_NONE && act->in_place
+           && (name == MP_QSTR_Conv2d || name == MP_QSTR_Conv1d || name == MP_QSTR_Linear)
+           && producer->out_dtype == act->in_dtype;
+}
+
+void mt_act_fold(mt_layer_obj_t *producer, mt_layer_obj_t *act, bool masks_dy) {
+    producer->act = act_kind(act);
+    producer->act_masks_dy = masks_dy;
+    act->act_folded = true;
+}
+
+void mt_act_s8_bounds(const mt_layer_obj_t *layer, float y_scale, int32_t y_zp, int32_t *lo, int32_t *hi) {
+    *lo = MT_S8_ACT_MIN;
+    *hi = MT_S8_ACT_MAX;
+    if (layer->act == MT_ACT_NONE || layer->out_dtype != MT_INT8) {
+        return;  // mixed layers clamp their float output (mt_act_forward): ReLU6's 6 is exact there
+    }
+    s8_bounds(y_scale, y_zp, layer->act == MT_ACT_RELU6, lo, hi);
+    *hi = *hi > MT_S8_ACT_MAX ? MT_S8_ACT_MAX : *hi;
+}
+
+void mt_act_forward(mt_layer_obj_t *producer) {
+    mt_tensor_obj_t *y = producer->output;
+    const clamp_kernels_t *k = &clamp_kernels[producer->act == MT_ACT_RELU6];
+    if (producer->out_dtype == MT_FLOAT16) {
+        k->f16_forward(y->data, y->data, y->size);
+    } else if (producer->out_dtype == MT_FLOAT32) {
+        k->f32_forward(y->data, y->data, y->size);
+    }
+    // int8: clamped by the kernels (mt_act_s8_bounds).
+}
+
+void mt_act_mask_dy(mt_layer_obj_t *producer, mt_tensor_obj_t *dy) {
+    const mt_tensor_obj_t *y = producer->output;
+    const clamp_kernels_t *k = &clamp_kernels[producer->act == MT_ACT_RELU6];
+    if (producer->out_dtype == MT_INT8) {
+        int32_t lo, hi;
+        s8_bounds(y->scale, y->zero_point, producer->act == MT_ACT_RELU6, &lo, &hi);
+        mt_clamp_s8_grad_input(y->data, dy->data, dy->data, y->size, lo, hi);
+    } else if (producer->out_dtype == MT_FLOAT16) {
+        k->f16_grad_input(y->data, dy->data, dy->data, y->size);
+    } else {
+        k->f32_grad_input(y->data, dy->data, dy->data, y->size);
     }
 }
 

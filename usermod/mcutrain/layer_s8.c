@@ -79,6 +79,8 @@ void mt_s8_forward_into(mt_s8_layer_t *s, mt_layer_obj_t *layer, const int8_t *x
     // Still no range: the first pass saw only inf or NaN (the tracker ignores them).
     set_qparams(layer, s->y_range.count == 0 ? -1 : mt_qparams_asymmetric(s->y_range.min, s->y_range.max, &s->q.y),
         "output");
+    // A folded ReLU (layer.h) is the epilogue's clamp, in the output's quantization.
+    mt_act_s8_bounds(layer, s->q.y.scale, s->q.y.zero_point, &s->q.act_min, &s->q.act_max);
     if (k->forward(layer, x, y, &range, pass->scratch) != 0) {
         raise_kernel(layer, "forward");
     }

@@ -1,6 +1,10 @@
 // mt.Sequential(*layers): runs layers in order. Plans one output buffer per layer
 // (ReLUs share their input's when that is safe) and two gradient buffers that
 // backward alternates between; backward stops at the first trainable layer.
+// A ReLU or ReLU6 right after a Conv or Linear layer is folded into it (layer.h): the conv
+// clamps its own output, and masks the error in the gradient buffer at the start of its
+// backward, which the ReLU then skips; a ReLU that ends the Sequential keeps its backward
+// (the error it gets is the caller's, which is not ours to overwrite).
 #include <string.h>
 
 #include "py/runtime.h"
@@ -32,6 +36,9 @@ static void seq_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
         // The first layer's input is not ours to overwrite; later ones may share.
         bool may_share = i > 0 && !mt_layer_output_needed(self->layers[i - 1]);
         mt_layer_plan(layer, &shape, dtype, may_share);
+        if (i > 0 && mt_act_can_fold(self->layers[i - 1], layer)) {
+            mt_act_fold(self->layers[i - 1], layer, i + 1 < self->n);
+        }
         shape = layer->out_shape;
         dtype = layer->out_dtype;
         if (i + 1 < self->n) {
@@ -54,8 +61,12 @@ static void seq_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
 static void seq_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
     mt_sequential_obj_t *self = (mt_sequential_obj_t *)self_in;
     for (size_t i = 0; i < self->n; i++) {
-        mt_layer_forward(self->layers[i], x, pass);
-        x = self->layers[i]->output;
+        mt_layer_obj_t *layer = self->layers[i];
+        mt_layer_forward(layer, x, pass);
+        if (layer->act != MT_ACT_NONE) {
+            mt_act_forward(layer);  // while its output is fresh
+        }
+        x = layer->output;
     }
 }
 
@@ -80,10 +91,18 @@ static void seq_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, cons
     const mt_tensor_obj_t *g = dy;
     for (size_t i = self->n; i-- > stop;) {
         mt_layer_obj_t *layer = self->layers[i];
+        if (layer->act_folded && self->layers[i - 1]->act_masks_dy) {
+            continue;  // the layer before masks g itself
+        }
         mt_tensor_obj_t *gx = dx;
         if (i != stop) {
-            gx = &self->grad[(self->n - 1 - i) & 1];
+            // Whichever buffer g is not in (folded layers pass g on unchanged).
+            gx = &self->grad[g == &self->grad[0]];
             gx->dtype = layer->in_dtype;
+        }
+        if (layer->act_masks_dy) {
+            // g is one of our buffers (the layer after is the folded activation).
+            mt_act_mask_dy(layer, (mt_tensor_obj_t *)g);
         }
         const mt_tensor_obj_t *xi = i ? self->layers[i - 1]->output : x;
         mt_layer_ops(layer)->backward(layer, xi, g, gx, pass);
