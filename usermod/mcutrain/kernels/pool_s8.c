@@ -427,3 +427,29 @@ void mt_avgpool2d_s8_grad_input(const mt_pool2d_params_t *p, const int8_t *dy, i
         }
     }
 }
+
+void mt_global_avgpool_s8_forward(const int8_t *x, int8_t *y, int batch, int pixels, int channels,
+    int32_t zero_point) {
+    const float inv = 1.0f / (float)pixels;
+    for (int b = 0; b < batch; b++) {
+        for (int c = 0; c < channels; c++) {
+            int32_t sum = 0;
+            for (int i = 0; i < pixels; i++) {
+                sum += x[((size_t)b * (size_t)pixels + (size_t)i) * (size_t)channels + (size_t)c] - zero_point;
+            }
+            int32_t v = zero_point + mt_round_half_even((float)sum * inv);
+            y[(size_t)b * (size_t)channels + (size_t)c] = (int8_t)(v < MT_S8_ACT_MIN ? MT_S8_ACT_MIN
+                : v > MT_S8_ACT_MAX ? MT_S8_ACT_MAX : v);
+        }
+    }
+}
+
+void mt_global_avgpool_s8_grad_input(const int8_t *dy, int8_t *dx, int batch, int pixels,
+    int channels) {
+    for (int b = 0; b < batch; b++) {
+        for (int i = 0; i < pixels; i++) {
+            memcpy(dx + ((size_t)b * (size_t)pixels + (size_t)i) * (size_t)channels,
+                dy + (size_t)b * (size_t)channels, (size_t)channels);
+        }
+    }
+}
