@@ -249,9 +249,9 @@ static int32_t div_round_half_even(int32_t n, int32_t d) {
 }
 
 // round_half_even(n / d) by a reciprocal multiply, for 1 <= d <= RECIP_MAX_D and
-// -256 d < n < 256 d (sums of d values in [-255, 255]). With n' = n + 256 d (parity of the
-// quotient kept: 256 is even) and t = 2 n' + d in [d, 1023 d], q = floor(t / 2d) rounds
-// n' / d half up, and t / 2d is a tie exactly when t - 2d q is 0; then an odd q steps down.
+// -256 d < n < 256 d (sums of d values in [-255, 255]). With n' = n + 256 d (the quotient's
+// parity kept: 256 is even) and t = 2 n' + d in [d, 1023 d], q = floor(t / 2d) rounds n' / d
+// half up, and t / 2d is a tie exactly when t - 2d q is 0; then q & ~1 is the even neighbour.
 // floor(t / 2d) is the high word of t * m with m = ceil(2^32 / 2d): exact when t * (m 2d -
 // 2^32) < 2^32, which t * 2d <= 2046 d^2 < 2^32 ensures.
 #define RECIP_MAX_D 1024
@@ -265,11 +265,17 @@ static recip_t recip_make(int32_t d) {
     return r;
 }
 
-static inline int32_t recip_round(int32_t n, const recip_t *r) {
-    const uint32_t t = 2u * (uint32_t)n + r->bias;
+// round_half_even(t / 2d) + 256 for t = 2 n + r->bias (callers fold constants into t).
+static inline int32_t recip_q(uint32_t t, const recip_t *r) {
     uint32_t q = (uint32_t)(((uint64_t)t * r->m) >> 32);
-    q -= (t == q * r->d2) & q;  // tie and odd: down to the even neighbour
-    return (int32_t)q - 256;
+    if (t == q * r->d2) {
+        q &= ~1u;
+    }
+    return (int32_t)q;
+}
+
+static inline int32_t recip_round(int32_t n, const recip_t *r) {
+    return recip_q(2u * (uint32_t)n + r->bias, r) - 256;
 }
 
 // round_half_even(n / d), r made for d when d <= RECIP_MAX_D.
@@ -277,11 +283,43 @@ static inline int32_t div_rhe(int32_t n, int32_t d, const recip_t *r) {
     return d <= RECIP_MAX_D ? recip_round(n, r) : div_round_half_even(n, d);
 }
 
-// zp + round_half_even(sum / area) clamped to int8, sum the window's offsets from zp.
-static inline int8_t avg_out(int32_t sum, int32_t area, const recip_t *r, int32_t zp) {
-    const int32_t v = zp + div_rhe(sum, area, r);
-    return (int8_t)(v < MT_S8_ACT_MIN ? MT_S8_ACT_MIN : v > MT_S8_ACT_MAX ? MT_S8_ACT_MAX : v);
+// The mean's int8 value from a window's raw sum s: t0 and zq fold the window's zero-point
+// offsets (recip_q's t = 2 s + t0, the result recip_q + zq). The mean of int8 values (padding
+// counting as the zero point) is an int8 value: the saturation never acts.
+static inline int8_t avg_out(int32_t s, uint32_t t0, int32_t zq, const recip_t *r) {
+    return (int8_t)mt_s8_ssat8(recip_q(2u * (uint32_t)s + t0, r) + zq);
 }
+
+#if MT_S8_DSP
+// Lanes (c, c + 2) and (c + 1, c + 3) of int16 sums of four channels over a window (at most
+// 255 pixels: |sum| <= 128 * 255), the window's first pixel at x0.
+static inline void window_sum4(const int8_t *x0, int rows, int cols, size_t row, int c_n,
+    uint32_t *s02, uint32_t *s13) {
+    uint32_t a = 0, b = 0;
+    if (cols == 1) {  // a column of pixels (the keyword-spotting (5, 1) pool): one loop
+        int r = rows;
+        do {
+            const uint32_t v = mt_s8_load32(x0);
+            a = __sxtab16(a, v);
+            b = mt_s8_sxtab16_ror8(b, v);
+            x0 += row;
+        } while (--r);
+    } else {
+        for (int r = 0; r < rows; r++, x0 += row) {
+            const int8_t *xp = x0;
+            int j = cols;
+            do {
+                const uint32_t v = mt_s8_load32(xp);
+                a = __sxtab16(a, v);
+                b = mt_s8_sxtab16_ror8(b, v);
+                xp += c_n;
+            } while (--j);
+        }
+    }
+    *s02 = a;
+    *s13 = b;
+}
+#endif
 
 void mt_avgpool2d_s8_forward(const mt_pool2d_params_t *p, const int8_t *x, int8_t *y, int32_t zero_point) {
     const int c_n = p->channels;
@@ -297,29 +335,34 @@ void mt_avgpool2d_s8_forward(const mt_pool2d_params_t *p, const int8_t *x, int8_
                 // Padding is real 0, i.e. zero_point: it adds nothing to the offsets.
                 const int32_t offset = rows * cols * zero_point;
                 int c = 0;
+                if (area <= RECIP_MAX_D) {
+                    const uint32_t t0 = rc.bias - 2u * (uint32_t)offset;
+                    const int32_t zq = zero_point - 256;
 #if MT_S8_DSP
-                // Lanes (c, c + 2) and (c + 1, c + 3) of int16 sums: |sum| <= 128 * 255 for
-                // windows of up to 255 pixels.
-                if (rows * cols <= 255) {
-                    for (; c + 4 <= c_n; c += 4) {
-                        uint32_t s02 = 0, s13 = 0;
+                    if (rows * cols <= 255) {
+                        for (; c + 4 <= c_n; c += 4) {
+                            uint32_t s02, s13;
+                            window_sum4(x0 + c, rows, cols, row, c_n, &s02, &s13);
+                            y[c] = avg_out((int16_t)s02, t0, zq, &rc);
+                            y[c + 1] = avg_out((int16_t)s13, t0, zq, &rc);
+                            y[c + 2] = avg_out((int32_t)s02 >> 16, t0, zq, &rc);
+                            y[c + 3] = avg_out((int32_t)s13 >> 16, t0, zq, &rc);
+                        }
+                    }
+#endif
+                    for (; c < c_n; c++) {
+                        int32_t sum = 0;
                         const int8_t *xr = x0 + c;
                         for (int r = 0; r < rows; r++, xr += row) {
                             const int8_t *xp = xr;
                             for (int j = 0; j < cols; j++, xp += c_n) {
-                                const uint32_t v = mt_s8_load32(xp);
-                                s02 = __sxtab16(s02, v);
-                                s13 = mt_s8_sxtab16_ror8(s13, v);
+                                sum += *xp;
                             }
                         }
-                        y[c] = avg_out((int16_t)s02 - offset, area, &rc, zero_point);
-                        y[c + 1] = avg_out((int16_t)s13 - offset, area, &rc, zero_point);
-                        y[c + 2] = avg_out(((int32_t)s02 >> 16) - offset, area, &rc, zero_point);
-                        y[c + 3] = avg_out(((int32_t)s13 >> 16) - offset, area, &rc, zero_point);
+                        y[c] = avg_out(sum, t0, zq, &rc);
                     }
                 }
-#endif
-                for (; c < c_n; c++) {
+                for (; c < c_n; c++) {  // windows over RECIP_MAX_D values: a division
                     int32_t sum = 0;
                     const int8_t *xr = x0 + c;
                     for (int r = 0; r < rows; r++, xr += row) {
@@ -328,7 +371,8 @@ void mt_avgpool2d_s8_forward(const mt_pool2d_params_t *p, const int8_t *x, int8_
                             sum += *xp;
                         }
                     }
-                    y[c] = avg_out(sum - offset, area, &rc, zero_point);
+                    const int32_t v = zero_point + div_round_half_even(sum - offset, area);
+                    y[c] = (int8_t)(v < MT_S8_ACT_MIN ? MT_S8_ACT_MIN : v > MT_S8_ACT_MAX ? MT_S8_ACT_MAX : v);
                 }
             }
         }
