@@ -60,6 +60,15 @@ static inline int8_t finish(int32_t v, const mt_s8_rq_t *rq, int32_t *mm, const 
     return (int8_t)mt_s8_clamp(mt_s8_rq(v, rq) + q->y.zero_point, q->act_min, q->act_max);
 }
 
+#if MT_S8_DSP
+// SXTB16 of v ROR #8 as one instruction (GCC splits the rotation off).
+static inline uint32_t sxtb16_ror8(uint32_t v) {
+    uint32_t r;
+    __asm__ ("sxtb16 %0, %1, ror #8" : "=r" (r) : "r" (v));
+    return r;
+}
+#endif
+
 // sum over k of x16[k] * w[k] for one weight row: x16 is the input minus its zero point as
 // one packed row (gemm_s8.h order), w the int8 row, k < n (kp = padded n).
 static int32_t dot_row(const int16_t *x16, const int8_t *w, int n, int32_t acc) {
@@ -71,7 +80,7 @@ static int32_t dot_row(const int16_t *x16, const int8_t *w, int n, int32_t acc) 
     for (; k + 4 <= n; k += 4, xw += 2) {
         const uint32_t v = mt_s8_load32(w + k);
         acc = __smlad(xw[0], __sxtb16(v), acc);
-        acc = __smlad(xw[1], __sxtb16(mt_s8_ror8(v)), acc);
+        acc = __smlad(xw[1], sxtb16_ror8(v), acc);
     }
 #endif
     uint32_t sum = (uint32_t)acc;
@@ -146,9 +155,9 @@ static inline __attribute__((always_inline)) void madd2(int n, int32_t c, int32_
         const uint32_t v0 = mt_s8_load32(a0 + k), v1 = mt_s8_load32(a1 + k);
         const uint32_t p01 = mt_s8_pkhbt(v0, v1), p23 = mt_s8_pkhtb(v1, v0);
         acc[k] = __smlad(d, __sxtb16(p01), set ? c : acc[k]);
-        acc[k + 1] = __smlad(d, __sxtb16(mt_s8_ror8(p01)), set ? c : acc[k + 1]);
+        acc[k + 1] = __smlad(d, sxtb16_ror8(p01), set ? c : acc[k + 1]);
         acc[k + 2] = __smlad(d, __sxtb16(p23), set ? c : acc[k + 2]);
-        acc[k + 3] = __smlad(d, __sxtb16(mt_s8_ror8(p23)), set ? c : acc[k + 3]);
+        acc[k + 3] = __smlad(d, sxtb16_ror8(p23), set ? c : acc[k + 3]);
     }
 #endif
     for (; k < n; k++) {
@@ -165,7 +174,7 @@ static inline __attribute__((always_inline)) void madd1(int n, int32_t c, int32_
     // SXTB16 gives bytes (0, 2) and (1, 3) as int16 halves; SMLABB/SMLATB take one each.
     for (; k + 4 <= n; k += 4) {
         const uint32_t v = mt_s8_load32(a0 + k);
-        const int32_t e = (int32_t)__sxtb16(v), o = (int32_t)__sxtb16(mt_s8_ror8(v));
+        const int32_t e = (int32_t)__sxtb16(v), o = (int32_t)sxtb16_ror8(v);
         acc[k] = __smlabb(e, d0, set ? c : acc[k]);
         acc[k + 1] = __smlabb(o, d0, set ? c : acc[k + 1]);
         acc[k + 2] = __smlatb(e, d0, set ? c : acc[k + 2]);
@@ -249,12 +258,21 @@ int mt_linear_s8_grad_input(const mt_linear_params_t *p, const mt_s8_quant_t *q,
         }
         row_sum_end(&sum);
         int8_t *out = dx + (size_t)b * K;
-        for (int k = 0; k < K; k++) {
-            const int32_t v = s.acc[k];
-            amin = mt_s8_min(amin, v);
-            amax = mt_s8_max(amax, v);
-            const int32_t q = fast ? mt_s8_rq_zp(v, rq.m, rc, rq.right) : mt_s8_rq(v, &rq);
-            out[k] = (int8_t)mt_s8_clamp(q, -MT_S8_SYM_MAX, MT_S8_SYM_MAX);
+        if (fast) {
+            for (int k = 0; k < K; k++) {
+                const int32_t v = s.acc[k];
+                amin = mt_s8_min(amin, v);
+                amax = mt_s8_max(amax, v);
+                // SSAT to [-128, 127], then -128 up to -127.
+                out[k] = (int8_t)mt_s8_max(mt_s8_ssat8(mt_s8_rq_zp(v, rq.m, rc, rq.right)), -MT_S8_SYM_MAX);
+            }
+        } else {
+            for (int k = 0; k < K; k++) {
+                const int32_t v = s.acc[k];
+                amin = mt_s8_min(amin, v);
+                amax = mt_s8_max(amax, v);
+                out[k] = (int8_t)mt_s8_clamp(mt_s8_rq(v, &rq), -MT_S8_SYM_MAX, MT_S8_SYM_MAX);
+            }
         }
     }
     if (dx_absmax) {

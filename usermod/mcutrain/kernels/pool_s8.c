@@ -350,6 +350,26 @@ void mt_avgpool2d_s8_forward(const mt_pool2d_params_t *p, const int8_t *x, int8_
                         }
                     }
 #endif
+#if !MT_S8_DSP
+                    // Four channels a pass in four registers (the window walked once for four).
+                    for (; c + 4 <= c_n; c += 4) {
+                        int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+                        const int8_t *xr = x0 + c;
+                        for (int r = 0; r < rows; r++, xr += row) {
+                            const int8_t *xp = xr;
+                            for (int j = 0; j < cols; j++, xp += c_n) {
+                                s0 += xp[0];
+                                s1 += xp[1];
+                                s2 += xp[2];
+                                s3 += xp[3];
+                            }
+                        }
+                        y[c] = avg_out(s0, t0, zq, &rc);
+                        y[c + 1] = avg_out(s1, t0, zq, &rc);
+                        y[c + 2] = avg_out(s2, t0, zq, &rc);
+                        y[c + 3] = avg_out(s3, t0, zq, &rc);
+                    }
+#endif
                     for (; c < c_n; c++) {
                         int32_t sum = 0;
                         const int8_t *xr = x0 + c;
