@@ -640,6 +640,59 @@ def test_linear_s8_matches_integer_reference_bit_for_bit(lib, batch, inp, out):
     scratch.value()
 
 
+LINEAR_ODD = [(b, i, o) for b in (1, 2, 3, 4, 5) for i, o in ((1, 1), (3, 17), (17, 3), (800, 12))] + [
+    (1, 800, 1), (2, 17, 17), (4, 256, 5)]
+
+
+@pytest.mark.parametrize("batch,inp,out", LINEAR_ODD)
+def test_linear_s8_gradients_match_the_reference_for_odd_sizes_and_extreme_zero_points(lib, batch, inp, out):
+    # Sizes off the four-value words and the row pairs, zero points at both ends with inputs
+    # and errors at the int8 limits, rows and samples with zero error; dx scales that take the
+    # requantization's usual path, a left shift, and a right shift past the fast path's.
+    rng = np.random.default_rng(batch * 100003 + inp * 17 + out)
+    p = ctypes.byref(LinearParams(batch, inp, out))
+    nbytes = lib.mt_linear_s8_scratch_bytes(p)
+    for x_zp, dx_scale in ((-128, 0.02), (127, 1e-7), (0, 3e3)):
+        x = s8(rng.choice(np.array([-128, -127, 0, 1, 126, 127]), (batch, inp)))
+        mix = rng.random(x.shape) < 0.5
+        x[mix] = rng.integers(-128, 128, x.shape)[mix]
+        w = s8(rng.choice(np.array([-127, -1, 0, 1, 127]), (out, inp)))
+        ws = np.float32(rng.uniform(0.002, 0.02, out))
+        b = rng.integers(-3000, 3000, out).astype(np.int32)
+        dy = s8(rng.choice(np.array([-128, -127, 0, 0, 5, 127]), (batch, out)))
+        qc, qr = quant(x_zp=x_zp, dx_scale=dx_scale)
+        scratch = Guarded.scratch(nbytes)
+        dx, absmax = Guarded(np.zeros((batch, inp), np.int8)), c_float()
+        assert lib.mt_linear_s8_grad_input(p, ctypes.byref(qc), ptr(dy), ptr(w), ptr(ws), dx.p,
+                                           ctypes.byref(absmax), scratch.p) == 0
+        ref_dx, ref_absmax = Q.linear_s8_grad_input(w, ws, dy, qr)
+        np.testing.assert_array_equal(dx.value(), ref_dx)
+        assert absmax.value == np.float32(ref_absmax)
+        # Statistics only (u NULL), then the update.
+        w_stats, b_stats = GradStats(), GradStats()
+        assert lib.mt_linear_s8_update(p, ctypes.byref(qc), None, ptr(x), ptr(dy), ptr(w), ptr(ws),
+                                       ptr(b), None, ctypes.byref(w_stats), ctypes.byref(b_stats),
+                                       scratch.p) == 0
+        ref = Q.linear_s8_update(x, dy, w, ws, b, qr, None)
+        for c_stats, r_stats in ((w_stats, ref.w_stats), (b_stats, ref.b_stats)):
+            assert (c_stats.sum, c_stats.sum_sq, c_stats.count) == (
+                np.float32(r_stats.sum), np.float32(r_stats.sum_sq), r_stats.count)
+        wg, wsg, bg = Guarded(w), Guarded(ws), Guarded(b)
+        w_stats, b_stats = GradStats(), GradStats()
+        state = Rng(9)
+        kw = dict(lr=0.01, weight_decay=0.05, sigma_w=0.003, sigma_b=0.2)
+        upd = S8Update(eps=1e-8, rescale_below=1.0, rng=ctypes.pointer(state), **kw)
+        assert lib.mt_linear_s8_update(p, ctypes.byref(qc), ctypes.byref(upd), ptr(x), ptr(dy), wg.p,
+                                       wsg.p, bg.p, None, ctypes.byref(w_stats), ctypes.byref(b_stats),
+                                       scratch.p) == 0
+        ref_rng = Q.Rng(9)
+        ref = Q.linear_s8_update(x, dy, w, ws, b, qr, Q.S8Update(rng=ref_rng, **kw))
+        assert_update_matches((wg.value(), wsg.value(), bg.value(), w_stats, b_stats, None), ref,
+                              f"linear update zp={x_zp}")
+        assert state.state == ref_rng.state
+        scratch.value()
+
+
 # ---- int8 backward against the float reference ----------------------------------------------
 
 def quantize_case(case, seed):

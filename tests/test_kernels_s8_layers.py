@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from kernel_lib import ptr
+from mcutrain.reference import functional as F
 from mcutrain.reference import quantized as Q
 
 c_float, c_int32, vp = ctypes.c_float, ctypes.c_int32, ctypes.c_void_p
@@ -49,6 +50,8 @@ def lib(kernels):
     k.mt_avgpool2d_s8_forward.argtypes = [P(PoolParams), vp, vp, c_int32]
     k.mt_avgpool2d_s8_grad_input.argtypes = [P(PoolParams), vp, vp]
     k.mt_avgpool2d_s8_cover.argtypes, k.mt_avgpool2d_s8_cover.restype = [P(PoolParams)], ctypes.c_int
+    k.mt_maxpool2d_s8_forward.argtypes = [P(PoolParams), vp, vp]
+    k.mt_maxpool2d_s8_grad_input.argtypes = [P(PoolParams), vp, vp, vp]
     k.mt_softmax_s8_grad_absmax.argtypes, k.mt_softmax_s8_grad_absmax.restype = [vp, vp, ctypes.c_int,
                                                                                  ctypes.c_int], c_int32
     k.mt_softmax_s8_grad_input.argtypes = [vp, vp, vp, ctypes.c_int, ctypes.c_int, Requant]
@@ -127,6 +130,93 @@ def test_avgpool2d_s8_matches_the_reference(lib, shape, kernel, stride, padding)
     assert np.array_equal(dx, ref)
     assert lib.mt_avgpool2d_s8_cover(ctypes.byref(p)) == Q.avgpool2d_s8_cover(shape, kernel, stride, padding)
     assert np.abs(dx.astype(int)).max() <= 127
+
+
+def pool_params(shape, kernel, stride, padding) -> tuple[PoolParams, int, int]:
+    oh = (shape[1] + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    ow = (shape[2] + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    return PoolParams(shape[0], shape[1], shape[2], shape[3], oh, ow, *kernel, *stride, *padding), oh, ow
+
+
+# Channels 1..7 (whole words of four and the tails), windows (1,1), (2,2), (3,3), (5,1) with
+# strides below, at and above the kernel, padding, batches 1..5.
+ODD_POOLS = [((b, h, w, c), k, s, pad)
+             for b, h, w, c, k, s, pad in [
+                 (1, 1, 1, 1, (1, 1), (1, 1), (0, 0)), (2, 3, 5, 7, (1, 1), (2, 1), (0, 0)),
+                 (1, 4, 4, 4, (2, 2), (2, 2), (0, 0)), (3, 5, 7, 3, (2, 2), (2, 2), (0, 0)),
+                 (5, 6, 6, 5, (2, 2), (2, 2), (1, 1)), (2, 5, 5, 6, (2, 2), (3, 3), (0, 0)),
+                 (1, 6, 5, 2, (2, 2), (1, 1), (1, 0)), (4, 7, 7, 7, (3, 3), (3, 3), (0, 0)),
+                 (2, 7, 6, 4, (3, 3), (2, 2), (1, 1)), (1, 5, 5, 1, (3, 3), (1, 1), (1, 1)),
+                 (1, 25, 5, 32, (5, 1), (5, 1), (0, 0)), (3, 12, 3, 5, (5, 1), (5, 1), (2, 0)),
+                 (2, 11, 4, 8, (5, 1), (2, 1), (0, 0)), (1, 9, 2, 6, (5, 1), (6, 1), (2, 0)),
+                 # overlapping max windows past the gather's 64-value tile: channels, then columns
+                 (1, 9, 2, 70, (5, 1), (2, 1), (2, 0)), (2, 4, 40, 3, (3, 3), (1, 1), (1, 1))]]
+
+
+def ties(rng, shape) -> np.ndarray:
+    """int8 values from a handful of levels (many equal maxima in a window), extremes included."""
+    return s8(rng.choice(np.array([-128, -127, -1, 0, 1, 126, 127]), shape))
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding", ODD_POOLS)
+def test_maxpool2d_s8_matches_the_reference_with_ties_and_odd_shapes(lib, shape, kernel, stride, padding):
+    rng = np.random.default_rng(sum(shape) * 7 + kernel[0])
+    p, oh, ow = pool_params(shape, kernel, stride, padding)
+    for x in (ties(rng, shape), s8(rng.integers(-128, 128, shape)), s8(np.full(shape, -128))):
+        y = s8(np.full((shape[0], oh, ow, shape[3]), 99))
+        lib.mt_maxpool2d_s8_forward(ctypes.byref(p), ptr(x), ptr(y))
+        assert np.array_equal(y, F.maxpool2d_forward(x, kernel, stride, padding))
+        # Errors at the limits (-128 saturates to -127) and overlapping windows summing past them.
+        dy = s8(rng.choice(np.array([-128, -127, -100, 0, 3, 100, 127]), y.shape))
+        dx = s8(np.full(shape, 99))
+        lib.mt_maxpool2d_s8_grad_input(ctypes.byref(p), ptr(x), ptr(dy), ptr(dx))
+        ref = np.clip(F.maxpool2d_backward(x, dy, kernel, stride, padding), -127, 127)
+        assert np.array_equal(dx, ref)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding", ODD_POOLS)
+def test_avgpool2d_s8_matches_the_reference_with_odd_shapes_and_extreme_zero_points(
+        lib, shape, kernel, stride, padding):
+    rng = np.random.default_rng(sum(shape) * 11 + kernel[1])
+    p, oh, ow = pool_params(shape, kernel, stride, padding)
+    for x in (ties(rng, shape), s8(rng.integers(-128, 128, shape))):
+        for zp in (-128, -1, 0, 127):
+            y = s8(np.full((shape[0], oh, ow, shape[3]), 99))
+            lib.mt_avgpool2d_s8_forward(ctypes.byref(p), ptr(x), ptr(y), zp)
+            assert np.array_equal(y, Q.avgpool2d_s8_forward(x, zp, kernel, stride, padding))
+    for dy in (ties(rng, (shape[0], oh, ow, shape[3])), s8(np.full((shape[0], oh, ow, shape[3]), -128))):
+        dx = s8(np.full(shape, 99))
+        lib.mt_avgpool2d_s8_grad_input(ctypes.byref(p), ptr(dy), ptr(dx))
+        ref, _ = Q.avgpool2d_s8_grad_input(shape, dy, 1.0, kernel, stride, padding)
+        assert np.array_equal(dx, ref)
+
+
+@pytest.mark.parametrize("area", [1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 25, 49, 64, 100, 255, 256, 1024, 1025])
+def test_avgpool2d_s8_rounds_every_window_sum_exactly(lib, area):
+    # Every sum of a window of `area` offsets in [-255, 255] (zero points -128 and 127), each in
+    # its own output, against the exact half-to-even rounding: the reciprocal multiply (areas up
+    # to 1024) and the division beyond it.
+    for zp in (-128, 127):
+        lo, hi = (-128 - zp) * area, (127 - zp) * area
+        sums = np.arange(lo, hi + 1) if area <= 64 else np.unique(np.concatenate([
+            np.arange(lo, lo + 4 * area), np.arange(hi - 4 * area, hi + 1),
+            np.arange(-4 * area, 4 * area + 1)]))
+        sums = sums[(sums >= lo) & (sums <= hi)]
+        # A window of `area` values in [-128, 127] with each sum of offsets.
+        base = np.full((len(sums), area), -128 if zp == 127 else 127, dtype=np.int64)
+        need = sums + zp * area - base.sum(axis=1)
+        step = 255 if zp == 127 else -255
+        for i in range(area):
+            take = np.clip(need, min(0, step), max(0, step)) if step > 0 else np.clip(need, step, 0)
+            base[:, i] += take
+            need -= take
+        assert not need.any()
+        x = s8(base.T.reshape(1, area, 1, len(sums)))
+        p, oh, ow = pool_params(x.shape, (area, 1), (area, 1), (0, 0))
+        y = s8(np.zeros((1, 1, 1, len(sums))))
+        lib.mt_avgpool2d_s8_forward(ctypes.byref(p), ptr(x), ptr(y), zp)
+        exact = zp + Q.div_round_half_even(sums, area)
+        assert np.array_equal(y.ravel(), np.clip(exact, -128, 127))
 
 
 @pytest.mark.parametrize("rows,cols", [(3, 10), (1, 1), (2, 300), (5, 2)])

@@ -1,4 +1,5 @@
 // int8 Linear: forward, input gradient and fused update (linear_s8.h).
+#include <stdbool.h>
 #include <string.h>
 #include "gemm_s8.h"
 #include "linear_s8.h"
@@ -59,6 +60,15 @@ static inline int8_t finish(int32_t v, const mt_s8_rq_t *rq, int32_t *mm, const 
     return (int8_t)mt_s8_clamp(mt_s8_rq(v, rq) + q->y.zero_point, q->act_min, q->act_max);
 }
 
+#if MT_S8_DSP
+// SXTB16 of v ROR #8 as one instruction (GCC splits the rotation off).
+static inline uint32_t sxtb16_ror8(uint32_t v) {
+    uint32_t r;
+    __asm__ ("sxtb16 %0, %1, ror #8" : "=r" (r) : "r" (v));
+    return r;
+}
+#endif
+
 // sum over k of x16[k] * w[k] for one weight row: x16 is the input minus its zero point as
 // one packed row (gemm_s8.h order), w the int8 row, k < n (kp = padded n).
 static int32_t dot_row(const int16_t *x16, const int8_t *w, int n, int32_t acc) {
@@ -70,7 +80,7 @@ static int32_t dot_row(const int16_t *x16, const int8_t *w, int n, int32_t acc) 
     for (; k + 4 <= n; k += 4, xw += 2) {
         const uint32_t v = mt_s8_load32(w + k);
         acc = __smlad(xw[0], __sxtb16(v), acc);
-        acc = __smlad(xw[1], __sxtb16(mt_s8_ror8(v)), acc);
+        acc = __smlad(xw[1], sxtb16_ror8(v), acc);
     }
 #endif
     uint32_t sum = (uint32_t)acc;
@@ -78,6 +88,33 @@ static int32_t dot_row(const int16_t *x16, const int8_t *w, int n, int32_t acc) 
         sum += (uint32_t)(x16[mt_gemm_s8_pos(k)] * w[k]);
     }
     return (int32_t)sum;
+}
+
+// dot_row for two weight rows w0, w1 at once: each input word is loaded once for both
+// (12 instructions per 8 multiply-adds on DSP cores).
+static void dot_row2(const int16_t *x16, const int8_t *w0, const int8_t *w1, int n, int32_t *acc0,
+    int32_t *acc1) {
+    int k = 0;
+    int32_t a0 = *acc0, a1 = *acc1;
+#if MT_S8_DSP
+    const uint32_t *xw = (const uint32_t *)x16;
+    for (; k + 4 <= n; k += 4, xw += 2) {
+        const uint32_t v0 = mt_s8_load32(w0 + k), v1 = mt_s8_load32(w1 + k);
+        const uint32_t x02 = xw[0], x13 = xw[1];
+        a0 = __smlad(x02, __sxtb16(v0), a0);
+        a0 = __smlad(x13, sxtb16_ror8(v0), a0);
+        a1 = __smlad(x02, __sxtb16(v1), a1);
+        a1 = __smlad(x13, sxtb16_ror8(v1), a1);
+    }
+#endif
+    uint32_t s0 = (uint32_t)a0, s1 = (uint32_t)a1;
+    for (; k < n; k++) {
+        const int32_t xv = x16[mt_gemm_s8_pos(k)];
+        s0 += (uint32_t)(xv * w0[k]);
+        s1 += (uint32_t)(xv * w1[k]);
+    }
+    *acc0 = (int32_t)s0;
+    *acc1 = (int32_t)s1;
 }
 
 int mt_linear_s8_forward(const mt_linear_params_t *p, const mt_s8_quant_t *q, const int8_t *x,
@@ -96,7 +133,14 @@ int mt_linear_s8_forward(const mt_linear_params_t *p, const mt_s8_quant_t *q, co
     int32_t *mm = y_range ? s.mm : NULL;
     if (B == 1) {
         mt_pack_s8_rows(x, K, 1, K, q->x.zero_point, 1, kp, s.apanel);
-        for (int o = 0; o < O; o++) {
+        int o = 0;
+        for (; o + 2 <= O; o += 2) {
+            int32_t v0 = bias ? bias[o] : 0, v1 = bias ? bias[o + 1] : 0;
+            dot_row2(s.apanel, w + (size_t)o * K, w + (size_t)(o + 1) * K, K, &v0, &v1);
+            y[o] = finish(v0, &s.rq[o], mm ? mm + 2 * o : NULL, q);
+            y[o + 1] = finish(v1, &s.rq[o + 1], mm ? mm + 2 * (o + 1) : NULL, q);
+        }
+        if (o < O) {
             const int32_t v = dot_row(s.apanel, w + (size_t)o * K, K, bias ? bias[o] : 0);
             y[o] = finish(v, &s.rq[o], mm ? mm + 2 * o : NULL, q);
         }
@@ -129,25 +173,99 @@ int mt_linear_s8_forward(const mt_linear_params_t *p, const mt_s8_quant_t *q, co
     return 0;
 }
 
-// acc[k] += d0 * w0[k] + d1 * w1[k] for k < n (d0, d1 fit int16).
-static void axpy2(int n, int32_t d0, const int8_t *w0, int32_t d1, const int8_t *w1, int32_t *acc) {
+// acc[k] = c + d0 * a0[k] + d1 * a1[k] (set) or acc[k] += d0 * a0[k] + d1 * a1[k], k < n,
+// for two int8 rows a0, a1 and d0, d1 that fit int16: two rows of weights times their errors
+// (input gradient), or two samples' inputs times their errors (weight gradient). Sums wrap
+// as int32 (they never overflow in use).
+static inline __attribute__((always_inline)) void madd2(int n, int32_t c, int32_t d0, const int8_t *a0,
+    int32_t d1, const int8_t *a1, int32_t *acc, const bool set) {
     int k = 0;
 #if MT_S8_DSP
-    // Pairs (w0[k], w1[k]) for SMLAD: SXTB16 gives (k, k + 2) of one row, PKHBT/PKHTB
-    // regroup two rows: 17 instructions per 8 multiply-adds.
+    // PKHBT/PKHTB put bytes (0, 1) and (2, 3) of both rows in one word each, so SXTB16 and
+    // SXTB16 ROR #8 give the pairs (a0[k], a1[k]) SMLAD wants: 12 instructions and the acc
+    // traffic per 8 multiply-adds.
     const uint32_t d = ((uint32_t)d0 & 0xffffu) | ((uint32_t)d1 << 16);
     for (; k + 4 <= n; k += 4) {
-        const uint32_t v0 = mt_s8_load32(w0 + k), v1 = mt_s8_load32(w1 + k);
-        const uint32_t a02 = __sxtb16(v0), b02 = __sxtb16(v1);
-        const uint32_t a13 = __sxtb16(mt_s8_ror8(v0)), b13 = __sxtb16(mt_s8_ror8(v1));
-        acc[k] = __smlad(d, (a02 & 0xffffu) | (b02 << 16), acc[k]);
-        acc[k + 1] = __smlad(d, (a13 & 0xffffu) | (b13 << 16), acc[k + 1]);
-        acc[k + 2] = __smlad(d, (b02 & 0xffff0000u) | (a02 >> 16), acc[k + 2]);
-        acc[k + 3] = __smlad(d, (b13 & 0xffff0000u) | (a13 >> 16), acc[k + 3]);
+        const uint32_t v0 = mt_s8_load32(a0 + k), v1 = mt_s8_load32(a1 + k);
+        const uint32_t p01 = mt_s8_pkhbt(v0, v1), p23 = mt_s8_pkhtb(v1, v0);
+        acc[k] = __smlad(d, __sxtb16(p01), set ? c : acc[k]);
+        acc[k + 1] = __smlad(d, sxtb16_ror8(p01), set ? c : acc[k + 1]);
+        acc[k + 2] = __smlad(d, __sxtb16(p23), set ? c : acc[k + 2]);
+        acc[k + 3] = __smlad(d, sxtb16_ror8(p23), set ? c : acc[k + 3]);
     }
 #endif
     for (; k < n; k++) {
-        acc[k] = (int32_t)((uint32_t)acc[k] + (uint32_t)(d0 * w0[k]) + (uint32_t)(d1 * w1[k]));
+        const uint32_t base = set ? (uint32_t)c : (uint32_t)acc[k];
+        acc[k] = (int32_t)(base + (uint32_t)(d0 * a0[k]) + (uint32_t)(d1 * a1[k]));
+    }
+}
+
+// acc[k] = c + d0 * a0[k] (set) or acc[k] += d0 * a0[k], k < n, d0 fits int16.
+static inline __attribute__((always_inline)) void madd1(int n, int32_t c, int32_t d0, const int8_t *a0,
+    int32_t *acc, const bool set) {
+    int k = 0;
+#if MT_S8_DSP
+    // SXTB16 gives bytes (0, 2) and (1, 3) as int16 halves; SMLABB/SMLATB take one each.
+    for (; k + 4 <= n; k += 4) {
+        const uint32_t v = mt_s8_load32(a0 + k);
+        const int32_t e = (int32_t)__sxtb16(v), o = (int32_t)sxtb16_ror8(v);
+        acc[k] = __smlabb(e, d0, set ? c : acc[k]);
+        acc[k + 1] = __smlabb(o, d0, set ? c : acc[k + 1]);
+        acc[k + 2] = __smlatb(e, d0, set ? c : acc[k + 2]);
+        acc[k + 3] = __smlatb(o, d0, set ? c : acc[k + 3]);
+    }
+#endif
+    for (; k < n; k++) {
+        const uint32_t base = set ? (uint32_t)c : (uint32_t)acc[k];
+        acc[k] = (int32_t)(base + (uint32_t)(d0 * a0[k]));
+    }
+}
+
+// acc = c + the sum of d * row over the rows fed to row_sum_add, two rows a pass; rows with
+// d == 0 (common after a ReLU) cost nothing.
+typedef struct {
+    int n;
+    int32_t c;
+    int32_t *acc;
+    bool set;            // acc not written yet
+    int32_t d;           // a pending row, waiting for its pair
+    const int8_t *row;
+} row_sum_t;
+
+static inline row_sum_t row_sum_begin(int n, int32_t c, int32_t *acc) {
+    row_sum_t s = { n, c, acc, true, 0, NULL };
+    return s;
+}
+
+static inline void row_sum_add(row_sum_t *s, int32_t d, const int8_t *row) {
+    if (!d) {
+        return;
+    }
+    if (!s->row) {
+        s->d = d;
+        s->row = row;
+        return;
+    }
+    if (s->set) {
+        madd2(s->n, s->c, s->d, s->row, d, row, s->acc, true);
+    } else {
+        madd2(s->n, 0, s->d, s->row, d, row, s->acc, false);
+    }
+    s->set = false;
+    s->row = NULL;
+}
+
+static void row_sum_end(row_sum_t *s) {
+    if (s->row) {
+        if (s->set) {
+            madd1(s->n, s->c, s->d, s->row, s->acc, true);
+        } else {
+            madd1(s->n, 0, s->d, s->row, s->acc, false);
+        }
+    } else if (s->set) {
+        for (int k = 0; k < s->n; k++) {
+            s->acc[k] = s->c;
+        }
     }
 }
 
@@ -162,34 +280,33 @@ int mt_linear_s8_grad_input(const mt_linear_params_t *p, const mt_s8_quant_t *q,
     if (mt_s8_grad_input_fold(O, O, w_scale, q->dy_scale, q->dx_scale, s.r, &rq, &unit)) {
         return -1;
     }
+    // Requantization without a left shift (the usual case): one SMMLA(R) (s8_common.h).
+    const bool fast = rq.left == 0 && rq.right <= 23;
+    const int32_t rc = fast ? mt_s8_rq_c(rq.right, 0) : 0;
     int32_t amin = 0, amax = 0;
     for (int b = 0; b < p->batch; b++) {
         const int8_t *d = dy + (size_t)b * O;
-        memset(s.acc, 0, (size_t)K * sizeof(int32_t));
-        // Rows with zero error (common after a ReLU) cost nothing.
-        int pending = -1;
+        row_sum_t sum = row_sum_begin(K, 0, s.acc);
         for (int o = 0; o < O; o++) {
-            if (!d[o]) {
-                continue;
-            }
-            if (pending < 0) {
-                pending = o;
-                continue;
-            }
-            axpy2(K, d[pending] * s.r[pending], w + (size_t)pending * K, d[o] * s.r[o],
-                w + (size_t)o * K, s.acc);
-            pending = -1;
+            row_sum_add(&sum, d[o] * s.r[o], w + (size_t)o * K);
         }
-        if (pending >= 0) {
-            axpy2(K, d[pending] * s.r[pending], w + (size_t)pending * K, 0,
-                w + (size_t)pending * K, s.acc);
-        }
+        row_sum_end(&sum);
         int8_t *out = dx + (size_t)b * K;
-        for (int k = 0; k < K; k++) {
-            const int32_t v = s.acc[k];
-            amin = mt_s8_min(amin, v);
-            amax = mt_s8_max(amax, v);
-            out[k] = (int8_t)mt_s8_clamp(mt_s8_rq(v, &rq), -MT_S8_SYM_MAX, MT_S8_SYM_MAX);
+        if (fast) {
+            for (int k = 0; k < K; k++) {
+                const int32_t v = s.acc[k];
+                amin = mt_s8_min(amin, v);
+                amax = mt_s8_max(amax, v);
+                // SSAT to [-128, 127], then -128 up to -127.
+                out[k] = (int8_t)mt_s8_max(mt_s8_ssat8(mt_s8_rq_zp(v, rq.m, rc, rq.right)), -MT_S8_SYM_MAX);
+            }
+        } else {
+            for (int k = 0; k < K; k++) {
+                const int32_t v = s.acc[k];
+                amin = mt_s8_min(amin, v);
+                amax = mt_s8_max(amax, v);
+                out[k] = (int8_t)mt_s8_clamp(mt_s8_rq(v, &rq), -MT_S8_SYM_MAX, MT_S8_SYM_MAX);
+            }
         }
     }
     if (dx_absmax) {
@@ -223,30 +340,17 @@ int mt_linear_s8_update(const mt_linear_params_t *p, const mt_s8_quant_t *q,
         if (mask && !mask[o]) {
             continue;
         }
-        // acc[k] = sum over the batch of dy[b][o] * (x[b][k] - zp); rows with zero error
-        // (common after a ReLU) cost nothing.
-        int32_t bsum = 0, first = 1;
+        // acc[k] = sum over the batch of dy[b][o] * (x[b][k] - zp) = sum of dy[b][o] * x[b][k]
+        // - zp * bsum, exactly in int32; samples with zero error cost nothing.
+        int32_t bsum = 0;
         for (int b = 0; b < B; b++) {
-            const int32_t d = dy[(size_t)b * O + o];
-            const int8_t *xb = x + (size_t)b * K;
-            bsum += d;
-            if (!d) {
-                continue;
-            }
-            if (first) {
-                for (int k = 0; k < K; k++) {
-                    s.acc[k] = d * ((int32_t)xb[k] - zp);
-                }
-                first = 0;
-            } else {
-                for (int k = 0; k < K; k++) {
-                    s.acc[k] += d * ((int32_t)xb[k] - zp);
-                }
-            }
+            bsum += dy[(size_t)b * O + o];
         }
-        if (first) {
-            memset(s.acc, 0, (size_t)K * sizeof(int32_t));
+        row_sum_t sum = row_sum_begin(K, (int32_t)(0u - (uint32_t)zp * (uint32_t)bsum), s.acc);
+        for (int b = 0; b < B; b++) {
+            row_sum_add(&sum, dy[(size_t)b * O + o], x + (size_t)b * K);
         }
+        row_sum_end(&sum);
         if (b_stats) {
             mt_grad_stats_add(b_stats, &bsum, 1);
         }

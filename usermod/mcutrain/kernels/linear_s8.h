@@ -3,10 +3,12 @@
 // the case of a 1x1 "image" per sample). Layouts as linear_f32.h: x (batch, in), y and dy
 // (batch, out), weight (out, in) int8 with one scale per output row, bias int32 (out).
 //
-// Speed: batch 1 streams the int8 weights through SXTB16 + SMLAD (forward) and takes pairs of
-// weight rows at a time (input gradient); larger batches use the int16-panel GEMM of
-// gemm_s8.h. The update builds each selected row's int32 gradient (batch products per
-// weight) in scratch and applies it at once.
+// Speed: batch 1 streams the int8 weights through SXTB16 + SMLAD (forward); larger batches
+// use the int16-panel GEMM of gemm_s8.h. The input gradient sums pairs of weight rows with
+// SMLAD (PKHBT/PKHTB + SXTB16 make the pairs), skipping rows whose error is zero. The update
+// builds each selected row's int32 gradient in scratch the same way, two samples a pass (one:
+// SMLABB/SMLATB), the input's zero point folded into the first pass's constant, and applies
+// it at once.
 #ifndef MCUTRAIN_KERNELS_LINEAR_S8_H
 #define MCUTRAIN_KERNELS_LINEAR_S8_H
 

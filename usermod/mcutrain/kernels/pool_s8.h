@@ -13,6 +13,12 @@
 // dy_scale * cover / area, cover being the most windows any pixel lies in (so |S / cover|
 // <= 127): exact when windows do not overlap (stride >= kernel, cover 1), else within half
 // a step of the new scale.
+//
+// Speed: every loop runs over a pixel's channel vector (four channels a word with SSUB8/SEL
+// or SXTAB16 on DSP cores). Max pooling's input gradient finds each window's argmax once and
+// writes its dy there when windows do not overlap; overlapping windows gather exact sums per
+// input row in a small int32 tile on the stack. The averages divide by a reciprocal multiply
+// that rounds exactly as the division (pool_s8.c), with a division only past 1024 values.
 #ifndef MCUTRAIN_KERNELS_POOL_S8_H
 #define MCUTRAIN_KERNELS_POOL_S8_H
 
