@@ -1,0 +1,648 @@
+// int8 depthwise convolution: forward, input gradient and update (depthwise_s8.h) on int16
+// channel planes, SMLAD over pairs of taps on Cortex-M4, plain int16 loops elsewhere.
+#include <string.h>
+#include "depthwise_s8.h"
+#include "s8_common.h"
+#include "checked_size.h"
+
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#define GROUP 4          // channels gathered per pass over a band of rows
+#define MIN_ROWS 8       // rows a band holds at least (fewer re-gathered halo rows)
+
+int mt_depthwise_s8_applies(const mt_conv2d_params_t *p) {
+    return p->groups == p->in_c && p->out_c == p->in_c;
+}
+
+static int even(int v) {
+    return (v + 1) & ~1;
+}
+
+// ---- geometry and scratch ---------------------------------------------------------------
+
+enum { PASS_FORWARD, PASS_GRAD_INPUT, PASS_UPDATE };
+
+// One pass's band: `rows` result rows (output rows; input rows for the input gradient) of
+// `cols` pixels from plane rows of `wa` halfwords; bands start every `rows` rows.
+typedef struct {
+    int kwp;          // weight row length: kernel_w rounded up to even
+    int cols, height; // result row length, result rows in all
+    int wa;           // plane row length, with zero columns for the last pair's reads
+    int rows;         // result rows per band
+    int owp;          // dy plane row length (update)
+} geom_t;
+
+typedef struct {
+    mt_s8_rq_t *rq;   // C
+    int32_t *mm;      // 2 * C: accumulator min, max
+    int16_t *wq;      // C * kernel_h * kwp
+    int16_t *plane;   // GROUP planes of x (or dy) rows
+    int16_t *dplane;  // GROUP planes of dy rows (update)
+    int32_t *acc;     // rows * cols (forward, input gradient) or GROUP * taps (update)
+} dw_scratch_t;
+
+typedef struct {
+    uint8_t *base;
+    size_t used;
+} arena_t;
+
+static void *take(arena_t *a, size_t bytes) {
+    void *p = a->base ? a->base + a->used : NULL;
+    bool overflow = false;
+    a->used = mt_add_size(a->used, mt_add_size(bytes, 7, &overflow) & ~(size_t)7, &overflow);
+    return p;
+}
+
+static int taps_of(const mt_conv2d_params_t *p) {
+    return p->kernel_h * p->kernel_w;
+}
+
+// Plane rows a band of `rows` result rows reads.
+static int plane_rows(const mt_conv2d_params_t *p, int pass, int rows) {
+    return pass == PASS_GRAD_INPUT ? rows + p->kernel_h - 1 : (rows - 1) * p->stride_h + p->kernel_h;
+}
+
+static geom_t geom_base(const mt_conv2d_params_t *p, int pass) {
+    geom_t g;
+    g.kwp = even(p->kernel_w);
+    if (pass == PASS_GRAD_INPUT) {
+        g.cols = p->in_w;
+        g.height = p->in_h;
+        g.wa = even(p->in_w - 1 + g.kwp + 2);
+    } else {
+        g.cols = p->out_w;
+        g.height = p->out_h;
+        g.wa = even((p->out_w - 1) * p->stride_w + g.kwp + 2);
+    }
+    g.owp = even(p->out_w);
+    g.rows = 1;
+    return g;
+}
+
+static size_t layout(const mt_conv2d_params_t *p, int pass, const geom_t *g, void *scratch,
+    dw_scratch_t *s) {
+    const size_t C = (size_t)p->in_c, prow = (size_t)plane_rows(p, pass, g->rows);
+    bool overflow = false;
+    arena_t a = { scratch, 0 };
+    s->rq = take(&a, C * sizeof(mt_s8_rq_t));
+    s->mm = take(&a, 2 * C * sizeof(int32_t));
+    s->wq = take(&a, mt_mul_size(C * (size_t)p->kernel_h, (size_t)g->kwp * 2, &overflow));
+    s->plane = take(&a, mt_mul_size(GROUP * prow, (size_t)g->wa * 2, &overflow));
+    if (pass == PASS_UPDATE) {
+        s->dplane = take(&a, mt_mul_size(GROUP * (size_t)g->rows, (size_t)g->owp * 2, &overflow));
+        s->acc = take(&a, (size_t)GROUP * taps_of(p) * sizeof(int32_t));
+    } else {
+        s->dplane = NULL;
+        s->acc = take(&a, mt_mul_size((size_t)g->rows, (size_t)g->cols * 4, &overflow));
+    }
+    return overflow ? MT_SIZE_OVERFLOW : a.used;
+}
+
+// What these layers' scratch was before the planes (byte loops on transposed weights): the
+// budget bands grow in.
+static size_t budget(const mt_conv2d_params_t *p) {
+    const size_t C = (size_t)p->in_c, taps = (size_t)taps_of(p);
+    bool overflow = false;
+    size_t b = 0;
+    b = mt_add_size(b, (C * sizeof(mt_s8_rq_t) + 7) & ~(size_t)7, &overflow);
+    b = mt_add_size(b, (2 * C * 4 + 7) & ~(size_t)7, &overflow);
+    b = mt_add_size(b, (mt_mul_size(taps, C, &overflow) + 7) & ~(size_t)7, &overflow);
+    b = mt_add_size(b, (mt_mul_size(taps, C * 4, &overflow) + 7) & ~(size_t)7, &overflow);
+    return mt_add_size(b, (taps * 4 + 7) & ~(size_t)7, &overflow);
+}
+
+// The pass's geometry with the most rows per band that fit the budget (at least MIN_ROWS).
+static geom_t geom(const mt_conv2d_params_t *p, int pass) {
+    geom_t g = geom_base(p, pass);
+    dw_scratch_t s;
+    const int lo = g.height < MIN_ROWS ? g.height : MIN_ROWS;
+    g.rows = lo;
+    const size_t at_lo = layout(p, pass, &g, NULL, &s);
+    const size_t limit = mt_max_size(budget(p), at_lo);
+    if (at_lo >= MT_SIZE_OVERFLOW) {
+        return g;
+    }
+    g.rows = g.height;
+    const size_t at_hi = layout(p, pass, &g, NULL, &s);
+    if (at_hi > limit) {
+        // Bytes grow linearly in rows (up to 8-byte rounding): step back from the estimate.
+        const size_t per_row = (at_hi - at_lo) / (size_t)(g.height - lo) + 1;
+        int rows = lo + (int)((limit - at_lo) / per_row);
+        g.rows = rows < g.height ? rows : g.height;
+        while (g.rows > lo && layout(p, pass, &g, NULL, &s) > limit) {
+            g.rows--;
+        }
+    }
+    return g;
+}
+
+size_t mt_depthwise_s8_scratch_bytes(const mt_conv2d_params_t *p) {
+    size_t bytes = 0;
+    for (int pass = PASS_FORWARD; pass <= PASS_UPDATE; pass++) {
+        const geom_t g = geom(p, pass);
+        dw_scratch_t s;
+        bytes = mt_max_size(bytes, layout(p, pass, &g, NULL, &s));
+    }
+    return bytes;
+}
+
+// ---- planes -------------------------------------------------------------------------------
+
+static inline int32_t load2(const int16_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// Weights of channel c as int16 rows of kwp (zero padded); flipped (for the input
+// gradient) reverses the taps.
+static void widen_weights(const mt_conv2d_params_t *p, const int8_t *w, int kwp, int flipped,
+    int16_t *wq) {
+    const int kh = p->kernel_h, kw = p->kernel_w, taps = kh * kw;
+    for (int c = 0; c < p->in_c; c++, w += taps) {
+        for (int i = 0; i < kh; i++, wq += kwp) {
+            for (int j = 0; j < kwp; j++) {
+                wq[j] = (int16_t)(j >= kw ? 0 : flipped ? w[taps - 1 - (i * kw + j)] : w[i * kw + j]);
+            }
+        }
+    }
+}
+
+static void zero_cols(int16_t *dst, size_t plane, int nch, int from, int to) {
+    for (int ch = 0; ch < nch; ch++, dst += plane) {
+        for (int k = from; k < to; k++) {
+            dst[k] = 0;
+        }
+    }
+}
+
+// One plane row of channels [0, nch) of src: pixel s of n (NHWC, C bytes apart) minus zp
+// at column s * step + off when inside [0, wa), 0 in every other column.
+static void gather_row(const int8_t *src, int n, int C, int nch, int step, int off, int32_t zp,
+    int16_t *dst, size_t plane, int wa) {
+    if (step != 1) {
+        zero_cols(dst, plane, nch, 0, wa);
+        for (int s = 0; s < n; s++) {
+            const int k = s * step + off;
+            if (k >= 0 && k < wa) {
+                for (int ch = 0; ch < nch; ch++) {
+                    dst[ch * plane + k] = (int16_t)(src[(size_t)s * C + ch] - zp);
+                }
+            }
+        }
+        return;
+    }
+    const int lo = off < 0 ? -off : 0, hi = wa - off < n ? wa - off : n;
+    if (lo >= hi) {
+        zero_cols(dst, plane, nch, 0, wa);
+        return;
+    }
+    zero_cols(dst, plane, nch, 0, lo + off);
+    zero_cols(dst, plane, nch, hi + off, wa);
+    src += (size_t)lo * C;
+    int16_t *d = dst + lo + off;
+#if MT_S8_DSP
+    if (nch == GROUP) {
+        // One word holds the group's 4 channels: SXTAB16 splits it into (c0, c2), (c1, c3)
+        // and subtracts zp from both halves.
+        const uint32_t neg = mt_s8_pair(-zp);
+        int16_t *d1 = d + plane, *d2 = d1 + plane, *d3 = d2 + plane;
+        for (int k = 0; k < hi - lo; k++, src += C) {
+            const uint32_t v = mt_s8_load32(src);
+            const uint32_t a = __sxtab16(neg, v), b = mt_s8_sxtab16_ror8(neg, v);
+            d[k] = (int16_t)a;
+            d2[k] = (int16_t)(a >> 16);
+            d1[k] = (int16_t)b;
+            d3[k] = (int16_t)(b >> 16);
+        }
+        return;
+    }
+#endif
+    for (int k = 0; k < hi - lo; k++, src += C) {
+        for (int ch = 0; ch < nch; ch++) {
+            d[ch * plane + k] = (int16_t)(src[ch] - zp);
+        }
+    }
+}
+
+// Plane rows [r0, r0 + count) of x (forward, update): padded-image row r is image row
+// r - pad_h of image n.
+static void gather_x(const mt_conv2d_params_t *p, const int8_t *x, int n, int c0, int nch,
+    int r0, int count, int32_t zp, const geom_t *g, int16_t *plane) {
+    const size_t stride = (size_t)count * g->wa;
+    const int8_t *image = x + (size_t)n * p->in_h * p->in_w * p->in_c + c0;
+    for (int r = 0; r < count; r++) {
+        const int ih = r0 + r - p->pad_h;
+        int16_t *dst = plane + (size_t)r * g->wa;
+        if (ih < 0 || ih >= p->in_h) {
+            zero_cols(dst, stride, nch, 0, g->wa);
+        } else {
+            gather_row(image + (size_t)ih * p->in_w * p->in_c, p->in_w, p->in_c, nch, 1,
+                p->pad_w, zp, dst, stride, g->wa);
+        }
+    }
+}
+
+// Plane rows [r0, r0 + count) of dy dilated by the stride and offset by kernel - 1 - pad
+// (input gradient): dy[oh][ow] sits at (oh * stride_h + kh - 1 - pad_h, ow * stride_w +
+// kw - 1 - pad_w), zeros elsewhere, so dx is the plane correlated with the flipped filter.
+static void gather_dy_dilated(const mt_conv2d_params_t *p, const int8_t *dy, int n, int c0,
+    int nch, int r0, int count, const geom_t *g, int16_t *plane) {
+    const size_t stride = (size_t)count * g->wa;
+    const int8_t *image = dy + (size_t)n * p->out_h * p->out_w * p->out_c + c0;
+    const int off_h = p->kernel_h - 1 - p->pad_h, off_w = p->kernel_w - 1 - p->pad_w;
+    for (int r = 0; r < count; r++) {
+        const int v = r0 + r - off_h, oh = v / p->stride_h;
+        int16_t *dst = plane + (size_t)r * g->wa;
+        if (v < 0 || v % p->stride_h || oh >= p->out_h) {
+            zero_cols(dst, stride, nch, 0, g->wa);
+        } else {
+            gather_row(image + (size_t)oh * p->out_w * p->out_c, p->out_w, p->out_c, nch,
+                p->stride_w, off_w, 0, dst, stride, g->wa);
+        }
+    }
+}
+
+// ---- multiply-accumulate ------------------------------------------------------------------
+
+// acc[r * cols + o] = init + sum over taps (i, j) of pl[(r * sh + i) * wa + o * sw + j] *
+// w[i * kwp + j], for a band of rows.
+#if MT_S8_DSP
+// 3x3, unit column stride: output pairs (o, o+1) share each row's words (x_o, x_o+1) and
+// (x_o+2, x_o+3), with weight pairs a = (w0, w1) and b = (w1, w2): 4 multiply instructions
+// and one load per kernel row for 6 multiply-adds.
+static void correlate_3x3(const int16_t *pl, int wa, int sh, const int16_t *w, int rows, int cols,
+    int32_t init, int32_t *acc) {
+    const int32_t a0 = load2(w), a1 = load2(w + 4), a2 = load2(w + 8);
+    const int32_t b0 = load2(w + 1), b1 = load2(w + 5), b2 = load2(w + 9);
+    for (int r = 0; r < rows; r++, acc += cols) {
+        const int16_t *p0 = pl + (size_t)r * sh * wa, *p1 = p0 + wa, *p2 = p1 + wa;
+        int32_t k0 = load2(p0), k1 = load2(p1), k2 = load2(p2);
+        int o = 0;
+        for (; o + 1 < cols; o += 2) {
+            const int32_t n0 = load2(p0 + o + 2), n1 = load2(p1 + o + 2), n2 = load2(p2 + o + 2);
+            int32_t s0 = __smlad(k0, a0, init), s1 = __smlatb(k0, a0, init);
+            s0 = __smlabt(n0, b0, s0);
+            s1 = __smlad(n0, b0, s1);
+            s0 = __smlad(k1, a1, s0);
+            s1 = __smlatb(k1, a1, s1);
+            s0 = __smlabt(n1, b1, s0);
+            s1 = __smlad(n1, b1, s1);
+            s0 = __smlad(k2, a2, s0);
+            s1 = __smlatb(k2, a2, s1);
+            s0 = __smlabt(n2, b2, s0);
+            s1 = __smlad(n2, b2, s1);
+            acc[o] = s0;
+            acc[o + 1] = s1;
+            k0 = n0;
+            k1 = n1;
+            k2 = n2;
+        }
+        if (o < cols) {
+            int32_t s0 = __smlad(k0, a0, init);
+            s0 = __smlabt(load2(p0 + o + 2), b0, s0);
+            s0 = __smlad(k1, a1, s0);
+            s0 = __smlabt(load2(p1 + o + 2), b1, s0);
+            s0 = __smlad(k2, a2, s0);
+            s0 = __smlabt(load2(p2 + o + 2), b2, s0);
+            acc[o] = s0;
+        }
+    }
+}
+#endif
+
+static void correlate(const int16_t *pl, int wa, int sh, int sw, const int16_t *w, int kh, int kw,
+    int kwp, int rows, int cols, int32_t init, int32_t *acc) {
+#if MT_S8_DSP
+    if (kh == 3 && kw == 3 && sw == 1) {
+        correlate_3x3(pl, wa, sh, w, rows, cols, init, acc);
+        return;
+    }
+    for (int r = 0; r < rows; r++, acc += cols) {
+        for (int o = 0; o < cols; o++) {
+            const int16_t *base = pl + (size_t)r * sh * wa + o * sw;
+            int32_t s = init;
+            for (int i = 0; i < kh; i++) {
+                for (int j = 0; j < kwp; j += 2) {
+                    s = __smlad(load2(base + i * wa + j), load2(w + i * kwp + j), s);
+                }
+            }
+            acc[o] = s;
+        }
+    }
+#else
+    if (kh == 3 && kw == 3) {
+        const int32_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[4], w4 = w[5], w5 = w[6];
+        const int32_t w6 = w[8], w7 = w[9], w8 = w[10];
+        for (int r = 0; r < rows; r++, acc += cols) {
+            const int16_t *p0 = pl + (size_t)r * sh * wa, *p1 = p0 + wa, *p2 = p1 + wa;
+            for (int o = 0; o < cols; o++, p0 += sw, p1 += sw, p2 += sw) {
+                acc[o] = init + p0[0] * w0 + p0[1] * w1 + p0[2] * w2 + p1[0] * w3 + p1[1] * w4
+                    + p1[2] * w5 + p2[0] * w6 + p2[1] * w7 + p2[2] * w8;
+            }
+        }
+        return;
+    }
+    for (int r = 0; r < rows; r++, acc += cols) {
+        for (int o = 0; o < cols; o++) {
+            const int16_t *base = pl + (size_t)r * sh * wa + o * sw;
+            int32_t s = init;
+            for (int i = 0; i < kh; i++) {
+                for (int j = 0; j < kw; j++) {
+                    s += base[i * wa + j] * w[i * kwp + j];
+                }
+            }
+            acc[o] = s;
+        }
+    }
+#endif
+}
+
+// ---- epilogues ----------------------------------------------------------------------------
+
+// Requantizes n accumulators of one channel to out (C bytes apart), clamped to [lo, hi],
+// tracking their range in mm[0..1]. The fast form (the zero point folded into one SMMLA, see
+// mt_s8_rq_c) needs left == 0 and right <= 23; the general one any constants.
+static void requant_run(const int32_t *acc, int n, const mt_s8_rq_t *rq, int32_t zp, int32_t lo,
+    int32_t hi, int32_t *mm, int8_t *out, int C) {
+    int32_t mn = mm[0], mx = mm[1];
+    if (rq->left == 0 && rq->right <= 23) {
+        const int32_t m = rq->m, k = mt_s8_rq_c(rq->right, zp), right = rq->right;
+        if (lo == -128 && hi == 127) {
+            for (int i = 0; i < n; i++, out += C) {
+                const int32_t v = acc[i];
+                mn = mt_s8_min(mn, v);
+                mx = mt_s8_max(mx, v);
+                *out = (int8_t)mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right));
+            }
+        } else {
+            for (int i = 0; i < n; i++, out += C) {
+                const int32_t v = acc[i];
+                mn = mt_s8_min(mn, v);
+                mx = mt_s8_max(mx, v);
+                *out = (int8_t)mt_s8_clamp(mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right)), lo, hi);
+            }
+        }
+    } else {
+        for (int i = 0; i < n; i++, out += C) {
+            const int32_t v = acc[i];
+            mn = mt_s8_min(mn, v);
+            mx = mt_s8_max(mx, v);
+            *out = (int8_t)mt_s8_clamp(mt_s8_rq(v, rq) + zp, lo, hi);
+        }
+    }
+    mm[0] = mn;
+    mm[1] = mx;
+}
+
+static int make_rq(const mt_conv2d_params_t *p, float num, float den, const float *w_scale,
+    mt_s8_rq_t *rq, int32_t *mm) {
+    for (int c = 0; c < p->in_c; c++) {
+        if (mt_s8_rq_from_real((num * w_scale[c]) / den, &rq[c])) {
+            return -1;
+        }
+        mm[2 * c] = INT32_MAX;
+        mm[2 * c + 1] = INT32_MIN;
+    }
+    return 0;
+}
+
+// ---- forward ------------------------------------------------------------------------------
+
+int mt_depthwise_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, const int8_t *x,
+    const int8_t *w, const float *w_scale, const int32_t *bias, int8_t *y, mt_range_t *y_range,
+    void *scratch) {
+    const geom_t g = geom(p, PASS_FORWARD);
+    dw_scratch_t s;
+    layout(p, PASS_FORWARD, &g, scratch, &s);
+    if (make_rq(p, q->x.scale, q->y.scale, w_scale, s.rq, s.mm)) {
+        return -1;
+    }
+    widen_weights(p, w, g.kwp, 0, s.wq);
+    const int C = p->in_c, kh = p->kernel_h, wrow = kh * g.kwp;
+    for (int c0 = 0; c0 < C; c0 += GROUP) {
+        const int nch = C - c0 < GROUP ? C - c0 : GROUP;
+        for (int n = 0; n < p->batch; n++) {
+            for (int oh = 0; oh < g.height; oh += g.rows) {
+                const int rows = g.height - oh < g.rows ? g.height - oh : g.rows;
+                const int prow = plane_rows(p, PASS_FORWARD, rows);
+                gather_x(p, x, n, c0, nch, oh * p->stride_h, prow, q->x.zero_point, &g, s.plane);
+                int8_t *out = y + (((size_t)n * p->out_h + oh) * p->out_w) * C + c0;
+                for (int ch = 0; ch < nch; ch++) {
+                    const int c = c0 + ch;
+                    correlate(s.plane + (size_t)ch * prow * g.wa, g.wa, p->stride_h, p->stride_w,
+                        s.wq + (size_t)c * wrow, kh, p->kernel_w, g.kwp, rows, g.cols,
+                        bias ? bias[c] : 0, s.acc);
+                    requant_run(s.acc, rows * g.cols, &s.rq[c], q->y.zero_point, q->act_min,
+                        q->act_max, &s.mm[2 * c], out + ch, C);
+                }
+            }
+        }
+    }
+    if (y_range) {
+        mt_s8_fold_range(C, s.mm, 2, q->x.scale, w_scale, y_range);
+    }
+    return 0;
+}
+
+// ---- input gradient -----------------------------------------------------------------------
+
+int mt_depthwise_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
+    const int8_t *dy, const int8_t *w, const float *w_scale, int8_t *dx, float *dx_absmax,
+    void *scratch) {
+    const geom_t g = geom(p, PASS_GRAD_INPUT);
+    dw_scratch_t s;
+    layout(p, PASS_GRAD_INPUT, &g, scratch, &s);
+    if (make_rq(p, q->dy_scale, q->dx_scale, w_scale, s.rq, s.mm)) {
+        return -1;
+    }
+    widen_weights(p, w, g.kwp, 1, s.wq);
+    const int C = p->in_c, kh = p->kernel_h, wrow = kh * g.kwp;
+    for (int c0 = 0; c0 < C; c0 += GROUP) {
+        const int nch = C - c0 < GROUP ? C - c0 : GROUP;
+        for (int n = 0; n < p->batch; n++) {
+            for (int ih = 0; ih < g.height; ih += g.rows) {
+                const int rows = g.height - ih < g.rows ? g.height - ih : g.rows;
+                const int prow = plane_rows(p, PASS_GRAD_INPUT, rows);
+                gather_dy_dilated(p, dy, n, c0, nch, ih, prow, &g, s.plane);
+                int8_t *out = dx + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0;
+                for (int ch = 0; ch < nch; ch++) {
+                    const int c = c0 + ch;
+                    correlate(s.plane + (size_t)ch * prow * g.wa, g.wa, 1, 1,
+                        s.wq + (size_t)c * wrow, kh, p->kernel_w, g.kwp, rows, g.cols, 0, s.acc);
+                    requant_run(s.acc, rows * g.cols, &s.rq[c], 0, -MT_S8_SYM_MAX, MT_S8_SYM_MAX,
+                        &s.mm[2 * c], out + ch, C);
+                }
+            }
+        }
+    }
+    if (dx_absmax) {
+        float m = 0.0f;
+        for (int c = 0; c < C; c++) {
+            if (s.mm[2 * c] > s.mm[2 * c + 1]) {
+                continue;
+            }
+            const float unit = q->dy_scale * w_scale[c];
+            const float lo = -((float)s.mm[2 * c] * unit), hi = (float)s.mm[2 * c + 1] * unit;
+            m = lo > m ? lo : m;
+            m = hi > m ? hi : m;
+        }
+        *dx_absmax = m;
+    }
+    return 0;
+}
+
+// ---- update -------------------------------------------------------------------------------
+
+// Plane rows [oh0, oh0 + rows) of dy, owp halfwords a row (a zero column pads an odd out_w).
+static void gather_dy(const mt_conv2d_params_t *p, const int8_t *dy, int n, int c0, int nch,
+    int oh0, int rows, const geom_t *g, int16_t *plane) {
+    const size_t stride = (size_t)rows * g->owp;
+    const int8_t *image = dy + (size_t)n * p->out_h * p->out_w * p->out_c + c0;
+    for (int r = 0; r < rows; r++) {
+        gather_row(image + (size_t)(oh0 + r) * p->out_w * p->out_c, p->out_w, p->out_c, nch, 1,
+            0, 0, plane + (size_t)r * g->owp, stride, g->owp);
+    }
+}
+
+// sum[t] += sum over the band of dy * x under tap t (t = i * kernel_w + j); returns the
+// band's sum of dy.
+static int32_t tap_sums(const mt_conv2d_params_t *p, const geom_t *g, const int16_t *xp,
+    const int16_t *dp, int rows, int32_t *sum) {
+    const int kh = p->kernel_h, kw = p->kernel_w, sh = p->stride_h, sw = p->stride_w;
+    const int wa = g->wa, owp = g->owp;
+    int32_t bsum = 0;
+#if MT_S8_DSP
+    for (int r = 0; r < rows; r++) {
+        const int16_t *d = dp + (size_t)r * owp;
+        for (int o = 0; o < owp; o += 2) {
+            bsum = __smlad(load2(d + o), 0x00010001, bsum);
+        }
+    }
+    if (sw == 1 && kw == 3) {
+        // Pixel pairs: (x_o, x_o+1), (x_o+1, x_o+2) and (x_o+2, x_o+3) against (dy_o, dy_o+1);
+        // the last word is the next pair's first.
+        for (int i = 0; i < kh; i++) {
+            int32_t s0 = 0, s1 = 0, s2 = 0;
+            for (int r = 0; r < rows; r++) {
+                const int16_t *xr = xp + (size_t)(r * sh + i) * wa, *d = dp + (size_t)r * owp;
+                int32_t k = load2(xr);
+                for (int o = 0; o < owp; o += 2) {
+                    const int32_t dd = load2(d + o), nx = load2(xr + o + 2);
+                    s0 = __smlad(k, dd, s0);
+                    s1 = __smlad(load2(xr + o + 1), dd, s1);
+                    s2 = __smlad(nx, dd, s2);
+                    k = nx;
+                }
+            }
+            sum[i * 3] += s0;
+            sum[i * 3 + 1] += s1;
+            sum[i * 3 + 2] += s2;
+        }
+        return bsum;
+    }
+    for (int i = 0; i < kh; i++) {
+        for (int j = 0; j < kw; j++) {
+            int32_t t = 0;
+            for (int r = 0; r < rows; r++) {
+                const int16_t *xr = xp + (size_t)(r * sh + i) * wa + j, *d = dp + (size_t)r * owp;
+                if (sw == 1) {
+                    for (int o = 0; o < owp; o += 2) {
+                        t = __smlad(load2(xr + o), load2(d + o), t);
+                    }
+                } else {
+                    for (int o = 0; o < p->out_w; o++) {
+                        t += xr[o * sw] * d[o];
+                    }
+                }
+            }
+            sum[i * kw + j] += t;
+        }
+    }
+#else
+    for (int r = 0; r < rows; r++) {
+        const int16_t *d = dp + (size_t)r * owp;
+        for (int o = 0; o < p->out_w; o++) {
+            bsum += d[o];
+        }
+    }
+    for (int i = 0; i < kh; i++) {
+        for (int j = 0; j < kw; j++) {
+            int32_t t = 0;
+            for (int r = 0; r < rows; r++) {
+                const int16_t *xr = xp + (size_t)(r * sh + i) * wa + j, *d = dp + (size_t)r * owp;
+                for (int o = 0; o < p->out_w; o++) {
+                    t += xr[o * sw] * d[o];
+                }
+            }
+            sum[i * kw + j] += t;
+        }
+    }
+#endif
+    return bsum;
+}
+
+int mt_depthwise_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
+    const mt_s8_update_t *u, const int8_t *x, const int8_t *dy, int8_t *w, float *w_scale,
+    int32_t *bias, const uint8_t *mask, mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats,
+    void *scratch, size_t scratch_bytes) {
+    const geom_t g = geom(p, PASS_UPDATE);
+    dw_scratch_t s;
+    if (layout(p, PASS_UPDATE, &g, scratch, &s) > scratch_bytes) {
+        return -1;
+    }
+    const int C = p->in_c, taps = taps_of(p);
+    mt_s8_step_t step;
+    if (u) {
+        step = mt_s8_step_make(u, q);
+    }
+    int32_t bsum[GROUP];
+    for (int c0 = 0; c0 < C; c0 += GROUP) {
+        const int nch = C - c0 < GROUP ? C - c0 : GROUP;
+        int any = 0;
+        for (int ch = 0; ch < nch; ch++) {
+            any |= !mask || mask[c0 + ch];
+            bsum[ch] = 0;
+        }
+        if (!any) {
+            continue;
+        }
+        memset(s.acc, 0, (size_t)GROUP * taps * sizeof(int32_t));
+        for (int n = 0; n < p->batch; n++) {
+            for (int oh = 0; oh < g.height; oh += g.rows) {
+                const int rows = g.height - oh < g.rows ? g.height - oh : g.rows;
+                const int prow = plane_rows(p, PASS_UPDATE, rows);
+                gather_x(p, x, n, c0, nch, oh * p->stride_h, prow, q->x.zero_point, &g, s.plane);
+                gather_dy(p, dy, n, c0, nch, oh, rows, &g, s.dplane);
+                for (int ch = 0; ch < nch; ch++) {
+                    if (mask && !mask[c0 + ch]) {
+                        continue;
+                    }
+                    bsum[ch] += tap_sums(p, &g, s.plane + (size_t)ch * prow * g.wa,
+                        s.dplane + (size_t)ch * rows * g.owp, rows, s.acc + ch * taps);
+                }
+            }
+        }
+        for (int ch = 0; ch < nch; ch++) {
+            const int c = c0 + ch;
+            if (mask && !mask[c]) {
+                continue;
+            }
+            int32_t *row = s.acc + ch * taps;
+            if (b_stats) {
+                mt_grad_stats_add(b_stats, &bsum[ch], 1);
+            }
+            if (u) {
+                mt_s8_update_row(u, &step, taps, row, w + c * taps, &w_scale[c],
+                    bias ? &bias[c] : NULL, bsum[ch], w_stats);
+            } else if (w_stats) {
+                mt_grad_stats_add(w_stats, row, taps);
+            }
+        }
+    }
+    return 0;
+}
