@@ -9,10 +9,13 @@
 #pragma STDC FP_CONTRACT OFF
 #elif defined(__GNUC__)
 #pragma GCC optimize("fp-contract=off")
+// The zero columns of a plane are a few halfwords: a memset call per run costs more.
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
 #endif
 
 #define GROUP 4          // channels gathered per pass over a band of rows
-#define MIN_ROWS 8       // rows a band holds at least (fewer re-gathered halo rows)
+#define MIN_ROWS 4       // rows a band holds at least (fewer re-gathered halo rows)
+#define SLACK 256        // bytes the scratch may exceed what depthwise layers took before
 
 int mt_depthwise_s8_applies(const mt_conv2d_params_t *p) {
     return p->groups == p->in_c && p->out_c == p->in_c;
@@ -37,11 +40,11 @@ typedef struct {
 } geom_t;
 
 typedef struct {
-    mt_s8_rq_t *rq;   // C
-    int32_t *mm;      // 2 * C: accumulator min, max
-    int16_t *wq;      // C * kernel_h * kwp
-    int16_t *plane;   // GROUP planes of x (or dy) rows
-    int16_t *dplane;  // GROUP planes of dy rows (update)
+    mt_s8_rq_t *rq;   // C (forward, input gradient)
+    int32_t *mm;      // 2 * C: accumulator min, max (forward, input gradient)
+    int16_t *wq;      // GROUP * kernel_h * kwp (forward, input gradient)
+    int16_t *plane;   // GROUP planes of x (or dy) rows, plane_rows(rows) * wa apart
+    int16_t *dplane;  // GROUP planes of dy rows, rows * owp apart (update)
     int32_t *acc;     // rows * cols (forward, input gradient) or GROUP * taps (update)
 } dw_scratch_t;
 
@@ -88,9 +91,14 @@ static size_t layout(const mt_conv2d_params_t *p, int pass, const geom_t *g, voi
     const size_t C = (size_t)p->in_c, prow = (size_t)plane_rows(p, pass, g->rows);
     bool overflow = false;
     arena_t a = { scratch, 0 };
-    s->rq = take(&a, C * sizeof(mt_s8_rq_t));
-    s->mm = take(&a, 2 * C * sizeof(int32_t));
-    s->wq = take(&a, mt_mul_size(C * (size_t)p->kernel_h, (size_t)g->kwp * 2, &overflow));
+    s->rq = NULL;
+    s->mm = NULL;
+    s->wq = NULL;
+    if (pass != PASS_UPDATE) {
+        s->rq = take(&a, C * sizeof(mt_s8_rq_t));
+        s->mm = take(&a, 2 * C * sizeof(int32_t));
+        s->wq = take(&a, (size_t)GROUP * p->kernel_h * g->kwp * 2);
+    }
     s->plane = take(&a, mt_mul_size(GROUP * prow, (size_t)g->wa * 2, &overflow));
     if (pass == PASS_UPDATE) {
         s->dplane = take(&a, mt_mul_size(GROUP * (size_t)g->rows, (size_t)g->owp * 2, &overflow));
@@ -122,7 +130,7 @@ static geom_t geom(const mt_conv2d_params_t *p, int pass) {
     const int lo = g.height < MIN_ROWS ? g.height : MIN_ROWS;
     g.rows = lo;
     const size_t at_lo = layout(p, pass, &g, NULL, &s);
-    const size_t limit = mt_max_size(budget(p), at_lo);
+    const size_t limit = mt_max_size(mt_add_size(budget(p), SLACK, &(bool){false}), at_lo);
     if (at_lo >= MT_SIZE_OVERFLOW) {
         return g;
     }
@@ -136,6 +144,9 @@ static geom_t geom(const mt_conv2d_params_t *p, int pass) {
         while (g.rows > lo && layout(p, pass, &g, NULL, &s) > limit) {
             g.rows--;
         }
+        // Bands of even size: a last band of a row or two costs a whole band's setup.
+        const int bands = (g.height + g.rows - 1) / g.rows;
+        g.rows = (g.height + bands - 1) / bands;
     }
     return g;
 }
@@ -158,12 +169,12 @@ static inline int32_t load2(const int16_t *p) {
     return v;
 }
 
-// Weights of channel c as int16 rows of kwp (zero padded); flipped (for the input
+// Weights of nch channels as int16 rows of kwp (zero padded); flipped (for the input
 // gradient) reverses the taps.
-static void widen_weights(const mt_conv2d_params_t *p, const int8_t *w, int kwp, int flipped,
-    int16_t *wq) {
+static void widen_weights(const mt_conv2d_params_t *p, const int8_t *w, int nch, int kwp,
+    int flipped, int16_t *wq) {
     const int kh = p->kernel_h, kw = p->kernel_w, taps = kh * kw;
-    for (int c = 0; c < p->in_c; c++, w += taps) {
+    for (int c = 0; c < nch; c++, w += taps) {
         for (int i = 0; i < kh; i++, wq += kwp) {
             for (int j = 0; j < kwp; j++) {
                 wq[j] = (int16_t)(j >= kw ? 0 : flipped ? w[taps - 1 - (i * kw + j)] : w[i * kw + j]);
@@ -181,37 +192,26 @@ static void zero_cols(int16_t *dst, size_t plane, int nch, int from, int to) {
 }
 
 // One plane row of channels [0, nch) of src: pixel s of n (NHWC, C bytes apart) minus zp
-// at column s * step + off when inside [0, wa), 0 in every other column.
+// at column s * step + off when inside [0, wa). Other columns are left alone: they are zero
+// from the start of the call (every band writes the same columns).
 static void gather_row(const int8_t *src, int n, int C, int nch, int step, int off, int32_t zp,
     int16_t *dst, size_t plane, int wa) {
-    if (step != 1) {
-        zero_cols(dst, plane, nch, 0, wa);
-        for (int s = 0; s < n; s++) {
-            const int k = s * step + off;
-            if (k >= 0 && k < wa) {
-                for (int ch = 0; ch < nch; ch++) {
-                    dst[ch * plane + k] = (int16_t)(src[(size_t)s * C + ch] - zp);
-                }
-            }
-        }
-        return;
+    int lo = 0, hi = n;
+    while (lo < hi && lo * step + off < 0) {
+        lo++;
     }
-    const int lo = off < 0 ? -off : 0, hi = wa - off < n ? wa - off : n;
-    if (lo >= hi) {
-        zero_cols(dst, plane, nch, 0, wa);
-        return;
+    while (hi > lo && (hi - 1) * step + off >= wa) {
+        hi--;
     }
-    zero_cols(dst, plane, nch, 0, lo + off);
-    zero_cols(dst, plane, nch, hi + off, wa);
     src += (size_t)lo * C;
-    int16_t *d = dst + lo + off;
+    int16_t *d = dst + lo * step + off;
 #if MT_S8_DSP
     if (nch == GROUP) {
         // One word holds the group's 4 channels: SXTAB16 splits it into (c0, c2), (c1, c3)
         // and subtracts zp from both halves.
         const uint32_t neg = mt_s8_pair(-zp);
         int16_t *d1 = d + plane, *d2 = d1 + plane, *d3 = d2 + plane;
-        for (int k = 0; k < hi - lo; k++, src += C) {
+        for (int k = 0; k < (hi - lo) * step; k += step, src += C) {
             const uint32_t v = mt_s8_load32(src);
             const uint32_t a = __sxtab16(neg, v), b = mt_s8_sxtab16_ror8(neg, v);
             d[k] = (int16_t)a;
@@ -222,7 +222,7 @@ static void gather_row(const int8_t *src, int n, int C, int nch, int step, int o
         return;
     }
 #endif
-    for (int k = 0; k < hi - lo; k++, src += C) {
+    for (int k = 0; k < (hi - lo) * step; k += step, src += C) {
         for (int ch = 0; ch < nch; ch++) {
             d[ch * plane + k] = (int16_t)(src[ch] - zp);
         }
@@ -232,8 +232,7 @@ static void gather_row(const int8_t *src, int n, int C, int nch, int step, int o
 // Plane rows [r0, r0 + count) of x (forward, update): padded-image row r is image row
 // r - pad_h of image n.
 static void gather_x(const mt_conv2d_params_t *p, const int8_t *x, int n, int c0, int nch,
-    int r0, int count, int32_t zp, const geom_t *g, int16_t *plane) {
-    const size_t stride = (size_t)count * g->wa;
+    int r0, int count, int32_t zp, const geom_t *g, size_t stride, int16_t *plane) {
     const int8_t *image = x + (size_t)n * p->in_h * p->in_w * p->in_c + c0;
     for (int r = 0; r < count; r++) {
         const int ih = r0 + r - p->pad_h;
@@ -251,8 +250,7 @@ static void gather_x(const mt_conv2d_params_t *p, const int8_t *x, int n, int c0
 // (input gradient): dy[oh][ow] sits at (oh * stride_h + kh - 1 - pad_h, ow * stride_w +
 // kw - 1 - pad_w), zeros elsewhere, so dx is the plane correlated with the flipped filter.
 static void gather_dy_dilated(const mt_conv2d_params_t *p, const int8_t *dy, int n, int c0,
-    int nch, int r0, int count, const geom_t *g, int16_t *plane) {
-    const size_t stride = (size_t)count * g->wa;
+    int nch, int r0, int count, const geom_t *g, size_t stride, int16_t *plane) {
     const int8_t *image = dy + (size_t)n * p->out_h * p->out_w * p->out_c + c0;
     const int off_h = p->kernel_h - 1 - p->pad_h, off_w = p->kernel_w - 1 - p->pad_w;
     for (int r = 0; r < count; r++) {
@@ -364,39 +362,49 @@ static void correlate(const int16_t *pl, int wa, int sh, int sw, const int16_t *
 
 // ---- epilogues ----------------------------------------------------------------------------
 
-// Requantizes n accumulators of one channel to out (C bytes apart), clamped to [lo, hi],
-// tracking their range in mm[0..1]. The fast form (the zero point folded into one SMMLA, see
-// mt_s8_rq_c) needs left == 0 and right <= 23; the general one any constants.
-static void requant_run(const int32_t *acc, int n, const mt_s8_rq_t *rq, int32_t zp, int32_t lo,
-    int32_t hi, int32_t *mm, int8_t *out, int C) {
+// The fast form of requant_run for a fixed shift (right == 0 is its own instance: SMMLAR).
+static inline __attribute__((always_inline)) void requant_fast(const int32_t *acc, int n,
+    int32_t m, int32_t k, int32_t right, int32_t lo, int32_t hi, int32_t *mm, int8_t *out, int C) {
     int32_t mn = mm[0], mx = mm[1];
-    if (rq->left == 0 && rq->right <= 23) {
-        const int32_t m = rq->m, k = mt_s8_rq_c(rq->right, zp), right = rq->right;
-        if (lo == -128 && hi == 127) {
-            for (int i = 0; i < n; i++, out += C) {
-                const int32_t v = acc[i];
-                mn = mt_s8_min(mn, v);
-                mx = mt_s8_max(mx, v);
-                *out = (int8_t)mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right));
-            }
-        } else {
-            for (int i = 0; i < n; i++, out += C) {
-                const int32_t v = acc[i];
-                mn = mt_s8_min(mn, v);
-                mx = mt_s8_max(mx, v);
-                *out = (int8_t)mt_s8_clamp(mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right)), lo, hi);
-            }
+    if (lo == -128 && hi == 127) {
+        for (int i = 0; i < n; i++, out += C) {
+            const int32_t v = acc[i];
+            mn = mt_s8_min(mn, v);
+            mx = mt_s8_max(mx, v);
+            *out = (int8_t)mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right));
         }
     } else {
         for (int i = 0; i < n; i++, out += C) {
             const int32_t v = acc[i];
             mn = mt_s8_min(mn, v);
             mx = mt_s8_max(mx, v);
-            *out = (int8_t)mt_s8_clamp(mt_s8_rq(v, rq) + zp, lo, hi);
+            *out = (int8_t)mt_s8_clamp(mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right)), lo, hi);
         }
     }
     mm[0] = mn;
     mm[1] = mx;
+}
+
+// Requantizes n accumulators of one channel to out (C bytes apart), clamped to [lo, hi],
+// tracking their range in mm[0..1]. The fast form (the zero point folded into one SMMLA, see
+// mt_s8_rq_c) needs left == 0 and right <= 23; the general one any constants.
+static void requant_run(const int32_t *acc, int n, const mt_s8_rq_t *rq, int32_t zp, int32_t lo,
+    int32_t hi, int32_t *mm, int8_t *out, int C) {
+    if (rq->left == 0 && rq->right == 0) {
+        requant_fast(acc, n, rq->m, zp, 0, lo, hi, mm, out, C);
+    } else if (rq->left == 0 && rq->right <= 23) {
+        requant_fast(acc, n, rq->m, mt_s8_rq_c(rq->right, zp), rq->right, lo, hi, mm, out, C);
+    } else {
+        int32_t mn = mm[0], mx = mm[1];
+        for (int i = 0; i < n; i++, out += C) {
+            const int32_t v = acc[i];
+            mn = mt_s8_min(mn, v);
+            mx = mt_s8_max(mx, v);
+            *out = (int8_t)mt_s8_clamp(mt_s8_rq(v, rq) + zp, lo, hi);
+        }
+        mm[0] = mn;
+        mm[1] = mx;
+    }
 }
 
 static int make_rq(const mt_conv2d_params_t *p, float num, float den, const float *w_scale,
@@ -422,20 +430,23 @@ int mt_depthwise_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
     if (make_rq(p, q->x.scale, q->y.scale, w_scale, s.rq, s.mm)) {
         return -1;
     }
-    widen_weights(p, w, g.kwp, 0, s.wq);
-    const int C = p->in_c, kh = p->kernel_h, wrow = kh * g.kwp;
+    const int C = p->in_c, kh = p->kernel_h, wrow = kh * g.kwp, taps = taps_of(p);
+    const size_t stride = (size_t)plane_rows(p, PASS_FORWARD, g.rows) * g.wa;
+    memset(s.plane, 0, GROUP * stride * sizeof(int16_t));
     for (int c0 = 0; c0 < C; c0 += GROUP) {
         const int nch = C - c0 < GROUP ? C - c0 : GROUP;
+        widen_weights(p, w + c0 * taps, nch, g.kwp, 0, s.wq);
         for (int n = 0; n < p->batch; n++) {
             for (int oh = 0; oh < g.height; oh += g.rows) {
                 const int rows = g.height - oh < g.rows ? g.height - oh : g.rows;
                 const int prow = plane_rows(p, PASS_FORWARD, rows);
-                gather_x(p, x, n, c0, nch, oh * p->stride_h, prow, q->x.zero_point, &g, s.plane);
+                gather_x(p, x, n, c0, nch, oh * p->stride_h, prow, q->x.zero_point, &g, stride,
+                    s.plane);
                 int8_t *out = y + (((size_t)n * p->out_h + oh) * p->out_w) * C + c0;
                 for (int ch = 0; ch < nch; ch++) {
                     const int c = c0 + ch;
-                    correlate(s.plane + (size_t)ch * prow * g.wa, g.wa, p->stride_h, p->stride_w,
-                        s.wq + (size_t)c * wrow, kh, p->kernel_w, g.kwp, rows, g.cols,
+                    correlate(s.plane + ch * stride, g.wa, p->stride_h, p->stride_w,
+                        s.wq + ch * wrow, kh, p->kernel_w, g.kwp, rows, g.cols,
                         bias ? bias[c] : 0, s.acc);
                     requant_run(s.acc, rows * g.cols, &s.rq[c], q->y.zero_point, q->act_min,
                         q->act_max, &s.mm[2 * c], out + ch, C);
@@ -460,20 +471,21 @@ int mt_depthwise_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t 
     if (make_rq(p, q->dy_scale, q->dx_scale, w_scale, s.rq, s.mm)) {
         return -1;
     }
-    widen_weights(p, w, g.kwp, 1, s.wq);
-    const int C = p->in_c, kh = p->kernel_h, wrow = kh * g.kwp;
+    const int C = p->in_c, kh = p->kernel_h, wrow = kh * g.kwp, taps = taps_of(p);
+    const size_t stride = (size_t)plane_rows(p, PASS_GRAD_INPUT, g.rows) * g.wa;
+    memset(s.plane, 0, GROUP * stride * sizeof(int16_t));
     for (int c0 = 0; c0 < C; c0 += GROUP) {
         const int nch = C - c0 < GROUP ? C - c0 : GROUP;
+        widen_weights(p, w + c0 * taps, nch, g.kwp, 1, s.wq);
         for (int n = 0; n < p->batch; n++) {
             for (int ih = 0; ih < g.height; ih += g.rows) {
                 const int rows = g.height - ih < g.rows ? g.height - ih : g.rows;
                 const int prow = plane_rows(p, PASS_GRAD_INPUT, rows);
-                gather_dy_dilated(p, dy, n, c0, nch, ih, prow, &g, s.plane);
+                gather_dy_dilated(p, dy, n, c0, nch, ih, prow, &g, stride, s.plane);
                 int8_t *out = dx + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0;
                 for (int ch = 0; ch < nch; ch++) {
                     const int c = c0 + ch;
-                    correlate(s.plane + (size_t)ch * prow * g.wa, g.wa, 1, 1,
-                        s.wq + (size_t)c * wrow, kh, p->kernel_w, g.kwp, rows, g.cols, 0, s.acc);
+                    correlate(s.plane + ch * stride, g.wa, 1, 1, s.wq + ch * wrow, kh, p->kernel_w, g.kwp, rows, g.cols, 0, s.acc);
                     requant_run(s.acc, rows * g.cols, &s.rq[c], 0, -MT_S8_SYM_MAX, MT_S8_SYM_MAX,
                         &s.mm[2 * c], out + ch, C);
                 }
@@ -501,7 +513,7 @@ int mt_depthwise_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t 
 // Plane rows [oh0, oh0 + rows) of dy, owp halfwords a row (a zero column pads an odd out_w).
 static void gather_dy(const mt_conv2d_params_t *p, const int8_t *dy, int n, int c0, int nch,
     int oh0, int rows, const geom_t *g, int16_t *plane) {
-    const size_t stride = (size_t)rows * g->owp;
+    const size_t stride = (size_t)g->rows * g->owp;
     const int8_t *image = dy + (size_t)n * p->out_h * p->out_w * p->out_c + c0;
     for (int r = 0; r < rows; r++) {
         gather_row(image + (size_t)(oh0 + r) * p->out_w * p->out_c, p->out_w, p->out_c, nch, 1,
@@ -596,6 +608,9 @@ int mt_depthwise_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
         return -1;
     }
     const int C = p->in_c, taps = taps_of(p);
+    const size_t stride = (size_t)plane_rows(p, PASS_UPDATE, g.rows) * g.wa;
+    memset(s.plane, 0, GROUP * stride * sizeof(int16_t));
+    memset(s.dplane, 0, (size_t)GROUP * g.rows * g.owp * sizeof(int16_t));
     mt_s8_step_t step;
     if (u) {
         step = mt_s8_step_make(u, q);
@@ -616,14 +631,15 @@ int mt_depthwise_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
             for (int oh = 0; oh < g.height; oh += g.rows) {
                 const int rows = g.height - oh < g.rows ? g.height - oh : g.rows;
                 const int prow = plane_rows(p, PASS_UPDATE, rows);
-                gather_x(p, x, n, c0, nch, oh * p->stride_h, prow, q->x.zero_point, &g, s.plane);
+                gather_x(p, x, n, c0, nch, oh * p->stride_h, prow, q->x.zero_point, &g, stride,
+                    s.plane);
                 gather_dy(p, dy, n, c0, nch, oh, rows, &g, s.dplane);
                 for (int ch = 0; ch < nch; ch++) {
                     if (mask && !mask[c0 + ch]) {
                         continue;
                     }
-                    bsum[ch] += tap_sums(p, &g, s.plane + (size_t)ch * prow * g.wa,
-                        s.dplane + (size_t)ch * rows * g.owp, rows, s.acc + ch * taps);
+                    bsum[ch] += tap_sums(p, &g, s.plane + ch * stride,
+                        s.dplane + (size_t)ch * g.rows * g.owp, rows, s.acc + ch * taps);
                 }
             }
         }

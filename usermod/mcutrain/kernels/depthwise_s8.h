@@ -14,7 +14,7 @@
 // Scratch: the requantization constants and range of every channel, the int16 weights, and
 // one band (planes and int32 accumulators for the forward and input gradient; planes of x
 // and dy and a group's tap sums for the update). Bands hold at least 8 rows, more while the
-// scratch stays within what these layers took before (about C * (25 + 5 * taps) bytes).
+// scratch stays within what these layers took before (about C * (32 + 5 * taps) bytes) plus 256 bytes.
 #ifndef MCUTRAIN_KERNELS_DEPTHWISE_S8_H
 #define MCUTRAIN_KERNELS_DEPTHWISE_S8_H
 
