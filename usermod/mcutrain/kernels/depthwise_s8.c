@@ -267,63 +267,105 @@ static void gather_dy_dilated(const mt_conv2d_params_t *p, const int8_t *dy, int
 
 // ---- multiply-accumulate ------------------------------------------------------------------
 
-// acc[r * cols + o] = init + sum over taps (i, j) of pl[(r * sh + i) * wa + o * sw + j] *
-// w[i * kwp + j], for a band of rows.
+// acc[r * cols + o] = sum over taps (i, j) of pl[(r * sh + i) * wa + o * sw + j] *
+// w[i * kwp + j], for a band of rows (the epilogue adds the bias).
 #if MT_S8_DSP
-// 3x3, unit column stride: output pairs (o, o+1) share each row's words (x_o, x_o+1) and
-// (x_o+2, x_o+3), with weight pairs a = (w0, w1) and b = (w1, w2): 4 multiply instructions
-// and one load per kernel row for 6 multiply-adds.
+// One row of 3x3 output pairs (o, o+1), unit column stride: each kernel row's words
+// (x_o, x_o+1) and (x_o+2, x_o+3) against weight pairs a = (w0, w1) and b = (w1, w2) make
+// both outputs' 6 products in 4 instructions; 24 instructions a pair (1.5 products each).
+typedef struct {
+    const int16_t *p;     // row 0 of the plane at the first pair
+    int32_t row_bytes;    // plane row stride in bytes
+    const int16_t *end;   // p after the last pair
+    int32_t *out;
+    int32_t w[6];         // a0, b0, a1, b1, a2, b2
+} row3x3_t;
+
+#define MT_ARG __attribute__((unused))
+__attribute__((naked, noinline))
+static void row3x3_pairs(const row3x3_t *a MT_ARG) {
+    __asm__ volatile (
+        "push {r4-r11, lr}\n\t"
+        "ldr r1, [r0, #8]\n\t"
+        "push {r1}\n\t"                    // end, compared once a pair
+        "ldr r1, [r0, #4]\n\t"             // row_bytes
+        "ldr r3, [r0, #12]\n\t"            // out
+        "add r4, r0, #16\n\t"
+        "ldm r4, {r4-r9}\n\t"
+        "ldr r0, [r0]\n\t"                 // p: words (x_o, x_o+1)
+        "add r2, r0, #4\n\t"               // q = p + 4: words (x_o+2, x_o+3)
+        "1:\n\t"
+        "ldr r10, [r0]\n\t"
+        "ldr r11, [r2]\n\t"
+        "smuad r12, r10, r4\n\t"
+        "smultb lr, r10, r4\n\t"
+        "smlabt r12, r11, r5, r12\n\t"
+        "smlad lr, r11, r5, lr\n\t"
+        "ldr r10, [r0, r1]\n\t"
+        "ldr r11, [r2, r1]\n\t"
+        "smlad r12, r10, r6, r12\n\t"
+        "smlatb lr, r10, r6, lr\n\t"
+        "smlabt r12, r11, r7, r12\n\t"
+        "smlad lr, r11, r7, lr\n\t"
+        "ldr r10, [r0, r1, lsl #1]\n\t"
+        "ldr r11, [r2, r1, lsl #1]\n\t"
+        "smlad r12, r10, r8, r12\n\t"
+        "smlatb lr, r10, r8, lr\n\t"
+        "smlabt r12, r11, r9, r12\n\t"
+        "smlad lr, r11, r9, lr\n\t"
+        "strd r12, lr, [r3], #8\n\t"
+        "adds r0, #4\n\t"
+        "adds r2, #4\n\t"
+        "ldr r10, [sp]\n\t"
+        "cmp r0, r10\n\t"
+        "bne 1b\n\t"
+        "add sp, #4\n\t"
+        "pop {r4-r11, pc}\n\t");
+}
+#undef MT_ARG
+
 static void correlate_3x3(const int16_t *pl, int wa, int sh, const int16_t *w, int rows, int cols,
-    int32_t init, int32_t *acc) {
-    const int32_t a0 = load2(w), a1 = load2(w + 4), a2 = load2(w + 8);
-    const int32_t b0 = load2(w + 1), b1 = load2(w + 5), b2 = load2(w + 9);
+    int32_t *acc) {
+    row3x3_t a;
+    a.row_bytes = wa * 2;
+    for (int i = 0; i < 3; i++) {
+        a.w[2 * i] = load2(w + 4 * i);
+        a.w[2 * i + 1] = load2(w + 4 * i + 1);
+    }
+    const int pairs = cols / 2;
     for (int r = 0; r < rows; r++, acc += cols) {
-        const int16_t *p0 = pl + (size_t)r * sh * wa, *p1 = p0 + wa, *p2 = p1 + wa;
-        int32_t k0 = load2(p0), k1 = load2(p1), k2 = load2(p2);
-        int o = 0;
-        for (; o + 1 < cols; o += 2) {
-            const int32_t n0 = load2(p0 + o + 2), n1 = load2(p1 + o + 2), n2 = load2(p2 + o + 2);
-            int32_t s0 = __smlad(k0, a0, init), s1 = __smlatb(k0, a0, init);
-            s0 = __smlabt(n0, b0, s0);
-            s1 = __smlad(n0, b0, s1);
-            s0 = __smlad(k1, a1, s0);
-            s1 = __smlatb(k1, a1, s1);
-            s0 = __smlabt(n1, b1, s0);
-            s1 = __smlad(n1, b1, s1);
-            s0 = __smlad(k2, a2, s0);
-            s1 = __smlatb(k2, a2, s1);
-            s0 = __smlabt(n2, b2, s0);
-            s1 = __smlad(n2, b2, s1);
-            acc[o] = s0;
-            acc[o + 1] = s1;
-            k0 = n0;
-            k1 = n1;
-            k2 = n2;
+        const int16_t *p0 = pl + (size_t)r * sh * wa;
+        if (pairs) {
+            a.p = p0;
+            a.end = p0 + 2 * pairs;
+            a.out = acc;
+            row3x3_pairs(&a);
         }
-        if (o < cols) {
-            int32_t s0 = __smlad(k0, a0, init);
-            s0 = __smlabt(load2(p0 + o + 2), b0, s0);
-            s0 = __smlad(k1, a1, s0);
-            s0 = __smlabt(load2(p1 + o + 2), b1, s0);
-            s0 = __smlad(k2, a2, s0);
-            s0 = __smlabt(load2(p2 + o + 2), b2, s0);
-            acc[o] = s0;
+        if (cols & 1) {
+            const int16_t *t = p0 + cols - 1;
+            int32_t s0 = __smuad(load2(t), a.w[0]);
+            s0 = __smlabt(load2(t + 2), a.w[1], s0);
+            s0 = __smlad(load2(t + wa), a.w[2], s0);
+            s0 = __smlabt(load2(t + wa + 2), a.w[3], s0);
+            s0 = __smlad(load2(t + 2 * wa), a.w[4], s0);
+            s0 = __smlabt(load2(t + 2 * wa + 2), a.w[5], s0);
+            acc[cols - 1] = s0;
         }
     }
 }
 #endif
 
 static void correlate(const int16_t *pl, int wa, int sh, int sw, const int16_t *w, int kh, int kw,
-    int kwp, int rows, int cols, int32_t init, int32_t *acc) {
+    int kwp, int rows, int cols, int32_t *acc) {
 #if MT_S8_DSP
     if (kh == 3 && kw == 3 && sw == 1) {
-        correlate_3x3(pl, wa, sh, w, rows, cols, init, acc);
+        correlate_3x3(pl, wa, sh, w, rows, cols, acc);
         return;
     }
     for (int r = 0; r < rows; r++, acc += cols) {
         for (int o = 0; o < cols; o++) {
             const int16_t *base = pl + (size_t)r * sh * wa + o * sw;
-            int32_t s = init;
+            int32_t s = 0;
             for (int i = 0; i < kh; i++) {
                 for (int j = 0; j < kwp; j += 2) {
                     s = __smlad(load2(base + i * wa + j), load2(w + i * kwp + j), s);
@@ -339,7 +381,7 @@ static void correlate(const int16_t *pl, int wa, int sh, int sw, const int16_t *
         for (int r = 0; r < rows; r++, acc += cols) {
             const int16_t *p0 = pl + (size_t)r * sh * wa, *p1 = p0 + wa, *p2 = p1 + wa;
             for (int o = 0; o < cols; o++, p0 += sw, p1 += sw, p2 += sw) {
-                acc[o] = init + p0[0] * w0 + p0[1] * w1 + p0[2] * w2 + p1[0] * w3 + p1[1] * w4
+                acc[o] = p0[0] * w0 + p0[1] * w1 + p0[2] * w2 + p1[0] * w3 + p1[1] * w4
                     + p1[2] * w5 + p2[0] * w6 + p2[1] * w7 + p2[2] * w8;
             }
         }
@@ -348,7 +390,7 @@ static void correlate(const int16_t *pl, int wa, int sh, int sw, const int16_t *
     for (int r = 0; r < rows; r++, acc += cols) {
         for (int o = 0; o < cols; o++) {
             const int16_t *base = pl + (size_t)r * sh * wa + o * sw;
-            int32_t s = init;
+            int32_t s = 0;
             for (int i = 0; i < kh; i++) {
                 for (int j = 0; j < kw; j++) {
                     s += base[i * wa + j] * w[i * kwp + j];
@@ -364,18 +406,19 @@ static void correlate(const int16_t *pl, int wa, int sh, int sw, const int16_t *
 
 // The fast form of requant_run for a fixed shift (right == 0 is its own instance: SMMLAR).
 static inline __attribute__((always_inline)) void requant_fast(const int32_t *acc, int n,
-    int32_t m, int32_t k, int32_t right, int32_t lo, int32_t hi, int32_t *mm, int8_t *out, int C) {
+    int32_t init, int32_t m, int32_t k, int32_t right, int32_t lo, int32_t hi, int32_t *mm,
+    int8_t *out, int C) {
     int32_t mn = mm[0], mx = mm[1];
     if (lo == -128 && hi == 127) {
         for (int i = 0; i < n; i++, out += C) {
-            const int32_t v = acc[i];
+            const int32_t v = acc[i] + init;
             mn = mt_s8_min(mn, v);
             mx = mt_s8_max(mx, v);
             *out = (int8_t)mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right));
         }
     } else {
         for (int i = 0; i < n; i++, out += C) {
-            const int32_t v = acc[i];
+            const int32_t v = acc[i] + init;
             mn = mt_s8_min(mn, v);
             mx = mt_s8_max(mx, v);
             *out = (int8_t)mt_s8_clamp(mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right)), lo, hi);
@@ -385,19 +428,20 @@ static inline __attribute__((always_inline)) void requant_fast(const int32_t *ac
     mm[1] = mx;
 }
 
-// Requantizes n accumulators of one channel to out (C bytes apart), clamped to [lo, hi],
+// Requantizes n accumulators of one channel plus init to out (C bytes apart), clamped to [lo, hi],
 // tracking their range in mm[0..1]. The fast form (the zero point folded into one SMMLA, see
 // mt_s8_rq_c) needs left == 0 and right <= 23; the general one any constants.
-static void requant_run(const int32_t *acc, int n, const mt_s8_rq_t *rq, int32_t zp, int32_t lo,
-    int32_t hi, int32_t *mm, int8_t *out, int C) {
+static void requant_run(const int32_t *acc, int n, int32_t init, const mt_s8_rq_t *rq, int32_t zp,
+    int32_t lo, int32_t hi, int32_t *mm, int8_t *out, int C) {
     if (rq->left == 0 && rq->right == 0) {
-        requant_fast(acc, n, rq->m, zp, 0, lo, hi, mm, out, C);
+        requant_fast(acc, n, init, rq->m, zp, 0, lo, hi, mm, out, C);
     } else if (rq->left == 0 && rq->right <= 23) {
-        requant_fast(acc, n, rq->m, mt_s8_rq_c(rq->right, zp), rq->right, lo, hi, mm, out, C);
+        requant_fast(acc, n, init, rq->m, mt_s8_rq_c(rq->right, zp), rq->right, lo, hi, mm, out,
+            C);
     } else {
         int32_t mn = mm[0], mx = mm[1];
         for (int i = 0; i < n; i++, out += C) {
-            const int32_t v = acc[i];
+            const int32_t v = acc[i] + init;
             mn = mt_s8_min(mn, v);
             mx = mt_s8_max(mx, v);
             *out = (int8_t)mt_s8_clamp(mt_s8_rq(v, rq) + zp, lo, hi);
@@ -446,10 +490,9 @@ int mt_depthwise_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
                 for (int ch = 0; ch < nch; ch++) {
                     const int c = c0 + ch;
                     correlate(s.plane + ch * stride, g.wa, p->stride_h, p->stride_w,
-                        s.wq + ch * wrow, kh, p->kernel_w, g.kwp, rows, g.cols,
-                        bias ? bias[c] : 0, s.acc);
-                    requant_run(s.acc, rows * g.cols, &s.rq[c], q->y.zero_point, q->act_min,
-                        q->act_max, &s.mm[2 * c], out + ch, C);
+                        s.wq + ch * wrow, kh, p->kernel_w, g.kwp, rows, g.cols, s.acc);
+                    requant_run(s.acc, rows * g.cols, bias ? bias[c] : 0, &s.rq[c],
+                        q->y.zero_point, q->act_min, q->act_max, &s.mm[2 * c], out + ch, C);
                 }
             }
         }
@@ -485,9 +528,10 @@ int mt_depthwise_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t 
                 int8_t *out = dx + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0;
                 for (int ch = 0; ch < nch; ch++) {
                     const int c = c0 + ch;
-                    correlate(s.plane + ch * stride, g.wa, 1, 1, s.wq + ch * wrow, kh, p->kernel_w, g.kwp, rows, g.cols, 0, s.acc);
-                    requant_run(s.acc, rows * g.cols, &s.rq[c], 0, -MT_S8_SYM_MAX, MT_S8_SYM_MAX,
-                        &s.mm[2 * c], out + ch, C);
+                    correlate(s.plane + ch * stride, g.wa, 1, 1, s.wq + ch * wrow, kh,
+                        p->kernel_w, g.kwp, rows, g.cols, s.acc);
+                    requant_run(s.acc, rows * g.cols, 0, &s.rq[c], 0, -MT_S8_SYM_MAX,
+                        MT_S8_SYM_MAX, &s.mm[2 * c], out + ch, C);
                 }
             }
         }
