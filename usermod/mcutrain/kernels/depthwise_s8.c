@@ -64,6 +64,16 @@ static int taps_of(const mt_conv2d_params_t *p) {
     return p->kernel_h * p->kernel_w;
 }
 
+// The layer as the passes see it: transposed (heights and widths swapped) when its output
+// rows are shorter than its columns, so that the planes' rows (and the loops along them) are
+// the long side. x_row, x_col (y_row, y_col): bytes between the view's rows and columns of x
+// and dx (y and dy).
+typedef struct {
+    mt_conv2d_params_t v;
+    int transposed;
+    size_t x_row, x_col, y_row, y_col;
+} view_t;
+
 // Plane rows a band of `rows` result rows reads.
 static int plane_rows(const mt_conv2d_params_t *p, int pass, int rows) {
     return pass == PASS_GRAD_INPUT ? rows + p->kernel_h - 1 : (rows - 1) * p->stride_h + p->kernel_h;
@@ -151,14 +161,61 @@ static geom_t geom(const mt_conv2d_params_t *p, int pass) {
     return g;
 }
 
-size_t mt_depthwise_s8_scratch_bytes(const mt_conv2d_params_t *p) {
+static view_t view_as(const mt_conv2d_params_t *p, int transposed) {
+    view_t w;
+    const size_t C = (size_t)p->in_c;
+    w.v = *p;
+    w.transposed = transposed;
+    w.x_row = (size_t)p->in_w * C;
+    w.x_col = C;
+    w.y_row = (size_t)p->out_w * C;
+    w.y_col = C;
+    if (w.transposed) {
+        w.v.in_h = p->in_w;
+        w.v.in_w = p->in_h;
+        w.v.out_h = p->out_w;
+        w.v.out_w = p->out_h;
+        w.v.kernel_h = p->kernel_w;
+        w.v.kernel_w = p->kernel_h;
+        w.v.stride_h = p->stride_w;
+        w.v.stride_w = p->stride_h;
+        w.v.pad_h = p->pad_w;
+        w.v.pad_w = p->pad_h;
+        w.x_row = C;
+        w.x_col = (size_t)p->in_w * C;
+        w.y_row = C;
+        w.y_col = (size_t)p->out_w * C;
+    }
+    return w;
+}
+
+// Scratch bytes of all three passes on a view.
+static size_t view_bytes(const view_t *vw) {
     size_t bytes = 0;
     for (int pass = PASS_FORWARD; pass <= PASS_UPDATE; pass++) {
-        const geom_t g = geom(p, pass);
+        const geom_t g = geom(&vw->v, pass);
         dw_scratch_t s;
-        bytes = mt_max_size(bytes, layout(p, pass, &g, NULL, &s));
+        bytes = mt_max_size(bytes, layout(&vw->v, pass, &g, NULL, &s));
     }
     return bytes;
+}
+
+// Transposed when the output is taller than wide, unless its bands would need more scratch
+// than the budget (and than the plain view).
+static view_t view_of(const mt_conv2d_params_t *p) {
+    const view_t plain = view_as(p, 0);
+    if (p->out_w >= p->out_h) {
+        return plain;
+    }
+    const view_t t = view_as(p, 1);
+    bool overflow = false;
+    const size_t limit = mt_max_size(mt_add_size(budget(p), SLACK, &overflow), view_bytes(&plain));
+    return view_bytes(&t) <= limit ? t : plain;
+}
+
+size_t mt_depthwise_s8_scratch_bytes(const mt_conv2d_params_t *layer) {
+    const view_t vw = view_of(layer);
+    return view_bytes(&vw);
 }
 
 // ---- planes -------------------------------------------------------------------------------
@@ -171,13 +228,14 @@ static inline int32_t load2(const int16_t *p) {
 
 // Weights of nch channels as int16 rows of kwp (zero padded); flipped (for the input
 // gradient) reverses the taps.
-static void widen_weights(const mt_conv2d_params_t *p, const int8_t *w, int nch, int kwp,
-    int flipped, int16_t *wq) {
-    const int kh = p->kernel_h, kw = p->kernel_w, taps = kh * kw;
+static void widen_weights(const view_t *vw, const int8_t *w, int nch, int kwp, int flipped,
+    int16_t *wq) {
+    const int kh = vw->v.kernel_h, kw = vw->v.kernel_w, taps = kh * kw;
     for (int c = 0; c < nch; c++, w += taps) {
         for (int i = 0; i < kh; i++, wq += kwp) {
             for (int j = 0; j < kwp; j++) {
-                wq[j] = (int16_t)(j >= kw ? 0 : flipped ? w[taps - 1 - (i * kw + j)] : w[i * kw + j]);
+                const int t = vw->transposed ? j * kh + i : i * kw + j;
+                wq[j] = (int16_t)(j >= kw ? 0 : w[flipped ? taps - 1 - t : t]);
             }
         }
     }
@@ -191,10 +249,10 @@ static void zero_cols(int16_t *dst, size_t plane, int nch, int from, int to) {
     }
 }
 
-// One plane row of channels [0, nch) of src: pixel s of n (NHWC, C bytes apart) minus zp
+// One plane row of channels [0, nch) of src: pixel s of n (C bytes apart) minus zp
 // at column s * step + off when inside [0, wa). Other columns are left alone: they are zero
 // from the start of the call (every band writes the same columns).
-static void gather_row(const int8_t *src, int n, int C, int nch, int step, int off, int32_t zp,
+static void gather_row(const int8_t *src, int n, size_t C, int nch, int step, int off, int32_t zp,
     int16_t *dst, size_t plane, int wa) {
     int lo = 0, hi = n;
     while (lo < hi && lo * step + off < 0) {
@@ -231,8 +289,9 @@ static void gather_row(const int8_t *src, int n, int C, int nch, int step, int o
 
 // Plane rows [r0, r0 + count) of x (forward, update): padded-image row r is image row
 // r - pad_h of image n.
-static void gather_x(const mt_conv2d_params_t *p, const int8_t *x, int n, int c0, int nch,
+static void gather_x(const view_t *vw, const int8_t *x, int n, int c0, int nch,
     int r0, int count, int32_t zp, const geom_t *g, size_t stride, int16_t *plane) {
+    const mt_conv2d_params_t *p = &vw->v;
     const int8_t *image = x + (size_t)n * p->in_h * p->in_w * p->in_c + c0;
     for (int r = 0; r < count; r++) {
         const int ih = r0 + r - p->pad_h;
@@ -240,8 +299,8 @@ static void gather_x(const mt_conv2d_params_t *p, const int8_t *x, int n, int c0
         if (ih < 0 || ih >= p->in_h) {
             zero_cols(dst, stride, nch, 0, g->wa);
         } else {
-            gather_row(image + (size_t)ih * p->in_w * p->in_c, p->in_w, p->in_c, nch, 1,
-                p->pad_w, zp, dst, stride, g->wa);
+            gather_row(image + ih * vw->x_row, p->in_w, vw->x_col, nch, 1, p->pad_w, zp, dst,
+                stride, g->wa);
         }
     }
 }
@@ -249,8 +308,9 @@ static void gather_x(const mt_conv2d_params_t *p, const int8_t *x, int n, int c0
 // Plane rows [r0, r0 + count) of dy dilated by the stride and offset by kernel - 1 - pad
 // (input gradient): dy[oh][ow] sits at (oh * stride_h + kh - 1 - pad_h, ow * stride_w +
 // kw - 1 - pad_w), zeros elsewhere, so dx is the plane correlated with the flipped filter.
-static void gather_dy_dilated(const mt_conv2d_params_t *p, const int8_t *dy, int n, int c0,
+static void gather_dy_dilated(const view_t *vw, const int8_t *dy, int n, int c0,
     int nch, int r0, int count, const geom_t *g, size_t stride, int16_t *plane) {
+    const mt_conv2d_params_t *p = &vw->v;
     const int8_t *image = dy + (size_t)n * p->out_h * p->out_w * p->out_c + c0;
     const int off_h = p->kernel_h - 1 - p->pad_h, off_w = p->kernel_w - 1 - p->pad_w;
     for (int r = 0; r < count; r++) {
@@ -259,8 +319,8 @@ static void gather_dy_dilated(const mt_conv2d_params_t *p, const int8_t *dy, int
         if (v < 0 || v % p->stride_h || oh >= p->out_h) {
             zero_cols(dst, stride, nch, 0, g->wa);
         } else {
-            gather_row(image + (size_t)oh * p->out_w * p->out_c, p->out_w, p->out_c, nch,
-                p->stride_w, off_w, 0, dst, stride, g->wa);
+            gather_row(image + oh * vw->y_row, p->out_w, vw->y_col, nch, p->stride_w, off_w, 0,
+                dst, stride, g->wa);
         }
     }
 }
@@ -405,46 +465,54 @@ static void correlate(const int16_t *pl, int wa, int sh, int sw, const int16_t *
 // ---- epilogues ----------------------------------------------------------------------------
 
 // The fast form of requant_run for a fixed shift (right == 0 is its own instance: SMMLAR).
-static inline __attribute__((always_inline)) void requant_fast(const int32_t *acc, int n,
-    int32_t init, int32_t m, int32_t k, int32_t right, int32_t lo, int32_t hi, int32_t *mm,
-    int8_t *out, int C) {
+static inline __attribute__((always_inline)) void requant_fast(const int32_t *acc, int rows,
+    int cols, int32_t init, int32_t m, int32_t k, int32_t right, int32_t lo, int32_t hi,
+    int32_t *mm, int8_t *out, size_t row_bytes, size_t col_bytes) {
     int32_t mn = mm[0], mx = mm[1];
-    if (lo == -128 && hi == 127) {
-        for (int i = 0; i < n; i++, out += C) {
-            const int32_t v = acc[i] + init;
-            mn = mt_s8_min(mn, v);
-            mx = mt_s8_max(mx, v);
-            *out = (int8_t)mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right));
-        }
-    } else {
-        for (int i = 0; i < n; i++, out += C) {
-            const int32_t v = acc[i] + init;
-            mn = mt_s8_min(mn, v);
-            mx = mt_s8_max(mx, v);
-            *out = (int8_t)mt_s8_clamp(mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right)), lo, hi);
+    for (int r = 0; r < rows; r++, acc += cols, out += row_bytes) {
+        int8_t *o = out;
+        if (lo == -128 && hi == 127) {
+            for (int i = 0; i < cols; i++, o += col_bytes) {
+                const int32_t v = acc[i] + init;
+                mn = mt_s8_min(mn, v);
+                mx = mt_s8_max(mx, v);
+                *o = (int8_t)mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right));
+            }
+        } else {
+            for (int i = 0; i < cols; i++, o += col_bytes) {
+                const int32_t v = acc[i] + init;
+                mn = mt_s8_min(mn, v);
+                mx = mt_s8_max(mx, v);
+                *o = (int8_t)mt_s8_clamp(mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right)), lo, hi);
+            }
         }
     }
     mm[0] = mn;
     mm[1] = mx;
 }
 
-// Requantizes n accumulators of one channel plus init to out (C bytes apart), clamped to [lo, hi],
-// tracking their range in mm[0..1]. The fast form (the zero point folded into one SMMLA, see
-// mt_s8_rq_c) needs left == 0 and right <= 23; the general one any constants.
-static void requant_run(const int32_t *acc, int n, int32_t init, const mt_s8_rq_t *rq, int32_t zp,
-    int32_t lo, int32_t hi, int32_t *mm, int8_t *out, int C) {
+// Requantizes a band of one channel's accumulators (rows x cols) plus init to out (rows
+// row_bytes, columns col_bytes apart), clamped to [lo, hi], tracking their range in mm[0..1].
+// The fast form (the zero point folded into one SMMLA, see mt_s8_rq_c) needs left == 0 and
+// right <= 23; the general one any constants.
+static void requant_run(const int32_t *acc, int rows, int cols, int32_t init,
+    const mt_s8_rq_t *rq, int32_t zp, int32_t lo, int32_t hi, int32_t *mm, int8_t *out,
+    size_t row_bytes, size_t col_bytes) {
     if (rq->left == 0 && rq->right == 0) {
-        requant_fast(acc, n, init, rq->m, zp, 0, lo, hi, mm, out, C);
+        requant_fast(acc, rows, cols, init, rq->m, zp, 0, lo, hi, mm, out, row_bytes, col_bytes);
     } else if (rq->left == 0 && rq->right <= 23) {
-        requant_fast(acc, n, init, rq->m, mt_s8_rq_c(rq->right, zp), rq->right, lo, hi, mm, out,
-            C);
+        requant_fast(acc, rows, cols, init, rq->m, mt_s8_rq_c(rq->right, zp), rq->right, lo, hi,
+            mm, out, row_bytes, col_bytes);
     } else {
         int32_t mn = mm[0], mx = mm[1];
-        for (int i = 0; i < n; i++, out += C) {
-            const int32_t v = acc[i] + init;
-            mn = mt_s8_min(mn, v);
-            mx = mt_s8_max(mx, v);
-            *out = (int8_t)mt_s8_clamp(mt_s8_rq(v, rq) + zp, lo, hi);
+        for (int r = 0; r < rows; r++, acc += cols, out += row_bytes) {
+            int8_t *o = out;
+            for (int i = 0; i < cols; i++, o += col_bytes) {
+                const int32_t v = acc[i] + init;
+                mn = mt_s8_min(mn, v);
+                mx = mt_s8_max(mx, v);
+                *o = (int8_t)mt_s8_clamp(mt_s8_rq(v, rq) + zp, lo, hi);
+            }
         }
         mm[0] = mn;
         mm[1] = mx;
@@ -465,9 +533,11 @@ static int make_rq(const mt_conv2d_params_t *p, float num, float den, const floa
 
 // ---- forward ------------------------------------------------------------------------------
 
-int mt_depthwise_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, const int8_t *x,
-    const int8_t *w, const float *w_scale, const int32_t *bias, int8_t *y, mt_range_t *y_range,
-    void *scratch) {
+int mt_depthwise_s8_forward(const mt_conv2d_params_t *layer, const mt_s8_quant_t *q,
+    const int8_t *x, const int8_t *w, const float *w_scale, const int32_t *bias, int8_t *y,
+    mt_range_t *y_range, void *scratch) {
+    const view_t vw = view_of(layer);
+    const mt_conv2d_params_t *p = &vw.v;
     const geom_t g = geom(p, PASS_FORWARD);
     dw_scratch_t s;
     layout(p, PASS_FORWARD, &g, scratch, &s);
@@ -479,20 +549,21 @@ int mt_depthwise_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
     memset(s.plane, 0, GROUP * stride * sizeof(int16_t));
     for (int c0 = 0; c0 < C; c0 += GROUP) {
         const int nch = C - c0 < GROUP ? C - c0 : GROUP;
-        widen_weights(p, w + c0 * taps, nch, g.kwp, 0, s.wq);
+        widen_weights(&vw, w + c0 * taps, nch, g.kwp, 0, s.wq);
         for (int n = 0; n < p->batch; n++) {
             for (int oh = 0; oh < g.height; oh += g.rows) {
                 const int rows = g.height - oh < g.rows ? g.height - oh : g.rows;
                 const int prow = plane_rows(p, PASS_FORWARD, rows);
-                gather_x(p, x, n, c0, nch, oh * p->stride_h, prow, q->x.zero_point, &g, stride,
+                gather_x(&vw, x, n, c0, nch, oh * p->stride_h, prow, q->x.zero_point, &g, stride,
                     s.plane);
-                int8_t *out = y + (((size_t)n * p->out_h + oh) * p->out_w) * C + c0;
+                int8_t *out = y + (size_t)n * p->out_h * p->out_w * C + oh * vw.y_row + c0;
                 for (int ch = 0; ch < nch; ch++) {
                     const int c = c0 + ch;
                     correlate(s.plane + ch * stride, g.wa, p->stride_h, p->stride_w,
                         s.wq + ch * wrow, kh, p->kernel_w, g.kwp, rows, g.cols, s.acc);
-                    requant_run(s.acc, rows * g.cols, bias ? bias[c] : 0, &s.rq[c],
-                        q->y.zero_point, q->act_min, q->act_max, &s.mm[2 * c], out + ch, C);
+                    requant_run(s.acc, rows, g.cols, bias ? bias[c] : 0, &s.rq[c],
+                        q->y.zero_point, q->act_min, q->act_max, &s.mm[2 * c], out + ch, vw.y_row,
+                        vw.y_col);
                 }
             }
         }
@@ -505,9 +576,11 @@ int mt_depthwise_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
 
 // ---- input gradient -----------------------------------------------------------------------
 
-int mt_depthwise_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
+int mt_depthwise_s8_grad_input(const mt_conv2d_params_t *layer, const mt_s8_quant_t *q,
     const int8_t *dy, const int8_t *w, const float *w_scale, int8_t *dx, float *dx_absmax,
     void *scratch) {
+    const view_t vw = view_of(layer);
+    const mt_conv2d_params_t *p = &vw.v;
     const geom_t g = geom(p, PASS_GRAD_INPUT);
     dw_scratch_t s;
     layout(p, PASS_GRAD_INPUT, &g, scratch, &s);
@@ -519,19 +592,19 @@ int mt_depthwise_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t 
     memset(s.plane, 0, GROUP * stride * sizeof(int16_t));
     for (int c0 = 0; c0 < C; c0 += GROUP) {
         const int nch = C - c0 < GROUP ? C - c0 : GROUP;
-        widen_weights(p, w + c0 * taps, nch, g.kwp, 1, s.wq);
+        widen_weights(&vw, w + c0 * taps, nch, g.kwp, 1, s.wq);
         for (int n = 0; n < p->batch; n++) {
             for (int ih = 0; ih < g.height; ih += g.rows) {
                 const int rows = g.height - ih < g.rows ? g.height - ih : g.rows;
                 const int prow = plane_rows(p, PASS_GRAD_INPUT, rows);
-                gather_dy_dilated(p, dy, n, c0, nch, ih, prow, &g, stride, s.plane);
-                int8_t *out = dx + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0;
+                gather_dy_dilated(&vw, dy, n, c0, nch, ih, prow, &g, stride, s.plane);
+                int8_t *out = dx + (size_t)n * p->in_h * p->in_w * C + ih * vw.x_row + c0;
                 for (int ch = 0; ch < nch; ch++) {
                     const int c = c0 + ch;
                     correlate(s.plane + ch * stride, g.wa, 1, 1, s.wq + ch * wrow, kh,
                         p->kernel_w, g.kwp, rows, g.cols, s.acc);
-                    requant_run(s.acc, rows * g.cols, 0, &s.rq[c], 0, -MT_S8_SYM_MAX,
-                        MT_S8_SYM_MAX, &s.mm[2 * c], out + ch, C);
+                    requant_run(s.acc, rows, g.cols, 0, &s.rq[c], 0, -MT_S8_SYM_MAX,
+                        MT_S8_SYM_MAX, &s.mm[2 * c], out + ch, vw.x_row, vw.x_col);
                 }
             }
         }
@@ -555,21 +628,24 @@ int mt_depthwise_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t 
 // ---- update -------------------------------------------------------------------------------
 
 // Plane rows [oh0, oh0 + rows) of dy, owp halfwords a row (a zero column pads an odd out_w).
-static void gather_dy(const mt_conv2d_params_t *p, const int8_t *dy, int n, int c0, int nch,
+static void gather_dy(const view_t *vw, const int8_t *dy, int n, int c0, int nch,
     int oh0, int rows, const geom_t *g, int16_t *plane) {
+    const mt_conv2d_params_t *p = &vw->v;
     const size_t stride = (size_t)g->rows * g->owp;
     const int8_t *image = dy + (size_t)n * p->out_h * p->out_w * p->out_c + c0;
     for (int r = 0; r < rows; r++) {
-        gather_row(image + (size_t)(oh0 + r) * p->out_w * p->out_c, p->out_w, p->out_c, nch, 1,
-            0, 0, plane + (size_t)r * g->owp, stride, g->owp);
+        gather_row(image + (oh0 + r) * vw->y_row, p->out_w, vw->y_col, nch, 1, 0, 0,
+            plane + (size_t)r * g->owp, stride, g->owp);
     }
 }
 
-// sum[t] += sum over the band of dy * x under tap t (t = i * kernel_w + j); returns the
-// band's sum of dy.
-static int32_t tap_sums(const mt_conv2d_params_t *p, const geom_t *g, const int16_t *xp,
+// sum[t] += sum over the band of dy * x under the layer's tap t; returns the band's sum of dy.
+static int32_t tap_sums(const view_t *vw, const geom_t *g, const int16_t *xp,
     const int16_t *dp, int rows, int32_t *sum) {
+    const mt_conv2d_params_t *p = &vw->v;
     const int kh = p->kernel_h, kw = p->kernel_w, sh = p->stride_h, sw = p->stride_w;
+    // sum[i * ti + j * tj]: the layer's tap (i, j) of the view's (j, i) when transposed.
+    const int ti = vw->transposed ? 1 : kw, tj = vw->transposed ? kh : 1;
     const int wa = g->wa, owp = g->owp;
     int32_t bsum = 0;
 #if MT_S8_DSP
@@ -595,9 +671,9 @@ static int32_t tap_sums(const mt_conv2d_params_t *p, const geom_t *g, const int1
                     k = nx;
                 }
             }
-            sum[i * 3] += s0;
-            sum[i * 3 + 1] += s1;
-            sum[i * 3 + 2] += s2;
+            sum[i * ti] += s0;
+            sum[i * ti + tj] += s1;
+            sum[i * ti + 2 * tj] += s2;
         }
         return bsum;
     }
@@ -616,7 +692,7 @@ static int32_t tap_sums(const mt_conv2d_params_t *p, const geom_t *g, const int1
                     }
                 }
             }
-            sum[i * kw + j] += t;
+            sum[i * ti + j * tj] += t;
         }
     }
 #else
@@ -639,9 +715,9 @@ static int32_t tap_sums(const mt_conv2d_params_t *p, const geom_t *g, const int1
                     s2 += dd * xr[2];
                 }
             }
-            sum[i * 3] += s0;
-            sum[i * 3 + 1] += s1;
-            sum[i * 3 + 2] += s2;
+            sum[i * ti] += s0;
+            sum[i * ti + tj] += s1;
+            sum[i * ti + 2 * tj] += s2;
         }
         return bsum;
     }
@@ -654,17 +730,19 @@ static int32_t tap_sums(const mt_conv2d_params_t *p, const geom_t *g, const int1
                     t += xr[o * sw] * d[o];
                 }
             }
-            sum[i * kw + j] += t;
+            sum[i * ti + j * tj] += t;
         }
     }
 #endif
     return bsum;
 }
 
-int mt_depthwise_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
+int mt_depthwise_s8_update(const mt_conv2d_params_t *layer, const mt_s8_quant_t *q,
     const mt_s8_update_t *u, const int8_t *x, const int8_t *dy, int8_t *w, float *w_scale,
     int32_t *bias, const uint8_t *mask, mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats,
     void *scratch, size_t scratch_bytes) {
+    const view_t vw = view_of(layer);
+    const mt_conv2d_params_t *p = &vw.v;
     const geom_t g = geom(p, PASS_UPDATE);
     dw_scratch_t s;
     if (layout(p, PASS_UPDATE, &g, scratch, &s) > scratch_bytes) {
@@ -694,14 +772,14 @@ int mt_depthwise_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
             for (int oh = 0; oh < g.height; oh += g.rows) {
                 const int rows = g.height - oh < g.rows ? g.height - oh : g.rows;
                 const int prow = plane_rows(p, PASS_UPDATE, rows);
-                gather_x(p, x, n, c0, nch, oh * p->stride_h, prow, q->x.zero_point, &g, stride,
+                gather_x(&vw, x, n, c0, nch, oh * p->stride_h, prow, q->x.zero_point, &g, stride,
                     s.plane);
-                gather_dy(p, dy, n, c0, nch, oh, rows, &g, s.dplane);
+                gather_dy(&vw, dy, n, c0, nch, oh, rows, &g, s.dplane);
                 for (int ch = 0; ch < nch; ch++) {
                     if (mask && !mask[c0 + ch]) {
                         continue;
                     }
-                    bsum[ch] += tap_sums(p, &g, s.plane + ch * stride,
+                    bsum[ch] += tap_sums(&vw, &g, s.plane + ch * stride,
                         s.dplane + (size_t)ch * g.rows * g.owp, rows, s.acc + ch * taps);
                 }
             }
