@@ -226,6 +226,10 @@ static inline int32_t load2(const int16_t *p) {
     return v;
 }
 
+static inline void store2(int16_t *p, uint32_t v) {
+    memcpy(p, &v, sizeof v);
+}
+
 // Weights of nch channels as int16 rows of kwp (zero padded); flipped (for the input
 // gradient) reverses the taps.
 static void widen_weights(const view_t *vw, const int8_t *w, int nch, int kwp, int flipped,
@@ -269,7 +273,20 @@ static void gather_row(const int8_t *src, int n, size_t C, int nch, int step, in
         // and subtracts zp from both halves.
         const uint32_t neg = mt_s8_pair(-zp);
         int16_t *d1 = d + plane, *d2 = d1 + plane, *d3 = d2 + plane;
-        for (int k = 0; k < (hi - lo) * step; k += step, src += C) {
+        int k = 0;
+        if (step == 1) {
+            // Two pixels at a time: PKHBT/PKHTB pair each channel's values into one word.
+            for (; k + 1 < hi - lo; k += 2, src += 2 * C) {
+                const uint32_t v0 = mt_s8_load32(src), v1 = mt_s8_load32(src + C);
+                const uint32_t a0 = __sxtab16(neg, v0), b0 = mt_s8_sxtab16_ror8(neg, v0);
+                const uint32_t a1 = __sxtab16(neg, v1), b1 = mt_s8_sxtab16_ror8(neg, v1);
+                store2(d + k, mt_s8_pkhbt(a0, a1));
+                store2(d2 + k, mt_s8_pkhtb(a1, a0));
+                store2(d1 + k, mt_s8_pkhbt(b0, b1));
+                store2(d3 + k, mt_s8_pkhtb(b1, b0));
+            }
+        }
+        for (; k < (hi - lo) * step; k += step, src += C) {
             const uint32_t v = mt_s8_load32(src);
             const uint32_t a = __sxtab16(neg, v), b = mt_s8_sxtab16_ror8(neg, v);
             d[k] = (int16_t)a;
