@@ -483,8 +483,8 @@ static void correlate(const int16_t *pl, int wa, int sh, int sw, const int16_t *
 
 #if MT_S8_DSP
 // One row of the fast form with right >= 1: v = acc + init, range tracked by branches (taken
-// only for a new extreme), SMMLA + ASR, SSAT, then the activation's bounds where they are
-// inside int8: 13 instructions an output, 16 with a lower bound, 19 with both.
+// only for a new extreme), SMMLA + ASR, SSAT, then a lower bound inside int8 (lo variant):
+// 13 instructions an output, 16 with the bound.
 typedef struct {
     const int32_t *acc, *end;
     int8_t *out;
@@ -532,9 +532,6 @@ typedef struct {
     }
 MT_EPI_ROW(epi_row_full, "")
 MT_EPI_ROW(epi_row_lo, "cmp r12, r8\n\t" "it lt\n\t" "movlt r12, r8\n\t")
-MT_EPI_ROW(epi_row_clamp,
-    "cmp r12, r8\n\t" "it lt\n\t" "movlt r12, r8\n\t"
-    "cmp r12, r9\n\t" "it gt\n\t" "movgt r12, r9\n\t")
 #undef MT_EPI_ROW
 #undef MT_ARG
 #endif
@@ -544,18 +541,17 @@ static inline __attribute__((always_inline)) void requant_fast(const int32_t *ac
     int cols, int32_t init, int32_t m, int32_t k, int32_t right, int32_t lo, int32_t hi,
     int32_t *mm, int8_t *out, size_t row_bytes, size_t col_bytes) {
 #if MT_S8_DSP
-    if (right >= 1 && cols > 0) {
+    // Both bounds inside int8 (ReLU6; no layer asks for it yet) take the C loop below.
+    if (right >= 1 && cols > 0 && hi == 127) {
         epi_row_t e = { acc, acc + cols, out, (int32_t)col_bytes, init, m, k, right, lo, hi,
             mm[0], mm[1] };
         for (int r = 0; r < rows; r++, out += row_bytes) {
             e.end = e.acc + cols;
             e.out = out;
-            if (lo == -128 && hi == 127) {
+            if (lo == -128) {
                 epi_row_full(&e);
-            } else if (hi == 127) {
-                epi_row_lo(&e);     // ReLU, or dx's -127
             } else {
-                epi_row_clamp(&e);
+                epi_row_lo(&e);     // ReLU, or dx's -127
             }
             e.acc = e.end;
         }
