@@ -1,5 +1,5 @@
 // int8 Conv2d: forward, input gradient and fused update (conv2d_s8.h), as int16-panel GEMMs
-// (gemm_s8.h) with direct loops for depthwise convolutions.
+// (gemm_s8.h); depthwise layers go to depthwise_s8.c.
 //
 //   forward     rows = output pixels (im2col of 3 pixels at a time), columns = output
 //               channels (the weights, packed once per call), k = the patch;
@@ -12,6 +12,7 @@
 //               input), where an output row's pixels are contiguous for every tap.
 #include <string.h>
 #include "conv2d_s8.h"
+#include "depthwise_s8.h"
 #include "gemm_s8.h"
 #include "s8_common.h"
 #include "checked_size.h"
@@ -24,10 +25,6 @@
 
 // Output pixels per update tile (whole output rows, at least one).
 #define UPDATE_TILE_SLOTS 128
-
-static int is_depthwise(const mt_conv2d_params_t *p) {
-    return p->groups == p->in_c && p->out_c == p->in_c;
-}
 
 static int taps_of(const mt_conv2d_params_t *p) {
     return p->kernel_h * p->kernel_w;
@@ -346,13 +343,6 @@ static void grad_input_out(const int32_t *acc, const int32_t *rec, int8_t *out,
 
 // ---- shared pieces ------------------------------------------------------------------------
 
-static void init_minmax(int32_t *mm, int channels) {
-    for (int o = 0; o < channels; o++) {
-        mm[2 * o] = INT32_MAX;
-        mm[2 * o + 1] = INT32_MIN;
-    }
-}
-
 // The bytes of the layer's own int8 tensors for `batch` samples: weights, input, output
 // and their errors. Kernel scratch grows only up to this (or its smallest layout), so it
 // never dominates a small layer's memory.
@@ -370,197 +360,6 @@ static int pairs_per_block(const mt_conv2d_params_t *p, int total, int kp) {
     const size_t fit = mt_max_size(layer_bytes(p, p->batch) / (4 * (size_t)kp), 1);
     const int blocks = fit >= (size_t)total ? 1 : (total + (int)fit - 1) / (int)fit;
     return (total + blocks - 1) / blocks;
-}
-
-// ---- depthwise ----------------------------------------------------------------------------
-//
-// Direct loops: each channel sees one filter, so a pixel's channels are independent sums.
-// Weights are transposed to (tap, channel) so the inner loops run over contiguous channels.
-
-typedef struct {
-    mt_s8_rq_t *rq;
-    int32_t *mm;
-    int8_t *wt;       // taps x C
-    int32_t *acc;     // C (forward, grad_input) or taps x C (update)
-    int32_t *row;     // taps (update)
-} dw_scratch_t;
-
-static size_t dw_layout(const mt_conv2d_params_t *p, void *scratch, dw_scratch_t *s) {
-    const size_t C = (size_t)p->in_c, taps = (size_t)taps_of(p);
-    arena_t a = { scratch, 0 };
-    s->rq = take(&a, C * sizeof(mt_s8_rq_t));
-    s->mm = take(&a, 2 * C * sizeof(int32_t));
-    s->wt = take(&a, taps * C);
-    s->acc = take(&a, taps * C * sizeof(int32_t));
-    s->row = take(&a, taps * sizeof(int32_t));
-    return a.used;
-}
-
-static void dw_transpose(const mt_conv2d_params_t *p, const int8_t *w, int8_t *wt) {
-    const int C = p->in_c, taps = taps_of(p);
-    for (int c = 0; c < C; c++) {
-        for (int t = 0; t < taps; t++) {
-            wt[t * C + c] = w[c * taps + t];
-        }
-    }
-}
-
-// acc[c] += (a[c] - a_off) * b[c] for c < C.
-static void dw_madd(int C, int32_t *acc, const int8_t *a, int32_t a_off, const int8_t *b) {
-    for (int c = 0; c < C; c++) {
-        acc[c] += ((int32_t)a[c] - a_off) * b[c];
-    }
-}
-
-static int depthwise_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
-    const int8_t *x, const int8_t *w, const float *w_scale, const int32_t *bias, int8_t *y,
-    mt_range_t *y_range, void *scratch) {
-    dw_scratch_t s;
-    dw_layout(p, scratch, &s);
-    const int C = p->in_c, zp = q->x.zero_point;
-    for (int c = 0; c < C; c++) {
-        if (mt_s8_rq_from_real((q->x.scale * w_scale[c]) / q->y.scale, &s.rq[c])) {
-            return -1;
-        }
-    }
-    dw_transpose(p, w, s.wt);
-    init_minmax(s.mm, C);
-    const int pixels = out_pixels(p);
-    for (int qq = 0; qq < pixels; qq++) {
-        const patch_t pt = patch_of(p, qq);
-        const int8_t *image = x + (size_t)pt.image * p->in_h * p->in_w * C;
-        for (int c = 0; c < C; c++) {
-            s.acc[c] = bias ? bias[c] : 0;
-        }
-        for (int i = 0; i < p->kernel_h; i++) {
-            const int ih = pt.ih0 + i;
-            if (ih < 0 || ih >= p->in_h) {
-                continue;
-            }
-            for (int j = pt.kw_lo; j < pt.kw_hi; j++) {
-                dw_madd(C, s.acc, image + ((size_t)ih * p->in_w + pt.iw0 + j) * C, zp,
-                    s.wt + (i * p->kernel_w + j) * C);
-            }
-        }
-        int8_t *out = y + (size_t)qq * C;
-        for (int c = 0; c < C; c++) {
-            const int32_t v = s.acc[c];
-            s.mm[2 * c] = mt_s8_min(s.mm[2 * c], v);
-            s.mm[2 * c + 1] = mt_s8_max(s.mm[2 * c + 1], v);
-            out[c] = (int8_t)mt_s8_clamp(mt_s8_rq(v, &s.rq[c]) + q->y.zero_point, q->act_min,
-                q->act_max);
-        }
-    }
-    if (y_range) {
-        mt_s8_fold_range(C, s.mm, 2, q->x.scale, w_scale, y_range);
-    }
-    return 0;
-}
-
-static int depthwise_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
-    const int8_t *dy, const int8_t *w, const float *w_scale, int8_t *dx, float *dx_absmax,
-    void *scratch) {
-    dw_scratch_t s;
-    dw_layout(p, scratch, &s);
-    const int C = p->in_c;
-    for (int c = 0; c < C; c++) {
-        if (mt_s8_rq_from_real((q->dy_scale * w_scale[c]) / q->dx_scale, &s.rq[c])) {
-            return -1;
-        }
-    }
-    dw_transpose(p, w, s.wt);
-    init_minmax(s.mm, C);
-    const int pixels = in_pixels(p), per_image = p->in_h * p->in_w;
-    for (int qq = 0; qq < pixels; qq++) {
-        const int n = qq / per_image, ih = qq % per_image / p->in_w, iw = qq % p->in_w;
-        memset(s.acc, 0, (size_t)C * sizeof(int32_t));
-        for (int i = 0; i < p->kernel_h; i++) {
-            const int oh = exact_out(ih + p->pad_h - i, p->stride_h, p->out_h);
-            if (oh < 0) {
-                continue;
-            }
-            for (int j = 0; j < p->kernel_w; j++) {
-                const int ow = exact_out(iw + p->pad_w - j, p->stride_w, p->out_w);
-                if (ow >= 0) {
-                    dw_madd(C, s.acc, dy + (((size_t)n * p->out_h + oh) * p->out_w + ow) * C, 0,
-                        s.wt + (i * p->kernel_w + j) * C);
-                }
-            }
-        }
-        int8_t *out = dx + (size_t)qq * C;
-        for (int c = 0; c < C; c++) {
-            const int32_t v = s.acc[c];
-            s.mm[2 * c] = mt_s8_min(s.mm[2 * c], v);
-            s.mm[2 * c + 1] = mt_s8_max(s.mm[2 * c + 1], v);
-            out[c] = (int8_t)mt_s8_clamp(mt_s8_rq(v, &s.rq[c]), -MT_S8_SYM_MAX, MT_S8_SYM_MAX);
-        }
-    }
-    if (dx_absmax) {
-        float m = 0.0f;
-        for (int c = 0; c < C; c++) {
-            if (s.mm[2 * c] > s.mm[2 * c + 1]) {
-                continue;
-            }
-            const float unit = q->dy_scale * w_scale[c];
-            const float lo = -((float)s.mm[2 * c] * unit), hi = (float)s.mm[2 * c + 1] * unit;
-            m = lo > m ? lo : m;
-            m = hi > m ? hi : m;
-        }
-        *dx_absmax = m;
-    }
-    return 0;
-}
-
-static int depthwise_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
-    const mt_s8_update_t *u, const int8_t *x, const int8_t *dy, int8_t *w, float *w_scale,
-    int32_t *bias, const uint8_t *mask, mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats,
-    void *scratch) {
-    dw_scratch_t s;
-    dw_layout(p, scratch, &s);
-    const int C = p->in_c, taps = taps_of(p), zp = q->x.zero_point, pixels = out_pixels(p);
-    memset(s.acc, 0, (size_t)taps * C * sizeof(int32_t));
-    // acc[t][c] = sum over output pixels of dy[c] * (x under tap t)[c].
-    for (int qq = 0; qq < pixels; qq++) {
-        const patch_t pt = patch_of(p, qq);
-        const int8_t *image = x + (size_t)pt.image * p->in_h * p->in_w * C;
-        const int8_t *d = dy + (size_t)qq * C;
-        for (int i = 0; i < p->kernel_h; i++) {
-            const int ih = pt.ih0 + i;
-            if (ih < 0 || ih >= p->in_h) {
-                continue;
-            }
-            for (int j = pt.kw_lo; j < pt.kw_hi; j++) {
-                dw_madd(C, s.acc + (i * p->kernel_w + j) * C,
-                    image + ((size_t)ih * p->in_w + pt.iw0 + j) * C, zp, d);
-            }
-        }
-    }
-    mt_s8_step_t step;
-    if (u) {
-        step = mt_s8_step_make(u, q);
-    }
-    for (int c = 0; c < C; c++) {
-        if (mask && !mask[c]) {
-            continue;
-        }
-        for (int t = 0; t < taps; t++) {
-            s.row[t] = s.acc[t * C + c];
-        }
-        int32_t bsum = 0;
-        for (int qq = 0; qq < pixels; qq++) {
-            bsum += dy[(size_t)qq * C + c];
-        }
-        if (b_stats) {
-            mt_grad_stats_add(b_stats, &bsum, 1);
-        }
-        if (u) {
-            mt_s8_update_row(u, &step, taps, s.row, w + c * taps, &w_scale[c],
-                bias ? &bias[c] : NULL, bsum, w_stats);
-        } else if (w_stats) {
-            mt_grad_stats_add(w_stats, s.row, taps);
-        }
-    }
-    return 0;
 }
 
 // ---- general: forward ---------------------------------------------------------------------
@@ -599,8 +398,8 @@ static int fwd_pairs(const mt_conv2d_params_t *p) {
 int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, const int8_t *x,
     const int8_t *w, const float *w_scale, const int32_t *bias, int8_t *y, mt_range_t *y_range,
     void *scratch) {
-    if (is_depthwise(p)) {
-        return depthwise_forward(p, q, x, w, w_scale, bias, y, y_range, scratch);
+    if (mt_depthwise_s8_applies(p)) {
+        return mt_depthwise_s8_forward(p, q, x, w, w_scale, bias, y, y_range, scratch);
     }
     const int pairs = fwd_pairs(p);
     fwd_scratch_t s;
@@ -752,8 +551,8 @@ static void pack_weights_transposed(const mt_conv2d_params_t *p, const int8_t *w
 int mt_conv2d_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
     const int8_t *dy, const int8_t *w, const float *w_scale, int8_t *dx, float *dx_absmax,
     void *scratch) {
-    if (is_depthwise(p)) {
-        return depthwise_grad_input(p, q, dy, w, w_scale, dx, dx_absmax, scratch);
+    if (mt_depthwise_s8_applies(p)) {
+        return mt_depthwise_s8_grad_input(p, q, dy, w, w_scale, dx, dx_absmax, scratch);
     }
     const int pairs = gi_pairs(p);
     gi_scratch_t s;
@@ -1050,9 +849,9 @@ int mt_conv2d_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
         b_stats->sum = b_stats->sum_sq = 0.0f;
         b_stats->count = 0;
     }
-    if (is_depthwise(p)) {
-        return depthwise_update(p, q, u, x, dy, w, w_scale, bias, mask, w_stats, b_stats,
-            scratch);
+    if (mt_depthwise_s8_applies(p)) {
+        return mt_depthwise_s8_update(p, q, u, x, dy, w, w_scale, bias, mask, w_stats, b_stats,
+            scratch, scratch_bytes);
     }
     const upd_shape_t sh = upd_shape(p);
     const int block = upd_block(p, &sh, scratch_bytes);
@@ -1134,9 +933,8 @@ int mt_conv2d_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
 // ---- scratch sizes ------------------------------------------------------------------------
 
 size_t mt_conv2d_s8_update_scratch_bytes(const mt_conv2d_params_t *p, int block) {
-    if (is_depthwise(p)) {
-        dw_scratch_t s;
-        return dw_layout(p, NULL, &s);
+    if (mt_depthwise_s8_applies(p)) {
+        return mt_depthwise_s8_scratch_bytes(p);
     }
     const upd_shape_t sh = upd_shape(p);
     upd_scratch_t s;
@@ -1144,9 +942,8 @@ size_t mt_conv2d_s8_update_scratch_bytes(const mt_conv2d_params_t *p, int block)
 }
 
 size_t mt_conv2d_s8_scratch_bytes(const mt_conv2d_params_t *p) {
-    if (is_depthwise(p)) {
-        dw_scratch_t s;
-        return dw_layout(p, NULL, &s);
+    if (mt_depthwise_s8_applies(p)) {
+        return mt_depthwise_s8_scratch_bytes(p);
     }
     fwd_scratch_t f;
     gi_scratch_t g;
