@@ -345,52 +345,33 @@ static inline int32_t round_sat(float x) {
 #endif
 }
 
-void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int32_t *acc,
-    int8_t *w, float *w_scale, int32_t *bias, int32_t bias_acc, mt_grad_stats_t *stats) {
+// The float rule (conv2d_s8.h), for rows the fixed-point pass does not cover: weight decay,
+// a step of half a quantum or more per accumulator unit, or a kept scale that does not hold
+// the new weights (force: the scale then always becomes max |v| / 127).
+static void update_row_float(const mt_s8_update_t *u, const mt_s8_step_t *k, int n,
+    const int32_t *acc, int8_t *w, float *w_scale, int32_t *bias, int32_t bias_acc, int force,
+    float top) {
     const float s_old = *w_scale, a = s_old * k->decay, c = k->c_w;
-    // The new scale needs the row's largest updated weight first. The first pass keeps each
-    // updated weight v (a float) in place of its accumulator, the second requantizes it; the
-    // statistics ride along on the first.
-    float mx = 0.0f, sum = 0.0f, sum_sq = 0.0f;
-    if (stats) {
-        sum = stats->sum;
-        sum_sq = stats->sum_sq;
-        for (int i = 0; i < n; i++) {
-            const float g = (float)acc[i];
-            const float v = a * (float)w[i] - c * g;
-            const float m = fabsf(v);
-            mx = m > mx ? m : mx;
-            sum += g;
-            sum_sq += g * g;
-            memcpy(&acc[i], &v, sizeof v);
-        }
-        stats->sum = sum;
-        stats->sum_sq = sum_sq;
-        stats->count += n;
-    } else {
-        for (int i = 0; i < n; i++) {
-            const float v = a * (float)w[i] - c * (float)acc[i];
-            const float m = fabsf(v);
-            mx = m > mx ? m : mx;
-            memcpy(&acc[i], &v, sizeof v);
-        }
+    float mx = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float m = fabsf(a * (float)w[i] - c * (float)acc[i]);
+        mx = m > mx ? m : mx;
     }
     const float hi = 127.0f * s_old;
     float s_new = s_old;
-    if ((mx > hi || mx < u->rescale_below * hi) && mx > 0.0f) {
-        s_new = mx / 127.0f;
+    if ((force || mx > hi || mx < u->rescale_below * hi) && mx > 0.0f) {
+        s_new = mx / top;
     }
     const float inv = 1.0f / s_new;
     // |v * inv| <= 127 up to rounding (more if a kept scale overflowed): round (saturating
-    // to int32), then clamp.
+    // to int32), then clamp. v is recomputed (it is the same float expression).
     if (u->rng) {
         // mt_round_stochastic inlined, with the state in a register: floor(v * inv + u) for
         // |v * inv| <= 128 or so (the scale rule above bounds it), where truncation plus one
         // compare is the floor.
         uint32_t s = u->rng->state ? u->rng->state : 0x9e3779b9u;
         for (int i = 0; i < n; i++) {
-            float v;
-            memcpy(&v, &acc[i], sizeof v);
+            const float v = a * (float)w[i] - c * (float)acc[i];
             s ^= s << 13;
             s ^= s >> 17;
             s ^= s << 5;
@@ -402,8 +383,7 @@ void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int
         u->rng->state = s;
     } else {
         for (int i = 0; i < n; i++) {
-            float v;
-            memcpy(&v, &acc[i], sizeof v);
+            const float v = a * (float)w[i] - c * (float)acc[i];
             w[i] = (int8_t)mt_s8_max(mt_s8_ssat8(round_sat(v * inv)), -MT_S8_SYM_MAX);
         }
     }
@@ -412,6 +392,168 @@ void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int
         const float b = (k->x_scale * s_old) * (float)*bias - k->c_b * (float)bias_acc;
         *bias = mt_bias_clamp_s32(mt_round_half_even(b / (k->x_scale * s_new)));
     }
+}
+
+// The next xorshift32 state (mt_rng_next with the state in a register).
+static inline uint32_t xorshift32(uint32_t s) {
+    s ^= s << 13;
+    s ^= s >> 17;
+    s ^= s << 5;
+    return s;
+}
+
+// floor((r - g * m) / 2^32): the fixed-point step (r = 2^31 rounds to nearest).
+static inline int32_t fixed_step(int32_t g, int32_t m, uint32_t r) {
+    return (int32_t)(((int64_t)r - (int64_t)g * m) >> 32);
+}
+
+// w[i] += fixed_step(acc[i], m, r_i) in place, r_i = 2^31 (nearest) or the next 32 bits of
+// *state (stochastic, state != NULL); w[i] keeps the low byte of the sum, so that the pass
+// can be undone exactly. Returns nonzero if a sum left [-127, 127].
+static int fixed_pass(int n, const int32_t *acc, int8_t *w, int32_t m, uint32_t *state) {
+#if MT_S8_DSP
+    // Per weight: SMMLSR (nearest) or three EORs, MOV and SMLAL (stochastic), then the range
+    // check as SSAT of 129 * r to 15 bits, which saturates, setting the sticky Q flag,
+    // exactly when |r| > 127 (129 * 127 = 16383 < 2^14 <= 129 * 128).
+    uint32_t apsr = 0;
+    __asm__ volatile ("msr APSR_nzcvq, %0" : : "r" (apsr) : "cc");
+    if (state) {
+        uint32_t s = *state;
+        const int32_t negm = -m;
+        for (int i = 0; i < n; i++) {
+            s = xorshift32(s);
+            uint32_t lo = s;
+            int32_t hi = w[i], t;
+            __asm__ ("smlal %0, %1, %2, %3" : "+r" (lo), "+r" (hi) : "r" (acc[i]), "r" (negm));
+            w[i] = (int8_t)hi;
+            __asm__ volatile ("ssat %0, #15, %1" : "=r" (t) : "r" (hi + (hi << 7)));
+        }
+        *state = s;
+    } else {
+        for (int i = 0; i < n; i++) {
+            int32_t r, t;
+            __asm__ ("smmlsr %0, %1, %2, %3" : "=r" (r) : "r" (acc[i]), "r" (m), "r" ((int32_t)w[i]));
+            w[i] = (int8_t)r;
+            __asm__ volatile ("ssat %0, #15, %1" : "=r" (t) : "r" (r + (r << 7)));
+        }
+    }
+    __asm__ volatile ("mrs %0, APSR" : "=r" (apsr));
+    return (int)(apsr & (1u << 27));
+#else
+    uint32_t bad = 0;
+    if (state) {
+        uint32_t s = *state;
+        for (int i = 0; i < n; i++) {
+            s = xorshift32(s);
+            const int32_t r = w[i] + fixed_step(acc[i], m, s);
+            w[i] = (int8_t)r;
+            bad |= (uint32_t)(r + MT_S8_SYM_MAX) > 2u * MT_S8_SYM_MAX;
+        }
+        *state = s;
+    } else {
+        for (int i = 0; i < n; i++) {
+            const int32_t r = w[i] + fixed_step(acc[i], m, 0x80000000u);
+            w[i] = (int8_t)r;
+            bad |= (uint32_t)(r + MT_S8_SYM_MAX) > 2u * MT_S8_SYM_MAX;
+        }
+    }
+    return (int)bad;
+#endif
+}
+
+// Undoes fixed_pass (the same steps, replayed from the same state, subtracted mod 256).
+static void fixed_undo(int n, const int32_t *acc, int8_t *w, int32_t m, const uint32_t *state) {
+    uint32_t s = state ? *state : 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t r = 0x80000000u;
+        if (state) {
+            s = xorshift32(s);
+            r = s;
+        }
+        w[i] = (int8_t)(uint8_t)((uint32_t)(uint8_t)w[i] - (uint32_t)fixed_step(acc[i], m, r));
+    }
+}
+
+// Whether some |w[i]| >= least (a large weight usually comes within a few).
+static int reaches(int n, const int8_t *w, int32_t least) {
+    for (int i = 0; i < n; i++) {
+        if (w[i] >= least || w[i] <= -least) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int all_zero(int n, const int32_t *acc) {
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        if (acc[i] | acc[i + 1] | acc[i + 2] | acc[i + 3]) {
+            return 0;
+        }
+    }
+    for (; i < n; i++) {
+        if (acc[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+// The smallest integer >= rescale_below * 127, in [0, 127], or 128 for rescale_below >= 1
+// (the float rule then decides on the exact max, as "rescale every row" wants).
+static int32_t least_max(float rescale_below) {
+    const float t = rescale_below * 127.0f;
+    if (!(t > 0.0f)) {
+        return 0;
+    }
+    if (!(t < 127.0f)) {
+        return 128;
+    }
+    const int32_t l = (int32_t)t;
+    return (float)l < t ? l + 1 : l;
+}
+
+void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int32_t *acc,
+    int8_t *w, float *w_scale, int32_t *bias, int32_t bias_acc, mt_grad_stats_t *stats) {
+    if (stats) {
+        mt_grad_stats_add(stats, acc, n);
+    }
+    const float s_old = *w_scale;
+    const int32_t least = least_max(u->rescale_below);
+    if (k->decay == 1.0f && least <= MT_S8_SYM_MAX) {
+        if (bias_acc == 0 && all_zero(n, acc)) {
+            return;     // nothing moves: no draws, no rescale (conv2d_s8.h)
+        }
+        // m = round(2^32 * c_w / s_old): a weight's step in quanta per accumulator unit, Q32.
+        const float kf = (k->c_w / s_old) * 4294967296.0f;
+        if (kf > -2147483648.0f && kf < 2147483648.0f) {
+            const int32_t m = mt_round_half_even(kf);
+            uint32_t state0 = 0, state = 0;
+            if (u->rng) {
+                state0 = state = u->rng->state ? u->rng->state : 0x9e3779b9u;
+            }
+            if (!fixed_pass(n, acc, w, m, u->rng ? &state : NULL)
+                && (least == 0 || reaches(n, w, least))) {
+                if (u->rng) {
+                    u->rng->state = state;
+                }
+                if (bias) {
+                    const float step = (k->c_b * (float)bias_acc) / (k->x_scale * s_old);
+                    const int64_t b = (int64_t)*bias - mt_round_half_even(step);
+                    *bias = b > MT_S8_BIAS_MAX ? MT_S8_BIAS_MAX
+                        : b < -MT_S8_BIAS_MAX ? -MT_S8_BIAS_MAX : (int32_t)b;
+                }
+                return;
+            }
+            // The kept scale does not hold the new weights: rescale from the float values,
+            // with the same draws.
+            fixed_undo(n, acc, w, m, u->rng ? &state0 : NULL);
+            update_row_float(u, k, n, acc, w, w_scale, bias, bias_acc, 1, MT_S8_RESCALE_TOP);
+            return;
+        }
+    }
+    update_row_float(u, k, n, acc, w, w_scale, bias, bias_acc, 0,
+        least <= MT_S8_SYM_MAX ? MT_S8_RESCALE_TOP : 127.0f);
 }
 
 void mt_s8_requantize_rows(const float *v, int8_t *w, float *scale, int rows, int row_len, float rescale_below,

@@ -43,6 +43,10 @@
 #define MT_S8_ACT_MIN (-128)   // activations
 #define MT_S8_ACT_MAX 127
 #define MT_S8_SYM_MAX 127      // weights and errors: [-127, 127]
+// Where a rescaled weight row puts its largest |w| when the update keeps scales between
+// rescales (rescale_below < 1, conv2d_s8.h): below 127, so that the next small steps fit
+// the kept scale (at 127 every step up would rescale again). 0.18 bits of the range.
+#define MT_S8_RESCALE_TOP 112.0f
 
 // Scales below this (or not finite) are rejected by the qparams functions: multipliers
 // built from them would leave the int32 range.
