@@ -410,7 +410,7 @@ static inline int32_t fixed_step(int32_t g, int32_t m, uint32_t r) {
 // w[i] += fixed_step(acc[i], m, r_i) in place, r_i = 2^31 (nearest) or the next 32 bits of
 // *state (stochastic, state != NULL); w[i] keeps the low byte of the sum, so that the pass
 // can be undone exactly. Returns nonzero if a sum left [-127, 127].
-static int fixed_pass(int n, const int32_t *acc, int8_t *w, int32_t m, uint32_t *state) {
+__attribute__((noinline)) static int fixed_pass(int n, const int32_t *acc, int8_t *w, int32_t m, uint32_t *state) {
 #if MT_S8_DSP
     // Per weight: SMMLSR (nearest) or three EORs, MOV and SMLAL (stochastic), then the range
     // check as SSAT of 129 * r to 15 bits, which saturates, setting the sticky Q flag,
@@ -420,6 +420,7 @@ static int fixed_pass(int n, const int32_t *acc, int8_t *w, int32_t m, uint32_t 
     if (state) {
         uint32_t s = *state;
         const int32_t negm = -m;
+        #pragma GCC unroll 4
         for (int i = 0; i < n; i++) {
             s = xorshift32(s);
             uint32_t lo = s;
@@ -430,6 +431,8 @@ static int fixed_pass(int n, const int32_t *acc, int8_t *w, int32_t m, uint32_t 
         }
         *state = s;
     } else {
+        // Unrolled: the loop's compare and branch once per four weights.
+        #pragma GCC unroll 4
         for (int i = 0; i < n; i++) {
             int32_t r, t;
             __asm__ ("smmlsr %0, %1, %2, %3" : "=r" (r) : "r" (acc[i]), "r" (m), "r" ((int32_t)w[i]));
