@@ -9,8 +9,11 @@ Microcontrollers" (arXiv 2407.10734):
   scale per output channel, errors int8 symmetric, bias int32 in units of s_x * s_w[o];
 - int32 accumulation, requantization by a Q31 multiplier and a shift with one exact rounding;
 - the input gradient folds per-channel weight scale ratios into 2^rb-scaled integers;
-- the update computes each weight in float from its integer gradient, standardized by a
-  caller-given sigma, and requantizes the whole output channel at once with a new scale.
+- the update (rule in conv2d_s8.h) skips rows with no error, keeps a row's scale with a
+  fixed-point step (a Q32 multiplier per row, rounding by 2^31 or by the 32 bits of the
+  next xorshift32 state per weight) while the new weights fit it, and otherwise computes
+  each weight in float from its integer gradient, standardized by a caller-given sigma,
+  and requantizes the whole output channel at once with a new scale.
 
 Integer sums are exact here (float64 holds them), and every float step is done in float32 in
 the kernels' order, so results match the C code exactly; tests/test_kernels_s8.py checks it.
@@ -503,7 +506,8 @@ def _update_rows(
     acc: IntArray, bsum: IntArray, w: NDArray[np.int8], w_scale: NDArray[np.float32],
     bias: IntArray | None, q: S8Quant, u: S8Update | None, channels: Sequence[int],
 ) -> tuple[NDArray[np.int8], NDArray[np.float32], IntArray | None, GradStats, GradStats]:
-    """The update of the selected channels from their accumulators acc (O, K) and bias sums."""
+    """The update of the selected channels from their accumulators acc (O, K) and bias sums,
+    rows in order: skip, fixed point at the kept scale, or the float rule (conv2d_s8.h)."""
     w = w.copy()
     ws = w_scale.copy()
     b = None if bias is None else bias.copy()

@@ -201,12 +201,14 @@ typedef struct {
     float sigma_w;              // standardization divisor of weight gradients (real units)
     float sigma_b;              // same for bias gradients; <= 0: no standardization
     float eps;                  // added to sigma
-    float rescale_below;        // in (0, 1]: 1 requantizes every channel to max |w| / 127
+    float rescale_below;        // in (0, 1]: 1 requantizes every channel to max |w| / 127;
+                                // below 1 scales are kept in fixed point (conv2d_s8.h)
     mt_rng_t *rng;              // stochastic rounding of the new weights; NULL: nearest even
 } mt_s8_update_t;
 
 // Requantizes float weights v (rows x row_len, real units) into w with one scale per row,
-// as the int8 update does (conv2d_s8.h): scale[o] is kept while the row's largest |v| lies in
+// as the int8 update's float rule did before it kept scales in fixed point (conv2d_s8.h;
+// the mixed layers' update): scale[o] is kept while the row's largest |v| lies in
 // [rescale_below * 127 * scale[o], 127 * scale[o]], else becomes max |v| / 127; w =
 // clamp(round(v / scale), -127, 127), stochastic with rng, else nearest even.
 void mt_s8_requantize_rows(const float *v, int8_t *w, float *scale, int rows, int row_len, float rescale_below,
