@@ -402,9 +402,13 @@ static inline uint32_t xorshift32(uint32_t s) {
     return s;
 }
 
-// floor((r - g * m) / 2^32): the fixed-point step (r = 2^31 rounds to nearest).
-static inline int32_t fixed_step(int32_t g, int32_t m, uint32_t r) {
-    return (int32_t)(((int64_t)r - (int64_t)g * m) >> 32);
+// floor((r + g * nm) / 2^32) with nm = -m: the fixed-point step (r = 2^31 rounds to
+// nearest), as the high word of g * nm plus the carry out of its low word + r (MUL, MULH
+// and three more on RV32).
+static inline int32_t fixed_step(int32_t g, int32_t nm, uint32_t r) {
+    const int64_t p = (int64_t)g * nm;
+    const uint32_t lo = (uint32_t)p;
+    return (int32_t)(p >> 32) + (int32_t)(lo + r < lo);
 }
 
 // w[i] += fixed_step(acc[i], m, r_i) in place, r_i = 2^31 (nearest) or the next 32 bits of
@@ -443,37 +447,41 @@ __attribute__((noinline)) static int fixed_pass(int n, const int32_t *acc, int8_
     __asm__ volatile ("mrs %0, APSR" : "=r" (apsr));
     return (int)(apsr & (1u << 27));
 #else
-    uint32_t bad = 0;
+    uint32_t good = 1;
+    const int32_t nm = -m;
     if (state) {
         uint32_t s = *state;
         for (int i = 0; i < n; i++) {
             s = xorshift32(s);
-            const int32_t r = w[i] + fixed_step(acc[i], m, s);
+            const int32_t r = w[i] + fixed_step(acc[i], nm, s);
             w[i] = (int8_t)r;
-            bad |= (uint32_t)(r + MT_S8_SYM_MAX) > 2u * MT_S8_SYM_MAX;
+            good &= (uint32_t)(r + MT_S8_SYM_MAX) <= 2u * MT_S8_SYM_MAX;
         }
         *state = s;
     } else {
         for (int i = 0; i < n; i++) {
-            const int32_t r = w[i] + fixed_step(acc[i], m, 0x80000000u);
+            // floor((2^31 + p) / 2^32) = high word + top bit of the low word.
+            const int64_t p = (int64_t)acc[i] * nm;
+            const int32_t r = w[i] + (int32_t)(p >> 32) + (int32_t)((uint32_t)p >> 31);
             w[i] = (int8_t)r;
-            bad |= (uint32_t)(r + MT_S8_SYM_MAX) > 2u * MT_S8_SYM_MAX;
+            good &= (uint32_t)(r + MT_S8_SYM_MAX) <= 2u * MT_S8_SYM_MAX;
         }
     }
-    return (int)bad;
+    return !good;
 #endif
 }
 
 // Undoes fixed_pass (the same steps, replayed from the same state, subtracted mod 256).
 static void fixed_undo(int n, const int32_t *acc, int8_t *w, int32_t m, const uint32_t *state) {
     uint32_t s = state ? *state : 0;
+    const int32_t nm = -m;
     for (int i = 0; i < n; i++) {
         uint32_t r = 0x80000000u;
         if (state) {
             s = xorshift32(s);
             r = s;
         }
-        w[i] = (int8_t)(uint8_t)((uint32_t)(uint8_t)w[i] - (uint32_t)fixed_step(acc[i], m, r));
+        w[i] = (int8_t)(uint8_t)((uint32_t)(uint8_t)w[i] - (uint32_t)fixed_step(acc[i], nm, r));
     }
 }
 
