@@ -345,55 +345,6 @@ static inline int32_t round_sat(float x) {
 #endif
 }
 
-// The float rule (conv2d_s8.h), for rows the fixed-point pass does not cover: weight decay,
-// a step of half a quantum or more per accumulator unit, or a kept scale that does not hold
-// the new weights (force: the scale then always becomes max |v| / 127).
-static void update_row_float(const mt_s8_update_t *u, const mt_s8_step_t *k, int n,
-    const int32_t *acc, int8_t *w, float *w_scale, int32_t *bias, int32_t bias_acc, int force,
-    float top) {
-    const float s_old = *w_scale, a = s_old * k->decay, c = k->c_w;
-    float mx = 0.0f;
-    for (int i = 0; i < n; i++) {
-        const float m = fabsf(a * (float)w[i] - c * (float)acc[i]);
-        mx = m > mx ? m : mx;
-    }
-    const float hi = 127.0f * s_old;
-    float s_new = s_old;
-    if ((force || mx > hi || mx < u->rescale_below * hi) && mx > 0.0f) {
-        s_new = mx / top;
-    }
-    const float inv = 1.0f / s_new;
-    // |v * inv| <= 127 up to rounding (more if a kept scale overflowed): round (saturating
-    // to int32), then clamp. v is recomputed (it is the same float expression).
-    if (u->rng) {
-        // mt_round_stochastic inlined, with the state in a register: floor(v * inv + u) for
-        // |v * inv| <= 128 or so (the scale rule above bounds it), where truncation plus one
-        // compare is the floor.
-        uint32_t s = u->rng->state ? u->rng->state : 0x9e3779b9u;
-        for (int i = 0; i < n; i++) {
-            const float v = a * (float)w[i] - c * (float)acc[i];
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            const float t = v * inv + (float)(s >> 8) * (1.0f / 16777216.0f);
-            int32_t r = (t > 1024.0f || t < -1024.0f || t != t) ? floor_to_int32(t) : (int32_t)t;
-            r -= (float)r > t;
-            w[i] = (int8_t)mt_s8_clamp(r, -MT_S8_SYM_MAX, MT_S8_SYM_MAX);
-        }
-        u->rng->state = s;
-    } else {
-        for (int i = 0; i < n; i++) {
-            const float v = a * (float)w[i] - c * (float)acc[i];
-            w[i] = (int8_t)mt_s8_max(mt_s8_ssat8(round_sat(v * inv)), -MT_S8_SYM_MAX);
-        }
-    }
-    *w_scale = s_new;
-    if (bias) {
-        const float b = (k->x_scale * s_old) * (float)*bias - k->c_b * (float)bias_acc;
-        *bias = mt_bias_clamp_s32(mt_round_half_even(b / (k->x_scale * s_new)));
-    }
-}
-
 // The next xorshift32 state (mt_rng_next with the state in a register).
 static inline uint32_t xorshift32(uint32_t s) {
     s ^= s << 13;
@@ -471,17 +422,80 @@ __attribute__((noinline)) static int fixed_pass(int n, const int32_t *acc, int8_
 #endif
 }
 
-// Undoes fixed_pass (the same steps, replayed from the same state, subtracted mod 256).
-static void fixed_undo(int n, const int32_t *acc, int8_t *w, int32_t m, const uint32_t *state) {
-    uint32_t s = state ? *state : 0;
-    const int32_t nm = -m;
-    for (int i = 0; i < n; i++) {
-        uint32_t r = 0x80000000u;
-        if (state) {
-            s = xorshift32(s);
-            r = s;
+// A fixed-point pass to take back (fixed_pass's -m and starting rng state, NULL: nearest).
+typedef struct {
+    int32_t nm;
+    const uint32_t *state;
+} fixed_undo_t;
+
+// The float rule (conv2d_s8.h), for rows the fixed-point pass does not cover: weight decay,
+// a step of half a quantum or more per accumulator unit, or a kept scale that does not hold
+// the new weights (undo not NULL: w holds that pass's bytes, which the first loop takes
+// back; the scale then always becomes max |v| / top). The first loop leaves each v (a
+// float) in place of its accumulator, the second requantizes it.
+static void update_row_float(const mt_s8_update_t *u, const mt_s8_step_t *k, int n,
+    int32_t *acc, int8_t *w, float *w_scale, int32_t *bias, int32_t bias_acc,
+    const fixed_undo_t *undo, float top) {
+    const float s_old = *w_scale, a = s_old * k->decay, c = k->c_w;
+    float mx = 0.0f;
+    if (undo) {
+        uint32_t s = undo->state ? *undo->state : 0, r = 0x80000000u;
+        for (int i = 0; i < n; i++) {
+            if (undo->state) {
+                s = xorshift32(s);
+                r = s;
+            }
+            const int32_t g = acc[i];
+            const int8_t wi = (int8_t)(uint8_t)((uint32_t)(uint8_t)w[i] - (uint32_t)fixed_step(g, undo->nm, r));
+            const float v = a * (float)wi - c * (float)g;
+            const float m = fabsf(v);
+            mx = m > mx ? m : mx;
+            memcpy(&acc[i], &v, sizeof v);
         }
-        w[i] = (int8_t)(uint8_t)((uint32_t)(uint8_t)w[i] - (uint32_t)fixed_step(acc[i], nm, r));
+    } else {
+        for (int i = 0; i < n; i++) {
+            const float v = a * (float)w[i] - c * (float)acc[i];
+            const float m = fabsf(v);
+            mx = m > mx ? m : mx;
+            memcpy(&acc[i], &v, sizeof v);
+        }
+    }
+    const float hi = 127.0f * s_old;
+    float s_new = s_old;
+    if ((undo || mx > hi || mx < u->rescale_below * hi) && mx > 0.0f) {
+        s_new = mx / top;
+    }
+    const float inv = 1.0f / s_new;
+    // |v * inv| <= 127 up to rounding (more if a kept scale overflowed): round (saturating
+    // to int32), then clamp.
+    if (u->rng) {
+        // mt_round_stochastic inlined, with the state in a register: floor(v * inv + u) for
+        // |v * inv| <= 128 or so (the scale rule above bounds it), where truncation plus one
+        // compare is the floor.
+        uint32_t s = u->rng->state ? u->rng->state : 0x9e3779b9u;
+        for (int i = 0; i < n; i++) {
+            float v;
+            memcpy(&v, &acc[i], sizeof v);
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            const float t = v * inv + (float)(s >> 8) * (1.0f / 16777216.0f);
+            int32_t r = (t > 1024.0f || t < -1024.0f || t != t) ? floor_to_int32(t) : (int32_t)t;
+            r -= (float)r > t;
+            w[i] = (int8_t)mt_s8_clamp(r, -MT_S8_SYM_MAX, MT_S8_SYM_MAX);
+        }
+        u->rng->state = s;
+    } else {
+        for (int i = 0; i < n; i++) {
+            float v;
+            memcpy(&v, &acc[i], sizeof v);
+            w[i] = (int8_t)mt_s8_max(mt_s8_ssat8(round_sat(v * inv)), -MT_S8_SYM_MAX);
+        }
+    }
+    *w_scale = s_new;
+    if (bias) {
+        const float b = (k->x_scale * s_old) * (float)*bias - k->c_b * (float)bias_acc;
+        *bias = mt_bias_clamp_s32(mt_round_half_even(b / (k->x_scale * s_new)));
     }
 }
 
@@ -497,6 +511,24 @@ static int reaches(int n, const int8_t *w, int32_t least) {
 
 static int all_zero(int n, const int32_t *acc) {
     int i = 0;
+#if MT_S8_DSP
+    // Eight words a round in two LDMs and seven ORRs (1.5 instructions a word; a zero row
+    // is read to its end, a nonzero one usually stops in the first round).
+    const int32_t *p = acc;
+    for (; i + 8 <= n; i += 8) {
+        register uint32_t a __asm__ ("r4"), b __asm__ ("r5"), c __asm__ ("r6"), d __asm__ ("r8");
+        uint32_t e, f;
+        __asm__ ("ldmia %4!, {%0, %1, %2, %3}" : "=r" (a), "=r" (b), "=r" (c), "=r" (d), "+r" (p)
+            : : "memory");
+        e = a | b | c | d;
+        __asm__ ("ldmia %4!, {%0, %1, %2, %3}" : "=r" (a), "=r" (b), "=r" (c), "=r" (d), "+r" (p)
+            : : "memory");
+        f = e | a | b | c | d;
+        if (f) {
+            return 0;
+        }
+    }
+#endif
     for (; i + 4 <= n; i += 4) {
         if (acc[i] | acc[i + 1] | acc[i + 2] | acc[i + 3]) {
             return 0;
@@ -558,12 +590,12 @@ void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int
             }
             // The kept scale does not hold the new weights: rescale from the float values,
             // with the same draws.
-            fixed_undo(n, acc, w, m, u->rng ? &state0 : NULL);
-            update_row_float(u, k, n, acc, w, w_scale, bias, bias_acc, 1, MT_S8_RESCALE_TOP);
+            const fixed_undo_t undo = { -m, u->rng ? &state0 : NULL };
+            update_row_float(u, k, n, acc, w, w_scale, bias, bias_acc, &undo, MT_S8_RESCALE_TOP);
             return;
         }
     }
-    update_row_float(u, k, n, acc, w, w_scale, bias, bias_acc, 0,
+    update_row_float(u, k, n, acc, w, w_scale, bias, bias_acc, NULL,
         least <= MT_S8_SYM_MAX ? MT_S8_RESCALE_TOP : 127.0f);
 }
 

@@ -219,7 +219,7 @@ void mt_grad_stats_add(mt_grad_stats_t *s, const int32_t *acc, int n);
 
 // Updates one output channel by the rule in conv2d_s8.h: its n weights w from their
 // accumulators acc, its scale, and its bias (if not NULL) from bias_acc = sum of dy; adds
-// acc to stats (if not NULL). acc is scratch (today left as it was). Rows with zero error
+// acc to stats (if not NULL). acc is scratch (rescaled rows overwrite it). Rows with no error
 // are skipped after a scan of acc; the fixed-point pass costs 6.75 instructions a weight
 // on the Cortex-M4 (10.75 stochastic), the float rule (rescaled rows) about 50.
 void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int32_t *acc,
