@@ -368,8 +368,9 @@ static inline int32_t fixed_step(int32_t g, int32_t nm, uint32_t r) {
 __attribute__((noinline)) static int fixed_pass(int n, const int32_t *acc, int8_t *w, int32_t m, uint32_t *state) {
 #if MT_S8_DSP
     // Per weight: SMMLSR (nearest) or three EORs, MOV and SMLAL (stochastic), then the range
-    // check as SSAT of 129 * r to 15 bits, which saturates, setting the sticky Q flag,
-    // exactly when |r| > 127 (129 * 127 = 16383 < 2^14 <= 129 * 128).
+    // check as two QADDs, which saturate, setting the sticky Q flag, exactly when r > 127
+    // (r + 2^31 - 128 overflows) or r < -127 (r - 2^31 + 127 does), for any int32 r.
+    const int32_t above = INT32_MAX - MT_S8_SYM_MAX, below = INT32_MIN + MT_S8_SYM_MAX;
     uint32_t apsr = 0;
     __asm__ volatile ("msr APSR_nzcvq, %0" : : "r" (apsr) : "cc");
     if (state) {
@@ -382,7 +383,8 @@ __attribute__((noinline)) static int fixed_pass(int n, const int32_t *acc, int8_
             int32_t hi = w[i], t;
             __asm__ ("smlal %0, %1, %2, %3" : "+r" (lo), "+r" (hi) : "r" (acc[i]), "r" (negm));
             w[i] = (int8_t)hi;
-            __asm__ volatile ("ssat %0, #15, %1" : "=r" (t) : "r" (hi + (hi << 7)));
+            __asm__ volatile ("qadd %0, %1, %2" : "=r" (t) : "r" (hi), "r" (above));
+            __asm__ volatile ("qadd %0, %1, %2" : "=r" (t) : "r" (hi), "r" (below));
         }
         *state = s;
     } else {
@@ -392,7 +394,8 @@ __attribute__((noinline)) static int fixed_pass(int n, const int32_t *acc, int8_
             int32_t r, t;
             __asm__ ("smmlsr %0, %1, %2, %3" : "=r" (r) : "r" (acc[i]), "r" (m), "r" ((int32_t)w[i]));
             w[i] = (int8_t)r;
-            __asm__ volatile ("ssat %0, #15, %1" : "=r" (t) : "r" (r + (r << 7)));
+            __asm__ volatile ("qadd %0, %1, %2" : "=r" (t) : "r" (r), "r" (above));
+            __asm__ volatile ("qadd %0, %1, %2" : "=r" (t) : "r" (r), "r" (below));
         }
     }
     __asm__ volatile ("mrs %0, APSR" : "=r" (apsr));
