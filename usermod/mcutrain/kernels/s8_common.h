@@ -220,8 +220,9 @@ void mt_grad_stats_add(mt_grad_stats_t *s, const int32_t *acc, int n);
 // Updates one output channel by the rule in conv2d_s8.h: its n weights w from their
 // accumulators acc, its scale, and its bias (if not NULL) from bias_acc = sum of dy; adds
 // acc to stats (if not NULL). acc is scratch (rescaled rows overwrite it). Rows with no error
-// are skipped after a scan of acc; the fixed-point pass costs 6.75 instructions a weight
-// on the Cortex-M4 (10.75 stochastic), the float rule (rescaled rows) about 50.
+// are skipped after a scan of acc (1.5 instructions a word on the Cortex-M4); the
+// fixed-point pass costs 7 instructions a weight there (11 stochastic; RV32: 14 and 20),
+// the float rule (rescaled rows) about 40 more.
 void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int32_t *acc,
     int8_t *w, float *w_scale, int32_t *bias, int32_t bias_acc, mt_grad_stats_t *stats);
 
