@@ -704,7 +704,8 @@ def test_linear_s8_update_takes_every_path_bit_for_bit(lib, stochastic, standard
     assert got_ws[4] > ws[4]
 
 
-def test_linear_s8_update_skips_zero_rows_without_draws(lib):
+@pytest.mark.parametrize("rescale_below", [0.5, 1.0])
+def test_linear_s8_update_skips_zero_rows_without_draws(lib, rescale_below):
     # A zero error draws nothing: the same rng state after any number of zero rows, and the
     # next rows' weights do not depend on them.
     x, w, ws, b, dy = update_paths_case()
@@ -714,7 +715,7 @@ def test_linear_s8_update_skips_zero_rows_without_draws(lib):
     scratch = Guarded.scratch(lib.mt_linear_s8_scratch_bytes(p))
     wg, wsg, bg = Guarded(w), Guarded(ws), Guarded(b)
     state = Rng(77)
-    upd = S8Update(lr=0.05, eps=1e-8, rescale_below=0.5, rng=ctypes.pointer(state))
+    upd = S8Update(lr=0.05, eps=1e-8, rescale_below=rescale_below, rng=ctypes.pointer(state))
     assert lib.mt_linear_s8_update(p, ctypes.byref(qc), ctypes.byref(upd), ptr(x), ptr(dy),
                                    wg.p, wsg.p, bg.p, None, None, None, scratch.p) == 0
     assert state.state == 77

@@ -526,11 +526,11 @@ def _update_rows(
         if u is None:
             continue
         s_old = ws[o]
+        if decay == F32(1.0) and bsum[o] == 0 and not np.any(a_row):
+            continue  # nothing moves: no draws, no rescale
         force = False
         least = _least_max(u.rescale_below)
         if decay == F32(1.0) and least <= SYM_MAX:
-            if bsum[o] == 0 and not np.any(a_row):
-                continue  # nothing moves: no draws, no rescale
             kf = (c_w / s_old) * F32(2.0**32)
             if -(2.0**31) < kf < 2.0**31:
                 m = int(round_half_even(kf))

@@ -50,8 +50,8 @@
 //      L = ceil(rescale_below * 127) (rescale_below = 0.5: L = 64); the bias becomes
 //      b - round_half_even((c_b * sum dy[o]) / (s_x * s_w[o])), saturated. One pass, no
 //      float: on the Cortex-M4 one SMMLSR (nearest) or SMLAL (stochastic) per weight and
-//      the range check as the sticky Q flag of SSAT(129 * r, 15). m's rounding moves a step
-//      by at most |acc| * 2^-33 quanta.
+//      the range check as the sticky Q flag of two QADDs (7 and 11 instructions a weight).
+//      m's rounding moves a step by at most |acc| * 2^-33 quanta.
 //   3. Otherwise the float rule, with the same draws as 2 (the row's rng state is rewound):
 //        new scale s = max_k |v[k]| / top, where top = 112 (MT_S8_RESCALE_TOP, headroom for
 //        the next steps) when rescale_below < 1, else 127; after 2 failed the scale always

@@ -590,11 +590,11 @@ void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int
         mt_grad_stats_add(stats, acc, n);
     }
     const float s_old = *w_scale;
+    if (k->decay == 1.0f && bias_acc == 0 && all_zero(n, acc)) {
+        return;     // nothing moves: no draws, no rescale (conv2d_s8.h)
+    }
     const int32_t least = least_max(u->rescale_below);
     if (k->decay == 1.0f && least <= MT_S8_SYM_MAX) {
-        if (bias_acc == 0 && all_zero(n, acc)) {
-            return;     // nothing moves: no draws, no rescale (conv2d_s8.h)
-        }
         // m = round(2^32 * c_w / s_old): a weight's step in quanta per accumulator unit, Q32.
         const float kf = (k->c_w / s_old) * 4294967296.0f;
         if (kf > -2147483648.0f && kf < 2147483648.0f) {
