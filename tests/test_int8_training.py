@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
+from device_arrays import DeviceScript, tensor_expr
 
 from conftest import ROOT
 from mcutrain.digits import write_digits
+from mcutrain.reference import quantized as Q
 
 SCRIPT = ROOT / "examples" / "train_digits.py"
 
@@ -28,3 +31,74 @@ def test_int8_cnn_trains_through_range_corners_on_unix(target_pool, tmp_path, lr
     script.write_text(source)
     result = json.loads(unix.run_file(script, timeout=300).strip().splitlines()[-1])
     assert result["dtype"] == "int8" and result["epochs"] == epochs
+
+
+# ---- the update's paths on every target, bit for bit against the integer reference --------
+
+# Values the emulated boards' 30-bit Python floats hold exactly (they reach the device as
+# literals); arrays travel as bytes.
+X_SCALE, X_ZP, DY_SCALE, LR, SEED = 0.046875, 5, 0.0078125, 0.0625, 1234
+
+
+def _xorshift_steps(state: int, n: int) -> int:
+    rng = Q.Rng(state)
+    for _ in range(n):
+        rng.next()
+    return rng.state
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_int8_update_takes_every_path_bit_for_bit(target, rounding):
+    # Rows built for each path of the update (conv2d_s8.h): 0 zero error (skipped), 1 small
+    # steps (kept scale, fixed point: SMMLSR or SMLAL on the Cortex-M4, int64 C elsewhere),
+    # 2 a weight at 127 pushed up and 3 small weights (both rescaled by the float rule),
+    # 4 over half a quantum per accumulator unit (float rule), 5 and 6 random.
+    rng = np.random.default_rng(16)
+    batch, inp, out = 2, 40, 7
+    x = rng.integers(-128, 128, (batch, inp)).astype(np.int8)
+    x[:, 0] = 127
+    w = rng.integers(-100, 101, (out, inp)).astype(np.int8)
+    w[1, 5], w[2, 0] = 100, 127
+    w[3] = rng.integers(-30, 31, inp)
+    ws = np.full(out, 0.01, np.float32)
+    ws[4] = 1e-5
+    ws[5:] = rng.uniform(0.002, 0.02, 2)
+    b = rng.uniform(-0.5, 0.5, out).astype(np.float32)
+    dy = rng.integers(-127, 128, (batch, out)).astype(np.int8)
+    dy[:, 0] = 0
+    dy[:, 1] = (1, -1)
+    dy[:, 2] = (-20, -20)
+    dy[:, 3] = (2, 1)
+
+    script = DeviceScript()
+    script.add(f"mt.seed({SEED})")
+    script.add(f"layer = mt.Linear({inp}, {out}, dtype=mt.int8)")
+    script.add(f"layer.weight.copy_from({tensor_expr(w, 'int8')})")
+    script.add(f"layer.weight_scale.copy_from({tensor_expr(ws)})")
+    script.add(f"layer.bias.copy_from({tensor_expr(b)})")
+    script.add(f"x = mt.Tensor(bytes.fromhex('{x.tobytes().hex()}'), {x.shape}, dtype=mt.int8, "
+               f"scale={X_SCALE}, zero_point={X_ZP})")
+    script.add(f"dy = mt.Tensor(bytes.fromhex('{dy.tobytes().hex()}'), {dy.shape}, dtype=mt.int8, "
+               f"scale={DY_SCALE})")
+    script.add("layer.forward(x)")
+    script.add(f"layer.backward(dy, mt.SGD(layer, lr={LR}, rounding={rounding!r}))")
+    script.emit("w", "layer.weight", w.shape, "int8")
+    script.emit("ws", "layer.weight_scale", ws.shape)
+    script.emit("b", "layer.bias", b.shape)
+    got = script.run(target)
+
+    # The layer's rng state: mt.seed's mixed seed (random.c) after the float weights' and
+    # biases' initial draws (one each), then one more, made odd (layer_s8.c).
+    state = _xorshift_steps((SEED * 2654435761 + 0x9E3779B9) & 0xFFFFFFFF, out * inp + out + 1) | 1
+    q = Q.S8Quant(X_SCALE, X_ZP, dy_scale=DY_SCALE)
+    bias_q = Q.quantize_bias(b, X_SCALE, ws)
+    ref = Q.linear_s8_update(x, dy, w, ws, bias_q, q, Q.S8Update(
+        lr=LR, eps=1e-8, rescale_below=0.5, rng=Q.Rng(state) if rounding == "stochastic" else None))
+    np.testing.assert_array_equal(got["w"], ref.w)
+    np.testing.assert_array_equal(got["ws"], ref.w_scale)
+    expected_b = (ref.bias.astype(np.float32) * (np.float32(X_SCALE) * ref.w_scale)).astype(np.float32)
+    np.testing.assert_array_equal(got["b"], expected_b)
+    # Each row took its path.
+    np.testing.assert_array_equal(got["w"][0], w[0])
+    assert got["ws"][1] == ws[1] and not np.array_equal(got["w"][1], w[1])
+    assert got["ws"][2] > ws[2] and got["ws"][3] < ws[3] and got["ws"][4] > ws[4]

@@ -459,6 +459,9 @@ UPDATES = {
     "plain_sgd_small_steps": dict(lr=0.0005),
     "standardized_decay": dict(lr=0.01, weight_decay=0.1, sigma_w=0.003, sigma_b=0.2, eps=1e-6),
     "hysteresis": dict(lr=0.002, sigma_w=0.01, sigma_b=0.5, rescale_below=0.5),
+    # Kept scales: the fixed-point pass, with rows that overflow it rescaled.
+    "kept_scale": dict(lr=0.05, rescale_below=0.5),
+    "kept_scale_small_steps": dict(lr=0.0005, rescale_below=0.5),
 }
 
 
@@ -477,14 +480,15 @@ def test_conv2d_s8_update_matches_reference_bit_for_bit(lib, case, crop):
 
 @pytest.mark.parametrize("case", ["3x3_odd_channels", "groups3_stride2_batch3",
                                   "depthwise_stride2_batch3", "conv1d_k5_groups"])
-def test_conv2d_s8_update_with_stochastic_rounding_and_a_mask(lib, case):
+@pytest.mark.parametrize("rescale_below", [1.0, 0.5])
+def test_conv2d_s8_update_with_stochastic_rounding_and_a_mask(lib, case, rescale_below):
     params, d, args = conv_case(case)
     qc, qr = quant()
     rng = np.random.default_rng(5)
     mask = rng.random(params.out_c) < 0.5
     mask[0] = True
-    kw = dict(lr=0.02, sigma_w=0.004, sigma_b=0.3)
-    got = run_conv_update(lib, params, d, qc, S8Update(eps=1e-8, rescale_below=1.0, **kw),
+    kw = dict(lr=0.02, sigma_w=0.004, sigma_b=0.3, rescale_below=rescale_below)
+    got = run_conv_update(lib, params, d, qc, S8Update(eps=1e-8, **kw),
                           mask=mask, rng_state=99)
     ref_rng = Q.Rng(99)
     ref = Q.conv2d_s8_update(d["x"], d["dy"], d["w"], d["w_scale"], d["b"], qr,
@@ -691,6 +695,107 @@ def test_linear_s8_gradients_match_the_reference_for_odd_sizes_and_extreme_zero_
                               f"linear update zp={x_zp}")
         assert state.state == ref_rng.state
         scratch.value()
+
+
+def update_paths_case():
+    """A Linear case whose rows take every path of the update (conv2d_s8.h): 0 zero error
+    (skipped), 1 small steps (kept scale, fixed point), 2 a weight at 127 pushed up (the kept
+    scale overflows: rescaled), 3 small weights (below rescale_below: rescaled), 4 a step of
+    over half a quantum per accumulator unit (float rule), 5 and 6 random."""
+    rng = np.random.default_rng(16)
+    batch, inp, out = 2, 40, 7
+    x = s8(rng.integers(-128, 128, (batch, inp)))
+    x[:, 0] = 127
+    w = s8(rng.integers(-100, 101, (out, inp)))
+    w[1, 5] = 100
+    w[2, 0] = 127
+    w[3] = rng.integers(-30, 31, inp)
+    ws = np.full(out, 0.01, np.float32)
+    ws[4] = 1e-5
+    ws[5:] = rng.uniform(0.002, 0.02, 2)
+    b = rng.integers(-3000, 3000, out).astype(np.int32)
+    b[0] = 2**30 - 5  # large biases stay exact at a kept scale
+    dy = s8(rng.integers(-127, 128, (batch, out)))
+    dy[:, 0] = 0
+    dy[:, 1] = (1, -1)
+    dy[:, 2] = (-20, -20)
+    dy[:, 3] = (2, 1)
+    return x, w, ws, b, dy
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+@pytest.mark.parametrize("standardize", [False, True], ids=["plain", "standardized"])
+def test_linear_s8_update_takes_every_path_bit_for_bit(lib, stochastic, standardize):
+    x, w, ws, b, dy = update_paths_case()
+    batch, out, inp = x.shape[0], w.shape[0], w.shape[1]
+    p = ctypes.byref(LinearParams(batch, inp, out))
+    qc, qr = quant(act=(-128, 127))
+    kw = dict(lr=0.05, rescale_below=0.5)
+    if standardize:
+        kw.update(sigma_w=0.02, sigma_b=0.3)
+    scratch = Guarded.scratch(lib.mt_linear_s8_scratch_bytes(p))
+    wg, wsg, bg = Guarded(w), Guarded(ws), Guarded(b)
+    w_stats, b_stats = GradStats(), GradStats()
+    state = Rng(0x12345) if stochastic else None
+    upd = S8Update(eps=1e-8, rng=ctypes.pointer(state) if stochastic else None, **kw)
+    assert lib.mt_linear_s8_update(p, ctypes.byref(qc), ctypes.byref(upd), ptr(x), ptr(dy),
+                                   wg.p, wsg.p, bg.p, None, ctypes.byref(w_stats),
+                                   ctypes.byref(b_stats), scratch.p) == 0
+    ref_rng = Q.Rng(0x12345) if stochastic else None
+    ref = Q.linear_s8_update(x, dy, w, ws, b, qr, Q.S8Update(rng=ref_rng, **kw))
+    got_w, got_ws, got_b = wg.value(), wsg.value(), bg.value()
+    assert_update_matches((got_w, got_ws, got_b, w_stats, b_stats, None), ref, "update paths")
+    if stochastic:
+        assert state.state == ref_rng.state
+    scratch.value()
+    # Each row took the path it was built for.
+    np.testing.assert_array_equal(got_w[0], w[0])
+    assert (got_ws[0], got_b[0]) == (ws[0], b[0])
+    assert got_ws[1] == ws[1] and not np.array_equal(got_w[1], w[1])
+    assert got_ws[2] > ws[2] and np.abs(got_w[2]).max() == 112
+    assert got_ws[3] < ws[3] and np.abs(got_w[3]).max() == 112
+    assert got_ws[4] > ws[4]
+
+
+@pytest.mark.parametrize("rescale_below", [0.5, 1.0])
+def test_linear_s8_update_skips_zero_rows_without_draws(lib, rescale_below):
+    # A zero error draws nothing: the same rng state after any number of zero rows, and the
+    # next rows' weights do not depend on them.
+    x, w, ws, b, dy = update_paths_case()
+    dy[:] = 0
+    p = ctypes.byref(LinearParams(x.shape[0], w.shape[1], w.shape[0]))
+    qc, _ = quant()
+    scratch = Guarded.scratch(lib.mt_linear_s8_scratch_bytes(p))
+    wg, wsg, bg = Guarded(w), Guarded(ws), Guarded(b)
+    state = Rng(77)
+    upd = S8Update(lr=0.05, eps=1e-8, rescale_below=rescale_below, rng=ctypes.pointer(state))
+    assert lib.mt_linear_s8_update(p, ctypes.byref(qc), ctypes.byref(upd), ptr(x), ptr(dy),
+                                   wg.p, wsg.p, bg.p, None, None, None, scratch.p) == 0
+    assert state.state == 77
+    np.testing.assert_array_equal(wg.value(), w)
+    np.testing.assert_array_equal(wsg.value(), ws)
+    np.testing.assert_array_equal(bg.value(), b)
+
+
+def test_fixed_point_update_is_within_half_a_quantum_of_the_exact_step(lib):
+    # At a kept scale the new weight is round(w - g * m / 2^32) with m = round(2^32 * c / s):
+    # off from the exact w - g * c / s by at most half a quantum plus |g| * 2^-33 (m's
+    # rounding) and float32's rounding of c / s (relative 2^-24 of the step).
+    x, w, ws, b, dy = update_paths_case()
+    p = ctypes.byref(LinearParams(x.shape[0], w.shape[1], w.shape[0]))
+    qc, qr = quant()
+    scratch = Guarded.scratch(lib.mt_linear_s8_scratch_bytes(p))
+    wg, wsg, bg = Guarded(w), Guarded(ws), Guarded(b)
+    lr = 0.05
+    upd = S8Update(lr=lr, eps=1e-8, rescale_below=0.5)
+    assert lib.mt_linear_s8_update(p, ctypes.byref(qc), ctypes.byref(upd), ptr(x), ptr(dy),
+                                   wg.p, wsg.p, bg.p, None, None, None, scratch.p) == 0
+    g = dy.astype(np.int64).T @ (x.astype(np.int64) - qr.x_zero_point)
+    c = float(np.float32(lr) * (np.float32(qr.dy_scale) * np.float32(qr.x_scale)))
+    exact = w[1] - g[1] * c / float(ws[1])
+    step = np.abs(g[1] * c / float(ws[1]))
+    assert wg.value()[1].tolist() != w[1].tolist()
+    assert np.all(np.abs(wg.value()[1] - exact) <= 0.5 + np.abs(g[1]) * 2.0**-33 + step * 2.0**-23)
 
 
 # ---- int8 backward against the float reference ----------------------------------------------

@@ -9,8 +9,11 @@ Microcontrollers" (arXiv 2407.10734):
   scale per output channel, errors int8 symmetric, bias int32 in units of s_x * s_w[o];
 - int32 accumulation, requantization by a Q31 multiplier and a shift with one exact rounding;
 - the input gradient folds per-channel weight scale ratios into 2^rb-scaled integers;
-- the update computes each weight in float from its integer gradient, standardized by a
-  caller-given sigma, and requantizes the whole output channel at once with a new scale.
+- the update (rule in conv2d_s8.h) skips rows with no error, keeps a row's scale with a
+  fixed-point step (a Q32 multiplier per row, rounding by 2^31 or by the 32 bits of the
+  next xorshift32 state per weight) while the new weights fit it, and otherwise computes
+  each weight in float from its integer gradient, standardized by a caller-given sigma,
+  and requantizes the whole output channel at once with a new scale.
 
 Integer sums are exact here (float64 holds them), and every float step is done in float32 in
 the kernels' order, so results match the C code exactly; tests/test_kernels_s8.py checks it.
@@ -86,6 +89,7 @@ __all__ = [
 
 ACT_MIN, ACT_MAX = -128, 127  # activations
 SYM_MAX = 127  # weights and errors: [-127, 127]
+RESCALE_TOP = np.float32(112.0)  # a rescaled row's largest |w| when scales are kept (rescale_below < 1)
 MIN_SCALE = np.float32(1e-30)
 # mt_qparams_asymmetric widens a range narrower than this (after including 0) upward to it.
 MIN_RANGE = np.float32(2.0**-10)
@@ -476,11 +480,34 @@ def conv2d_s8_grad_input(
     return dx, float(a * F32(unit))
 
 
+def _least_max(rescale_below: float) -> int:
+    """The smallest integer >= rescale_below * 127, in [0, 127] (the kept scale's floor), or
+    128 for rescale_below >= 1 (left to the float rule)."""
+    t = F32(rescale_below) * F32(127.0)
+    if not t > 0:
+        return 0
+    if not t < 127:
+        return 128
+    return int(np.ceil(np.float64(t)))
+
+
+def _fixed_row(w: NDArray[np.int8], g: IntArray, m: int, rng: Rng | None) -> IntArray:
+    """The fixed-point update at a kept scale: w + floor((r - g * m) / 2^32), unclamped, with
+    r = 2^31 (nearest) or the next xorshift32 state, all 32 bits, per weight in order."""
+    if rng is None:
+        r = np.full(g.shape, 2**31, dtype=object)
+    else:
+        r = np.array([rng.next() for _ in range(g.size)], dtype=object)
+    num = r - g.astype(object) * m
+    return w.astype(np.int64) + np.array([int(x) >> 32 for x in num], dtype=np.int64)
+
+
 def _update_rows(
     acc: IntArray, bsum: IntArray, w: NDArray[np.int8], w_scale: NDArray[np.float32],
     bias: IntArray | None, q: S8Quant, u: S8Update | None, channels: Sequence[int],
 ) -> tuple[NDArray[np.int8], NDArray[np.float32], IntArray | None, GradStats, GradStats]:
-    """The update of the selected channels from their accumulators acc (O, K) and bias sums."""
+    """The update of the selected channels from their accumulators acc (O, K) and bias sums,
+    rows in order: skip, fixed point at the kept scale, or the float rule (conv2d_s8.h)."""
     w = w.copy()
     ws = w_scale.copy()
     b = None if bias is None else bias.copy()
@@ -499,13 +526,32 @@ def _update_rows(
         if u is None:
             continue
         s_old = ws[o]
+        if decay == F32(1.0) and bsum[o] == 0 and not np.any(a_row):
+            continue  # nothing moves: no draws, no rescale
+        force = False
+        least = _least_max(u.rescale_below)
+        if decay == F32(1.0) and least <= SYM_MAX:
+            kf = (c_w / s_old) * F32(2.0**32)
+            if -(2.0**31) < kf < 2.0**31:
+                m = int(round_half_even(kf))
+                state0 = u.rng.state if u.rng is not None else 0
+                r = _fixed_row(w[o], a_row, m, u.rng)
+                if np.all(np.abs(r) <= SYM_MAX) and (least == 0 or np.any(np.abs(r) >= least)):
+                    w[o] = r.astype(np.int8)
+                    if b is not None:
+                        step = (c_b * F32(bsum[o])) / (F32(q.x_scale) * s_old)
+                        b[o] = int(np.clip(int(b[o]) - int(round_half_even(step)), -BIAS_MAX, BIAS_MAX))
+                    continue
+                if u.rng is not None:
+                    u.rng.state = state0  # the float rule reuses the row's draws
+                force = True
         a = s_old * decay
         v = a * w[o].astype(np.float32) - c_w * a_row.astype(np.float32)
         mx = F32(np.max(np.abs(v))) if v.size else F32(0)
         hi = F32(127.0) * s_old
         s_new = s_old
-        if (mx > hi or mx < F32(u.rescale_below) * hi) and mx > 0:
-            s_new = mx / F32(127.0)
+        if (force or mx > hi or mx < F32(u.rescale_below) * hi) and mx > 0:
+            s_new = mx / (RESCALE_TOP if least <= SYM_MAX else F32(127.0))
         inv = F32(1.0) / s_new
         w[o] = np.clip(round_stochastic(v * inv, u.rng), -SYM_MAX, SYM_MAX).astype(np.int8)
         ws[o] = s_new

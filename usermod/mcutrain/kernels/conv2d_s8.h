@@ -33,17 +33,39 @@
 // For each selected output channel o and each weight k of its row:
 //   acc[k] = sum over output pixels of dy_q * (x_q - zp_x)            (int32, exact)
 //   g = acc * s_dy * s_x                                               (real gradient)
-//   v[k] = s_w[o] * (1 - lr * weight_decay) * w_q[k] - c * acc[k],
-//          c = lr * s_dy * s_x / (sigma_w + eps)   (gradient standardization g / sigma)
-//   new scale: s = max_k |v[k]| / 127, unless that max lies in
-//          [rescale_below * 127 * s_w[o], 127 * s_w[o]], where s_w[o] is kept (so small
-//          steps leave untouched weights exactly as they were);
-//   w_q[k] = clamp(round(v[k] / s), -127, 127), nearest even or stochastic (u->rng).
-//   bias (units s_x * s_w): b = round((s_x * s_w_old[o] * b_q - c_b * sum dy[o]) /
-//          (s_x * s_new[o])), c_b = lr * s_dy / (sigma_b + eps), nearest even.
-// sigma <= 0 turns standardization off (plain SGD: c = lr * s_dy * s_x). The float steps are
-// evaluated exactly in this order, with no fused multiply-add, so the numpy reference is
-// bit exact (also with stochastic rounding: one draw per written weight, channels in order).
+//   c = lr * s_dy * s_x / (sigma_w + eps)   (gradient standardization g / sigma; sigma <= 0
+//       turns it off, plain SGD: c = lr * s_dy * s_x), decay = 1 - lr * weight_decay,
+//   v[k] = s_w[o] * decay * w_q[k] - c * acc[k]                        (the new real weight)
+// and the row is written by the first of these that applies (mt_s8_update_row, quant.c):
+//   1. Skip: decay == 1, every acc[k] == 0 and sum dy[o] == 0 (no error reached the row):
+//      weights, scale and bias stay exactly as they are, and no random number is drawn.
+//   2. Fixed point at the kept scale, when decay == 1, rescale_below < 1 and
+//      m = round_half_even(2^32 * (c / s_w[o])) (float32 c / s_w[o], one quantum's step per
+//      accumulator unit in Q32) lies in (-2^31, 2^31):
+//        r[k] = w_q[k] + floor((R[k] - acc[k] * m) / 2^32)         (exact 64-bit integers)
+//      with R[k] = 2^31 (nearest, ties toward +infinity) or, with u->rng, R[k] = the
+//      xorshift32 state after one more step, all 32 bits (stochastic: the fraction below
+//      the quantum rounds up with its own probability; one draw per weight, k in order, rows
+//      in order). The scale is kept, and w_q = r, if every |r[k]| <= 127 and some |r[k]| >=
+//      L = ceil(rescale_below * 127) (rescale_below = 0.5: L = 64); the bias becomes
+//      b - round_half_even((c_b * sum dy[o]) / (s_x * s_w[o])), saturated. One pass, no
+//      float: on the Cortex-M4 one SMMLSR (nearest) or SMLAL (stochastic) per weight and
+//      the range check as the sticky Q flag of two QADDs (7 and 11 instructions a weight).
+//      m's rounding moves a step by at most |acc| * 2^-33 quanta.
+//   3. Otherwise the float rule, with the same draws as 2 (the row's rng state is rewound):
+//        new scale s = max_k |v[k]| / top, where top = 112 (MT_S8_RESCALE_TOP, headroom for
+//        the next steps) when rescale_below < 1, else 127; after 2 failed the scale always
+//        changes, otherwise it is kept while max_k |v[k]| lies in [rescale_below * 127 *
+//        s_w[o], 127 * s_w[o]] (the case of weight decay and of steps over half a quantum
+//        per accumulator unit; rescale_below >= 1 rescales every row, to max |v| / 127);
+//        s_w[o] stays if max |v| == 0;
+//        w_q[k] = clamp(round(v[k] / s), -127, 127), nearest even or stochastic: floor(t + u)
+//        with u = (state >> 8) * 2^-24 of the next xorshift32 state (mt_rng_uniform);
+//        bias (units s_x * s_w): b = round((s_x * s_w_old[o] * b_q - c_b * sum dy[o]) /
+//        (s_x * s_new[o])), c_b = lr * s_dy / (sigma_b + eps) (or lr * s_dy), nearest even.
+//      The float steps are evaluated exactly in this order, with no fused multiply-add.
+// The numpy reference (mcutrain.reference.quantized) mirrors every step, so device results
+// are bit exact against it on every target, with both roundings.
 //
 // Standardization divisor: the caller chooses sigma. The kernel reports w_stats / b_stats,
 // sums over this step's accumulators (quant.h), so sigma_w = mt_grad_stats_rms(w_stats,

@@ -345,28 +345,141 @@ static inline int32_t round_sat(float x) {
 #endif
 }
 
-void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int32_t *acc,
-    int8_t *w, float *w_scale, int32_t *bias, int32_t bias_acc, mt_grad_stats_t *stats) {
-    const float s_old = *w_scale, a = s_old * k->decay, c = k->c_w;
-    // The new scale needs the row's largest updated weight first. The first pass keeps each
-    // updated weight v (a float) in place of its accumulator, the second requantizes it; the
-    // statistics ride along on the first.
-    float mx = 0.0f, sum = 0.0f, sum_sq = 0.0f;
-    if (stats) {
-        sum = stats->sum;
-        sum_sq = stats->sum_sq;
+// The next xorshift32 state (mt_rng_next with the state in a register).
+static inline uint32_t xorshift32(uint32_t s) {
+    s ^= s << 13;
+    s ^= s >> 17;
+    s ^= s << 5;
+    return s;
+}
+
+// floor((r + g * nm) / 2^32) with nm = -m: the fixed-point step (r = 2^31 rounds to
+// nearest), as the high word of g * nm plus the carry out of its low word + r (MUL, MULH
+// and three more on RV32).
+static inline int32_t fixed_step(int32_t g, int32_t nm, uint32_t r) {
+    const int64_t p = (int64_t)g * nm;
+    const uint32_t lo = (uint32_t)p;
+    return (int32_t)(p >> 32) + (int32_t)(lo + r < lo);
+}
+
+// w[i] += fixed_step(acc[i], m, r_i) in place, r_i = 2^31 (nearest) or the next 32 bits of
+// *state (stochastic, state != NULL); w[i] keeps the low byte of the sum, so that the pass
+// can be undone exactly. Returns nonzero if a sum left [-127, 127].
+__attribute__((noinline)) static int fixed_pass(int n, const int32_t *acc, int8_t *w, int32_t m, uint32_t *state) {
+#if MT_S8_DSP
+    // Per weight: SMMLSR (nearest) or three EORs, MOV and SMLAL (stochastic), then the range
+    // check as two QADDs, which saturate, setting the sticky Q flag, exactly when r > 127
+    // (r + 2^31 - 128 overflows) or r < -127 (r - 2^31 + 127 does), for any int32 r.
+    const int32_t above = INT32_MAX - MT_S8_SYM_MAX, below = INT32_MIN + MT_S8_SYM_MAX;
+    uint32_t apsr = 0;
+    __asm__ volatile ("msr APSR_nzcvq, %0" : : "r" (apsr) : "cc");
+    if (state) {
+        uint32_t s = *state;
+        const int32_t negm = -m;
+        const int32_t *a = acc;
+        int8_t *p = w, *end4 = w + (n & ~3);
+        for (; p != end4; a += 4, p += 4) {
+            #pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                s = xorshift32(s);
+                uint32_t lo = s;
+                int32_t hi = p[j], t;
+                __asm__ ("smlal %0, %1, %2, %3" : "+r" (lo), "+r" (hi) : "r" (a[j]), "r" (negm));
+                p[j] = (int8_t)hi;
+                __asm__ volatile ("qadd %0, %1, %2" : "=r" (t) : "r" (hi), "r" (above));
+                __asm__ volatile ("qadd %0, %1, %2" : "=r" (t) : "r" (hi), "r" (below));
+            }
+        }
+        for (int i = n & ~3; i < n; i++) {
+            s = xorshift32(s);
+            uint32_t lo = s;
+            int32_t hi = w[i], t;
+            __asm__ ("smlal %0, %1, %2, %3" : "+r" (lo), "+r" (hi) : "r" (acc[i]), "r" (negm));
+            w[i] = (int8_t)hi;
+            __asm__ volatile ("qadd %0, %1, %2" : "=r" (t) : "r" (hi), "r" (above));
+            __asm__ volatile ("qadd %0, %1, %2" : "=r" (t) : "r" (hi), "r" (below));
+        }
+        *state = s;
+    } else {
+        // Four weights a round at fixed offsets: two pointer adds, a compare and a branch
+        // per four (7 instructions a weight; 11 stochastic).
+        const int32_t *a = acc;
+        int8_t *p = w, *end4 = w + (n & ~3);
+        for (; p != end4; a += 4, p += 4) {
+            #pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                int32_t r, t;
+                __asm__ ("smmlsr %0, %1, %2, %3" : "=r" (r) : "r" (a[j]), "r" (m), "r" ((int32_t)p[j]));
+                p[j] = (int8_t)r;
+                __asm__ volatile ("qadd %0, %1, %2" : "=r" (t) : "r" (r), "r" (above));
+                __asm__ volatile ("qadd %0, %1, %2" : "=r" (t) : "r" (r), "r" (below));
+            }
+        }
+        for (int i = n & ~3; i < n; i++) {
+            int32_t r, t;
+            __asm__ ("smmlsr %0, %1, %2, %3" : "=r" (r) : "r" (acc[i]), "r" (m), "r" ((int32_t)w[i]));
+            w[i] = (int8_t)r;
+            __asm__ volatile ("qadd %0, %1, %2" : "=r" (t) : "r" (r), "r" (above));
+            __asm__ volatile ("qadd %0, %1, %2" : "=r" (t) : "r" (r), "r" (below));
+        }
+    }
+    __asm__ volatile ("mrs %0, APSR" : "=r" (apsr));
+    return (int)(apsr & (1u << 27));
+#else
+    uint32_t good = 1;
+    const int32_t nm = -m;
+    if (state) {
+        uint32_t s = *state;
         for (int i = 0; i < n; i++) {
-            const float g = (float)acc[i];
-            const float v = a * (float)w[i] - c * g;
+            s = xorshift32(s);
+            const int32_t r = w[i] + fixed_step(acc[i], nm, s);
+            w[i] = (int8_t)r;
+            good &= (uint32_t)(r + MT_S8_SYM_MAX) <= 2u * MT_S8_SYM_MAX;
+        }
+        *state = s;
+    } else {
+        for (int i = 0; i < n; i++) {
+            // floor((2^31 + p) / 2^32) = high word + top bit of the low word.
+            const int64_t p = (int64_t)acc[i] * nm;
+            const int32_t r = w[i] + (int32_t)(p >> 32) + (int32_t)((uint32_t)p >> 31);
+            w[i] = (int8_t)r;
+            good &= (uint32_t)(r + MT_S8_SYM_MAX) <= 2u * MT_S8_SYM_MAX;
+        }
+    }
+    return !good;
+#endif
+}
+
+// A fixed-point pass to take back (fixed_pass's -m and starting rng state, NULL: nearest).
+typedef struct {
+    int32_t nm;
+    const uint32_t *state;
+} fixed_undo_t;
+
+// The float rule (conv2d_s8.h), for rows the fixed-point pass does not cover: weight decay,
+// a step of half a quantum or more per accumulator unit, or a kept scale that does not hold
+// the new weights (undo not NULL: w holds that pass's bytes, which the first loop takes
+// back; the scale then always becomes max |v| / top). The first loop leaves each v (a
+// float) in place of its accumulator, the second requantizes it.
+static void update_row_float(const mt_s8_update_t *u, const mt_s8_step_t *k, int n,
+    int32_t *acc, int8_t *w, float *w_scale, int32_t *bias, int32_t bias_acc,
+    const fixed_undo_t *undo, float top) {
+    const float s_old = *w_scale, a = s_old * k->decay, c = k->c_w;
+    float mx = 0.0f;
+    if (undo) {
+        uint32_t s = undo->state ? *undo->state : 0, r = 0x80000000u;
+        for (int i = 0; i < n; i++) {
+            if (undo->state) {
+                s = xorshift32(s);
+                r = s;
+            }
+            const int32_t g = acc[i];
+            const int8_t wi = (int8_t)(uint8_t)((uint32_t)(uint8_t)w[i] - (uint32_t)fixed_step(g, undo->nm, r));
+            const float v = a * (float)wi - c * (float)g;
             const float m = fabsf(v);
             mx = m > mx ? m : mx;
-            sum += g;
-            sum_sq += g * g;
             memcpy(&acc[i], &v, sizeof v);
         }
-        stats->sum = sum;
-        stats->sum_sq = sum_sq;
-        stats->count += n;
     } else {
         for (int i = 0; i < n; i++) {
             const float v = a * (float)w[i] - c * (float)acc[i];
@@ -377,8 +490,8 @@ void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int
     }
     const float hi = 127.0f * s_old;
     float s_new = s_old;
-    if ((mx > hi || mx < u->rescale_below * hi) && mx > 0.0f) {
-        s_new = mx / 127.0f;
+    if ((undo || mx > hi || mx < u->rescale_below * hi) && mx > 0.0f) {
+        s_new = mx / top;
     }
     const float inv = 1.0f / s_new;
     // |v * inv| <= 127 up to rounding (more if a kept scale overflowed): round (saturating
@@ -412,6 +525,106 @@ void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int
         const float b = (k->x_scale * s_old) * (float)*bias - k->c_b * (float)bias_acc;
         *bias = mt_bias_clamp_s32(mt_round_half_even(b / (k->x_scale * s_new)));
     }
+}
+
+// Whether some |w[i]| >= least (a large weight usually comes within a few).
+static int reaches(int n, const int8_t *w, int32_t least) {
+    for (int i = 0; i < n; i++) {
+        if (w[i] >= least || w[i] <= -least) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int all_zero(int n, const int32_t *acc) {
+    int i = 0;
+#if MT_S8_DSP
+    // Eight words a round in two LDMs and seven ORRs (1.5 instructions a word; a zero row
+    // is read to its end, a nonzero one usually stops in the first round).
+    const int32_t *p = acc;
+    for (; i + 8 <= n; i += 8) {
+        register uint32_t a __asm__ ("r4"), b __asm__ ("r5"), c __asm__ ("r6"), d __asm__ ("r8");
+        uint32_t e, f;
+        __asm__ ("ldmia %4!, {%0, %1, %2, %3}" : "=r" (a), "=r" (b), "=r" (c), "=r" (d), "+r" (p)
+            : : "memory");
+        e = a | b | c | d;
+        __asm__ ("ldmia %4!, {%0, %1, %2, %3}" : "=r" (a), "=r" (b), "=r" (c), "=r" (d), "+r" (p)
+            : : "memory");
+        f = e | a | b | c | d;
+        if (f) {
+            return 0;
+        }
+    }
+#endif
+    for (; i + 4 <= n; i += 4) {
+        if (acc[i] | acc[i + 1] | acc[i + 2] | acc[i + 3]) {
+            return 0;
+        }
+    }
+    for (; i < n; i++) {
+        if (acc[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+// The smallest integer >= rescale_below * 127, in [0, 127], or 128 for rescale_below >= 1
+// (the float rule then decides on the exact max, as "rescale every row" wants).
+static int32_t least_max(float rescale_below) {
+    const float t = rescale_below * 127.0f;
+    if (!(t > 0.0f)) {
+        return 0;
+    }
+    if (!(t < 127.0f)) {
+        return 128;
+    }
+    const int32_t l = (int32_t)t;
+    return (float)l < t ? l + 1 : l;
+}
+
+void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int32_t *acc,
+    int8_t *w, float *w_scale, int32_t *bias, int32_t bias_acc, mt_grad_stats_t *stats) {
+    if (stats) {
+        mt_grad_stats_add(stats, acc, n);
+    }
+    const float s_old = *w_scale;
+    if (k->decay == 1.0f && bias_acc == 0 && all_zero(n, acc)) {
+        return;     // nothing moves: no draws, no rescale (conv2d_s8.h)
+    }
+    const int32_t least = least_max(u->rescale_below);
+    if (k->decay == 1.0f && least <= MT_S8_SYM_MAX) {
+        // m = round(2^32 * c_w / s_old): a weight's step in quanta per accumulator unit, Q32.
+        const float kf = (k->c_w / s_old) * 4294967296.0f;
+        if (kf > -2147483648.0f && kf < 2147483648.0f) {
+            const int32_t m = mt_round_half_even(kf);
+            uint32_t state0 = 0, state = 0;
+            if (u->rng) {
+                state0 = state = u->rng->state ? u->rng->state : 0x9e3779b9u;
+            }
+            if (!fixed_pass(n, acc, w, m, u->rng ? &state : NULL)
+                && (least == 0 || reaches(n, w, least))) {
+                if (u->rng) {
+                    u->rng->state = state;
+                }
+                if (bias) {
+                    const float step = (k->c_b * (float)bias_acc) / (k->x_scale * s_old);
+                    const int64_t b = (int64_t)*bias - mt_round_half_even(step);
+                    *bias = b > MT_S8_BIAS_MAX ? MT_S8_BIAS_MAX
+                        : b < -MT_S8_BIAS_MAX ? -MT_S8_BIAS_MAX : (int32_t)b;
+                }
+                return;
+            }
+            // The kept scale does not hold the new weights: rescale from the float values,
+            // with the same draws.
+            const fixed_undo_t undo = { -m, u->rng ? &state0 : NULL };
+            update_row_float(u, k, n, acc, w, w_scale, bias, bias_acc, &undo, MT_S8_RESCALE_TOP);
+            return;
+        }
+    }
+    update_row_float(u, k, n, acc, w, w_scale, bias, bias_acc, NULL,
+        least <= MT_S8_SYM_MAX ? MT_S8_RESCALE_TOP : 127.0f);
 }
 
 void mt_s8_requantize_rows(const float *v, int8_t *w, float *scale, int rows, int row_len, float rescale_below,

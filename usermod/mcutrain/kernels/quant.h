@@ -43,6 +43,10 @@
 #define MT_S8_ACT_MIN (-128)   // activations
 #define MT_S8_ACT_MAX 127
 #define MT_S8_SYM_MAX 127      // weights and errors: [-127, 127]
+// Where a rescaled weight row puts its largest |w| when the update keeps scales between
+// rescales (rescale_below < 1, conv2d_s8.h): below 127, so that the next small steps fit
+// the kept scale (at 127 every step up would rescale again). 0.18 bits of the range.
+#define MT_S8_RESCALE_TOP 112.0f
 
 // Scales below this (or not finite) are rejected by the qparams functions: multipliers
 // built from them would leave the int32 range.
@@ -197,12 +201,14 @@ typedef struct {
     float sigma_w;              // standardization divisor of weight gradients (real units)
     float sigma_b;              // same for bias gradients; <= 0: no standardization
     float eps;                  // added to sigma
-    float rescale_below;        // in (0, 1]: 1 requantizes every channel to max |w| / 127
+    float rescale_below;        // in (0, 1]: 1 requantizes every channel to max |w| / 127;
+                                // below 1 scales are kept in fixed point (conv2d_s8.h)
     mt_rng_t *rng;              // stochastic rounding of the new weights; NULL: nearest even
 } mt_s8_update_t;
 
 // Requantizes float weights v (rows x row_len, real units) into w with one scale per row,
-// as the int8 update does (conv2d_s8.h): scale[o] is kept while the row's largest |v| lies in
+// as the int8 update's float rule did before it kept scales in fixed point (conv2d_s8.h;
+// the mixed layers' update): scale[o] is kept while the row's largest |v| lies in
 // [rescale_below * 127 * scale[o], 127 * scale[o]], else becomes max |v| / 127; w =
 // clamp(round(v / scale), -127, 127), stochastic with rng, else nearest even.
 void mt_s8_requantize_rows(const float *v, int8_t *w, float *scale, int rows, int row_len, float rescale_below,
