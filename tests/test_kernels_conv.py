@@ -398,10 +398,11 @@ QEMU_ARM = shutil.which("qemu-system-arm")
 M4F_FLAGS = ["-mthumb", "-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"]
 WARNINGS = ["-Wall", "-Wextra", "-Werror", "-Wdouble-promotion", "-Wfloat-conversion"]
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "usermod" / "mcutrain" / "kernels"
-KERNEL_FILES = ("gemm_f32", "linear_f32", "conv2d_f32")
+KERNEL_FILES = ("gemm_f32", "linear_f32", "conv2d_f32", "optim_f32")
 KERNEL_FUNCTIONS = [f"mt_gemm_f32_{v}" for v in ("nt", "nn", "tn")] + [
     f"mt_{layer}_f32_{p}" for layer in ("linear", "conv2d")
-    for p in ("forward", "grad_input", "grad_weight")] + ["mt_conv2d_f32_scratch_floats"]
+    for p in ("forward", "grad_input", "grad_weight")] + ["mt_conv2d_f32_scratch_floats"] + [
+    f"mt_sgd_f32_{p}" for p in ("step", "fused_begin", "fused_end")] + ["mt_adam_f32_step"]
 
 M4F_LINK = """
 MEMORY { CODE (rx) : ORIGIN = 0x00000000, LENGTH = 4M
@@ -459,7 +460,12 @@ M4F_CHECK = r"""
 #include "gemm_f32.h"
 #include "linear_f32.h"
 #include "conv2d_f32.h"
+#include "optim_f32.h"
 void put(const char *s);
+// Adam's libm calls, never made here (the program links without a libc).
+float expm1f(float x) { return x; }
+float log1pf(float x) { return x; }
+float sqrtf(float x) { return x; }
 #define REF(ret, name, ...) ret ref_##name(__VA_ARGS__);
 REF(void, mt_gemm_f32_nt, const mt_gemm_shape_t *, float, const float *, const float *, float *)
 REF(void, mt_gemm_f32_nn, const mt_gemm_shape_t *, float, const float *, const float *, float *)
@@ -476,6 +482,8 @@ REF(void, mt_conv2d_f32_grad_input, const mt_conv2d_params_t *, const float *, c
     float *, float *)
 REF(void, mt_conv2d_f32_grad_weight, const mt_conv2d_params_t *, const float *, const float *,
     float, float *, float *, float *)
+REF(void, mt_sgd_f32_fused_begin, const mt_sgd_params_t *, float *, float *, size_t)
+REF(void, mt_sgd_f32_fused_end, const mt_sgd_params_t *, float *, const float *, size_t)
 
 static void put_u(uint32_t v) {
     char b[12]; int i = 11; b[i] = 0;
@@ -592,6 +600,42 @@ static void check_conv(void) {
     }
 }
 
+// The asm momentum passes make the same fused multiply-adds as the compiled C: bit-exact.
+static void compare_exact(const char *what, int id, const float *got, const float *ref, int n) {
+    checked++;
+    for (int i = 0; i < n; i++) {
+        if (got[i] != ref[i]) {
+            put("FAIL "); put(what); put(" case "); put_u((uint32_t)id); put(" at ");
+            put_u((uint32_t)i); put("\n");
+            failures++;
+            return;
+        }
+    }
+}
+
+static void check_sgd(void) {
+    static const int sizes[] = { 1, 7, 8, 9, 15, 16, 17, 37, 1000 };
+    static const float decays[] = { 0.0f, 0.01f };
+    int id = 0;
+    for (unsigned t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+        for (unsigned d = 0; d < 2; d++, id++) {
+            const int n = sizes[t];
+            const mt_sgd_params_t p = { 0.05f, 0.9f, decays[d] };
+            fill(W1, n + 1); fill(A, n + 1); fill(B, n);
+            copy(W2, W1, n + 1); copy(C1, A, n + 1); copy(C2, A, n + 1);
+            for (int step = 0; step < 3; step++) {
+                mt_sgd_f32_fused_begin(&p, W1, C1, (size_t)n);
+                ref_mt_sgd_f32_fused_begin(&p, W2, C2, (size_t)n);
+                compare_exact("sgd begin", id, C1, C2, n + 1);
+                for (int i = 0; i < n; i++) { C1[i] += B[i]; C2[i] += B[i]; }
+                mt_sgd_f32_fused_end(&p, W1, C1, (size_t)n);
+                ref_mt_sgd_f32_fused_end(&p, W2, C2, (size_t)n);
+                compare_exact("sgd end", id, W1, W2, n + 1);
+            }
+        }
+    }
+}
+
 // CMSDK TIMER0 counts down at 25 MHz: 40 ns, i.e. 40 instructions under -icount shift=0.
 #define TIMER0 ((volatile uint32_t *)0x40000000)
 static uint32_t ticks(void) { return 0xffffffffu - TIMER0[1]; }
@@ -639,6 +683,7 @@ int main(void) {
     check_gemm();
     check_linear();
     check_conv();
+    check_sgd();
     put("CHECKED "); put_u((uint32_t)checked); put("\n");
     perf_conv("conv3x3", (mt_conv2d_params_t){ 1, 16, 16, 16, 16, 16, 32, 3, 3, 1, 1, 1, 1, 1 });
     perf_linear("linear", (mt_linear_params_t){ 1, 256, 128 });
