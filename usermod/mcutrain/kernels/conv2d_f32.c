@@ -65,25 +65,33 @@ size_t mt_conv2d_f32_scratch_floats(const mt_conv2d_params_t *p) {
 
 // ---- float array helpers ------------------------------------------------------------------
 
+// Short runs are common (an im2col row of a 1-channel conv is kernel_w floats): they take
+// one 4-float move and single floats, and an empty run returns before any setup.
 static void zero_floats(float *dst, int n) {
 #if MT_CONV_ASM
-    int singles = n & 7, octets = n >> 3, tmp;
+    if (n <= 0) {
+        return;
+    }
+    int singles = n & 3, octets = n >> 3, tmp;
     __asm__ volatile (
         "movs %[tmp], #0\n\t"
         "vmov s0, s1, %[tmp], %[tmp]\n\t" "vmov s2, s3, %[tmp], %[tmp]\n\t"
-        "vmov s4, s5, %[tmp], %[tmp]\n\t" "vmov s6, s7, %[tmp], %[tmp]\n\t"
         "cmp %[octets], #0\n\t" "beq 2f\n\t"
+        "vmov s4, s5, %[tmp], %[tmp]\n\t" "vmov s6, s7, %[tmp], %[tmp]\n\t"
         "1:\n\t"
         "vstmia %[dst]!, {s0-s7}\n\t"
         "subs %[octets], %[octets], #1\n\t" "bne 1b\n\t"
         "2:\n\t"
-        "cmp %[singles], #0\n\t" "beq 4f\n\t"
+        "tst %[n], #4\n\t" "beq 3f\n\t"
+        "vstmia %[dst]!, {s0-s3}\n\t"
         "3:\n\t"
-        "vstmia %[dst]!, {s0}\n\t"
-        "subs %[singles], %[singles], #1\n\t" "bne 3b\n\t"
+        "cmp %[singles], #0\n\t" "beq 5f\n\t"
         "4:\n\t"
+        "vstmia %[dst]!, {s0}\n\t"
+        "subs %[singles], %[singles], #1\n\t" "bne 4b\n\t"
+        "5:\n\t"
         : [dst] "+r" (dst), [singles] "+r" (singles), [octets] "+r" (octets), [tmp] "=&r" (tmp)
-        :
+        : [n] "r" (n)
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "cc", "memory");
 #else
     for (int i = 0; i < n; i++) {
@@ -94,20 +102,26 @@ static void zero_floats(float *dst, int n) {
 
 static void copy_floats(float *dst, const float *src, int n) {
 #if MT_CONV_ASM
-    int singles = n & 7, octets = n >> 3;
+    if (n <= 0) {
+        return;
+    }
+    int singles = n & 3, octets = n >> 3;
     __asm__ volatile (
         "cmp %[octets], #0\n\t" "beq 2f\n\t"
         "1:\n\t"
         "vldmia %[src]!, {s0-s7}\n\t" "vstmia %[dst]!, {s0-s7}\n\t"
         "subs %[octets], %[octets], #1\n\t" "bne 1b\n\t"
         "2:\n\t"
-        "cmp %[singles], #0\n\t" "beq 4f\n\t"
+        "tst %[n], #4\n\t" "beq 3f\n\t"
+        "vldmia %[src]!, {s0-s3}\n\t" "vstmia %[dst]!, {s0-s3}\n\t"
         "3:\n\t"
-        "vldmia %[src]!, {s0}\n\t" "vstmia %[dst]!, {s0}\n\t"
-        "subs %[singles], %[singles], #1\n\t" "bne 3b\n\t"
+        "cmp %[singles], #0\n\t" "beq 5f\n\t"
         "4:\n\t"
+        "vldmia %[src]!, {s0}\n\t" "vstmia %[dst]!, {s0}\n\t"
+        "subs %[singles], %[singles], #1\n\t" "bne 4b\n\t"
+        "5:\n\t"
         : [dst] "+r" (dst), [src] "+r" (src), [singles] "+r" (singles), [octets] "+r" (octets)
-        :
+        : [n] "r" (n)
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "cc", "memory");
 #else
     for (int i = 0; i < n; i++) {
