@@ -400,6 +400,7 @@ WARNINGS = ["-Wall", "-Wextra", "-Werror", "-Wdouble-promotion", "-Wfloat-conver
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "usermod" / "mcutrain" / "kernels"
 KERNEL_FILES = ("gemm_f32", "linear_f32", "conv2d_f32", "optim_f32")
 KERNEL_FUNCTIONS = [f"mt_gemm_f32_{v}" for v in ("nt", "nn", "tn")] + [
+    f"mt_gemm_f32_{v}_packed" for v in ("nt", "nn", "tn")] + ["mt_gemm_f32_pack_floats"] + [
     f"mt_{layer}_f32_{p}" for layer in ("linear", "conv2d")
     for p in ("forward", "grad_input", "grad_weight")] + ["mt_conv2d_f32_scratch_floats"] + [
     f"mt_sgd_f32_{p}" for p in ("step", "fused_begin", "fused_end")] + ["mt_adam_f32_step"]
@@ -546,6 +547,54 @@ static void check_gemm(void) {
     }
 }
 
+typedef void packed_fn(const mt_gemm_shape_t *, float, const float *, const float *, float *,
+    float *, size_t);
+
+// The packed products against the portable unpacked ones: m, n, k from 1 to 9 (never
+// packed) and shapes that pack with every k remainder, odd and padded strides, k cut into
+// chunks, and a workspace too small (or NULL) to use. The workspace is followed by NaN
+// canaries that must survive.
+static void check_gemm_packed(void) {
+    packed_fn *const fns[3] = { mt_gemm_f32_nt_packed, mt_gemm_f32_nn_packed, mt_gemm_f32_tn_packed };
+    gemm_fn *const refs[3] = { ref_mt_gemm_f32_nt, ref_mt_gemm_f32_nn, ref_mt_gemm_f32_tn };
+    static const int shapes[][3] = { {16, 16, 16}, {17, 18, 17}, {19, 17, 18}, {20, 19, 19},
+        {31, 33, 21}, {16, 32, 45}, {125, 32, 32}, {32, 32, 125}, {64, 32, 40}, {32, 40, 64},
+        {21, 33, 300}, {18, 150, 37} };
+    const float nan = __builtin_nanf("");
+    int id = 0;
+    for (int v = 0; v < 3; v++) {
+        for (int m = 1; m <= 9; m++) for (int n = 1; n <= 9; n++) for (int k = 1; k <= 9; k++, id++) {
+            const mt_gemm_shape_t s = { m, n, k, (v == 2 ? m : k) + k % 2, (v == 0 ? k : n) + m % 2, n + 1 };
+            fill(A, 300); fill(B, 300); fill(C1, 300); copy(C2, C1, 300);
+            fns[v](&s, -0.75f, A, B, C1, S1, 8192); refs[v](&s, -0.75f, A, B, C2);
+            compare("gemm packed small", id, C1, C2, 300);
+        }
+        for (unsigned t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+            for (int w = 0; w < 3; w++, id++) {
+                const int m = shapes[t][0], n = shapes[t][1], k = shapes[t][2];
+                const mt_gemm_shape_t s = { m, n, k, (v == 2 ? m : k) + w, (v == 0 ? k : n) + 2 * w,
+                                            n + w };
+                // w = 0: what the product asks for; 1: one float short; 2: no workspace.
+                size_t need = mt_gemm_f32_pack_floats(m, n, k);
+                size_t given = w == 0 ? need : w == 1 && need ? need - 1 : 0;
+                for (int i = 0; i < 8192; i++) S1[i] = nan;
+                fill(A, 40000); fill(B, 40000); fill(C1, 40000); copy(C2, C1, 40000);
+                fns[v](&s, 0.5f, A, B, C1, w == 2 ? 0 : S1, given);
+                refs[v](&s, 0.5f, A, B, C2);
+                compare("gemm packed", id, C1, C2, 40000);
+                for (size_t i = given; i < 8192; i++) {
+                    if (S1[i] == S1[i]) { put("FAIL gemm packed wrote past its workspace\n"); failures++; break; }
+                }
+            }
+        }
+    }
+    // On this FPU the KWS pointwise shape packs, in at most 2048 floats.
+    if (mt_gemm_f32_pack_floats(125, 32, 32) == 0 || mt_gemm_f32_pack_floats(21, 33, 300) > 2048) {
+        put("FAIL gemm pack_floats\n");
+        failures++;
+    }
+}
+
 static void check_linear(void) {
     static const int cases[][3] = { {1, 256, 128}, {1, 7, 5}, {3, 9, 10}, {2, 33, 17}, {4, 64, 10} };
     for (unsigned t = 0; t < sizeof cases / sizeof cases[0]; t++) {
@@ -684,6 +733,7 @@ int main(void) {
     TIMER0[1] = 0xffffffffu;    // VALUE
     TIMER0[0] = 1;              // CTRL: enable
     check_gemm();
+    check_gemm_packed();
     check_linear();
     check_conv();
     check_sgd();

@@ -55,12 +55,39 @@ static int tile_rows(const mt_conv2d_params_t *p) {
     return pixels < rows ? (int)pixels : rows;
 }
 
-size_t mt_conv2d_f32_scratch_floats(const mt_conv2d_params_t *p) {
+// im2col tile floats at the start of scratch (0 for the direct paths).
+static size_t tile_floats(const mt_conv2d_params_t *p) {
     if (is_depthwise(p) || is_pointwise(p)) {
         return 0;
     }
     bool overflow = false;  // saturates for a layer too large to plan (checked_size.h)
     return mt_mul_size((size_t)tile_rows(p), (size_t)patch_len(p), &overflow);
+}
+
+// Workspace after the tile where the GEMMs pack their operands (gemm_f32.h): pointwise
+// convolutions only, enough for their forward (pixels x out_c x in_c), grad_input
+// (pixels x in_c x out_c) and grad_weight (out_c x in_c x pixels) products, at most 8 KB.
+// A general convolution's scratch is its im2col tile: packing there too would grow the
+// layer's (and in a DS-CNN the model's) peak scratch by the workspace.
+static size_t pack_floats(const mt_conv2d_params_t *p) {
+    if (!is_pointwise(p) || p->batch <= 0) {
+        return 0;
+    }
+    // A run's pixels (pointwise_runs), in 64 bits: sizing runs before the size checks.
+    const int64_t pixels = (int64_t)p->batch * p->out_h * p->out_w;
+    const int rows = p->out_w == p->in_w && p->out_h == p->in_h
+                     ? (int)(pixels < 65536 ? pixels : 65536) : p->out_w;
+    const int in_c = p->in_c, out_c = p->out_c;
+    size_t f = mt_gemm_f32_pack_floats(rows, out_c, in_c);
+    size_t g = mt_gemm_f32_pack_floats(rows, in_c, out_c);
+    size_t h = mt_gemm_f32_pack_floats(out_c, in_c, rows);
+    f = f > g ? f : g;
+    return f > h ? f : h;
+}
+
+size_t mt_conv2d_f32_scratch_floats(const mt_conv2d_params_t *p) {
+    bool overflow = false;
+    return mt_add_size(tile_floats(p), pack_floats(p), &overflow);
 }
 
 // ---- float array helpers ------------------------------------------------------------------
@@ -579,10 +606,11 @@ void mt_conv2d_f32_forward(const mt_conv2d_params_t *p, const float *x, const fl
     const int in_c = p->in_c, out_c = p->out_c;
     if (is_pointwise(p)) {
         const pointwise_runs_t runs = pointwise_runs(p);
+        const size_t pack = scratch ? pack_floats(p) : 0;   // scratch is the GEMMs' workspace
         const mt_gemm_shape_t s = { runs.len, out_c, in_c, in_c, in_c, out_c };
         for (int r = 0; r < runs.count; r++) {
-            mt_gemm_f32_nt(&s, 1.0f, x + pointwise_x_offset(p, runs, r), weight,
-                y + r * runs.len * out_c);
+            mt_gemm_f32_nt_packed(&s, 1.0f, x + pointwise_x_offset(p, runs, r), weight,
+                y + r * runs.len * out_c, scratch, pack);
         }
         return;
     }
@@ -607,10 +635,11 @@ void mt_conv2d_f32_grad_input(const mt_conv2d_params_t *p, const float *dy, cons
     zero_floats(dx, p->batch * p->in_h * p->in_w * in_c);
     if (is_pointwise(p)) {
         const pointwise_runs_t runs = pointwise_runs(p);
+        const size_t pack = scratch ? pack_floats(p) : 0;   // scratch is the GEMMs' workspace
         const mt_gemm_shape_t s = { runs.len, in_c, out_c, out_c, in_c, in_c };
         for (int r = 0; r < runs.count; r++) {
-            mt_gemm_f32_nn(&s, 1.0f, dy + r * runs.len * out_c, weight,
-                dx + pointwise_x_offset(p, runs, r));
+            mt_gemm_f32_nn_packed(&s, 1.0f, dy + r * runs.len * out_c, weight,
+                dx + pointwise_x_offset(p, runs, r), scratch, pack);
         }
         return;
     }
@@ -638,10 +667,11 @@ void mt_conv2d_f32_grad_weight(const mt_conv2d_params_t *p, const float *x, cons
     const int in_c = p->in_c, out_c = p->out_c;
     if (is_pointwise(p)) {
         const pointwise_runs_t runs = pointwise_runs(p);
+        const size_t pack = scratch ? pack_floats(p) : 0;   // scratch is the GEMMs' workspace
         const mt_gemm_shape_t s = { out_c, in_c, runs.len, out_c, in_c, in_c };
         for (int r = 0; r < runs.count; r++) {
-            mt_gemm_f32_tn(&s, alpha, dy + r * runs.len * out_c,
-                x + pointwise_x_offset(p, runs, r), dweight);
+            mt_gemm_f32_tn_packed(&s, alpha, dy + r * runs.len * out_c,
+                x + pointwise_x_offset(p, runs, r), dweight, scratch, pack);
         }
         return;
     }
