@@ -818,6 +818,7 @@ MCU_BUILDS = {
     "m4f-Os": (ARM_GCC, [*M4F_FLAGS, "-Os"]),
     "m4f-O3": (ARM_GCC, [*M4F_FLAGS, "-O3"]),
     "m4f-O2-frame-pointer": (ARM_GCC, [*M4F_FLAGS, "-O2", "-fno-omit-frame-pointer"]),
+    "m4f-Os-frame-pointer": (ARM_GCC, [*M4F_FLAGS, "-Os", "-fno-omit-frame-pointer"]),
     "m0plus-O2": (ARM_GCC, ["-mthumb", "-mcpu=cortex-m0plus", "-O2"]),
     # With picolibc's headers (<stdint.h> and friends), as boards/qemu/Makefile builds it.
     "rv32imac-O2": (RISCV_GCC, ["-march=rv32imac_zicsr", "-mabi=ilp32", "-O2", *RISCV_LIBC_SPECS]),

@@ -339,14 +339,19 @@ typedef struct {
     int b_step, b_row;
 } rect_t;
 
-// b[t * b_step + c] += a[t * a_step + c] * w<c> for t < n and 8 channels c.
-static inline void madd8_row(int n, const float *a, int a_step, float *b, int b_step,
+// b[pixel][c] += a[pixel][c] * w<c> over the rectangle, for 8 channels c.
+static inline void madd8_rect(const rect_t *r, const float *a, float *b,
     float w0, float w1, float w2, float w3, float w4, float w5, float w6, float w7) {
 #if MT_CONV_ASM
-    // The weights stay in whatever s registers GCC gives them; s8..s23 hold a and b.
+    // One asm loop over the rows and the pixels of each (the rectangle has both): a row
+    // of a KWS-sized map is only 4-5 pixels, so a call per row cost 15% more. The
+    // weights stay in whatever s registers GCC gives them; s8..s23 hold a and b. cols is
+    // read from memory: one core register fewer (GCC finds none with -Os -fno-omit-frame-pointer).
+    int rows = r->rows, n;
     __asm__ volatile (
-        "cmp %[n], #0\n\t" "beq 2f\n\t"
         "1:\n\t"
+        "ldr %[n], %[cols]\n\t"
+        "2:\n\t"
         "vldmia %[a], {s8-s15}\n\t" "add %[a], %[a], %[a_step]\n\t"
         "vldmia %[b], {s16-s23}\n\t"
         "vfma.f32 s16, s8, %[w0]\n\t" "vfma.f32 s17, s9, %[w1]\n\t"
@@ -354,18 +359,25 @@ static inline void madd8_row(int n, const float *a, int a_step, float *b, int b_
         "vfma.f32 s20, s12, %[w4]\n\t" "vfma.f32 s21, s13, %[w5]\n\t"
         "vfma.f32 s22, s14, %[w6]\n\t" "vfma.f32 s23, s15, %[w7]\n\t"
         "vstmia %[b], {s16-s23}\n\t" "add %[b], %[b], %[b_step]\n\t"
-        "subs %[n], %[n], #1\n\t" "bne 1b\n\t"
-        "2:\n\t"
-        : [a] "+r" (a), [b] "+r" (b), [n] "+r" (n)
-        : [a_step] "r" (a_step * 4), [b_step] "r" (b_step * 4),
+        "subs %[n], %[n], #1\n\t" "bne 2b\n\t"
+        "add %[a], %[a], %[a_skip]\n\t" "add %[b], %[b], %[b_skip]\n\t"
+        "subs %[rows], %[rows], #1\n\t" "bne 1b\n\t"
+        : [a] "+r" (a), [b] "+r" (b), [rows] "+r" (rows), [n] "=&r" (n)
+        : [cols] "m" (r->cols), [a_step] "r" (r->a_step * 4), [b_step] "r" (r->b_step * 4),
+          [a_skip] "r" ((r->a_row - r->cols * r->a_step) * 4),
+          [b_skip] "r" ((r->b_row - r->cols * r->b_step) * 4),
           [w0] "t" (w0), [w1] "t" (w1), [w2] "t" (w2), [w3] "t" (w3),
           [w4] "t" (w4), [w5] "t" (w5), [w6] "t" (w6), [w7] "t" (w7)
         : "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15",
           "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "cc", "memory");
 #else
-    for (int t = 0; t < n; t++, a += a_step, b += b_step) {
-        b[0] += a[0] * w0; b[1] += a[1] * w1; b[2] += a[2] * w2; b[3] += a[3] * w3;
-        b[4] += a[4] * w4; b[5] += a[5] * w5; b[6] += a[6] * w6; b[7] += a[7] * w7;
+    for (int row = 0; row < r->rows; row++, a += r->a_row, b += r->b_row) {
+        const float *ap = a;
+        float *bp = b;
+        for (int t = 0; t < r->cols; t++, ap += r->a_step, bp += r->b_step) {
+            bp[0] += ap[0] * w0; bp[1] += ap[1] * w1; bp[2] += ap[2] * w2; bp[3] += ap[3] * w3;
+            bp[4] += ap[4] * w4; bp[5] += ap[5] * w5; bp[6] += ap[6] * w6; bp[7] += ap[7] * w7;
+        }
     }
 #endif
 }
@@ -377,28 +389,29 @@ static void dot8_rect(const rect_t *r, int images, int image_a, int image_b, con
 #if MT_CONV_ASM
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
     for (int n = 0; n < images; n++) {
-        const float *ar = a + n * image_a, *br = b + n * image_b;
-        for (int row = 0; row < r->rows; row++, ar += r->a_row, br += r->b_row) {
-            const float *ap = ar, *bp = br;
-            int cols = r->cols;
-            __asm__ volatile (
-                "cmp %[n], #0\n\t" "beq 2f\n\t"
-                "1:\n\t"
-                "vldmia %[a], {s8-s15}\n\t" "add %[a], %[a], %[a_step]\n\t"
-                "vldmia %[b], {s16-s23}\n\t" "add %[b], %[b], %[b_step]\n\t"
-                "vfma.f32 %[s0], s8, s16\n\t" "vfma.f32 %[s1], s9, s17\n\t"
-                "vfma.f32 %[s2], s10, s18\n\t" "vfma.f32 %[s3], s11, s19\n\t"
-                "vfma.f32 %[s4], s12, s20\n\t" "vfma.f32 %[s5], s13, s21\n\t"
-                "vfma.f32 %[s6], s14, s22\n\t" "vfma.f32 %[s7], s15, s23\n\t"
-                "subs %[n], %[n], #1\n\t" "bne 1b\n\t"
-                "2:\n\t"
-                : [a] "+r" (ap), [b] "+r" (bp), [n] "+r" (cols),
-                  [s0] "+t" (s0), [s1] "+t" (s1), [s2] "+t" (s2), [s3] "+t" (s3),
-                  [s4] "+t" (s4), [s5] "+t" (s5), [s6] "+t" (s6), [s7] "+t" (s7)
-                : [a_step] "r" (r->a_step * 4), [b_step] "r" (r->b_step * 4)
-                : "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15",
-                  "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "cc", "memory");
-        }
+        const float *ap = a + n * image_a, *bp = b + n * image_b;
+        int rows = r->rows, cols;
+        __asm__ volatile (
+            "1:\n\t"
+            "ldr %[n], %[cols]\n\t"
+            "2:\n\t"
+            "vldmia %[a], {s8-s15}\n\t" "add %[a], %[a], %[a_step]\n\t"
+            "vldmia %[b], {s16-s23}\n\t" "add %[b], %[b], %[b_step]\n\t"
+            "vfma.f32 %[s0], s8, s16\n\t" "vfma.f32 %[s1], s9, s17\n\t"
+            "vfma.f32 %[s2], s10, s18\n\t" "vfma.f32 %[s3], s11, s19\n\t"
+            "vfma.f32 %[s4], s12, s20\n\t" "vfma.f32 %[s5], s13, s21\n\t"
+            "vfma.f32 %[s6], s14, s22\n\t" "vfma.f32 %[s7], s15, s23\n\t"
+            "subs %[n], %[n], #1\n\t" "bne 2b\n\t"
+            "add %[a], %[a], %[a_skip]\n\t" "add %[b], %[b], %[b_skip]\n\t"
+            "subs %[rows], %[rows], #1\n\t" "bne 1b\n\t"
+            : [a] "+r" (ap), [b] "+r" (bp), [rows] "+r" (rows), [n] "=&r" (cols),
+              [s0] "+t" (s0), [s1] "+t" (s1), [s2] "+t" (s2), [s3] "+t" (s3),
+              [s4] "+t" (s4), [s5] "+t" (s5), [s6] "+t" (s6), [s7] "+t" (s7)
+            : [cols] "m" (r->cols), [a_step] "r" (r->a_step * 4), [b_step] "r" (r->b_step * 4),
+              [a_skip] "r" ((r->a_row - r->cols * r->a_step) * 4),
+              [b_skip] "r" ((r->b_row - r->cols * r->b_step) * 4)
+            : "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15",
+              "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "cc", "memory");
     }
     s[0] = s0; s[1] = s1; s[2] = s2; s[3] = s3; s[4] = s4; s[5] = s5; s[6] = s6; s[7] = s7;
 #else
@@ -425,11 +438,7 @@ static void dw_madd_rect(const rect_t *r, int C, const float *a, float *b, const
     for (; c + 8 <= C; c += 8, a += 8, b += 8, w += 8 * taps) {
         const float w0 = w[0], w1 = w[taps], w2 = w[2 * taps], w3 = w[3 * taps];
         const float w4 = w[4 * taps], w5 = w[5 * taps], w6 = w[6 * taps], w7 = w[7 * taps];
-        const float *ar = a;
-        float *br = b;
-        for (int row = 0; row < r->rows; row++, ar += r->a_row, br += r->b_row) {
-            madd8_row(r->cols, ar, r->a_step, br, r->b_step, w0, w1, w2, w3, w4, w5, w6, w7);
-        }
+        madd8_rect(r, a, b, w0, w1, w2, w3, w4, w5, w6, w7);
     }
     for (; c < C; c++, a++, b++, w += taps) {
         const float wc = *w;
