@@ -286,7 +286,11 @@ static void im2col_tile(const mt_conv2d_params_t *p, const float *x, int q0, int
                 continue;
             }
             const float *src = image + (ih * p->in_w + pt.iw0 + pt.kw_lo) * in_c;
-            zero_floats(col, pt.kw_lo * cg);
+            // Most rows lie inside the image: no padding to write (a 1-channel conv's row is
+            // only kernel_w floats, where a call per side would cost as much as the copy).
+            if (pt.kw_lo > 0) {
+                zero_floats(col, pt.kw_lo * cg);
+            }
             if (cg == in_c) {
                 // One run: neighbouring pixels' channels are contiguous in NHWC.
                 copy_floats(col + pt.kw_lo * cg, src, (pt.kw_hi - pt.kw_lo) * cg);
@@ -295,7 +299,9 @@ static void im2col_tile(const mt_conv2d_params_t *p, const float *x, int q0, int
                     copy_floats(col + j * cg, src, cg);
                 }
             }
-            zero_floats(col + pt.kw_hi * cg, (kw - pt.kw_hi) * cg);
+            if (pt.kw_hi < kw) {
+                zero_floats(col + pt.kw_hi * cg, (kw - pt.kw_hi) * cg);
+            }
         }
     }
 }
