@@ -75,6 +75,10 @@ def lib(kernels):
     vp, f = ctypes.c_void_p, ctypes.c_float
     for name in ("mt_gemm_f32_nt", "mt_gemm_f32_nn", "mt_gemm_f32_tn"):
         getattr(kernels, name).argtypes = [ctypes.POINTER(GemmShape), f, vp, vp, vp]
+        getattr(kernels, f"{name}_packed").argtypes = [ctypes.POINTER(GemmShape), f, vp, vp, vp,
+                                                       vp, ctypes.c_size_t]
+    kernels.mt_gemm_f32_pack_floats.argtypes = [ctypes.c_int] * 3
+    kernels.mt_gemm_f32_pack_floats.restype = ctypes.c_size_t
     lp = ctypes.POINTER(LinearParams)
     kernels.mt_linear_f32_forward.argtypes = [lp, vp, vp, vp, vp]
     kernels.mt_linear_f32_grad_input.argtypes = [lp, vp, vp, vp]
@@ -90,8 +94,9 @@ def lib(kernels):
 
 # ---- GEMM --------------------------------------------------------------------------------
 
-def run_gemm(lib, variant, m, n, k, pad, alpha, rng):
-    """One GEMM with row strides `pad` floats longer than needed and a non-zero C."""
+def run_gemm(lib, variant, m, n, k, pad, alpha, rng, packed=False):
+    """One GEMM with row strides `pad` floats longer than needed and a non-zero C; `packed`
+    calls the _packed form with exactly the workspace it asks for (canaries after it)."""
     a_rows, a_cols = (k, m) if variant == "tn" else (m, k)
     b_rows, b_cols = (n, k) if variant == "nt" else (k, n)
     lda, ldb, ldc = a_cols + pad, b_cols + 2 * pad, n + 3 * pad
@@ -108,12 +113,24 @@ def run_gemm(lib, variant, m, n, k, pad, alpha, rng):
     magnitude[:, :n] += abs(alpha) * (np.abs(op_a) @ np.abs(op_b))
     c = Guarded(c_full)
     shape = GemmShape(m, n, k, lda, ldb, ldc)
-    getattr(lib, f"mt_gemm_f32_{variant}")(ctypes.byref(shape), alpha, ptr(a_full), ptr(b_full), c.p)
+    chunks = 0
+    if packed:
+        need = lib.mt_gemm_f32_pack_floats(m, n, k)
+        pack = Guarded.empty((max(need, 1),))
+        getattr(lib, f"mt_gemm_f32_{variant}_packed")(ctypes.byref(shape), alpha, ptr(a_full),
+                                                      ptr(b_full), c.p, pack.p, need)
+        pack.value()  # the canaries after the workspace survive
+        chunks = -(-k // 16)  # the packed asm adds k in chunks of at least 16 into C
+    else:
+        getattr(lib, f"mt_gemm_f32_{variant}")(ctypes.byref(shape), alpha, ptr(a_full), ptr(b_full),
+                                               c.p)
     got = c.value()
     # Padding columns of C must be untouched (bit for bit).
     assert np.array_equal(got[:, n:], c_full[:, n:]), "wrote outside the m x n block of C"
-    # k products, times alpha, plus C: k + 2 rounded operations per element.
-    assert_within_rounding(got, expected, magnitude, k + 2, f"gemm_{variant} m={m} n={n} k={k}")
+    # k products, times alpha, plus C: k + 2 rounded operations per element (and one more
+    # per extra chunk of k where the packed form sums in chunks).
+    assert_within_rounding(got, expected, magnitude, k + 2 + chunks,
+                           f"gemm_{variant} m={m} n={n} k={k}")
 
 
 @pytest.mark.parametrize("variant", ["nt", "nn", "tn"])
@@ -129,6 +146,15 @@ def test_gemm_matches_numpy_for_every_small_shape(lib, variant):
 @pytest.mark.parametrize("alpha", [1.0, -0.01])
 def test_gemm_matches_numpy_for_larger_strided_shapes(lib, variant, m, n, k, alpha):
     run_gemm(lib, variant, m, n, k, pad=5, alpha=alpha, rng=np.random.default_rng(m * n + k))
+
+
+@pytest.mark.parametrize("variant", ["nt", "nn", "tn"])
+@pytest.mark.parametrize("m,n,k", [*itertools.product((1, 4, 9), (1, 5, 8), (1, 3, 9)),
+                                   (16, 16, 16), (17, 19, 33), (125, 32, 32), (32, 32, 125),
+                                   (21, 33, 300)])
+def test_gemm_packed_matches_numpy_with_its_workspace(lib, variant, m, n, k):
+    run_gemm(lib, variant, m, n, k, pad=(m + k) % 3, alpha=-0.5,
+             rng=np.random.default_rng(m * 100 + n * 10 + k), packed=True)
 
 
 @pytest.mark.parametrize("variant", ["nt", "nn", "tn"])
