@@ -157,6 +157,44 @@ static void copy_floats(float *dst, const float *src, int n) {
 #endif
 }
 
+// rows runs of len floats, src_stride floats apart, to dst, dst_stride floats apart: a
+// patch's kernel rows that lie inside the image, in one loop.
+static void copy_rows(int rows, int len, const float *src, int src_stride, float *dst,
+    int dst_stride) {
+#if MT_CONV_ASM
+    const int octets = len >> 3, singles = len & 3;
+    const int src_skip = (src_stride - len) * 4, dst_skip = (dst_stride - len) * 4;
+    int n;
+    __asm__ volatile (
+        "1:\n\t"
+        "movs %[n], %[octets]\n\t" "beq 3f\n\t"
+        "2:\n\t"
+        "vldmia %[src]!, {s0-s7}\n\t" "vstmia %[dst]!, {s0-s7}\n\t"
+        "subs %[n], %[n], #1\n\t" "bne 2b\n\t"
+        "3:\n\t"
+        "tst %[len], #4\n\t" "beq 4f\n\t"
+        "vldmia %[src]!, {s0-s3}\n\t" "vstmia %[dst]!, {s0-s3}\n\t"
+        "4:\n\t"
+        "movs %[n], %[singles]\n\t" "beq 6f\n\t"
+        "5:\n\t"
+        "vldmia %[src]!, {s0}\n\t" "vstmia %[dst]!, {s0}\n\t"
+        "subs %[n], %[n], #1\n\t" "bne 5b\n\t"
+        "6:\n\t"
+        "add %[src], %[src], %[src_skip]\n\t" "add %[dst], %[dst], %[dst_skip]\n\t"
+        "subs %[rows], %[rows], #1\n\t" "bne 1b\n\t"
+        : [src] "+r" (src), [dst] "+r" (dst), [rows] "+r" (rows), [n] "=&r" (n)
+        : [octets] "r" (octets), [singles] "r" (singles), [len] "r" (len),
+          [src_skip] "r" (src_skip), [dst_skip] "r" (dst_skip)
+        : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "cc", "memory");
+#else
+    for (int r = 0; r < rows; r++, src += src_stride, dst += dst_stride) {
+        for (int i = 0; i < len; i++) {
+            dst[i] = src[i];
+        }
+    }
+#endif
+}
+
 static void add_floats(float *dst, const float *src, int n) {
 #if MT_CONV_ASM
     int singles = n & 7, octets = n >> 3;
@@ -279,6 +317,24 @@ static void im2col_tile(const mt_conv2d_params_t *p, const float *x, int q0, int
     for (int t = 0; t < rows; t++) {
         const patch_t pt = patch_of(p, q0 + t);
         const float *image = x + pt.image_offset + g * cg;
+        // Kernel rows [i_lo, i_hi) lie inside the image. With all channels taken, the part
+        // of each such row inside the image is one run in x (NHWC): one loop copies them
+        // all, after zeros for the padding (one 1-channel row is only kernel_w floats).
+        const int i_lo = min_int(p->kernel_h, max_int(0, -pt.ih0));
+        const int i_hi = max_int(i_lo, min_int(p->kernel_h, p->in_h - pt.ih0));
+        if (cg == in_c && i_lo < i_hi && pt.kw_lo < pt.kw_hi) {
+            if (pt.kw_lo > 0 || pt.kw_hi < kw) {
+                zero_floats(col, p->kernel_h * row_len);
+            } else {
+                zero_floats(col, i_lo * row_len);
+                zero_floats(col + i_hi * row_len, (p->kernel_h - i_hi) * row_len);
+            }
+            copy_rows(i_hi - i_lo, (pt.kw_hi - pt.kw_lo) * cg,
+                image + ((pt.ih0 + i_lo) * p->in_w + pt.iw0 + pt.kw_lo) * in_c, p->in_w * in_c,
+                col + i_lo * row_len + pt.kw_lo * cg, row_len);
+            col += p->kernel_h * row_len;
+            continue;
+        }
         for (int i = 0; i < p->kernel_h; i++, col += row_len) {
             const int ih = pt.ih0 + i;
             if (ih < 0 || ih >= p->in_h || pt.kw_lo >= pt.kw_hi) {
@@ -286,11 +342,7 @@ static void im2col_tile(const mt_conv2d_params_t *p, const float *x, int q0, int
                 continue;
             }
             const float *src = image + (ih * p->in_w + pt.iw0 + pt.kw_lo) * in_c;
-            // Most rows lie inside the image: no padding to write (a 1-channel conv's row is
-            // only kernel_w floats, where a call per side would cost as much as the copy).
-            if (pt.kw_lo > 0) {
-                zero_floats(col, pt.kw_lo * cg);
-            }
+            zero_floats(col, pt.kw_lo * cg);
             if (cg == in_c) {
                 // One run: neighbouring pixels' channels are contiguous in NHWC.
                 copy_floats(col + pt.kw_lo * cg, src, (pt.kw_hi - pt.kw_lo) * cg);
@@ -299,9 +351,7 @@ static void im2col_tile(const mt_conv2d_params_t *p, const float *x, int q0, int
                     copy_floats(col + j * cg, src, cg);
                 }
             }
-            if (pt.kw_hi < kw) {
-                zero_floats(col + pt.kw_hi * cg, (kw - pt.kw_hi) * cg);
-            }
+            zero_floats(col + pt.kw_hi * cg, (kw - pt.kw_hi) * cg);
         }
     }
 }
