@@ -247,6 +247,11 @@ CONV_CASES = {
     "conv1d_k5_groups": (1, 1, 20, 4, 8, (1, 5), (1, 1), (0, 2), 2),
     "3x3_16ch_to_32": (1, 16, 16, 16, 32, (3, 3), (1, 1), (1, 1), 1),
     "3x3_many_channels_min_tile": (1, 5, 5, 130, 6, (3, 3), (1, 1), (1, 1), 1),
+    # im2col of one channel (KWS conv0: rows of kernel_w floats), and padding wider than the
+    # kernel (patches wholly outside the image); pointwise shapes the M4F packs.
+    "kws_conv0_1ch_10x4_stride2": (1, 49, 10, 1, 8, (10, 4), (2, 2), (5, 1), 1),
+    "3x3_pad3_wider_than_kernel": (1, 4, 3, 2, 3, (3, 3), (1, 1), (1, 3), 1),
+    "pointwise_32ch_25px": (1, 5, 5, 32, 32, (1, 1), (1, 1), (0, 0), 1),
 }
 
 
@@ -654,6 +659,9 @@ static const int conv_cases[][14] = {
     // One input channel: im2col rows of kernel_w floats (4 as in the KWS conv0, 5, 9).
     {1, 49, 10, 1, 25, 5, 32, 10, 4, 2, 2, 5, 1, 1}, {1, 9, 7, 1, 5, 4, 6, 3, 5, 2, 2, 1, 2, 1},
     {2, 6, 12, 1, 6, 6, 3, 1, 9, 1, 2, 0, 4, 1},
+    // Padding wider than the kernel; pointwise shapes that pack (whole image and per row).
+    {1, 4, 3, 2, 4, 9, 3, 3, 3, 1, 1, 1, 3, 1}, {1, 5, 5, 32, 5, 5, 32, 1, 1, 1, 1, 0, 0, 1},
+    {2, 5, 20, 20, 4, 17, 24, 1, 1, 1, 1, 0, 0, 1},
 };
 
 static void check_conv(void) {
