@@ -67,6 +67,8 @@ static size_t tile_floats(const mt_conv2d_params_t *p) {
 // Workspace after the tile where the GEMMs pack their operands (gemm_f32.h): pointwise
 // convolutions only, enough for their forward (pixels x out_c x in_c), grad_input
 // (pixels x in_c x out_c) and grad_weight (out_c x in_c x pixels) products, at most 8 KB.
+// A partial update's backward runs with fewer output channels than it was sized for:
+// each backward product's need only shrinks with out_c (its k or m).
 // A general convolution's scratch is its im2col tile: packing there too would grow the
 // layer's (and in a DS-CNN the model's) peak scratch by the workspace.
 static size_t pack_floats(const mt_conv2d_params_t *p) {

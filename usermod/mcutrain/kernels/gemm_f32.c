@@ -582,9 +582,12 @@ size_t mt_gemm_f32_pack_floats(int m, int n, int k) {
     if (m < PACK_MIN || n < PACK_MIN || k < PACK_MIN) {
         return 0;
     }
-    // min(need, budget): never more for a smaller shape (a layer sizes its scratch for its
-    // largest products), even where the budget is then too small to be used.
+    // min(need, budget), never more for a smaller m or k (a layer sizes its scratch for
+    // its largest products); 0 for n whose panels leave chunks under PACK_MIN deep.
     const size_t width = (size_t)(n & ~3) + 4, budget = PACK_BUDGET;
+    if (budget / width < PACK_MIN) {
+        return 0;
+    }
     return (size_t)k <= budget / width ? width * (size_t)k : budget;
 #else
     (void)m; (void)n; (void)k;
@@ -717,9 +720,6 @@ static int packed_part(const mt_gemm_shape_t *s, float alpha, const float *a, in
         return 0;
     }
     const int n4 = s->n & ~3, m4 = s->m & ~3, kc_max = (int)(need / (size_t)(n4 + 4));
-    if (kc_max < PACK_MIN) {
-        return 0;   // chunks this short would add C's load and store too often
-    }
     const int chunks = (s->k + kc_max - 1) / kc_max, kc = (s->k + chunks - 1) / chunks;
     gemm_packed(m4, n4, s->k, kc, a, a_row, a_k, b, b_col, b_k, alpha, c, s->ldc, pack);
     return 1;

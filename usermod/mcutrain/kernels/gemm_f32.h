@@ -39,7 +39,8 @@ void mt_gemm_f32_tn_packed(const mt_gemm_shape_t *s, float alpha, const float *a
     float *c, float *pack, size_t pack_floats);
 
 // Workspace floats the packed functions use for an m x n x k product: 0 where they never
-// pack (no such FPU, or a shape too small to repay the copies), at most 2048 (8 KB).
+// pack (no such FPU, m, n or k under 16, or n over 127), at most 2048 (8 KB); never more
+// for a smaller m or k.
 size_t mt_gemm_f32_pack_floats(int m, int n, int k);
 
 #endif
