@@ -75,6 +75,10 @@ def lib(kernels):
     vp, f = ctypes.c_void_p, ctypes.c_float
     for name in ("mt_gemm_f32_nt", "mt_gemm_f32_nn", "mt_gemm_f32_tn"):
         getattr(kernels, name).argtypes = [ctypes.POINTER(GemmShape), f, vp, vp, vp]
+        getattr(kernels, f"{name}_packed").argtypes = [ctypes.POINTER(GemmShape), f, vp, vp, vp,
+                                                       vp, ctypes.c_size_t]
+    kernels.mt_gemm_f32_pack_floats.argtypes = [ctypes.c_int] * 3
+    kernels.mt_gemm_f32_pack_floats.restype = ctypes.c_size_t
     lp = ctypes.POINTER(LinearParams)
     kernels.mt_linear_f32_forward.argtypes = [lp, vp, vp, vp, vp]
     kernels.mt_linear_f32_grad_input.argtypes = [lp, vp, vp, vp]
@@ -90,8 +94,9 @@ def lib(kernels):
 
 # ---- GEMM --------------------------------------------------------------------------------
 
-def run_gemm(lib, variant, m, n, k, pad, alpha, rng):
-    """One GEMM with row strides `pad` floats longer than needed and a non-zero C."""
+def run_gemm(lib, variant, m, n, k, pad, alpha, rng, packed=False):
+    """One GEMM with row strides `pad` floats longer than needed and a non-zero C; `packed`
+    calls the _packed form with exactly the workspace it asks for (canaries after it)."""
     a_rows, a_cols = (k, m) if variant == "tn" else (m, k)
     b_rows, b_cols = (n, k) if variant == "nt" else (k, n)
     lda, ldb, ldc = a_cols + pad, b_cols + 2 * pad, n + 3 * pad
@@ -108,12 +113,24 @@ def run_gemm(lib, variant, m, n, k, pad, alpha, rng):
     magnitude[:, :n] += abs(alpha) * (np.abs(op_a) @ np.abs(op_b))
     c = Guarded(c_full)
     shape = GemmShape(m, n, k, lda, ldb, ldc)
-    getattr(lib, f"mt_gemm_f32_{variant}")(ctypes.byref(shape), alpha, ptr(a_full), ptr(b_full), c.p)
+    chunks = 0
+    if packed:
+        need = lib.mt_gemm_f32_pack_floats(m, n, k)
+        pack = Guarded.empty((max(need, 1),))
+        getattr(lib, f"mt_gemm_f32_{variant}_packed")(ctypes.byref(shape), alpha, ptr(a_full),
+                                                      ptr(b_full), c.p, pack.p, need)
+        pack.value()  # the canaries after the workspace survive
+        chunks = -(-k // 16)  # the packed asm adds k in chunks of at least 16 into C
+    else:
+        getattr(lib, f"mt_gemm_f32_{variant}")(ctypes.byref(shape), alpha, ptr(a_full), ptr(b_full),
+                                               c.p)
     got = c.value()
     # Padding columns of C must be untouched (bit for bit).
     assert np.array_equal(got[:, n:], c_full[:, n:]), "wrote outside the m x n block of C"
-    # k products, times alpha, plus C: k + 2 rounded operations per element.
-    assert_within_rounding(got, expected, magnitude, k + 2, f"gemm_{variant} m={m} n={n} k={k}")
+    # k products, times alpha, plus C: k + 2 rounded operations per element (and one more
+    # per extra chunk of k where the packed form sums in chunks).
+    assert_within_rounding(got, expected, magnitude, k + 2 + chunks,
+                           f"gemm_{variant} m={m} n={n} k={k}")
 
 
 @pytest.mark.parametrize("variant", ["nt", "nn", "tn"])
@@ -129,6 +146,15 @@ def test_gemm_matches_numpy_for_every_small_shape(lib, variant):
 @pytest.mark.parametrize("alpha", [1.0, -0.01])
 def test_gemm_matches_numpy_for_larger_strided_shapes(lib, variant, m, n, k, alpha):
     run_gemm(lib, variant, m, n, k, pad=5, alpha=alpha, rng=np.random.default_rng(m * n + k))
+
+
+@pytest.mark.parametrize("variant", ["nt", "nn", "tn"])
+@pytest.mark.parametrize("m,n,k", [*itertools.product((1, 4, 9), (1, 5, 8), (1, 3, 9)),
+                                   (16, 16, 16), (17, 19, 33), (125, 32, 32), (32, 32, 125),
+                                   (21, 33, 300)])
+def test_gemm_packed_matches_numpy_with_its_workspace(lib, variant, m, n, k):
+    run_gemm(lib, variant, m, n, k, pad=(m + k) % 3, alpha=-0.5,
+             rng=np.random.default_rng(m * 100 + n * 10 + k), packed=True)
 
 
 @pytest.mark.parametrize("variant", ["nt", "nn", "tn"])
@@ -221,6 +247,11 @@ CONV_CASES = {
     "conv1d_k5_groups": (1, 1, 20, 4, 8, (1, 5), (1, 1), (0, 2), 2),
     "3x3_16ch_to_32": (1, 16, 16, 16, 32, (3, 3), (1, 1), (1, 1), 1),
     "3x3_many_channels_min_tile": (1, 5, 5, 130, 6, (3, 3), (1, 1), (1, 1), 1),
+    # im2col of one channel (KWS conv0: rows of kernel_w floats), and padding wider than the
+    # kernel (patches wholly outside the image); pointwise shapes the M4F packs.
+    "kws_conv0_1ch_10x4_stride2": (1, 49, 10, 1, 8, (10, 4), (2, 2), (5, 1), 1),
+    "3x3_pad3_wider_than_kernel": (1, 4, 3, 2, 3, (3, 3), (1, 1), (1, 3), 1),
+    "pointwise_32ch_25px": (1, 5, 5, 32, 32, (1, 1), (1, 1), (0, 0), 1),
 }
 
 
@@ -398,10 +429,12 @@ QEMU_ARM = shutil.which("qemu-system-arm")
 M4F_FLAGS = ["-mthumb", "-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"]
 WARNINGS = ["-Wall", "-Wextra", "-Werror", "-Wdouble-promotion", "-Wfloat-conversion"]
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "usermod" / "mcutrain" / "kernels"
-KERNEL_FILES = ("gemm_f32", "linear_f32", "conv2d_f32")
+KERNEL_FILES = ("gemm_f32", "linear_f32", "conv2d_f32", "optim_f32")
 KERNEL_FUNCTIONS = [f"mt_gemm_f32_{v}" for v in ("nt", "nn", "tn")] + [
+    f"mt_gemm_f32_{v}_packed" for v in ("nt", "nn", "tn")] + ["mt_gemm_f32_pack_floats"] + [
     f"mt_{layer}_f32_{p}" for layer in ("linear", "conv2d")
-    for p in ("forward", "grad_input", "grad_weight")] + ["mt_conv2d_f32_scratch_floats"]
+    for p in ("forward", "grad_input", "grad_weight")] + ["mt_conv2d_f32_scratch_floats"] + [
+    f"mt_sgd_f32_{p}" for p in ("step", "fused_begin", "fused_end")] + ["mt_adam_f32_step"]
 
 M4F_LINK = """
 MEMORY { CODE (rx) : ORIGIN = 0x00000000, LENGTH = 4M
@@ -459,7 +492,12 @@ M4F_CHECK = r"""
 #include "gemm_f32.h"
 #include "linear_f32.h"
 #include "conv2d_f32.h"
+#include "optim_f32.h"
 void put(const char *s);
+// Adam's libm calls, never made here (the program links without a libc).
+float expm1f(float x) { return x; }
+float log1pf(float x) { return x; }
+float sqrtf(float x) { return x; }
 #define REF(ret, name, ...) ret ref_##name(__VA_ARGS__);
 REF(void, mt_gemm_f32_nt, const mt_gemm_shape_t *, float, const float *, const float *, float *)
 REF(void, mt_gemm_f32_nn, const mt_gemm_shape_t *, float, const float *, const float *, float *)
@@ -476,6 +514,8 @@ REF(void, mt_conv2d_f32_grad_input, const mt_conv2d_params_t *, const float *, c
     float *, float *)
 REF(void, mt_conv2d_f32_grad_weight, const mt_conv2d_params_t *, const float *, const float *,
     float, float *, float *, float *)
+REF(void, mt_sgd_f32_fused_begin, const mt_sgd_params_t *, float *, float *, size_t)
+REF(void, mt_sgd_f32_fused_end, const mt_sgd_params_t *, float *, const float *, size_t)
 
 static void put_u(uint32_t v) {
     char b[12]; int i = 11; b[i] = 0;
@@ -538,6 +578,54 @@ static void check_gemm(void) {
     }
 }
 
+typedef void packed_fn(const mt_gemm_shape_t *, float, const float *, const float *, float *,
+    float *, size_t);
+
+// The packed products against the portable unpacked ones: m, n, k from 1 to 9 (never
+// packed) and shapes that pack with every k remainder, odd and padded strides, k cut into
+// chunks, and a workspace too small (or NULL) to use. The workspace is followed by NaN
+// canaries that must survive.
+static void check_gemm_packed(void) {
+    packed_fn *const fns[3] = { mt_gemm_f32_nt_packed, mt_gemm_f32_nn_packed, mt_gemm_f32_tn_packed };
+    gemm_fn *const refs[3] = { ref_mt_gemm_f32_nt, ref_mt_gemm_f32_nn, ref_mt_gemm_f32_tn };
+    static const int shapes[][3] = { {16, 16, 16}, {17, 18, 17}, {19, 17, 18}, {20, 19, 19},
+        {31, 33, 21}, {16, 32, 45}, {125, 32, 32}, {32, 32, 125}, {64, 32, 40}, {32, 40, 64},
+        {21, 33, 300}, {18, 150, 37} };
+    const float nan = __builtin_nanf("");
+    int id = 0;
+    for (int v = 0; v < 3; v++) {
+        for (int m = 1; m <= 9; m++) for (int n = 1; n <= 9; n++) for (int k = 1; k <= 9; k++, id++) {
+            const mt_gemm_shape_t s = { m, n, k, (v == 2 ? m : k) + k % 2, (v == 0 ? k : n) + m % 2, n + 1 };
+            fill(A, 300); fill(B, 300); fill(C1, 300); copy(C2, C1, 300);
+            fns[v](&s, -0.75f, A, B, C1, S1, 8192); refs[v](&s, -0.75f, A, B, C2);
+            compare("gemm packed small", id, C1, C2, 300);
+        }
+        for (unsigned t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+            for (int w = 0; w < 3; w++, id++) {
+                const int m = shapes[t][0], n = shapes[t][1], k = shapes[t][2];
+                const mt_gemm_shape_t s = { m, n, k, (v == 2 ? m : k) + w, (v == 0 ? k : n) + 2 * w,
+                                            n + w };
+                // w = 0: what the product asks for; 1: one float short; 2: no workspace.
+                size_t need = mt_gemm_f32_pack_floats(m, n, k);
+                size_t given = w == 0 ? need : w == 1 && need ? need - 1 : 0;
+                for (int i = 0; i < 8192; i++) S1[i] = nan;
+                fill(A, 40000); fill(B, 40000); fill(C1, 40000); copy(C2, C1, 40000);
+                fns[v](&s, 0.5f, A, B, C1, w == 2 ? 0 : S1, given);
+                refs[v](&s, 0.5f, A, B, C2);
+                compare("gemm packed", id, C1, C2, 40000);
+                for (size_t i = given; i < 8192; i++) {
+                    if (S1[i] == S1[i]) { put("FAIL gemm packed wrote past its workspace\n"); failures++; break; }
+                }
+            }
+        }
+    }
+    // On this FPU the KWS pointwise shape packs, in at most 2048 floats.
+    if (mt_gemm_f32_pack_floats(125, 32, 32) == 0 || mt_gemm_f32_pack_floats(21, 33, 300) > 2048) {
+        put("FAIL gemm pack_floats\n");
+        failures++;
+    }
+}
+
 static void check_linear(void) {
     static const int cases[][3] = { {1, 256, 128}, {1, 7, 5}, {3, 9, 10}, {2, 33, 17}, {4, 64, 10} };
     for (unsigned t = 0; t < sizeof cases / sizeof cases[0]; t++) {
@@ -568,6 +656,12 @@ static const int conv_cases[][14] = {
     {1, 16, 16, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1, 32}, {1, 9, 9, 12, 8, 8, 12, 3, 3, 1, 1, 1, 1, 12},
     {3, 4, 5, 7, 4, 5, 5, 1, 1, 1, 1, 0, 0, 1}, {1, 6, 6, 16, 6, 6, 24, 1, 1, 1, 1, 0, 0, 1},
     {1, 6, 6, 16, 5, 4, 24, 1, 1, 1, 1, 0, 0, 1},
+    // One input channel: im2col rows of kernel_w floats (4 as in the KWS conv0, 5, 9).
+    {1, 49, 10, 1, 25, 5, 32, 10, 4, 2, 2, 5, 1, 1}, {1, 9, 7, 1, 5, 4, 6, 3, 5, 2, 2, 1, 2, 1},
+    {2, 6, 12, 1, 6, 6, 3, 1, 9, 1, 2, 0, 4, 1},
+    // Padding wider than the kernel; pointwise shapes that pack (whole image and per row).
+    {1, 4, 3, 2, 4, 9, 3, 3, 3, 1, 1, 1, 3, 1}, {1, 5, 5, 32, 5, 5, 32, 1, 1, 1, 1, 0, 0, 1},
+    {2, 5, 20, 20, 4, 17, 24, 1, 1, 1, 1, 0, 0, 1},
 };
 
 static void check_conv(void) {
@@ -589,6 +683,42 @@ static void check_conv(void) {
         ref_mt_conv2d_f32_grad_weight(&p, A, B, -0.01f, W2, D2, S2);
         compare("conv2d grad_weight", (int)t, W1, W2, wn);
         compare("conv2d grad_bias", (int)t, D1, D2, p.out_c);
+    }
+}
+
+// The asm momentum passes make the same fused multiply-adds as the compiled C: bit-exact.
+static void compare_exact(const char *what, int id, const float *got, const float *ref, int n) {
+    checked++;
+    for (int i = 0; i < n; i++) {
+        if (got[i] != ref[i]) {
+            put("FAIL "); put(what); put(" case "); put_u((uint32_t)id); put(" at ");
+            put_u((uint32_t)i); put("\n");
+            failures++;
+            return;
+        }
+    }
+}
+
+static void check_sgd(void) {
+    static const int sizes[] = { 1, 7, 8, 9, 15, 16, 17, 37, 1000 };
+    static const float decays[] = { 0.0f, 0.01f };
+    int id = 0;
+    for (unsigned t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+        for (unsigned d = 0; d < 2; d++, id++) {
+            const int n = sizes[t];
+            const mt_sgd_params_t p = { 0.05f, 0.9f, decays[d] };
+            fill(W1, n + 1); fill(A, n + 1); fill(B, n);
+            copy(W2, W1, n + 1); copy(C1, A, n + 1); copy(C2, A, n + 1);
+            for (int step = 0; step < 3; step++) {
+                mt_sgd_f32_fused_begin(&p, W1, C1, (size_t)n);
+                ref_mt_sgd_f32_fused_begin(&p, W2, C2, (size_t)n);
+                compare_exact("sgd begin", id, C1, C2, n + 1);
+                for (int i = 0; i < n; i++) { C1[i] += B[i]; C2[i] += B[i]; }
+                mt_sgd_f32_fused_end(&p, W1, C1, (size_t)n);
+                ref_mt_sgd_f32_fused_end(&p, W2, C2, (size_t)n);
+                compare_exact("sgd end", id, W1, W2, n + 1);
+            }
+        }
     }
 }
 
@@ -637,8 +767,10 @@ int main(void) {
     TIMER0[1] = 0xffffffffu;    // VALUE
     TIMER0[0] = 1;              // CTRL: enable
     check_gemm();
+    check_gemm_packed();
     check_linear();
     check_conv();
+    check_sgd();
     put("CHECKED "); put_u((uint32_t)checked); put("\n");
     perf_conv("conv3x3", (mt_conv2d_params_t){ 1, 16, 16, 16, 16, 16, 32, 3, 3, 1, 1, 1, 1, 1 });
     perf_linear("linear", (mt_linear_params_t){ 1, 256, 128 });
@@ -720,6 +852,7 @@ MCU_BUILDS = {
     "m4f-Os": (ARM_GCC, [*M4F_FLAGS, "-Os"]),
     "m4f-O3": (ARM_GCC, [*M4F_FLAGS, "-O3"]),
     "m4f-O2-frame-pointer": (ARM_GCC, [*M4F_FLAGS, "-O2", "-fno-omit-frame-pointer"]),
+    "m4f-Os-frame-pointer": (ARM_GCC, [*M4F_FLAGS, "-Os", "-fno-omit-frame-pointer"]),
     "m0plus-O2": (ARM_GCC, ["-mthumb", "-mcpu=cortex-m0plus", "-O2"]),
     # With picolibc's headers (<stdint.h> and friends), as boards/qemu/Makefile builds it.
     "rv32imac-O2": (RISCV_GCC, ["-march=rv32imac_zicsr", "-mabi=ilp32", "-O2", *RISCV_LIBC_SPECS]),

@@ -55,7 +55,8 @@ static int tile_rows(const mt_conv2d_params_t *p) {
     return pixels < rows ? (int)pixels : rows;
 }
 
-size_t mt_conv2d_f32_scratch_floats(const mt_conv2d_params_t *p) {
+// im2col tile floats at the start of scratch (0 for the direct paths).
+static size_t tile_floats(const mt_conv2d_params_t *p) {
     if (is_depthwise(p) || is_pointwise(p)) {
         return 0;
     }
@@ -63,27 +64,63 @@ size_t mt_conv2d_f32_scratch_floats(const mt_conv2d_params_t *p) {
     return mt_mul_size((size_t)tile_rows(p), (size_t)patch_len(p), &overflow);
 }
 
+// Workspace after the tile where the GEMMs pack their operands (gemm_f32.h): pointwise
+// convolutions only, enough for their forward (pixels x out_c x in_c), grad_input
+// (pixels x in_c x out_c) and grad_weight (out_c x in_c x pixels) products, at most 8 KB.
+// A partial update's backward runs with fewer output channels than it was sized for:
+// each backward product's need only shrinks with out_c (its k or m).
+// A general convolution's scratch is its im2col tile: packing there too would grow the
+// layer's (and in a DS-CNN the model's) peak scratch by the workspace.
+static size_t pack_floats(const mt_conv2d_params_t *p) {
+    if (!is_pointwise(p) || p->batch <= 0) {
+        return 0;
+    }
+    // A run's pixels (pointwise_runs), in 64 bits: sizing runs before the size checks.
+    const int64_t pixels = (int64_t)p->batch * p->out_h * p->out_w;
+    const int rows = p->out_w == p->in_w && p->out_h == p->in_h
+                     ? (int)(pixels < 65536 ? pixels : 65536) : p->out_w;
+    const int in_c = p->in_c, out_c = p->out_c;
+    size_t f = mt_gemm_f32_pack_floats(rows, out_c, in_c);
+    size_t g = mt_gemm_f32_pack_floats(rows, in_c, out_c);
+    size_t h = mt_gemm_f32_pack_floats(out_c, in_c, rows);
+    f = f > g ? f : g;
+    return f > h ? f : h;
+}
+
+size_t mt_conv2d_f32_scratch_floats(const mt_conv2d_params_t *p) {
+    bool overflow = false;
+    return mt_add_size(tile_floats(p), pack_floats(p), &overflow);
+}
+
 // ---- float array helpers ------------------------------------------------------------------
 
+// Short runs are common (an im2col row of a 1-channel conv is kernel_w floats): they take
+// one 4-float move and single floats, and an empty run returns before any setup.
 static void zero_floats(float *dst, int n) {
 #if MT_CONV_ASM
-    int singles = n & 7, octets = n >> 3, tmp;
+    if (n <= 0) {
+        return;
+    }
+    int singles = n & 3, octets = n >> 3, tmp;
     __asm__ volatile (
         "movs %[tmp], #0\n\t"
         "vmov s0, s1, %[tmp], %[tmp]\n\t" "vmov s2, s3, %[tmp], %[tmp]\n\t"
-        "vmov s4, s5, %[tmp], %[tmp]\n\t" "vmov s6, s7, %[tmp], %[tmp]\n\t"
         "cmp %[octets], #0\n\t" "beq 2f\n\t"
+        "vmov s4, s5, %[tmp], %[tmp]\n\t" "vmov s6, s7, %[tmp], %[tmp]\n\t"
         "1:\n\t"
         "vstmia %[dst]!, {s0-s7}\n\t"
         "subs %[octets], %[octets], #1\n\t" "bne 1b\n\t"
         "2:\n\t"
-        "cmp %[singles], #0\n\t" "beq 4f\n\t"
+        "tst %[n], #4\n\t" "beq 3f\n\t"
+        "vstmia %[dst]!, {s0-s3}\n\t"
         "3:\n\t"
-        "vstmia %[dst]!, {s0}\n\t"
-        "subs %[singles], %[singles], #1\n\t" "bne 3b\n\t"
+        "cmp %[singles], #0\n\t" "beq 5f\n\t"
         "4:\n\t"
+        "vstmia %[dst]!, {s0}\n\t"
+        "subs %[singles], %[singles], #1\n\t" "bne 4b\n\t"
+        "5:\n\t"
         : [dst] "+r" (dst), [singles] "+r" (singles), [octets] "+r" (octets), [tmp] "=&r" (tmp)
-        :
+        : [n] "r" (n)
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "cc", "memory");
 #else
     for (int i = 0; i < n; i++) {
@@ -94,24 +131,68 @@ static void zero_floats(float *dst, int n) {
 
 static void copy_floats(float *dst, const float *src, int n) {
 #if MT_CONV_ASM
-    int singles = n & 7, octets = n >> 3;
+    if (n <= 0) {
+        return;
+    }
+    int singles = n & 3, octets = n >> 3;
     __asm__ volatile (
         "cmp %[octets], #0\n\t" "beq 2f\n\t"
         "1:\n\t"
         "vldmia %[src]!, {s0-s7}\n\t" "vstmia %[dst]!, {s0-s7}\n\t"
         "subs %[octets], %[octets], #1\n\t" "bne 1b\n\t"
         "2:\n\t"
-        "cmp %[singles], #0\n\t" "beq 4f\n\t"
+        "tst %[n], #4\n\t" "beq 3f\n\t"
+        "vldmia %[src]!, {s0-s3}\n\t" "vstmia %[dst]!, {s0-s3}\n\t"
         "3:\n\t"
-        "vldmia %[src]!, {s0}\n\t" "vstmia %[dst]!, {s0}\n\t"
-        "subs %[singles], %[singles], #1\n\t" "bne 3b\n\t"
+        "cmp %[singles], #0\n\t" "beq 5f\n\t"
         "4:\n\t"
+        "vldmia %[src]!, {s0}\n\t" "vstmia %[dst]!, {s0}\n\t"
+        "subs %[singles], %[singles], #1\n\t" "bne 4b\n\t"
+        "5:\n\t"
         : [dst] "+r" (dst), [src] "+r" (src), [singles] "+r" (singles), [octets] "+r" (octets)
-        :
+        : [n] "r" (n)
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "cc", "memory");
 #else
     for (int i = 0; i < n; i++) {
         dst[i] = src[i];
+    }
+#endif
+}
+
+// rows runs of len floats, src_stride floats apart, to dst, dst_stride floats apart: a
+// patch's kernel rows that lie inside the image, in one loop.
+static void copy_rows(int rows, int len, const float *src, int src_stride, float *dst,
+    int dst_stride) {
+#if MT_CONV_ASM
+    const int octets = len >> 3, singles = len & 3;
+    const int src_skip = (src_stride - len) * 4, dst_skip = (dst_stride - len) * 4;
+    int n;
+    __asm__ volatile (
+        "1:\n\t"
+        "movs %[n], %[octets]\n\t" "beq 3f\n\t"
+        "2:\n\t"
+        "vldmia %[src]!, {s0-s7}\n\t" "vstmia %[dst]!, {s0-s7}\n\t"
+        "subs %[n], %[n], #1\n\t" "bne 2b\n\t"
+        "3:\n\t"
+        "tst %[len], #4\n\t" "beq 4f\n\t"
+        "vldmia %[src]!, {s0-s3}\n\t" "vstmia %[dst]!, {s0-s3}\n\t"
+        "4:\n\t"
+        "movs %[n], %[singles]\n\t" "beq 6f\n\t"
+        "5:\n\t"
+        "vldmia %[src]!, {s0}\n\t" "vstmia %[dst]!, {s0}\n\t"
+        "subs %[n], %[n], #1\n\t" "bne 5b\n\t"
+        "6:\n\t"
+        "add %[src], %[src], %[src_skip]\n\t" "add %[dst], %[dst], %[dst_skip]\n\t"
+        "subs %[rows], %[rows], #1\n\t" "bne 1b\n\t"
+        : [src] "+r" (src), [dst] "+r" (dst), [rows] "+r" (rows), [n] "=&r" (n)
+        : [octets] "r" (octets), [singles] "r" (singles), [len] "r" (len),
+          [src_skip] "r" (src_skip), [dst_skip] "r" (dst_skip)
+        : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "cc", "memory");
+#else
+    for (int r = 0; r < rows; r++, src += src_stride, dst += dst_stride) {
+        for (int i = 0; i < len; i++) {
+            dst[i] = src[i];
+        }
     }
 #endif
 }
@@ -238,6 +319,24 @@ static void im2col_tile(const mt_conv2d_params_t *p, const float *x, int q0, int
     for (int t = 0; t < rows; t++) {
         const patch_t pt = patch_of(p, q0 + t);
         const float *image = x + pt.image_offset + g * cg;
+        // Kernel rows [i_lo, i_hi) lie inside the image. With all channels taken, the part
+        // of each such row inside the image is one run in x (NHWC): one loop copies them
+        // all, after zeros for the padding (one 1-channel row is only kernel_w floats).
+        const int i_lo = min_int(p->kernel_h, max_int(0, -pt.ih0));
+        const int i_hi = max_int(i_lo, min_int(p->kernel_h, p->in_h - pt.ih0));
+        if (cg == in_c && i_lo < i_hi && pt.kw_lo < pt.kw_hi) {
+            if (pt.kw_lo > 0 || pt.kw_hi < kw) {
+                zero_floats(col, p->kernel_h * row_len);
+            } else {
+                zero_floats(col, i_lo * row_len);
+                zero_floats(col + i_hi * row_len, (p->kernel_h - i_hi) * row_len);
+            }
+            copy_rows(i_hi - i_lo, (pt.kw_hi - pt.kw_lo) * cg,
+                image + ((pt.ih0 + i_lo) * p->in_w + pt.iw0 + pt.kw_lo) * in_c, p->in_w * in_c,
+                col + i_lo * row_len + pt.kw_lo * cg, row_len);
+            col += p->kernel_h * row_len;
+            continue;
+        }
         for (int i = 0; i < p->kernel_h; i++, col += row_len) {
             const int ih = pt.ih0 + i;
             if (ih < 0 || ih >= p->in_h || pt.kw_lo >= pt.kw_hi) {
@@ -298,14 +397,19 @@ typedef struct {
     int b_step, b_row;
 } rect_t;
 
-// b[t * b_step + c] += a[t * a_step + c] * w<c> for t < n and 8 channels c.
-static inline void madd8_row(int n, const float *a, int a_step, float *b, int b_step,
+// b[pixel][c] += a[pixel][c] * w<c> over the rectangle, for 8 channels c.
+static inline void madd8_rect(const rect_t *r, const float *a, float *b,
     float w0, float w1, float w2, float w3, float w4, float w5, float w6, float w7) {
 #if MT_CONV_ASM
-    // The weights stay in whatever s registers GCC gives them; s8..s23 hold a and b.
+    // One asm loop over the rows and the pixels of each (the rectangle has both): a row
+    // of a KWS-sized map is only 4-5 pixels, so a call per row cost 15% more. The
+    // weights stay in whatever s registers GCC gives them; s8..s23 hold a and b. cols is
+    // read from memory: one core register fewer (GCC finds none with -Os -fno-omit-frame-pointer).
+    int rows = r->rows, n;
     __asm__ volatile (
-        "cmp %[n], #0\n\t" "beq 2f\n\t"
         "1:\n\t"
+        "ldr %[n], %[cols]\n\t"
+        "2:\n\t"
         "vldmia %[a], {s8-s15}\n\t" "add %[a], %[a], %[a_step]\n\t"
         "vldmia %[b], {s16-s23}\n\t"
         "vfma.f32 s16, s8, %[w0]\n\t" "vfma.f32 s17, s9, %[w1]\n\t"
@@ -313,18 +417,25 @@ static inline void madd8_row(int n, const float *a, int a_step, float *b, int b_
         "vfma.f32 s20, s12, %[w4]\n\t" "vfma.f32 s21, s13, %[w5]\n\t"
         "vfma.f32 s22, s14, %[w6]\n\t" "vfma.f32 s23, s15, %[w7]\n\t"
         "vstmia %[b], {s16-s23}\n\t" "add %[b], %[b], %[b_step]\n\t"
-        "subs %[n], %[n], #1\n\t" "bne 1b\n\t"
-        "2:\n\t"
-        : [a] "+r" (a), [b] "+r" (b), [n] "+r" (n)
-        : [a_step] "r" (a_step * 4), [b_step] "r" (b_step * 4),
+        "subs %[n], %[n], #1\n\t" "bne 2b\n\t"
+        "add %[a], %[a], %[a_skip]\n\t" "add %[b], %[b], %[b_skip]\n\t"
+        "subs %[rows], %[rows], #1\n\t" "bne 1b\n\t"
+        : [a] "+r" (a), [b] "+r" (b), [rows] "+r" (rows), [n] "=&r" (n)
+        : [cols] "m" (r->cols), [a_step] "r" (r->a_step * 4), [b_step] "r" (r->b_step * 4),
+          [a_skip] "r" ((r->a_row - r->cols * r->a_step) * 4),
+          [b_skip] "r" ((r->b_row - r->cols * r->b_step) * 4),
           [w0] "t" (w0), [w1] "t" (w1), [w2] "t" (w2), [w3] "t" (w3),
           [w4] "t" (w4), [w5] "t" (w5), [w6] "t" (w6), [w7] "t" (w7)
         : "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15",
           "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "cc", "memory");
 #else
-    for (int t = 0; t < n; t++, a += a_step, b += b_step) {
-        b[0] += a[0] * w0; b[1] += a[1] * w1; b[2] += a[2] * w2; b[3] += a[3] * w3;
-        b[4] += a[4] * w4; b[5] += a[5] * w5; b[6] += a[6] * w6; b[7] += a[7] * w7;
+    for (int row = 0; row < r->rows; row++, a += r->a_row, b += r->b_row) {
+        const float *ap = a;
+        float *bp = b;
+        for (int t = 0; t < r->cols; t++, ap += r->a_step, bp += r->b_step) {
+            bp[0] += ap[0] * w0; bp[1] += ap[1] * w1; bp[2] += ap[2] * w2; bp[3] += ap[3] * w3;
+            bp[4] += ap[4] * w4; bp[5] += ap[5] * w5; bp[6] += ap[6] * w6; bp[7] += ap[7] * w7;
+        }
     }
 #endif
 }
@@ -336,28 +447,29 @@ static void dot8_rect(const rect_t *r, int images, int image_a, int image_b, con
 #if MT_CONV_ASM
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
     for (int n = 0; n < images; n++) {
-        const float *ar = a + n * image_a, *br = b + n * image_b;
-        for (int row = 0; row < r->rows; row++, ar += r->a_row, br += r->b_row) {
-            const float *ap = ar, *bp = br;
-            int cols = r->cols;
-            __asm__ volatile (
-                "cmp %[n], #0\n\t" "beq 2f\n\t"
-                "1:\n\t"
-                "vldmia %[a], {s8-s15}\n\t" "add %[a], %[a], %[a_step]\n\t"
-                "vldmia %[b], {s16-s23}\n\t" "add %[b], %[b], %[b_step]\n\t"
-                "vfma.f32 %[s0], s8, s16\n\t" "vfma.f32 %[s1], s9, s17\n\t"
-                "vfma.f32 %[s2], s10, s18\n\t" "vfma.f32 %[s3], s11, s19\n\t"
-                "vfma.f32 %[s4], s12, s20\n\t" "vfma.f32 %[s5], s13, s21\n\t"
-                "vfma.f32 %[s6], s14, s22\n\t" "vfma.f32 %[s7], s15, s23\n\t"
-                "subs %[n], %[n], #1\n\t" "bne 1b\n\t"
-                "2:\n\t"
-                : [a] "+r" (ap), [b] "+r" (bp), [n] "+r" (cols),
-                  [s0] "+t" (s0), [s1] "+t" (s1), [s2] "+t" (s2), [s3] "+t" (s3),
-                  [s4] "+t" (s4), [s5] "+t" (s5), [s6] "+t" (s6), [s7] "+t" (s7)
-                : [a_step] "r" (r->a_step * 4), [b_step] "r" (r->b_step * 4)
-                : "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15",
-                  "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "cc", "memory");
-        }
+        const float *ap = a + n * image_a, *bp = b + n * image_b;
+        int rows = r->rows, cols;
+        __asm__ volatile (
+            "1:\n\t"
+            "ldr %[n], %[cols]\n\t"
+            "2:\n\t"
+            "vldmia %[a], {s8-s15}\n\t" "add %[a], %[a], %[a_step]\n\t"
+            "vldmia %[b], {s16-s23}\n\t" "add %[b], %[b], %[b_step]\n\t"
+            "vfma.f32 %[s0], s8, s16\n\t" "vfma.f32 %[s1], s9, s17\n\t"
+            "vfma.f32 %[s2], s10, s18\n\t" "vfma.f32 %[s3], s11, s19\n\t"
+            "vfma.f32 %[s4], s12, s20\n\t" "vfma.f32 %[s5], s13, s21\n\t"
+            "vfma.f32 %[s6], s14, s22\n\t" "vfma.f32 %[s7], s15, s23\n\t"
+            "subs %[n], %[n], #1\n\t" "bne 2b\n\t"
+            "add %[a], %[a], %[a_skip]\n\t" "add %[b], %[b], %[b_skip]\n\t"
+            "subs %[rows], %[rows], #1\n\t" "bne 1b\n\t"
+            : [a] "+r" (ap), [b] "+r" (bp), [rows] "+r" (rows), [n] "=&r" (cols),
+              [s0] "+t" (s0), [s1] "+t" (s1), [s2] "+t" (s2), [s3] "+t" (s3),
+              [s4] "+t" (s4), [s5] "+t" (s5), [s6] "+t" (s6), [s7] "+t" (s7)
+            : [cols] "m" (r->cols), [a_step] "r" (r->a_step * 4), [b_step] "r" (r->b_step * 4),
+              [a_skip] "r" ((r->a_row - r->cols * r->a_step) * 4),
+              [b_skip] "r" ((r->b_row - r->cols * r->b_step) * 4)
+            : "s8", "s9", "s10", "s11", "s12", "s13", "s14", "s15",
+              "s16", "s17", "s18", "s19", "s20", "s21", "s22", "s23", "cc", "memory");
     }
     s[0] = s0; s[1] = s1; s[2] = s2; s[3] = s3; s[4] = s4; s[5] = s5; s[6] = s6; s[7] = s7;
 #else
@@ -384,11 +496,7 @@ static void dw_madd_rect(const rect_t *r, int C, const float *a, float *b, const
     for (; c + 8 <= C; c += 8, a += 8, b += 8, w += 8 * taps) {
         const float w0 = w[0], w1 = w[taps], w2 = w[2 * taps], w3 = w[3 * taps];
         const float w4 = w[4 * taps], w5 = w[5 * taps], w6 = w[6 * taps], w7 = w[7 * taps];
-        const float *ar = a;
-        float *br = b;
-        for (int row = 0; row < r->rows; row++, ar += r->a_row, br += r->b_row) {
-            madd8_row(r->cols, ar, r->a_step, br, r->b_step, w0, w1, w2, w3, w4, w5, w6, w7);
-        }
+        madd8_rect(r, a, b, w0, w1, w2, w3, w4, w5, w6, w7);
     }
     for (; c < C; c++, a++, b++, w += taps) {
         const float wc = *w;
@@ -565,10 +673,11 @@ void mt_conv2d_f32_forward(const mt_conv2d_params_t *p, const float *x, const fl
     const int in_c = p->in_c, out_c = p->out_c;
     if (is_pointwise(p)) {
         const pointwise_runs_t runs = pointwise_runs(p);
+        const size_t pack = scratch ? pack_floats(p) : 0;   // scratch is the GEMMs' workspace
         const mt_gemm_shape_t s = { runs.len, out_c, in_c, in_c, in_c, out_c };
         for (int r = 0; r < runs.count; r++) {
-            mt_gemm_f32_nt(&s, 1.0f, x + pointwise_x_offset(p, runs, r), weight,
-                y + r * runs.len * out_c);
+            mt_gemm_f32_nt_packed(&s, 1.0f, x + pointwise_x_offset(p, runs, r), weight,
+                y + r * runs.len * out_c, scratch, pack);
         }
         return;
     }
@@ -593,10 +702,11 @@ void mt_conv2d_f32_grad_input(const mt_conv2d_params_t *p, const float *dy, cons
     zero_floats(dx, p->batch * p->in_h * p->in_w * in_c);
     if (is_pointwise(p)) {
         const pointwise_runs_t runs = pointwise_runs(p);
+        const size_t pack = scratch ? pack_floats(p) : 0;   // scratch is the GEMMs' workspace
         const mt_gemm_shape_t s = { runs.len, in_c, out_c, out_c, in_c, in_c };
         for (int r = 0; r < runs.count; r++) {
-            mt_gemm_f32_nn(&s, 1.0f, dy + r * runs.len * out_c, weight,
-                dx + pointwise_x_offset(p, runs, r));
+            mt_gemm_f32_nn_packed(&s, 1.0f, dy + r * runs.len * out_c, weight,
+                dx + pointwise_x_offset(p, runs, r), scratch, pack);
         }
         return;
     }
@@ -624,10 +734,11 @@ void mt_conv2d_f32_grad_weight(const mt_conv2d_params_t *p, const float *x, cons
     const int in_c = p->in_c, out_c = p->out_c;
     if (is_pointwise(p)) {
         const pointwise_runs_t runs = pointwise_runs(p);
+        const size_t pack = scratch ? pack_floats(p) : 0;   // scratch is the GEMMs' workspace
         const mt_gemm_shape_t s = { out_c, in_c, runs.len, out_c, in_c, in_c };
         for (int r = 0; r < runs.count; r++) {
-            mt_gemm_f32_tn(&s, alpha, dy + r * runs.len * out_c,
-                x + pointwise_x_offset(p, runs, r), dweight);
+            mt_gemm_f32_tn_packed(&s, alpha, dy + r * runs.len * out_c,
+                x + pointwise_x_offset(p, runs, r), dweight, scratch, pack);
         }
         return;
     }

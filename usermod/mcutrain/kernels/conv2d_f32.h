@@ -13,7 +13,8 @@
 // General convolutions go through im2col on a tile of output pixels and a GEMM; the
 // tile lives in `scratch`, whose size mt_conv2d_f32_scratch_floats() gives. Depthwise
 // (groups == in_c == out_c) and pointwise (1x1, stride 1, no padding, groups 1) have
-// direct paths that need no scratch.
+// direct paths that need no tile; pointwise may be given the scratch (or NULL) as the
+// GEMMs' packing workspace (gemm_f32.h).
 #ifndef MCUTRAIN_KERNELS_CONV2D_F32_H
 #define MCUTRAIN_KERNELS_CONV2D_F32_H
 

@@ -8,6 +8,8 @@
 #ifndef MCUTRAIN_KERNELS_GEMM_F32_H
 #define MCUTRAIN_KERNELS_GEMM_F32_H
 
+#include <stddef.h>
+
 typedef struct {
     int m;    // rows of C
     int n;    // columns of C
@@ -23,5 +25,22 @@ void mt_gemm_f32_nn(const mt_gemm_shape_t *s, float alpha, const float *a, const
 
 // C[m][n] += alpha * sum_k A[k][m] * B[k][n]    (A: k x m, B: k x n; "A transposed times B")
 void mt_gemm_f32_tn(const mt_gemm_shape_t *s, float alpha, const float *a, const float *b, float *c);
+
+// The same products with a caller's workspace `pack` of pack_floats floats (may be NULL /
+// 0), where the single-precision-FPU asm copies both operands into k-major 4-wide panels:
+// its inner loop then loads two k-steps of A and B in two vldmia per 32 vfma. Results
+// equal the functions above up to rounding (long k is summed in chunks). Elsewhere, or
+// with too little workspace, these are the functions above.
+void mt_gemm_f32_nt_packed(const mt_gemm_shape_t *s, float alpha, const float *a, const float *b,
+    float *c, float *pack, size_t pack_floats);
+void mt_gemm_f32_nn_packed(const mt_gemm_shape_t *s, float alpha, const float *a, const float *b,
+    float *c, float *pack, size_t pack_floats);
+void mt_gemm_f32_tn_packed(const mt_gemm_shape_t *s, float alpha, const float *a, const float *b,
+    float *c, float *pack, size_t pack_floats);
+
+// Workspace floats the packed functions use for an m x n x k product: 0 where they never
+// pack (no such FPU, m, n or k under 16, or n over 127), at most 2048 (8 KB); never more
+// for a smaller m or k.
+size_t mt_gemm_f32_pack_floats(int m, int n, int k);
 
 #endif
