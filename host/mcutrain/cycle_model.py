@@ -9,14 +9,21 @@ The plugin writes one line per perf_counter() call: the instructions and estimat
 the region since the previous call, the same region `t1 - t0` measures. cycles_for() finds
 each measured instruction count among them (in order), so its cycles are those of exactly
 that region; a count no region matches raises (the regions would not be the same).
+
+Profile mode, `CycleModel(firmware, profile=N)`: the plugin also counts per translated block
+and, at exit, writes each block's share of region N (1 = the first region, 0 = the last);
+`profile()` reads it back and `by_function()` sums it per function of the firmware's symbol
+table (bench/profile.py prints the table).
 """
 
 from __future__ import annotations
 
 import shutil
+import bisect
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .boards import repo_root
@@ -31,13 +38,18 @@ SAMPLE = "edge_loops"  # boards/qemu/m4f/board.c: the timer sampling loop
 
 def elf_symbols(path: Path) -> dict[str, tuple[int, int]]:
     """name -> (address, size) of the function symbols of a 32-bit little-endian ELF."""
+    return {name: (address, size) for name, address, size in elf_functions(path)}
+
+
+def elf_functions(path: Path) -> Iterator[tuple[str, int, int]]:
+    """(name, address, size) of each function symbol of a 32-bit little-endian ELF (static
+    functions of the same name in several files each appear)."""
     data = path.read_bytes()
     if data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
         raise ValueError(f"{path}: not a 32-bit little-endian ELF file")
     shoff, = struct.unpack_from("<I", data, 0x20)
     shentsize, shnum = struct.unpack_from("<HH", data, 0x2E)
     sections = [struct.unpack_from("<IIIIIIIIII", data, shoff + i * shentsize) for i in range(shnum)]
-    symbols: dict[str, tuple[int, int]] = {}
     for _name, kind, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
         if kind != 2:  # SHT_SYMTAB
             continue
@@ -48,8 +60,7 @@ def elf_symbols(path: Path) -> dict[str, tuple[int, int]]:
                 continue
             start = strtab[4] + name_off
             name = data[start : data.index(b"\0", start)].decode()
-            symbols[name] = (value & ~1, sym_size)
-    return symbols
+            yield name, value & ~1, sym_size
 
 
 def plugin_path() -> Path:
@@ -65,7 +76,10 @@ def plugin_path() -> Path:
 class CycleModel:
     """The plugin's arguments for one firmware, and the regions it reported."""
 
-    def __init__(self, firmware: Path | str, plugin: Path | str | None = None, refill: int = 2) -> None:
+    def __init__(
+        self, firmware: Path | str, plugin: Path | str | None = None, refill: int = 2,
+        profile: int | None = None,
+    ) -> None:
         symbols = elf_symbols(Path(firmware))
         try:
             self.marks = {
@@ -79,12 +93,14 @@ class CycleModel:
             raise ValueError(f"{firmware}: no symbol {e} (not a qemu-m4f firmware?)") from None
         self.plugin = Path(plugin) if plugin is not None else plugin_path()
         self.refill = refill
+        self.profile_region = profile
         self._dir = Path(tempfile.mkdtemp(prefix="mcutrain-cycles-"))
         self.out = self._dir / "regions.txt"
 
     def qemu_args(self) -> list[str]:
         marks = ",".join(f"{k}={v:#x}" for k, v in self.marks.items())
-        return ["-plugin", f"{self.plugin},out={self.out},{marks},refill={self.refill}"]
+        profile = "" if self.profile_region is None else f",profile={self.profile_region}"
+        return ["-plugin", f"{self.plugin},out={self.out},{marks},refill={self.refill}{profile}"]
 
     def regions(self) -> list[tuple[int, int]]:
         """(instructions, cycles) of every region so far, in order."""
@@ -96,6 +112,27 @@ class CycleModel:
             if len(fields) == 2:
                 rows.append((int(fields[0]), int(fields[1])))
         return rows
+
+    def profile(self) -> Profile:
+        """The profiled region, once QEMU has exited (the plugin writes it at exit)."""
+        region = None
+        blocks: dict[int, tuple[int, int]] = {}
+        lines = self.out.read_text().splitlines() if self.out.exists() else []
+        for line in lines:
+            fields = line.split()
+            if fields[0] == "profile":
+                region = Profile(*map(int, fields[1:4]), blocks)
+            elif fields[0] == "block":  # a block translated twice appears twice
+                address, insns, cycles = int(fields[1], 16), int(fields[2]), int(fields[3])
+                old = blocks.get(address, (0, 0))
+                blocks[address] = (old[0] + insns, old[1] + cycles)
+        if region is None:
+            raise ValueError("the plugin wrote no profile (no region completed, or not profiling)")
+        counted = tuple(map(sum, zip(*blocks.values()))) or (0, 0)
+        if counted != (region.instructions, region.cycles):
+            raise ValueError(f"the profile's blocks sum to {counted}, not the region's "
+                             f"{(region.instructions, region.cycles)}")
+        return region
 
     def close(self) -> None:
         """Remove the plugin's output file (read regions() first)."""
@@ -127,3 +164,30 @@ def _find(regions: list[tuple[int, int]], start: int, want: int, span: int = 3) 
             if total == want:
                 return first, last
     return None
+
+
+@dataclass
+class Profile:
+    """One perf_counter() region, per translated block: start address -> (instructions, cycles)."""
+
+    region: int  # 1 = the first region the plugin wrote
+    instructions: int
+    cycles: int
+    blocks: dict[int, tuple[int, int]]
+
+
+def by_function(profile: Profile, firmware: Path | str) -> list[tuple[str, int, int]]:
+    """(function, instructions, cycles) of a profile, most instructions first. A block belongs
+    to the function symbol it starts in; blocks outside every symbol appear by address."""
+    functions = sorted((address, size, name) for name, address, size in elf_functions(Path(firmware)))
+    starts = [address for address, _, _ in functions]
+    totals: dict[str, list[int]] = {}
+    for address, (insns, cycles) in profile.blocks.items():
+        i = bisect.bisect_right(starts, address) - 1
+        name = f"{address:#x}"
+        if i >= 0 and address < functions[i][0] + max(functions[i][1], 1):
+            name = functions[i][2]
+        row = totals.setdefault(name, [0, 0])
+        row[0] += insns
+        row[1] += cycles
+    return sorted(((name, i, c) for name, (i, c) in totals.items()), key=lambda r: (-r[1], r[0]))

@@ -2,7 +2,7 @@
 // (qemu-system-arm) from the table in m4_cycles.c, and reports them per perf_counter()
 // region. See README.md here and docs/cycle-model.md.
 //
-//   -plugin libm4cycles.so,out=FILE,read=A,read_end=A,sample=A,sample_end=A[,refill=P]
+//   -plugin libm4cycles.so,out=FILE,read=A,read_end=A,sample=A,sample_end=A[,refill=P][,profile=N]
 //
 // Every instruction is decoded once, when QEMU translates its block; executing it adds 1
 // to an instruction counter and its cost to a cycle counter (inline adds, no call). A
@@ -14,6 +14,13 @@
 // and end those two return. At each perf_counter() call the plugin writes one line,
 // "instructions cycles", for the region since the previous call: from the end of that
 // call's count to the start of this one's, exactly the region t1 - t0 measures.
+//
+// Profile mode (profile=N, off by default): every translated block also counts its own
+// instructions and cycles (two more inline adds per instruction). At the same two points
+// where the totals are read, the plugin copies every block's counters; the difference is
+// that block's share of the region. At exit it writes "profile N instructions cycles" and one
+// line "block ADDRESS instructions cycles" per block that ran in region N (1 = the first
+// region written; 0 = the last one). The blocks' shares sum to the region's totals exactly.
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -54,6 +61,20 @@ EXPORT int qemu_plugin_version = 1;
 // qemu-m4f has one vCPU, so plain counters serve (QEMU runs one vCPU thread at a time).
 static uint64_t instructions, cycles;
 
+// Profile mode: one translated block's counters (a block retranslated gets a new record).
+typedef struct {
+    uint64_t start;
+    uint64_t instructions, cycles;        // inline counters, since the block was translated
+    uint64_t end_insns, end_cycles;       // copies as the previous perf_counter() call returned
+    uint64_t begin_insns, begin_cycles;   // copies as this call's count began
+    uint64_t region_insns, region_cycles; // its share of the profiled region
+} block_count_t;
+
+static bool profiling;
+static uint64_t profile_region, regions_written, profiled, profiled_insns, profiled_cycles;
+static block_count_t **blocks;
+static size_t n_blocks, blocks_cap;
+
 // A block that ends in a conditional branch: whether the branch ran (an inline counter)
 // and where it falls through.
 typedef struct {
@@ -61,6 +82,7 @@ typedef struct {
     uint64_t fallthrough;
     uint64_t start;
     uint32_t taken;
+    block_count_t *block;  // profile mode: the block the branch ends
 } branch_site_t;
 
 // The last block's branch, checked at the start of the next block.
@@ -81,7 +103,45 @@ static uint64_t begin_insns, begin_cycles, end_insns, end_cycles;
 typedef struct {
     int mark;
     uint32_t cost;
+    block_count_t *block;  // profile mode
 } marked_insn_t;
+
+enum { SNAP_END, SNAP_BEGIN, SNAP_REGION };
+
+// Profile mode: copy every block's counters at one of the region's points.
+static void snapshot(int what) {
+    for (size_t i = 0; i < n_blocks; i++) {
+        block_count_t *b = blocks[i];
+        if (what == SNAP_END) {
+            b->end_insns = b->instructions;
+            b->end_cycles = b->cycles;
+        } else if (what == SNAP_BEGIN) {
+            b->begin_insns = b->instructions;
+            b->begin_cycles = b->cycles;
+        } else {
+            b->region_insns = b->begin_insns - b->end_insns;
+            b->region_cycles = b->begin_cycles - b->end_cycles;
+        }
+    }
+}
+
+static block_count_t *new_block(uint64_t start) {
+    if (n_blocks == blocks_cap) {
+        size_t cap = blocks_cap ? 2 * blocks_cap : 1024;
+        block_count_t **grown = realloc(blocks, cap * sizeof *grown);
+        if (!grown) {
+            return NULL;
+        }
+        blocks = grown;
+        blocks_cap = cap;
+    }
+    block_count_t *b = calloc(1, sizeof *b);
+    if (b) {
+        b->start = start;
+        blocks[n_blocks++] = b;
+    }
+    return b;
+}
 
 static void block_start(unsigned int vcpu, void *udata) {
     (void)vcpu;
@@ -90,6 +150,9 @@ static void block_start(unsigned int vcpu, void *udata) {
     if (pending) {
         if (pending->executed != pending_executed && vaddr != pending->fallthrough) {
             cycles += pending->taken;
+            if (pending->block) {
+                pending->block->cycles += pending->taken;
+            }
         }
         pending = NULL;
     }
@@ -105,9 +168,16 @@ static void marked(unsigned int vcpu, void *udata) {
     if (m->mark == MARK_SAMPLE && phase == 1) {
         begin_insns = instructions;   // the count as the sampling loop begins
         begin_cycles = cycles;
+        if (profiling) {
+            snapshot(SNAP_BEGIN);
+        }
     }
     instructions += 1;
     cycles += m->cost;
+    if (m->block) {
+        m->block->instructions += 1;
+        m->block->cycles += m->cost;
+    }
     switch (m->mark) {
         case MARK_READ:
             phase = 1;
@@ -116,6 +186,13 @@ static void marked(unsigned int vcpu, void *udata) {
             if (phase == 1 && have_end && out) {
                 fprintf(out, "%" PRIu64 " %" PRIu64 "\n", begin_insns - end_insns, begin_cycles - end_cycles);
                 fflush(out);
+                regions_written++;
+                if (profiling && (profile_region == 0 || profile_region == regions_written)) {
+                    snapshot(SNAP_REGION);
+                    profiled = regions_written;
+                    profiled_insns = begin_insns - end_insns;
+                    profiled_cycles = begin_cycles - end_cycles;
+                }
             }
             phase = phase == 1 ? 2 : 0;
             break;
@@ -124,6 +201,9 @@ static void marked(unsigned int vcpu, void *udata) {
                 end_insns = instructions;     // the count as the sampling loop returns
                 end_cycles = cycles;
                 have_end = true;
+                if (profiling) {
+                    snapshot(SNAP_END);
+                }
             }
             break;
         default:
@@ -166,6 +246,7 @@ static void translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
     m4_block(code, sizes, n, costs);
 
     uint64_t start = qemu_plugin_tb_vaddr(tb);
+    block_count_t *block = profiling ? new_block(start) : NULL;
     void *udata = (void *)(uintptr_t)(start << 1 | 1);
     const m4_cost_t *last = &costs[n - 1];
     branch_site_t *site = NULL;
@@ -176,6 +257,7 @@ static void translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
             site->fallthrough = qemu_plugin_insn_vaddr(insn) + sizes[n - 1];
             site->start = start;
             site->taken = last->taken;
+            site->block = block;
             udata = site;
         }
     }
@@ -189,6 +271,7 @@ static void translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
             if (m) {
                 m->mark = mark;
                 m->cost = costs[i].cycles;
+                m->block = block;
                 qemu_plugin_register_vcpu_insn_exec_cb(insn, marked, QEMU_PLUGIN_CB_NO_REGS, m);
                 continue;
             }
@@ -196,6 +279,12 @@ static void translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
         qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64, &instructions, 1);
         qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64, &cycles,
             costs[i].cycles);
+        if (block) {
+            qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64,
+                &block->instructions, 1);
+            qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64,
+                &block->cycles, costs[i].cycles);
+        }
     }
     if (site) {
         qemu_plugin_register_vcpu_insn_exec_inline(qemu_plugin_tb_get_insn(tb, n - 1),
@@ -208,6 +297,17 @@ static void at_exit(qemu_plugin_id_t id, void *udata) {
     (void)udata;
     if (out) {
         fprintf(out, "total %" PRIu64 " %" PRIu64 "\n", instructions, cycles);
+        if (profiled) {
+            fprintf(out, "profile %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", profiled, profiled_insns,
+                profiled_cycles);
+            for (size_t i = 0; i < n_blocks; i++) {
+                const block_count_t *b = blocks[i];
+                if (b->region_insns) {
+                    fprintf(out, "block %#" PRIx64 " %" PRIu64 " %" PRIu64 "\n", b->start,
+                        b->region_insns, b->region_cycles);
+                }
+            }
+        }
         fclose(out);
         out = NULL;
     }
@@ -234,6 +334,10 @@ EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const void *info, int argc, 
         if (strncmp(arg, "refill=", 7) == 0) {
             m4_set_refill((unsigned)strtoul(arg + 7, NULL, 0));
             known = true;
+        } else if (strncmp(arg, "profile=", 8) == 0) {
+            profile_region = strtoull(arg + 8, NULL, 0);
+            profiling = true;
+            known = true;
         } else if (strncmp(arg, "out=", 4) == 0) {
             out = fopen(arg + 4, "w");
             if (!out) {
@@ -244,7 +348,7 @@ EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const void *info, int argc, 
         }
         if (!known) {
             qemu_plugin_outs("m4cycles: unknown argument (want out=, read=, read_end=, sample=, "
-                "sample_end=, refill=)\n");
+                "sample_end=, refill=, profile=)\n");
             return -1;
         }
     }

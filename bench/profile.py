@@ -1,0 +1,108 @@
+"""Per-function profile of one perf_counter() region on qemu-m4f (instructions and estimated
+Cortex-M4 cycles, from the cycle-model plugin in profile mode; docs/cycle-model.md).
+
+    bench/profile.py script.py                        # the last region the script measures
+    bench/profile.py script.py --region 2             # its second region (t2 - t1)
+    bench/profile.py --case kws_dscnn_train_b1 --dtype int8   # a whole-model step of bench/cases.py
+
+The device script measures with mt.perf_counter() (t0 = mt.perf_counter(); ...;
+t1 = mt.perf_counter(); print(t1 - t0)). The table's total is the region's instruction count,
+the same number perf_counter() gives (checked when the script prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "host"))
+
+from mcutrain.boards import get_board  # noqa: E402
+from mcutrain.cycle_model import CycleModel, Profile, by_function  # noqa: E402
+from mcutrain.runner import open_target, run_on  # noqa: E402
+
+BOARD = "qemu-m4f"
+CASE = re.compile(r"(\w+)_train_b(\d+)$")
+
+
+def case_script(case: str, dtype: str) -> str:
+    """bench/cases.py running one whole-model step (name_train_bN) and nothing else."""
+    match = CASE.match(case)
+    if not match:
+        raise SystemExit(f"--case wants a whole-model case like kws_dscnn_train_b1, not {case!r}")
+    name, batch = match.group(1), int(match.group(2))
+    source = (ROOT / "bench" / "cases.py").read_text()
+    source = source.replace('TARGET = "unknown"', f"TARGET = {BOARD!r}")
+    source = source.replace('PART = "layers"', "PART = None")  # run no part, only the case below
+    return source + f"""
+for name, make, shape, classes in WHOLE_MODELS:
+    if name == {name!r}:
+        whole_model_step({case!r}, make, shape, classes, {dtype!r}, {batch})
+        break
+else:
+    raise ValueError("no whole-model case " + {name!r})
+"""
+
+
+def profile(script: str, region: int = 0, heap: int | None = None) -> tuple[Profile, str, Path]:
+    """Run `script` on qemu-m4f with the plugin profiling `region` (0: the last one); the
+    profile, what the script printed and the firmware (for its symbols)."""
+    firmware = get_board(BOARD).firmware_path()
+    model = CycleModel(firmware, profile=region)
+    try:
+        with open_target(BOARD, heap=heap, qemu_args=model.qemu_args()) as target:
+            printed = run_on(target, script, timeout=None)
+        return model.profile(), printed, firmware  # written as QEMU exited
+    finally:
+        model.close()
+
+
+def print_table(result: Profile, firmware: Path, top: int) -> None:
+    rows = by_function(result, firmware)
+    width = max([len("function")] + [len(name) for name, _, _ in rows[:top]])
+
+    def row(name: str, insns: int, cycles: int) -> None:
+        i_share, c_share = 100 * insns / result.instructions, 100 * cycles / result.cycles
+        print(f"{name:<{width}} {insns:>12,} {i_share:>6.2f} {cycles:>12,} {c_share:>6.2f}")
+
+    print(f"{'function':<{width}} {'instructions':>12} {'%':>6} {'cycles':>12} {'%':>6}")
+    for name, insns, cycles in rows[:top]:
+        row(name, insns, cycles)
+    rest = rows[top:]
+    if rest:
+        row(f"({len(rest)} more)", sum(r[1] for r in rest), sum(r[2] for r in rest))
+    row("total", result.instructions, result.cycles)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("script", nargs="?", type=Path,
+                        help="device script measuring with mt.perf_counter()")
+    parser.add_argument("--region", type=int, default=0,
+                        help="which region: 1 = the first (t1 - t0); default: the last")
+    parser.add_argument("--case", help="a whole-model case of bench/cases.py, e.g. kws_dscnn_train_b1")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "int8"))
+    parser.add_argument("--heap", type=int, help="heap bytes (default: the board's; 1 MiB with --case)")
+    parser.add_argument("--top", type=int, default=25, help="functions to list (default 25)")
+    args = parser.parse_args()
+    if (args.script is None) == (args.case is None):
+        parser.error("give a device script or --case")
+    if args.case:
+        script, heap = case_script(args.case, args.dtype), args.heap or 1 << 20
+    else:
+        script, heap = args.script.read_text(), args.heap
+    result, printed, firmware = profile(script, args.region, heap)
+    print(printed.rstrip())
+    print(f"\nregion {result.region}: {result.instructions:,} instructions, "
+          f"{result.cycles:,} estimated M4 cycles")
+    if str(result.instructions) not in re.findall(r"\d+", printed):
+        print("(the script printed no perf_counter() difference equal to it)")
+    print_table(result, firmware, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Profile mode of the cycle-model plugin (bench/profile.py): per-function instructions of one
+perf_counter() region on qemu-m4f sum to that region's perf_counter() count exactly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "host"))
+
+from mcutrain.boards import get_board  # noqa: E402
+from mcutrain.cycle_model import CycleModel, by_function  # noqa: E402
+from mcutrain.runner import open_target, run_on  # noqa: E402
+
+# Two regions: a Linear forward (t1 - t0), then a ReLU forward (t2 - t1).
+SCRIPT = """
+import mcutrain as mt
+lin, relu = mt.Linear(64, 32), mt.ReLU()
+x = mt.zeros((4, 64))
+y = lin.forward(x)
+relu.forward(y)
+t0 = mt.perf_counter()
+y = lin.forward(x)
+t1 = mt.perf_counter()
+relu.forward(y)
+t2 = mt.perf_counter()
+print(t1 - t0, t2 - t1)
+"""
+
+
+@pytest.fixture(scope="module")
+def firmware() -> Path:
+    path = get_board("qemu-m4f").firmware_path()
+    if not path.is_file():
+        pytest.skip("qemu-m4f firmware not built; run `make firmware-qemu-m4f`")
+    subprocess.run(["make", "-s", "-C", str(ROOT), "cycle-model"], check=True)
+    return path
+
+
+def profiled(firmware: Path, region: int):
+    model = CycleModel(firmware, profile=region)
+    try:
+        with open_target("qemu-m4f", qemu_args=model.qemu_args()) as target:
+            printed = [int(n) for n in run_on(target, SCRIPT).split()]
+        return model.profile(), model.regions(), printed
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("region", [1, 0])
+def test_a_profiled_region_sums_to_its_perf_counter_count(firmware, region):
+    profile, regions, (linear, relu) = profiled(firmware, region)
+    want = linear if region == 1 else relu  # 0: the last region
+    functions = by_function(profile, firmware)
+    assert sum(insns for _, insns, _ in functions) == profile.instructions == want
+    assert sum(cycles for _, _, cycles in functions) == profile.cycles
+    assert regions[profile.region - 1] == (profile.instructions, profile.cycles)
+    names = [name for name, _, _ in functions]
+    if region == 1:
+        assert "mt_linear_f32_forward" in names
+        assert any("gemm" in n or "panel" in n for n in names[:3]), names[:3]  # the GEMM leads
+    else:
+        assert "mt_relu_f32_forward" in names
+        assert "mt_linear_f32_forward" not in names
