@@ -6,10 +6,11 @@
 //   grad_input  rows = input pixels (a gather of dy over the taps that reach each pixel, so
 //               no int32 image of dx is needed), columns = input channels (the transposed,
 //               rescaled weights), k = (tap, output channel);
-//   update      rows = a block of output channels (dy transposed), columns = the patch's
-//               (tap, channel) pairs, k = output pixels. The pixel pairs SMLAD needs come from
-//               a copy of x transposed to channel-pair-major rows ("xp", the size of the padded
-//               input), where an output row's pixels are contiguous for every tap.
+//   update      rows = a block of output channels (dy transposed), columns = pairs of
+//               consecutive weights of a channel's row, k = output pixels in order. The
+//               columns come from a copy of x transposed to channel-pair-major rows ("xp",
+//               the size of the padded input), where an output row's pixels are contiguous
+//               for every tap.
 #include <string.h>
 #include "conv2d_s8.h"
 #include "gemm_s8.h"
@@ -22,7 +23,7 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
-// Output pixels per update tile (whole output rows, at least one).
+// Output pixels per update tile.
 #define UPDATE_TILE_SLOTS 128
 
 static int is_depthwise(const mt_conv2d_params_t *p) {
@@ -825,38 +826,40 @@ int mt_conv2d_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
 }
 
 // ---- general: update --------------------------------------------------------------------
+//
+// k runs over the output pixels of the batch in order, two adjacent pixels to a word (both
+// operands pair them the same way, so no permutation is needed), with only the last tile
+// padded to MT_GEMM_S8_KSTEP: short output rows cost no padding slots. The columns are
+// consecutive weights of a channel's row (tap-major, then channel) taken two at a time,
+// so a single-channel first conv pairs taps instead of padding a channel.
 
-// The update's shape: channel pairs, the transposed input's rows, and the tiles of slots
-// (output pixels, each output row padded to a multiple of 4).
+// The update's shape: the transposed input's rows and the tiles of output pixels.
 typedef struct {
-    int cg, cge, cpg;     // channels per group, rounded up to even, pairs of them
-    int taps, Kr;         // Kr = taps * cge: an accumulator row
+    int cg, cpg;          // channels per group, pairs of them (rounded up)
+    int K, Kp;            // weights per output channel; rounded up to even (a column pair)
     int xh, xws;          // xp rows per image, columns per stride phase
-    int owp;              // output row padded to a multiple of 4
-    int rows_per_tile, tile_slots;
+    int pixels;           // output pixels of the batch
+    int tile;             // slots per tile, a multiple of MT_GEMM_S8_KSTEP
 } upd_shape_t;
 
 static upd_shape_t upd_shape(const mt_conv2d_params_t *p) {
     upd_shape_t u;
     u.cg = p->in_c / p->groups;
-    u.cge = round_up(u.cg, 2);
-    u.cpg = u.cge / 2;
-    u.taps = taps_of(p);
-    u.Kr = u.taps * u.cge;
+    u.cpg = (u.cg + 1) / 2;
+    u.K = taps_of(p) * u.cg;
+    u.Kp = round_up(u.K, 2);
     u.xh = (p->out_h - 1) * p->stride_h + p->kernel_h;
-    u.owp = round_up(p->out_w, 4);
-    u.xws = u.owp + (p->kernel_w - 1) / p->stride_w;
-    const int rows = p->batch * p->out_h;
-    u.rows_per_tile = mt_s8_max(1, mt_s8_min(rows, UPDATE_TILE_SLOTS / u.owp));
-    u.tile_slots = round_up(u.rows_per_tile * u.owp, MT_GEMM_S8_KSTEP);
+    u.xws = p->out_w + (p->kernel_w - 1) / p->stride_w;
+    u.pixels = out_pixels(p);
+    u.tile = mt_s8_min(round_up(u.pixels, MT_GEMM_S8_KSTEP), UPDATE_TILE_SLOTS);
     return u;
 }
 
 typedef struct {
     uint16_t *xp;         // groups * cpg * batch * xh * stride_w * xws channel pairs
-    int32_t *acc;         // block rows of Kr
-    int16_t *apanel;      // block / 3 panels of 3 * tile_slots
-    int16_t *bpanel;      // 2 * tile_slots
+    int32_t *acc;         // block rows of Kp
+    int16_t *apanel;      // block / 3 panels of 3 * tile
+    int16_t *bpanel;      // 2 * tile
     int32_t *chan;        // block channel indices
     int32_t *bsum;        // block bias gradient sums
 } upd_scratch_t;
@@ -865,10 +868,10 @@ static size_t upd_layout(const mt_conv2d_params_t *p, const upd_shape_t *u, int 
     void *scratch, upd_scratch_t *s) {
     arena_t a = { scratch, 0 };
     const size_t xp = (size_t)p->groups * u->cpg * p->batch * u->xh * p->stride_w * u->xws;
-    s->xp = take(&a, (xp + 2) * sizeof(uint16_t));   // +2: a 4-byte load may read one past
-    s->acc = take(&a, (size_t)block * u->Kr * sizeof(int32_t));
-    s->apanel = take(&a, (size_t)block * u->tile_slots * sizeof(int16_t));
-    s->bpanel = take(&a, 2 * (size_t)u->tile_slots * sizeof(int16_t));
+    s->xp = take(&a, xp * sizeof(uint16_t));
+    s->acc = take(&a, (size_t)block * u->Kp * sizeof(int32_t));
+    s->apanel = take(&a, (size_t)block * u->tile * sizeof(int16_t));
+    s->bpanel = take(&a, 2 * (size_t)u->tile * sizeof(int16_t));
     s->chan = take(&a, (size_t)block * sizeof(int32_t));
     s->bsum = take(&a, (size_t)block * sizeof(int32_t));
     return a.used;
@@ -924,105 +927,213 @@ static void build_xp(const mt_conv2d_params_t *p, const upd_shape_t *u, const in
     }
 }
 
-// B panel (2 columns: channels 2 cp, 2 cp + 1 of tap (kh, kw)) over the tile's slots: output
-// rows [row0, row0 + rows) of the batch, out_w pixels each padded to owp.
-static void pack_update_cols(const mt_conv2d_params_t *p, const upd_shape_t *u,
-    const uint16_t *xp_pair, int kh, int kw, int row0, int rows, int32_t zp, int32_t *dst) {
-    const int sw = p->stride_w, phase = kw % sw, shift = kw / sw;
-    const size_t image = (size_t)u->xh * sw * u->xws, row_step = (size_t)p->stride_h * sw * u->xws;
-    int32_t *end = dst + u->tile_slots;
-    int n = row0 / p->out_h, oh = row0 % p->out_h;
-    const uint16_t *base = xp_pair + n * image + ((size_t)kh * sw + phase) * u->xws + shift;
-    const uint16_t *src = base + oh * row_step;
-    for (int r = 0; r < rows; r++) {
-        if (oh == p->out_h) {
-            oh = 0;
-            base += image;
-            src = base;
-        }
-        const uint16_t *next = src + row_step;
-        oh++;
+// Which bytes of xp's channel pairs a B column pass takes.
+enum { COLS_BOTH, COLS_LO, COLS_HI };
+
 #if MT_S8_DSP
-        // Per 4 slots: (h0, h1), (h2, h3) -> (h0, h2), (h1, h3) -> 4 words, one STM: 11
-        // instructions for 8 values.
-        const uint32_t neg = mt_s8_pair(-zp);
-        int groups = u->owp / 4;
-        __asm__ volatile (
-            "1:\n\t"
-            "ldr r5, [%[src], #4]\n\t"
-            "ldr r4, [%[src]], #8\n\t"
-            "pkhbt r6, r4, r5, lsl #16\n\t"
-            "pkhtb r8, r5, r4, asr #16\n\t"
-            "sxtab16 r4, %[neg], r6\n\t"
-            "sxtab16 r5, %[neg], r6, ror #8\n\t"
-            "sxtab16 r6, %[neg], r8\n\t"
-            "sxtab16 r8, %[neg], r8, ror #8\n\t"
-            "stm %[dst]!, {r4, r5, r6, r8}\n\t"
-            "subs %[n], %[n], #1\n\t"
-            "bne 1b\n\t"
-            : [src] "+r" (src), [dst] "+r" (dst), [n] "+r" (groups)
-            : [neg] "r" (neg)
-            : "r4", "r5", "r6", "r8", "cc", "memory");
+static inline uint32_t sxtb16_ror8(uint32_t v) {
+    uint32_t r;
+    __asm__ ("sxtb16 %0, %1, ror #8" : "=r" (r) : "r" (v));
+    return r;
+}
+#endif
+
+// The words of two adjacent pixels h (low half) and h' (high half) of one channel pair:
+// dst[0] = (lo - zp, lo' - zp) and, for COLS_BOTH, dst[1] = (hi - zp, hi' - zp); COLS_HI
+// puts the high bytes' word in dst[0].
+static inline __attribute__((always_inline)) void cols_emit(uint32_t h2, uint32_t neg,
+    int32_t zp, int mode, int32_t *dst) {
+#if MT_S8_DSP
+    (void)zp;
+    if (mode != COLS_HI) {
+        dst[0] = (int32_t)__sxtab16(neg, h2);
+    }
+    if (mode != COLS_LO) {
+        dst[mode == COLS_BOTH] = (int32_t)mt_s8_sxtab16_ror8(neg, h2);
+    }
 #else
-        for (int s = 0; s < u->owp; s += 4, src += 4, dst += 4) {
-            int16_t a[4], b[4];
-            for (int t = 0; t < 4; t++) {
-                const uint16_t h = src[t];
-                a[t] = (int16_t)((int8_t)(uint8_t)(h & 0xff) - zp);
-                b[t] = (int16_t)((int8_t)(uint8_t)(h >> 8) - zp);
-            }
-            // Group positions {0, 1, 2, 3} hold slots {0, 2, 1, 3}.
-            dst[0] = mt_s8_words(a[0], a[2]);
-            dst[1] = mt_s8_words(b[0], b[2]);
-            dst[2] = mt_s8_words(a[1], a[3]);
-            dst[3] = mt_s8_words(b[1], b[3]);
+    (void)neg;
+    if (mode != COLS_HI) {
+        dst[0] = mt_s8_words((int16_t)((int8_t)h2 - zp), (int16_t)((int8_t)(h2 >> 16) - zp));
+    }
+    if (mode != COLS_LO) {
+        dst[mode == COLS_BOTH] = mt_s8_words((int16_t)((int8_t)(h2 >> 8) - zp),
+            (int16_t)((int8_t)(h2 >> 24) - zp));
+    }
+#endif
+}
+
+// B for one tile: the pixels [q0, q0 + n) of tap (kh, kw) from one channel pair's xp rows,
+// as words 0, 2, 4, ... of dst (and 1, 3, 5, ... for COLS_BOTH) up to `slots` slots, zeros
+// past n. Every output row is a contiguous run of xp; a pair of pixels may span two rows.
+static inline __attribute__((always_inline)) void pack_cols_mode(const mt_conv2d_params_t *p,
+    const upd_shape_t *u, const uint16_t *xp_pair, int kh, int kw, int q0, int n, int slots,
+    int32_t zp, int mode, int32_t *dst) {
+    const int sw = p->stride_w, ow_n = p->out_w, per_image = p->out_h * ow_n;
+    const size_t image = (size_t)u->xh * sw * u->xws, row_step = (size_t)p->stride_h * sw * u->xws;
+    const uint32_t neg = mt_s8_pair(-zp);
+    const uint32_t zpad = (uint32_t)((uint16_t)(uint8_t)zp * 0x101u);
+    int32_t *const end = dst + slots;
+    const int img = q0 / per_image;
+    int oh = q0 % per_image / ow_n, ow = q0 % ow_n;
+    // The current output row's pixels start at row + ow.
+    const uint16_t *row = xp_pair + img * image + ((size_t)kh * sw + kw % sw) * u->xws + kw / sw
+        + oh * row_step;
+    const size_t image_wrap = image - (size_t)p->out_h * row_step;
+    uint32_t carry = 0;
+    int have = 0;
+    for (int left = n; left > 0;) {
+        const uint16_t *src = row + ow;
+        const int run = mt_s8_min(ow_n - ow, left);
+        int i = 0;
+        if (have) {
+            cols_emit(carry | (uint32_t)src[0] << 16, neg, zp, mode, dst);
+            dst += 2;
+            have = 0;
+            i = 1;
+        }
+#if MT_S8_DSP
+        if (mode == COLS_BOTH && run - i >= 4) {
+            // Two pairs of pixels: 2 LDR, 4 SXTAB16, one STM: 9 instructions for 8 values.
+            const uint16_t *s2 = src + i;
+            int quads = (run - i) / 4;
+            i += 4 * quads;
+            __asm__ volatile (
+                "1:\n\t"
+                "ldr r6, [%[src], #4]\n\t"
+                "ldr r5, [%[src]], #8\n\t"
+                "sxtab16 r4, %[neg], r5\n\t"
+                "sxtab16 r5, %[neg], r5, ror #8\n\t"
+                "sxtab16 r7, %[neg], r6, ror #8\n\t"
+                "sxtab16 r6, %[neg], r6\n\t"
+                "stm %[dst]!, {r4-r7}\n\t"
+                "subs %[n], %[n], #1\n\t"
+                "bne 1b\n\t"
+                : [src] "+r" (s2), [dst] "+r" (dst), [n] "+r" (quads)
+                : [neg] "r" (neg)
+                : "r4", "r5", "r6", "r7", "cc", "memory");
         }
 #endif
-        src = next;
+        for (; i + 2 <= run; i += 2, dst += 2) {
+            uint32_t h2;
+            memcpy(&h2, src + i, sizeof h2);
+            cols_emit(h2, neg, zp, mode, dst);
+        }
+        if (i < run) {
+            carry = src[i];
+            have = 1;
+        }
+        left -= run;
+        ow = 0;
+        row += row_step;
+        if (++oh == p->out_h) {
+            oh = 0;
+            row += image_wrap;
+        }
     }
-    while (dst < end) {
-        *dst++ = 0;
+    if (have) {
+        cols_emit(carry | zpad << 16, neg, zp, mode, dst);   // the partner slot is A's zero
+        dst += 2;
+    }
+    for (; dst < end; dst += 2) {
+        dst[0] = 0;
+        if (mode == COLS_BOTH) {
+            dst[1] = 0;
+        }
     }
 }
 
-// A panels: dy transposed for the block's channels (3 per panel) over the tile's slots;
-// zeros for padding slots and missing channels.
-static void pack_update_dy(const mt_conv2d_params_t *p, const upd_shape_t *u, const int8_t *dy,
-    const int32_t *chan, int nchan, int row0, int rows, int16_t *apanel, int32_t *bsum) {
-    const int O = p->out_c, slots = u->tile_slots, panels = (nchan + 2) / 3;
-    for (int b = 0; b < panels; b++) {
-        int32_t *words = (int32_t *)(apanel + (size_t)b * 3 * slots);
-        for (int r = 0; r < 3; r++) {
-            const int i = b * 3 + r;
-            int32_t *dst = words + r;
-            int s = 0;
-            if (i < nchan) {
-                const int o = chan[i];
-                int32_t sum = 0;
-                for (int row = row0; row < row0 + rows; row++) {
-                    const int8_t *d = dy + (size_t)row * p->out_w * O + o;
-                    int ow = 0;
-                    for (; ow + 4 <= p->out_w; ow += 4, s += 4, dst += 6, d += 4 * O) {
-                        const int32_t d0 = d[0], d1 = d[O], d2 = d[2 * O], d3 = d[3 * O];
-                        sum += d0 + d1 + d2 + d3;
-                        dst[0] = mt_s8_words((int16_t)d0, (int16_t)d2);
-                        dst[3] = mt_s8_words((int16_t)d1, (int16_t)d3);
-                    }
-                    for (; ow < u->owp; ow += 4, s += 4, dst += 6, d += 4 * O) {
-                        int16_t v[4];
-                        for (int t = 0; t < 4; t++) {
-                            v[t] = (int16_t)(ow + t < p->out_w ? d[t * O] : 0);
-                            sum += v[t];
-                        }
-                        dst[0] = mt_s8_words(v[0], v[2]);
-                        dst[3] = mt_s8_words(v[1], v[3]);
-                    }
-                }
-                bsum[i] += sum;
+// B panel (2 columns: weights k, k + 1 of a channel's row, k even) over the tile.
+static void pack_update_cols(const mt_conv2d_params_t *p, const upd_shape_t *u,
+    const uint16_t *xp_group, int k, int q0, int n, int slots, int32_t zp, int32_t *dst) {
+    const size_t xp_pair = (size_t)p->batch * u->xh * p->stride_w * u->xws;
+    for (int col = 0; col < 2; col++) {
+        const int kk = k + col;
+        if (kk >= u->K) {
+            for (int j = 0; j < slots / 2; j++) {
+                dst[2 * j + 1] = 0;
             }
-            for (; s < slots; s += 2, dst += 3) {
-                *dst = 0;
+            return;
+        }
+        const int t = kk / u->cg, c = kk % u->cg, kh = t / p->kernel_w, kw = t % p->kernel_w;
+        const uint16_t *src = xp_group + (size_t)(c / 2) * xp_pair;
+        if (col == 0 && (c & 1) == 0 && c + 1 < u->cg) {
+            // Both weights are one tap's channel pair.
+            pack_cols_mode(p, u, src, kh, kw, q0, n, slots, zp, COLS_BOTH, dst);
+            return;
+        }
+        if (c & 1) {
+            pack_cols_mode(p, u, src, kh, kw, q0, n, slots, zp, COLS_HI, dst + col);
+        } else {
+            pack_cols_mode(p, u, src, kh, kw, q0, n, slots, zp, COLS_LO, dst + col);
+        }
+    }
+}
+
+// A panels: dy transposed for the block's channels (3 per panel) over the tile's pixels
+// [q0, q0 + n), `slots` slots; zeros past n and for missing channels. Adds each channel's
+// sum of dy to bsum.
+static void pack_update_dy(const mt_conv2d_params_t *p, const int8_t *dy, const int32_t *chan,
+    int nchan, int q0, int n, int slots, int16_t *apanel, int32_t *bsum) {
+    const int O = p->out_c, words = slots / 2, rows = (nchan + 2) / 3 * 3;
+    int32_t *const panel = (int32_t *)apanel;
+    int i = 0;
+#if MT_S8_DSP
+    // Four consecutive channels of two pixels: 2 LDR, 2 PKH, 4 SXTB16, 4 SMLAD (the sums),
+    // 4 STR for 8 values.
+    for (; i + 4 <= nchan && chan[i + 3] == chan[i] + 3; i += 4) {
+        const int8_t *d = dy + (size_t)q0 * O + chan[i];
+        int32_t *w[4];
+        int32_t s[4] = { 0, 0, 0, 0 };
+        for (int t = 0; t < 4; t++) {
+            w[t] = panel + (size_t)(i + t) / 3 * 3 * words + (i + t) % 3;
+        }
+        int j = 0;
+        for (; 2 * j + 2 <= n; j++, d += 2 * O) {
+            const uint32_t a = mt_s8_load32(d), b = mt_s8_load32(d + O);
+            const uint32_t lo = mt_s8_pkhbt(a, b), hi = mt_s8_pkhtb(b, a);
+            const uint32_t v0 = __sxtb16(lo), v1 = sxtb16_ror8(lo);
+            const uint32_t v2 = __sxtb16(hi), v3 = sxtb16_ror8(hi);
+            s[0] = __smlad(v0, 0x10001u, s[0]);
+            s[1] = __smlad(v1, 0x10001u, s[1]);
+            s[2] = __smlad(v2, 0x10001u, s[2]);
+            s[3] = __smlad(v3, 0x10001u, s[3]);
+            w[0][3 * j] = (int32_t)v0;
+            w[1][3 * j] = (int32_t)v1;
+            w[2][3 * j] = (int32_t)v2;
+            w[3][3 * j] = (int32_t)v3;
+        }
+        for (int t = 0; t < 4; t++) {
+            int jj = j;
+            if (2 * jj < n) {
+                s[t] += d[t];
+                w[t][3 * jj++] = mt_s8_words(d[t], 0);
             }
+            for (; jj < words; jj++) {
+                w[t][3 * jj] = 0;
+            }
+            bsum[i + t] += s[t];
+        }
+    }
+#endif
+    for (; i < rows; i++) {
+        int32_t *w = panel + (size_t)i / 3 * 3 * words + i % 3;
+        int j = 0;
+        if (i < nchan) {
+            const int8_t *d = dy + (size_t)q0 * O + chan[i];
+            int32_t sum = 0;
+            for (; 2 * j + 2 <= n; j++, d += 2 * O) {
+                sum += d[0] + d[O];
+                w[3 * j] = mt_s8_words(d[0], d[O]);
+            }
+            if (2 * j < n) {
+                sum += d[0];
+                w[3 * j++] = mt_s8_words(d[0], 0);
+            }
+            bsum[i] += sum;
+        }
+        for (; j < words; j++) {
+            w[3 * j] = 0;
         }
     }
 }
@@ -1060,10 +1171,9 @@ int mt_conv2d_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
     if (upd_layout(p, &sh, block, scratch, &s) > scratch_bytes) {
         return -1;
     }
-    const int O = p->out_c, G = p->groups, og = O / G, cg = sh.cg, K = sh.taps * cg;
-    const int rows_total = p->batch * p->out_h;
+    const int G = p->groups, og = p->out_c / G, K = sh.K, Kp = sh.Kp;
     const int32_t zp = q->x.zero_point;
-    const size_t xp_pair = (size_t)p->batch * sh.xh * p->stride_w * sh.xws;
+    const size_t xp_group = (size_t)sh.cpg * p->batch * sh.xh * p->stride_w * sh.xws;
     mt_s8_step_t step;
     if (u) {
         step = mt_s8_step_make(u, q);
@@ -1085,36 +1195,24 @@ int mt_conv2d_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
             for (int i = 0; i < nchan; i++) {
                 s.bsum[i] = 0;
             }
-            for (int i = 0; i < panels * 3 * sh.Kr; i++) {
-                s.acc[i] = 0;
-            }
-            for (int row0 = 0; row0 < rows_total; row0 += sh.rows_per_tile) {
-                const int rows = mt_s8_min(sh.rows_per_tile, rows_total - row0);
-                pack_update_dy(p, &sh, dy, s.chan, nchan, row0, rows, s.apanel, s.bsum);
-                for (int t = 0; t < sh.taps; t++) {
-                    const int kh = t / p->kernel_w, kw = t % p->kernel_w;
-                    for (int cp = 0; cp < sh.cpg; cp++) {
-                        pack_update_cols(p, &sh, s.xp + (size_t)(g * sh.cpg + cp) * xp_pair, kh,
-                            kw, row0, rows, zp, (int32_t *)s.bpanel);
-                        const int k = t * sh.cge + 2 * cp;
-                        const int32_t *ap = (const int32_t *)s.apanel;
-                        int32_t *acc = s.acc + k;
-                        for (int b = 0; b < panels; b++, ap += 3 * sh.tile_slots / 2,
-                            acc += 3 * sh.Kr) {
-                            mt_gemm_s16_3x2_rows(sh.tile_slots, ap, (const int32_t *)s.bpanel,
-                                acc, sh.Kr);
-                        }
+            memset(s.acc, 0, (size_t)panels * 3 * Kp * sizeof(int32_t));
+            for (int q0 = 0; q0 < sh.pixels; q0 += sh.tile) {
+                const int n = mt_s8_min(sh.tile, sh.pixels - q0);
+                const int slots = round_up(n, MT_GEMM_S8_KSTEP);
+                pack_update_dy(p, dy, s.chan, nchan, q0, n, slots, s.apanel, s.bsum);
+                for (int k = 0; k < K; k += 2) {
+                    pack_update_cols(p, &sh, s.xp + g * xp_group, k, q0, n, slots, zp,
+                        (int32_t *)s.bpanel);
+                    const int32_t *ap = (const int32_t *)s.apanel;
+                    int32_t *acc = s.acc + k;
+                    for (int b = 0; b < panels; b++, ap += 3 * slots / 2, acc += 3 * Kp) {
+                        mt_gemm_s16_3x2_rows(slots, ap, (const int32_t *)s.bpanel, acc, Kp);
                     }
                 }
             }
             for (int i = 0; i < nchan; i++) {
                 const int o = s.chan[i];
-                int32_t *row = s.acc + (size_t)i * sh.Kr;
-                if (cg != sh.cge) {
-                    for (int t = 1; t < sh.taps; t++) {
-                        memmove(row + t * cg, row + t * sh.cge, (size_t)cg * sizeof(int32_t));
-                    }
-                }
+                int32_t *row = s.acc + (size_t)i * Kp;
                 const int32_t bsum = s.bsum[i];
                 if (b_stats) {
                     mt_grad_stats_add(b_stats, &bsum, 1);
