@@ -354,6 +354,14 @@ CONV_CASES = {
     "tiny_image_blocked": (1, 4, 4, 8, 16, (3, 3), (1, 1), (1, 1), 1),
     "blocked_odd_groups": (2, 2, 3, 6, 10, (3, 3), (1, 1), (1, 1), 2),
     "1x1_image_wide": (2, 1, 1, 12, 20, (3, 3), (1, 1), (1, 1), 1),
+    # The update pairs adjacent output pixels across row ends and weights across taps.
+    "cin1_kws_like_stride2": (1, 13, 10, 1, 6, (5, 4), (2, 2), (2, 1), 1),
+    "cin1_rows1_batch5": (5, 3, 1, 1, 4, (3, 3), (1, 1), (1, 1), 1),
+    "cin2_rows3_batch2": (2, 4, 3, 2, 5, (3, 3), (1, 1), (1, 1), 1),
+    "cin3_rows9_batch4": (4, 2, 9, 3, 4, (1, 1), (1, 1), (0, 0), 1),
+    "cin3_rows7_stride2": (3, 5, 11, 3, 7, (2, 3), (1, 2), (0, 2), 1),
+    "pointwise_rows5_batch4": (4, 5, 5, 8, 8, (1, 1), (1, 1), (0, 0), 1),
+    "cin1_tiles_end_mid_row": (3, 9, 7, 1, 5, (3, 3), (1, 1), (1, 1), 1),
 }
 CROPS = {"full": (0, 0), "cropped": (1, 1)}
 
@@ -498,7 +506,9 @@ def test_conv2d_s8_update_with_stochastic_rounding_and_a_mask(lib, case):
     np.testing.assert_array_equal(got[2][keep], d["b"][keep])
 
 
-@pytest.mark.parametrize("case", ["3x3_16ch_to_32", "3x3_stride2_pad1_batch3", "groups2"])
+@pytest.mark.parametrize("case", ["3x3_16ch_to_32", "3x3_stride2_pad1_batch3", "groups2",
+                                  "cin1_kws_like_stride2", "cin3_rows7_stride2",
+                                  "cin1_tiles_end_mid_row"])
 def test_conv2d_s8_update_results_do_not_depend_on_scratch_size(lib, case):
     params, d, _ = conv_case(case)
     qc, _ = quant()
