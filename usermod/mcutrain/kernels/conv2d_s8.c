@@ -827,18 +827,19 @@ int mt_conv2d_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
 
 // ---- general: update --------------------------------------------------------------------
 //
-// k runs over the output pixels of the batch in order, two adjacent pixels to a word (both
-// operands pair them the same way, so no permutation is needed), with only the last tile
-// padded to MT_GEMM_S8_KSTEP: short output rows cost no padding slots. The columns are
-// consecutive weights of a channel's row (tap-major, then channel) taken two at a time,
-// so a single-channel first conv pairs taps instead of padding a channel.
+// k runs over one sample's output pixels in order, two adjacent pixels to a word (both
+// operands pair them the same way, so no permutation is needed), with only the last tile of
+// a sample padded to MT_GEMM_S8_KSTEP: short output rows cost no padding slots. The columns
+// are consecutive weights of a channel's row (tap-major, then channel) taken two at a time,
+// so a single-channel first conv pairs taps instead of padding a channel. x is transposed
+// one sample (and group) at a time, so the batch does not shrink the blocks.
 
 // The update's shape: the transposed input's rows and the tiles of output pixels.
 typedef struct {
     int cg, cpg;          // channels per group, pairs of them (rounded up)
     int K, Kp;            // weights per output channel; rounded up to even (a column pair)
-    int xh, xws;          // xp rows per image, columns per stride phase
-    int pixels;           // output pixels of the batch
+    int xh, xws;          // xp rows, columns per stride phase
+    int pixels;           // output pixels of a sample
     int tile;             // slots per tile, a multiple of MT_GEMM_S8_KSTEP
 } upd_shape_t;
 
@@ -850,13 +851,13 @@ static upd_shape_t upd_shape(const mt_conv2d_params_t *p) {
     u.Kp = round_up(u.K, 2);
     u.xh = (p->out_h - 1) * p->stride_h + p->kernel_h;
     u.xws = p->out_w + (p->kernel_w - 1) / p->stride_w;
-    u.pixels = out_pixels(p);
+    u.pixels = p->out_h * p->out_w;
     u.tile = mt_s8_min(round_up(u.pixels, MT_GEMM_S8_KSTEP), UPDATE_TILE_SLOTS);
     return u;
 }
 
 typedef struct {
-    uint16_t *xp;         // groups * cpg * batch * xh * stride_w * xws channel pairs
+    uint16_t *xp;         // cpg * xh * stride_w * xws channel pairs: one sample of one group
     int32_t *acc;         // block rows of Kp
     int16_t *apanel;      // block / 3 panels of 3 * tile
     int16_t *bpanel;      // 2 * tile
@@ -864,11 +865,14 @@ typedef struct {
     int32_t *bsum;        // block bias gradient sums
 } upd_scratch_t;
 
+static size_t upd_xp_pair(const mt_conv2d_params_t *p, const upd_shape_t *u) {
+    return (size_t)u->xh * p->stride_w * u->xws;
+}
+
 static size_t upd_layout(const mt_conv2d_params_t *p, const upd_shape_t *u, int block,
     void *scratch, upd_scratch_t *s) {
     arena_t a = { scratch, 0 };
-    const size_t xp = (size_t)p->groups * u->cpg * p->batch * u->xh * p->stride_w * u->xws;
-    s->xp = take(&a, xp * sizeof(uint16_t));
+    s->xp = take(&a, (size_t)u->cpg * upd_xp_pair(p, u) * sizeof(uint16_t));
     s->acc = take(&a, (size_t)block * u->Kp * sizeof(int32_t));
     s->apanel = take(&a, (size_t)block * u->tile * sizeof(int16_t));
     s->bpanel = take(&a, 2 * (size_t)u->tile * sizeof(int16_t));
@@ -877,50 +881,46 @@ static size_t upd_layout(const mt_conv2d_params_t *p, const upd_shape_t *u, int 
     return a.used;
 }
 
-// xp[g][pair][n][xr][phase][col] = channels (2 pair, 2 pair + 1) of group g at input row
-// xr - pad_h, column (col * stride_w + phase) - pad_w, as the two bytes of a halfword; zp_x
-// outside the image and for the odd channel's missing partner.
+// xp[pair][xr][phase][col] = channels (2 pair, 2 pair + 1) of group g of sample n at input
+// row xr - pad_h, column (col * stride_w + phase) - pad_w, as the two bytes of a halfword;
+// zp_x outside the image and for the odd channel's missing partner.
 static void build_xp(const mt_conv2d_params_t *p, const upd_shape_t *u, const int8_t *x,
-    int8_t zp, uint16_t *xp) {
+    int n, int g, int8_t zp, uint16_t *xp) {
     const int sw = p->stride_w, C = p->in_c;
     const uint16_t pad = (uint16_t)(((uint16_t)(uint8_t)zp << 8) | (uint8_t)zp);
-    for (int g = 0; g < p->groups; g++) {
-        for (int cp = 0; cp < u->cpg; cp++) {
-            const int c0 = g * u->cg + 2 * cp, has1 = 2 * cp + 1 < u->cg;
-            for (int n = 0; n < p->batch; n++) {
-                for (int xr = 0; xr < u->xh; xr++) {
-                    const int ih = xr - p->pad_h;
-                    if (ih < 0 || ih >= p->in_h) {
-                        for (int i = 0; i < sw * u->xws; i++) {
-                            *xp++ = pad;
-                        }
-                        continue;
+    for (int cp = 0; cp < u->cpg; cp++) {
+        const int c0 = g * u->cg + 2 * cp, has1 = 2 * cp + 1 < u->cg;
+        for (int xr = 0; xr < u->xh; xr++) {
+            const int ih = xr - p->pad_h;
+            if (ih < 0 || ih >= p->in_h) {
+                for (int i = 0; i < sw * u->xws; i++) {
+                    *xp++ = pad;
+                }
+                continue;
+            }
+            const int8_t *row = x + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0;
+            for (int ph = 0; ph < sw; ph++) {
+                // Columns col with 0 <= col * sw + ph - pad_w < in_w: [lo, hi).
+                const int first = p->pad_w - ph;
+                const int lo = mt_s8_min(u->xws, first <= 0 ? 0 : (first + sw - 1) / sw);
+                const int end = p->in_w + p->pad_w - ph;
+                const int hi = mt_s8_max(lo, mt_s8_min(u->xws, end <= 0 ? 0 : (end + sw - 1) / sw));
+                int col = 0;
+                for (; col < lo; col++) {
+                    *xp++ = pad;
+                }
+                const int8_t *px = row + (size_t)(lo * sw + ph - p->pad_w) * C;
+                if (has1) {
+                    for (; col < hi; col++, px += sw * C) {
+                        *xp++ = (uint16_t)mt_s8_load16(px);
                     }
-                    const int8_t *row = x + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0;
-                    for (int ph = 0; ph < sw; ph++) {
-                        // Columns col with 0 <= col * sw + ph - pad_w < in_w: [lo, hi).
-                        const int first = p->pad_w - ph;
-                        const int lo = mt_s8_min(u->xws, first <= 0 ? 0 : (first + sw - 1) / sw);
-                        const int end = p->in_w + p->pad_w - ph;
-                        const int hi = mt_s8_max(lo, mt_s8_min(u->xws, end <= 0 ? 0 : (end + sw - 1) / sw));
-                        int col = 0;
-                        for (; col < lo; col++) {
-                            *xp++ = pad;
-                        }
-                        const int8_t *px = row + (size_t)(lo * sw + ph - p->pad_w) * C;
-                        if (has1) {
-                            for (; col < hi; col++, px += sw * C) {
-                                *xp++ = (uint16_t)mt_s8_load16(px);
-                            }
-                        } else {
-                            for (; col < hi; col++, px += sw * C) {
-                                *xp++ = (uint16_t)((uint8_t)px[0] | (pad & 0xff00u));
-                            }
-                        }
-                        for (; col < u->xws; col++) {
-                            *xp++ = pad;
-                        }
+                } else {
+                    for (; col < hi; col++, px += sw * C) {
+                        *xp++ = (uint16_t)((uint8_t)px[0] | (pad & 0xff00u));
                     }
+                }
+                for (; col < u->xws; col++) {
+                    *xp++ = pad;
                 }
             }
         }
@@ -963,76 +963,87 @@ static inline __attribute__((always_inline)) void cols_emit(uint32_t h2, uint32_
 #endif
 }
 
-// B for one tile: the pixels [q0, q0 + n) of tap (kh, kw) from one channel pair's xp rows,
-// as words 0, 2, 4, ... of dst (and 1, 3, 5, ... for COLS_BOTH) up to `slots` slots, zeros
-// past n. Every output row is a contiguous run of xp; a pair of pixels may span two rows.
+// n pairs of adjacent pixels at src into the words dst[0], dst[2], ... (and dst[1], dst[3],
+// ... for COLS_BOTH); returns dst advanced past them.
+static inline __attribute__((always_inline)) int32_t *cols_pairs(const uint16_t *src, int n,
+    uint32_t neg, int32_t zp, int mode, int32_t *dst) {
+#if MT_S8_DSP
+    if (mode == COLS_BOTH) {
+        // Two pairs: 2 LDR (src may be only halfword aligned), 4 SXTAB16, one STM: 9
+        // instructions for 8 values.
+        __asm__ volatile (
+            "lsrs %[n], %[n], #1\n\t"
+            "bcc 2f\n\t"
+            "ldr r5, [%[src]], #4\n\t"
+            "sxtab16 r4, %[neg], r5\n\t"
+            "sxtab16 r5, %[neg], r5, ror #8\n\t"
+            "stm %[dst]!, {r4, r5}\n\t"
+            "2:\n\t"
+            "cmp %[n], #0\n\t"
+            "beq 3f\n\t"
+            "1:\n\t"
+            "ldr r6, [%[src], #4]\n\t"
+            "ldr r5, [%[src]], #8\n\t"
+            "sxtab16 r4, %[neg], r5\n\t"
+            "sxtab16 r5, %[neg], r5, ror #8\n\t"
+            "sxtab16 r7, %[neg], r6, ror #8\n\t"
+            "sxtab16 r6, %[neg], r6\n\t"
+            "stm %[dst]!, {r4-r7}\n\t"
+            "subs %[n], %[n], #1\n\t"
+            "bne 1b\n\t"
+            "3:\n\t"
+            : [src] "+r" (src), [dst] "+r" (dst), [n] "+r" (n)
+            : [neg] "r" (neg)
+            : "r4", "r5", "r6", "r7", "cc", "memory");
+        return dst;
+    }
+#endif
+    for (int j = 0; j < n; j++, src += 2, dst += 2) {
+        uint32_t h2;
+        memcpy(&h2, src, sizeof h2);
+        cols_emit(h2, neg, zp, mode, dst);
+    }
+    return dst;
+}
+
+// B for one tile: the sample's pixels [q0, q0 + n) of tap (kh, kw) from one channel pair's
+// xp rows, as words 0, 2, 4, ... of dst (and 1, 3, 5, ... for COLS_BOTH) up to `slots`
+// slots, zeros past n. Every output row is a contiguous run of xp; a pair of pixels may span
+// two rows.
 static inline __attribute__((always_inline)) void pack_cols_mode(const mt_conv2d_params_t *p,
     const upd_shape_t *u, const uint16_t *xp_pair, int kh, int kw, int q0, int n, int slots,
     int32_t zp, int mode, int32_t *dst) {
-    const int sw = p->stride_w, ow_n = p->out_w, per_image = p->out_h * ow_n;
-    const size_t image = (size_t)u->xh * sw * u->xws, row_step = (size_t)p->stride_h * sw * u->xws;
+    const int sw = p->stride_w, ow_n = p->out_w;
+    const size_t row_step = (size_t)p->stride_h * sw * u->xws;
     const uint32_t neg = mt_s8_pair(-zp);
-    const uint32_t zpad = (uint32_t)((uint16_t)(uint8_t)zp * 0x101u);
     int32_t *const end = dst + slots;
-    const int img = q0 / per_image;
-    int oh = q0 % per_image / ow_n, ow = q0 % ow_n;
+    int ow = q0 % ow_n;
     // The current output row's pixels start at row + ow.
-    const uint16_t *row = xp_pair + img * image + ((size_t)kh * sw + kw % sw) * u->xws + kw / sw
-        + oh * row_step;
-    const size_t image_wrap = image - (size_t)p->out_h * row_step;
+    const uint16_t *row = xp_pair + ((size_t)kh * sw + kw % sw) * u->xws + kw / sw
+        + (size_t)(q0 / ow_n) * row_step;
+    // Rows one stride apart and no wider than the output (a 1x1 kernel at stride 1) are one
+    // contiguous run.
+    const int row_len = row_step == (size_t)ow_n ? n + ow : ow_n;
     uint32_t carry = 0;
     int have = 0;
-    for (int left = n; left > 0;) {
+    for (int left = n; left > 0; left -= row_len - ow, ow = 0, row += row_step) {
         const uint16_t *src = row + ow;
-        const int run = mt_s8_min(ow_n - ow, left);
-        int i = 0;
+        int m = mt_s8_min(row_len - ow, left);
         if (have) {
             cols_emit(carry | (uint32_t)src[0] << 16, neg, zp, mode, dst);
             dst += 2;
-            have = 0;
-            i = 1;
+            src++;
+            m--;
         }
-#if MT_S8_DSP
-        if (mode == COLS_BOTH && run - i >= 4) {
-            // Two pairs of pixels: 2 LDR, 4 SXTAB16, one STM: 9 instructions for 8 values.
-            const uint16_t *s2 = src + i;
-            int quads = (run - i) / 4;
-            i += 4 * quads;
-            __asm__ volatile (
-                "1:\n\t"
-                "ldr r6, [%[src], #4]\n\t"
-                "ldr r5, [%[src]], #8\n\t"
-                "sxtab16 r4, %[neg], r5\n\t"
-                "sxtab16 r5, %[neg], r5, ror #8\n\t"
-                "sxtab16 r7, %[neg], r6, ror #8\n\t"
-                "sxtab16 r6, %[neg], r6\n\t"
-                "stm %[dst]!, {r4-r7}\n\t"
-                "subs %[n], %[n], #1\n\t"
-                "bne 1b\n\t"
-                : [src] "+r" (s2), [dst] "+r" (dst), [n] "+r" (quads)
-                : [neg] "r" (neg)
-                : "r4", "r5", "r6", "r7", "cc", "memory");
-        }
-#endif
-        for (; i + 2 <= run; i += 2, dst += 2) {
-            uint32_t h2;
-            memcpy(&h2, src + i, sizeof h2);
-            cols_emit(h2, neg, zp, mode, dst);
-        }
-        if (i < run) {
-            carry = src[i];
-            have = 1;
-        }
-        left -= run;
-        ow = 0;
-        row += row_step;
-        if (++oh == p->out_h) {
-            oh = 0;
-            row += image_wrap;
+        dst = cols_pairs(src, m >> 1, neg, zp, mode, dst);
+        have = m & 1;
+        if (have) {
+            carry = src[m - 1];
         }
     }
     if (have) {
-        cols_emit(carry | zpad << 16, neg, zp, mode, dst);   // the partner slot is A's zero
+        // The partner is a padding slot, zero in A: any value will do; zp gives 0.
+        cols_emit(carry | (uint32_t)(uint16_t)(uint8_t)zp << 16, neg, zp, mode, dst);
         dst += 2;
     }
     for (; dst < end; dst += 2) {
@@ -1045,8 +1056,8 @@ static inline __attribute__((always_inline)) void pack_cols_mode(const mt_conv2d
 
 // B panel (2 columns: weights k, k + 1 of a channel's row, k even) over the tile.
 static void pack_update_cols(const mt_conv2d_params_t *p, const upd_shape_t *u,
-    const uint16_t *xp_group, int k, int q0, int n, int slots, int32_t zp, int32_t *dst) {
-    const size_t xp_pair = (size_t)p->batch * u->xh * p->stride_w * u->xws;
+    const uint16_t *xp, int k, int q0, int n, int slots, int32_t zp, int32_t *dst) {
+    const size_t xp_pair = upd_xp_pair(p, u);
     for (int col = 0; col < 2; col++) {
         const int kk = k + col;
         if (kk >= u->K) {
@@ -1056,7 +1067,7 @@ static void pack_update_cols(const mt_conv2d_params_t *p, const upd_shape_t *u,
             return;
         }
         const int t = kk / u->cg, c = kk % u->cg, kh = t / p->kernel_w, kw = t % p->kernel_w;
-        const uint16_t *src = xp_group + (size_t)(c / 2) * xp_pair;
+        const uint16_t *src = xp + (size_t)(c / 2) * xp_pair;
         if (col == 0 && (c & 1) == 0 && c + 1 < u->cg) {
             // Both weights are one tap's channel pair.
             pack_cols_mode(p, u, src, kh, kw, q0, n, slots, zp, COLS_BOTH, dst);
@@ -1173,12 +1184,11 @@ int mt_conv2d_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
     }
     const int G = p->groups, og = p->out_c / G, K = sh.K, Kp = sh.Kp;
     const int32_t zp = q->x.zero_point;
-    const size_t xp_group = (size_t)sh.cpg * p->batch * sh.xh * p->stride_w * sh.xws;
+    int xp_img = -1, xp_g = -1;   // whose input xp holds
     mt_s8_step_t step;
     if (u) {
         step = mt_s8_step_make(u, q);
     }
-    build_xp(p, &sh, x, (int8_t)zp, s.xp);
     for (int g = 0; g < G; g++) {
         for (int o_next = g * og; o_next < (g + 1) * og;) {
             // The next block of selected channels of this group.
@@ -1196,17 +1206,24 @@ int mt_conv2d_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
                 s.bsum[i] = 0;
             }
             memset(s.acc, 0, (size_t)panels * 3 * Kp * sizeof(int32_t));
-            for (int q0 = 0; q0 < sh.pixels; q0 += sh.tile) {
-                const int n = mt_s8_min(sh.tile, sh.pixels - q0);
-                const int slots = round_up(n, MT_GEMM_S8_KSTEP);
-                pack_update_dy(p, dy, s.chan, nchan, q0, n, slots, s.apanel, s.bsum);
-                for (int k = 0; k < K; k += 2) {
-                    pack_update_cols(p, &sh, s.xp + g * xp_group, k, q0, n, slots, zp,
-                        (int32_t *)s.bpanel);
-                    const int32_t *ap = (const int32_t *)s.apanel;
-                    int32_t *acc = s.acc + k;
-                    for (int b = 0; b < panels; b++, ap += 3 * slots / 2, acc += 3 * Kp) {
-                        mt_gemm_s16_3x2_rows(slots, ap, (const int32_t *)s.bpanel, acc, Kp);
+            for (int img = 0; img < p->batch; img++) {
+                if (img != xp_img || g != xp_g) {
+                    build_xp(p, &sh, x, img, g, (int8_t)zp, s.xp);
+                    xp_img = img;
+                    xp_g = g;
+                }
+                const int8_t *dy_img = dy + (size_t)img * sh.pixels * p->out_c;
+                for (int q0 = 0; q0 < sh.pixels; q0 += sh.tile) {
+                    const int n = mt_s8_min(sh.tile, sh.pixels - q0);
+                    const int slots = round_up(n, MT_GEMM_S8_KSTEP);
+                    pack_update_dy(p, dy_img, s.chan, nchan, q0, n, slots, s.apanel, s.bsum);
+                    for (int k = 0; k < K; k += 2) {
+                        pack_update_cols(p, &sh, s.xp, k, q0, n, slots, zp, (int32_t *)s.bpanel);
+                        const int32_t *ap = (const int32_t *)s.apanel;
+                        int32_t *acc = s.acc + k;
+                        for (int b = 0; b < panels; b++, ap += 3 * slots / 2, acc += 3 * Kp) {
+                            mt_gemm_s16_3x2_rows(slots, ap, (const int32_t *)s.bpanel, acc, Kp);
+                        }
                     }
                 }
             }
@@ -1254,8 +1271,8 @@ size_t mt_conv2d_s8_scratch_bytes(const mt_conv2d_params_t *p) {
     // The update sums a block of channels' weight gradients in int32 (4 bytes a weight) and
     // packs x again for each block. Blocks grow while its scratch stays within the larger
     // of the above and the layer's bytes for one sample: fewer passes over x, but scratch
-    // never outgrows the layer. One sample's: the sums do not grow with the batch (x's copy
-    // does, leaving larger batches smaller blocks).
+    // never outgrows the layer. One sample's: neither the sums nor x's copy (one sample at
+    // a time) grow with the batch.
     const int og = p->out_c / p->groups;
     const size_t tensors = layer_bytes(p, 1);
     const size_t budget = tensors > bytes ? tensors : bytes;
