@@ -1026,6 +1026,14 @@ static inline __attribute__((always_inline)) void pack_cols_mode(const mt_conv2d
     const int row_len = row_step == (size_t)ow_n ? n + ow : ow_n;
     uint32_t carry = 0;
     int have = 0;
+    if ((row_len & 1) == 0) {
+        // Even rows: tiles (multiples of 8 pixels of a sample, which has an even count) start
+        // and end on row pairs, so no pair spans two rows.
+        for (int left = n; left > 0; left -= row_len - ow, ow = 0, row += row_step) {
+            dst = cols_pairs(row + ow, mt_s8_min(row_len - ow, left) >> 1, neg, zp, mode, dst);
+        }
+        n = 0;
+    }
     for (int left = n; left > 0; left -= row_len - ow, ow = 0, row += row_step) {
         const uint16_t *src = row + ow;
         int m = mt_s8_min(row_len - ow, left);
