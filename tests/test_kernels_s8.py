@@ -362,6 +362,10 @@ CONV_CASES = {
     "cin3_rows7_stride2": (3, 5, 11, 3, 7, (2, 3), (1, 2), (0, 2), 1),
     "pointwise_rows5_batch4": (4, 5, 5, 8, 8, (1, 1), (1, 1), (0, 0), 1),
     "cin1_tiles_end_mid_row": (3, 9, 7, 1, 5, (3, 3), (1, 1), (1, 1), 1),
+    # The forward packs a kernel row at a time (kernel_w * in_c a multiple of 4), staging
+    # the rows the image's edge cuts.
+    "cin2_k2x2_pad_by_rows": (2, 5, 6, 2, 5, (2, 2), (1, 1), (1, 1), 1),
+    "cin1_k3x8_stride3_by_rows": (1, 6, 17, 1, 3, (3, 8), (2, 3), (1, 3), 1),
 }
 CROPS = {"full": (0, 0), "cropped": (1, 1)}
 

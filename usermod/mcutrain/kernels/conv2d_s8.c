@@ -579,6 +579,38 @@ static int fwd_direct(const mt_conv2d_params_t *p) {
     return (p->in_c / p->groups) % 4 == 0;
 }
 
+// Otherwise a kernel row at a time when that fills whole groups of 4 and is contiguous in
+// x (one group; e.g. a 10x4 first conv on one channel): rows cut by the image's edge go
+// through a row of the staging buffer.
+static int fwd_by_rows(const mt_conv2d_params_t *p) {
+    return !fwd_direct(p) && p->groups == 1 && p->kernel_w * p->in_c % 4 == 0;
+}
+
+// The patch of output pixel q minus zp as one panel row (words dst[0], dst[stride], ...),
+// a kernel row at a time (fwd_by_rows); stage holds kernel_w * in_c bytes.
+static void pack_patch_rows(const mt_conv2d_params_t *p, const int8_t *x, int q, int32_t zp,
+    int kp, int32_t *dst, int stride, int8_t *stage) {
+    const int C = p->in_c, kw = p->kernel_w, row_len = kw * C;
+    const int words = stride * row_len / 2;     // words a kernel row advances dst by
+    const patch_t pt = patch_of(p, q);
+    const int8_t *image = x + (size_t)pt.image * p->in_h * p->in_w * C;
+    for (int i = 0; i < p->kernel_h; i++, dst += words) {
+        const int ih = pt.ih0 + i;
+        if (ih < 0 || ih >= p->in_h || pt.kw_lo >= pt.kw_hi) {
+            mt_pack_zero_run(row_len, dst, stride);
+            continue;
+        }
+        const int8_t *src = image + ((size_t)ih * p->in_w + pt.iw0 + pt.kw_lo) * C;
+        if (pt.kw_lo > 0 || pt.kw_hi < kw) {
+            memset(stage, (int8_t)zp, (size_t)row_len);
+            memcpy(stage + pt.kw_lo * C, src, (size_t)((pt.kw_hi - pt.kw_lo) * C));
+            src = stage;
+        }
+        mt_s8_pack_run(src, row_len, zp, dst, stride);
+    }
+    mt_pack_zero_run(kp - p->kernel_h * row_len, dst, stride);
+}
+
 static size_t fwd_layout(const mt_conv2d_params_t *p, int pairs, void *scratch,
     fwd_scratch_t *s) {
     const int K = taps_of(p) * (p->in_c / p->groups);
@@ -626,7 +658,7 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
     }
     epi_ctx_t ctx = { O, lo, hi, (y_range ? EPI_TRACK : 0) | (lo > MT_S8_ACT_MIN ? EPI_LO : 0)
                       | (hi < MT_S8_ACT_MAX ? EPI_HI : 0) };
-    const int direct = fwd_direct(p);
+    const int direct = fwd_direct(p), by_rows = fwd_by_rows(p);
     int32_t *apanel = (int32_t *)s.apanel;
     // Blocks of channel pairs, each a pass over the patches: a layer whose packed weights
     // would outgrow its tensors packs them a block at a time.
@@ -641,6 +673,14 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
                     for (int r = 0; r < 3; r++) {
                         if (r < rows) {
                             pack_patch(p, x, q0 + r, g, zp_x, kp, apanel + r, 3);
+                        } else {
+                            mt_pack_zero_run(kp, apanel + r, 3);
+                        }
+                    }
+                } else if (by_rows) {
+                    for (int r = 0; r < 3; r++) {
+                        if (r < rows) {
+                            pack_patch_rows(p, x, q0 + r, zp_x, kp, apanel + r, 3, s.stage);
                         } else {
                             mt_pack_zero_run(kp, apanel + r, 3);
                         }
