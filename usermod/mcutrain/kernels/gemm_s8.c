@@ -7,7 +7,7 @@
 // ---- the 3x2 kernel -----------------------------------------------------------------------
 //
 // Cortex-M4: per pair of k, one LDM loads the three A words, one the two B words, and six
-// SMLADs do 12 multiply-adds: 8 instructions. Eight pairs per loop iteration; the loop
+// SMLADs do 12 multiply-adds: 8 instructions. Sixteen pairs per loop iteration; the loop
 // counter, both panel pointers, 6 sums and 5 operands take r0-r12 and lr, so the acc
 // pointer waits on the stack. Written as a whole function because it needs every register.
 
@@ -24,16 +24,22 @@
         "smlad r7, r10, lr, r7\n\t" \
         "smlad r8, r11, r12, r8\n\t" \
         "smlad r9, r11, lr, r9\n\t"
+#define MT_PAIR4 MT_PAIR MT_PAIR MT_PAIR MT_PAIR
 #define MT_K_LOOP \
-        /* kp / 8 steps of 4 pairs: an odd one first, then loops of 8 pairs. */ \
+        /* kp / 8 steps of 4 pairs: 4 and 8 pairs as kp's bits 3 and 4 say, then loops of */ \
+        /* 16 pairs (130 instructions for 192 multiply-adds: 1.48 a instruction). */ \
         "lsrs r0, r0, #4\n\t" \
         "bcc 1f\n\t" \
-        MT_PAIR MT_PAIR MT_PAIR MT_PAIR \
+        MT_PAIR4 \
         "1:\n\t" \
+        "lsrs r0, r0, #1\n\t" \
+        "bcc 4f\n\t" \
+        MT_PAIR4 MT_PAIR4 \
+        "4:\n\t" \
         "cmp r0, #0\n\t" \
         "beq 2f\n\t" \
         "3:\n\t" \
-        MT_PAIR MT_PAIR MT_PAIR MT_PAIR MT_PAIR MT_PAIR MT_PAIR MT_PAIR \
+        MT_PAIR4 MT_PAIR4 MT_PAIR4 MT_PAIR4 \
         "subs r0, r0, #1\n\t" \
         "bne 3b\n\t" \
         "2:\n\t"
@@ -74,6 +80,7 @@ void mt_gemm_s16_3x2_rows(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t 
         "pop {r3-r11, pc}\n\t");
 }
 #undef MT_K_LOOP
+#undef MT_PAIR4
 #undef MT_PAIR
 #undef MT_ARG
 #else
