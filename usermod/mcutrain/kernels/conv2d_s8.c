@@ -572,6 +572,9 @@ typedef struct {
     int16_t *wpanel;      // one block of channel pairs: pairs blocks of 2 * kp
     int16_t *apanel;      // 3 * kp
     int8_t *stage;        // 3 * K, when patches cannot be packed straight from x
+    int32_t *init;        // 2 per pair of the block: the biases
+    int32_t *sums;        // 6 per pair of the block: a row of 3x2 blocks
+    uint8_t *fast;        // 1 per pair of the block: epi_3x2 takes it
 } fwd_scratch_t;
 
 // Patches are packed straight from x when every tap's channel run fills whole groups of 4.
@@ -621,6 +624,9 @@ static size_t fwd_layout(const mt_conv2d_params_t *p, int pairs, void *scratch,
     s->wpanel = take(&a, (size_t)pairs * 2 * kp * sizeof(int16_t));
     s->apanel = take(&a, 3 * kp * sizeof(int16_t));
     s->stage = take(&a, fwd_direct(p) ? 0 : 3 * (size_t)K);
+    s->init = take(&a, (size_t)pairs * 2 * sizeof(int32_t));
+    s->sums = take(&a, (size_t)pairs * 6 * sizeof(int32_t));
+    s->fast = take(&a, (size_t)pairs);
     return a.used;
 }
 
@@ -667,6 +673,15 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
             const int nb = mt_s8_min(pairs, ogb - cb0);
             mt_pack_s8_rows(w + ((size_t)g * og + 2 * cb0) * K, K, mt_s8_min(2 * nb, og - 2 * cb0),
                 K, 0, 2, kp, s.wpanel);
+            // Each pair's bias as its sums' start, and whether the block epilogue takes it.
+            for (int cb = cb0; cb < cb0 + nb; cb++) {
+                const int o0 = g * og + 2 * cb, cols = mt_s8_min(2, og - 2 * cb);
+                s.init[2 * (cb - cb0)] = bias ? bias[o0] : 0;
+                s.init[2 * (cb - cb0) + 1] = bias && cols > 1 ? bias[o0 + 1] : 0;
+                s.fast[cb - cb0] = cols == 2 && s.rq[o0].left == 0 && s.rq[o0 + 1].left == 0
+                    && s.rq[o0].right >= 1 && s.rq[o0].right <= 23
+                    && s.rq[o0 + 1].right >= 1 && s.rq[o0 + 1].right <= 23;
+            }
             for (int q0 = 0; q0 < pixels; q0 += 3) {
                 const int rows = mt_s8_min(3, pixels - q0);
                 if (direct) {
@@ -691,18 +706,13 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
                     }
                     mt_pack_s8_rows(s.stage, K, rows, K, zp_x, 3, kp, s.apanel);
                 }
-                const int16_t *wp = s.wpanel;
-                for (int cb = cb0; cb < cb0 + nb; cb++, wp += 2 * kp) {
+                mt_gemm_s16_3x2_multi(kp, apanel, (const int32_t *)s.wpanel, nb, s.init, s.sums);
+                const int32_t *acc = s.sums;
+                for (int cb = cb0; cb < cb0 + nb; cb++, acc += 6) {
                     const int o0 = g * og + 2 * cb, cols = mt_s8_min(2, og - 2 * cb);
-                    const int32_t b0 = bias ? bias[o0] : 0;
-                    const int32_t b1 = bias && cols > 1 ? bias[o0 + 1] : 0;
-                    int32_t acc[6] = { b0, b1, b0, b1, b0, b1 };
-                    mt_gemm_s16_3x2(kp, apanel, (const int32_t *)wp, acc);
                     int8_t *out = y + (size_t)q0 * O + o0;
                     int32_t *rec = s.rec + REC_WORDS * o0;
-                    if (rows == 3 && cols == 2 && s.rq[o0].left == 0 && s.rq[o0 + 1].left == 0
-                        && s.rq[o0].right >= 1 && s.rq[o0].right <= 23
-                        && s.rq[o0 + 1].right >= 1 && s.rq[o0 + 1].right <= 23) {
+                    if (rows == 3 && s.fast[cb - cb0]) {
                         epi_3x2(acc, rec, out, &ctx);
                         continue;
                     }

@@ -79,6 +79,39 @@ void mt_gemm_s16_3x2_rows(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t 
         "strd r8, r9, [r3]\n\t"
         "pop {r3-r11, pc}\n\t");
 }
+// r0 = kp, r1 = A, r2 = B, r3 = nb; init and out on the stack. Per block: the sums start
+// from its init pair, the k loop runs, the six sums go out; B's blocks follow each other,
+// so r2 runs on while A restarts.
+__attribute__((naked, noinline))
+void mt_gemm_s16_3x2_multi(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t *b MT_ARG,
+    int nb MT_ARG, const int32_t *init MT_ARG, int32_t *out MT_ARG) {
+    __asm__ volatile (
+        "push {r4-r11, lr}\n\t"
+        "sub sp, sp, #12\n\t"
+        "str r0, [sp, #0]\n\t"
+        "str r1, [sp, #4]\n\t"
+        "str r3, [sp, #8]\n\t"
+        "5:\n\t"
+        "ldr r0, [sp, #0]\n\t"
+        "ldr r1, [sp, #4]\n\t"
+        "ldr r3, [sp, #48]\n\t"          // init (36 bytes pushed + 12 of locals)
+        "ldm r3!, {r4, r5}\n\t"
+        "str r3, [sp, #48]\n\t"
+        "mov r6, r4\n\t"
+        "mov r7, r5\n\t"
+        "mov r8, r4\n\t"
+        "mov r9, r5\n\t"
+        MT_K_LOOP
+        "ldr r3, [sp, #52]\n\t"          // out
+        "stm r3!, {r4-r9}\n\t"
+        "str r3, [sp, #52]\n\t"
+        "ldr r3, [sp, #8]\n\t"
+        "subs r3, r3, #1\n\t"
+        "str r3, [sp, #8]\n\t"
+        "bne 5b\n\t"
+        "add sp, sp, #12\n\t"
+        "pop {r4-r11, pc}\n\t");
+}
 #undef MT_K_LOOP
 #undef MT_PAIR4
 #undef MT_PAIR
@@ -116,6 +149,15 @@ void mt_gemm_s16_3x2(int kp, const int32_t *a, const int32_t *b, int32_t acc[6])
 #endif
 
 #if !MT_S8_DSP
+void mt_gemm_s16_3x2_multi(int kp, const int32_t *a, const int32_t *b, int nb,
+    const int32_t *init, int32_t *out) {
+    for (int j = 0; j < nb; j++, b += kp, init += 2, out += 6) {
+        out[0] = out[2] = out[4] = init[0];
+        out[1] = out[3] = out[5] = init[1];
+        mt_gemm_s16_3x2(kp, a, b, out);
+    }
+}
+
 void mt_gemm_s16_3x2_rows(int kp, const int32_t *a, const int32_t *b, int32_t *acc, int ld) {
     int32_t t[6] = { acc[0], acc[1], acc[ld], acc[ld + 1], acc[2 * ld], acc[2 * ld + 1] };
     mt_gemm_s16_3x2(kp, a, b, t);
