@@ -326,6 +326,29 @@ def test_gemm_s8_matches_numpy_for_every_small_shape(lib):
         assert np.all(got[:, n] == 0), "wrote outside C's columns"
 
 
+def test_gemm_s16_3x2_multi_matches_numpy_for_rows_of_blocks(lib):
+    # A row of 3x2 blocks in one call: 3 rows of A against nb 2-row blocks of B, each block's
+    # sums starting from its init pair (the conv forward's biases).
+    lib.mt_pack_s8_rows.argtypes = [vp, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int32,
+                                    ctypes.c_int, ctypes.c_int, vp]
+    lib.mt_gemm_s16_3x2_multi.argtypes = [ctypes.c_int, vp, vp, ctypes.c_int, vp, vp]
+    rng = np.random.default_rng(9)
+    for k, nb in itertools.product((1, 7, 8, 24, 40, 72, 136), (1, 2, 5)):
+        kp = (k + 7) // 8 * 8
+        a = s8(rng.integers(-128, 128, (3, k)))
+        b = s8(rng.integers(-128, 128, (2 * nb, k)))
+        pa = np.zeros(3 * kp, np.int16)
+        pb = np.zeros(2 * nb * kp, np.int16)
+        lib.mt_pack_s8_rows(ptr(a), k, 3, k, 5, 3, kp, ptr(pa))
+        lib.mt_pack_s8_rows(ptr(b), k, 2 * nb, k, -2, 2, kp, ptr(pb))
+        init = rng.integers(-5000, 5000, 2 * nb).astype(np.int32)
+        out = Guarded(np.zeros(6 * nb, np.int32))
+        lib.mt_gemm_s16_3x2_multi(kp, ptr(pa), ptr(pb), nb, ptr(init), out.p)
+        ref = (a.astype(np.int64) - 5) @ (b.astype(np.int64) + 2).T   # 3 x 2nb
+        want = np.stack([ref[:, 2 * j:2 * j + 2] + init[2 * j:2 * j + 2] for j in range(nb)])
+        np.testing.assert_array_equal(out.value().reshape(nb, 3, 2), want, err_msg=f"k={k} nb={nb}")
+
+
 # ---- Conv2d --------------------------------------------------------------------------------
 
 # (batch, in_h, in_w, in_c, out_c, kernel (h, w), stride (h, w), padding (h, w), groups)

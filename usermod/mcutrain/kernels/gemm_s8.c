@@ -79,6 +79,7 @@ void mt_gemm_s16_3x2_rows(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t 
         "strd r8, r9, [r3]\n\t"
         "pop {r3-r11, pc}\n\t");
 }
+
 // r0 = kp, r1 = A, r2 = B, r3 = nb; init and out on the stack. Per block: the sums start
 // from its init pair, the k loop runs, the six sums go out; B's blocks follow each other,
 // so r2 runs on while A restarts.
