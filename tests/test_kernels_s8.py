@@ -326,6 +326,29 @@ def test_gemm_s8_matches_numpy_for_every_small_shape(lib):
         assert np.all(got[:, n] == 0), "wrote outside C's columns"
 
 
+def test_gemm_s16_3x2_multi_matches_numpy_for_rows_of_blocks(lib):
+    # A row of 3x2 blocks in one call: 3 rows of A against nb 2-row blocks of B, each block's
+    # sums starting from its init pair (the conv forward's biases).
+    lib.mt_pack_s8_rows.argtypes = [vp, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int32,
+                                    ctypes.c_int, ctypes.c_int, vp]
+    lib.mt_gemm_s16_3x2_multi.argtypes = [ctypes.c_int, vp, vp, ctypes.c_int, vp, vp]
+    rng = np.random.default_rng(9)
+    for k, nb in itertools.product((1, 7, 8, 24, 40, 72, 136), (1, 2, 5)):
+        kp = (k + 7) // 8 * 8
+        a = s8(rng.integers(-128, 128, (3, k)))
+        b = s8(rng.integers(-128, 128, (2 * nb, k)))
+        pa = np.zeros(3 * kp, np.int16)
+        pb = np.zeros(2 * nb * kp, np.int16)
+        lib.mt_pack_s8_rows(ptr(a), k, 3, k, 5, 3, kp, ptr(pa))
+        lib.mt_pack_s8_rows(ptr(b), k, 2 * nb, k, -2, 2, kp, ptr(pb))
+        init = rng.integers(-5000, 5000, 2 * nb).astype(np.int32)
+        out = Guarded(np.zeros(6 * nb, np.int32))
+        lib.mt_gemm_s16_3x2_multi(kp, ptr(pa), ptr(pb), nb, ptr(init), out.p)
+        ref = (a.astype(np.int64) - 5) @ (b.astype(np.int64) + 2).T   # 3 x 2nb
+        want = np.stack([ref[:, 2 * j:2 * j + 2] + init[2 * j:2 * j + 2] for j in range(nb)])
+        np.testing.assert_array_equal(out.value().reshape(nb, 3, 2), want, err_msg=f"k={k} nb={nb}")
+
+
 # ---- Conv2d --------------------------------------------------------------------------------
 
 # (batch, in_h, in_w, in_c, out_c, kernel (h, w), stride (h, w), padding (h, w), groups)
@@ -354,6 +377,18 @@ CONV_CASES = {
     "tiny_image_blocked": (1, 4, 4, 8, 16, (3, 3), (1, 1), (1, 1), 1),
     "blocked_odd_groups": (2, 2, 3, 6, 10, (3, 3), (1, 1), (1, 1), 2),
     "1x1_image_wide": (2, 1, 1, 12, 20, (3, 3), (1, 1), (1, 1), 1),
+    # The update pairs adjacent output pixels across row ends and weights across taps.
+    "cin1_kws_like_stride2": (1, 13, 10, 1, 6, (5, 4), (2, 2), (2, 1), 1),
+    "cin1_rows1_batch5": (5, 3, 1, 1, 4, (3, 3), (1, 1), (1, 1), 1),
+    "cin2_rows3_batch2": (2, 4, 3, 2, 5, (3, 3), (1, 1), (1, 1), 1),
+    "cin3_rows9_batch4": (4, 2, 9, 3, 4, (1, 1), (1, 1), (0, 0), 1),
+    "cin3_rows7_stride2": (3, 5, 11, 3, 7, (2, 3), (1, 2), (0, 2), 1),
+    "pointwise_rows5_batch4": (4, 5, 5, 8, 8, (1, 1), (1, 1), (0, 0), 1),
+    "cin1_tiles_end_mid_row": (3, 9, 7, 1, 5, (3, 3), (1, 1), (1, 1), 1),
+    # The forward packs a kernel row at a time (kernel_w * in_c a multiple of 4), staging
+    # the rows the image's edge cuts.
+    "cin2_k2x2_pad_by_rows": (2, 5, 6, 2, 5, (2, 2), (1, 1), (1, 1), 1),
+    "cin1_k3x8_stride3_by_rows": (1, 6, 17, 1, 3, (3, 8), (2, 3), (1, 3), 1),
 }
 CROPS = {"full": (0, 0), "cropped": (1, 1)}
 
@@ -502,7 +537,9 @@ def test_conv2d_s8_update_with_stochastic_rounding_and_a_mask(lib, case, rescale
     np.testing.assert_array_equal(got[2][keep], d["b"][keep])
 
 
-@pytest.mark.parametrize("case", ["3x3_16ch_to_32", "3x3_stride2_pad1_batch3", "groups2"])
+@pytest.mark.parametrize("case", ["3x3_16ch_to_32", "3x3_stride2_pad1_batch3", "groups2",
+                                  "cin1_kws_like_stride2", "cin3_rows7_stride2",
+                                  "cin1_tiles_end_mid_row"])
 def test_conv2d_s8_update_results_do_not_depend_on_scratch_size(lib, case):
     params, d, _ = conv_case(case)
     qc, _ = quant()

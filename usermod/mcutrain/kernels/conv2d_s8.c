@@ -6,10 +6,11 @@
 //   grad_input  rows = input pixels (a gather of dy over the taps that reach each pixel, so
 //               no int32 image of dx is needed), columns = input channels (the transposed,
 //               rescaled weights), k = (tap, output channel);
-//   update      rows = a block of output channels (dy transposed), columns = the patch's
-//               (tap, channel) pairs, k = output pixels. The pixel pairs SMLAD needs come from
-//               a copy of x transposed to channel-pair-major rows ("xp", the size of the padded
-//               input), where an output row's pixels are contiguous for every tap.
+//   update      rows = a block of output channels (dy transposed), columns = pairs of
+//               consecutive weights of a channel's row, k = output pixels in order. The
+//               columns come from a copy of x transposed to channel-pair-major rows ("xp",
+//               the size of the padded input), where an output row's pixels are contiguous
+//               for every tap.
 #include <string.h>
 #include "conv2d_s8.h"
 #include "depthwise_s8.h"
@@ -23,7 +24,7 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
-// Output pixels per update tile (whole output rows, at least one).
+// Output pixels per update tile.
 #define UPDATE_TILE_SLOTS 128
 
 static int taps_of(const mt_conv2d_params_t *p) {
@@ -370,11 +371,46 @@ typedef struct {
     int16_t *wpanel;      // one block of channel pairs: pairs blocks of 2 * kp
     int16_t *apanel;      // 3 * kp
     int8_t *stage;        // 3 * K, when patches cannot be packed straight from x
+    int32_t *init;        // 2 per pair of the block: the biases
+    int32_t *sums;        // 6 per pair of the block: a row of 3x2 blocks
+    uint8_t *fast;        // 1 per pair of the block: epi_3x2 takes it
 } fwd_scratch_t;
 
 // Patches are packed straight from x when every tap's channel run fills whole groups of 4.
 static int fwd_direct(const mt_conv2d_params_t *p) {
     return (p->in_c / p->groups) % 4 == 0;
+}
+
+// Otherwise a kernel row at a time when that fills whole groups of 4 and is contiguous in
+// x (one group; e.g. a 10x4 first conv on one channel): rows cut by the image's edge go
+// through a row of the staging buffer.
+static int fwd_by_rows(const mt_conv2d_params_t *p) {
+    return !fwd_direct(p) && p->groups == 1 && p->kernel_w * p->in_c % 4 == 0;
+}
+
+// The patch of output pixel q minus zp as one panel row (words dst[0], dst[stride], ...),
+// a kernel row at a time (fwd_by_rows); stage holds kernel_w * in_c bytes.
+static void pack_patch_rows(const mt_conv2d_params_t *p, const int8_t *x, int q, int32_t zp,
+    int kp, int32_t *dst, int stride, int8_t *stage) {
+    const int C = p->in_c, kw = p->kernel_w, row_len = kw * C;
+    const int words = stride * row_len / 2;     // words a kernel row advances dst by
+    const patch_t pt = patch_of(p, q);
+    const int8_t *image = x + (size_t)pt.image * p->in_h * p->in_w * C;
+    for (int i = 0; i < p->kernel_h; i++, dst += words) {
+        const int ih = pt.ih0 + i;
+        if (ih < 0 || ih >= p->in_h || pt.kw_lo >= pt.kw_hi) {
+            mt_pack_zero_run(row_len, dst, stride);
+            continue;
+        }
+        const int8_t *src = image + ((size_t)ih * p->in_w + pt.iw0 + pt.kw_lo) * C;
+        if (pt.kw_lo > 0 || pt.kw_hi < kw) {
+            memset(stage, (int8_t)zp, (size_t)row_len);
+            memcpy(stage + pt.kw_lo * C, src, (size_t)((pt.kw_hi - pt.kw_lo) * C));
+            src = stage;
+        }
+        mt_s8_pack_run(src, row_len, zp, dst, stride);
+    }
+    mt_pack_zero_run(kp - p->kernel_h * row_len, dst, stride);
 }
 
 static size_t fwd_layout(const mt_conv2d_params_t *p, int pairs, void *scratch,
@@ -387,6 +423,9 @@ static size_t fwd_layout(const mt_conv2d_params_t *p, int pairs, void *scratch,
     s->wpanel = take(&a, (size_t)pairs * 2 * kp * sizeof(int16_t));
     s->apanel = take(&a, 3 * kp * sizeof(int16_t));
     s->stage = take(&a, fwd_direct(p) ? 0 : 3 * (size_t)K);
+    s->init = take(&a, (size_t)pairs * 2 * sizeof(int32_t));
+    s->sums = take(&a, (size_t)pairs * 6 * sizeof(int32_t));
+    s->fast = take(&a, (size_t)pairs);
     return a.used;
 }
 
@@ -424,7 +463,7 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
     }
     epi_ctx_t ctx = { O, lo, hi, (y_range ? EPI_TRACK : 0) | (lo > MT_S8_ACT_MIN ? EPI_LO : 0)
                       | (hi < MT_S8_ACT_MAX ? EPI_HI : 0) };
-    const int direct = fwd_direct(p);
+    const int direct = fwd_direct(p), by_rows = fwd_by_rows(p);
     int32_t *apanel = (int32_t *)s.apanel;
     // Blocks of channel pairs, each a pass over the patches: a layer whose packed weights
     // would outgrow its tensors packs them a block at a time.
@@ -433,6 +472,15 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
             const int nb = mt_s8_min(pairs, ogb - cb0);
             mt_pack_s8_rows(w + ((size_t)g * og + 2 * cb0) * K, K, mt_s8_min(2 * nb, og - 2 * cb0),
                 K, 0, 2, kp, s.wpanel);
+            // Each pair's bias as its sums' start, and whether the block epilogue takes it.
+            for (int cb = cb0; cb < cb0 + nb; cb++) {
+                const int o0 = g * og + 2 * cb, cols = mt_s8_min(2, og - 2 * cb);
+                s.init[2 * (cb - cb0)] = bias ? bias[o0] : 0;
+                s.init[2 * (cb - cb0) + 1] = bias && cols > 1 ? bias[o0 + 1] : 0;
+                s.fast[cb - cb0] = cols == 2 && s.rq[o0].left == 0 && s.rq[o0 + 1].left == 0
+                    && s.rq[o0].right >= 1 && s.rq[o0].right <= 23
+                    && s.rq[o0 + 1].right >= 1 && s.rq[o0 + 1].right <= 23;
+            }
             for (int q0 = 0; q0 < pixels; q0 += 3) {
                 const int rows = mt_s8_min(3, pixels - q0);
                 if (direct) {
@@ -443,24 +491,27 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
                             mt_pack_zero_run(kp, apanel + r, 3);
                         }
                     }
+                } else if (by_rows) {
+                    for (int r = 0; r < 3; r++) {
+                        if (r < rows) {
+                            pack_patch_rows(p, x, q0 + r, zp_x, kp, apanel + r, 3, s.stage);
+                        } else {
+                            mt_pack_zero_run(kp, apanel + r, 3);
+                        }
+                    }
                 } else {
                     for (int r = 0; r < rows; r++) {
                         im2col_pixel(p, x, q0 + r, g, (int8_t)zp_x, s.stage + r * K);
                     }
                     mt_pack_s8_rows(s.stage, K, rows, K, zp_x, 3, kp, s.apanel);
                 }
-                const int16_t *wp = s.wpanel;
-                for (int cb = cb0; cb < cb0 + nb; cb++, wp += 2 * kp) {
+                mt_gemm_s16_3x2_multi(kp, apanel, (const int32_t *)s.wpanel, nb, s.init, s.sums);
+                const int32_t *acc = s.sums;
+                for (int cb = cb0; cb < cb0 + nb; cb++, acc += 6) {
                     const int o0 = g * og + 2 * cb, cols = mt_s8_min(2, og - 2 * cb);
-                    const int32_t b0 = bias ? bias[o0] : 0;
-                    const int32_t b1 = bias && cols > 1 ? bias[o0 + 1] : 0;
-                    int32_t acc[6] = { b0, b1, b0, b1, b0, b1 };
-                    mt_gemm_s16_3x2(kp, apanel, (const int32_t *)wp, acc);
                     int8_t *out = y + (size_t)q0 * O + o0;
                     int32_t *rec = s.rec + REC_WORDS * o0;
-                    if (rows == 3 && cols == 2 && s.rq[o0].left == 0 && s.rq[o0 + 1].left == 0
-                        && s.rq[o0].right >= 1 && s.rq[o0].right <= 23
-                        && s.rq[o0 + 1].right >= 1 && s.rq[o0 + 1].right <= 23) {
+                    if (rows == 3 && s.fast[cb - cb0]) {
                         epi_3x2(acc, rec, out, &ctx);
                         continue;
                     }
@@ -624,204 +675,333 @@ int mt_conv2d_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
 }
 
 // ---- general: update --------------------------------------------------------------------
+//
+// k runs over one sample's output pixels in order, two adjacent pixels to a word (both
+// operands pair them the same way, so no permutation is needed), with only the last tile of
+// a sample padded to MT_GEMM_S8_KSTEP: short output rows cost no padding slots. The columns
+// are consecutive weights of a channel's row (tap-major, then channel) taken two at a time,
+// so a single-channel first conv pairs taps instead of padding a channel. x is transposed
+// one sample (and group) at a time, so the batch does not shrink the blocks.
 
-// The update's shape: channel pairs, the transposed input's rows, and the tiles of slots
-// (output pixels, each output row padded to a multiple of 4).
+// The update's shape: the transposed input's rows and the tiles of output pixels.
 typedef struct {
-    int cg, cge, cpg;     // channels per group, rounded up to even, pairs of them
-    int taps, Kr;         // Kr = taps * cge: an accumulator row
-    int xh, xws;          // xp rows per image, columns per stride phase
-    int owp;              // output row padded to a multiple of 4
-    int rows_per_tile, tile_slots;
+    int cg, cpg;          // channels per group, pairs of them (rounded up)
+    int K, Kp;            // weights per output channel; rounded up to even (a column pair)
+    int xh, xws;          // xp rows, columns per stride phase
+    int pixels;           // output pixels of a sample
+    int tile;             // slots per tile, a multiple of MT_GEMM_S8_KSTEP
 } upd_shape_t;
 
 static upd_shape_t upd_shape(const mt_conv2d_params_t *p) {
     upd_shape_t u;
     u.cg = p->in_c / p->groups;
-    u.cge = round_up(u.cg, 2);
-    u.cpg = u.cge / 2;
-    u.taps = taps_of(p);
-    u.Kr = u.taps * u.cge;
+    u.cpg = (u.cg + 1) / 2;
+    u.K = taps_of(p) * u.cg;
+    u.Kp = round_up(u.K, 2);
     u.xh = (p->out_h - 1) * p->stride_h + p->kernel_h;
-    u.owp = round_up(p->out_w, 4);
-    u.xws = u.owp + (p->kernel_w - 1) / p->stride_w;
-    const int rows = p->batch * p->out_h;
-    u.rows_per_tile = mt_s8_max(1, mt_s8_min(rows, UPDATE_TILE_SLOTS / u.owp));
-    u.tile_slots = round_up(u.rows_per_tile * u.owp, MT_GEMM_S8_KSTEP);
+    u.xws = p->out_w + (p->kernel_w - 1) / p->stride_w;
+    u.pixels = p->out_h * p->out_w;
+    u.tile = mt_s8_min(round_up(u.pixels, MT_GEMM_S8_KSTEP), UPDATE_TILE_SLOTS);
     return u;
 }
 
 typedef struct {
-    uint16_t *xp;         // groups * cpg * batch * xh * stride_w * xws channel pairs
-    int32_t *acc;         // block rows of Kr
-    int16_t *apanel;      // block / 3 panels of 3 * tile_slots
-    int16_t *bpanel;      // 2 * tile_slots
+    uint16_t *xp;         // cpg * xh * stride_w * xws channel pairs: one sample of one group
+    int32_t *acc;         // block rows of Kp
+    int16_t *apanel;      // block / 3 panels of 3 * tile
+    int16_t *bpanel;      // 2 * tile
     int32_t *chan;        // block channel indices
     int32_t *bsum;        // block bias gradient sums
 } upd_scratch_t;
 
+static size_t upd_xp_pair(const mt_conv2d_params_t *p, const upd_shape_t *u) {
+    return (size_t)u->xh * p->stride_w * u->xws;
+}
+
 static size_t upd_layout(const mt_conv2d_params_t *p, const upd_shape_t *u, int block,
     void *scratch, upd_scratch_t *s) {
     arena_t a = { scratch, 0 };
-    const size_t xp = (size_t)p->groups * u->cpg * p->batch * u->xh * p->stride_w * u->xws;
-    s->xp = take(&a, (xp + 2) * sizeof(uint16_t));   // +2: a 4-byte load may read one past
-    s->acc = take(&a, (size_t)block * u->Kr * sizeof(int32_t));
-    s->apanel = take(&a, (size_t)block * u->tile_slots * sizeof(int16_t));
-    s->bpanel = take(&a, 2 * (size_t)u->tile_slots * sizeof(int16_t));
+    s->xp = take(&a, (size_t)u->cpg * upd_xp_pair(p, u) * sizeof(uint16_t));
+    s->acc = take(&a, (size_t)block * u->Kp * sizeof(int32_t));
+    s->apanel = take(&a, (size_t)block * u->tile * sizeof(int16_t));
+    s->bpanel = take(&a, 2 * (size_t)u->tile * sizeof(int16_t));
     s->chan = take(&a, (size_t)block * sizeof(int32_t));
     s->bsum = take(&a, (size_t)block * sizeof(int32_t));
     return a.used;
 }
 
-// xp[g][pair][n][xr][phase][col] = channels (2 pair, 2 pair + 1) of group g at input row
-// xr - pad_h, column (col * stride_w + phase) - pad_w, as the two bytes of a halfword; zp_x
-// outside the image and for the odd channel's missing partner.
+// xp[pair][xr][phase][col] = channels (2 pair, 2 pair + 1) of group g of sample n at input
+// row xr - pad_h, column (col * stride_w + phase) - pad_w, as the two bytes of a halfword;
+// zp_x outside the image and for the odd channel's missing partner.
 static void build_xp(const mt_conv2d_params_t *p, const upd_shape_t *u, const int8_t *x,
-    int8_t zp, uint16_t *xp) {
+    int n, int g, int8_t zp, uint16_t *xp) {
     const int sw = p->stride_w, C = p->in_c;
     const uint16_t pad = (uint16_t)(((uint16_t)(uint8_t)zp << 8) | (uint8_t)zp);
-    for (int g = 0; g < p->groups; g++) {
-        for (int cp = 0; cp < u->cpg; cp++) {
-            const int c0 = g * u->cg + 2 * cp, has1 = 2 * cp + 1 < u->cg;
-            for (int n = 0; n < p->batch; n++) {
-                for (int xr = 0; xr < u->xh; xr++) {
-                    const int ih = xr - p->pad_h;
-                    if (ih < 0 || ih >= p->in_h) {
-                        for (int i = 0; i < sw * u->xws; i++) {
-                            *xp++ = pad;
-                        }
-                        continue;
+    for (int cp = 0; cp < u->cpg; cp++) {
+        const int c0 = g * u->cg + 2 * cp, has1 = 2 * cp + 1 < u->cg;
+        for (int xr = 0; xr < u->xh; xr++) {
+            const int ih = xr - p->pad_h;
+            if (ih < 0 || ih >= p->in_h) {
+                for (int i = 0; i < sw * u->xws; i++) {
+                    *xp++ = pad;
+                }
+                continue;
+            }
+            const int8_t *row = x + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0;
+            for (int ph = 0; ph < sw; ph++) {
+                // Columns col with 0 <= col * sw + ph - pad_w < in_w: [lo, hi).
+                const int first = p->pad_w - ph;
+                const int lo = mt_s8_min(u->xws, first <= 0 ? 0 : (first + sw - 1) / sw);
+                const int end = p->in_w + p->pad_w - ph;
+                const int hi = mt_s8_max(lo, mt_s8_min(u->xws, end <= 0 ? 0 : (end + sw - 1) / sw));
+                int col = 0;
+                for (; col < lo; col++) {
+                    *xp++ = pad;
+                }
+                const int8_t *px = row + (size_t)(lo * sw + ph - p->pad_w) * C;
+                if (has1) {
+                    for (; col < hi; col++, px += sw * C) {
+                        *xp++ = (uint16_t)mt_s8_load16(px);
                     }
-                    const int8_t *row = x + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0;
-                    for (int ph = 0; ph < sw; ph++) {
-                        // Columns col with 0 <= col * sw + ph - pad_w < in_w: [lo, hi).
-                        const int first = p->pad_w - ph;
-                        const int lo = mt_s8_min(u->xws, first <= 0 ? 0 : (first + sw - 1) / sw);
-                        const int end = p->in_w + p->pad_w - ph;
-                        const int hi = mt_s8_max(lo, mt_s8_min(u->xws, end <= 0 ? 0 : (end + sw - 1) / sw));
-                        int col = 0;
-                        for (; col < lo; col++) {
-                            *xp++ = pad;
-                        }
-                        const int8_t *px = row + (size_t)(lo * sw + ph - p->pad_w) * C;
-                        if (has1) {
-                            for (; col < hi; col++, px += sw * C) {
-                                *xp++ = (uint16_t)mt_s8_load16(px);
-                            }
-                        } else {
-                            for (; col < hi; col++, px += sw * C) {
-                                *xp++ = (uint16_t)((uint8_t)px[0] | (pad & 0xff00u));
-                            }
-                        }
-                        for (; col < u->xws; col++) {
-                            *xp++ = pad;
-                        }
+                } else {
+                    for (; col < hi; col++, px += sw * C) {
+                        *xp++ = (uint16_t)((uint8_t)px[0] | (pad & 0xff00u));
                     }
+                }
+                for (; col < u->xws; col++) {
+                    *xp++ = pad;
                 }
             }
         }
     }
 }
 
-// B panel (2 columns: channels 2 cp, 2 cp + 1 of tap (kh, kw)) over the tile's slots: output
-// rows [row0, row0 + rows) of the batch, out_w pixels each padded to owp.
-static void pack_update_cols(const mt_conv2d_params_t *p, const upd_shape_t *u,
-    const uint16_t *xp_pair, int kh, int kw, int row0, int rows, int32_t zp, int32_t *dst) {
-    const int sw = p->stride_w, phase = kw % sw, shift = kw / sw;
-    const size_t image = (size_t)u->xh * sw * u->xws, row_step = (size_t)p->stride_h * sw * u->xws;
-    int32_t *end = dst + u->tile_slots;
-    int n = row0 / p->out_h, oh = row0 % p->out_h;
-    const uint16_t *base = xp_pair + n * image + ((size_t)kh * sw + phase) * u->xws + shift;
-    const uint16_t *src = base + oh * row_step;
-    for (int r = 0; r < rows; r++) {
-        if (oh == p->out_h) {
-            oh = 0;
-            base += image;
-            src = base;
-        }
-        const uint16_t *next = src + row_step;
-        oh++;
+// Which bytes of xp's channel pairs a B column pass takes.
+enum { COLS_BOTH, COLS_LO, COLS_HI };
+
 #if MT_S8_DSP
-        // Per 4 slots: (h0, h1), (h2, h3) -> (h0, h2), (h1, h3) -> 4 words, one STM: 11
+static inline uint32_t sxtb16_ror8(uint32_t v) {
+    uint32_t r;
+    __asm__ ("sxtb16 %0, %1, ror #8" : "=r" (r) : "r" (v));
+    return r;
+}
+#endif
+
+// The words of two adjacent pixels h (low half) and h' (high half) of one channel pair:
+// dst[0] = (lo - zp, lo' - zp) and, for COLS_BOTH, dst[1] = (hi - zp, hi' - zp); COLS_HI
+// puts the high bytes' word in dst[0].
+static inline __attribute__((always_inline)) void cols_emit(uint32_t h2, uint32_t neg,
+    int32_t zp, int mode, int32_t *dst) {
+#if MT_S8_DSP
+    (void)zp;
+    if (mode != COLS_HI) {
+        dst[0] = (int32_t)__sxtab16(neg, h2);
+    }
+    if (mode != COLS_LO) {
+        dst[mode == COLS_BOTH] = (int32_t)mt_s8_sxtab16_ror8(neg, h2);
+    }
+#else
+    (void)neg;
+    if (mode != COLS_HI) {
+        dst[0] = mt_s8_words((int16_t)((int8_t)h2 - zp), (int16_t)((int8_t)(h2 >> 16) - zp));
+    }
+    if (mode != COLS_LO) {
+        dst[mode == COLS_BOTH] = mt_s8_words((int16_t)((int8_t)(h2 >> 8) - zp),
+            (int16_t)((int8_t)(h2 >> 24) - zp));
+    }
+#endif
+}
+
+// n pairs of adjacent pixels at src into the words dst[0], dst[2], ... (and dst[1], dst[3],
+// ... for COLS_BOTH); returns dst advanced past them.
+static inline __attribute__((always_inline)) int32_t *cols_pairs(const uint16_t *src, int n,
+    uint32_t neg, int32_t zp, int mode, int32_t *dst) {
+#if MT_S8_DSP
+    if (mode == COLS_BOTH) {
+        // Two pairs: 2 LDR (src may be only halfword aligned), 4 SXTAB16, one STM: 9
         // instructions for 8 values.
-        const uint32_t neg = mt_s8_pair(-zp);
-        int groups = u->owp / 4;
         __asm__ volatile (
+            "lsrs %[n], %[n], #1\n\t"
+            "bcc 2f\n\t"
+            "ldr r5, [%[src]], #4\n\t"
+            "sxtab16 r4, %[neg], r5\n\t"
+            "sxtab16 r5, %[neg], r5, ror #8\n\t"
+            "stm %[dst]!, {r4, r5}\n\t"
+            "2:\n\t"
+            "cmp %[n], #0\n\t"
+            "beq 3f\n\t"
             "1:\n\t"
-            "ldr r5, [%[src], #4]\n\t"
-            "ldr r4, [%[src]], #8\n\t"
-            "pkhbt r6, r4, r5, lsl #16\n\t"
-            "pkhtb r8, r5, r4, asr #16\n\t"
-            "sxtab16 r4, %[neg], r6\n\t"
-            "sxtab16 r5, %[neg], r6, ror #8\n\t"
-            "sxtab16 r6, %[neg], r8\n\t"
-            "sxtab16 r8, %[neg], r8, ror #8\n\t"
-            "stm %[dst]!, {r4, r5, r6, r8}\n\t"
+            "ldr r6, [%[src], #4]\n\t"
+            "ldr r5, [%[src]], #8\n\t"
+            "sxtab16 r4, %[neg], r5\n\t"
+            "sxtab16 r5, %[neg], r5, ror #8\n\t"
+            "sxtab16 r7, %[neg], r6, ror #8\n\t"
+            "sxtab16 r6, %[neg], r6\n\t"
+            "stm %[dst]!, {r4-r7}\n\t"
             "subs %[n], %[n], #1\n\t"
             "bne 1b\n\t"
-            : [src] "+r" (src), [dst] "+r" (dst), [n] "+r" (groups)
+            "3:\n\t"
+            : [src] "+r" (src), [dst] "+r" (dst), [n] "+r" (n)
             : [neg] "r" (neg)
-            : "r4", "r5", "r6", "r8", "cc", "memory");
-#else
-        for (int s = 0; s < u->owp; s += 4, src += 4, dst += 4) {
-            int16_t a[4], b[4];
-            for (int t = 0; t < 4; t++) {
-                const uint16_t h = src[t];
-                a[t] = (int16_t)((int8_t)(uint8_t)(h & 0xff) - zp);
-                b[t] = (int16_t)((int8_t)(uint8_t)(h >> 8) - zp);
-            }
-            // Group positions {0, 1, 2, 3} hold slots {0, 2, 1, 3}.
-            dst[0] = mt_s8_words(a[0], a[2]);
-            dst[1] = mt_s8_words(b[0], b[2]);
-            dst[2] = mt_s8_words(a[1], a[3]);
-            dst[3] = mt_s8_words(b[1], b[3]);
-        }
-#endif
-        src = next;
+            : "r4", "r5", "r6", "r7", "cc", "memory");
+        return dst;
     }
-    while (dst < end) {
-        *dst++ = 0;
+#endif
+    for (int j = 0; j < n; j++, src += 2, dst += 2) {
+        uint32_t h2;
+        memcpy(&h2, src, sizeof h2);
+        cols_emit(h2, neg, zp, mode, dst);
+    }
+    return dst;
+}
+
+// B for one tile: the sample's pixels [q0, q0 + n) of tap (kh, kw) from one channel pair's
+// xp rows, as words 0, 2, 4, ... of dst (and 1, 3, 5, ... for COLS_BOTH) up to `slots`
+// slots, zeros past n. Every output row is a contiguous run of xp; a pair of pixels may span
+// two rows.
+static inline __attribute__((always_inline)) void pack_cols_mode(const mt_conv2d_params_t *p,
+    const upd_shape_t *u, const uint16_t *xp_pair, int kh, int kw, int q0, int n, int slots,
+    int32_t zp, int mode, int32_t *dst) {
+    const int sw = p->stride_w, ow_n = p->out_w;
+    const size_t row_step = (size_t)p->stride_h * sw * u->xws;
+    const uint32_t neg = mt_s8_pair(-zp);
+    int32_t *const end = dst + slots;
+    int ow = q0 % ow_n;
+    // The current output row's pixels start at row + ow.
+    const uint16_t *row = xp_pair + ((size_t)kh * sw + kw % sw) * u->xws + kw / sw
+        + (size_t)(q0 / ow_n) * row_step;
+    // Rows one stride apart and no wider than the output (a 1x1 kernel at stride 1) are one
+    // contiguous run.
+    const int row_len = row_step == (size_t)ow_n ? n + ow : ow_n;
+    uint32_t carry = 0;
+    int have = 0;
+    if ((row_len & 1) == 0) {
+        // Even rows: tiles (multiples of 8 pixels of a sample, which has an even count) start
+        // and end on row pairs, so no pair spans two rows.
+        for (int left = n; left > 0; left -= row_len - ow, ow = 0, row += row_step) {
+            dst = cols_pairs(row + ow, mt_s8_min(row_len - ow, left) >> 1, neg, zp, mode, dst);
+        }
+        n = 0;
+    }
+    for (int left = n; left > 0; left -= row_len - ow, ow = 0, row += row_step) {
+        const uint16_t *src = row + ow;
+        int m = mt_s8_min(row_len - ow, left);
+        if (have) {
+            cols_emit(carry | (uint32_t)src[0] << 16, neg, zp, mode, dst);
+            dst += 2;
+            src++;
+            m--;
+        }
+        dst = cols_pairs(src, m >> 1, neg, zp, mode, dst);
+        have = m & 1;
+        if (have) {
+            carry = src[m - 1];
+        }
+    }
+    if (have) {
+        // The partner is a padding slot, zero in A: any value will do; zp gives 0.
+        cols_emit(carry | (uint32_t)(uint16_t)(uint8_t)zp << 16, neg, zp, mode, dst);
+        dst += 2;
+    }
+    for (; dst < end; dst += 2) {
+        dst[0] = 0;
+        if (mode == COLS_BOTH) {
+            dst[1] = 0;
+        }
     }
 }
 
-// A panels: dy transposed for the block's channels (3 per panel) over the tile's slots;
-// zeros for padding slots and missing channels.
-static void pack_update_dy(const mt_conv2d_params_t *p, const upd_shape_t *u, const int8_t *dy,
-    const int32_t *chan, int nchan, int row0, int rows, int16_t *apanel, int32_t *bsum) {
-    const int O = p->out_c, slots = u->tile_slots, panels = (nchan + 2) / 3;
-    for (int b = 0; b < panels; b++) {
-        int32_t *words = (int32_t *)(apanel + (size_t)b * 3 * slots);
-        for (int r = 0; r < 3; r++) {
-            const int i = b * 3 + r;
-            int32_t *dst = words + r;
-            int s = 0;
-            if (i < nchan) {
-                const int o = chan[i];
-                int32_t sum = 0;
-                for (int row = row0; row < row0 + rows; row++) {
-                    const int8_t *d = dy + (size_t)row * p->out_w * O + o;
-                    int ow = 0;
-                    for (; ow + 4 <= p->out_w; ow += 4, s += 4, dst += 6, d += 4 * O) {
-                        const int32_t d0 = d[0], d1 = d[O], d2 = d[2 * O], d3 = d[3 * O];
-                        sum += d0 + d1 + d2 + d3;
-                        dst[0] = mt_s8_words((int16_t)d0, (int16_t)d2);
-                        dst[3] = mt_s8_words((int16_t)d1, (int16_t)d3);
-                    }
-                    for (; ow < u->owp; ow += 4, s += 4, dst += 6, d += 4 * O) {
-                        int16_t v[4];
-                        for (int t = 0; t < 4; t++) {
-                            v[t] = (int16_t)(ow + t < p->out_w ? d[t * O] : 0);
-                            sum += v[t];
-                        }
-                        dst[0] = mt_s8_words(v[0], v[2]);
-                        dst[3] = mt_s8_words(v[1], v[3]);
-                    }
-                }
-                bsum[i] += sum;
+// B panel (2 columns: weights k, k + 1 of a channel's row, k even) over the tile.
+static void pack_update_cols(const mt_conv2d_params_t *p, const upd_shape_t *u,
+    const uint16_t *xp, int k, int q0, int n, int slots, int32_t zp, int32_t *dst) {
+    const size_t xp_pair = upd_xp_pair(p, u);
+    for (int col = 0; col < 2; col++) {
+        const int kk = k + col;
+        if (kk >= u->K) {
+            for (int j = 0; j < slots / 2; j++) {
+                dst[2 * j + 1] = 0;
             }
-            for (; s < slots; s += 2, dst += 3) {
-                *dst = 0;
+            return;
+        }
+        const int t = kk / u->cg, c = kk % u->cg, kh = t / p->kernel_w, kw = t % p->kernel_w;
+        const uint16_t *src = xp + (size_t)(c / 2) * xp_pair;
+        if (col == 0 && (c & 1) == 0 && c + 1 < u->cg) {
+            // Both weights are one tap's channel pair.
+            pack_cols_mode(p, u, src, kh, kw, q0, n, slots, zp, COLS_BOTH, dst);
+            return;
+        }
+        if (c & 1) {
+            pack_cols_mode(p, u, src, kh, kw, q0, n, slots, zp, COLS_HI, dst + col);
+        } else {
+            pack_cols_mode(p, u, src, kh, kw, q0, n, slots, zp, COLS_LO, dst + col);
+        }
+    }
+}
+
+// A panels: dy transposed for the block's channels (3 per panel) over the tile's pixels
+// [q0, q0 + n), `slots` slots; zeros past n and for missing channels. Adds each channel's
+// sum of dy to bsum.
+static void pack_update_dy(const mt_conv2d_params_t *p, const int8_t *dy, const int32_t *chan,
+    int nchan, int q0, int n, int slots, int16_t *apanel, int32_t *bsum) {
+    const int O = p->out_c, words = slots / 2, rows = (nchan + 2) / 3 * 3;
+    int32_t *const panel = (int32_t *)apanel;
+    int i = 0;
+#if MT_S8_DSP
+    // Four consecutive channels of two pixels: 2 LDR, 2 PKH, 4 SXTB16, 4 SMLAD (the sums),
+    // 4 STR for 8 values.
+    for (; i + 4 <= nchan && chan[i + 3] == chan[i] + 3; i += 4) {
+        const int8_t *d = dy + (size_t)q0 * O + chan[i];
+        int32_t *w[4];
+        int32_t s[4] = { 0, 0, 0, 0 };
+        for (int t = 0; t < 4; t++) {
+            w[t] = panel + (size_t)(i + t) / 3 * 3 * words + (i + t) % 3;
+        }
+        int j = 0;
+        for (; 2 * j + 2 <= n; j++, d += 2 * O) {
+            const uint32_t a = mt_s8_load32(d), b = mt_s8_load32(d + O);
+            const uint32_t lo = mt_s8_pkhbt(a, b), hi = mt_s8_pkhtb(b, a);
+            const uint32_t v0 = __sxtb16(lo), v1 = sxtb16_ror8(lo);
+            const uint32_t v2 = __sxtb16(hi), v3 = sxtb16_ror8(hi);
+            s[0] = __smlad(v0, 0x10001u, s[0]);
+            s[1] = __smlad(v1, 0x10001u, s[1]);
+            s[2] = __smlad(v2, 0x10001u, s[2]);
+            s[3] = __smlad(v3, 0x10001u, s[3]);
+            w[0][3 * j] = (int32_t)v0;
+            w[1][3 * j] = (int32_t)v1;
+            w[2][3 * j] = (int32_t)v2;
+            w[3][3 * j] = (int32_t)v3;
+        }
+        for (int t = 0; t < 4; t++) {
+            int jj = j;
+            if (2 * jj < n) {
+                s[t] += d[t];
+                w[t][3 * jj++] = mt_s8_words(d[t], 0);
             }
+            for (; jj < words; jj++) {
+                w[t][3 * jj] = 0;
+            }
+            bsum[i + t] += s[t];
+        }
+    }
+#endif
+    for (; i < rows; i++) {
+        int32_t *w = panel + (size_t)i / 3 * 3 * words + i % 3;
+        int j = 0;
+        if (i < nchan) {
+            const int8_t *d = dy + (size_t)q0 * O + chan[i];
+            int32_t sum = 0;
+            for (; 2 * j + 2 <= n; j++, d += 2 * O) {
+                sum += d[0] + d[O];
+                w[3 * j] = mt_s8_words(d[0], d[O]);
+            }
+            if (2 * j < n) {
+                sum += d[0];
+                w[3 * j++] = mt_s8_words(d[0], 0);
+            }
+            bsum[i] += sum;
+        }
+        for (; j < words; j++) {
+            w[3 * j] = 0;
         }
     }
 }
@@ -859,15 +1039,13 @@ int mt_conv2d_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
     if (upd_layout(p, &sh, block, scratch, &s) > scratch_bytes) {
         return -1;
     }
-    const int O = p->out_c, G = p->groups, og = O / G, cg = sh.cg, K = sh.taps * cg;
-    const int rows_total = p->batch * p->out_h;
+    const int G = p->groups, og = p->out_c / G, K = sh.K, Kp = sh.Kp;
     const int32_t zp = q->x.zero_point;
-    const size_t xp_pair = (size_t)p->batch * sh.xh * p->stride_w * sh.xws;
+    int xp_img = -1, xp_g = -1;   // whose input xp holds
     mt_s8_step_t step;
     if (u) {
         step = mt_s8_step_make(u, q);
     }
-    build_xp(p, &sh, x, (int8_t)zp, s.xp);
     for (int g = 0; g < G; g++) {
         for (int o_next = g * og; o_next < (g + 1) * og;) {
             // The next block of selected channels of this group.
@@ -884,36 +1062,31 @@ int mt_conv2d_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
             for (int i = 0; i < nchan; i++) {
                 s.bsum[i] = 0;
             }
-            for (int i = 0; i < panels * 3 * sh.Kr; i++) {
-                s.acc[i] = 0;
-            }
-            for (int row0 = 0; row0 < rows_total; row0 += sh.rows_per_tile) {
-                const int rows = mt_s8_min(sh.rows_per_tile, rows_total - row0);
-                pack_update_dy(p, &sh, dy, s.chan, nchan, row0, rows, s.apanel, s.bsum);
-                for (int t = 0; t < sh.taps; t++) {
-                    const int kh = t / p->kernel_w, kw = t % p->kernel_w;
-                    for (int cp = 0; cp < sh.cpg; cp++) {
-                        pack_update_cols(p, &sh, s.xp + (size_t)(g * sh.cpg + cp) * xp_pair, kh,
-                            kw, row0, rows, zp, (int32_t *)s.bpanel);
-                        const int k = t * sh.cge + 2 * cp;
+            memset(s.acc, 0, (size_t)panels * 3 * Kp * sizeof(int32_t));
+            for (int img = 0; img < p->batch; img++) {
+                if (img != xp_img || g != xp_g) {
+                    build_xp(p, &sh, x, img, g, (int8_t)zp, s.xp);
+                    xp_img = img;
+                    xp_g = g;
+                }
+                const int8_t *dy_img = dy + (size_t)img * sh.pixels * p->out_c;
+                for (int q0 = 0; q0 < sh.pixels; q0 += sh.tile) {
+                    const int n = mt_s8_min(sh.tile, sh.pixels - q0);
+                    const int slots = round_up(n, MT_GEMM_S8_KSTEP);
+                    pack_update_dy(p, dy_img, s.chan, nchan, q0, n, slots, s.apanel, s.bsum);
+                    for (int k = 0; k < K; k += 2) {
+                        pack_update_cols(p, &sh, s.xp, k, q0, n, slots, zp, (int32_t *)s.bpanel);
                         const int32_t *ap = (const int32_t *)s.apanel;
                         int32_t *acc = s.acc + k;
-                        for (int b = 0; b < panels; b++, ap += 3 * sh.tile_slots / 2,
-                            acc += 3 * sh.Kr) {
-                            mt_gemm_s16_3x2_rows(sh.tile_slots, ap, (const int32_t *)s.bpanel,
-                                acc, sh.Kr);
+                        for (int b = 0; b < panels; b++, ap += 3 * slots / 2, acc += 3 * Kp) {
+                            mt_gemm_s16_3x2_rows(slots, ap, (const int32_t *)s.bpanel, acc, Kp);
                         }
                     }
                 }
             }
             for (int i = 0; i < nchan; i++) {
                 const int o = s.chan[i];
-                int32_t *row = s.acc + (size_t)i * sh.Kr;
-                if (cg != sh.cge) {
-                    for (int t = 1; t < sh.taps; t++) {
-                        memmove(row + t * cg, row + t * sh.cge, (size_t)cg * sizeof(int32_t));
-                    }
-                }
+                int32_t *row = s.acc + (size_t)i * Kp;
                 const int32_t bsum = s.bsum[i];
                 if (b_stats) {
                     mt_grad_stats_add(b_stats, &bsum, 1);
@@ -953,8 +1126,8 @@ size_t mt_conv2d_s8_scratch_bytes(const mt_conv2d_params_t *p) {
     // The update sums a block of channels' weight gradients in int32 (4 bytes a weight) and
     // packs x again for each block. Blocks grow while its scratch stays within the larger
     // of the above and the layer's bytes for one sample: fewer passes over x, but scratch
-    // never outgrows the layer. One sample's: the sums do not grow with the batch (x's copy
-    // does, leaving larger batches smaller blocks).
+    // never outgrows the layer. One sample's: neither the sums nor x's copy (one sample at
+    // a time) grow with the batch.
     const int og = p->out_c / p->groups;
     const size_t tensors = layer_bytes(p, 1);
     const size_t budget = tensors > bytes ? tensors : bytes;

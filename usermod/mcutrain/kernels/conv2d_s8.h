@@ -92,21 +92,21 @@
 //   batch, the weights are packed a block of channel pairs at a time (output channels in
 //   the forward, input channels in the input gradient; at least one pair), each block one
 //   more pass packing the patches or errors. Results do not depend on the blocks.
-//   update works on blocks of output channels; its scratch holds a copy of x transposed to
-//   channel pairs (about 4 bytes per padded input pixel per channel pair, i.e. 2 per input
-//   value), the int32 gradient rows of one block (block * kh * kw * in_c/groups * 4 bytes)
-//   and dy of one tile. Every block is one more pass over x, so bigger is faster. Blocks
-//   grow while its scratch stays within the larger of the layer's bytes for one sample and
-//   what forward and input gradient take (larger batches get smaller blocks: x's copy grows
-//   with them, the sums do not);
+//   update works on blocks of output channels; its scratch holds a copy of one sample's x
+//   (one group's channels) transposed to channel pairs (about 4 bytes per padded input
+//   pixel per channel pair, i.e. 2 per input value), the int32 gradient rows of one block
+//   (block * kh * kw * in_c/groups * 4 bytes) and dy of one tile. Every block is one more
+//   pass over x, so bigger is faster. Blocks grow while its scratch stays within the larger
+//   of the layer's bytes for one sample and what forward and input gradient take (none of
+//   it grows with the batch);
 //   the update uses whatever block scratch_bytes allows (at least 3 channels:
 //   mt_conv2d_s8_update_scratch_bytes(p, 3) is the minimum).
 // Example, 16x16x16 input, 3x3, pad 1, 32 filters, batch 1 (Cortex-M4 instruction counts
-// under QEMU; fp32 kernels 5.06 M): forward 1.21 M and input gradient 1.22 M with 12 KB
-// (one block each), update 1.25 M with 33 KB (single pass), about 1.35 M with 28 KB (2
-// passes: the layer's tensors take 29 KB) or 1.42 M with 16 KB (3 passes).
+// under QEMU, kernels -O2; fp32 forward 1.57 M, input gradient 1.73 M, update 1.78 M):
+// forward 1.18 M and input gradient 1.21 M with 12 KB (one block each), update 1.27 M with
+// the layer's 29 KB (2 passes; the requantizing write-back of 4608 weights included).
 //
-// Cortex-M4 (any core with __ARM_FEATURE_DSP): the GEMMs run SMLAD on int16 panels (1.45
+// Cortex-M4 (any core with __ARM_FEATURE_DSP): the GEMMs run SMLAD on int16 panels (1.48
 // multiply-adds per instruction in the inner loop), packing uses SXTAB16/PKHBT, and the
 // requantization SMMLA + SSAT; the portable C (host, RV32, M0+) gives bit-identical results.
 #ifndef MCUTRAIN_KERNELS_CONV2D_S8_H

@@ -38,6 +38,12 @@ static inline int mt_gemm_s8_pos(int k) {
 // blocks of kp values per row, kp > 0 a multiple of MT_GEMM_S8_KSTEP.
 void mt_gemm_s16_3x2(int kp, const int32_t *a, const int32_t *b, int32_t acc[6]);
 
+// mt_gemm_s16_3x2 against nb consecutive 2-row blocks of b (block j at b + j * kp words):
+// out[6j + 2r + c] = init[2j + c] + sum over k of A_r[k] * B_jc[k] (nb >= 1). One call for
+// a whole row of blocks: the per-block call and setup cost about as much as a short k loop.
+void mt_gemm_s16_3x2_multi(int kp, const int32_t *a, const int32_t *b, int nb,
+    const int32_t *init, int32_t *out);
+
 // The same with the six sums in three rows of acc, ld int32 apart: acc[0..1], acc[ld..ld+1],
 // acc[2ld..2ld+1] (the update's per-channel gradient rows).
 void mt_gemm_s16_3x2_rows(int kp, const int32_t *a, const int32_t *b, int32_t *acc, int ld);
