@@ -1,4 +1,4 @@
-"""Profile mode of the cycle-model plugin (bench/profile.py): per-function instructions of one
+"""Profile mode of the cycle-model plugin (bench/profile_step.py): per-function instructions of one
 perf_counter() region on qemu-m4f sum to that region's perf_counter() count exactly."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ that region; a count no region matches raises (the regions would not be the same
 Profile mode, `CycleModel(firmware, profile=N)`: the plugin also counts per translated block
 and, at exit, writes each block's share of region N (1 = the first region, 0 = the last);
 `profile()` reads it back and `by_function()` sums it per function of the firmware's symbol
-table (bench/profile.py prints the table).
+table (bench/profile_step.py prints the table).
 """
 
 from __future__ import annotations

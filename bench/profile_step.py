@@ -1,9 +1,9 @@
 """Per-function profile of one perf_counter() region on qemu-m4f (instructions and estimated
 Cortex-M4 cycles, from the cycle-model plugin in profile mode; docs/cycle-model.md).
 
-    bench/profile.py script.py                        # the last region the script measures
-    bench/profile.py script.py --region 2             # its second region (t2 - t1)
-    bench/profile.py --case kws_dscnn_train_b1 --dtype int8   # a whole-model step of bench/cases.py
+    bench/profile_step.py script.py                        # the last region the script measures
+    bench/profile_step.py script.py --region 2             # its second region (t2 - t1)
+    bench/profile_step.py --case kws_dscnn_train_b1 --dtype int8   # a whole-model step of bench/cases.py
 
 The device script measures with mt.perf_counter() (t0 = mt.perf_counter(); ...;
 t1 = mt.perf_counter(); print(t1 - t0)). The table's total is the region's instruction count,
