@@ -228,6 +228,71 @@ MT_BLOCK void nn_4x4(int k, const float *a, int lda, const float *b, int ldb, fl
 #endif
 }
 
+#if MT_GEMM_ASM
+// C[i][j] += alpha * sum_k A[i][k] * B[k][j] for a 2x8 block; k >= 1. Four k of both A
+// rows in registers, each B row (8 floats) loaded once for both: 2 + 4 x (vldmia + add) +
+// 64 vfma + 2 loop instructions per four k (0.842 MAC/instruction; 4x4 blocks 0.800).
+MT_BLOCK void nn_2x8(int k, const float *a, int lda, const float *b, int ldb, float alpha,
+    float *c, int ldc) {
+    const float *a0 = a, *a1 = a0 + lda;
+    const int ldc_bytes = ldc * 4;
+    int singles = k & 3, quads = k >> 2, tmp;
+    // s0..s7 / s8..s15: the two C rows' sums; s16..s19 / s20..s23: four k of A row 0 / 1;
+    // s24..s31: one B row.
+#define MT_NN2_B_ROW "vldmia %[b], {s24-s31}\n\t" "add %[b], %[b], %[ldb]\n\t"
+#define MT_NN2_ROWS(x0, x1) \
+        "vfma.f32 s0, s" #x0 ", s24\n\t" "vfma.f32 s8, s" #x1 ", s24\n\t" \
+        "vfma.f32 s1, s" #x0 ", s25\n\t" "vfma.f32 s9, s" #x1 ", s25\n\t" \
+        "vfma.f32 s2, s" #x0 ", s26\n\t" "vfma.f32 s10, s" #x1 ", s26\n\t" \
+        "vfma.f32 s3, s" #x0 ", s27\n\t" "vfma.f32 s11, s" #x1 ", s27\n\t" \
+        "vfma.f32 s4, s" #x0 ", s28\n\t" "vfma.f32 s12, s" #x1 ", s28\n\t" \
+        "vfma.f32 s5, s" #x0 ", s29\n\t" "vfma.f32 s13, s" #x1 ", s29\n\t" \
+        "vfma.f32 s6, s" #x0 ", s30\n\t" "vfma.f32 s14, s" #x1 ", s30\n\t" \
+        "vfma.f32 s7, s" #x0 ", s31\n\t" "vfma.f32 s15, s" #x1 ", s31\n\t"
+#define MT_NN2_UPDATE_ROW(c0, c1, c2, c3, c4, c5, c6, c7) \
+        "vldmia %[a0], {s16-s23}\n\t" \
+        "vfma.f32 s16, s" #c0 ", s24\n\t" "vfma.f32 s17, s" #c1 ", s24\n\t" \
+        "vfma.f32 s18, s" #c2 ", s24\n\t" "vfma.f32 s19, s" #c3 ", s24\n\t" \
+        "vfma.f32 s20, s" #c4 ", s24\n\t" "vfma.f32 s21, s" #c5 ", s24\n\t" \
+        "vfma.f32 s22, s" #c6 ", s24\n\t" "vfma.f32 s23, s" #c7 ", s24\n\t" \
+        "vstmia %[a0], {s16-s23}\n\t"
+    __asm__ volatile (
+        "movs %[tmp], #0\n\t"
+        "vmov s0, s1, %[tmp], %[tmp]\n\t" "vmov s2, s3, %[tmp], %[tmp]\n\t"
+        "vmov s4, s5, %[tmp], %[tmp]\n\t" "vmov s6, s7, %[tmp], %[tmp]\n\t"
+        "vmov s8, s9, %[tmp], %[tmp]\n\t" "vmov s10, s11, %[tmp], %[tmp]\n\t"
+        "vmov s12, s13, %[tmp], %[tmp]\n\t" "vmov s14, s15, %[tmp], %[tmp]\n\t"
+        "cmp %[singles], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        "vldmia %[a0]!, {s16}\n\t" "vldmia %[a1]!, {s20}\n\t"
+        MT_NN2_B_ROW MT_NN2_ROWS(16, 20)
+        "subs %[singles], %[singles], #1\n\t" "bne 1b\n\t"
+        "2:\n\t"
+        "cmp %[quads], #0\n\t" "beq 4f\n\t"
+        "3:\n\t"
+        "vldmia %[a0]!, {s16-s19}\n\t" "vldmia %[a1]!, {s20-s23}\n\t"
+        MT_NN2_B_ROW MT_NN2_ROWS(16, 20)
+        MT_NN2_B_ROW MT_NN2_ROWS(17, 21)
+        MT_NN2_B_ROW MT_NN2_ROWS(18, 22)
+        MT_NN2_B_ROW MT_NN2_ROWS(19, 23)
+        "subs %[quads], %[quads], #1\n\t" "bne 3b\n\t"
+        "4:\n\t"
+        "ldr %[a0], %[c]\n\t"
+        "ldr %[a1], %[ldc]\n\t"
+        "vldr s24, %[alpha]\n\t"
+        MT_NN2_UPDATE_ROW(0, 1, 2, 3, 4, 5, 6, 7)
+        "add %[a0], %[a0], %[a1]\n\t"
+        MT_NN2_UPDATE_ROW(8, 9, 10, 11, 12, 13, 14, 15)
+        : [a0] "+r" (a0), [a1] "+r" (a1), [b] "+r" (b), [singles] "+r" (singles),
+          [quads] "+r" (quads), [tmp] "=&r" (tmp)
+        : [ldb] "r" (ldb * 4), MT_UPDATE_4X4_OPERANDS
+        : MT_CLOBBER_S0_15, MT_CLOBBER_S16_31, "cc", "memory");
+#undef MT_NN2_B_ROW
+#undef MT_NN2_ROWS
+#undef MT_NN2_UPDATE_ROW
+}
+#endif
+
 // C[i][j] += alpha * sum_k A[k][i] * B[k][j] for a 4x4 block (a sum of outer products);
 // k >= 1.
 MT_BLOCK void tn_4x4(int k, const float *a, int lda, const float *b, int ldb, float alpha,
@@ -468,7 +533,14 @@ MT_PANEL void nt_panel_4(int n4, int k, const float *a, int lda, const float *b,
 
 MT_PANEL void nn_panel_4(int n4, int k, const float *a, int lda, const float *b, int ldb,
     float alpha, float *c, int ldc) {
-    for (int j = 0; j < n4; j += 4) {
+    int j = 0;
+#if MT_GEMM_ASM
+    for (; j + 8 <= n4; j += 8) {
+        nn_2x8(k, a, lda, b + j, ldb, alpha, c + j, ldc);
+        nn_2x8(k, a + 2 * lda, lda, b + j, ldb, alpha, c + 2 * ldc + j, ldc);
+    }
+#endif
+    for (; j < n4; j += 4) {
         nn_4x4(k, a, lda, b + j, ldb, alpha, c + j, ldc);
     }
 }
