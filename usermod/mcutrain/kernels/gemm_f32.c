@@ -4,8 +4,8 @@
 //
 // On Thumb-2 with a single-precision FPU (Cortex-M4F/M7/M33) the hot kernels are inline
 // asm, because one vldmia loads up to 8 consecutive floats where compiled C spends one
-// load per float: a 4x4 nt block takes 8 loads + 48 vfma + 2 loop instructions per three
-// k (C: 78), a 1x4 matrix-vector block 5 loads + 32 vfma + 2 per eight k (C: 88). The
+// load per float: a 2x4 nt block (two of them make a 4x4) takes 6 loads + 64 vfma + 2 loop
+// instructions per eight k, a 1x4 matrix-vector block 5 loads + 32 vfma + 2 per eight k (C: 88). The
 // portable C computes the same sums and is what host tests and other targets run.
 #include "gemm_f32.h"
 
@@ -86,47 +86,79 @@ static void add_4x4(float *c, int ldc, float alpha, const float *acc) {
 }
 #endif
 
+#if MT_GEMM_ASM
+// C[i][j] += alpha * sum_k A[i][k] * B[j][k] for a 2x4 block; k >= 1. Both A rows hold
+// eight k in registers while the four B rows stream past: 2 + 4 vldmia + 64 vfma + 2 loop
+// instructions per eight k (0.889 MAC/instruction; a 4x4 block has registers for only
+// three k, 0.828).
+MT_BLOCK void nt_2x4(int k, const float *a, int lda, const float *b, int ldb, float alpha,
+    float *c, int ldc) {
+    const float *a0 = a, *a1 = a0 + lda;
+    const float *b0 = b, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+    const int ldc_bytes = ldc * 4;
+    int singles = k & 7, octets = k >> 3, tmp;
+    // s0..s3 / s4..s7: the two C rows' sums; s8..s15 / s16..s23: eight k of A row 0 / 1;
+    // s24..s31: eight k of one B row.
+#define MT_NT2_DOT8(c0, c1) \
+        "vfma.f32 s" #c0 ", s8, s24\n\t" "vfma.f32 s" #c1 ", s16, s24\n\t" \
+        "vfma.f32 s" #c0 ", s9, s25\n\t" "vfma.f32 s" #c1 ", s17, s25\n\t" \
+        "vfma.f32 s" #c0 ", s10, s26\n\t" "vfma.f32 s" #c1 ", s18, s26\n\t" \
+        "vfma.f32 s" #c0 ", s11, s27\n\t" "vfma.f32 s" #c1 ", s19, s27\n\t" \
+        "vfma.f32 s" #c0 ", s12, s28\n\t" "vfma.f32 s" #c1 ", s20, s28\n\t" \
+        "vfma.f32 s" #c0 ", s13, s29\n\t" "vfma.f32 s" #c1 ", s21, s29\n\t" \
+        "vfma.f32 s" #c0 ", s14, s30\n\t" "vfma.f32 s" #c1 ", s22, s30\n\t" \
+        "vfma.f32 s" #c0 ", s15, s31\n\t" "vfma.f32 s" #c1 ", s23, s31\n\t"
+#define MT_NT2_UPDATE_ROW(c0, c1, c2, c3) \
+        "vldmia %[a0], {s8-s11}\n\t" \
+        "vfma.f32 s8, s" #c0 ", s16\n\t" "vfma.f32 s9, s" #c1 ", s16\n\t" \
+        "vfma.f32 s10, s" #c2 ", s16\n\t" "vfma.f32 s11, s" #c3 ", s16\n\t" \
+        "vstmia %[a0], {s8-s11}\n\t"
+    __asm__ volatile (
+        "movs %[tmp], #0\n\t"
+        "vmov s0, s1, %[tmp], %[tmp]\n\t" "vmov s2, s3, %[tmp], %[tmp]\n\t"
+        "vmov s4, s5, %[tmp], %[tmp]\n\t" "vmov s6, s7, %[tmp], %[tmp]\n\t"
+        "cmp %[singles], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        "vldmia %[a0]!, {s8}\n\t" "vldmia %[a1]!, {s16}\n\t"
+        "vldmia %[b0]!, {s24}\n\t" "vldmia %[b1]!, {s25}\n\t"
+        "vldmia %[b2]!, {s26}\n\t" "vldmia %[b3]!, {s27}\n\t"
+        MT_ROW4("vfma.f32", 0, 1, 2, 3, 8, 24, 25, 26, 27)
+        MT_ROW4("vfma.f32", 4, 5, 6, 7, 16, 24, 25, 26, 27)
+        "subs %[singles], %[singles], #1\n\t" "bne 1b\n\t"
+        "2:\n\t"
+        "cmp %[octets], #0\n\t" "beq 4f\n\t"
+        "3:\n\t"
+        "vldmia %[a0]!, {s8-s15}\n\t" "vldmia %[a1]!, {s16-s23}\n\t"
+        "vldmia %[b0]!, {s24-s31}\n\t" MT_NT2_DOT8(0, 4)
+        "vldmia %[b1]!, {s24-s31}\n\t" MT_NT2_DOT8(1, 5)
+        "vldmia %[b2]!, {s24-s31}\n\t" MT_NT2_DOT8(2, 6)
+        "vldmia %[b3]!, {s24-s31}\n\t" MT_NT2_DOT8(3, 7)
+        "subs %[octets], %[octets], #1\n\t" "bne 3b\n\t"
+        "4:\n\t"
+        "ldr %[a0], %[c]\n\t"
+        "ldr %[a1], %[ldc]\n\t"
+        "vldr s16, %[alpha]\n\t"
+        MT_NT2_UPDATE_ROW(0, 1, 2, 3)
+        "add %[a0], %[a0], %[a1]\n\t"
+        MT_NT2_UPDATE_ROW(4, 5, 6, 7)
+        : [a0] "+r" (a0), [a1] "+r" (a1), [b0] "+r" (b0), [b1] "+r" (b1), [b2] "+r" (b2),
+          [b3] "+r" (b3), [singles] "+r" (singles), [octets] "+r" (octets), [tmp] "=&r" (tmp)
+        : MT_UPDATE_4X4_OPERANDS
+        : MT_CLOBBER_S0_15, MT_CLOBBER_S16_31, "cc", "memory");
+#undef MT_NT2_DOT8
+#undef MT_NT2_UPDATE_ROW
+}
+#endif
+
 // C[i][j] += alpha * sum_k A[i][k] * B[j][k] for a 4x4 block; k >= 1.
 MT_BLOCK void nt_4x4(int k, const float *a, int lda, const float *b, int ldb, float alpha,
     float *c, int ldc) {
+#if MT_GEMM_ASM
+    nt_2x4(k, a, lda, b, ldb, alpha, c, ldc);
+    nt_2x4(k, a + 2 * lda, lda, b, ldb, alpha, c + 2 * ldc, ldc);
+#else
     const float *a0 = a, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
     const float *b0 = b, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-#if MT_GEMM_ASM
-    // s16..s27: A rows, three k each (row i from s16 + 3i). s28..s31: one k of each B row,
-    // or three k of one B row.
-    const int ldc_bytes = ldc * 4;
-    int singles = (k - 1) % 3, triples = (k - 1) / 3;
-#define MT_NT_STEP1(op) \
-        "vldmia %[a0]!, {s16}\n\t" "vldmia %[a1]!, {s19}\n\t" \
-        "vldmia %[a2]!, {s22}\n\t" "vldmia %[a3]!, {s25}\n\t" \
-        "vldmia %[b0]!, {s28}\n\t" "vldmia %[b1]!, {s29}\n\t" \
-        "vldmia %[b2]!, {s30}\n\t" "vldmia %[b3]!, {s31}\n\t" \
-        MT_OUTER16(op, 16, 19, 22, 25, 28, 29, 30, 31)
-    __asm__ volatile (
-        MT_NT_STEP1("vmul.f32")
-        "cmp %[singles], #0\n\t" "beq 2f\n\t"
-        "1:\n\t"
-        MT_NT_STEP1("vfma.f32")
-        "subs %[singles], %[singles], #1\n\t" "bne 1b\n\t"
-        "2:\n\t"
-        "cmp %[triples], #0\n\t" "beq 4f\n\t"
-        "3:\n\t"
-        "vldmia %[a0]!, {s16-s18}\n\t" "vldmia %[a1]!, {s19-s21}\n\t"
-        "vldmia %[a2]!, {s22-s24}\n\t" "vldmia %[a3]!, {s25-s27}\n\t"
-        "vldmia %[b0]!, {s28-s30}\n\t" MT_COLUMN3(0, 4, 8, 12)
-        "vldmia %[b1]!, {s28-s30}\n\t" MT_COLUMN3(1, 5, 9, 13)
-        "vldmia %[b2]!, {s28-s30}\n\t" MT_COLUMN3(2, 6, 10, 14)
-        "vldmia %[b3]!, {s28-s30}\n\t" MT_COLUMN3(3, 7, 11, 15)
-        "subs %[triples], %[triples], #1\n\t" "bne 3b\n\t"
-        "4:\n\t"
-        MT_UPDATE_4X4("%[a0]", "%[a1]")
-        : [a0] "+r" (a0), [a1] "+r" (a1), [a2] "+r" (a2), [a3] "+r" (a3),
-          [b0] "+r" (b0), [b1] "+r" (b1), [b2] "+r" (b2), [b3] "+r" (b3),
-          [singles] "+r" (singles), [triples] "+r" (triples)
-        : MT_UPDATE_4X4_OPERANDS
-        : MT_CLOBBER_S0_15, MT_CLOBBER_S16_31, "cc", "memory");
-#undef MT_NT_STEP1
-#else
     float c00 = 0.0f, c01 = 0.0f, c02 = 0.0f, c03 = 0.0f, c10 = 0.0f, c11 = 0.0f, c12 = 0.0f, c13 = 0.0f;
     float c20 = 0.0f, c21 = 0.0f, c22 = 0.0f, c23 = 0.0f, c30 = 0.0f, c31 = 0.0f, c32 = 0.0f, c33 = 0.0f;
     for (const float *a0_end = a0 + k; a0 != a0_end;) {
@@ -195,6 +227,71 @@ MT_BLOCK void nn_4x4(int k, const float *a, int lda, const float *b, int ldb, fl
     add_4x4(c, ldc, alpha, acc);
 #endif
 }
+
+#if MT_GEMM_ASM
+// C[i][j] += alpha * sum_k A[i][k] * B[k][j] for a 2x8 block; k >= 1. Four k of both A
+// rows in registers, each B row (8 floats) loaded once for both: 2 + 4 x (vldmia + add) +
+// 64 vfma + 2 loop instructions per four k (0.842 MAC/instruction; 4x4 blocks 0.800).
+MT_BLOCK void nn_2x8(int k, const float *a, int lda, const float *b, int ldb, float alpha,
+    float *c, int ldc) {
+    const float *a0 = a, *a1 = a0 + lda;
+    const int ldc_bytes = ldc * 4;
+    int singles = k & 3, quads = k >> 2, tmp;
+    // s0..s7 / s8..s15: the two C rows' sums; s16..s19 / s20..s23: four k of A row 0 / 1;
+    // s24..s31: one B row.
+#define MT_NN2_B_ROW "vldmia %[b], {s24-s31}\n\t" "add %[b], %[b], %[ldb]\n\t"
+#define MT_NN2_ROWS(x0, x1) \
+        "vfma.f32 s0, s" #x0 ", s24\n\t" "vfma.f32 s8, s" #x1 ", s24\n\t" \
+        "vfma.f32 s1, s" #x0 ", s25\n\t" "vfma.f32 s9, s" #x1 ", s25\n\t" \
+        "vfma.f32 s2, s" #x0 ", s26\n\t" "vfma.f32 s10, s" #x1 ", s26\n\t" \
+        "vfma.f32 s3, s" #x0 ", s27\n\t" "vfma.f32 s11, s" #x1 ", s27\n\t" \
+        "vfma.f32 s4, s" #x0 ", s28\n\t" "vfma.f32 s12, s" #x1 ", s28\n\t" \
+        "vfma.f32 s5, s" #x0 ", s29\n\t" "vfma.f32 s13, s" #x1 ", s29\n\t" \
+        "vfma.f32 s6, s" #x0 ", s30\n\t" "vfma.f32 s14, s" #x1 ", s30\n\t" \
+        "vfma.f32 s7, s" #x0 ", s31\n\t" "vfma.f32 s15, s" #x1 ", s31\n\t"
+#define MT_NN2_UPDATE_ROW(c0, c1, c2, c3, c4, c5, c6, c7) \
+        "vldmia %[a0], {s16-s23}\n\t" \
+        "vfma.f32 s16, s" #c0 ", s24\n\t" "vfma.f32 s17, s" #c1 ", s24\n\t" \
+        "vfma.f32 s18, s" #c2 ", s24\n\t" "vfma.f32 s19, s" #c3 ", s24\n\t" \
+        "vfma.f32 s20, s" #c4 ", s24\n\t" "vfma.f32 s21, s" #c5 ", s24\n\t" \
+        "vfma.f32 s22, s" #c6 ", s24\n\t" "vfma.f32 s23, s" #c7 ", s24\n\t" \
+        "vstmia %[a0], {s16-s23}\n\t"
+    __asm__ volatile (
+        "movs %[tmp], #0\n\t"
+        "vmov s0, s1, %[tmp], %[tmp]\n\t" "vmov s2, s3, %[tmp], %[tmp]\n\t"
+        "vmov s4, s5, %[tmp], %[tmp]\n\t" "vmov s6, s7, %[tmp], %[tmp]\n\t"
+        "vmov s8, s9, %[tmp], %[tmp]\n\t" "vmov s10, s11, %[tmp], %[tmp]\n\t"
+        "vmov s12, s13, %[tmp], %[tmp]\n\t" "vmov s14, s15, %[tmp], %[tmp]\n\t"
+        "cmp %[singles], #0\n\t" "beq 2f\n\t"
+        "1:\n\t"
+        "vldmia %[a0]!, {s16}\n\t" "vldmia %[a1]!, {s20}\n\t"
+        MT_NN2_B_ROW MT_NN2_ROWS(16, 20)
+        "subs %[singles], %[singles], #1\n\t" "bne 1b\n\t"
+        "2:\n\t"
+        "cmp %[quads], #0\n\t" "beq 4f\n\t"
+        "3:\n\t"
+        "vldmia %[a0]!, {s16-s19}\n\t" "vldmia %[a1]!, {s20-s23}\n\t"
+        MT_NN2_B_ROW MT_NN2_ROWS(16, 20)
+        MT_NN2_B_ROW MT_NN2_ROWS(17, 21)
+        MT_NN2_B_ROW MT_NN2_ROWS(18, 22)
+        MT_NN2_B_ROW MT_NN2_ROWS(19, 23)
+        "subs %[quads], %[quads], #1\n\t" "bne 3b\n\t"
+        "4:\n\t"
+        "ldr %[a0], %[c]\n\t"
+        "ldr %[a1], %[ldc]\n\t"
+        "vldr s24, %[alpha]\n\t"
+        MT_NN2_UPDATE_ROW(0, 1, 2, 3, 4, 5, 6, 7)
+        "add %[a0], %[a0], %[a1]\n\t"
+        MT_NN2_UPDATE_ROW(8, 9, 10, 11, 12, 13, 14, 15)
+        : [a0] "+r" (a0), [a1] "+r" (a1), [b] "+r" (b), [singles] "+r" (singles),
+          [quads] "+r" (quads), [tmp] "=&r" (tmp)
+        : [ldb] "r" (ldb * 4), MT_UPDATE_4X4_OPERANDS
+        : MT_CLOBBER_S0_15, MT_CLOBBER_S16_31, "cc", "memory");
+#undef MT_NN2_B_ROW
+#undef MT_NN2_ROWS
+#undef MT_NN2_UPDATE_ROW
+}
+#endif
 
 // C[i][j] += alpha * sum_k A[k][i] * B[k][j] for a 4x4 block (a sum of outer products);
 // k >= 1.
@@ -436,7 +533,14 @@ MT_PANEL void nt_panel_4(int n4, int k, const float *a, int lda, const float *b,
 
 MT_PANEL void nn_panel_4(int n4, int k, const float *a, int lda, const float *b, int ldb,
     float alpha, float *c, int ldc) {
-    for (int j = 0; j < n4; j += 4) {
+    int j = 0;
+#if MT_GEMM_ASM
+    for (; j + 8 <= n4; j += 8) {
+        nn_2x8(k, a, lda, b + j, ldb, alpha, c + j, ldc);
+        nn_2x8(k, a + 2 * lda, lda, b + j, ldb, alpha, c + 2 * ldc + j, ldc);
+    }
+#endif
+    for (; j < n4; j += 4) {
         nn_4x4(k, a, lda, b + j, ldb, alpha, c + j, ldc);
     }
 }
