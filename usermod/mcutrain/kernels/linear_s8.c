@@ -27,20 +27,18 @@ static void *take(arena_t *a, size_t bytes) {
 typedef struct {
     mt_s8_rq_t *rq;       // out
     int32_t *mm;          // 2 * out
-    int16_t *apanel;      // batch rounded up to 3 rows of kp (batch 1: one row)
-    int16_t *bpanel;      // 2 * kp
+    int16_t *apanel;      // up to 4 samples' inputs, kp each (forward)
     int32_t *acc;         // in (input gradient row, update row)
     int32_t *r;           // out (input gradient fold)
 } lin_scratch_t;
 
 static size_t lin_layout(const mt_linear_params_t *p, void *scratch, lin_scratch_t *s) {
     const size_t O = (size_t)p->out_features, kp = (size_t)mt_gemm_s8_kpad(p->in_features);
-    const size_t rows = (size_t)(p->batch + 2) / 3 * 3;
+    const size_t rows = (size_t)mt_s8_min(p->batch, 4);
     arena_t a = { scratch, 0 };
     s->rq = take(&a, O * sizeof(mt_s8_rq_t));
     s->mm = take(&a, 2 * O * sizeof(int32_t));
     s->apanel = take(&a, rows * kp * sizeof(int16_t));
-    s->bpanel = take(&a, 2 * kp * sizeof(int16_t));
     s->acc = take(&a, (size_t)p->in_features * sizeof(int32_t));
     s->r = take(&a, O * sizeof(int32_t));
     return a.used;
@@ -51,16 +49,39 @@ size_t mt_linear_s8_scratch_bytes(const mt_linear_params_t *p) {
     return lin_layout(p, NULL, &s);
 }
 
-// y = requant(acc) for one output of one sample, tracking the accumulator range.
-static inline int8_t finish(int32_t v, const mt_s8_rq_t *rq, int32_t *mm, const mt_s8_quant_t *q) {
-    if (mm) {
-        mm[0] = mt_s8_min(mm[0], v);
-        mm[1] = mt_s8_max(mm[1], v);
+// The requantization of one output row, as mt_s8_rq_from_real gives it; the usual case (a
+// normal multiplier below 1/2: no left shift) straight from the float's bits.
+static inline int row_rq(float real, mt_s8_rq_t *rq) {
+    uint32_t bits;
+    memcpy(&bits, &real, sizeof bits);
+    const uint32_t e = bits >> 23;   // sign and exponent: shift = e - 126 in [-31, -1]
+    if (e >= 95 && e <= 125) {
+        rq->m = (int32_t)(((bits & 0x7fffffu) | 0x800000u) << 7);
+        rq->left = 0;
+        rq->right = 125 - (int32_t)e;
+        rq->round = (int64_t)1 << (31 + rq->right);
+        return 0;
     }
-    return (int8_t)mt_s8_clamp(mt_s8_rq(v, rq) + q->y.zero_point, q->act_min, q->act_max);
+    return mt_s8_rq_from_real(real, rq);
+}
+
+// y = requant(acc) plus the output's zero point, clamped: one SMMLA(R) in the usual case.
+static inline int8_t finish(int32_t v, const mt_s8_rq_t *rq, const mt_s8_quant_t *q) {
+    int32_t r;
+    if (rq->left == 0 && rq->right <= 23) {
+        r = mt_s8_rq_zp(v, rq->m, mt_s8_rq_c(rq->right, q->y.zero_point), rq->right);
+    } else {
+        r = mt_s8_rq(v, rq) + q->y.zero_point;
+    }
+    return (int8_t)mt_s8_clamp(r, q->act_min, q->act_max);
 }
 
 #if MT_S8_DSP
+// Two words from an 8-byte aligned p as one LDRD (GCC, short of registers, splits them).
+static inline void ldrd(const int32_t *p, uint32_t *lo, uint32_t *hi) {
+    __asm__ ("ldrd %0, %1, %2" : "=r" (*lo), "=r" (*hi) : "m" (*(const uint64_t *)p));
+}
+
 // SXTB16 of v ROR #8 as one instruction (GCC splits the rotation off).
 static inline uint32_t sxtb16_ror8(uint32_t v) {
     uint32_t r;
@@ -117,54 +138,164 @@ static void dot_row2(const int16_t *x16, const int8_t *w0, const int8_t *w1, int
     *acc1 = (int32_t)s1;
 }
 
+// Rows x_0 .. x_{G-1} (length k, G <= 4) minus zp into a group panel: the four values 4i ..
+// 4i + 3 of sample g as the words 2 (i G + g) (values 0 and 2) and 2 (i G + g) + 1 (values 1
+// and 3), so that one LDRD fetches a sample's four; zeros past k. (G = 1 is a one-row
+// gemm_s8.h panel.)
+static void pack_group(const int8_t *x, int k, int G, int32_t zp, int32_t *panel) {
+    for (int g = 0; g < G; g++) {
+        const int8_t *src = x + (size_t)g * k;
+        int32_t *dst = panel + 2 * g;
+        int i = 0;
+#if MT_S8_DSP
+        const uint32_t neg = mt_s8_pair(-zp);
+        for (; i + 4 <= k; i += 4, dst += 2 * G) {
+            const uint32_t v = mt_s8_load32(src + i);
+            *(uint64_t *)dst = (uint32_t)__sxtab16(neg, v) | (uint64_t)mt_s8_sxtab16_ror8(neg, v) << 32;
+        }
+#else
+        for (; i + 4 <= k; i += 4, dst += 2 * G) {
+            dst[0] = mt_s8_words((int16_t)(src[i] - zp), (int16_t)(src[i + 2] - zp));
+            dst[1] = mt_s8_words((int16_t)(src[i + 1] - zp), (int16_t)(src[i + 3] - zp));
+        }
+#endif
+        if (i < k) {
+            int16_t t[4] = { 0, 0, 0, 0 };
+            for (int j = 0; i + j < k; j++) {
+                t[j] = (int16_t)(src[i + j] - zp);
+            }
+            dst[0] = mt_s8_words(t[0], t[2]);
+            dst[1] = mt_s8_words(t[1], t[3]);
+        }
+    }
+}
+
+// acc[g] += sum over k < n of x_g[k] * w[k] for the G samples (2 to 4) of a group panel
+// (pack_group): each weight word is loaded and widened once for all G samples (3
+// instructions, then per sample an LDRD and 2 SMLAD, per 4 weights).
+static inline __attribute__((always_inline)) void dot_group(const int32_t *xw, const int8_t *w, int n,
+    const int G, int32_t *acc) {
+    uint32_t a[4] = { 0, 0, 0, 0 };
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) {
+        a[g] = (uint32_t)acc[g];
+    }
+    int k = 0;
+#if MT_S8_DSP
+    for (; k + 4 <= n; k += 4, xw += 2 * G) {
+        const uint32_t v = mt_s8_load32(w + k), e = __sxtb16(v), o = sxtb16_ror8(v);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) {
+            uint32_t lo, hi;
+            ldrd(xw + 2 * g, &lo, &hi);
+            a[g] = (uint32_t)__smlad(lo, e, (int32_t)a[g]);
+            a[g] = (uint32_t)__smlad(hi, o, (int32_t)a[g]);
+        }
+    }
+#else
+    for (; k + 4 <= n; k += 4, xw += 2 * G) {
+        const int16_t *x16 = (const int16_t *)xw;
+        const int32_t w0 = w[k], w1 = w[k + 1], w2 = w[k + 2], w3 = w[k + 3];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) {
+            const int16_t *xg = x16 + 4 * g;
+            a[g] += (uint32_t)(xg[0] * w0) + (uint32_t)(xg[2] * w1) + (uint32_t)(xg[1] * w2)
+                + (uint32_t)(xg[3] * w3);
+        }
+    }
+#endif
+    // The last, partial group of four: value k + j of sample g in word 2 g + (j & 1), half j >> 1.
+    const int16_t *x16 = (const int16_t *)xw;
+    for (int j = 0; k + j < n; j++) {
+        const int32_t wv = w[k + j];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) {
+            a[g] += (uint32_t)(x16[2 * (2 * g + (j & 1)) + (j >> 1)] * wv);
+        }
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < G; g++) {
+        acc[g] = (int32_t)a[g];
+    }
+}
+
+// Outputs of G samples (panel as dot_group) for every row: y rows of O values.
+static inline __attribute__((always_inline)) void forward_group(const lin_scratch_t *s, int O, int K,
+    const int8_t *w, const int32_t *bias, int8_t *y, int32_t *mm, const mt_s8_quant_t *q, const int G) {
+    for (int o = 0; o < O; o++) {
+        const int32_t b = bias ? bias[o] : 0;
+        int32_t acc[4] = { b, b, b, b };
+        dot_group((const int32_t *)s->apanel, w + (size_t)o * K, K, G, acc);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) {
+            if (mm) {
+                mm[2 * o] = mt_s8_min(mm[2 * o], acc[g]);
+                mm[2 * o + 1] = mt_s8_max(mm[2 * o + 1], acc[g]);
+            }
+            y[(size_t)g * O + o] = finish(acc[g], &s->rq[o], q);
+        }
+    }
+}
+
+// Outputs of one sample (its packed input in the panel), two rows a pass.
+static void forward_one(const lin_scratch_t *s, int O, int K, const int8_t *w, const int32_t *bias,
+    int8_t *y, int32_t *mm, const mt_s8_quant_t *q) {
+    int o = 0;
+    for (; o + 2 <= O; o += 2) {
+        int32_t v0 = bias ? bias[o] : 0, v1 = bias ? bias[o + 1] : 0;
+        dot_row2(s->apanel, w + (size_t)o * K, w + (size_t)(o + 1) * K, K, &v0, &v1);
+        if (mm) {
+            mm[2 * o] = mt_s8_min(mm[2 * o], v0);
+            mm[2 * o + 1] = mt_s8_max(mm[2 * o + 1], v0);
+            mm[2 * o + 2] = mt_s8_min(mm[2 * o + 2], v1);
+            mm[2 * o + 3] = mt_s8_max(mm[2 * o + 3], v1);
+        }
+        y[o] = finish(v0, &s->rq[o], q);
+        y[o + 1] = finish(v1, &s->rq[o + 1], q);
+    }
+    if (o < O) {
+        const int32_t v = dot_row(s->apanel, w + (size_t)o * K, K, bias ? bias[o] : 0);
+        if (mm) {
+            mm[2 * o] = mt_s8_min(mm[2 * o], v);
+            mm[2 * o + 1] = mt_s8_max(mm[2 * o + 1], v);
+        }
+        y[o] = finish(v, &s->rq[o], q);
+    }
+}
+
 int mt_linear_s8_forward(const mt_linear_params_t *p, const mt_s8_quant_t *q, const int8_t *x,
     const int8_t *w, const float *w_scale, const int32_t *bias, int8_t *y, mt_range_t *y_range,
     void *scratch) {
     lin_scratch_t s;
     lin_layout(p, scratch, &s);
-    const int O = p->out_features, K = p->in_features, B = p->batch, kp = mt_gemm_s8_kpad(K);
+    const int O = p->out_features, K = p->in_features, B = p->batch;
     for (int o = 0; o < O; o++) {
-        if (mt_s8_rq_from_real((q->x.scale * w_scale[o]) / q->y.scale, &s.rq[o])) {
+        if (row_rq((q->x.scale * w_scale[o]) / q->y.scale, &s.rq[o])) {
             return -1;
         }
         s.mm[2 * o] = INT32_MAX;
         s.mm[2 * o + 1] = INT32_MIN;
     }
     int32_t *mm = y_range ? s.mm : NULL;
-    if (B == 1) {
-        mt_pack_s8_rows(x, K, 1, K, q->x.zero_point, 1, kp, s.apanel);
-        int o = 0;
-        for (; o + 2 <= O; o += 2) {
-            int32_t v0 = bias ? bias[o] : 0, v1 = bias ? bias[o + 1] : 0;
-            dot_row2(s.apanel, w + (size_t)o * K, w + (size_t)(o + 1) * K, K, &v0, &v1);
-            y[o] = finish(v0, &s.rq[o], mm ? mm + 2 * o : NULL, q);
-            y[o + 1] = finish(v1, &s.rq[o + 1], mm ? mm + 2 * (o + 1) : NULL, q);
-        }
-        if (o < O) {
-            const int32_t v = dot_row(s.apanel, w + (size_t)o * K, K, bias ? bias[o] : 0);
-            y[o] = finish(v, &s.rq[o], mm ? mm + 2 * o : NULL, q);
-        }
-    } else {
-        const int row_blocks = (B + 2) / 3;
-        mt_pack_s8_rows(x, K, B, K, q->x.zero_point, 3, kp, s.apanel);
-        for (int o0 = 0; o0 < O; o0 += 2) {
-            const int cols = mt_s8_min(2, O - o0);
-            mt_pack_s8_rows(w + (size_t)o0 * K, K, cols, K, 0, 2, kp, s.bpanel);
-            const int32_t b0 = bias ? bias[o0] : 0, b1 = bias && cols > 1 ? bias[o0 + 1] : 0;
-            for (int rb = 0; rb < row_blocks; rb++) {
-                int32_t acc[6] = { b0, b1, b0, b1, b0, b1 };
-                if (kp > 0) {
-                    mt_gemm_s16_3x2(kp, (const int32_t *)(s.apanel + (size_t)rb * 3 * kp),
-                        (const int32_t *)s.bpanel, acc);
-                }
-                for (int r = 0; r < 3 && rb * 3 + r < B; r++) {
-                    for (int c = 0; c < cols; c++) {
-                        const int o = o0 + c;
-                        y[(size_t)(rb * 3 + r) * O + o] = finish(acc[r * 2 + c], &s.rq[o],
-                            mm ? mm + 2 * o : NULL, q);
-                    }
-                }
-            }
+    // Samples in groups of four (the last of 1 to 3), each group's input packed once.
+    for (int b0 = 0; b0 < B; b0 += 4) {
+        const int G = mt_s8_min(4, B - b0);
+        const int8_t *xb = x + (size_t)b0 * K;
+        int8_t *yb = y + (size_t)b0 * O;
+        pack_group(xb, K, G, q->x.zero_point, (int32_t *)s.apanel);
+        switch (G) {
+            case 4:
+                forward_group(&s, O, K, w, bias, yb, mm, q, 4);
+                break;
+            case 3:
+                forward_group(&s, O, K, w, bias, yb, mm, q, 3);
+                break;
+            case 2:
+                forward_group(&s, O, K, w, bias, yb, mm, q, 2);
+                break;
+            default:
+                forward_one(&s, O, K, w, bias, yb, mm, q);
+                break;
         }
     }
     if (y_range) {

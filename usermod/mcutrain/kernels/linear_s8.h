@@ -3,8 +3,9 @@
 // the case of a 1x1 "image" per sample). Layouts as linear_f32.h: x (batch, in), y and dy
 // (batch, out), weight (out, in) int8 with one scale per output row, bias int32 (out).
 //
-// Speed: batch 1 streams the int8 weights through SXTB16 + SMLAD (forward); larger batches
-// use the int16-panel GEMM of gemm_s8.h. The input gradient sums pairs of weight rows with
+// Speed: the forward packs up to 4 samples' inputs (minus the zero point) once and streams
+// each weight row through SXTB16 + SMLAD for all of them (batch 1: two rows a pass; 2-4
+// samples: one LDR and 2 SXTB16 per 4 weights, then an LDRD and 2 SMLAD a sample). The input gradient sums pairs of weight rows with
 // SMLAD (PKHBT/PKHTB + SXTB16 make the pairs), skipping rows whose error is zero. The update
 // builds each selected row's int32 gradient in scratch the same way, two samples a pass (one:
 // SMLABB/SMLATB), the input's zero point folded into the first pass's constant, and applies
