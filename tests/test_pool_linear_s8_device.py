@@ -67,7 +67,8 @@ def test_int8_pools_match_the_integer_reference_on_odd_shapes(target):
 
 
 # (batch, in, out): sizes off the four-value words and the row pairs, the KWS head, batches 1..5
-LINEARS = [(1, 1, 1), (2, 3, 17), (5, 17, 3), (3, 800, 12), (1, 800, 12), (4, 256, 5), (1, 3, 1)]
+LINEARS = [(1, 1, 1), (2, 3, 17), (5, 17, 3), (3, 800, 12), (1, 800, 12), (4, 256, 5), (1, 3, 1),
+           (6, 9, 7), (8, 33, 4), (7, 5, 13)]  # batches over the forward's groups of four samples
 
 
 def test_int8_linear_gradients_and_update_match_the_integer_reference_on_odd_sizes(target):
