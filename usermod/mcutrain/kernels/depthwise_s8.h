@@ -16,10 +16,11 @@
 //
 // Cortex-M4: 3x3 filters at unit column stride run output pairs in one assembly loop (each
 // kernel row's words (x_o, x_o+1), (x_o+2, x_o+3) against (w0, w1), (w1, w2): 6 products in
-// 4 instructions, 24 instructions a pair), other shapes one SMLAD per tap pair; the
-// epilogue requantizes with SMMLA + SSAT (zero point folded, mt_s8_rq_c) and tracks each
-// channel's accumulator range in registers. Portable C (host, RV32) uses int16 multiply-adds
-// on the same planes; both give bit-identical results (and equal the numpy reference).
+// 4 instructions, 24 instructions a pair; on the input gradient's rows the requantization
+// is fused into that loop), other shapes one SMLAD per tap pair; the epilogue requantizes
+// with SMMLA + SSAT (zero point folded, mt_s8_rq_c) and tracks each channel's accumulator
+// range in registers. Portable C (host, RV32) uses int16 multiply-adds on the same planes;
+// both give bit-identical results (and equal the numpy reference).
 //
 // Scratch: the requantization constants and range of every channel, one group's int16
 // weights and one band (planes and int32 accumulators for the forward and input gradient;
@@ -28,7 +29,7 @@
 // 5 * taps) bytes, 8-byte rounded) plus 256 bytes.
 //
 // Instructions per layer call (qemu-m4f, Conv2d(32, 32, 3, padding=1, groups=32, dtype=int8)
-// on (1, 25, 5, 32), warm): forward 168 K, backward without update (input gradient) 179 K,
+// on (1, 25, 5, 32), warm): forward 168 K, backward without update (input gradient) 169 K,
 // update 157 K (before this file: 538 K, 554 K, 449 K; float32: 79 K, 77 K, 87 K). About 40
 // instructions an output: ~14 multiply-add (9 products), ~14 requantize and track the
 // range, ~7 gather; the rest is the layer's own work. qemu-rv32: 327 K, 310 K, 566 K
