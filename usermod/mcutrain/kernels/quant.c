@@ -346,6 +346,20 @@ static inline int32_t round_sat(float x) {
 #endif
 }
 
+// mt_rng_uniform's value of the state s: (s >> 8) * 2^-24, exact (24 bits), as one VCVT to
+// float with 24 fraction bits on single-precision FPUs.
+static inline float uniform24(uint32_t s) {
+#if defined(__ARM_FP) && (__ARM_FP & 4) && defined(__thumb2__) && !defined(MCUTRAIN_PORTABLE_KERNELS)
+    const uint32_t q = s >> 8;
+    float f;
+    memcpy(&f, &q, sizeof f);
+    __asm__ ("vcvt.f32.u32 %0, %0, #24" : "+t" (f));
+    return f;
+#else
+    return (float)(s >> 8) * (1.0f / 16777216.0f);
+#endif
+}
+
 // The next xorshift32 state (mt_rng_next with the state in a register).
 static inline uint32_t xorshift32(uint32_t s) {
     s ^= s << 13;
@@ -581,15 +595,24 @@ static void update_row_float(const mt_s8_update_t *u, const mt_s8_step_t *k, int
     const fixed_undo_t *undo, float top) {
     const float s_old = *w_scale, a = s_old * k->decay, c = k->c_w;
     float mx = 0.0f;
-    if (undo) {
-        uint32_t s = undo->state ? *undo->state : 0, r = 0x80000000u;
+    if (undo && undo->state) {
+        // The pass's fields in registers (stores to acc could alias them).
+        const int32_t nm = undo->nm;
+        uint32_t s = *undo->state;
         for (int i = 0; i < n; i++) {
-            if (undo->state) {
-                s = xorshift32(s);
-                r = s;
-            }
+            s = xorshift32(s);
             const int32_t g = acc[i];
-            const int8_t wi = (int8_t)(uint8_t)((uint32_t)(uint8_t)w[i] - (uint32_t)fixed_step(g, undo->nm, r));
+            const int8_t wi = (int8_t)(uint8_t)((uint32_t)(uint8_t)w[i] - (uint32_t)fixed_step(g, nm, s));
+            const float v = a * (float)wi - c * (float)g;
+            const float m = fabsf(v);
+            mx = m > mx ? m : mx;
+            memcpy(&acc[i], &v, sizeof v);
+        }
+    } else if (undo) {
+        const int32_t nm = undo->nm;
+        for (int i = 0; i < n; i++) {
+            const int32_t g = acc[i];
+            const int8_t wi = (int8_t)(uint8_t)((uint32_t)(uint8_t)w[i] - (uint32_t)fixed_step(g, nm, 0x80000000u));
             const float v = a * (float)wi - c * (float)g;
             const float m = fabsf(v);
             mx = m > mx ? m : mx;
@@ -622,10 +645,13 @@ static void update_row_float(const mt_s8_update_t *u, const mt_s8_step_t *k, int
             s ^= s << 13;
             s ^= s >> 17;
             s ^= s << 5;
-            const float t = v * inv + (float)(s >> 8) * (1.0f / 16777216.0f);
-            int32_t r = (t > 1024.0f || t < -1024.0f || t != t) ? floor_to_int32(t) : (int32_t)t;
+            const float t = v * inv + uniform24(s);
+            // |t| > 1024 or NaN from the bits: one integer compare for three float ones.
+            uint32_t tb;
+            memcpy(&tb, &t, sizeof tb);
+            int32_t r = (tb << 1) > (0x44800000u << 1) ? floor_to_int32(t) : (int32_t)t;
             r -= (float)r > t;
-            w[i] = (int8_t)mt_s8_clamp(r, -MT_S8_SYM_MAX, MT_S8_SYM_MAX);
+            w[i] = (int8_t)mt_s8_max(mt_s8_ssat8(r), -MT_S8_SYM_MAX);
         }
         u->rng->state = s;
     } else {
@@ -702,7 +728,7 @@ static int32_t least_max(float rescale_below) {
 // The kept scale's bias step (rule 2 in conv2d_s8.h).
 static void fixed_bias(const mt_s8_step_t *k, float s_old, int32_t *bias, int32_t bias_acc) {
     const float step = (k->c_b * (float)bias_acc) / (k->x_scale * s_old);
-    const int64_t b = (int64_t)*bias - mt_round_half_even(step);
+    const int64_t b = (int64_t)*bias - round_sat(step);
     *bias = b > MT_S8_BIAS_MAX ? MT_S8_BIAS_MAX
         : b < -MT_S8_BIAS_MAX ? -MT_S8_BIAS_MAX : (int32_t)b;
 }
@@ -713,7 +739,7 @@ static int fixed_m(const mt_s8_step_t *k, float s_old, int32_t least, int32_t *m
     if (k->decay == 1.0f && least <= MT_S8_SYM_MAX) {
         const float kf = (k->c_w / s_old) * 4294967296.0f;
         if (kf > -2147483648.0f && kf < 2147483648.0f) {
-            *m = mt_round_half_even(kf);
+            *m = round_sat(kf);
             return 1;
         }
     }
