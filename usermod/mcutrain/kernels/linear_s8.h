@@ -12,7 +12,12 @@
 // SMLABB/SMLATB), the input's zero point folded into the first pass's constant, and applies
 // it at once. At batch 1 without statistics it builds no rows: x - zp is widened to int16
 // once and each row's fixed-point pass multiplies it by dy[o] * m (mt_s8_update_row_rank1;
-// on the Cortex-M4 8.75 instructions a weight stochastic, 5 nearest, plus the loop).
+// on the Cortex-M4 35 instructions per four weights stochastic, 26 nearest, loop included).
+// MLP 256-128-10, batch 1, plain SGD, stochastic (qemu-m4f): train step 568 K -> 355 K
+// instructions (float32: 104 K); of the 355 K, 161 K are this pass (xorshift32's three EORs
+// a weight are a third of it) and 77 K the float rule for the 4 of 66 active rows whose
+// largest weight left [-127, 127] (fewer each step after the initialization: 26, 11, 12, 4,
+// 4 over the bench's five steps).
 #ifndef MCUTRAIN_KERNELS_LINEAR_S8_H
 #define MCUTRAIN_KERNELS_LINEAR_S8_H
 
