@@ -814,6 +814,42 @@ def test_linear_s8_update_skips_zero_rows_without_draws(lib, rescale_below):
     np.testing.assert_array_equal(bg.value(), b)
 
 
+@pytest.mark.parametrize("inp,out", [(1, 5), (3, 17), (17, 3), (33, 12), (256, 40)])
+@pytest.mark.parametrize("x_zp", [-128, 0, 127])
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_linear_s8_batch1_update_matches_reference_bit_for_bit(lib, inp, out, x_zp, stochastic,
+                                                               weight_decay):
+    # Batch 1 without statistics: the rank-1 path (gradient rows from x - zp, no int32 row),
+    # rows with zero error skipped without draws, rows rescaled after an overflow or below
+    # rescale_below, and dy * m past int32 (scales of 1e-4: the row is built) all in one call.
+    rng = np.random.default_rng(inp * 131 + out * 7 + x_zp + 1000 * stochastic)
+    x = s8(rng.integers(-128, 128, (1, inp)))
+    x[0, rng.random(inp) < 0.2] = x_zp
+    w = s8(rng.integers(-127, 128, (out, inp)))
+    w[rng.random(out) < 0.2] //= 4
+    ws = np.float32(rng.choice(np.array([1e-4, 0.004, 0.01, 0.02]), out))
+    b = rng.integers(-3000, 3000, out).astype(np.int32)
+    dy = s8(rng.choice(np.array([-128, -127, -3, -1, 0, 0, 0, 1, 2, 127]), (1, out)))
+    p = ctypes.byref(LinearParams(1, inp, out))
+    qc, qr = quant(x_zp=x_zp)
+    kw = dict(lr=0.05, weight_decay=weight_decay, rescale_below=0.5)
+    scratch = Guarded.scratch(lib.mt_linear_s8_scratch_bytes(p))
+    wg, wsg, bg = Guarded(w), Guarded(ws), Guarded(b)
+    state = Rng(0xBEEF) if stochastic else None
+    upd = S8Update(eps=1e-8, rng=ctypes.pointer(state) if stochastic else None, **kw)
+    assert lib.mt_linear_s8_update(p, ctypes.byref(qc), ctypes.byref(upd), ptr(x), ptr(dy),
+                                   wg.p, wsg.p, bg.p, None, None, None, scratch.p) == 0
+    ref_rng = Q.Rng(0xBEEF) if stochastic else None
+    ref = Q.linear_s8_update(x, dy, w, ws, b, qr, Q.S8Update(rng=ref_rng, **kw))
+    np.testing.assert_array_equal(wg.value(), ref.w)
+    np.testing.assert_array_equal(wsg.value(), ref.w_scale)
+    np.testing.assert_array_equal(bg.value(), ref.bias)
+    if stochastic:
+        assert state.state == ref_rng.state
+    scratch.value()
+
+
 def test_fixed_point_update_is_within_half_a_quantum_of_the_exact_step(lib):
     # At a kept scale the new weight is round(w - g * m / 2^32) with m = round(2^32 * c / s):
     # off from the exact w - g * c / s by at most half a quantum plus |g| * 2^-33 (m's

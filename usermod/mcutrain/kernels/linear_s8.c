@@ -467,6 +467,14 @@ int mt_linear_s8_update(const mt_linear_params_t *p, const mt_s8_quant_t *q,
     if (u) {
         step = mt_s8_step_make(u, q);
     }
+    // Batch 1 without statistics: each row's gradient is dy[o] * (x - zp), which the update
+    // takes straight from x - zp (int16, in the forward's panel) without an int32 row.
+    const bool rank1 = B == 1 && u && !w_stats && zp >= -128 && zp <= 127;
+    if (rank1) {
+        for (int k = 0; k < K; k++) {
+            s.apanel[k] = (int16_t)(x[k] - zp);
+        }
+    }
     for (int o = 0; o < O; o++) {
         if (mask && !mask[o]) {
             continue;
@@ -474,17 +482,33 @@ int mt_linear_s8_update(const mt_linear_params_t *p, const mt_s8_quant_t *q,
         // acc[k] = sum over the batch of dy[b][o] * (x[b][k] - zp) = sum of dy[b][o] * x[b][k]
         // - zp * bsum, exactly in int32; samples with zero error cost nothing.
         int32_t bsum = 0;
+        bool any = false;
         for (int b = 0; b < B; b++) {
-            bsum += dy[(size_t)b * O + o];
+            const int32_t d = dy[(size_t)b * O + o];
+            bsum += d;
+            any |= d != 0;
+        }
+        if (b_stats) {
+            mt_grad_stats_add(b_stats, &bsum, 1);
+        }
+        if (!any && (!u || mt_s8_update_skips_zero_row(&step, bsum))) {
+            // A row without error: its accumulators are all 0, which add nothing to the
+            // statistics' sums (they start at +0) and leave the row as it is.
+            if (w_stats) {
+                w_stats->count += K;
+            }
+            continue;
+        }
+        if (rank1) {
+            mt_s8_update_row_rank1(u, &step, K, s.apanel, bsum, s.acc, w + (size_t)o * K,
+                &w_scale[o], bias ? &bias[o] : NULL, bsum);
+            continue;
         }
         row_sum_t sum = row_sum_begin(K, (int32_t)(0u - (uint32_t)zp * (uint32_t)bsum), s.acc);
         for (int b = 0; b < B; b++) {
             row_sum_add(&sum, dy[(size_t)b * O + o], x + (size_t)b * K);
         }
         row_sum_end(&sum);
-        if (b_stats) {
-            mt_grad_stats_add(b_stats, &bsum, 1);
-        }
         if (u) {
             mt_s8_update_row(u, &step, K, s.acc, w + (size_t)o * K, &w_scale[o],
                 bias ? &bias[o] : NULL, bsum, w_stats);

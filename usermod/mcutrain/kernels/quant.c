@@ -1,5 +1,6 @@
 // Scale / zero-point maths for the int8 kernels; the scheme is documented in quant.h.
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 #include "quant.h"
 #include "s8_common.h"
@@ -345,6 +346,20 @@ static inline int32_t round_sat(float x) {
 #endif
 }
 
+// mt_rng_uniform's value of the state s: (s >> 8) * 2^-24, exact (24 bits), as one VCVT to
+// float with 24 fraction bits on single-precision FPUs.
+static inline float uniform24(uint32_t s) {
+#if defined(__ARM_FP) && (__ARM_FP & 4) && defined(__thumb2__) && !defined(MCUTRAIN_PORTABLE_KERNELS)
+    const uint32_t q = s >> 8;
+    float f;
+    memcpy(&f, &q, sizeof f);
+    __asm__ ("vcvt.f32.u32 %0, %0, #24" : "+t" (f));
+    return f;
+#else
+    return (float)(s >> 8) * (1.0f / 16777216.0f);
+#endif
+}
+
 // The next xorshift32 state (mt_rng_next with the state in a register).
 static inline uint32_t xorshift32(uint32_t s) {
     s ^= s << 13;
@@ -450,6 +465,120 @@ __attribute__((noinline)) static int fixed_pass(int n, const int32_t *acc, int8_
 #endif
 }
 
+// fixed_pass for a row of rank 1: the accumulators are d * xz[i] and m here is d * m, the
+// same 64-bit products (linear_s8.c at batch 1). With |xz| <= 255 a sum r is within
+// [-256, 256], so on the Cortex-M4 one SMLABB checks its range: r * r + (2^31 - 1 - 127^2)
+// overflows, setting the sticky Q flag, exactly when |r| > 127.
+__attribute__((noinline)) static int fixed_pass_rank1(int n, const int16_t *xz, int8_t *w,
+    int32_t m, uint32_t *state) {
+#if MT_S8_DSP
+    const int32_t sq = INT32_MAX - MT_S8_SYM_MAX * MT_S8_SYM_MAX;
+    uint32_t apsr = 0;
+    __asm__ volatile ("msr APSR_nzcvq, %0" : : "r" (apsr) : "cc");
+    int8_t *p = w;
+    if (state) {
+        uint32_t s = *state, t;
+        int32_t g, h;
+        const int32_t negm = -m;
+        // Four weights a round, 35 instructions: the next state's first EOR reads a state
+        // before SMLAL consumes it as the low word, so only the round's last state is copied.
+        // p points at the round's last weight (one post-increment moves it on).
+        int8_t *q = w + 3, *end4 = w + (n & ~3) + 3;
+        for (; q != end4; ) {
+            __asm__ volatile (
+                "eor %[s], %[s], %[s], lsl #13\n\t"
+                "eor %[s], %[s], %[s], lsr #17\n\t"
+                "eor %[s], %[s], %[s], lsl #5\n\t"
+                "ldrsh %[g], [%[x]], #2\n\t"
+                "ldrsb %[h], [%[q], #-3]\n\t"
+                "eor %[t], %[s], %[s], lsl #13\n\t"
+                "smlal %[s], %[h], %[g], %[nm]\n\t"
+                "strb %[h], [%[q], #-3]\n\t"
+                "smlabb %[g], %[h], %[h], %[sq]\n\t"
+                "eor %[t], %[t], %[t], lsr #17\n\t"
+                "eor %[s], %[t], %[t], lsl #5\n\t"
+                "ldrsh %[g], [%[x]], #2\n\t"
+                "ldrsb %[h], [%[q], #-2]\n\t"
+                "eor %[t], %[s], %[s], lsl #13\n\t"
+                "smlal %[s], %[h], %[g], %[nm]\n\t"
+                "strb %[h], [%[q], #-2]\n\t"
+                "smlabb %[g], %[h], %[h], %[sq]\n\t"
+                "eor %[t], %[t], %[t], lsr #17\n\t"
+                "eor %[s], %[t], %[t], lsl #5\n\t"
+                "ldrsh %[g], [%[x]], #2\n\t"
+                "ldrsb %[h], [%[q], #-1]\n\t"
+                "eor %[t], %[s], %[s], lsl #13\n\t"
+                "smlal %[s], %[h], %[g], %[nm]\n\t"
+                "strb %[h], [%[q], #-1]\n\t"
+                "smlabb %[g], %[h], %[h], %[sq]\n\t"
+                "eor %[t], %[t], %[t], lsr #17\n\t"
+                "eor %[s], %[t], %[t], lsl #5\n\t"
+                "ldrsh %[g], [%[x]], #2\n\t"
+                "ldrsb %[h], [%[q]]\n\t"
+                "mov %[t], %[s]\n\t"
+                "smlal %[t], %[h], %[g], %[nm]\n\t"
+                "strb %[h], [%[q]], #4\n\t"
+                "smlabb %[g], %[h], %[h], %[sq]\n\t"
+                : [s] "+r" (s), [t] "=&r" (t), [g] "=&r" (g), [h] "=&r" (h), [x] "+r" (xz),
+                  [q] "+r" (q)
+                : [nm] "r" (negm), [sq] "r" (sq)
+                : "memory");
+        }
+        p = q - 3;
+        for (int i = 0; i < (n & 3); i++) {
+            s = xorshift32(s);
+            uint32_t lo = s;
+            int32_t hi = p[i];
+            __asm__ ("smlal %0, %1, %2, %3" : "+r" (lo), "+r" (hi) : "r" ((int32_t)xz[i]), "r" (negm));
+            p[i] = (int8_t)hi;
+            __asm__ volatile ("smlabb %0, %1, %1, %2" : "=r" (g) : "r" (hi), "r" (sq));
+        }
+        *state = s;
+    } else {
+        // Per weight LDRSH, LDRSB, SMMLSR, STRB and SMLABB.
+        int8_t *end4 = w + (n & ~3);
+        for (; p != end4; p += 4, xz += 4) {
+            #pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                int32_t r, t;
+                __asm__ ("smmlsr %0, %1, %2, %3" : "=r" (r) : "r" ((int32_t)xz[j]), "r" (m), "r" ((int32_t)p[j]));
+                p[j] = (int8_t)r;
+                __asm__ volatile ("smlabb %0, %1, %1, %2" : "=r" (t) : "r" (r), "r" (sq));
+            }
+        }
+        for (int i = 0; i < (n & 3); i++) {
+            int32_t r, t;
+            __asm__ ("smmlsr %0, %1, %2, %3" : "=r" (r) : "r" ((int32_t)xz[i]), "r" (m), "r" ((int32_t)p[i]));
+            p[i] = (int8_t)r;
+            __asm__ volatile ("smlabb %0, %1, %1, %2" : "=r" (t) : "r" (r), "r" (sq));
+        }
+    }
+    __asm__ volatile ("mrs %0, APSR" : "=r" (apsr));
+    return (int)(apsr & (1u << 27));
+#else
+    uint32_t good = 1;
+    const int32_t nm = -m;
+    if (state) {
+        uint32_t s = *state;
+        for (int i = 0; i < n; i++) {
+            s = xorshift32(s);
+            const int32_t r = w[i] + fixed_step(xz[i], nm, s);
+            w[i] = (int8_t)r;
+            good &= (uint32_t)(r + MT_S8_SYM_MAX) <= 2u * MT_S8_SYM_MAX;
+        }
+        *state = s;
+    } else {
+        for (int i = 0; i < n; i++) {
+            const int64_t p = (int64_t)xz[i] * nm;
+            const int32_t r = w[i] + (int32_t)(p >> 32) + (int32_t)((uint32_t)p >> 31);
+            w[i] = (int8_t)r;
+            good &= (uint32_t)(r + MT_S8_SYM_MAX) <= 2u * MT_S8_SYM_MAX;
+        }
+    }
+    return !good;
+#endif
+}
+
 // A fixed-point pass to take back (fixed_pass's -m and starting rng state, NULL: nearest).
 typedef struct {
     int32_t nm;
@@ -466,15 +595,24 @@ static void update_row_float(const mt_s8_update_t *u, const mt_s8_step_t *k, int
     const fixed_undo_t *undo, float top) {
     const float s_old = *w_scale, a = s_old * k->decay, c = k->c_w;
     float mx = 0.0f;
-    if (undo) {
-        uint32_t s = undo->state ? *undo->state : 0, r = 0x80000000u;
+    if (undo && undo->state) {
+        // The pass's fields in registers (stores to acc could alias them).
+        const int32_t nm = undo->nm;
+        uint32_t s = *undo->state;
         for (int i = 0; i < n; i++) {
-            if (undo->state) {
-                s = xorshift32(s);
-                r = s;
-            }
+            s = xorshift32(s);
             const int32_t g = acc[i];
-            const int8_t wi = (int8_t)(uint8_t)((uint32_t)(uint8_t)w[i] - (uint32_t)fixed_step(g, undo->nm, r));
+            const int8_t wi = (int8_t)(uint8_t)((uint32_t)(uint8_t)w[i] - (uint32_t)fixed_step(g, nm, s));
+            const float v = a * (float)wi - c * (float)g;
+            const float m = fabsf(v);
+            mx = m > mx ? m : mx;
+            memcpy(&acc[i], &v, sizeof v);
+        }
+    } else if (undo) {
+        const int32_t nm = undo->nm;
+        for (int i = 0; i < n; i++) {
+            const int32_t g = acc[i];
+            const int8_t wi = (int8_t)(uint8_t)((uint32_t)(uint8_t)w[i] - (uint32_t)fixed_step(g, nm, 0x80000000u));
             const float v = a * (float)wi - c * (float)g;
             const float m = fabsf(v);
             mx = m > mx ? m : mx;
@@ -507,10 +645,13 @@ static void update_row_float(const mt_s8_update_t *u, const mt_s8_step_t *k, int
             s ^= s << 13;
             s ^= s >> 17;
             s ^= s << 5;
-            const float t = v * inv + (float)(s >> 8) * (1.0f / 16777216.0f);
-            int32_t r = (t > 1024.0f || t < -1024.0f || t != t) ? floor_to_int32(t) : (int32_t)t;
+            const float t = v * inv + uniform24(s);
+            // |t| > 1024 or NaN from the bits: one integer compare for three float ones.
+            uint32_t tb;
+            memcpy(&tb, &t, sizeof tb);
+            int32_t r = (tb << 1) > (0x44800000u << 1) ? floor_to_int32(t) : (int32_t)t;
             r -= (float)r > t;
-            w[i] = (int8_t)mt_s8_clamp(r, -MT_S8_SYM_MAX, MT_S8_SYM_MAX);
+            w[i] = (int8_t)mt_s8_max(mt_s8_ssat8(r), -MT_S8_SYM_MAX);
         }
         u->rng->state = s;
     } else {
@@ -584,6 +725,31 @@ static int32_t least_max(float rescale_below) {
     return (float)l < t ? l + 1 : l;
 }
 
+// The kept scale's bias step (rule 2 in conv2d_s8.h).
+static void fixed_bias(const mt_s8_step_t *k, float s_old, int32_t *bias, int32_t bias_acc) {
+    const float step = (k->c_b * (float)bias_acc) / (k->x_scale * s_old);
+    const int64_t b = (int64_t)*bias - round_sat(step);
+    *bias = b > MT_S8_BIAS_MAX ? MT_S8_BIAS_MAX
+        : b < -MT_S8_BIAS_MAX ? -MT_S8_BIAS_MAX : (int32_t)b;
+}
+
+// m = round(2^32 * c_w / s_old), a weight's step in quanta per accumulator unit (Q32), when
+// rule 2 may apply (conv2d_s8.h); 0 otherwise.
+static int fixed_m(const mt_s8_step_t *k, float s_old, int32_t least, int32_t *m) {
+    if (k->decay == 1.0f && least <= MT_S8_SYM_MAX) {
+        const float kf = (k->c_w / s_old) * 4294967296.0f;
+        if (kf > -2147483648.0f && kf < 2147483648.0f) {
+            *m = round_sat(kf);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static uint32_t rng_start(const mt_s8_update_t *u) {
+    return u->rng ? (u->rng->state ? u->rng->state : 0x9e3779b9u) : 0;
+}
+
 void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int32_t *acc,
     int8_t *w, float *w_scale, int32_t *bias, int32_t bias_acc, mt_grad_stats_t *stats) {
     if (stats) {
@@ -594,37 +760,64 @@ void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int
         return;     // nothing moves: no draws, no rescale (conv2d_s8.h)
     }
     const int32_t least = least_max(u->rescale_below);
-    if (k->decay == 1.0f && least <= MT_S8_SYM_MAX) {
-        // m = round(2^32 * c_w / s_old): a weight's step in quanta per accumulator unit, Q32.
-        const float kf = (k->c_w / s_old) * 4294967296.0f;
-        if (kf > -2147483648.0f && kf < 2147483648.0f) {
-            const int32_t m = mt_round_half_even(kf);
-            uint32_t state0 = 0, state = 0;
+    int32_t m;
+    if (fixed_m(k, s_old, least, &m)) {
+        const uint32_t state0 = rng_start(u);
+        uint32_t state = state0;
+        if (!fixed_pass(n, acc, w, m, u->rng ? &state : NULL)
+            && (least == 0 || reaches(n, w, least))) {
             if (u->rng) {
-                state0 = state = u->rng->state ? u->rng->state : 0x9e3779b9u;
+                u->rng->state = state;
             }
-            if (!fixed_pass(n, acc, w, m, u->rng ? &state : NULL)
+            if (bias) {
+                fixed_bias(k, s_old, bias, bias_acc);
+            }
+            return;
+        }
+        // The kept scale does not hold the new weights: rescale from the float values,
+        // with the same draws.
+        const fixed_undo_t undo = { -m, u->rng ? &state0 : NULL };
+        update_row_float(u, k, n, acc, w, w_scale, bias, bias_acc, &undo, MT_S8_RESCALE_TOP);
+        return;
+    }
+    update_row_float(u, k, n, acc, w, w_scale, bias, bias_acc, NULL,
+        least <= MT_S8_SYM_MAX ? MT_S8_RESCALE_TOP : 127.0f);
+}
+
+void mt_s8_update_row_rank1(const mt_s8_update_t *u, const mt_s8_step_t *k, int n,
+    const int16_t *xz, int32_t d, int32_t *acc, int8_t *w, float *w_scale, int32_t *bias,
+    int32_t bias_acc) {
+    const float s_old = *w_scale;
+    const int32_t least = least_max(u->rescale_below);
+    int32_t m;
+    // acc[i] * m = xz[i] * (d * m) exactly while d * m fits (and so does its negation).
+    if (d != 0 && fixed_m(k, s_old, least, &m)) {
+        const int64_t dm = (int64_t)d * m;
+        if (dm >= -INT32_MAX && dm <= INT32_MAX) {
+            const uint32_t state0 = rng_start(u);
+            uint32_t state = state0;
+            if (!fixed_pass_rank1(n, xz, w, (int32_t)dm, u->rng ? &state : NULL)
                 && (least == 0 || reaches(n, w, least))) {
                 if (u->rng) {
                     u->rng->state = state;
                 }
                 if (bias) {
-                    const float step = (k->c_b * (float)bias_acc) / (k->x_scale * s_old);
-                    const int64_t b = (int64_t)*bias - mt_round_half_even(step);
-                    *bias = b > MT_S8_BIAS_MAX ? MT_S8_BIAS_MAX
-                        : b < -MT_S8_BIAS_MAX ? -MT_S8_BIAS_MAX : (int32_t)b;
+                    fixed_bias(k, s_old, bias, bias_acc);
                 }
                 return;
             }
-            // The kept scale does not hold the new weights: rescale from the float values,
-            // with the same draws.
+            for (int i = 0; i < n; i++) {
+                acc[i] = d * xz[i];
+            }
             const fixed_undo_t undo = { -m, u->rng ? &state0 : NULL };
             update_row_float(u, k, n, acc, w, w_scale, bias, bias_acc, &undo, MT_S8_RESCALE_TOP);
             return;
         }
     }
-    update_row_float(u, k, n, acc, w, w_scale, bias, bias_acc, NULL,
-        least <= MT_S8_SYM_MAX ? MT_S8_RESCALE_TOP : 127.0f);
+    for (int i = 0; i < n; i++) {
+        acc[i] = d * xz[i];
+    }
+    mt_s8_update_row(u, k, n, acc, w, w_scale, bias, bias_acc, NULL);
 }
 
 void mt_s8_requantize_rows(const float *v, int8_t *w, float *scale, int rows, int row_len, float rescale_below,

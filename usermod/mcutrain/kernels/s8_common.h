@@ -226,6 +226,15 @@ void mt_grad_stats_add(mt_grad_stats_t *s, const int32_t *acc, int n);
 void mt_s8_update_row(const mt_s8_update_t *u, const mt_s8_step_t *k, int n, int32_t *acc,
     int8_t *w, float *w_scale, int32_t *bias, int32_t bias_acc, mt_grad_stats_t *stats);
 
+// mt_s8_update_row for a row of rank 1 (a Linear at batch 1): acc[i] = d * xz[i], with xz
+// the input minus its zero point (|xz[i]| <= 255, |d| <= 128); the same result and draws.
+// At a kept scale it runs the fixed-point pass straight from xz with the multiplier d * m
+// (one accumulator row fewer to build and read); acc (n words) is scratch for the other
+// rules. No statistics: callers that want them build the row and call mt_s8_update_row.
+void mt_s8_update_row_rank1(const mt_s8_update_t *u, const mt_s8_step_t *k, int n,
+    const int16_t *xz, int32_t d, int32_t *acc, int8_t *w, float *w_scale, int32_t *bias,
+    int32_t bias_acc);
+
 // Whether mt_s8_update_row leaves a row whose n accumulators are all 0 exactly as it is
 // (rule 1 in conv2d_s8.h). A caller that knows a row got no error (e.g. no nonzero dy in
 // the batch) may then skip the call, and its scan, adding only stats->count += n.
