@@ -304,6 +304,10 @@ def quantize(model, calibration, dtype="int8", samples=None, keep_float=()):
         model.release()  # buffers planned by earlier runs: calibration plans its own
     except ValueError:
         model = clone(model)  # part of a bigger model, which alone may run it: run a copy
+    # Calibration plans the float model's training buffers in one block (about half of a
+    # 256 KB heap for the KWS DS-CNN): collect first, so the garbage of the caller's setup
+    # does not split the free heap (without this the int8 KWS demo ran out of memory).
+    gc.collect()
     groups = _fold_groups(model)
     passthrough = _PASS + (("AvgPool2d",) if int8_avgpool() else ())
     # Ranges needed: the input of each quantized layer (read by a Convert(int8) when an int8
