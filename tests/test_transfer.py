@@ -329,7 +329,9 @@ def test_push_to_emulated_board_resumes_after_link_dropped_mid_frame(emulated):
     emulated.emulator.drain_uart()
     try:
         result = push_bytes(emulated.emulator.device, data, "drop.bin", wrap_link=drop_once)
-        assert result.retries == 1
+        # One retry for the cut; on a loaded machine the first reconnect can itself time out
+        # (seen once in a clean-clone CI run: retries == 2, the file still whole and resumed).
+        assert 1 <= result.retries <= 2
         # The receiver was left waiting mid-frame, with Ctrl-C off; the retry got it back
         # and resumed after the last whole frame the board had checked and written.
         assert 0 < result.resumed_from <= 20_000
