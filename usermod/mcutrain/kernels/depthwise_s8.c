@@ -347,6 +347,25 @@ static void gather_dy_dilated(const view_t *vw, const int8_t *dy, int n, int c0,
 // acc[r * cols + o] = sum over taps (i, j) of pl[(r * sh + i) * wa + o * sw + j] *
 // w[i * kwp + j], for a band of rows (the epilogue adds the bias).
 #if MT_S8_DSP
+// The taps a 3x3 output pair takes after its first product pair (r12, lr): the rest of
+// kernel row 0 (r11 = (x_o+2, x_o+3) against r5) and rows 1 and 2 (planes r1 bytes apart,
+// weights r6-r9). Shared by row3x3_pairs and fused3x3_pairs.
+#define PAIR3X3_REST_TAPS \
+    "smlabt r12, r11, r5, r12\n\t" \
+    "smlad lr, r11, r5, lr\n\t" \
+    "ldr r10, [r0, r1]\n\t" \
+    "ldr r11, [r2, r1]\n\t" \
+    "smlad r12, r10, r6, r12\n\t" \
+    "smlatb lr, r10, r6, lr\n\t" \
+    "smlabt r12, r11, r7, r12\n\t" \
+    "smlad lr, r11, r7, lr\n\t" \
+    "ldr r10, [r0, r1, lsl #1]\n\t" \
+    "ldr r11, [r2, r1, lsl #1]\n\t" \
+    "smlad r12, r10, r8, r12\n\t" \
+    "smlatb lr, r10, r8, lr\n\t" \
+    "smlabt r12, r11, r9, r12\n\t" \
+    "smlad lr, r11, r9, lr\n\t"
+
 // One row of 3x3 output pairs (o, o+1), unit column stride: each kernel row's words
 // (x_o, x_o+1) and (x_o+2, x_o+3) against weight pairs a = (w0, w1) and b = (w1, w2) make
 // both outputs' 6 products in 4 instructions; 24 instructions a pair (1.5 products each).
@@ -376,20 +395,7 @@ static void row3x3_pairs(const row3x3_t *a MT_ARG) {
         "ldr r11, [r2]\n\t"
         "smuad r12, r10, r4\n\t"
         "smultb lr, r10, r4\n\t"
-        "smlabt r12, r11, r5, r12\n\t"
-        "smlad lr, r11, r5, lr\n\t"
-        "ldr r10, [r0, r1]\n\t"
-        "ldr r11, [r2, r1]\n\t"
-        "smlad r12, r10, r6, r12\n\t"
-        "smlatb lr, r10, r6, lr\n\t"
-        "smlabt r12, r11, r7, r12\n\t"
-        "smlad lr, r11, r7, lr\n\t"
-        "ldr r10, [r0, r1, lsl #1]\n\t"
-        "ldr r11, [r2, r1, lsl #1]\n\t"
-        "smlad r12, r10, r8, r12\n\t"
-        "smlatb lr, r10, r8, lr\n\t"
-        "smlabt r12, r11, r9, r12\n\t"
-        "smlad lr, r11, r9, lr\n\t"
+        PAIR3X3_REST_TAPS
         "strd r12, lr, [r3], #8\n\t"
         "adds r0, #4\n\t"
         "adds r2, #4\n\t"
@@ -653,20 +659,7 @@ static void fused3x3_pairs(fused3x3_t *a MT_ARG) {
         "ldr r11, [r2]\n\t"
         "smlad r12, r10, r4, r3\n\t"
         "smlatb lr, r10, r4, r3\n\t"
-        "smlabt r12, r11, r5, r12\n\t"
-        "smlad lr, r11, r5, lr\n\t"
-        "ldr r10, [r0, r1]\n\t"
-        "ldr r11, [r2, r1]\n\t"
-        "smlad r12, r10, r6, r12\n\t"
-        "smlatb lr, r10, r6, lr\n\t"
-        "smlabt r12, r11, r7, r12\n\t"
-        "smlad lr, r11, r7, lr\n\t"
-        "ldr r10, [r0, r1, lsl #1]\n\t"
-        "ldr r11, [r2, r1, lsl #1]\n\t"
-        "smlad r12, r10, r8, r12\n\t"
-        "smlatb lr, r10, r8, lr\n\t"
-        "smlabt r12, r11, r9, r12\n\t"
-        "smlad lr, r11, r9, lr\n\t"
+        PAIR3X3_REST_TAPS
         "adds r0, #4\n\t"
         "adds r2, #4\n\t"
         "ldr r11, [sp, #24]\n\t"

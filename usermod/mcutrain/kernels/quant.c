@@ -377,6 +377,22 @@ static inline int32_t fixed_step(int32_t g, int32_t nm, uint32_t r) {
     return (int32_t)(p >> 32) + (int32_t)(lo + r < lo);
 }
 
+#if !MT_S8_DSP
+// The portable fixed-point step of one weight: w += step, keeping the low byte; returns
+// whether the sum stayed within [-127, 127].
+static inline uint32_t fixed_add(int8_t *w, int32_t step) {
+    const int32_t r = *w + step;
+    *w = (int8_t)r;
+    return (uint32_t)(r + MT_S8_SYM_MAX) <= 2u * MT_S8_SYM_MAX;
+}
+
+// fixed_step with r = 2^31: floor((2^31 + p) / 2^32) = high word + top bit of the low word.
+static inline int32_t nearest_step(int32_t g, int32_t nm) {
+    const int64_t p = (int64_t)g * nm;
+    return (int32_t)(p >> 32) + (int32_t)((uint32_t)p >> 31);
+}
+#endif
+
 // w[i] += fixed_step(acc[i], m, r_i) in place, r_i = 2^31 (nearest) or the next 32 bits of
 // *state (stochastic, state != NULL); w[i] keeps the low byte of the sum, so that the pass
 // can be undone exactly. Returns nonzero if a sum left [-127, 127].
@@ -447,18 +463,12 @@ __attribute__((noinline)) static int fixed_pass(int n, const int32_t *acc, int8_
         uint32_t s = *state;
         for (int i = 0; i < n; i++) {
             s = xorshift32(s);
-            const int32_t r = w[i] + fixed_step(acc[i], nm, s);
-            w[i] = (int8_t)r;
-            good &= (uint32_t)(r + MT_S8_SYM_MAX) <= 2u * MT_S8_SYM_MAX;
+            good &= fixed_add(&w[i], fixed_step(acc[i], nm, s));
         }
         *state = s;
     } else {
         for (int i = 0; i < n; i++) {
-            // floor((2^31 + p) / 2^32) = high word + top bit of the low word.
-            const int64_t p = (int64_t)acc[i] * nm;
-            const int32_t r = w[i] + (int32_t)(p >> 32) + (int32_t)((uint32_t)p >> 31);
-            w[i] = (int8_t)r;
-            good &= (uint32_t)(r + MT_S8_SYM_MAX) <= 2u * MT_S8_SYM_MAX;
+            good &= fixed_add(&w[i], nearest_step(acc[i], nm));
         }
     }
     return !good;
@@ -562,17 +572,12 @@ __attribute__((noinline)) static int fixed_pass_rank1(int n, const int16_t *xz, 
         uint32_t s = *state;
         for (int i = 0; i < n; i++) {
             s = xorshift32(s);
-            const int32_t r = w[i] + fixed_step(xz[i], nm, s);
-            w[i] = (int8_t)r;
-            good &= (uint32_t)(r + MT_S8_SYM_MAX) <= 2u * MT_S8_SYM_MAX;
+            good &= fixed_add(&w[i], fixed_step(xz[i], nm, s));
         }
         *state = s;
     } else {
         for (int i = 0; i < n; i++) {
-            const int64_t p = (int64_t)xz[i] * nm;
-            const int32_t r = w[i] + (int32_t)(p >> 32) + (int32_t)((uint32_t)p >> 31);
-            w[i] = (int8_t)r;
-            good &= (uint32_t)(r + MT_S8_SYM_MAX) <= 2u * MT_S8_SYM_MAX;
+            good &= fixed_add(&w[i], nearest_step(xz[i], nm));
         }
     }
     return !good;
