@@ -65,6 +65,14 @@ static inline int row_rq(float real, mt_s8_rq_t *rq) {
     return mt_s8_rq_from_real(real, rq);
 }
 
+// Widens output o's accumulator range [mm[2 o], mm[2 o + 1]] to v (mm NULL: no range wanted).
+static inline void track(int32_t *mm, int o, int32_t v) {
+    if (mm) {
+        mm[2 * o] = mt_s8_min(mm[2 * o], v);
+        mm[2 * o + 1] = mt_s8_max(mm[2 * o + 1], v);
+    }
+}
+
 // y = requant(acc) plus the output's zero point, clamped: one SMMLA(R) in the usual case.
 static inline int8_t finish(int32_t v, const mt_s8_rq_t *rq, const mt_s8_quant_t *q) {
     int32_t r;
@@ -228,10 +236,7 @@ static inline __attribute__((always_inline)) void forward_group(const lin_scratc
         dot_group((const int32_t *)s->apanel, w + (size_t)o * K, K, G, acc);
 #pragma GCC unroll 4
         for (int g = 0; g < G; g++) {
-            if (mm) {
-                mm[2 * o] = mt_s8_min(mm[2 * o], acc[g]);
-                mm[2 * o + 1] = mt_s8_max(mm[2 * o + 1], acc[g]);
-            }
+            track(mm, o, acc[g]);
             y[(size_t)g * O + o] = finish(acc[g], &s->rq[o], q);
         }
     }
@@ -244,21 +249,14 @@ static void forward_one(const lin_scratch_t *s, int O, int K, const int8_t *w, c
     for (; o + 2 <= O; o += 2) {
         int32_t v0 = bias ? bias[o] : 0, v1 = bias ? bias[o + 1] : 0;
         dot_row2(s->apanel, w + (size_t)o * K, w + (size_t)(o + 1) * K, K, &v0, &v1);
-        if (mm) {
-            mm[2 * o] = mt_s8_min(mm[2 * o], v0);
-            mm[2 * o + 1] = mt_s8_max(mm[2 * o + 1], v0);
-            mm[2 * o + 2] = mt_s8_min(mm[2 * o + 2], v1);
-            mm[2 * o + 3] = mt_s8_max(mm[2 * o + 3], v1);
-        }
+        track(mm, o, v0);
+        track(mm, o + 1, v1);
         y[o] = finish(v0, &s->rq[o], q);
         y[o + 1] = finish(v1, &s->rq[o + 1], q);
     }
     if (o < O) {
         const int32_t v = dot_row(s->apanel, w + (size_t)o * K, K, bias ? bias[o] : 0);
-        if (mm) {
-            mm[2 * o] = mt_s8_min(mm[2 * o], v);
-            mm[2 * o + 1] = mt_s8_max(mm[2 * o + 1], v);
-        }
+        track(mm, o, v);
         y[o] = finish(v, &s->rq[o], q);
     }
 }
