@@ -53,8 +53,8 @@ SETUP = [
     "x13 = mt.Tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0], [1.5, 0.0, -2.0]])",
     "y13 = m13.forward(x13)",
     "c13 = mt.zeros(y13.shape); c13.copy_from(y13)",
-    "ref13 = m13.predict(c13).tolist()",
     "g13 = m13.backward(mt.zeros((3, 3)))",
+    "ref13 = m13.predict(c13).tolist()",
     "y13 = m13.forward(x13)",
     "print('F13', m13.predict(mt.Tensor(ref13)) is m13.output, m13.forward(m13[0].weight) is m13.output)",
     # F14: planned views (Flatten, in-place ReLU) before any pass have no data
@@ -84,6 +84,8 @@ CASES = [
     ("m13.evaluate(y13, [0, 1, 2])", "ValueError", "own buffer"),
     ("m13.forward(g13)", "ValueError", "own buffer"),
     ("m13.forward(x13); m13.backward(m13.output)", "ValueError", "dy is this model's own buffer"),
+    # predict plans for inference (no gradients): backward needs a forward of its own
+    ("m13.forward(x13); m13.predict(x13); m13.backward(mt.zeros((3, 3)))", "ValueError", "call forward first"),
     ("f14.output.tolist()", "ValueError", "no data yet"),
     ("f14.output.fill(1.0)", "ValueError", "no data yet"),
     ("r14.output.fill(1.0)", "ValueError", "no data yet"),

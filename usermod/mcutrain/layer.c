@@ -66,6 +66,7 @@ static void forget_plan(mt_layer_obj_t *layer) {
     layer->planned = false;
     layer->planned_as_top = false;
     layer->in_place = false;
+    layer->out_pooled = false;
     layer->act = MT_ACT_NONE;
     layer->act_masks_dy = false;
     layer->act_folded = false;
@@ -290,10 +291,11 @@ static void check_dtype(const mt_layer_obj_t *layer, const mt_layer_ops_t *ops, 
     }
 }
 
-void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype, bool may_share) {
+void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype, bool may_share, bool pooled) {
     const mt_layer_ops_t *ops = mt_layer_ops(layer);
     layer->planned = false;
     layer->planned_as_top = false;
+    layer->out_pooled = false;
     layer->state_bytes = 0;
     // Folds are the container's to set, after planning (layer_activation.c).
     layer->act = MT_ACT_NONE;
@@ -318,6 +320,11 @@ void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype
     } else if ((ops->flags & MT_LAYER_VIEW) || ((ops->flags & MT_LAYER_MAY_RUN_IN_PLACE) && may_share)) {
         // A header only: forward points it at the input.
         layer->in_place = !(ops->flags & MT_LAYER_VIEW);
+        layer->output = mt_plan_header(layer->output, &layer->out_shape, layer->out_dtype, NULL);
+    } else if (pooled) {
+        // The container points it into one of its shared buffers once all are planned.
+        layer->in_place = false;
+        layer->out_pooled = true;
         layer->output = mt_plan_header(layer->output, &layer->out_shape, layer->out_dtype, NULL);
     } else {
         // The same header for every shape: re-planning allocates nothing (plan_arena.h).
@@ -442,7 +449,10 @@ static void plan_loss_buffers(mt_layer_obj_t *self) {
     // The scratch, which no layer uses between forward and backward, if it is big enough.
     float *buf = floats > self->scratch_floats ? mt_plan_alloc(floats * sizeof(float), "loss buffer") : self->scratch;
     self->labels = mt_plan_alloc((size_t)self->out_shape.dim[0] * sizeof(int32_t), "labels");
-    self->output_grad = mt_plan_tensor(self->output_grad, &self->out_shape, self->out_dtype, "output gradient");
+    // evaluate takes no gradient of the loss: an inference plan has no memory for one.
+    self->output_grad = self->plans_inference
+        ? mt_plan_header(self->output_grad, &self->out_shape, self->out_dtype, NULL)
+        : mt_plan_tensor(self->output_grad, &self->out_shape, self->out_dtype, "output gradient");
     if (!mt_plan_measuring()) {
         mt_shape_t shape = { .ndim = 1, .dim = { (int32_t)floats } };
         self->loss_buf = narrow ? mt_plan_header(self->loss_buf, &shape, MT_FLOAT32, buf) : NULL;
@@ -451,7 +461,10 @@ static void plan_loss_buffers(mt_layer_obj_t *self) {
 
 // One pass over the whole plan: the tree, the scratch and, once wanted, the loss buffers.
 static void plan_pass(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtype) {
-    mt_layer_plan(self, in, in_dtype, false);
+    if (self->plans_inference) {
+        mt_plan_for_inference();
+    }
+    mt_layer_plan(self, in, in_dtype, false, false);
     self->planned = false;  // until the whole plan is placed
     size_t scratch = mt_layer_scratch_floats(self);
     if (scratch > SIZE_MAX / sizeof(float)) {
@@ -503,9 +516,10 @@ static void plan_layout(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_d
     self->planned_as_top = true;
 }
 
-// Plans the whole tree for `in` unless already planned for it. If anything fails
-// (a shape error, MemoryError), the layer is left unplanned and the next call retries.
-static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtype) {
+// Plans the whole tree for `in`, for training or for inference, unless already planned so.
+// If anything fails (a shape error, MemoryError), the layer is left unplanned and the next
+// call retries.
+static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtype, bool inference) {
     check_not_owned(self);
     if (self->planned && !self->planned_as_top) {
         // Its buffers belong to the model that planned it (and the scratch is the model's):
@@ -513,9 +527,11 @@ static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtyp
         mp_raise_msg_varg(&mp_type_ValueError,
             MP_ERROR_TEXT("%q is planned as part of a model: run the model, or use a new layer"), mt_layer_name(self));
     }
-    if (self->planned && mt_shape_equal(&self->in_shape, in) && self->in_dtype == in_dtype) {
+    if (self->planned && mt_shape_equal(&self->in_shape, in) && self->in_dtype == in_dtype
+        && self->plans_inference == inference) {
         return;
     }
+    self->plans_inference = inference;
     plan_layout(self, in, in_dtype);
 }
 
@@ -565,13 +581,15 @@ static void check_not_own_buffer(mt_layer_obj_t *self, const mt_tensor_obj_t *t,
     }
 }
 
-static mt_tensor_obj_t *prepare_input(mt_layer_obj_t *self, mp_obj_t x_in, const char *what) {
+// x, with the model planned for its shape: for training (forward, train_step), or for
+// inference (predict, evaluate), which plans no gradients and reuses activations.
+static mt_tensor_obj_t *prepare_input(mt_layer_obj_t *self, mp_obj_t x_in, const char *what, bool inference) {
     self->last_input = MP_OBJ_NULL;  // whatever happens next, the last forward is gone
     mt_tensor_obj_t *x = mt_tensor_get(x_in, what);
     check_not_own_buffer(self, x, what);
     mt_shape_t shape;
     input_shape(self, x, &shape);
-    plan_top(self, &shape, x->dtype);
+    plan_top(self, &shape, x->dtype, inference);
     return x;
 }
 
@@ -711,7 +729,7 @@ static mp_obj_t layer_forward(size_t n_args, const mp_obj_t *pos_args, mp_map_t 
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
     mt_layer_obj_t *self = mt_layer_get(pos_args[0], "self");
-    mt_tensor_obj_t *x = prepare_input(self, args[ARG_x].u_obj, "forward: x");
+    mt_tensor_obj_t *x = prepare_input(self, args[ARG_x].u_obj, "forward: x", false);
     run_forward(self, x, args[ARG_training].u_bool);
     return MP_OBJ_FROM_PTR(self->output);
 }
@@ -723,7 +741,7 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
     mt_layer_obj_t *self = mt_layer_get(args[0], "self");
     check_not_owned(self);
     if (!self->planned || self->last_input == MP_OBJ_NULL || !plan_fits(self, MP_OBJ_TO_PTR(self->last_input))) {
-        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: call forward first"),
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: call forward first (not predict)"),
             mt_layer_name(self));
     }
     mt_tensor_obj_t *dy = mt_tensor_get(args[1], "backward: dy");
@@ -778,7 +796,7 @@ static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
     const mt_loss_obj_t *loss = mt_loss_get(args[3]);
     // A TypeError/ValueError before anything runs; its update policies active before planning.
     mt_optim_activate(args[4], self, "train_step");
-    mt_tensor_obj_t *x = prepare_input(self, args[1], "train_step: x");
+    mt_tensor_obj_t *x = prepare_input(self, args[1], "train_step: x", false);
     check_loss_output(self, loss);
     plan_loss(self);
     run_forward(self, x, true);
@@ -802,11 +820,14 @@ static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_train_step_obj, 5, 5, layer_train_step);
 
-// predict(x) -> output Tensor, inference mode (BatchNorm uses running statistics).
+// predict(x) -> output Tensor, inference mode (BatchNorm uses running statistics), in an
+// inference plan: no gradient buffers, and a Sequential's activations take turns in two
+// buffers (so the layers' .output before the last are overwritten as it runs).
 static mp_obj_t layer_predict(mp_obj_t self_in, mp_obj_t x_in) {
     mt_layer_obj_t *self = mt_layer_get(self_in, "self");
-    mt_tensor_obj_t *x = prepare_input(self, x_in, "predict: x");
+    mt_tensor_obj_t *x = prepare_input(self, x_in, "predict: x", true);
     run_forward(self, x, false);
+    self->last_input = MP_OBJ_NULL;  // an inference plan has nothing for backward
     return MP_OBJ_FROM_PTR(self->output);
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(layer_predict_obj, layer_predict);
@@ -815,7 +836,7 @@ static MP_DEFINE_CONST_FUN_OBJ_2(layer_predict_obj, layer_predict);
 static mp_obj_t layer_evaluate(size_t n_args, const mp_obj_t *args) {
     mt_layer_obj_t *self = mt_layer_get(args[0], "self");
     const mt_loss_obj_t *loss = mt_loss_get(n_args > 3 ? args[3] : MP_OBJ_FROM_PTR(&mt_cross_entropy_obj));
-    mt_tensor_obj_t *x = prepare_input(self, args[1], "evaluate: x");
+    mt_tensor_obj_t *x = prepare_input(self, args[1], "evaluate: x", true);
     check_loss_output(self, loss);
     plan_loss(self);
     run_forward(self, x, false);
@@ -830,7 +851,6 @@ static mp_obj_t layer_evaluate(size_t n_args, const mp_obj_t *args) {
         }
         accuracy = mp_obj_new_float_from_f((float)correct / (float)rows);
     }
-    self->last_input = MP_OBJ_FROM_PTR(x);
     mp_obj_t items[2] = { mp_obj_new_float_from_f(value), accuracy };
     return mp_obj_new_tuple(2, items);
 }
@@ -1134,7 +1154,8 @@ static void add_memory(const mt_layer_obj_t *layer, memory_use_t *use) {
         use->gradients += ops->grad_bytes(layer);
     }
     // Outputs of its own (a Sequential's is its last layer's; a Residual's sum is its own).
-    bool own_output = !layer->in_place && !(ops->flags & MT_LAYER_VIEW)
+    // A pooled output's bytes are its Sequential's shared buffers (that layer's state_bytes).
+    bool own_output = !layer->in_place && !layer->out_pooled && !(ops->flags & MT_LAYER_VIEW)
         && (n == 0 || layer->output != children[n - 1]->output);
     if (layer->planned && layer->output != NULL && own_output) {
         use->activations += layer->output->size * mt_dtype_size(layer->output->dtype);
@@ -1155,13 +1176,26 @@ static mp_obj_t layer_release(mp_obj_t self_in) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(layer_release_obj, layer_release);
 
-// memory(input_shape=None) -> dict of bytes by kind for a training step.
-static mp_obj_t layer_memory(size_t n_args, const mp_obj_t *args) {
-    mt_layer_obj_t *self = mt_layer_get(args[0], "self");
-    if (n_args > 1) {
+// memory(input_shape=None, inference=False) -> dict of bytes by kind, for a training step or,
+// with inference=True, for predict/evaluate (no gradients, reused activations). Plans the
+// model that way for input_shape (default: the shape it is planned for), as a call would.
+static mp_obj_t layer_memory(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_input_shape, ARG_inference };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_input_shape, MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_inference, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mt_layer_obj_t *self = mt_layer_get(pos_args[0], "self");
+    const bool inference = args[ARG_inference].u_bool;
+    if (args[ARG_input_shape].u_obj != mp_const_none) {
         mt_shape_t shape;
-        mt_shape_from_obj(args[1], &shape, "memory: input_shape");
-        plan_top(self, &shape, planned_input_dtype(self));
+        mt_shape_from_obj(args[ARG_input_shape].u_obj, &shape, "memory: input_shape");
+        plan_top(self, &shape, planned_input_dtype(self), inference);
+    } else if (self->planned && self->plans_inference != inference) {
+        mt_shape_t shape = self->in_shape;
+        plan_top(self, &shape, self->in_dtype, inference);
     }
     if (!self->planned) {
         mp_raise_msg_varg(&mp_type_ValueError,
@@ -1169,10 +1203,14 @@ static mp_obj_t layer_memory(size_t n_args, const mp_obj_t *args) {
     }
     memory_use_t use = { 0 };
     add_memory(self, &use);
-    // The state of the last optimizer built for this model (it owns that state).
-    use.optimizer = self->optim != MP_OBJ_NULL ? mt_optim_state_bytes(self->optim) : 0;
-    // A training step's loss buffers, whether or not one has run yet (plan_loss).
-    use.gradients += mt_shape_bytes(&self->out_shape, self->out_dtype, "output gradient");
+    if (inference) {
+        use.gradients = 0;  // .grad tensors a script made are its own, not inference's
+    } else {
+        // The state of the last optimizer built for this model (it owns that state).
+        use.optimizer = self->optim != MP_OBJ_NULL ? mt_optim_state_bytes(self->optim) : 0;
+        // A training step's loss buffers, whether or not one has run yet (plan_loss).
+        use.gradients += mt_shape_bytes(&self->out_shape, self->out_dtype, "output gradient");
+    }
     uint64_t scratch = (uint64_t)self->scratch_floats * sizeof(float) + (uint64_t)self->out_shape.dim[0] * sizeof(int32_t);
     size_t loss_floats = self->out_dtype != MT_FLOAT32 ? mt_loss_buf_floats(&self->out_shape) : 0;
     scratch += loss_floats > self->scratch_floats ? (uint64_t)loss_floats * sizeof(float) : 0;  // see plan_loss
@@ -1186,7 +1224,7 @@ static mp_obj_t layer_memory(size_t n_args, const mp_obj_t *args) {
         mp_obj_new_int_from_ull(use.weights + use.gradients + use.optimizer + use.activations + scratch));
     return dict;
 }
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_memory_obj, 1, 2, layer_memory);
+static MP_DEFINE_CONST_FUN_OBJ_KW(layer_memory_obj, 1, layer_memory);
 
 // macs(input_shape=None) -> {"forward", "backward", "train_step"} multiply-accumulates.
 static mp_obj_t layer_macs(size_t n_args, const mp_obj_t *args) {
@@ -1194,7 +1232,7 @@ static mp_obj_t layer_macs(size_t n_args, const mp_obj_t *args) {
     if (n_args > 1) {
         mt_shape_t shape;
         mt_shape_from_obj(args[1], &shape, "macs: input_shape");
-        plan_top(self, &shape, planned_input_dtype(self));
+        plan_top(self, &shape, planned_input_dtype(self), self->planned && self->plans_inference);
     }
     if (!self->planned) {
         mp_raise_msg_varg(&mp_type_ValueError,

@@ -126,6 +126,7 @@ struct _mt_layer_obj_t {
     bool planned_as_top;           // planned by its own call (owns scratch), not by a parent's
     bool trainable;
     bool in_place;                 // output shares the input's memory (set when planned)
+    bool out_pooled;               // output in buffers its Sequential shares out (inference plans)
     bool owned;                    // adopted by a container, for good (mt_layer_adopt)
     // Set when planned by a Sequential (layer_activation.c): an activation folded into this
     // layer's forward (MT_ACT_*); whether its backward masks dy with it first (the
@@ -148,6 +149,7 @@ struct _mt_layer_obj_t {
     mt_tensor_obj_t *loss_buf;     // fp32 chunk of a float16/int8 output for the loss, or NULL
     mt_plan_arena_t arena;         // the block all of the above but input_grad live in (plan_arena.h)
     bool plans_loss;               // the plan includes the loss buffers (a train_step or evaluate ran)
+    bool plans_inference;          // the plan is for inference (predict, evaluate): no gradients
     mt_tensor_obj_t *extra_params[2];  // BatchNorm running statistics
     mt_tensor_obj_t *weight_scale;     // int8 layers: fp32 scale of each weight row (out_c)
     // int8 layers: the tracked real range their int8 output is quantized from (Convert to
@@ -197,7 +199,9 @@ void mt_layer_print_simple(const mp_print_t *print, const mt_layer_obj_t *layer)
 void mt_layer_adopt(mt_layer_obj_t *const *children, size_t n, const char *what);
 
 // Plans a child for `in` of dtype in_dtype; may_share lets it run in place on its input.
-void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype, bool may_share);
+// pooled (inference plans): an output of its own gets no memory here, the container points
+// it into a buffer it shares out (the layer's out_pooled says whether it did).
+void mt_layer_plan(mt_layer_obj_t *layer, const mt_shape_t *in, uint8_t in_dtype, bool may_share, bool pooled);
 // Forgets a layer tree's plan and drops every buffer planning allocated (outputs, gradient
 // buffers, scratch, loss buffers) for the GC to take back; the next call plans again.
 void mt_layer_release(mt_layer_obj_t *layer);

@@ -41,11 +41,11 @@ static void res_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     mt_residual_obj_t *self = (mt_residual_obj_t *)self_in;
     mt_layer_obj_t *body = self->children[0], *shortcut = self->children[1];
     uint8_t in_dtype = self_in->in_dtype;
-    mt_layer_plan(body, in, in_dtype, false);
+    mt_layer_plan(body, in, in_dtype, false, false);
     const mt_shape_t *other = in;
     uint8_t other_dtype = in_dtype;
     if (shortcut) {
-        mt_layer_plan(shortcut, in, in_dtype, false);
+        mt_layer_plan(shortcut, in, in_dtype, false, false);
         other = &shortcut->out_shape;
         other_dtype = shortcut->out_dtype;
     }
@@ -74,7 +74,7 @@ static void res_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     self_in->out_dtype = other_dtype;
     self_in->output = mt_plan_tensor(self_in->output, &self_in->out_shape, other_dtype, "Residual");
     mt_tensor_header_init(&self->shortcut_grad, NULL, in_dtype);
-    if (shortcut) {
+    if (shortcut && !mt_plan_inference()) {
         size_t bytes = mt_shape_bytes(in, in_dtype, "Residual: gradient");
         self->shortcut_grad.data = mt_plan_alloc(bytes, "Residual shortcut gradient");
     }

@@ -1,6 +1,7 @@
 // mt.Sequential(*layers): runs layers in order. Plans one output buffer per layer
 // (ReLUs share their input's when that is safe) and two gradient buffers that
-// backward alternates between; backward stops at the first trainable layer.
+// backward alternates between; backward stops at the first trainable layer. An inference
+// plan (predict, evaluate) has no gradient buffers, and the outputs take turns in two.
 // A ReLU or ReLU6 right after a Conv or Linear layer is folded into it (layer.h): the conv
 // clamps its own output, and masks the error in the gradient buffer at the start of its
 // backward, which the ReLU then skips; a ReLU that ends the Sequential keeps its backward
@@ -25,17 +26,65 @@ static size_t seq_children(const mt_layer_obj_t *self_in, mt_layer_obj_t *const 
     return self->n;
 }
 
+// Inference plans: the layers whose outputs were pooled (mt_layer_plan) take turns in two
+// buffers of the largest such output, each writing the one its input is not in (a view or
+// an in-place layer's output is its input's buffer; a composite child's is its own).
+static void seq_place_pooled(mt_sequential_obj_t *self) {
+    mt_layer_obj_t *const *layers = self->layers;
+    size_t bytes = 0, pooled = 0;
+    for (size_t i = 0; i < self->n; i++) {
+        if (layers[i]->out_pooled) {
+            size_t b = mt_shape_bytes(&layers[i]->out_shape, layers[i]->out_dtype, "Sequential: activation");
+            bytes = b > bytes ? b : bytes;
+            pooled++;
+        }
+    }
+    size_t buffers = pooled < 2 ? pooled : 2;
+    void *buf[2] = { NULL, NULL };
+    for (size_t b = 0; b < buffers; b++) {
+        buf[b] = mt_plan_alloc(bytes, "Sequential activation");
+    }
+    self->base.state_bytes = bytes * buffers;
+    if (mt_plan_measuring()) {
+        return;
+    }
+    int where = -1;  // the buffer holding the current activation (-1: neither)
+    for (size_t i = 0; i < self->n; i++) {
+        mt_layer_obj_t *layer = layers[i];
+        if (layer->out_pooled) {
+            where = buffers == 2 && where == 0 ? 1 : 0;
+            layer->output = mt_plan_header(layer->output, &layer->out_shape, layer->out_dtype, buf[where]);
+        } else if (!layer->in_place && !(mt_layer_ops(layer)->flags & MT_LAYER_VIEW)) {
+            where = -1;
+        }
+    }
+}
+
+// Whether layer i may run in place on the output of the layer before it. Training: unless
+// backward reads that output. Inference: nothing reads it again, but a view or a
+// composite's output may be memory that is not ours (the model's input).
+static bool seq_may_share(const mt_sequential_obj_t *self, size_t i, bool inference) {
+    if (i == 0) {
+        return false;  // the first layer's input is not ours to overwrite
+    }
+    const mt_layer_obj_t *prev = self->layers[i - 1];
+    if (inference) {
+        return prev->out_pooled || (prev->in_place && !(mt_layer_ops(prev)->flags & MT_LAYER_VIEW));
+    }
+    return !mt_layer_output_needed(prev);
+}
+
 static void seq_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     mt_sequential_obj_t *self = (mt_sequential_obj_t *)self_in;
+    const bool inference = mt_plan_inference();
     self->grad[0].data = self->grad[1].data = NULL;
+    self->grad_bytes = 0;
     mt_shape_t shape = *in;
     uint8_t dtype = self_in->in_dtype;
     size_t grad_bytes = 0;
     for (size_t i = 0; i < self->n; i++) {
         mt_layer_obj_t *layer = self->layers[i];
-        // The first layer's input is not ours to overwrite; later ones may share.
-        bool may_share = i > 0 && !mt_layer_output_needed(self->layers[i - 1]);
-        mt_layer_plan(layer, &shape, dtype, may_share);
+        mt_layer_plan(layer, &shape, dtype, seq_may_share(self, i, inference), inference);
         if (i > 0 && mt_act_can_fold(self->layers[i - 1], layer)) {
             mt_act_fold(self->layers[i - 1], layer, i + 1 < self->n);
         }
@@ -49,13 +98,17 @@ static void seq_plan(mt_layer_obj_t *self_in, const mt_shape_t *in) {
     }
     self_in->out_shape = shape;
     self_in->out_dtype = dtype;
-    self_in->output = self->layers[self->n - 1]->output;
-    // Gradient buffers alternate between layers; two are needed from three layers on.
-    size_t buffers = self->n > 2 ? 2 : self->n - 1;
-    for (size_t b = 0; b < buffers; b++) {
-        mt_tensor_header_init(&self->grad[b], mt_plan_alloc(grad_bytes, "Sequential gradient"), MT_FLOAT32);
+    if (inference) {
+        seq_place_pooled(self);
+    } else {
+        // Gradient buffers alternate between layers; two are needed from three layers on.
+        size_t buffers = self->n > 2 ? 2 : self->n - 1;
+        for (size_t b = 0; b < buffers; b++) {
+            mt_tensor_header_init(&self->grad[b], mt_plan_alloc(grad_bytes, "Sequential gradient"), MT_FLOAT32);
+        }
+        self->grad_bytes = grad_bytes * buffers;
     }
-    self->grad_bytes = grad_bytes * buffers;
+    self_in->output = self->layers[self->n - 1]->output;
 }
 
 static void seq_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_pass_t *pass) {

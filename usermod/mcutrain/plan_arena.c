@@ -11,6 +11,7 @@ static struct {
     bool active;
     bool measuring;
     bool loose;                // placing into a GC block per buffer
+    bool inference;            // planning for inference: no gradients, activations reused
     uint8_t *base;
     mp_obj_t owner;
     size_t capacity;
@@ -20,6 +21,7 @@ static struct {
 void mt_plan_begin(const mt_plan_arena_t *arena) {
     pass.active = true;
     pass.loose = false;
+    pass.inference = false;
     pass.measuring = arena == NULL;
     pass.base = arena ? arena->block : NULL;
     pass.owner = arena ? arena->owner : MP_OBJ_NULL;
@@ -47,6 +49,14 @@ void mt_plan_abort(void) {
 
 bool mt_plan_measuring(void) {
     return pass.measuring;
+}
+
+void mt_plan_for_inference(void) {
+    pass.inference = true;
+}
+
+bool mt_plan_inference(void) {
+    return pass.inference;
 }
 
 bool mt_plan_places_into(const mt_plan_arena_t *arena) {

@@ -34,6 +34,11 @@ void mt_plan_begin_loose(void);
 size_t mt_plan_end(void);
 void mt_plan_abort(void);
 bool mt_plan_measuring(void);
+// Marks the pass in progress as an inference plan (predict, evaluate): containers plan no
+// gradient buffers and a Sequential lets its layers' outputs take turns in two buffers, as
+// nothing reads an activation after the next layer has run. Off again at the next begin.
+void mt_plan_for_inference(void);
+bool mt_plan_inference(void);
 // Whether the pass in progress places into `arena` (planning its owner as the top).
 bool mt_plan_places_into(const mt_plan_arena_t *arena);
 
