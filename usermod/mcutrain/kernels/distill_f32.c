@@ -56,9 +56,10 @@ float mt_distill_row_loss(const mt_distill_row_t *row, const mt_distill_params_t
     // -log softmax(s)[label] = log(sum exp(s - s_max)) - (s[label] - s_max); each sum >= 1.
     float ce = logf(row->s_sum) - row->label_logit;
     // KL = sum pt * (log pt - log ps) with log pt = (t - t_max) / T - log t_sum_t and
-    // log ps = (s - s_max) / T - log s_sum_t; clamped as rounding can leave it a hair below 0.
+    // log ps = (s - s_max) / T - log s_sum_t; clamped as rounding can leave it a hair below 0
+    // (written so that a NaN from non-finite logits stays NaN, for train_step to refuse).
     float kl = row->t_dot - logf(row->t_sum_t) + logf(row->s_sum_t);
-    kl = kl > 0.0f ? kl : 0.0f;
+    kl = kl < 0.0f ? 0.0f : kl;
     // alpha = 1 ignores the teacher even where T^2 overflows (0 * inf would be NaN).
     float soft = p->alpha < 1.0f ? (1.0f - p->alpha) * p->temperature * p->temperature * kl : 0.0f;
     return p->alpha * ce + soft;
