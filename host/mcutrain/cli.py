@@ -161,7 +161,7 @@ def cmd_push_dataset(args: argparse.Namespace) -> int:
         bar = ProgressBar(f"push {Path(args.dest).name if args.dest else dataset_name(args.src)}")
         try:
             pushed = push_dataset(device, args.src, dtype=args.dtype, dest=args.dest,
-                                  save=args.save, progress=bar)  # fmt: skip
+                                  save=args.save, progress=bar, teacher=args.teacher)  # fmt: skip
         finally:
             bar.close()
     h = pushed.header
@@ -175,7 +175,8 @@ def _stream_dataset(args: argparse.Namespace) -> int:
     from .push import check_mounted, serve_dataset
 
     path, h = serve_dataset(args.src, dtype=args.dtype,
-                            directory=args.save.parent if args.save else None)  # fmt: skip
+                            directory=args.save.parent if args.save else None,
+                            teacher=args.teacher)  # fmt: skip
     if args.save is not None and args.save != path:
         path = path.rename(args.save)
     print(f"dataset: {h.count} samples of {tuple(h.sample_shape)} {h.dtype}, "
@@ -388,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="serve the file with `mpremote mount` instead of copying it: "
                            "a REPL with it at /remote on a terminal, else a check that the "
                            "board sees it")  # fmt: skip
+    push.add_argument("--teacher", type=Path, metavar="MODEL",
+                      help="store MODEL's logits for every sample, for mt.distillation on the "
+                           "board (.mtm, or a whole PyTorch module or TorchScript as .pt)")  # fmt: skip
     push.set_defaults(func=cmd_push_dataset)
 
     export = commands.add_parser(

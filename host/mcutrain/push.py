@@ -15,6 +15,7 @@ from .emulator import run_mpremote
 from .formats import (
     DatasetHeader,
     load_source,
+    read_dataset,
     read_dataset_header,
     read_model,
     write_arrays,
@@ -38,12 +39,23 @@ def dataset_name(src: Path | str) -> str:
     return f"{stem or 'dataset'}.mtd"
 
 
-def prepare_dataset(src: Path | str, out: Path | str, *, dtype: str | None = None) -> DatasetHeader:
+def prepare_dataset(
+    src: Path | str, out: Path | str, *, dtype: str | None = None, teacher: Path | str | None = None
+) -> DatasetHeader:
     """Convert a dataset source (.npz, .csv, idx files, a folder of per-class WAV folders) into
-    an .mtd file at `out`; an .mtd is checked and copied. Its header."""
+    an .mtd file at `out`; an .mtd is checked and copied. With `teacher` (a model file, see
+    mcutrain.teacher) its logits for every sample go into the file's teacher_logits. Its header."""
     src, out = Path(src), Path(out)
     if dtype is not None and dtype not in DATASET_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DATASET_DTYPES)}, got {dtype!r}")
+    if teacher is not None:
+        from .teacher import with_teacher_logits
+
+        data = read_dataset(src) if src.suffix == ".mtd" else load_source(src)
+        if src.suffix == ".mtd" and dtype is None:
+            dtype = read_dataset_header(src).dtype
+        write_arrays(out, with_teacher_logits(data, teacher), dtype=dtype)
+        return read_dataset_header(out)
     if src.suffix == ".mtd":
         header = read_dataset_header(src)
         if dtype is not None and dtype != header.dtype:
@@ -86,25 +98,30 @@ def push_dataset(
     dest: str | None = None,
     save: Path | str | None = None,
     progress: ProgressFn | None = None,
+    teacher: Path | str | None = None,
 ) -> PushResult:
     """Convert `src` to .mtd (kept at `save` if given) and copy it to `dest` on the board
     (default: the dataset's name in the board's working directory, /flash on emulated boards)."""
     dest = dest or dataset_name(src)
     with tempfile.TemporaryDirectory(prefix="mcutrain-push-") as tmp:
         path = Path(save) if save is not None else Path(tmp) / dataset_name(src)
-        header = prepare_dataset(src, path, dtype=dtype)
+        header = prepare_dataset(src, path, dtype=dtype, teacher=teacher)
         result = _push(device, path, dest, progress)
         return PushResult(Path(src), dest, path.stat().st_size, header, result)
 
 
 def serve_dataset(
-    src: Path | str, *, dtype: str | None = None, directory: Path | str | None = None
+    src: Path | str,
+    *,
+    dtype: str | None = None,
+    directory: Path | str | None = None,
+    teacher: Path | str | None = None,
 ) -> tuple[Path, DatasetHeader]:
     """Convert `src` into `directory` (default stream_dir()) for `mpremote mount`; the file."""
     folder = Path(directory) if directory is not None else stream_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / dataset_name(src)
-    return path, prepare_dataset(src, path, dtype=dtype)
+    return path, prepare_dataset(src, path, dtype=dtype, teacher=teacher)
 
 
 def check_mounted(device: Device, path: Path) -> int:

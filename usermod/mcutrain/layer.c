@@ -646,9 +646,9 @@ static bool dy_shape_fits(const mt_layer_obj_t *self, const mt_tensor_obj_t *x, 
 // The loss of the planned output against target, writing dL/doutput into output_grad if grad.
 static float run_loss(mt_layer_obj_t *self, const mt_loss_obj_t *loss, mp_obj_t target, bool grad) {
     if (self->loss_buf == NULL) {
-        return loss->compute(self->output, target, grad ? mt_tensor_f32(self->output_grad) : NULL, self->labels);
+        return loss->compute(loss, self->output, target, grad ? mt_tensor_f32(self->output_grad) : NULL, self->labels);
     }
-    return loss->compute_narrow(self->output, target, grad ? self->output_grad : NULL, self->labels,
+    return loss->compute_narrow(loss, self->output, target, grad ? self->output_grad : NULL, self->labels,
         self->loss_buf->data);
 }
 
@@ -785,8 +785,8 @@ static void check_loss_output(mt_layer_obj_t *self, const mt_loss_obj_t *loss) {
     if (loss->takes_labels && self->out_shape.ndim != 2) {
         char buf[64];
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("%q: cross_entropy needs (batch, classes) outputs, the model gives %s"),
-            mt_layer_name(self), mt_shape_str(&self->out_shape, buf, sizeof(buf)));
+            MP_ERROR_TEXT("%q: %q needs (batch, classes) outputs, the model gives %s"),
+            mt_layer_name(self), loss->name, mt_shape_str(&self->out_shape, buf, sizeof(buf)));
     }
 }
 

@@ -1,4 +1,5 @@
-// mt.cross_entropy and mt.mse: loss objects for train_step, also callable directly.
+// mt.cross_entropy and mt.mse, and the Loss type every loss object (also
+// mt.distillation's) has: usable in train_step, also callable directly.
 #include "py/runtime.h"
 #include "py/binary.h"
 #include "loss.h"
@@ -62,7 +63,8 @@ void mt_labels_from_obj(mp_obj_t obj, int32_t *labels, int n, int classes) {
     }
 }
 
-static float cross_entropy_compute(const mt_tensor_obj_t *out, mp_obj_t target, float *dout, int32_t *labels) {
+static float cross_entropy_compute(const mt_loss_obj_t *self, const mt_tensor_obj_t *out, mp_obj_t target, float *dout, int32_t *labels) {
+    (void)self;
     int rows = out->shape.dim[0];
     int classes = (int)(out->size / (size_t)rows);
     mt_labels_from_obj(target, labels, rows, classes);
@@ -71,7 +73,9 @@ static float cross_entropy_compute(const mt_tensor_obj_t *out, mp_obj_t target, 
 
 static mt_tensor_obj_t *mse_target(const mt_tensor_obj_t *out, mp_obj_t target);
 
-static float mse_compute(const mt_tensor_obj_t *out, mp_obj_t target, float *dout, int32_t *labels) {
+static float mse_compute(const mt_loss_obj_t *self, const mt_tensor_obj_t *out, mp_obj_t target, float *dout,
+    int32_t *labels) {
+    (void)self;
     (void)labels;
     return mt_mse_f32(out->data, mse_target(out, target)->data, (int)out->size, dout);
 }
@@ -106,13 +110,10 @@ static void narrow(const float *buf, size_t n, mt_tensor_obj_t *t, size_t at) {
     }
 }
 
-// One chunk's share of the mean loss; with grad, buf becomes its gradient (of the mean).
-typedef float (*chunk_fn_t)(const void *ctx, float *buf, size_t at, size_t n, bool grad);
-
-// Runs fn over the output in chunks of `chunk` values. An int8 gradient takes two passes:
-// its scale comes from the whole gradient's largest magnitude.
-static float run_chunks(const mt_tensor_obj_t *out, mt_tensor_obj_t *dout, float *buf, size_t chunk, chunk_fn_t fn,
-    const void *ctx) {
+// An int8 gradient takes two passes: its scale comes from the whole gradient's largest
+// magnitude.
+float mt_loss_run_chunks(const mt_tensor_obj_t *out, mt_tensor_obj_t *dout, float *buf, size_t chunk,
+    mt_loss_chunk_fn_t fn, const void *ctx) {
     float absmax = 0.0f;
     bool two_pass = dout != NULL && dout->dtype == MT_INT8;
     float loss = 0.0f;
@@ -165,11 +166,12 @@ static float ce_chunk(const void *ctx_in, float *buf, size_t at, size_t n, bool 
     return loss * inv_rows;
 }
 
-static float cross_entropy_narrow(const mt_tensor_obj_t *out, mp_obj_t target, mt_tensor_obj_t *dout,
-    int32_t *labels, float *buf) {
+static float cross_entropy_narrow(const mt_loss_obj_t *self, const mt_tensor_obj_t *out, mp_obj_t target,
+    mt_tensor_obj_t *dout, int32_t *labels, float *buf) {
+    (void)self;
     ce_ctx_t ctx = { labels, out->shape.dim[0], (int)(out->size / (size_t)out->shape.dim[0]) };
     mt_labels_from_obj(target, labels, ctx.rows, ctx.classes);
-    return run_chunks(out, dout, buf, (size_t)ctx.classes, ce_chunk, &ctx);
+    return mt_loss_run_chunks(out, dout, buf, (size_t)ctx.classes, ce_chunk, &ctx);
 }
 
 typedef struct {
@@ -215,17 +217,18 @@ static mt_tensor_obj_t *mse_target(const mt_tensor_obj_t *out, mp_obj_t target) 
     return t;
 }
 
-static float mse_narrow(const mt_tensor_obj_t *out, mp_obj_t target, mt_tensor_obj_t *dout, int32_t *labels,
-    float *buf) {
+static float mse_narrow(const mt_loss_obj_t *self, const mt_tensor_obj_t *out, mp_obj_t target,
+    mt_tensor_obj_t *dout, int32_t *labels, float *buf) {
+    (void)self;
     (void)labels;
     mse_ctx_t ctx = { mse_target(out, target)->data, out->size };
-    return run_chunks(out, dout, buf, mt_loss_buf_floats(&out->shape), mse_chunk, &ctx);
+    return mt_loss_run_chunks(out, dout, buf, mt_loss_buf_floats(&out->shape), mse_chunk, &ctx);
 }
 
 const mt_loss_obj_t *mt_loss_get(mp_obj_t obj) {
     if (!mp_obj_is_type(obj, &mt_loss_type)) {
         mp_raise_msg_varg(&mp_type_TypeError,
-            MP_ERROR_TEXT("loss must be mt.cross_entropy or mt.mse, not %s"), mp_obj_get_type_str(obj));
+            MP_ERROR_TEXT("loss must be mt.cross_entropy, mt.mse or mt.distillation(...), not %s"), mp_obj_get_type_str(obj));
     }
     return MP_OBJ_TO_PTR(obj);
 }
@@ -233,11 +236,11 @@ const mt_loss_obj_t *mt_loss_get(mp_obj_t obj) {
 // Scratch for a direct call: the gradient and labels of `out`, freed right after.
 static float call_loss(const mt_loss_obj_t *loss, const mt_tensor_obj_t *out, mp_obj_t target, mt_tensor_obj_t **grad) {
     if (out->shape.ndim != 2 && loss->takes_labels) {
-        mp_raise_ValueError(MP_ERROR_TEXT("cross_entropy: output must be (batch, classes)"));
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q: output must be (batch, classes)"), loss->name);
     }
     *grad = mt_tensor_new(&out->shape, MT_FLOAT32, "loss gradient");
     int32_t *labels = m_new(int32_t, out->shape.dim[0]);
-    float value = loss->compute(out, target, (*grad)->data, labels);
+    float value = loss->compute(loss, out, target, (*grad)->data, labels);
     m_del(int32_t, labels, out->shape.dim[0]);
     return value;
 }
@@ -264,7 +267,11 @@ static MP_DEFINE_CONST_FUN_OBJ_3(loss_backward_obj, loss_backward);
 static void loss_print(const mp_print_t *print, mp_obj_t self_in, mp_print_kind_t kind) {
     (void)kind;
     const mt_loss_obj_t *loss = MP_OBJ_TO_PTR(self_in);
-    mp_printf(print, "<loss %q>", loss->name);
+    mp_printf(print, "<loss %q", loss->name);
+    if (loss->print_params != NULL) {
+        loss->print_params(loss, print);
+    }
+    mp_printf(print, ">");
 }
 
 static const mp_rom_map_elem_t loss_locals_dict_table[] = {
@@ -282,8 +289,8 @@ MP_DEFINE_CONST_OBJ_TYPE(
     );
 
 const mt_loss_obj_t mt_cross_entropy_obj = {
-    { &mt_loss_type }, MP_QSTR_cross_entropy, true, cross_entropy_compute, cross_entropy_narrow,
+    { &mt_loss_type }, MP_QSTR_cross_entropy, true, cross_entropy_compute, cross_entropy_narrow, NULL,
 };
 const mt_loss_obj_t mt_mse_obj = {
-    { &mt_loss_type }, MP_QSTR_mse, false, mse_compute, mse_narrow,
+    { &mt_loss_type }, MP_QSTR_mse, false, mse_compute, mse_narrow, NULL,
 };

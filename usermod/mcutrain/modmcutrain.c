@@ -123,6 +123,7 @@ static const mp_rom_map_elem_t mcutrain_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_Sequential), MP_ROM_PTR(&mt_sequential_type) },
     { MP_ROM_QSTR(MP_QSTR_Residual), MP_ROM_PTR(&mt_residual_type) },
     { MP_ROM_QSTR(MP_QSTR_cross_entropy), MP_ROM_PTR(&mt_cross_entropy_obj) },
+    { MP_ROM_QSTR(MP_QSTR_distillation), MP_ROM_PTR(&mt_distillation_obj) },
     { MP_ROM_QSTR(MP_QSTR_mse), MP_ROM_PTR(&mt_mse_obj) },
     { MP_ROM_QSTR(MP_QSTR_SGD), MP_ROM_PTR(&mt_sgd_type) },
     { MP_ROM_QSTR(MP_QSTR_Adam), MP_ROM_PTR(&mt_adam_type) },
