@@ -147,6 +147,31 @@ print('@json', json.dumps(res))
     assert r == {"float32": True, "int8": True}, r
 
 
+def test_a_training_plan_for_the_shape_serves_predict_as_it_is(target):
+    # A script that predicts before each train_step (prequential accuracy) must not re-plan
+    # twice a sample: at the training shape predict runs in the training plan, whose layers
+    # keep their own outputs; at another shape it plans for inference, where they take turns.
+    code = PRELUDE + MODELS + r"""
+mt.seed(4)
+m = cnn('float32')
+opt = mt.SGD(m, lr=0.01)
+x = filled((2, 6, 6, 1), 5)
+m.train_step(x, [1, 2], mt.cross_entropy, opt)
+m.predict(x)
+conv0 = hexb(m[0].output)
+m.forward(x, training=False)
+print('@same-shape', conv0 == hexb(m[0].output))
+x3 = filled((3, 6, 6, 1), 5)
+m.predict(x3)
+conv0 = hexb(m[0].output)
+m.forward(x3, training=False)
+print('@other-shape', conv0 == hexb(m[0].output))
+"""
+    text = run_on(target, code, timeout=300)
+    assert "@same-shape True" in text, text
+    assert "@other-shape False" in text, text  # pooled: a later layer wrote over conv0's output
+
+
 def test_backward_after_predict_or_evaluate_is_refused_then_works_after_forward(target):
     code = PRELUDE + MODELS + r"""
 mt.seed(1)

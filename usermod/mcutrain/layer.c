@@ -517,9 +517,11 @@ static void plan_layout(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_d
 }
 
 // Plans the whole tree for `in`, for training or for inference, unless already planned so.
-// If anything fails (a shape error, MemoryError), the layer is left unplanned and the next
-// call retries.
-static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtype, bool inference) {
+// A training plan for `in` serves inference as it is, unless `exact` (memory()): the arena
+// never shrinks, so a smaller plan would free nothing, and a script that predicts before
+// each train_step would re-plan twice a sample. If anything fails (a shape error,
+// MemoryError), the layer is left unplanned and the next call retries.
+static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtype, bool inference, bool exact) {
     check_not_owned(self);
     if (self->planned && !self->planned_as_top) {
         // Its buffers belong to the model that planned it (and the scratch is the model's):
@@ -528,7 +530,7 @@ static void plan_top(mt_layer_obj_t *self, const mt_shape_t *in, uint8_t in_dtyp
             MP_ERROR_TEXT("%q is planned as part of a model: run the model, or use a new layer"), mt_layer_name(self));
     }
     if (self->planned && mt_shape_equal(&self->in_shape, in) && self->in_dtype == in_dtype
-        && self->plans_inference == inference) {
+        && (self->plans_inference == inference || (inference && !exact))) {
         return;
     }
     self->plans_inference = inference;
@@ -589,7 +591,7 @@ static mt_tensor_obj_t *prepare_input(mt_layer_obj_t *self, mp_obj_t x_in, const
     check_not_own_buffer(self, x, what);
     mt_shape_t shape;
     input_shape(self, x, &shape);
-    plan_top(self, &shape, x->dtype, inference);
+    plan_top(self, &shape, x->dtype, inference, false);
     return x;
 }
 
@@ -1192,10 +1194,10 @@ static mp_obj_t layer_memory(size_t n_args, const mp_obj_t *pos_args, mp_map_t *
     if (args[ARG_input_shape].u_obj != mp_const_none) {
         mt_shape_t shape;
         mt_shape_from_obj(args[ARG_input_shape].u_obj, &shape, "memory: input_shape");
-        plan_top(self, &shape, planned_input_dtype(self), inference);
+        plan_top(self, &shape, planned_input_dtype(self), inference, true);
     } else if (self->planned && self->plans_inference != inference) {
         mt_shape_t shape = self->in_shape;
-        plan_top(self, &shape, self->in_dtype, inference);
+        plan_top(self, &shape, self->in_dtype, inference, true);
     }
     if (!self->planned) {
         mp_raise_msg_varg(&mp_type_ValueError,
@@ -1232,7 +1234,7 @@ static mp_obj_t layer_macs(size_t n_args, const mp_obj_t *args) {
     if (n_args > 1) {
         mt_shape_t shape;
         mt_shape_from_obj(args[1], &shape, "macs: input_shape");
-        plan_top(self, &shape, planned_input_dtype(self), self->planned && self->plans_inference);
+        plan_top(self, &shape, planned_input_dtype(self), self->planned && self->plans_inference, false);
     }
     if (!self->planned) {
         mp_raise_msg_varg(&mp_type_ValueError,
