@@ -83,6 +83,7 @@ void mt_layer_init(mt_layer_obj_t *layer) {
     layer->in_dtype = MT_FLOAT32;
     layer->out_dtype = MT_FLOAT32;
     layer->trainable = true;
+    layer->training = true;
     layer->owned = false;
     layer->weight = NULL;
     layer->bias = NULL;
@@ -200,7 +201,7 @@ void mt_parse_pair(mp_obj_t obj, int *h, int *w, const char *what, int min) {
 /******************************************************************************/
 // Tree walks
 
-static size_t layer_children(const mt_layer_obj_t *layer, mt_layer_obj_t *const **children) {
+size_t mt_layer_children(const mt_layer_obj_t *layer, mt_layer_obj_t *const **children) {
     const mt_layer_ops_t *ops = mt_layer_ops(layer);
     if (ops->children == NULL) {
         *children = NULL;
@@ -211,7 +212,7 @@ static size_t layer_children(const mt_layer_obj_t *layer, mt_layer_obj_t *const 
 
 bool mt_layer_has_trainable(const mt_layer_obj_t *layer) {
     mt_layer_obj_t *const *children;
-    size_t n = layer_children(layer, &children);
+    size_t n = mt_layer_children(layer, &children);
     if (n) {
         for (size_t i = 0; i < n; i++) {
             if (mt_layer_has_trainable(children[i])) {
@@ -225,7 +226,7 @@ bool mt_layer_has_trainable(const mt_layer_obj_t *layer) {
 
 uint8_t mt_layer_input_ndim(const mt_layer_obj_t *layer) {
     mt_layer_obj_t *const *children;
-    size_t n = layer_children(layer, &children);
+    size_t n = mt_layer_children(layer, &children);
     for (size_t i = 0; i < n; i++) {
         uint8_t d = mt_layer_input_ndim(children[i]);
         if (d) {
@@ -248,7 +249,7 @@ size_t mt_layer_scratch_floats(const mt_layer_obj_t *layer) {
     const mt_layer_ops_t *ops = mt_layer_ops(layer);
     size_t floats = ops->scratch_floats ? ops->scratch_floats(layer) : 0;
     mt_layer_obj_t *const *children;
-    size_t n = layer_children(layer, &children);
+    size_t n = mt_layer_children(layer, &children);
     for (size_t i = 0; i < n; i++) {
         size_t c = mt_layer_scratch_floats(children[i]);
         floats = c > floats ? c : floats;
@@ -386,10 +387,9 @@ mt_grad_dest_t mt_grad_begin(const mt_pass_t *pass, mt_tensor_obj_t *param) {
         mt_optim_grad_begin(pass->optim, param, &dest);
         return dest;
     }
-    // Plain backward: the gradient of this call, in .grad (fp32 of the parameter's size,
-    // checked by ensure_grads before the pass).
+    // Plain backward: the gradient of this call added into .grad, as PyTorch accumulates
+    // (fp32 of the parameter's size, checked by ensure_grads before the pass; zero_grad()).
     mt_tensor_obj_t *grad = MP_OBJ_TO_PTR(param->grad);
-    memset(grad->data, 0, grad->size * sizeof(float));
     dest.data = grad->data;
     dest.alpha = 1.0f;
     dest.dtype = MT_FLOAT32;
@@ -557,7 +557,7 @@ static bool bytes_overlap(const void *a, size_t a_len, const void *b, size_t b_l
 // what finds them in a loose plan (plan_arena.h), whose buffers are blocks of their own.
 static bool output_overlaps(mt_layer_obj_t *layer, const void *data, size_t bytes) {
     mt_layer_obj_t *const *children;
-    size_t n = layer_children(layer, &children);
+    size_t n = mt_layer_children(layer, &children);
     for (size_t i = 0; i < n; i++) {
         if (output_overlaps(children[i], data, bytes)) {
             return true;
@@ -677,7 +677,7 @@ static int row_argmax(const mt_tensor_obj_t *t, int r, int n) {
 // mixed layers update inside backward(dy, opt)/train_step and get no .grad.
 static void ensure_grads(mt_layer_obj_t *layer) {
     mt_layer_obj_t *const *children;
-    size_t n = layer_children(layer, &children);
+    size_t n = mt_layer_children(layer, &children);
     for (size_t i = 0; i < n; i++) {
         ensure_grads(children[i]);
     }
@@ -721,21 +721,23 @@ static mt_tensor_obj_t *sized_input_grad(mt_layer_obj_t *self, const mt_shape_t 
     return t;  // backward writes every element of its input gradient
 }
 
-// forward(x, training=True) -> output Tensor (planned once per input shape, reused).
-static mp_obj_t layer_forward(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+// forward(x, training=<mode>) -> output Tensor (planned once per input shape, reused); the
+// mode is the layer's (train()/eval()), True unless eval() was called.
+mp_obj_t mt_layer_forward_call(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
     enum { ARG_x, ARG_training };
     static const mp_arg_t allowed_args[] = {
         { MP_QSTR_x, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_training, MP_ARG_BOOL, {.u_bool = true} },
+        { MP_QSTR_training, MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
     mt_layer_obj_t *self = mt_layer_get(pos_args[0], "self");
+    bool training = args[ARG_training].u_obj == MP_OBJ_NULL ? self->training : mp_obj_is_true(args[ARG_training].u_obj);
     mt_tensor_obj_t *x = prepare_input(self, args[ARG_x].u_obj, "forward: x", false);
-    run_forward(self, x, args[ARG_training].u_bool);
+    run_forward(self, x, training);
     return MP_OBJ_FROM_PTR(self->output);
 }
-static MP_DEFINE_CONST_FUN_OBJ_KW(layer_forward_obj, 2, layer_forward);
+static MP_DEFINE_CONST_FUN_OBJ_KW(layer_forward_obj, 2, mt_layer_forward_call);
 
 // backward(dy, opt=None) -> input gradient Tensor. Without opt it writes the
 // parameters' .grad; with one, it updates them in the same pass (as train_step does).
@@ -801,7 +803,7 @@ static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
     mt_tensor_obj_t *x = prepare_input(self, args[1], "train_step: x", false);
     check_loss_output(self, loss);
     plan_loss(self);
-    run_forward(self, x, true);
+    run_forward(self, x, self->training);
     self->last_input = MP_OBJ_NULL;  // set again once the whole step has succeeded
     float value = run_loss(self, loss, args[2], true);
     if (!isfinite(value)) {
@@ -813,8 +815,8 @@ static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
         mt_optim_obj_t *optim = mt_optim_begin_pass(args[4], self, "train_step");
         // The sample's loss relative to the largest seen, for dynamic top-k updates.
         float ratio = mt_optim_loss_ratio(optim, value);
-        mt_pass_t pass = { .training = true, .scratch = self->scratch, .scratch_floats = self->scratch_floats,
-            .optim = optim, .loss_ratio = ratio };
+        mt_pass_t pass = { .training = self->training, .scratch = self->scratch,
+            .scratch_floats = self->scratch_floats, .optim = optim, .loss_ratio = ratio };
         mt_layer_ops(self)->backward(self, x, self->output_grad, NULL, &pass);
     }
     self->last_input = MP_OBJ_FROM_PTR(x);
@@ -880,9 +882,10 @@ static mt_tensor_obj_t *layer_param(const mt_layer_obj_t *layer, size_t i) {
 // Children's name prefixes: Residual names them body/shortcut, Sequential by index.
 static qstr child_name(const mt_layer_obj_t *layer, size_t i);
 
-static void collect_params(const mt_layer_obj_t *layer, mp_obj_t list, mp_obj_t dict, vstr_t *prefix) {
+static void collect_params(const mt_layer_obj_t *layer, mp_obj_t list, mp_obj_t dict, vstr_t *prefix,
+    bool trainable_only) {
     mt_layer_obj_t *const *children;
-    size_t n = layer_children(layer, &children);
+    size_t n = mt_layer_children(layer, &children);
     size_t len = prefix->len;
     for (size_t i = 0; i < n; i++) {
         if (children[i] == NULL) {
@@ -894,12 +897,12 @@ static void collect_params(const mt_layer_obj_t *layer, mp_obj_t list, mp_obj_t 
         } else {
             vstr_printf(prefix, "%u.", (unsigned)i);
         }
-        collect_params(children[i], list, dict, prefix);
+        collect_params(children[i], list, dict, prefix, trainable_only);
         prefix->len = len;
     }
     for (size_t i = 0; i < MP_ARRAY_SIZE(param_names); i++) {
         mt_tensor_obj_t *p = layer_param(layer, i);
-        if (p == NULL) {
+        if (p == NULL || (trainable_only && i >= 2)) {
             continue;
         }
         if (list != MP_OBJ_NULL && i < 2) {
@@ -913,9 +916,16 @@ static void collect_params(const mt_layer_obj_t *layer, mp_obj_t list, mp_obj_t 
     }
 }
 
+void mt_layer_collect_params(const mt_layer_obj_t *layer, mp_obj_t list, mp_obj_t dict, bool trainable_only) {
+    vstr_t prefix;
+    vstr_init(&prefix, 16);
+    collect_params(layer, list, dict, &prefix, trainable_only);
+    vstr_clear(&prefix);
+}
+
 static void visit(mt_layer_obj_t *layer, mt_layer_visit_t fn, void *ctx, vstr_t *name) {
     mt_layer_obj_t *const *children;
-    size_t n = layer_children(layer, &children);
+    size_t n = mt_layer_children(layer, &children);
     if (n == 0) {
         fn(layer, vstr_null_terminated_str(name), ctx);
         return;
@@ -951,7 +961,7 @@ static mp_obj_t layer_parameters(mp_obj_t self_in) {
     mp_obj_t list = mp_obj_new_list(0, NULL);
     vstr_t prefix;
     vstr_init(&prefix, 16);
-    collect_params(mt_layer_get(self_in, "self"), list, MP_OBJ_NULL, &prefix);
+    collect_params(mt_layer_get(self_in, "self"), list, MP_OBJ_NULL, &prefix, false);
     return list;
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(layer_parameters_obj, layer_parameters);
@@ -961,7 +971,7 @@ static mp_obj_t layer_state_dict(mp_obj_t self_in) {
     mp_obj_t dict = mt_new_ordered_dict(0);
     vstr_t prefix;
     vstr_init(&prefix, 16);
-    collect_params(mt_layer_get(self_in, "self"), MP_OBJ_NULL, dict, &prefix);
+    collect_params(mt_layer_get(self_in, "self"), MP_OBJ_NULL, dict, &prefix, false);
     return dict;
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(layer_state_dict_obj, layer_state_dict);
@@ -1105,7 +1115,7 @@ static MP_DEFINE_CONST_FUN_OBJ_2(layer_copy_from_obj, layer_copy_from);
 // The input dtype a model expects: that of its first layer with a dtype of its own.
 static uint8_t first_dtype(const mt_layer_obj_t *layer) {
     mt_layer_obj_t *const *children;
-    size_t n = layer_children(layer, &children);
+    size_t n = mt_layer_children(layer, &children);
     for (size_t i = 0; i < n; i++) {
         uint8_t d = children[i] ? first_dtype(children[i]) : MT_DTYPE_ANY;
         if (d != MT_DTYPE_ANY) {
@@ -1136,7 +1146,7 @@ typedef struct {
 static void add_memory(const mt_layer_obj_t *layer, memory_use_t *use) {
     const mt_layer_ops_t *ops = mt_layer_ops(layer);
     mt_layer_obj_t *const *children;
-    size_t n = layer_children(layer, &children);
+    size_t n = mt_layer_children(layer, &children);
     for (size_t i = 0; i < n; i++) {
         if (children[i] != NULL) {
             add_memory(children[i], use);
@@ -1259,7 +1269,7 @@ static MP_DEFINE_CONST_FUN_OBJ_1(layer_config_obj, layer_config);
 
 static void set_trainable(mt_layer_obj_t *layer, bool trainable) {
     mt_layer_obj_t *const *children;
-    size_t n = layer_children(layer, &children);
+    size_t n = mt_layer_children(layer, &children);
     for (size_t i = 0; i < n; i++) {
         if (children[i] != NULL) {
             set_trainable(children[i], trainable);
@@ -1316,6 +1326,9 @@ void mt_layer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
         case MP_QSTR_output:
             dest[0] = self->output ? MP_OBJ_FROM_PTR(self->output) : mp_const_none;
             return;
+        case MP_QSTR_training:
+            dest[0] = mp_obj_new_bool(self->training);
+            return;
         case MP_QSTR_input_shape:
             dest[0] = self->planned ? mt_shape_to_tuple(&self->in_shape) : mp_const_none;
             return;
@@ -1351,7 +1364,7 @@ void mt_layer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest) {
         }
     }
     mt_layer_obj_t *const *children;
-    size_t n = layer_children(self, &children);
+    size_t n = mt_layer_children(self, &children);
     for (size_t i = 0; i < n; i++) {
         if (child_name(self, i) == attr) {
             dest[0] = children[i] ? MP_OBJ_FROM_PTR(children[i]) : mp_const_none;
@@ -1389,5 +1402,9 @@ static const mp_rom_map_elem_t layer_locals_dict_table[] = {
     { MP_ROM_QSTR(MP_QSTR_macs), MP_ROM_PTR(&layer_macs_obj) },
     { MP_ROM_QSTR(MP_QSTR_config), MP_ROM_PTR(&layer_config_obj) },
     { MP_ROM_QSTR(MP_QSTR_update_stats), MP_ROM_PTR(&mt_update_stats_obj) },
+    { MP_ROM_QSTR(MP_QSTR_train), MP_ROM_PTR(&mt_layer_train_obj) },
+    { MP_ROM_QSTR(MP_QSTR_eval), MP_ROM_PTR(&mt_layer_eval_obj) },
+    { MP_ROM_QSTR(MP_QSTR_zero_grad), MP_ROM_PTR(&mt_layer_zero_grad_obj) },
+    { MP_ROM_QSTR(MP_QSTR_named_parameters), MP_ROM_PTR(&mt_layer_named_parameters_obj) },
 };
 MP_DEFINE_CONST_DICT(mt_layer_locals_dict, layer_locals_dict_table);

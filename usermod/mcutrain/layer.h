@@ -125,6 +125,7 @@ struct _mt_layer_obj_t {
     bool planned;
     bool planned_as_top;           // planned by its own call (owns scratch), not by a parent's
     bool trainable;
+    bool training;                 // train()/eval(): the mode calls run in by default
     bool in_place;                 // output shares the input's memory (set when planned)
     bool out_pooled;               // output in buffers its Sequential shares out (inference plans)
     bool owned;                    // adopted by a container, for good (mt_layer_adopt)
@@ -253,6 +254,18 @@ NORETURN void mt_layer_raise_expects(const mt_layer_obj_t *layer, const char *fm
 // The common methods, shared by every layer type's locals dict.
 extern const mp_obj_dict_t mt_layer_locals_dict;
 void mt_layer_attr(mp_obj_t self_in, qstr attr, mp_obj_t *dest);
+// layer_module.c: nn.Module habits (model(x), train()/eval(), zero_grad(), named_parameters()).
+mp_obj_t mt_layer_call(mp_obj_t self_in, size_t n_args, size_t n_kw, const mp_obj_t *args);
+MP_DECLARE_CONST_FUN_OBJ_VAR_BETWEEN(mt_layer_train_obj);
+MP_DECLARE_CONST_FUN_OBJ_1(mt_layer_eval_obj);
+MP_DECLARE_CONST_FUN_OBJ_1(mt_layer_zero_grad_obj);
+MP_DECLARE_CONST_FUN_OBJ_1(mt_layer_named_parameters_obj);
+// forward(x, training=<the layer's mode>) as a function of (self, x) and keywords.
+mp_obj_t mt_layer_forward_call(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args);
+size_t mt_layer_children(const mt_layer_obj_t *layer, mt_layer_obj_t *const **children);
+// Adds the tree's tensors to list (parameters) and/or dict (state_dict names), all of them or,
+// if trainable_only, the weights and biases (not BatchNorm's running statistics).
+void mt_layer_collect_params(const mt_layer_obj_t *layer, mp_obj_t list, mp_obj_t dict, bool trainable_only);
 
 // A dict that keeps insertion order (state_dict, config, memory).
 mp_obj_t mt_new_ordered_dict(size_t n);

@@ -292,6 +292,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, activation_make_new,
     print, activation_print,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &relu_ops,
     locals_dict, &mt_layer_locals_dict
@@ -303,6 +304,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, activation_make_new,
     print, activation_print,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &relu6_ops,
     locals_dict, &mt_layer_locals_dict
@@ -314,6 +316,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, softmax_make_new,
     print, activation_print,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &softmax_ops,
     locals_dict, &mt_layer_locals_dict

@@ -160,6 +160,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, bn_make_new,
     print, bn_print,
+    call, mt_layer_call,
     attr, bn_attr,
     protocol, &bn_ops,
     locals_dict, &mt_layer_locals_dict

@@ -194,6 +194,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, conv_make_new,
     print, conv_print,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &conv2d_ops,
     locals_dict, &mt_layer_locals_dict
@@ -205,6 +206,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, conv_make_new,
     print, conv_print,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &conv1d_ops,
     locals_dict, &mt_layer_locals_dict

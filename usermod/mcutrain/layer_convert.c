@@ -138,6 +138,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, convert_make_new,
     print, convert_print,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &convert_ops,
     locals_dict, &mt_layer_locals_dict

@@ -64,6 +64,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, flatten_make_new,
     print, flatten_print,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &flatten_ops,
     locals_dict, &mt_layer_locals_dict

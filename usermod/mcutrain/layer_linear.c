@@ -111,6 +111,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, linear_make_new,
     print, linear_print,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &linear_ops,
     locals_dict, &mt_layer_locals_dict

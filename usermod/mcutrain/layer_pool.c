@@ -160,6 +160,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, pool_make_new,
     print, pool_print,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &pool_ops,
     locals_dict, &mt_layer_locals_dict
@@ -171,6 +172,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, pool_make_new,
     print, pool_print,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &pool_ops,
     locals_dict, &mt_layer_locals_dict
@@ -250,6 +252,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, gap_make_new,
     print, gap_print,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &gap_ops,
     locals_dict, &mt_layer_locals_dict

@@ -231,6 +231,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     MP_TYPE_FLAG_NONE,
     make_new, res_make_new,
     print, res_print,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &res_ops,
     locals_dict, &mt_layer_locals_dict

@@ -257,6 +257,17 @@ static mp_obj_t seq_subscr(mp_obj_t self_in, mp_obj_t index, mp_obj_t value) {
     if (value != MP_OBJ_SENTINEL) {
         return MP_OBJ_NULL;  // layers cannot be replaced or deleted
     }
+    if (mp_obj_is_type(index, &mp_type_slice)) {
+        // A list of those layers, not a new Sequential: a layer belongs to one model
+        // (mt.clone them to build another).
+        mp_bound_slice_t slice;
+        mp_obj_t list = mp_obj_new_list(0, NULL);
+        mp_obj_slice_indices(index, self->n, &slice);
+        for (mp_int_t i = slice.start; slice.step > 0 ? i < slice.stop : i > slice.stop; i += slice.step) {
+            mp_obj_list_append(list, MP_OBJ_FROM_PTR(self->layers[i]));
+        }
+        return list;
+    }
     size_t i = mp_get_index(self->base.base.type, self->n, index, false);
     return MP_OBJ_FROM_PTR(self->layers[i]);
 }
@@ -280,6 +291,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
     unary_op, seq_unary_op,
     subscr, seq_subscr,
     iter, seq_getiter,
+    call, mt_layer_call,
     attr, mt_layer_attr,
     protocol, &seq_ops,
     locals_dict, &mt_layer_locals_dict
