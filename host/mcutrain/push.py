@@ -12,13 +12,14 @@ from typing import Any
 
 from .device import Device
 from .emulator import run_mpremote
+from .errors import DeviceError
 from .formats import (
     DatasetHeader,
-    load_source,
     read_dataset_header,
     read_model,
     write_arrays,
 )
+from .formats.checks import CheckedDataset, load_checked
 from .transfer import ProgressFn, TransferResult, pull_bytes, push_file
 
 DATASET_DTYPES = ("int8", "float16", "float32")
@@ -38,21 +39,32 @@ def dataset_name(src: Path | str) -> str:
     return f"{stem or 'dataset'}.mtd"
 
 
-def prepare_dataset(src: Path | str, out: Path | str, *, dtype: str | None = None) -> DatasetHeader:
-    """Convert a dataset source (.npz, .csv, idx files, a folder of per-class WAV folders) into
-    an .mtd file at `out`; an .mtd is checked and copied. Its header."""
+def convert_dataset(
+    src: Path | str, out: Path | str, *, dtype: str | None = None, **options: Any
+) -> tuple[CheckedDataset, DatasetHeader]:
+    """Load and check a dataset source (formats.checks.load_checked: .npz, .csv, idx files, a
+    folder of per-class WAV folders, or an .mtd; options label_column, shape, layout, header)
+    and write it as an .mtd at `out` (an .mtd is checked and copied). The checked arrays (for
+    formats.checks.describe) and the written header."""
     src, out = Path(src), Path(out)
     if dtype is not None and dtype not in DATASET_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DATASET_DTYPES)}, got {dtype!r}")
+    checked = load_checked(src, **options)
     if src.suffix == ".mtd":
         header = read_dataset_header(src)
         if dtype is not None and dtype != header.dtype:
             raise ValueError(f"{src} is already an .mtd of {header.dtype}; convert from the source")
         if src.resolve() != out.resolve():
             shutil.copyfile(src, out)
-        return header
-    write_arrays(out, load_source(src), dtype=dtype)
-    return read_dataset_header(out)
+        return checked, header
+    return checked, write_arrays(out, checked.data, dtype=dtype)
+
+
+def prepare_dataset(
+    src: Path | str, out: Path | str, *, dtype: str | None = None, **options: Any
+) -> DatasetHeader:
+    """convert_dataset(), for the header only."""
+    return convert_dataset(src, out, dtype=dtype, **options)[1]
 
 
 @dataclass
@@ -78,6 +90,39 @@ def _push(device: Device, path: Path, dest: str, progress: ProgressFn | None) ->
         return push_file(port, path, dest, progress=progress)
 
 
+_SIZE_ON_BOARD = """
+import os
+try:
+    print('@size', os.stat(%r)[6])
+except OSError:
+    print('@size', -1)
+"""
+
+
+def size_on_board(device: Device, path: str) -> int | None:
+    """The size of the file at `path` on the board (relative to its working directory), or
+    None when there is none."""
+    if device.port is None:
+        p = Path(path)
+        return p.stat().st_size if p.exists() else None
+    with device.session():
+        out = device.exec(_SIZE_ON_BOARD % path, timeout=30)
+    sizes = [int(line.split()[1]) for line in out.splitlines() if line.startswith("@size ")]
+    if not sizes:
+        raise DeviceError(f"could not check for {path} on the board", out)
+    return sizes[-1] if sizes[-1] >= 0 else None
+
+
+def check_free(device: Device, dest: str) -> None:
+    """A ValueError naming --force when the board already has a file at `dest`."""
+    from .progress import human_bytes
+
+    size = size_on_board(device, dest)
+    if size is not None:
+        raise ValueError(f"{dest} is already on the board ({human_bytes(size)}): pass --force "
+                         "to replace it, or --dest to choose another name")  # fmt: skip
+
+
 def push_dataset(
     device: Device,
     src: Path | str,
@@ -86,25 +131,52 @@ def push_dataset(
     dest: str | None = None,
     save: Path | str | None = None,
     progress: ProgressFn | None = None,
+    force: bool = False,
+    **options: Any,
 ) -> PushResult:
-    """Convert `src` to .mtd (kept at `save` if given) and copy it to `dest` on the board
-    (default: the dataset's name in the board's working directory, /flash on emulated boards)."""
+    """Convert `src` to .mtd (convert_dataset(); kept at `save` if given) and copy it to `dest`
+    on the board (default: the dataset's name in the board's working directory, /flash on
+    emulated boards). A file already at `dest` is replaced only with force=True."""
     dest = dest or dataset_name(src)
     with tempfile.TemporaryDirectory(prefix="mcutrain-push-") as tmp:
         path = Path(save) if save is not None else Path(tmp) / dataset_name(src)
-        header = prepare_dataset(src, path, dtype=dtype)
-        result = _push(device, path, dest, progress)
-        return PushResult(Path(src), dest, path.stat().st_size, header, result)
+        header = prepare_dataset(src, path, dtype=dtype, **options)
+        pushed = send_dataset(device, path, dest, force=force, progress=progress, header=header)
+        pushed.source = Path(src)
+        return pushed
+
+
+def send_dataset(
+    device: Device,
+    path: Path | str,
+    dest: str,
+    *,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    header: DatasetHeader | None = None,
+) -> PushResult:
+    """Copy an .mtd file (made by convert_dataset) to `dest` on the board; a file already
+    there is replaced only with force=True."""
+    path = Path(path)
+    if not force:
+        check_free(device, dest)
+    result = _push(device, path, dest, progress)
+    header = header if header is not None else read_dataset_header(path)
+    return PushResult(path, dest, path.stat().st_size, header, result)
 
 
 def serve_dataset(
-    src: Path | str, *, dtype: str | None = None, directory: Path | str | None = None
+    src: Path | str,
+    *,
+    dtype: str | None = None,
+    directory: Path | str | None = None,
+    **options: Any,
 ) -> tuple[Path, DatasetHeader]:
     """Convert `src` into `directory` (default stream_dir()) for `mpremote mount`; the file."""
     folder = Path(directory) if directory is not None else stream_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / dataset_name(src)
-    return path, prepare_dataset(src, path, dtype=dtype)
+    return path, prepare_dataset(src, path, dtype=dtype, **options)
 
 
 def check_mounted(device: Device, path: Path) -> int:
