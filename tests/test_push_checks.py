@@ -234,3 +234,8 @@ def test_push_dataset_to_an_existing_name_asks_for_force(tmp_path):
                  str(dest), "--force")  # fmt: skip
     assert forced.returncode == 0, forced.stderr
     assert read_dataset(dest).x.shape == (6, 3)
+
+
+def test_csv_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    (tmp_path / "bom.csv").write_bytes("label,a\n1,0.5\n0,0.25\n".encode("utf-8-sig"))
+    assert load_checked(tmp_path / "bom.csv", label_column="label").data.y.tolist() == [1, 0]

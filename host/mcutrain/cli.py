@@ -431,9 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     push = commands.add_parser(
         "push-dataset",
         help="convert a dataset to .mtd and copy it to a board",
-        description="Convert SRC (.npz with x, y and optional teacher_logits; a folder of WAV "
-        "files with a subfolder per class; MNIST/Fashion-MNIST idx files; CSV; or an .mtd) "
-        "to .mtd and copy it with a checked, resumable transfer.",
+        description="Check and convert SRC (.npz with x, y and optional teacher_logits; a "
+        "folder of WAV files with a subfolder per class; MNIST/Fashion-MNIST idx files; CSV; or "
+        "an .mtd) to .mtd, print a summary (samples, shape, dtype, classes with counts), and "
+        "copy it with a checked, resumable transfer. Data that looks wrong (a feature read as "
+        "labels, channels-first images, uneven rows) is refused with the option that fixes it; "
+        "a file already at DEST on the board is replaced only with --force.",
     )
     push.add_argument("src", type=Path)
     _dataset_source_options(push)

@@ -264,7 +264,7 @@ def load_csv(
     sample_shape reshapes each row's features (channels-last), default (F,).
     """
     p = Path(path)
-    with open(p, newline="") as f:
+    with open(p, newline="", encoding="utf-8-sig") as f:  # a BOM is not part of a name
         try:
             rows = [(n, [c.strip() for c in r]) for n, r in enumerate(csv.reader(f), start=1)
                     if r and any(c.strip() for c in r)]  # fmt: skip
