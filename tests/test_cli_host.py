@@ -210,6 +210,9 @@ def test_push_dataset_to_a_name_on_the_board_asks_for_force(m4f, small_npz, tmp_
     dest = f"force-{tmp_path.name[-12:]}.mtd"  # unique: the session board's flash outlives tests
     first = m4f.cli("push-dataset", str(small_npz), "--dest", dest)
     assert first.returncode == 0, first.stderr
+    same = m4f.cli("push-dataset", str(small_npz), "--dest", dest)  # compared by sha256
+    assert same.returncode == 0, same.stderr
+    assert f"{dest} is already on the board with the same content: nothing sent" in same.stdout
     again = m4f.cli("push-dataset", str(small_npz), "--dest", dest, "--dtype", "int8",
                     "--save", str(tmp_path / "int8.mtd"))  # fmt: skip
     assert again.returncode == 1

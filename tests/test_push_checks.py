@@ -217,12 +217,16 @@ def test_push_dataset_refusal_is_one_line_without_traceback(tmp_path):
     assert "--label-column" in done.stderr and done.stdout == ""
 
 
-def test_push_dataset_to_an_existing_name_asks_for_force(tmp_path):
+def test_push_dataset_to_a_name_taken_by_another_file_asks_for_force(tmp_path):
     np.savez(tmp_path / "toy.npz", x=np.zeros((6, 2), np.float32), y=np.arange(6) % 2)
     np.savez(tmp_path / "other.npz", x=np.ones((6, 3), np.float32), y=np.arange(6) % 3)
     dest = tmp_path / "board" / "toy.mtd"
     first = cli("push-dataset", str(tmp_path / "toy.npz"), "--board", "unix", "--dest", str(dest))
     assert first.returncode == 0, first.stderr
+    same = cli("push-dataset", str(tmp_path / "toy.npz"), "--board", "unix", "--dest", str(dest))
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.endswith(f"{dest} is already on the board with the same content: "
+                                "nothing sent\n")  # fmt: skip
     again = cli("push-dataset", str(tmp_path / "other.npz"), "--board", "unix", "--dest", str(dest))
     assert again.returncode == 1
     assert again.stderr == (f"mcutrain: error: {dest} is already on the board "

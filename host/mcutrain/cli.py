@@ -196,6 +196,9 @@ def cmd_push_dataset(args: argparse.Namespace) -> int:
                                       header=header)  # fmt: skip
             finally:
                 bar.close()
+    if pushed.unchanged:
+        print(f"{pushed.dest} is already on the board with the same content: nothing sent")
+        return 0
     _report_transfer("pushed", pushed.dest, pushed.size, pushed.transfer)
     return 0
 
@@ -451,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "a REPL with it at /remote on a terminal, else a check that the "
                            "board sees it")  # fmt: skip
     push.add_argument("--force", action="store_true",
-                      help="replace a file already at --dest on the board")
+                      help="replace another file already at --dest on the board (the same "
+                           "file is not sent again)")  # fmt: skip
     push.add_argument("--check", "--dry-run", action="store_true",
                       help="only check and convert SRC and print the summary; send nothing")
     push.set_defaults(func=cmd_push_dataset)

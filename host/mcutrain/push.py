@@ -3,6 +3,7 @@ move with the framed transfer (transfer.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -76,6 +77,7 @@ class PushResult:
     size: int
     header: Any  # DatasetHeader or ModelSpec
     transfer: TransferResult | None
+    unchanged: bool = False  # the board had this very file already: nothing was sent
 
 
 def _push(device: Device, path: Path, dest: str, progress: ProgressFn | None) -> TransferResult | None:
@@ -90,37 +92,68 @@ def _push(device: Device, path: Path, dest: str, progress: ProgressFn | None) ->
         return push_file(port, path, dest, progress=progress)
 
 
-_SIZE_ON_BOARD = """
+# Size and, when it is `size` bytes, the sha256 of a file on the board ("" without hashlib).
+_FILE_ON_BOARD = """
 import os
+p = %r
 try:
-    print('@size', os.stat(%r)[6])
+    s = os.stat(p)[6]
 except OSError:
-    print('@size', -1)
+    s = -1
+d = ''
+if s == %d:
+    try:
+        import hashlib, binascii
+        h = hashlib.sha256()
+        b = bytearray(1024)
+        m = memoryview(b)
+        with open(p, 'rb') as f:
+            while True:
+                n = f.readinto(b)
+                if not n:
+                    break
+                h.update(m[:n])
+        d = binascii.hexlify(h.digest()).decode()
+    except ImportError:
+        pass
+print('@file', s, d)
 """
 
 
-def size_on_board(device: Device, path: str) -> int | None:
-    """The size of the file at `path` on the board (relative to its working directory), or
-    None when there is none."""
+def file_on_board(device: Device, path: str, like: bytes = b"") -> tuple[int, bool] | None:
+    """(size, whether its content equals `like`) of the file at `path` on the board (relative
+    to its working directory), or None when there is none. Compared by sha256 on the board."""
     if device.port is None:
         p = Path(path)
-        return p.stat().st_size if p.exists() else None
+        if not p.exists():
+            return None
+        size = p.stat().st_size
+        return size, size == len(like) and p.read_bytes() == like
     with device.session():
-        out = device.exec(_SIZE_ON_BOARD % path, timeout=30)
-    sizes = [int(line.split()[1]) for line in out.splitlines() if line.startswith("@size ")]
-    if not sizes:
+        out = device.exec(_FILE_ON_BOARD % (path, len(like)), timeout=60)
+    found = [line.split() for line in out.splitlines() if line.startswith("@file ")]
+    if not found:
         raise DeviceError(f"could not check for {path} on the board", out)
-    return sizes[-1] if sizes[-1] >= 0 else None
+    size = int(found[-1][1])
+    if size < 0:
+        return None
+    digest = found[-1][2] if len(found[-1]) > 2 else ""
+    return size, digest == hashlib.sha256(like).hexdigest()
 
 
-def check_free(device: Device, dest: str) -> None:
-    """A ValueError naming --force when the board already has a file at `dest`."""
+def check_free(device: Device, dest: str, data: bytes = b"") -> bool:
+    """Whether the board already has `data` at `dest` (True: nothing to send); a ValueError
+    naming --force when it has another file there."""
     from .progress import human_bytes
 
-    size = size_on_board(device, dest)
-    if size is not None:
+    found = file_on_board(device, dest, data)
+    if found is None:
+        return False
+    size, same = found
+    if not same:
         raise ValueError(f"{dest} is already on the board ({human_bytes(size)}): pass --force "
                          "to replace it, or --dest to choose another name")  # fmt: skip
+    return True
 
 
 def push_dataset(
@@ -155,13 +188,14 @@ def send_dataset(
     progress: ProgressFn | None = None,
     header: DatasetHeader | None = None,
 ) -> PushResult:
-    """Copy an .mtd file (made by convert_dataset) to `dest` on the board; a file already
-    there is replaced only with force=True."""
+    """Copy an .mtd file (made by convert_dataset) to `dest` on the board. Another file
+    already there is replaced only with force=True; the same file is not sent again
+    (`unchanged` in the result)."""
     path = Path(path)
-    if not force:
-        check_free(device, dest)
-    result = _push(device, path, dest, progress)
     header = header if header is not None else read_dataset_header(path)
+    if not force and check_free(device, dest, path.read_bytes()):
+        return PushResult(path, dest, path.stat().st_size, header, None, unchanged=True)
+    result = _push(device, path, dest, progress)
     return PushResult(path, dest, path.stat().st_size, header, result)
 
 
