@@ -31,6 +31,7 @@ def require_firmware(board: str) -> Path:
 def host_env() -> dict[str, str]:
     """Environment for host subprocesses (`python -m mcutrain`) that import this checkout."""
     env = dict(os.environ)
+    env.pop("MCUTRAIN_DEVICE", None)  # a developer's default board must not steer the tests
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "host"), env.get("PYTHONPATH")]))
     return env
 

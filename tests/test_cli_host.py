@@ -100,6 +100,17 @@ def test_plot_writes_loss_accuracy_and_time_per_step_pngs(tmp_path):
         assert str(tmp_path / name) in done.stdout
 
 
+def test_plot_says_when_time_is_emulated():
+    from mcutrain.plot import titles
+
+    steps = [{"kind": "step", "step": 1, "dt_ms": 5.0}]
+    assert titles(steps)["time_per_step.png"] == ("Time per step", "ms per step")
+    title, ylabel = titles([{"kind": "start", "clock": "emulated"}, *steps])["time_per_step.png"]
+    assert "emulated" in title and "instructions as ns" in title
+    assert ylabel == "emulated ms per step (1 instruction = 1 ns)"
+    assert titles([{"kind": "done", "clock": "real"}])["time_per_step.png"][1] == "ms per step"
+
+
 def test_plot_skips_plots_without_data(tmp_path):
     written = plot_records([{"kind": "step", "step": 1, "loss": 1.0}], tmp_path)
     assert [p.name for p in written] == ["loss.png"]
@@ -128,6 +139,7 @@ def test_run_collect_on_emulated_board_writes_results_and_passes_output(m4f, tmp
     assert all(r["dt_ms"] >= 2 for r in steps)  # each step slept 2 ms of board time
     assert steps[-1]["loss"] == pytest.approx(2 * 0.9**12, rel=1e-5)  # float32 on the board
     assert np.isnan(records[-2]["diverged"])
+    assert records[0]["clock"] == records[-1]["clock"] == "emulated"  # plots say so
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
     assert len(rows) == len(records) and rows[1]["loss"] != ""
 
@@ -143,7 +155,7 @@ def test_run_json_prints_only_records_on_stdout(tmp_path):
     done = mcutrain_cli("run", str(script), "--board", "unix", "--json")
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
-    assert records[0] == {"kind": "start", "model": "toy"}
+    assert records[0] == {"kind": "start", "model": "toy", "clock": "real"}
     assert "hello from the board" in done.stderr
 
 
@@ -192,6 +204,24 @@ def test_push_dataset_boots_default_board_converts_copies_and_stops_it(small_npz
             ".digest()).decode())"
         )
     assert out.splitlines() == ["120 int8 3", hashlib.sha256(saved.read_bytes()).hexdigest()]
+
+
+def test_push_dataset_to_a_name_on_the_board_asks_for_force(m4f, small_npz, tmp_path):
+    dest = f"force-{tmp_path.name[-12:]}.mtd"  # unique: the session board's flash outlives tests
+    first = m4f.cli("push-dataset", str(small_npz), "--dest", dest)
+    assert first.returncode == 0, first.stderr
+    same = m4f.cli("push-dataset", str(small_npz), "--dest", dest)  # compared by sha256
+    assert same.returncode == 0, same.stderr
+    assert f"{dest} is already on the board with the same content: nothing sent" in same.stdout
+    again = m4f.cli("push-dataset", str(small_npz), "--dest", dest, "--dtype", "int8",
+                    "--save", str(tmp_path / "int8.mtd"))  # fmt: skip
+    assert again.returncode == 1
+    assert again.stderr.startswith(f"mcutrain: error: {dest} is already on the board (")
+    assert again.stderr.count("\n") == 1 and "pass --force to replace it" in again.stderr
+    forced = m4f.cli("push-dataset", str(small_npz), "--dest", dest, "--dtype", "int8", "--force")
+    assert forced.returncode == 0, forced.stderr
+    out = m4f.exec(f"import os\nprint(os.stat({dest!r})[6])\nos.remove({dest!r})")
+    assert int(out.split()[-1]) == (tmp_path / "int8.mtd").stat().st_size
 
 
 def test_push_dataset_stream_serves_file_through_mount(m4f, small_npz, tmp_path):

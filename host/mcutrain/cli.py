@@ -17,6 +17,7 @@ from .collect import Collector, stream_command
 from .device import Device, open_device
 from .emulator import Emulator, default_flash_path, mpremote_command
 from .errors import DeviceError, EmulatorError
+from .ports import DEVICE_ENV, resolve_device
 from .progress import ProgressBar, human_bytes
 from .transfer import TransferError, TransferResult
 
@@ -25,9 +26,11 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _board_options(parser: argparse.ArgumentParser, boards: Sequence[str]) -> None:
+def _board_options(
+    parser: argparse.ArgumentParser, boards: Sequence[str], default: str | None = DEFAULT_BOARD
+) -> None:
     parser.add_argument(
-        "--board", choices=boards, default=DEFAULT_BOARD, help=f"default: {DEFAULT_BOARD}"
+        "--board", choices=boards, default=default, help=f"default: {DEFAULT_BOARD}"
     )
     parser.add_argument(
         "--flash",
@@ -41,9 +44,12 @@ def _device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         metavar="PORT",
-        help="a board's serial port (e.g. /dev/ttyACM0); default: boot the --board emulator",
+        help=f"a board's serial port: a path (/dev/ttyACM0), auto (the first USB serial port), "
+        f"a0/u0/c0 (/dev/ttyACM0, /dev/ttyUSB0, COM0), id:SERIAL; default: ${DEVICE_ENV}, "
+        "else boot the --board emulator",
     )
-    _board_options(parser, tuple(BOARDS))
+    # None until _open(): an explicit --board wins over $MCUTRAIN_DEVICE.
+    _board_options(parser, tuple(BOARDS), default=None)
 
 
 def _flash_for(args: argparse.Namespace) -> Path | None:
@@ -52,7 +58,15 @@ def _flash_for(args: argparse.Namespace) -> Path | None:
     return args.flash or default_flash_path(args.board)
 
 
+def _resolve_device(args: argparse.Namespace) -> None:
+    """--device as a port (mpremote's names, $MCUTRAIN_DEVICE when neither --device nor --board
+    is given; checked, with a one-line error) and --board's default."""
+    args.device = resolve_device(args.device, board_given=args.board is not None)
+    args.board = args.board or DEFAULT_BOARD
+
+
 def _open(args: argparse.Namespace):  # -> ContextManager[Device]
+    _resolve_device(args)
     return open_device(args.device, args.board, flash=_flash_for(args), heap=args.heap)
 
 
@@ -152,35 +166,56 @@ def cmd_boards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source_options(args: argparse.Namespace) -> dict[str, object]:
+    return {"label_column": args.label_column, "shape": args.shape, "layout": args.layout,
+            "header": args.header, "teacher": args.teacher}  # fmt: skip
+
+
 def cmd_push_dataset(args: argparse.Namespace) -> int:
-    from .push import dataset_name, push_dataset
+    import tempfile
+
+    from .formats.checks import describe
+    from .push import convert_dataset, dataset_name, send_dataset
 
     if args.stream:
         return _stream_dataset(args)
-    with _open(args) as device:
-        bar = ProgressBar(f"push {Path(args.dest).name if args.dest else dataset_name(args.src)}")
-        try:
-            pushed = push_dataset(device, args.src, dtype=args.dtype, dest=args.dest,
-                                  save=args.save, progress=bar, teacher=args.teacher)  # fmt: skip
-        finally:
-            bar.close()
-    h = pushed.header
-    print(f"dataset: {h.count} samples of {tuple(h.sample_shape)} {h.dtype}"
-          + (f" (scale {h.scale:.6g}, zero point {h.zero_point})" if h.dtype == "int8" else ""))
+    dest = args.dest or dataset_name(args.src)
+    with tempfile.TemporaryDirectory(prefix="mcutrain-push-") as tmp:
+        path = args.save or Path(tmp) / dataset_name(args.src)
+        # Checked and converted before a board is booted or touched; the summary comes first.
+        checked, header = convert_dataset(args.src, path, dtype=args.dtype,
+                                          **_source_options(args))  # fmt: skip
+        print(describe(checked, header, path.stat().st_size), flush=True)
+        if args.check:
+            print(f"checked: not sent (without --check it goes to {dest})")
+            return 0
+        with _open(args) as device:
+            bar = ProgressBar(f"push {Path(dest).name}")
+            try:
+                pushed = send_dataset(device, path, dest, force=args.force, progress=bar,
+                                      header=header)  # fmt: skip
+            finally:
+                bar.close()
+    if pushed.unchanged:
+        print(f"{pushed.dest} is already on the board with the same content: nothing sent")
+        return 0
     _report_transfer("pushed", pushed.dest, pushed.size, pushed.transfer)
     return 0
 
 
 def _stream_dataset(args: argparse.Namespace) -> int:
-    from .push import check_mounted, serve_dataset
+    from .push import check_mounted
 
-    path, h = serve_dataset(args.src, dtype=args.dtype,
-                            directory=args.save.parent if args.save else None,
-                            teacher=args.teacher)  # fmt: skip
-    if args.save is not None and args.save != path:
-        path = path.rename(args.save)
-    print(f"dataset: {h.count} samples of {tuple(h.sample_shape)} {h.dtype}, "
-          f"{human_bytes(path.stat().st_size)} at {path}")  # fmt: skip
+    from .formats.checks import describe
+    from .push import convert_dataset, dataset_name, stream_dir
+
+    path = args.save or stream_dir() / dataset_name(args.src)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checked, h = convert_dataset(args.src, path, dtype=args.dtype, **_source_options(args))
+    print(describe(checked, h, path.stat().st_size))
+    print(f"saved at {path}")
+    if args.check:
+        return 0
     print(f"on the board, while {path.parent} is mounted: open('/remote/{path.name}', 'rb')")
     print(f"  or: from mcutrain.dataset import Dataset; Dataset('/remote/{path.name}')")
     print(f"run a script with it: mcutrain run SCRIPT --mount {path.parent}")
@@ -199,6 +234,31 @@ def _stream_dataset(args: argparse.Namespace) -> int:
         print(f"checked: the board sees /remote/{path.name} ({human_bytes(size)}) "
               "through mpremote mount")  # fmt: skip
     return 0
+
+
+def _label_column(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _dataset_source_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reading the source")
+    group.add_argument("--label-column", type=_label_column, metavar="NAME|INDEX",
+                       help="CSV: the label column, by header name or index (0 first, -1 last; "
+                            "default: a column named label, class, target, y or category, "
+                            "else the last)")  # fmt: skip
+    group.add_argument("--header", action=argparse.BooleanOptionalAction,
+                       help="CSV: whether the first row names the columns (default: decided "
+                            "from the data)")  # fmt: skip
+    group.add_argument("--shape", type=_shape, metavar="SHAPE",
+                       help="each sample's shape in the source, to reshape flat rows: e.g. "
+                            "28,28,1 (H,W,C), or 1,28,28 (C,H,W) with --layout nchw")  # fmt: skip
+    group.add_argument("--layout", choices=("nchw", "nhwc"),
+                       help="nchw: channels-first samples (PyTorch's), converted to the board's "
+                            "channels-last; nhwc: already channels-last (default: refuse "
+                            "samples that look channels-first)")  # fmt: skip
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -374,11 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     push = commands.add_parser(
         "push-dataset",
         help="convert a dataset to .mtd and copy it to a board",
-        description="Convert SRC (.npz with x, y and optional teacher_logits; a folder of WAV "
-        "files with a subfolder per class; MNIST/Fashion-MNIST idx files; CSV; or an .mtd) "
-        "to .mtd and copy it with a checked, resumable transfer.",
+        description="Check and convert SRC (.npz with x, y and optional teacher_logits; a "
+        "folder of WAV files with a subfolder per class; MNIST/Fashion-MNIST idx files; CSV; or "
+        "an .mtd) to .mtd, print a summary (samples, shape, dtype, classes with counts), and "
+        "copy it with a checked, resumable transfer. Data that looks wrong (a feature read as "
+        "labels, channels-first images, uneven rows) is refused with the option that fixes it; "
+        "a file already at DEST on the board is replaced only with --force.",
     )
     push.add_argument("src", type=Path)
+    _dataset_source_options(push)
     _device_options(push)
     push.add_argument("--dtype", choices=("int8", "float16", "float32"),
                       help="sample type on the board (int8: one scale per dataset; "
@@ -392,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--teacher", type=Path, metavar="MODEL",
                       help="store MODEL's logits for every sample, for mt.distillation on the "
                            "board (.mtm, or a whole PyTorch module or TorchScript as .pt)")  # fmt: skip
+    push.add_argument("--force", action="store_true",
+                      help="replace another file already at --dest on the board (the same "
+                           "file is not sent again)")  # fmt: skip
+    push.add_argument("--check", "--dry-run", action="store_true",
+                      help="only check and convert SRC and print the summary; send nothing")
     push.set_defaults(func=cmd_push_dataset)
 
     export = commands.add_parser(

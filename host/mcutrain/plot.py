@@ -13,6 +13,23 @@ PLOTS = (
     ("accuracy.png", "Accuracy", "accuracy", ("accuracy", "val_accuracy")),
     ("time_per_step.png", "Time per step", "ms per step", ("dt_ms",)),
 )
+# Said on time axes when the board's clock is QEMU's instruction count (mcutrain.metrics writes
+# "clock": "emulated" on the start and done lines of such runs).
+EMULATED_TITLE = "emulated board: QEMU -icount shift=0, instructions as ns"
+EMULATED_UNIT = "emulated ms per step (1 instruction = 1 ns)"
+
+
+def emulated_time(records: Sequence[Record]) -> bool:
+    """Whether the records' times come from an emulated board's instruction count."""
+    return any(r.get("clock") == "emulated" for r in records)
+
+
+def titles(records: Sequence[Record]) -> dict[str, tuple[str, str]]:
+    """Each plot's (title, y label) for these records: time says when it is emulated."""
+    out = {name: (title, ylabel) for name, title, ylabel, _ in PLOTS}
+    if emulated_time(records):
+        out["time_per_step.png"] = (f"Time per step\n({EMULATED_TITLE})", EMULATED_UNIT)
+    return out
 
 
 def _series(records: Sequence[Record], kind: str, field: str) -> tuple[list[float], list[float]]:
@@ -37,7 +54,9 @@ def plot_records(records: Sequence[Record], out_dir: Path | str) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, title, ylabel, fields in PLOTS:
+    labels = titles(records)
+    for name, _, _, fields in PLOTS:
+        title, ylabel = labels[name]
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
         drawn = False
         for field in fields:
@@ -72,4 +91,4 @@ def missing_plots(written: Sequence[Path]) -> list[str]:
     return [name for name, *_ in PLOTS if name not in names]
 
 
-__all__ = ["PLOTS", "missing_plots", "plot_records", "plot_results"]
+__all__ = ["PLOTS", "emulated_time", "missing_plots", "plot_records", "plot_results", "titles"]

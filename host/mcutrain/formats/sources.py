@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import os
 import struct
 import wave
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -45,13 +47,22 @@ def _open(path: Path) -> IO[bytes]:
 
 def load_npz(path: PathLike) -> DatasetArrays:
     """x, y and optional teacher_logits (or "teacher") and class_names arrays from an .npz."""
-    with np.load(path, allow_pickle=False) as z:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        empty = Path(path).stat().st_size == 0
+        raise SourceError(f"{path}: {'empty file' if empty else f'not an .npz archive ({e})'}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise SourceError(f"{path}: a single .npy array, not an .npz with x and y")
+    with z:
         missing = [k for k in ("x", "y") if k not in z]
         if missing:
             raise SourceError(f"{path}: .npz lacks {missing} (has {sorted(z.files)})")
         teacher = next((z[k] for k in ("teacher_logits", "teacher") if k in z), None)
         names = [str(n) for n in z["class_names"]] if "class_names" in z else None
         x = z["x"]
+        if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.number):
+            raise SourceError(f"{path}: x holds {x.dtype} values, not numbers")
         return DatasetArrays(
             x=x if x.dtype == np.int8 else x.astype(np.float32), y=z["y"],
             class_names=names,
@@ -142,62 +153,167 @@ def load_mnist_folder(
 # ---------------------------------------------------------------------------------------------
 # CSV
 
+# Header names taken as the label column when --label-column is not given.
+LABEL_NAMES = ("label", "labels", "class", "target", "y", "category")
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _column_numbers(row: list[str]) -> bool:
+    """Whether a row reads 0,1,2,... or 1,2,3,...: a header of column numbers (pandas writes
+    one for unnamed columns), not data."""
+    try:
+        values = [int(c) for c in row]
+    except ValueError:
+        return False
+    return len(values) >= 3 and values in (list(range(len(values))), list(range(1, len(values) + 1)))
+
+
+def _has_header(p: Path, rows: list[tuple[int, list[str]]], header: bool | None) -> bool:
+    """Whether the first row names the columns (header=None: decide from the data)."""
+    first = rows[0][1]
+    names = [i for i, c in enumerate(first) if not _is_number(c)]
+    if header is not None:
+        if not header and len(names) > 1:
+            raise SourceError(f"{p}:{rows[0][0]}: --no-header, but the first row has names "
+                              f"{[first[i] for i in names][:4]}")  # fmt: skip
+        return header
+    if len(names) > 1:
+        return True
+    if len(names) == 1:
+        # One name: a class name in a data row, or the one named column of a header whose other
+        # columns are numbered. The next row tells: a data row has a name in that column too.
+        nxt = rows[1][1] if len(rows) > 1 else []
+        return names[0] < len(nxt) and _is_number(nxt[names[0]])
+    if _column_numbers(first) and len(rows) > 1 and not _column_numbers(rows[1][1]):
+        raise SourceError(
+            f"{p}:{rows[0][0]}: the first row ({','.join(first[:4])},...) looks like a header of "
+            "column numbers, not data: pass --header to skip it, or --no-header to read it as data"
+        )
+    return False
+
+
+def _label_index(p: Path, label_column: int | str | None, header: list[str] | None,
+                 width: int) -> int:  # fmt: skip
+    if label_column is None:
+        found = [i for i, h in enumerate(header or []) if h.lower() in LABEL_NAMES]
+        return found[0] if len(found) == 1 else width - 1
+    if isinstance(label_column, str):
+        if header is None:
+            raise SourceError(f"{p}: no header row, so no column named {label_column!r}: give the "
+                              "label column's index (0 is the first, -1 the last)")  # fmt: skip
+        if label_column not in header:
+            raise SourceError(f"{p}: no column named {label_column!r} (columns: "
+                              f"{', '.join(header[:12])}{', ...' if len(header) > 12 else ''})")
+        return header.index(label_column)
+    if not -width <= label_column < width:
+        raise SourceError(f"{p}: label column {label_column} is out of range: rows have {width} "
+                          f"columns (0..{width - 1}, or -{width}..-1)")  # fmt: skip
+    return label_column % width
+
+
+def _describe_column(col: int, header: list[str] | None, width: int) -> str:
+    """E.g. "'species' (column 4, the last)", or "0 (the first)" without a header."""
+    where = "the first" if col == 0 else "the last" if col == width - 1 else ""
+    if header:
+        return f"{header[col]!r} (column {col}{', ' + where if where else ''})"
+    return f"{col} ({where})" if where else str(col)
+
+
+def _class_labels(p: Path, labels: list[tuple[int, str]], what: str) -> tuple[np.ndarray, list[str] | None]:
+    """Class indices from a label column of whole numbers or of names; anything else is refused."""
+    numbers = [(line, v) for line, v in labels if _is_number(v)]
+    if not numbers:
+        names = sorted({v for _, v in labels})
+        index = {n: i for i, n in enumerate(names)}
+        return np.array([index[v] for _, v in labels], dtype=np.int64), names
+    if len(numbers) != len(labels):
+        line, name = next((line, v) for line, v in labels if not _is_number(v))
+        raise SourceError(f"{p}: label column {what} mixes numbers ({numbers[0][1]!r} on line "
+                          f"{numbers[0][0]}) and names ({name!r} on line {line})")  # fmt: skip
+    values = np.array([float(v) for _, v in labels])
+    fractional = [(line, v) for line, v in labels if not float(v).is_integer()]
+    if fractional or not np.isfinite(values).all():
+        line, v = fractional[0] if fractional else labels[int(np.argmin(np.isfinite(values)))]
+        raise SourceError(
+            f"{p}: label column {what} holds numbers that are not class indices ({v!r} on "
+            f"line {line}): it looks like a feature. Name the label column with --label-column "
+            "(for regression targets, save x and a float y of shape (N, k) as .npz)"
+        )
+    return values.astype(np.int64), None
+
 
 def load_csv(
-    path: PathLike, label_column: int | str = -1, sample_shape: tuple[int, ...] | None = None
+    path: PathLike,
+    label_column: int | str | None = None,
+    sample_shape: tuple[int, ...] | None = None,
+    header: bool | None = None,
 ) -> DatasetArrays:
-    """Numeric feature columns plus one label column (ints, or names mapped to class indices).
+    """Numeric feature columns plus one label column (whole numbers, or names mapped to class
+    indices in sorted order).
 
-    A first row that is not numeric is taken as the header; label_column is an index or a
-    header name. sample_shape reshapes each row's features (channels-last), default (F,).
+    header: whether the first row names the columns (None: decided from the data; a row of
+    column numbers 0,1,2,... is refused as ambiguous). label_column is an index or a header
+    name; by default a column named label/class/target/y/category, else the last one.
+    sample_shape reshapes each row's features (channels-last), default (F,).
     """
     p = Path(path)
-    with open(p, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    with open(p, newline="", encoding="utf-8-sig") as f:  # a BOM is not part of a name
+        try:
+            rows = [(n, [c.strip() for c in r]) for n, r in enumerate(csv.reader(f), start=1)
+                    if r and any(c.strip() for c in r)]  # fmt: skip
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise SourceError(f"{p}: not a readable CSV file ({e})") from None
     if not rows:
-        raise SourceError(f"{p}: empty CSV")
-    header = None
-    if not _numeric(rows[0]):
-        header, rows = [c.strip() for c in rows[0]], rows[1:]
-    if isinstance(label_column, str):
-        if header is None or label_column not in header:
-            raise SourceError(f"{p}: no column named {label_column!r} (header {header})")
-        col = header.index(label_column)
-    else:
-        col = label_column % len(rows[0])
-    features, labels = [], []
-    for line, r in enumerate(rows, start=2 if header else 1):
+        raise SourceError(f"{p}: empty CSV (no rows)")
+    names = None
+    if _has_header(p, rows, header):
+        names, rows = rows[0][1], rows[1:]
+        if not rows:
+            raise SourceError(f"{p}: a header row and no data rows")
+    width = len(names) if names else len(rows[0][1])
+    for line, r in rows:
+        if len(r) != width:
+            first = "the header" if names else f"line {rows[0][0]}"
+            raise SourceError(f"{p}:{line}: {len(r)} columns, but {first} has {width}")
+    if width < 2:
+        raise SourceError(f"{p}: one column only: a label column and at least one feature needed")
+    col = _label_index(p, label_column, names, width)
+    what = _describe_column(col, names, width)
+    features = np.empty((len(rows), width - 1), dtype=np.float32)
+    for n, (line, r) in enumerate(rows):
+        cells = r[:col] + r[col + 1 :]
         try:
-            features.append([float(c) for i, c in enumerate(r) if i != col])
+            features[n] = [float(c) for c in cells]
         except ValueError:
-            raise SourceError(f"{p}:{line}: non-numeric feature in {r}") from None
-        labels.append(r[col].strip())
-    if len({len(f) for f in features}) != 1:
-        raise SourceError(f"{p}: rows have different numbers of columns")
-    try:
-        y = np.array([int(v) for v in labels], dtype=np.int64)
-        names = None
-    except ValueError:
-        names = sorted(set(labels))
-        y = np.array([names.index(v) for v in labels], dtype=np.int64)
-    x = np.array(features, dtype=np.float32)
+            i, bad = next((i, c) for i, c in enumerate(cells) if not _is_number(c))
+            i += i >= col
+            where = f"column {names[i]!r}" if names else f"column {i}"
+            raise SourceError(f"{p}:{line}: {where} is {bad!r}, not a number (features must be "
+                              f"numbers; the label column is {what})") from None  # fmt: skip
+    y, class_names = _class_labels(p, [(line, r[col]) for line, r in rows], what)
+    x = features
     if sample_shape is not None:
-        x = x.reshape(len(x), *sample_shape)
-    meta: dict[str, Any] = {"source": "csv", "file": p.name}
-    if header:
-        meta["columns"] = [h for i, h in enumerate(header) if i != col]
-    return DatasetArrays(x=x, y=y, class_names=names, meta=meta)
+        x = reshape_samples(x, sample_shape, str(p))
+    meta: dict[str, Any] = {"source": "csv", "file": p.name, "label_column": what}
+    if names:
+        meta["columns"] = [h for i, h in enumerate(names) if i != col]
+    return DatasetArrays(x=x, y=y, class_names=class_names, meta=meta)
 
 
-def _numeric(row: list[str]) -> bool:
-    """Whether every cell but possibly one (a class name) is a number: a data row, not a header."""
-    bad = 0
-    for cell in row:
-        try:
-            float(cell)
-        except ValueError:
-            bad += 1
-    return bad <= 1 and len(row) > 1
+def reshape_samples(x: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """x (N, ...) as (N, *shape), or a SourceError saying why the sizes differ."""
+    size, have = math.prod(shape), math.prod(x.shape[1:])
+    if size != have or not shape or min(shape) < 1:
+        raise SourceError(f"{where}: --shape {','.join(map(str, shape))} holds {size} values, but "
+                          f"each sample has {have} (shape {tuple(x.shape[1:])})")  # fmt: skip
+    return x.reshape(len(x), *shape)
 
 
 # ---------------------------------------------------------------------------------------------
