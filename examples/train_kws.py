@@ -85,7 +85,7 @@ def evaluate(model, ds, xf):
 
 train = mt.Dataset(DATA + "/kws_train.mtd", verify=False)
 test = mt.Dataset(DATA + "/kws_test.mtd", verify=False)
-classes = len(train.class_names)
+classes = train.num_classes
 mt.seed(SEED)
 model = mt.load(PRETRAINED) if PRETRAINED else dscnn(classes, WIDTH, BATCHNORM)
 if DTYPE == "int8":
