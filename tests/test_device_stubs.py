@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -118,9 +119,10 @@ def test_examples_type_check_against_the_stubs():
 def test_stubs_install_into_a_typings_folder(tmp_path):
     # As micropython-stubs: pip install --target typings, then mypy reads them from there.
     target = tmp_path / "typings"
+    source = shutil.copytree(STUBS, tmp_path / "stubs")  # setuptools builds in the source tree
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-user", "--no-build-isolation", "--no-deps",
-         "--target", str(target), str(STUBS)],
+         "--target", str(target), str(source)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
