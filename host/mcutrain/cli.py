@@ -38,6 +38,12 @@ def _board_options(
         help="host file backing the board's flash (default: ~/.cache/mcutrain/BOARD-flash.img)",
     )
     parser.add_argument("--heap", type=int, help="MicroPython heap in bytes (default: the board's)")
+    parser.add_argument(
+        "--flash-size", type=_size, metavar="BYTES",
+        help="size of a new flash image (e.g. 8M; default 2M): a dataset larger than the "
+        "default needs one; an existing image keeps its size (erase it at a new size with "
+        "`mcutrain emulate --format-flash --flash-size N`)",
+    )  # fmt: skip
 
 
 def _device_options(parser: argparse.ArgumentParser) -> None:
@@ -65,9 +71,25 @@ def _resolve_device(args: argparse.Namespace) -> None:
     args.board = args.board or DEFAULT_BOARD
 
 
+def _size(text: str) -> int:
+    """Bytes from `8388608`, `8M`, `512K` (binary units)."""
+    from .emulator import check_flash_size
+
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        n = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+        return check_flash_size(n)
+    except (ValueError, IndexError) as e:
+        raise argparse.ArgumentTypeError(str(e) if "flash size" in str(e) else f"not a size: {text!r}") from None
+
+
 def _open(args: argparse.Namespace):  # -> ContextManager[Device]
     _resolve_device(args)
-    return open_device(args.device, args.board, flash=_flash_for(args), heap=args.heap)
+    flash_size = args.flash_size if get_board(args.board).emulated and args.device is None else None
+    if args.flash_size is not None and flash_size is None:
+        raise ValueError(f"--flash-size is for emulated boards, not {args.device or args.board}")
+    return open_device(args.device, args.board, flash=_flash_for(args), heap=args.heap, flash_size=flash_size)
 
 
 def _where(device: Device) -> str:
@@ -95,14 +117,15 @@ def _report_transfer(what: str, dest: str, size: int, result: TransferResult | N
 # -- commands ---------------------------------------------------------------------------------
 
 
-def _blank_flash_image(path: Path) -> None:
-    """Overwrite a flash image with zeros (its size kept): the board formats it at boot. A board
-    never formats an image that is not blank by itself (boards/README.md)."""
+def _blank_flash_image(path: Path, size: int | None = None) -> None:
+    """Overwrite a flash image with zeros (its size kept, unless `size` is given): the board
+    formats it at boot. A board never formats an image that is not blank by itself
+    (boards/README.md)."""
     from .emulator import FLASH_SIZE
 
     import fcntl
 
-    size = path.stat().st_size if path.exists() else FLASH_SIZE
+    size = size or (path.stat().st_size if path.exists() else FLASH_SIZE)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as f:
         try:
@@ -115,9 +138,10 @@ def _blank_flash_image(path: Path) -> None:
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
+    flash = _flash_for(args)
     if args.format_flash:
-        _blank_flash_image(_flash_for(args))
-    emulator = Emulator(args.board, flash=_flash_for(args), heap=args.heap, hold_uart=False)
+        _blank_flash_image(flash, args.flash_size)
+    emulator = Emulator(args.board, flash=flash, heap=args.heap, hold_uart=False, flash_size=args.flash_size)
     with emulator:
         board = emulator.board
         print(f"{board.name} ({board.description}) is running.")
@@ -141,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     collector = Collector(args.collect, json_out=args.json)
     try:
         with _open(args) as device, device.session():
-            command = device.script_command(args.script, args.mount)
+            command = device.script_command(args.script, args.mount, args.script_args)
             status = stream_command(command, collector, args.timeout)
     finally:
         collector.close()
@@ -417,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Lines the script writes with mcutrain.metrics (`@mt {...}`) show as live progress; "
         "other output passes through.",
     )
-    run.add_argument("script", type=Path)
+    run.add_argument("script", type=Path,
+                     help="the script; arguments after `--` are its sys.argv[1:] "
+                          "(mcutrain run train.py --board qemu-m4f -- --epochs 3)")  # fmt: skip
     _device_options(run)
     run.add_argument("--timeout", type=float, help="seconds before giving up (default: none)")
     run.add_argument("--collect", type=Path, metavar="DIR",
@@ -548,7 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first `--` is the device script's own (`mcutrain run S -- ARGS`).
+    script_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    parser = build_parser()
+    args = parser.parse_args(argv[: len(argv) - len(script_args) - (1 if "--" in argv else 0)])
+    if script_args and args.command != "run":
+        parser.error(f"arguments after -- are for `mcutrain run`'s script, not {args.command}")
+    args.script_args = script_args
     # Ctrl-C and `kill PID` stop an emulator cleanly, even when we were started with SIGINT
     # ignored (as background jobs of a script are).
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,16 +59,18 @@ class Device:
             return self.target.exec(code, timeout)
         return run_mpremote(self.serial_port, "exec", code, timeout=timeout)
 
-    def script_command(self, script: Path, mount: Path | None = None) -> list[str]:
+    def script_command(self, script: Path, mount: Path | None = None, args: Sequence[str] = ()) -> list[str]:
         """The command that runs `script` with its output on stdout (mount: a host folder
-        served at /remote, the script's working directory)."""
+        served at /remote, the script's working directory), with sys.argv = [script, *args]."""
         if self.port is None:
             if mount is not None:
                 raise ValueError("--mount is for boards on a serial link; unix reads host files")
             assert isinstance(self.target, UnixTarget)
-            return [str(self.target.micropython), str(script.absolute())]
+            return [str(self.target.micropython), str(script.absolute()), *args]
         mounted = ["mount", str(mount)] if mount is not None else []
-        return [sys.executable, "-m", "mpremote", "connect", self.port, *mounted,
+        # mpremote soft-resets before its first command only: argv set by `exec` reaches `run`.
+        argv = ["exec", f"import sys; sys.argv[:] = {[script.name, *args]!r}"]
+        return [sys.executable, "-m", "mpremote", "connect", self.port, *mounted, *argv,
                 "run", str(script)]  # fmt: skip
 
     def _emulator(self) -> Emulator | None:
@@ -84,16 +86,18 @@ def open_device(
     *,
     flash: Path | str | None = None,
     heap: int | None = None,
+    flash_size: int | None = None,
 ) -> Iterator[Device]:
     """The board at serial `port`, else `board` (an emulated one is booted with its flash image,
-    default ~/.cache/mcutrain/BOARD-flash.img, and stopped on exit)."""
+    default ~/.cache/mcutrain/BOARD-flash.img, made `flash_size` bytes if new, and stopped on
+    exit)."""
     if port is not None:
         yield Device("serial", port)
         return
     spec = get_board(board)
     if spec.emulated and flash is None:
         flash = default_flash_path(board)
-    with open_target(board, flash=flash, heap=heap) as target:
+    with open_target(board, flash=flash, heap=heap, flash_size=flash_size) as target:
         if isinstance(target, EmulatedTarget):
             yield Device(board, target.emulator.device, target)
         else:

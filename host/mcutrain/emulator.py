@@ -26,6 +26,16 @@ from .boards import DEFAULT_BOARD, Board, find_firmware, get_board
 from .errors import DeviceError, DeviceTimeout, EmulatorError, decode_output
 
 FLASH_SIZE = 2 * 1024 * 1024
+FLASH_BLOCK = 4096  # boards/qemu/flash.c: littlefs blocks; an image is a whole number of them
+
+
+def check_flash_size(size: int) -> int:
+    """`size` if it can be a flash image's size (at least 16 blocks, whole blocks, under 2 GiB:
+    the board counts blocks in 32 bits and semihosting offsets are 32-bit), else ValueError."""
+    if not (16 * FLASH_BLOCK <= size < 2**31) or size % FLASH_BLOCK:
+        raise ValueError(f"a flash size must be a multiple of {FLASH_BLOCK} bytes from "
+                         f"{16 * FLASH_BLOCK} to under 2 GiB, not {size}")  # fmt: skip
+    return size
 DEFAULT_BOOT_TIMEOUT = 30.0
 DEFAULT_EXEC_TIMEOUT = 60.0
 _PTY_LINE = re.compile(rb"char device redirected to (/dev/pts/\d+)")
@@ -108,7 +118,8 @@ class Emulator:
         with Emulator("qemu-m4f") as emu:
             print(emu.exec("import mcutrain; print(mcutrain.version())"))
 
-    `flash` is the host file backing the board's flash (created, 2 MiB, if missing); None
+    `flash` is the host file backing the board's flash (created, `flash_size` bytes or 2 MiB,
+    if missing; an existing one of another size than a given `flash_size` is refused); None
     gives a temporary image removed on close. `heap` is the MicroPython heap in bytes.
     QEMU is always stopped on exit from the `with` block, including on KeyboardInterrupt.
 
@@ -130,8 +141,10 @@ class Emulator:
         timeout: float = DEFAULT_BOOT_TIMEOUT,
         hold_uart: bool = True,
         qemu_args: Sequence[str] = (),
+        flash_size: int | None = None,
     ) -> None:
         self.board: Board = get_board(board)
+        self.flash_size = check_flash_size(flash_size) if flash_size is not None else None
         if not self.board.emulated:
             raise ValueError(f"board {board!r} is not emulated (it runs as a host process)")
         self.firmware = find_firmware(self.board, firmware)
@@ -306,7 +319,14 @@ class Emulator:
         flash.parent.mkdir(parents=True, exist_ok=True)
         if not flash.exists():
             with open(flash, "wb") as f:
-                f.truncate(FLASH_SIZE)
+                f.truncate(self.flash_size or FLASH_SIZE)
+        elif self.flash_size is not None and flash.stat().st_size != self.flash_size:
+            # littlefs keeps its block count: a resized image would not mount (or lose files).
+            raise EmulatorError(
+                f"flash image {flash} is {flash.stat().st_size} bytes, not the {self.flash_size} asked "
+                "for: give another --flash, or erase it at the new size (mcutrain emulate "
+                "--format-flash --flash-size N; its files are lost)"
+            )
         lock = open(flash, "rb")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

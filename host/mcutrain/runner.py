@@ -157,14 +157,16 @@ def open_target(
     heap: int | None = None,
     firmware: Path | str | None = None,
     qemu_args: Sequence[str] = (),
+    flash_size: int | None = None,
 ) -> UnixTarget | EmulatedTarget:
     """A target for `board`, not yet started; use it as a context manager. `qemu_args` are
     extra QEMU arguments for an emulated board (e.g. the cycle model's plugin)."""
     if get_board(board).emulated:
         return EmulatedTarget(
-            Emulator(board, flash=flash, heap=heap, firmware=firmware, qemu_args=qemu_args)
+            Emulator(board, flash=flash, heap=heap, firmware=firmware, qemu_args=qemu_args,
+                     flash_size=flash_size)  # fmt: skip
         )
-    if flash is not None:
+    if flash is not None or flash_size is not None:
         raise ValueError("the unix board has no flash image; it uses the host filesystem")
     return UnixTarget(micropython=firmware, heap=heap)
 
