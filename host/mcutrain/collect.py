@@ -199,12 +199,14 @@ def stream_command(
     collector: Collector,
     timeout: float | None = None,
     cwd: Path | str | None = None,
+    merge_stderr: bool = False,
 ) -> int:
     """Run `command`, feeding its stdout to `collector` line by line as it arrives; its exit
     status. DeviceTimeout (after killing it) when it runs longer than `timeout` seconds."""
     proc = subprocess.Popen(
-        list(command), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=cwd
-    )
+        list(command), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=cwd,
+        stderr=subprocess.STDOUT if merge_stderr else None,
+    )  # fmt: skip
     lines: queue.Queue[bytes | None] = queue.Queue()
 
     def pump() -> None:
