@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 from types import FrameType
 
@@ -139,7 +140,7 @@ def _blank_flash_image(path: Path, size: int | None = None) -> None:
 
 def cmd_emulate(args: argparse.Namespace) -> int:
     flash = _flash_for(args)
-    if args.format_flash:
+    if args.format_flash and flash is not None:  # emulate takes emulated boards only
         _blank_flash_image(flash, args.flash_size)
     emulator = Emulator(args.board, flash=flash, heap=args.heap, hold_uart=False, flash_size=args.flash_size)
     with emulator:
@@ -190,7 +191,7 @@ def cmd_boards(args: argparse.Namespace) -> int:
     return 0
 
 
-def _source_options(args: argparse.Namespace) -> dict[str, object]:
+def _source_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"label_column": args.label_column, "shape": args.shape, "layout": args.layout,
             "header": args.header, "teacher": args.teacher}  # fmt: skip
 

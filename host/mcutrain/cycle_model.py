@@ -121,7 +121,8 @@ class CycleModel:
         for line in lines:
             fields = line.split()
             if fields[0] == "profile":
-                region = Profile(*map(int, fields[1:4]), blocks)
+                number, instructions, cycles = (int(f) for f in fields[1:4])
+                region = Profile(number, instructions, cycles, blocks)
             elif fields[0] == "block":  # a block translated twice appears twice
                 address, insns, cycles = int(fields[1], 16), int(fields[2]), int(fields[3])
                 old = blocks.get(address, (0, 0))

@@ -60,7 +60,9 @@ def _tensors(path: Path):
     import torch
 
     ds = read_dataset(path)
-    x = (ds.x.astype(np.float32) - ds.zero_point) * (ds.scale if ds.x.dtype == np.int8 else 1.0)
+    x = ds.x.astype(np.float32)
+    if ds.x.dtype == np.int8 and ds.scale is not None and ds.zero_point is not None:
+        x = (x - ds.zero_point) * ds.scale
     return torch.tensor(x).permute(0, 3, 1, 2), torch.tensor(ds.y.astype(np.int64)), ds
 
 

@@ -463,7 +463,7 @@ def receive_data(reader: LineReader, timeout: float = 30.0) -> bytes:
     if line is None or not line.startswith("H "):
         raise LinkError(f"expected the file's hash, got {line!r}")
     _, algo, dev_digest = line.split()
-    if digest(data, algo) != dev_digest:
+    if digest(bytes(data), algo) != dev_digest:
         raise LinkError("the file's hash does not match what arrived")
     return bytes(data)
 

@@ -51,7 +51,7 @@ class FormatError(ValueError):
 def crc32(data: bytes | bytearray | memoryview | np.ndarray, crc: int = 0) -> int:
     """CRC-32 as zlib, binascii and MicroPython's binascii.crc32 compute it (init 0)."""
     if isinstance(data, np.ndarray):
-        data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        data = np.ascontiguousarray(data).view(np.uint8).reshape(-1).data
     return zlib.crc32(data, crc) & 0xFFFFFFFF
 
 

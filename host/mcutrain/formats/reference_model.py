@@ -14,7 +14,7 @@ from .spec import ModelSpec, Node, is_quantized, leaves
 
 
 def _convert_class(nn: Any) -> Any:
-    class Convert(nn.Module):  # type: ignore[misc, name-defined]
+    class Convert(nn.Module):
         """mt.Convert in the float64 reference: the identity (the rounding it does on the
         device is not modelled; the int8 layers' weights are their real values scale * q)."""
 

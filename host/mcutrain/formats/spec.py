@@ -283,6 +283,7 @@ def leaves(node: Node, prefix: str = "") -> Iterator[tuple[str, Node]]:
 def parameter_shapes(node: Node) -> dict[str, Shape]:
     """Tensor name (weight, bias, ...) -> shape in the device layout, for one leaf layer."""
     kind, c = node["type"], node["config"]
+    shapes: dict[str, tuple[int, ...]]
     if kind == "Linear":
         shapes = {"weight": (c["out_features"], c["in_features"])}
     elif kind == "Conv2d":

@@ -19,7 +19,7 @@ Backward functions return gradients of a scalar loss given dy = dL/dy; they neve
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -123,7 +123,7 @@ def _check_window(
     return out_h, out_w
 
 
-def _pad_hw(x: Array, padding: tuple[int, int], value: float = 0.0) -> Array:
+def _pad_hw(x: NDArray[Any], padding: tuple[int, int], value: float = 0.0) -> NDArray[Any]:
     ph, pw = padding
     if ph == 0 and pw == 0:
         return x

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple, Union, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -99,6 +99,8 @@ BIAS_MAX = 2**30
 F32 = np.float32
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 IntArray = NDArray[np.int64]
+# A float or a numpy float scalar: these functions compute in float32 whichever they get.
+Real = Union[float, np.floating[Any]]
 
 
 def _f32(x: ArrayLike) -> NDArray[np.float32]:
@@ -173,7 +175,7 @@ def quantize(
     return np.clip(v, qmin, qmax).astype(np.int8)
 
 
-def dequantize(q: ArrayLike, scale: float, zero_point: int = 0) -> NDArray[np.float32]:
+def dequantize(q: ArrayLike, scale: ArrayLike, zero_point: int = 0) -> NDArray[np.float32]:
     """scale * (q - zero_point) in float32; scale may be per channel (broadcast on axis 0)."""
     q = np.asarray(q)
     s = _f32(scale)
@@ -209,11 +211,11 @@ def rescale_bias(b: ArrayLike, old_x_scale: float, new_x_scale: float) -> IntArr
     return np.clip(round_half_even(np.asarray(b, dtype=np.int64).astype(np.float32) * ratio), -BIAS_MAX, BIAS_MAX)
 
 
-def _finite(x: float) -> bool:
+def _finite(x: Real) -> bool:
     return bool(np.isfinite(x))
 
 
-def qparams_asymmetric(lo: float, hi: float) -> QParams:
+def qparams_asymmetric(lo: Real, hi: Real) -> QParams:
     """Asymmetric int8 parameters covering [lo, hi] and 0: mt_qparams_asymmetric."""
     lo, hi = F32(lo), F32(hi)
     if not (_finite(lo) and _finite(hi)):
@@ -231,7 +233,7 @@ def qparams_asymmetric(lo: float, hi: float) -> QParams:
     return QParams(float(scale), zp)
 
 
-def qparams_symmetric(absmax: float) -> QParams:
+def qparams_symmetric(absmax: Real) -> QParams:
     """Symmetric parameters for |x| <= absmax: mt_qparams_symmetric."""
     a = F32(absmax)
     if not _finite(a) or a < 0:
@@ -248,7 +250,7 @@ def qparams_symmetric(absmax: float) -> QParams:
 # fixed-point requantization
 
 
-def quant_multiplier(real: float) -> tuple[int, int]:
+def quant_multiplier(real: Real) -> tuple[int, int]:
     """(multiplier, shift) with real == multiplier * 2^(shift - 31) exactly (a float32's
     mantissa shifted into Q31): mt_quant_multiplier. Raises for negative, NaN, inf, >= 2^30."""
     r = F32(real)
@@ -414,10 +416,10 @@ def conv2d_s8_forward(
     int8, w (O, KH, KW, C/groups) int8, bias int32 or None; out_hw crops the output."""
     xc = np.asarray(x, dtype=np.int64) - q.x_zero_point
     b = None if bias is None else np.asarray(bias, dtype=np.int64)
-    acc = conv2d_forward(xc, np.asarray(w, dtype=np.int64), b, stride, padding, groups)
+    sums = conv2d_forward(xc, np.asarray(w, dtype=np.int64), b, stride, padding, groups)
     if out_hw is not None:
-        acc = acc[:, : out_hw[0], : out_hw[1]]
-    acc = _wrap32(acc)
+        sums = sums[:, : out_hw[0], : out_hw[1]]
+    acc = _wrap32(sums)
     ws = _f32(w_scale)
     flat = acc.reshape(-1, acc.shape[-1])
     rng = (0.0, 0.0)
@@ -469,15 +471,15 @@ def conv2d_s8_grad_input(
             dx[..., ch] = _requantize_real(acc[..., ch], real)
             unit = F32(q.dy_scale) * ws[ch]
             a = acc[..., ch]
-            absmax = max(absmax, -(F32(a.min()) * unit), F32(a.max()) * unit)
+            absmax = cast(np.float32, max(absmax, -(F32(a.min()) * unit), F32(a.max()) * unit))
         return np.clip(dx, -SYM_MAX, SYM_MAX).astype(np.int8), float(absmax)
     r, m, s, unit = _grad_input_fold(taps * (out_c // groups), ws, q.dy_scale, q.dx_scale)
     wr = w * r.reshape(-1, 1, 1, 1)
     acc = _wrap32(conv2d_grad_input(x_shape, wr, dyf, stride, padding, groups))
-    dx = np.clip(requantize(acc, m, s), -SYM_MAX, SYM_MAX).astype(np.int8)
+    dx8 = np.clip(requantize(acc, m, s), -SYM_MAX, SYM_MAX).astype(np.int8)
     amin, amax = min(int(acc.min()), 0), max(int(acc.max()), 0)
-    a = max(-F32(amin), F32(amax))
-    return dx, float(a * F32(unit))
+    magnitude = F32(max(-amin, amax))  # = max(-F32(amin), F32(amax)): rounding is odd and monotonic
+    return dx8, float(magnitude * F32(unit))
 
 
 def _least_max(rescale_below: float) -> int:
