@@ -287,3 +287,50 @@ def test_cli_exports_a_whole_module_and_an_onnx_file_and_refuses_cleanly(tmp_pat
     assert r.stderr.startswith("mcutrain: error: node 1 'Sigmoid' (/act/Sigmoid) is not "
                                "supported")  # fmt: skip
     assert "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# On a board: export -> train there -> pull --like -> the original module
+
+
+DEVICE_TRAIN = """
+import mcutrain as mt
+model = mt.load({mtm!r})
+opt = mt.SGD(model, lr=0.05)
+x = mt.Tensor(bytes.fromhex({x!r}), {shape!r})
+for _ in range(3):
+    model.train_step(x, {labels!r}, mt.cross_entropy, opt)
+model.eval()
+print("@out", model(x).tolist())
+mt.save(model, {mtm!r})
+"""
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "kept"])
+def test_board_round_trip_export_train_pull_loads_into_the_original_module(tmp_path, fold):
+    from conftest import require_firmware
+
+    require_firmware("unix")
+    model, shape = MODELS["resnet"]()
+    torch.save(model, tmp_path / "net.pt")
+    flag = "--fold-batchnorm" if fold else "--keep-batchnorm"
+    r = cli("export", "net.pt", "-o", "net.mtm", "--input-shape", "3,8,8", flag, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    x = torch.randn(4, *shape)
+    xd = np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+    (tmp_path / "train.py").write_text(DEVICE_TRAIN.format(
+        mtm=str(tmp_path / "net.mtm"), x=xd.tobytes().hex(), shape=xd.shape, labels=[0, 1, 2, 3]))
+    r = cli("run", "train.py", "--board", "unix", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    board_out = np.array(json.loads(next(line for line in r.stdout.splitlines()
+                                         if line.startswith("@out"))[5:]))  # fmt: skip
+    r = cli("pull", str(tmp_path / "net.mtm"), "back.pt", "--board", "unix", "--like", "net.pt",
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(torch.load(tmp_path / "back.pt"), strict=True)
+    assert not torch.equal(before["fc.weight"], model.fc.weight)  # it did train
+    with torch.no_grad():
+        got = model(x).numpy()
+    # The board computes in float32 as PyTorch does; unfolding rounds each weight once more.
+    np.testing.assert_allclose(got, board_out, rtol=1e-4, atol=1e-4)
