@@ -8,6 +8,7 @@ classes; Identity and Dropout are dropped. Weights stay named as the graph's ini
 Importing this imports onnx.
 """
 
+# ruff: noqa: B023 - the per-node helpers (bad, const, emit, layer) run within their own iteration
 from __future__ import annotations
 
 from typing import Any

@@ -86,7 +86,7 @@ def load_module(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path}: cannot unpickle the module ({e}): its class must be "
                          "importable here, as torch.load needs") from e  # fmt: skip
     if not isinstance(obj, nn.Module):
-        raise ValueError(f"{path}: holds a {type(obj).__name__}, not an nn.Module")
+        raise ValueError(f"{path}: holds a {type(obj).__name__}, not an nn.Module")  # noqa: TRY004 - the CLI reports ValueErrors
     return obj.eval()
 
 
@@ -98,7 +98,8 @@ def torchscript_to_onnx(module: Any, input_shape: Shape) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.zeros(1, *input_shape),), buf, dynamo=False,
+        torch.onnx.export(module.eval(), (torch.zeros(1, *input_shape),), buf,  # type: ignore[arg-type]
+                          dynamo=False,
                           training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
                           input_names=["input"], output_names=["output"])  # fmt: skip
     return buf.getvalue()

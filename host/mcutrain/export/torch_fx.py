@@ -3,6 +3,7 @@ symbolic tracing: submodules become layers (converted by torch_export), `a + b` 
 a residual block, and the usual functional calls (torch.relu, torch.flatten(x, 1),
 x.view(x.size(0), -1), x.mean((2, 3)), F.softmax(x, 1), ...) their layers. Imports torch."""
 
+# ruff: noqa: B023 - the per-node helpers (bad, const, emit, layer) run within their own iteration
 from __future__ import annotations
 
 import operator
