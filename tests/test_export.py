@@ -225,7 +225,8 @@ def test_unsupported_torch_layers_are_refused_naming_them():
         def forward(self, x):  # type: ignore[no-untyped-def]
             return self.conv(x) * 2
 
-    with pytest.raises(SpecError, match=r"'0' \(Block\); mcutrain exports Sequential"):
+    # A custom module is traced (torch.fx): the refusal names the operator inside it.
+    with pytest.raises(SpecError, match=r"module '0' \(Block\) node 2 'mul' is not supported"):
         torch_to_spec(nn.Sequential(Block()))
 
 

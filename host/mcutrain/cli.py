@@ -288,15 +288,20 @@ def _dataset_source_options(parser: argparse.ArgumentParser) -> None:
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", type=Path,
-                        help="the model's graph as JSON (for .npz without __graph__, and .pt)")
+                        help="the model's graph as JSON (for .npz without __graph__, and a "
+                             "PyTorch state dict)")  # fmt: skip
     parser.add_argument("--input-shape", type=_shape, metavar="SHAPE",
-                        help="one sample's shape, e.g. 28,28,1 (npz: device layout, "
-                             "HWC; .pt: PyTorch's, CHW)")  # fmt: skip
+                        help="one sample's shape, e.g. 1,28,28 (npz: device layout, HWC; "
+                             "PyTorch, TorchScript, ONNX: PyTorch's, CHW). Default: the ONNX "
+                             "input's or the graph file's own")  # fmt: skip
     parser.add_argument("--layout", choices=("device", "torch"),
                         help="npz tensors' layout (default device)")  # fmt: skip
-    parser.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=None,
-                        help="fold batch norms into the layers before them "
-                             "(default: on for PyTorch, off for npz)")  # fmt: skip
+    parser.add_argument("--fold-bn", "--fold-batchnorm", dest="fold_bn",
+                        action=argparse.BooleanOptionalAction, default=None,
+                        help="fold batch norms into the conv/linear layers before them "
+                             "(default: on for PyTorch/ONNX, off for npz)")  # fmt: skip
+    parser.add_argument("--keep-batchnorm", dest="fold_bn", action="store_false",
+                        help="export batch norms as BatchNorm2d layers (= --no-fold-bn)")
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict[str, object]:
@@ -314,6 +319,9 @@ def _describe_model(spec: object) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     from .push import prepare_model
 
+    if args.out_opt is not None and args.out is not None:
+        raise ValueError("give the output once: OUT or -o OUT")
+    args.out = args.out_opt or args.out or Path(args.src.name.split(".")[0] + ".mtm")
     if args.out.suffix != ".mtm":
         raise ValueError(f"{args.out}: export writes an .mtm file")
     spec = prepare_model(args.src, args.out, **_model_kwargs(args))  # type: ignore[arg-type]
@@ -340,7 +348,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from .push import pull_model
 
     with _open(args) as device:
-        out = pull_model(device, args.path, args.out, layout=args.layout or "device")
+        out = pull_model(device, args.path, args.out, layout=args.layout or "device",
+                         like=args.like)  # fmt: skip
     print(f"pulled {args.path} from {_where(device)} to {out}")
     return 0
 
@@ -492,17 +501,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
-        help="write an .mtm model from numpy (.npz) or a PyTorch state dict (.pt)",
+        help="write an .mtm model from PyTorch (a whole module, TorchScript or a state dict), "
+             "ONNX or numpy (.npz)",
+        description="SRC's kind is told by its content: a whole module saved with "
+        "torch.save(model) (loading it unpickles the file, which runs code from it: only "
+        "export files you trust; its classes must be importable), a TorchScript file "
+        "(torch.jit.save; needs --input-shape), an ONNX file, a PyTorch state dict (needs "
+        "--graph), an .npz or an .mtm. The layers (Sequential, residual blocks) are derived "
+        "from the model; an operator or attribute the device lacks is refused by name and "
+        "position.",
     )
-    export.add_argument("src", type=Path, help=".npz, .pt/.pth or .mtm")
-    export.add_argument("out", type=Path, help="the .mtm to write")
+    export.add_argument("src", type=Path, help="the model file")
+    export.add_argument("out", type=Path, nargs="?", help="the .mtm to write (default NAME.mtm)")
+    export.add_argument("-o", "--output", dest="out_opt", type=Path, metavar="OUT",
+                        help="the .mtm to write (as OUT)")
     _model_options(export)
     export.set_defaults(func=cmd_export)
 
     push_model = commands.add_parser(
         "push-model", help="export a model (if needed) and copy the .mtm to a board"
     )
-    push_model.add_argument("src", type=Path, help=".mtm, .npz or .pt/.pth")
+    push_model.add_argument("src", type=Path,
+                            help="an .mtm or any model `export` takes (converted first)")
     _device_options(push_model)
     push_model.add_argument("--dest", help="path on the board (default: NAME.mtm)")
     _model_options(push_model)
@@ -516,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
     _device_options(pull)
     pull.add_argument("--layout", choices=("device", "torch"),
                       help="tensor layout in an .npz (default device)")  # fmt: skip
+    pull.add_argument("--like", type=Path, metavar="SRC",
+                      help="the model file it was exported from (module, TorchScript, ONNX): "
+                           "the .pt gets that model's own names, batch norms folded at export "
+                           "unfolded, so it loads with load_state_dict(strict=True)")
     pull.set_defaults(func=cmd_pull)
 
     plot = commands.add_parser(

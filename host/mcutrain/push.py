@@ -249,35 +249,33 @@ def prepare_model(
     layout: str | None = None,
     fold_bn: bool | None = None,
 ) -> Any:
-    """Write the .mtm for `src`: an .mtm (checked, copied), an .npz state dict (graph from
-    `graph` or the npz's __graph__ entry), or a PyTorch state dict (.pt/.pth, needs `graph`).
-    input_shape is the device layout's for npz, PyTorch's for .pt. Returns the ModelSpec."""
+    """Write the .mtm for `src`, whose kind is told by its content (export.model_kind): an .mtm
+    (checked, copied), an .npz state dict (graph from `graph` or the npz's __graph__ entry), a
+    PyTorch state dict (needs `graph`), a whole pickled nn.Module (unpickling runs the file's
+    code: trusted files only), a TorchScript file or an ONNX file (their layers are derived).
+    input_shape is the device layout's for npz, PyTorch's (C, H, W) otherwise; a graph file's
+    or an ONNX input's own shape is used without it. Batch norms are folded by default for
+    PyTorch and ONNX sources, kept for npz. Returns the ModelSpec."""
+    from .export.sources import model_kind
+
     src, out = Path(src), Path(out)
-    suffix = src.suffix.lower()
-    if suffix == ".mtm":
+    kind = model_kind(src)
+    if kind == "mtm":
         spec = read_model(src)
         if src.resolve() != out.resolve():
             shutil.copyfile(src, out)
         return spec
-    if suffix == ".npz":
+    if kind == "npz":
         from .export import export_npz
 
         return export_npz(src, out, graph, input_shape=input_shape, layout=layout or "device",
                           fold_bn=bool(fold_bn))  # fmt: skip
-    if suffix in (".pt", ".pth"):
-        import torch
+    from .export.sources import derive
+    from .formats import write_model
 
-        from .export import export_torch, load_graph
-
-        if graph is None:
-            raise ValueError(f"{src}: a PyTorch state dict needs --graph (its layers are not in it)")
-        state = torch.load(src, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"{src}: expected a state dict, found {type(state).__name__}")
-        graph_doc, _, _ = load_graph(graph)
-        return export_torch(state, out, input_shape=input_shape, graph=graph_doc,
-                            fold_bn=True if fold_bn is None else fold_bn)  # fmt: skip
-    raise ValueError(f"{src}: unknown model file (want {', '.join(MODEL_SUFFIXES)})")
+    spec = derive(src, input_shape, graph).export_spec(True if fold_bn is None else fold_bn)
+    write_model(out, spec)
+    return spec
 
 
 def push_model(
@@ -298,13 +296,19 @@ def push_model(
         return PushResult(Path(src), dest, path.stat().st_size, spec, result)
 
 
-def pull_model(device: Device, path: str, out: Path | str, *, layout: str = "device") -> Path:
+def pull_model(
+    device: Device, path: str, out: Path | str, *, layout: str = "device", like: Any = None
+) -> Path:
     """Copy an .mtm from the board to `out`: .mtm as is, .npz (mtm_to_npz; layout device or
-    torch) or .pt (a PyTorch state dict)."""
+    torch) or .pt (a PyTorch state dict). With `like` (the model file or object it was
+    exported from, see export.derive) the .pt's names are the source's, batch norms folded at
+    export unfolded again (export/origin.py), so the source module loads it strictly."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in (".mtm", ".npz", ".pt", ".pth"):
         raise ValueError(f"{out}: pull writes .mtm, .npz or .pt files")
+    if like is not None and suffix not in (".pt", ".pth"):
+        raise ValueError(f"{out}: --like names a PyTorch state dict: pull to a .pt file")
     if device.port is None:
         data = Path(path).read_bytes()
     else:
@@ -321,5 +325,5 @@ def pull_model(device: Device, path: str, out: Path | str, *, layout: str = "dev
         elif suffix in (".pt", ".pth"):
             from .export import mtm_to_torch_state_dict
 
-            mtm_to_torch_state_dict(mtm, out)
+            mtm_to_torch_state_dict(mtm, out, like=like)
     return out

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..formats.mtm import read_model
 from ..formats.quant import dequantize_int8
-from ..formats.spec import ModelSpec, Node, Shape
+from ..formats.spec import ModelSpec, Node, Shape, SpecError
 from .layout import convert_tensors, device_to_torch_shape
 from .numpy_export import GRAPH_KEY
 
@@ -63,12 +63,37 @@ def spec_to_torch_state_dict(spec: ModelSpec) -> dict[str, Any]:
 
 
 def mtm_to_torch_state_dict(
-    mtm_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None
+    mtm_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str] | None = None,
+    *,
+    like: Any = None,
+    input_shape: Shape | None = None,
 ) -> dict[str, Any]:
-    """`pull` to PyTorch: the .mtm's state dict, also saved with torch.save when out_path."""
+    """`pull` to PyTorch: the .mtm's state dict, also saved with torch.save when out_path.
+
+    Names are the .mtm's own (those of spec_to_torch_module) unless `like` gives the source
+    the model was exported from (a path, module, TorchScript or ONNX model, or an
+    export.Derived; input_shape as at export): then they are the source's, and batch norms
+    folded at export are unfolded again (export/origin.py), so the source loads it strictly."""
     import torch
 
-    state = spec_to_torch_state_dict(read_model(mtm_path))
+    spec = read_model(mtm_path)
+    if like is None:
+        state = spec_to_torch_state_dict(spec)
+    else:
+        from .derived import Derived
+        from .origin import source_state_dict
+        from .sources import derive
+
+        if not isinstance(like, Derived):
+            shape = input_shape or torch_input_shape(spec)
+            try:
+                like = derive(like, shape)
+            except SpecError as e:
+                raise ValueError("the pulled model is not the one exported from the source: "
+                                 f"the source does not take its input {shape}: {e}") from e
+        state = {k: torch.tensor(v) if isinstance(v, int) else torch.from_numpy(
+                 np.ascontiguousarray(v)) for k, v in source_state_dict(spec, like).items()}
     if out_path is not None:
         torch.save(state, out_path)
     return state

@@ -1,7 +1,8 @@
 """Export PyTorch models to .mtm: walk the module tree and map each layer to mcutrain's.
 
-Supported: nn.Sequential (nested ones are inlined), residual blocks written as a module with
-`body` and `shortcut` (see torch_modules.Residual), Conv1d/Conv2d (incl. grouped/depthwise),
+Supported: nn.Sequential (nested ones are inlined), torch_modules.Residual, any other module
+whose forward torch.fx can trace into these layers and adds (residual blocks such as
+`relu(bn(conv(x))) + shortcut(x)`, see torch_fx), Conv1d/Conv2d (incl. grouped/depthwise),
 Linear, BatchNorm1d/2d (folded into the layer before it, or kept), ReLU, ReLU6, MaxPool2d,
 AvgPool2d, AdaptiveAvgPool1d/2d(1), Flatten, Softmax; Dropout and Identity are dropped
 (inference no-ops). Anything else is refused naming the layer. Importing this imports torch.
@@ -19,8 +20,8 @@ from torch import nn
 
 from ..formats.mtm import write_model
 from ..formats.spec import ModelSpec, Node, Shape, SpecError
-from .fold import fold_batchnorm
-from .layout import convert_tensors, torch_to_device_shape
+from .derived import Derived, assemble
+from .layout import torch_to_device_shape
 from .torch_modules import GlobalAvgPool, Residual
 
 
@@ -29,7 +30,7 @@ class UnsupportedLayerError(SpecError):
 
 
 SUPPORTED = (
-    "Sequential, Residual (a module with body and shortcut), Conv1d, Conv2d, Linear, "
+    "Sequential, Residual, modules torch.fx traces into these (residual adds), Conv1d, Conv2d, Linear, "
     "BatchNorm1d, BatchNorm2d, ReLU, ReLU6, MaxPool2d, AvgPool2d, AdaptiveAvgPool1d/2d(1), "
     "Flatten, Softmax, Dropout, Identity"
 )
@@ -42,6 +43,11 @@ def _np(p: torch.Tensor) -> np.ndarray:
 def _refuse(where: str, m: nn.Module, why: str = "") -> UnsupportedLayerError:
     reason = f": {why}" if why else f"; mcutrain exports {SUPPORTED}"
     return UnsupportedLayerError(f"cannot export layer {where!r} ({type(m).__name__}){reason}")
+
+
+def _names(where: str, tensors: Mapping[str, Any]) -> dict[str, str]:
+    """Each tensor's name in the module's own state dict."""
+    return {k: f"{where}.{k}" if where else k for k in tensors}
 
 
 def _conv(m: nn.Conv1d | nn.Conv2d, where: str) -> Node:
@@ -69,7 +75,7 @@ def _conv(m: nn.Conv1d | nn.Conv2d, where: str) -> Node:
     tensors = {"weight": _np(m.weight)}
     if m.bias is not None:
         tensors["bias"] = _np(m.bias)
-    return {"type": kind, "config": cfg, "_tensors": tensors}
+    return {"type": kind, "config": cfg, "_tensors": tensors, "_names": _names(where, tensors)}
 
 
 def _batchnorm(m: nn.BatchNorm1d | nn.BatchNorm2d, where: str) -> Node:
@@ -83,7 +89,9 @@ def _batchnorm(m: nn.BatchNorm1d | nn.BatchNorm2d, where: str) -> Node:
     }  # fmt: skip
     momentum = 0.1 if m.momentum is None else float(m.momentum)
     cfg = {"num_features": c, "eps": float(m.eps), "momentum": momentum}
-    return {"type": "BatchNorm2d", "config": cfg, "_tensors": tensors}
+    # A batch norm without affine parameters has no weight/bias in its state dict.
+    names = {k: v for k, v in _names(where, tensors).items() if getattr(m, k) is not None}
+    return {"type": "BatchNorm2d", "config": cfg, "_tensors": tensors, "_names": names}
 
 
 def _pool(m: nn.MaxPool2d | nn.AvgPool2d, where: str) -> Node:
@@ -98,8 +106,17 @@ def _pool(m: nn.MaxPool2d | nn.AvgPool2d, where: str) -> Node:
     return {"type": kind, "config": cfg}
 
 
-def _is_residual(m: nn.Module) -> bool:
-    return isinstance(m, Residual) or (hasattr(m, "body") and hasattr(m, "shortcut"))
+_LEAVES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6,
+           nn.Hardtanh, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+           GlobalAvgPool, nn.Flatten, nn.Softmax, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+           nn.Identity)  # fmt: skip
+
+
+def _not_traced(m: nn.Module) -> bool:
+    """Modules _convert maps directly (fx calls them as they are); PyTorch's own other modules
+    too, so that an unsupported one (nn.Sigmoid) is refused by its name, not traced into."""
+    return (isinstance(m, (nn.Sequential, Residual, *_LEAVES))
+            or type(m).__module__.startswith("torch.nn."))  # fmt: skip
 
 
 def _convert(m: nn.Module, where: str) -> list[Node]:
@@ -107,7 +124,7 @@ def _convert(m: nn.Module, where: str) -> list[Node]:
     if isinstance(m, nn.Sequential):
         return [node for name, child in m.named_children()
                 for node in _convert(child, f"{where}.{name}" if where else name)]  # fmt: skip
-    if _is_residual(m):
+    if isinstance(m, Residual):
         body = m.body
         short = m.shortcut
         if short is not None and isinstance(short, nn.Identity):
@@ -124,7 +141,8 @@ def _convert(m: nn.Module, where: str) -> list[Node]:
             tensors["bias"] = _np(m.bias)
         cfg = {"in_features": m.in_features, "out_features": m.out_features,
                "bias": m.bias is not None}  # fmt: skip
-        return [{"type": "Linear", "config": cfg, "_tensors": tensors}]
+        return [{"type": "Linear", "config": cfg, "_tensors": tensors,
+                 "_names": _names(where, tensors)}]  # fmt: skip
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         return [_batchnorm(m, where)]
     if isinstance(m, nn.ReLU6) or (
@@ -152,23 +170,23 @@ def _convert(m: nn.Module, where: str) -> list[Node]:
         return [{"type": "Softmax", "config": {}}]
     if isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)):
         return []
+    if not _not_traced(m):
+        from .torch_fx import traced_layers
+
+        return traced_layers(m, where, _convert, _not_traced)
     raise _refuse(where or "model", m)
 
 
-def _collect(node: Node, prefix: str, tensors: dict[str, np.ndarray]) -> Node:
-    """node without "_tensors", its tensors moved into `tensors` under state_dict names."""
-    kind = node["type"]
-    if kind == "Sequential":
-        return {"type": kind, "layers": [_collect(n, f"{prefix}{i}.", tensors)
-                                         for i, n in enumerate(node["layers"])]}  # fmt: skip
-    if kind == "Residual":
-        short = node["shortcut"]
-        return {"type": kind, "body": _collect(node["body"], prefix + "body.", tensors),
-                "shortcut": None if short is None else _collect(short, prefix + "shortcut.",
-                                                                tensors)}  # fmt: skip
-    for name, t in node.get("_tensors", {}).items():
-        tensors[prefix + name] = t
-    return {k: v for k, v in node.items() if k != "_tensors"}
+def torch_to_derived(module: nn.Module, input_shape: Shape | None = None) -> Derived:
+    """The model of a PyTorch module (batch norms not folded) with its state-dict names.
+
+    input_shape is one sample in PyTorch's layout, (C, H, W), (C, L) or (F,)."""
+    layers = _convert(module, "")
+    shape = None if input_shape is None else torch_to_device_shape(tuple(input_shape))
+    state = module.state_dict()
+    buffers = {k: int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}
+    return assemble(layers, shape, {"source": f"torch {type(module).__name__}"}, buffers,
+                    list(state))  # fmt: skip
 
 
 def torch_to_spec(
@@ -180,13 +198,7 @@ def torch_to_spec(
     when a Linear follows a Flatten of a spatial activation (to permute the columns) and lets
     the spec be checked end to end. fold_bn folds each batch norm into the layer before it.
     """
-    tensors: dict[str, np.ndarray] = {}
-    graph = _collect({"type": "Sequential", "layers": _convert(module, "")}, "", tensors)
-    shape = None if input_shape is None else torch_to_device_shape(tuple(input_shape))
-    spec = ModelSpec(graph, {}, shape, {"source": f"torch {type(module).__name__}"})
-    spec.tensors = convert_tensors(spec.graph, tensors, spec.input_shape, to_device=True)
-    spec.validate()
-    return fold_batchnorm(spec) if fold_bn else spec
+    return torch_to_derived(module, input_shape).export_spec(fold_bn)
 
 
 def export_torch(
