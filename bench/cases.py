@@ -5,6 +5,7 @@
 # buffers, then is measured on a second, allocation-free run.
 import gc
 import json
+
 import mcutrain as mt
 
 TARGET = "unknown"  # set by bench/run.py

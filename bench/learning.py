@@ -164,7 +164,8 @@ def precision_markdown(rows: list[dict], target: str) -> str:
     for r in rows:
         gap = f"{r['gap_points']:+.1f}" if "gap_points" in r and r["dtype"] != "float32" else ""
         seeds = ", ".join(f"{100 * a:.1f}" for a in r["per_seed"])
-        lines.append(f"| {r['model']} | {r['dtype']} | {r['epochs']} | {r['batch']} | {100 * r['mean']:.1f}% | {seeds} | "
+        lines.append(f"| {r['model']} | {r['dtype']} | {r['epochs']} | {r['batch']} | "
+                     f"{100 * r['mean']:.1f}% | {seeds} | "
                      f"{gap} | {r['step_instructions']:,} | {r['peak_ram_bytes']:,} B |")
     return "\n".join(lines) + "\n"
 
@@ -242,7 +243,8 @@ def run_checks(out: Path) -> None:
             r = results[-1]
             print(f"{name:18} test {r['test_accuracy']:.4f}  train {r['train_accuracy']:.4f}  "
                   f"epochs {r['epochs']}  step {r['step_instructions']} instr  RAM {r['peak_ram_bytes']} B"
-                  + (f"  backward MACs {r['backward_mac_fraction']:.3f} of full" if "backward_mac_fraction" in r else ""),
+                  + (f"  backward MACs {r['backward_mac_fraction']:.3f} of full"
+                     if "backward_mac_fraction" in r else ""),
                   flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")

@@ -8,9 +8,7 @@ to the 30-bit floats of the emulated boards' object representation. A script bui
 from __future__ import annotations
 
 import numpy as np
-
 from mcutrain.runner import run_on
-
 
 # numpy dtype of each device dtype's bytes
 NUMPY_DTYPES = {"float32": "<f4", "float16": "<f2", "int8": "i1"}

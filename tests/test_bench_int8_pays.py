@@ -13,7 +13,6 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import ROOT, require_firmware
 from mcutrain.cycle_model import CycleModel
 from mcutrain.runner import open_target, run_on

@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, host_env, is_running, require_firmware
 from mcutrain.collect import Collector, parse_metrics_line, write_csv
 from mcutrain.plot import plot_records

@@ -10,7 +10,6 @@ Scales reach the device as Python literals the boards' 30-bit floats hold exactl
 from __future__ import annotations
 
 import numpy as np
-
 from device_arrays import DeviceScript, tensor_expr
 from mcutrain.reference import quantized as Q
 

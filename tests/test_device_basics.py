@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 import mcutrain
+import pytest
 from mcutrain.errors import DeviceError
 from mcutrain.runner import run_on
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mcutrain.formats import (
     ModelSpec,
     expected_tensors,
@@ -194,7 +193,7 @@ def test_device_dataset_shuffles_epochs_and_batches_without_allocating(target, d
         remove(target, path)
     assert lines[0] == "True True True True"  # a permutation, seeded, differing per seed
     assert lines[1] == "37 3"
-    batches = eval(lines[2])  # noqa: S307 - our own device's output
+    batches = eval(lines[2])
     assert [b[0] for b in batches] == [(10, 3, 2, 1)] * 3 + [(7, 3, 2, 1)]
     assert batches[0][1] == [i % 5 for i in range(10)] and batches[3][2] == (7, 5)
     assert [b[3] for b in batches] == [1, 11, 21, 31]  # sample 1, 11, ... is row 1's first value
@@ -355,10 +354,9 @@ print(m.predict(x).tolist())
 def test_device_runs_an_exported_torch_model_as_pytorch_does(target, tmp_path):
     torch = pytest.importorskip("torch", reason="PyTorch not installed")
     require_engine(target)
-    from torch import nn
-
     from mcutrain.export import export_torch
     from mcutrain.export.torch_modules import Residual
+    from torch import nn
 
     torch.manual_seed(2)
     model = nn.Sequential(
@@ -374,7 +372,7 @@ def test_device_runs_an_exported_torch_model_as_pytorch_does(target, tmp_path):
     src, inputs = put(target, tmp_path / "t.mtm", tmp_path / "x.bin")
     try:
         got = np.array(eval(run_on(target, PREDICT.format(src=src, inputs=inputs,
-                                                          shape=(2, 6, 6, 1)))))  # noqa: S307
+                                                          shape=(2, 6, 6, 1)))))
     finally:
         remove(target, src, inputs)
     with torch.no_grad():

@@ -10,7 +10,6 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import ROOT, host_env, require_firmware
 from mcutrain import ports
 from mcutrain.ports import DEVICE_ENV, PortError, check_port, expand_device, resolve_device

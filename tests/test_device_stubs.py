@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import ROOT, require_firmware
 from mcutrain.formats import write_dataset
 from mcutrain.runner import open_target, run_on

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from device_arrays import ALLOCATION_CHECK, DeviceScript, labels_expr, tensor_expr
 from device_errors import assert_raises_clearly
 from kernel_lib import f32, ptr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from mcutrain.formats import (
     DatasetArrays,
     ModelSpec,

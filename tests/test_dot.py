@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from mcutrain.runner import run_on
 
 LENGTHS = (0, 1, 3, 17, 1000)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import is_running, require_firmware
 from mcutrain.emulator import Emulator
 from mcutrain.errors import DeviceTimeout, EmulatorError, device_exception_name

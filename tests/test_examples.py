@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import sys
 
-import pytest
-
 import mcutrain
+import pytest
+from conftest import ROOT
 from mcutrain.runner import run_on
 
-from conftest import ROOT
-
 sys.path.insert(0, str(ROOT / "bench"))
-import learning  # noqa: E402
+import learning
 
 HELLO = ROOT / "examples" / "hello.py"
 

@@ -7,7 +7,6 @@ import importlib.util
 
 import numpy as np
 import pytest
-
 from mcutrain.export import (
     GRAPH_KEY,
     export_npz,
@@ -138,9 +137,8 @@ def torch_cnn():
     """A small CNN with every exportable layer kind: BN after convs (folded), a residual block
     with an identity and one with a projection shortcut, depthwise conv, pooling, Flatten."""
     import torch
-    from torch import nn
-
     from mcutrain.export.torch_modules import Residual
+    from torch import nn
 
     torch.manual_seed(0)
 
@@ -170,7 +168,6 @@ def torch_cnn():
 @pytest.mark.parametrize("fold_bn", [True, False])
 def test_torch_cnn_with_residuals_matches_reference_running_the_exported_mtm(tmp_path, fold_bn):
     import torch
-
     from mcutrain.export import export_torch
 
     model = torch_cnn()
@@ -188,9 +185,8 @@ def test_torch_cnn_with_residuals_matches_reference_running_the_exported_mtm(tmp
 @needs_torch
 def test_torch_conv1d_model_with_batchnorm1d_and_global_pool(tmp_path):
     import torch
-    from torch import nn
-
     from mcutrain.export import export_torch
+    from torch import nn
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv1d(2, 6, 5, stride=2, padding=2), nn.BatchNorm1d(6), nn.ReLU(),
@@ -207,9 +203,8 @@ def test_torch_conv1d_model_with_batchnorm1d_and_global_pool(tmp_path):
 
 @needs_torch
 def test_unsupported_torch_layers_are_refused_naming_them():
-    from torch import nn
-
     from mcutrain.export import torch_to_spec
+    from torch import nn
 
     with pytest.raises(SpecError, match=r"cannot export layer '1\.2' \(GELU\)"):
         torch_to_spec(nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.ReLU(),
@@ -233,7 +228,6 @@ def test_unsupported_torch_layers_are_refused_naming_them():
 @needs_torch
 def test_pull_gives_a_torch_state_dict_and_module_computing_the_same(tmp_path):
     import torch
-
     from mcutrain.export import export_torch, mtm_to_torch_state_dict, spec_to_torch_module
 
     model = torch_cnn()
@@ -255,7 +249,6 @@ def test_pull_gives_a_torch_state_dict_and_module_computing_the_same(tmp_path):
 @needs_torch
 def test_export_a_torch_state_dict_with_its_graph(tmp_path):
     import torch
-
     from mcutrain.export import export_torch, spec_to_torch_module
 
     graph = bn_graph()

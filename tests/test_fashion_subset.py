@@ -8,7 +8,6 @@ import struct
 
 import numpy as np
 import pytest
-
 from mcutrain import fashion
 from mcutrain.formats import SourceError
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mcutrain.formats import (
     FASHION_MNIST_DIR,
     DatasetReader,
@@ -29,6 +28,7 @@ from mcutrain.formats import (
     load_reference_model,
     load_source,
     load_wav_folder,
+    mtd,
     read_dataset,
     read_model,
     residual,
@@ -37,7 +37,6 @@ from mcutrain.formats import (
     write_dataset,
     write_model,
 )
-from mcutrain.formats import mtd
 from mcutrain.reference import functional as F
 
 RNG = np.random.default_rng(7)

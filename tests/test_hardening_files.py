@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_device_formats import device_path, fetch, put, remove
-
 from mcutrain.emulator import FLASH_SIZE, Emulator
 from mcutrain.formats import (
     DatasetReader,
@@ -27,6 +25,7 @@ from mcutrain.formats import (
 )
 from mcutrain.quantize import dequantize_model
 from mcutrain.runner import run_on
+from test_device_formats import device_path, fetch, put, remove
 
 ROOT = Path(__file__).resolve().parents[1]
 SANITIZED = ROOT / "build" / "unix-san" / "micropython"

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mcutrain.reference import quantized as ref
 from mcutrain.runner import run_on
 

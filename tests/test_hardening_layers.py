@@ -8,7 +8,6 @@ one error script and one numeric script per test to keep the boards' time short.
 from __future__ import annotations
 
 import numpy as np
-
 from device_arrays import DeviceScript, labels_expr, tensor_expr
 from device_errors import assert_raises_clearly
 

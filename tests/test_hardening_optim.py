@@ -7,7 +7,6 @@ after a plain backward honours the update policies. One script per target and ch
 from __future__ import annotations
 
 import numpy as np
-
 from device_arrays import ALLOCATION_CHECK, DeviceScript, labels_expr, tensor_expr
 from device_errors import assert_raises_clearly
 from mcutrain.reference import functional as F
@@ -332,7 +331,6 @@ def test_update_policies_belong_to_their_optimizer(target):
     params = 10 * 8 + 10 + 3 * 10 + 3
     assert f"F6 grad steps {4 * params} {4 * (2 * 8 + 2 + 1 * 10 + 1)} {12 * params} True" in lines, out
     assert any(l.startswith("F6 topk step") and "TopK" in l for l in lines), out
-    conv = 4 * 3 * 3 * 2 + 4 + 4 * 3 + 3
     conv_ratio = 1 * 3 * 3 * 2 + 1 + 1 * 4 + 1
     assert [l for l in lines if l.startswith("F9")] == [f"F9 {12 * conv_ratio}", f"F9 {4 * conv_ratio}"], out
     assert "grad view True (10, 8)" in lines, out

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from device_errors import assert_raises_clearly
-
 from mcutrain.runner import run_on
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,10 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import mcutrain
 import numpy as np
 import pytest
-
-import mcutrain
 from conftest import ROOT, host_env, require_firmware
 from mcutrain.errors import DeviceError
 

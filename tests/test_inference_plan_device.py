@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from mcutrain.runner import open_target, run_on
 
 PRELUDE = r"""

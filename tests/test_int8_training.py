@@ -10,9 +10,8 @@ import re
 
 import numpy as np
 import pytest
-from device_arrays import DeviceScript, tensor_expr
-
 from conftest import ROOT
+from device_arrays import DeviceScript, tensor_expr
 from mcutrain.digits import write_digits
 from mcutrain.reference import quantized as Q
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kernel_lib import f32, ptr
-
 from mcutrain.reference import conv2d_backward, conv2d_forward, linear_backward, linear_forward
 
 U = 2.0**-24  # fp32 unit roundoff

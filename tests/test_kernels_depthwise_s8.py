@@ -12,11 +12,20 @@ import ctypes
 import numpy as np
 import pytest
 from kernel_lib import ptr
-from test_kernels_s8 import (  # noqa: F401  (lib is a fixture)
-    UPDATES, Conv2dParams, Guarded, Range, S8Update, assert_update_matches, c_float, lib, quant,
-    run_conv_update, s8)
-
 from mcutrain.reference import quantized as Q
+from test_kernels_s8 import (  # noqa: F401  (lib is a fixture)
+    UPDATES,
+    Conv2dParams,
+    Guarded,
+    Range,
+    S8Update,
+    assert_update_matches,
+    c_float,
+    lib,
+    quant,
+    run_conv_update,
+    s8,
+)
 
 # (batch, in_h, in_w, channels, kernel (h, w), stride (h, w), padding (h, w))
 DW_CASES = {

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kernel_lib import ptr
-
 from mcutrain.reference import (
     adam_step,
     avgpool2d_backward,

@@ -14,7 +14,6 @@ import math
 import numpy as np
 import pytest
 from kernel_lib import f32, ptr
-
 from mcutrain.reference import (
     BatchNormCache,
     adam_step,

@@ -17,7 +17,6 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from kernel_lib import ptr
-
 from mcutrain.reference import conv2d_backward, conv2d_forward
 from mcutrain.reference import quantized as Q
 

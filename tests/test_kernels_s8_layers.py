@@ -9,7 +9,6 @@ import ctypes
 
 import numpy as np
 import pytest
-
 from kernel_lib import ptr
 from mcutrain.reference import functional as F
 from mcutrain.reference import quantized as Q

@@ -8,15 +8,25 @@ import shutil
 import wave
 from pathlib import Path
 
+import conftest  # noqa: F401 - puts this checkout's host package on sys.path
 import numpy as np
 import pytest
-
-import conftest  # noqa: F401 - puts this checkout's host package on sys.path
 from mcutrain.cli import main
 from mcutrain.formats import read_dataset
-from mcutrain.kws import (CLASS_NAMES, DEFAULT_TEST_VOICES, MfccParams, Voice, augment_word,
-                          log_mel, make_kws_dataset, make_noise, mfcc, parse_voice, split_voices,
-                          synthesize)  # fmt: skip
+from mcutrain.kws import (
+    CLASS_NAMES,
+    DEFAULT_TEST_VOICES,
+    MfccParams,
+    Voice,
+    augment_word,
+    log_mel,
+    make_kws_dataset,
+    make_noise,
+    mfcc,
+    parse_voice,
+    split_voices,
+    synthesize,  # fmt: skip
+)
 from mcutrain.kws.mfcc import hz_to_mel, mel_band_edges
 from mcutrain.kws.synth import ESPEAK_ACCENTS
 

@@ -9,7 +9,6 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
 from mcutrain.formats.mtd import write_dataset
 from mcutrain.reference.quantized import dequantize_weights, quantize_weights

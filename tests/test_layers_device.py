@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from device_arrays import DeviceScript, assert_close_bilinear, tensor_expr
 from mcutrain.reference import functional as F
 

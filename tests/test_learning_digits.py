@@ -8,11 +8,10 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
-import learning  # noqa: E402
+import learning
 
 
 @pytest.fixture(scope="module")

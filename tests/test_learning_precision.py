@@ -13,11 +13,10 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
-import learning  # noqa: E402
+import learning
 
 SEEDS = (1, 2, 3)
 FASHION_TRAIN, FASHION_TEST = 1000, 500

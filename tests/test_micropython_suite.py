@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 MICROPYTHON_TESTS = ROOT / ".cache" / "micropython-1.25.0" / "tests"

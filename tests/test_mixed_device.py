@@ -5,8 +5,6 @@ dequantized weights; the update is the fp32 SGD step (QAS), requantized per chan
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
 from device_arrays import ALLOCATION_CHECK, DeviceScript, tensor_expr
 from device_errors import assert_raises_clearly
 from mcutrain.reference import functional as F

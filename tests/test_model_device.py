@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from device_arrays import DeviceScript, labels_expr, tensor_expr
 from device_errors import assert_raises_clearly
 from mcutrain.reference import functional as F

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from mcutrain.runner import run_on
 
 PRELUDE = r"""

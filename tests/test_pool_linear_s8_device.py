@@ -8,7 +8,6 @@ values at the int8 limits."""
 from __future__ import annotations
 
 import numpy as np
-
 from device_arrays import DeviceScript, tensor_expr
 from mcutrain.reference import functional as F
 from mcutrain.reference import quantized as Q

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, host_env
 from mcutrain.formats import SourceError, read_dataset
 from mcutrain.formats.checks import describe, load_checked

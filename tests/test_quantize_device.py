@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mcutrain.digits import split_digits
 from mcutrain.formats import load_reference_model, read_model, read_model_graph
 from mcutrain.pretrain import pretrain

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from mcutrain.cli import main
 from mcutrain.formats import (
     FormatError,

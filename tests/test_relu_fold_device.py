@@ -17,7 +17,6 @@ import json
 
 import numpy as np
 import pytest
-
 from device_arrays import DeviceScript, tensor_expr
 from mcutrain.runner import run_on
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, host_env, require_firmware
 
 ARGV_SCRIPT = "import sys\nprint('@argv', sys.argv[1:])\n"

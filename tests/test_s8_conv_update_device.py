@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from device_arrays import DeviceScript
 from test_dtypes_device import DY_SCALE, X_SCALE, _int8_reference_update, _s8_case, _s8_reference, _s8_script
 

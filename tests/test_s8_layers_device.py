@@ -10,7 +10,6 @@ sent back as a float32 tensor through a Python float, so it is compared to 2**-2
 from __future__ import annotations
 
 import numpy as np
-
 from device_arrays import ALLOCATION_CHECK, DeviceScript, bars, labels_expr, tensor_expr
 from device_errors import assert_raises_clearly
 from mcutrain.reference import functional as F

@@ -13,7 +13,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from conftest import require_firmware
 from mcutrain import transfer, transfer_device
 from mcutrain.transfer import (
@@ -93,7 +92,7 @@ class FakeBoard:
         def serve() -> None:
             try:
                 self.outcome = self.receiver.run(str(dest), size)
-            except BaseException as e:  # noqa: BLE001 - the test looks at it
+            except BaseException as e:
                 self.outcome = e
             finally:
                 for fd in self._fds:

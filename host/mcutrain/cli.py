@@ -8,9 +8,9 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from . import __version__
 from .boards import BOARDS, DEFAULT_BOARD, EMULATED_BOARDS, get_board
@@ -122,9 +122,9 @@ def _blank_flash_image(path: Path, size: int | None = None) -> None:
     """Overwrite a flash image with zeros (its size kept, unless `size` is given): the board
     formats it at boot. A board never formats an image that is not blank by itself
     (boards/README.md)."""
-    from .emulator import FLASH_SIZE
-
     import fcntl
+
+    from .emulator import FLASH_SIZE
 
     size = size or (path.stat().st_size if path.exists() else FLASH_SIZE)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,10 +229,8 @@ def cmd_push_dataset(args: argparse.Namespace) -> int:
 
 
 def _stream_dataset(args: argparse.Namespace) -> int:
-    from .push import check_mounted
-
     from .formats.checks import describe
-    from .push import convert_dataset, dataset_name, stream_dir
+    from .push import check_mounted, convert_dataset, dataset_name, stream_dir
 
     path = args.save or stream_dir() / dataset_name(args.src)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -624,5 +622,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away; say nothing more to it.
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+        sys.stdout = open(os.devnull, "w")
         return 1

@@ -224,7 +224,7 @@ def stream_command(
             try:
                 raw = lines.get(timeout=wait)
             except queue.Empty:
-                raise DeviceTimeout(f"`{' '.join(command)}` took more than {timeout} s", "")
+                raise DeviceTimeout(f"`{' '.join(command)}` took more than {timeout} s", "") from None
             if raw is None:
                 break
             collector.feed(raw.decode("utf-8", "replace").rstrip("\r\n"))

@@ -18,8 +18,8 @@ table (bench/profile_step.py prints the table).
 
 from __future__ import annotations
 
-import shutil
 import bisect
+import shutil
 import struct
 import tempfile
 from collections.abc import Iterator, Sequence

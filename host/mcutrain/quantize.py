@@ -26,7 +26,7 @@ import numpy as np
 from .export.fold import fold_batchnorm
 from .formats import ModelSpec, read_model, write_model
 from .formats.reference_model import _build, real_tensors
-from .formats.spec import QUANT_DTYPES, QUANT_LAYERS, Node, leaves, layer, normalize_node
+from .formats.spec import QUANT_DTYPES, QUANT_LAYERS, Node, layer, leaves, normalize_node
 from .reference import nn
 from .reference.quantized import quantize_weights
 

@@ -484,7 +484,7 @@ def pull_bytes(port: str, path: str, *, chunk: int = 1024, retries: int = 2) -> 
     """The contents of `path` on the board, CRC-checked per chunk and hashed whole (for
     models and results: small files, so a failed pull simply starts again)."""
     last: Exception | None = None
-    for attempt in range(retries + 1):
+    for _ in range(retries + 1):
         try:
             transport = SerialTransport(port, baudrate=115200)
         except TransportError as e:

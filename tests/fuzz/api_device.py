@@ -8,9 +8,10 @@
 #     "#CORRUPT <i> ..."             a heap canary changed during call i (memory corruption)
 #     "=S <json summary>"           at the end: calls made, exceptions by type
 # so any chunk can be replayed exactly from its printed lines (api.py REPLAY_PRELUDE + sources).
-import mcutrain as mt
 import gc
 import json
+
+import mcutrain as mt
 
 N_SLOTS = 16
 P = [None] * N_SLOTS      # live objects: tensors, layers, models, optimizers, policies, results

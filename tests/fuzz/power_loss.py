@@ -131,7 +131,7 @@ def run_board(board: str, kills: int, rng: random.Random, workdir: Path) -> dict
                 row["python_exceptions"] = int(row["python_exceptions"]) + 1  # type: ignore
                 notes.append(f"kill {k}: check failed: {str(e)[-200:]}")
                 continue
-            except Exception as e:  # noqa: BLE001  the board did not come back
+            except Exception as e:
                 row["crashes"] = int(row["crashes"]) + 1  # type: ignore[call-overload]
                 notes.append(f"kill {k}: no reboot: {str(e)[-200:]}")
                 continue

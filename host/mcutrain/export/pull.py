@@ -42,7 +42,8 @@ def spec_to_npz(spec: ModelSpec, npz_path: str | os.PathLike[str], layout: str =
     if spec.meta:
         doc["meta"] = spec.meta
     graph = np.array(json.dumps(doc, default=list))
-    np.savez(npz_path, **tensors, **{GRAPH_KEY: graph})
+    arrays: dict[str, Any] = {**tensors, GRAPH_KEY: graph}  # Any: savez's keywords include allow_pickle
+    np.savez(npz_path, **arrays)
 
 
 def mtm_to_npz(
@@ -126,16 +127,16 @@ def spec_to_torch_module(spec: ModelSpec) -> Any:
         if kind == "Linear":
             return nn.Linear(c["in_features"], c["out_features"], c["bias"]), 1
         if kind in ("Conv2d", "Conv1d"):
-            cls = nn.Conv2d if kind == "Conv2d" else nn.Conv1d
-            m = cls(c["in_channels"], c["out_channels"], c["kernel_size"], c["stride"],
+            conv_cls = nn.Conv2d if kind == "Conv2d" else nn.Conv1d
+            m = conv_cls(c["in_channels"], c["out_channels"], c["kernel_size"], c["stride"],
                     c["padding"], groups=c["groups"], bias=c["bias"])  # fmt: skip
             return m, 3 if kind == "Conv2d" else 2
         if kind in ("MaxPool2d", "AvgPool2d"):
-            cls = nn.MaxPool2d if kind == "MaxPool2d" else nn.AvgPool2d
-            return cls(c["kernel_size"], c["stride"], c["padding"]), 3
+            pool_cls = nn.MaxPool2d if kind == "MaxPool2d" else nn.AvgPool2d
+            return pool_cls(c["kernel_size"], c["stride"], c["padding"]), 3
         if kind == "BatchNorm2d":
-            cls = nn.BatchNorm2d if ndim in (None, 3) else nn.BatchNorm1d
-            return cls(c["num_features"], eps=c["eps"], momentum=c["momentum"]), ndim
+            bn_cls = nn.BatchNorm2d if ndim in (None, 3) else nn.BatchNorm1d
+            return bn_cls(c["num_features"], eps=c["eps"], momentum=c["momentum"]), ndim
         raise ValueError(f"no PyTorch module for {kind}")
 
     start: Shape | None = spec.input_shape

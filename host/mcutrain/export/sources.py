@@ -56,7 +56,7 @@ def _is_onnx(p: Path) -> bool:
         return True  # looks like one; loading it says what to install
     try:
         return len(onnx.load(str(p), load_external_data=False).graph.node) > 0
-    except Exception:  # noqa: BLE001 - any parse failure means "not ONNX"
+    except Exception:
         return False
 
 
@@ -86,7 +86,7 @@ def load_module(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path}: cannot unpickle the module ({e}): its class must be "
                          "importable here, as torch.load needs") from e  # fmt: skip
     if not isinstance(obj, nn.Module):
-        raise ValueError(f"{path}: holds a {type(obj).__name__}, not an nn.Module")  # noqa: TRY004 - the CLI reports ValueErrors
+        raise ValueError(f"{path}: holds a {type(obj).__name__}, not an nn.Module")
     return obj.eval()
 
 

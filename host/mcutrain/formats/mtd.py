@@ -31,9 +31,9 @@ from .common import (
     parse_json_section,
     read_exact,
 )
+from .quant import int8_params, quantize_int8
 from .spec import MAX_SIZE
 from .strict_json import json_problem
-from .quant import int8_params, quantize_int8
 
 MAGIC = b"MTD\0"
 VERSION = 1

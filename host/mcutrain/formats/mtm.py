@@ -24,7 +24,6 @@ from .common import (
     parse_json_section,
     read_exact,
 )
-from .strict_json import json_problem
 from .spec import (
     ModelSpec,
     Node,
@@ -36,6 +35,7 @@ from .spec import (
     float32_bits,
     normalize_node,
 )
+from .strict_json import json_problem
 
 MAGIC = b"MTM\0"
 VERSION = 1

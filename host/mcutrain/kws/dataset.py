@@ -23,8 +23,18 @@ from ..formats import int8_params, write_dataset
 from ..formats.common import SAMPLE_DTYPES
 from .augment import CLIP_SAMPLES, AugmentParams, augment_word, silence_clip, trim
 from .mfcc import MfccParams, mfcc
-from .plan import (CLASS_NAMES, DEFAULT_TEST_VOICES, SILENCE, UNKNOWN, UNKNOWN_WORDS, Item,
-                   plan_split, rng_for, split_voices, voice_table)  # fmt: skip
+from .plan import (
+    CLASS_NAMES,
+    DEFAULT_TEST_VOICES,
+    SILENCE,
+    UNKNOWN,
+    UNKNOWN_WORDS,
+    Item,
+    plan_split,  # fmt: skip
+    rng_for,
+    split_voices,
+    voice_table,
+)
 from .synth import SAMPLE_RATE, Prosody, check_synthesizers, parse_voice, synthesize, versions
 from .wavdir import WavClip, WavFolder, background_clip, read_clip, scan_wav_folder, split_wav_clips
 
@@ -233,8 +243,8 @@ def make_kws_dataset(
     dtype: str = "float32",
     unknown_words: Sequence[str] = UNKNOWN_WORDS,
     from_wav: str | os.PathLike[str] | None = None,
-    mfcc_params: MfccParams = MfccParams(),
-    augment: AugmentParams = AugmentParams(),
+    mfcc_params: MfccParams = MfccParams(),  # noqa: B008 - frozen dataclasses: shared defaults are safe
+    augment: AugmentParams = AugmentParams(),  # noqa: B008
     workers: int = 2,
 ) -> KwsDataset:
     """Write out_dir/kws_train.mtd and kws_test.mtd: MFCCs (49, 10, 1), labels 0..len(classes)-1.

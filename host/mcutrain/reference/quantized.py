@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Union, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -100,7 +100,7 @@ F32 = np.float32
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 IntArray = NDArray[np.int64]
 # A float or a numpy float scalar: these functions compute in float32 whichever they get.
-Real = Union[float, np.floating[Any]]
+Real = float | np.floating[Any]
 
 
 def _f32(x: ArrayLike) -> NDArray[np.float32]:
