@@ -31,10 +31,15 @@ class Metrics:
     `t` is seconds since the Metrics was made, `dt_ms` the mean time per step since the last
     step line. `perf=True` adds `perf`, the mean mt.perf_counter() ticks per step (exact
     instructions on the emulated boards; an int, so it allocates on 32-bit boards).
+    Early halting (mcutrain.halting): with skip=SampleSkip(...), step, epoch and done lines
+    carry `skipped` and `skip_fraction`; with stop=EarlyStop(...), epoch and done lines carry
+    `stop` (the reason, or null), `best`, `best_evaluation` and `evaluations`.
     """
 
-    def __init__(self, every=1, perf=False, **info):
+    def __init__(self, every=1, perf=False, skip=None, stop=None, **info):
         self.every = max(1, every)
+        self.skip = skip
+        self.stop = stop
         self.epoch_index = 0
         self.steps = 0
         self._since = 0
@@ -82,15 +87,28 @@ class Metrics:
             self._perf_mark = now
         self._mark_us = us
         self._since = 0
+        if self.skip is not None:
+            fields.update(self.skip.fields())
         fields.update(extra)
         report(**fields)
+
+    def _halting(self, fields):
+        # The halting fields, then the caller's (which win on a clash).
+        out = {}
+        for h in (self.skip, self.stop):
+            if h is not None:
+                out.update(h.fields())
+        out.update(fields)
+        return out
 
     def epoch(self, **fields):
         """End an epoch: a line with its number, the steps so far, and `fields` (for
         example validation loss and accuracy)."""
-        report(kind="epoch", epoch=self.epoch_index, step=self.steps, t=self.elapsed, **fields)
+        report(kind="epoch", epoch=self.epoch_index, step=self.steps, t=self.elapsed,
+               **self._halting(fields))
         self.epoch_index += 1
 
     def done(self, **fields):
         """The final line: total steps and time, plus `fields`."""
-        report(kind="done", epoch=self.epoch_index, step=self.steps, t=self.elapsed, **fields)
+        report(kind="done", epoch=self.epoch_index, step=self.steps, t=self.elapsed,
+               **self._halting(fields))
