@@ -6,11 +6,12 @@ Data: scikit-learn's digits (8x8, /16 to [0, 1]), the split of mcutrain.digits (
 saved as TorchScript; its logits go into digits_train.mtd as `push-dataset --teacher` puts
 them (mcutrain.push.prepare_dataset, the command's own conversion).
 
-    python bench/halting.py [--target qemu-m4f] [--seeds 1 2 3] [--out results/halting.json]
+    python bench/halting.py [--target qemu-m4f] [--student mlp|cnn] [--seeds 1 2 3]
+                            [--out results/halting.json]
 
-Each seed runs three configurations of the same script: `none` (MAX_SKIP=0, PATIENCE=None:
-plain distillation for EPOCHS), `skip` (per-sample skipping only) and `skip+stop` (skipping
-and the patience stop). Instruction counts are exact under QEMU -icount.
+Each seed runs up to four configurations of the same script (--configs): `none` (MAX_SKIP=0,
+PATIENCE=None: plain distillation for EPOCHS), `skip` (per-sample skipping only), `stop` (the
+patience stop only) and `skip+stop`. Instruction counts are exact under QEMU -icount.
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "host"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from learning import run_script, script_with  # noqa: E402
+from learning import script_with  # noqa: E402
 from mcutrain.digits import split_digits  # noqa: E402
-from mcutrain.runner import open_target  # noqa: E402
+from mcutrain.runner import UnixTarget, open_target  # noqa: E402
 
 SCRIPT = ROOT / "examples" / "train_distill.py"
 CONFIGS = {
     "none": {"MAX_SKIP": "0.0", "PATIENCE": "None"},
     "skip": {"PATIENCE": "None"},
+    "stop": {"MAX_SKIP": "0.0"},
     "skip+stop": {},
 }
 
@@ -100,10 +102,22 @@ def prepare(data: Path) -> dict:
             "samples": {k: len(v[1]) for k, v in arrays.items()}}
 
 
-def run_config(target, data: Path, config: str, seed: int, overrides: dict[str, str] | None = None) -> dict:
-    settings = {**CONFIGS[config], "SEED": str(seed), **(overrides or {})}
-    result = run_script(target, data, f"distill_{config.replace('+', '_')}_{seed}",
-                        script_with(settings, SCRIPT), timeout=1800)
+def copy_data(target, data: Path) -> str:
+    """Where the board reads the .mtd files: the unix port reads the host's, a board gets
+    copies in /flash (reading over `mpremote mount` would cost a UART round trip a record)."""
+    if isinstance(target, UnixTarget):
+        return str(data)
+    for name in ("train", "val", "test"):
+        target.mpremote("fs", "cp", str(data / f"digits_{name}.mtd"), f":digits_{name}.mtd", timeout=600)
+    return "/flash"
+
+
+def run_config(target, data: Path, where: str, config: str, seed: int,
+               overrides: dict[str, str] | None = None) -> dict:
+    settings = {**CONFIGS[config], "SEED": str(seed), "DATA": repr(where), **(overrides or {})}
+    script = data / f"distill_{config.replace('+', '_')}_{seed}.py"
+    script.write_text(script_with(settings, SCRIPT))
+    result = json.loads(target.run_file(script, timeout=1800).strip().splitlines()[-1])
     result.update(config=config, seed=seed)
     return result
 
@@ -112,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="qemu-m4f")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--student", choices=("mlp", "cnn"), default="mlp",
+                        help="train_distill.py's STUDENT")
     parser.add_argument("--data", type=Path, help="keep the data here (default: a temporary folder)")
     parser.add_argument("--prepare", action="store_true", help="only write the data")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "halting.json")
@@ -124,16 +141,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         runs = []
         with open_target(args.target) as target:
+            where = copy_data(target, data)
             for seed in args.seeds:
-                for config in CONFIGS:
-                    r = run_config(target, data, config, seed)
+                for config in args.configs:
+                    r = run_config(target, data, where, config, seed,
+                                   {"STUDENT": repr(args.student)})
                     runs.append(r)
                     print(f"seed {seed} {config:10} test {r['test_accuracy']:.3f}  epochs {r['epochs']}  "
                           f"skipped {r['skip_fraction']:.1%}  stop {r['stop']}  "
                           f"step instr {r['step_instructions']:,}  train instr {r['train_instructions']:,}",
                           flush=True)
     table = {}
-    for config in CONFIGS:
+    for config in args.configs:
         rs = [r for r in runs if r["config"] == config]
         table[config] = {
             "test_accuracy": statistics.mean(r["test_accuracy"] for r in rs),
@@ -142,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             "skip_fraction": statistics.mean(r["skip_fraction"] for r in rs),
             "epochs": statistics.mean(r["epochs"] for r in rs),
         }
-    base = table["none"]
+    base = table.get("none") or next(iter(table.values()))
     for config, row in table.items():
         row["step_saved"] = 1 - row["step_instructions"] / base["step_instructions"]
         row["train_saved"] = 1 - row["train_instructions"] / base["train_instructions"]
@@ -151,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
               f"epochs {row['epochs']:.1f}  skipped {row['skip_fraction']:.1%}  "
               f"step instructions saved {row['step_saved']:.1%}  training saved {row['train_saved']:.1%}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"target": args.target, **info, "mean": table, "runs": runs}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"target": args.target, "student": args.student, **info, "mean": table,
+                                    "runs": runs}, indent=1) + "\n")
     print("wrote", args.out)
     return 0
 

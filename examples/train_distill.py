@@ -16,8 +16,9 @@ import json
 import mcutrain as mt
 
 EPOCHS = 8
-HIDDEN = 16          # the student: 64-HIDDEN-10 MLP
-LR = 0.005
+STUDENT = "mlp"      # "mlp" (64-HIDDEN-10) or "cnn" (two 3x3 convs, max pooling, a linear head)
+HIDDEN = 16          # the MLP's hidden units
+LR = 0.005 if STUDENT == "mlp" else 0.002
 MOMENTUM = 0.9
 TEMPERATURE = 2.0    # mt.distillation's T
 ALPHA = 0.3          # weight of the labels' cross-entropy (1 - ALPHA: the teacher's soft targets)
@@ -50,15 +51,20 @@ features = 1
 for d in train.sample_shape:
     features *= d
 mt.seed(SEED)
-model = mt.Sequential(mt.Flatten(), mt.Linear(features, HIDDEN), mt.ReLU(),
-                      mt.Linear(HIDDEN, train.num_classes))
+if STUDENT == "mlp":
+    model = mt.Sequential(mt.Flatten(), mt.Linear(features, HIDDEN), mt.ReLU(),
+                          mt.Linear(HIDDEN, train.num_classes))
+else:  # for 8x8 images, as train_digits.py's CNN
+    model = mt.Sequential(mt.Conv2d(1, 8, 3, padding=1), mt.ReLU(), mt.MaxPool2d(2),
+                          mt.Conv2d(8, 16, 3, padding=1), mt.ReLU(), mt.MaxPool2d(2),
+                          mt.Flatten(), mt.Linear(64, train.num_classes))
 opt = mt.SGD(model, lr=LR, momentum=MOMENTUM)
 loss_fn = mt.distillation(temperature=TEMPERATURE, alpha=ALPHA)
 skip = mt.SampleSkip(q=SKIP_Q, warmup=SKIP_WARMUP, max_skip=MAX_SKIP)
 stop = mt.EarlyStop(patience=PATIENCE, min_delta=MIN_DELTA, mode="max", budget=BUDGET,
                     seconds=SECONDS)
 metrics = mt.Metrics(every=max(1, len(train) // 4), perf=True, skip=skip, stop=stop,
-                     model="mlp", hidden=HIDDEN, train_samples=len(train), val_samples=len(val),
+                     model=STUDENT, hidden=HIDDEN, train_samples=len(train), val_samples=len(val),
                      temperature=TEMPERATURE, alpha=ALPHA, skip_q=SKIP_Q, max_skip=MAX_SKIP,
                      patience=PATIENCE)
 
@@ -86,7 +92,7 @@ for epoch in range(EPOCHS):
         break
 
 test_loss, test_acc = evaluate(model, test)
-summary = {"test_accuracy": test_acc, "test_loss": test_loss, "epochs": epochs,
+summary = {"student": STUDENT, "test_accuracy": test_acc, "test_loss": test_loss, "epochs": epochs,
            "step_instructions": step_instructions, "train_instructions": train_instructions,
            "train_steps": skip.seen, "skipped": skip.skipped, "skip_fraction": skip.fraction,
            "stop": stop.reason, "best_val_accuracy": stop.best,
