@@ -86,6 +86,7 @@ def test_collector_passes_output_through_and_writes_jsonl_and_csv(tmp_path):
     assert list(rows[0]) == ["kind", "epoch", "step", "loss", "accuracy", "t", "lr"]
     assert rows[1]["lr"] == "0.1" and rows[0]["lr"] == ""
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3
+    assert not (tmp_path / "summary.json").exists()  # no `done` line: the run did not finish
 
 
 def test_plot_writes_loss_accuracy_and_time_per_step_pngs(tmp_path):
@@ -141,6 +142,8 @@ def test_run_collect_on_emulated_board_writes_results_and_passes_output(m4f, tmp
     assert records[0]["clock"] == records[-1]["clock"] == "emulated"  # plots say so
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
     assert len(rows) == len(records) and rows[1]["loss"] != ""
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary == {k: v for k, v in records[-1].items() if k != "kind"}  # the done line
 
     plotted = mcutrain_cli("plot", str(tmp_path / "out"))
     assert plotted.returncode == 0, plotted.stderr

@@ -81,3 +81,41 @@ def test_learning_rejects_a_batch_that_is_not_a_positive_integer(batch, capsys, 
         learning.main()
     assert e.value.code == 2
     assert "--batch" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def distill_dir(tmp_path_factory):
+    """digits_{train,val,test}.mtd as train_distill.py reads them: a small 8x8 task whose
+    teacher logits come from the rule that labels it."""
+    import numpy as np
+
+    from mcutrain.formats import write_dataset
+
+    out = tmp_path_factory.mktemp("distill")
+    rng = np.random.default_rng(8)
+    for name, n in (("train", 48), ("val", 16), ("test", 16)):
+        x = rng.uniform(0, 1, (n, 8, 8, 1)).astype(np.float32)
+        logits = np.stack([x[:, :4].mean((1, 2, 3)), x[:, 4:].mean((1, 2, 3)),
+                           x[:, :, :4].mean((1, 2, 3))], axis=1) * 20
+        teacher = logits if name == "train" else None
+        write_dataset(out / f"digits_{name}.mtd", x, logits.argmax(1), teacher_logits=teacher,
+                      num_classes=3)
+    return out
+
+
+@pytest.mark.parametrize("settings", [
+    {"EPOCHS": "3", "SKIP_WARMUP": "10", "PATIENCE": "None"},
+    {"EPOCHS": "3", "BUDGET": "1"},  # spent after the first step, whatever the unit
+])
+def test_train_distill_skips_and_stops_as_configured(target, distill_dir, settings):
+    script = ROOT / "examples" / "train_distill.py"
+    name = "distill_budget" if "BUDGET" in settings else "distill_skip"
+    r = learning.run_script(target, distill_dir, name, learning.script_with(settings, script), timeout=300)
+    assert 0 <= r["test_accuracy"] <= 1 and r["step_instructions"] > 0
+    if "BUDGET" in settings:
+        assert (r["stop"], r["epochs"], r["train_steps"], r["skipped"]) == ("budget", 1, 1, 0)
+    else:
+        # 3 epochs of 48 samples; MAX_SKIP 0.5 caps the skipped share, the warm-up never skips
+        assert (r["stop"], r["epochs"], r["train_steps"]) == (None, 3, 144)
+        assert 0 < r["skipped"] <= 0.5 * 144 and r["skip_fraction"] == pytest.approx(
+            r["skipped"] / 144, rel=1e-5)  # the boards print 6 digits

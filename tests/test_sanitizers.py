@@ -53,6 +53,9 @@ for d in ('float32', 'float16', 'int8', 'mixed'):
             labels = [(step + b) % 5 for b in range(batch)]
             loss = model.train_step(x, labels if batch > 1 else labels[0], mt.cross_entropy, opt)
             assert loss == loss, d
+        y = labels if batch > 1 else labels[0]
+        skipped = model.train_step(x, y, mt.cross_entropy, opt, skip_below=1e9)  # forward and loss only
+        assert skipped == skipped, d
     model.release()
 print('clean')
 """

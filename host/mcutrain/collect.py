@@ -1,6 +1,7 @@
 """Collect a device script's metrics while it runs: lines `@mt {...}` (written by the device
 package's mcutrain.metrics) become records, shown as live progress and saved as
-DIR/results.jsonl and DIR/results.csv; all other output passes through."""
+DIR/results.jsonl and DIR/results.csv, with the run's final `done` record (and its early
+halting fields) in DIR/summary.json; all other output passes through."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from .errors import DeviceTimeout
 PREFIX = "@mt "
 JSONL_NAME = "results.jsonl"
 CSV_NAME = "results.csv"
+SUMMARY_NAME = "summary.json"
+# Early halting's fields (device mcutrain.halting through Metrics(skip=..., stop=...)).
+HALTING_FIELDS = ("skipped", "skip_fraction", "stop", "best", "best_evaluation", "evaluations")
 # Columns that lead the CSV when present; the rest follow in order of first appearance.
 LEADING_COLUMNS = ("kind", "epoch", "step", "loss", "accuracy", "t", "dt_ms")
 # MicroPython's json writes non-finite floats as nan / inf, which JSON lacks.
@@ -54,6 +58,31 @@ def read_results(directory: Path | str) -> list[Record]:
         raise FileNotFoundError(f"no {JSONL_NAME} in {directory} (write one with `run --collect`)")
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def summarize(records: Sequence[Record]) -> Record | None:
+    """A run's summary: its last `done` record without `kind` (final epoch, steps, time and
+    what the script added), the early halting fields taken from the last record that has
+    them when `done` lacks them; None when the run wrote no `done` line (it did not finish)."""
+    done = [r for r in records if r.get("kind") == "done"]
+    if not done:
+        return None
+    summary = {k: v for k, v in done[-1].items() if k != "kind"}
+    for key in HALTING_FIELDS:
+        if key not in summary:
+            for r in reversed(records):
+                if key in r:
+                    summary[key] = r[key]
+                    break
+    return summary
+
+
+def write_summary(records: Sequence[Record], path: Path | str) -> Record | None:
+    """Write summarize(records) as JSON to path (nothing when there is no `done` record)."""
+    summary = summarize(records)
+    if summary is not None:
+        Path(path).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 def csv_columns(records: Sequence[Record]) -> list[str]:
@@ -148,7 +177,7 @@ class Collector:
         return record
 
     def close(self) -> None:
-        """End the progress line and write results.csv."""
+        """End the progress line and write results.csv (and summary.json after a `done`)."""
         if self._tty and self._shown:
             self.status.write("\n")
             self.status.flush()
@@ -158,6 +187,7 @@ class Collector:
             self._jsonl = None
             assert self.directory is not None
             write_csv(self.records, self.directory / CSV_NAME)
+            write_summary(self.records, self.directory / SUMMARY_NAME)
 
     def _update_rate(self, record: Record) -> None:
         step = record.get("step")

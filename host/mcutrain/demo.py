@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .collect import Collector, stream_command
+from .collect import HALTING_FIELDS, Collector, stream_command
 from .device import open_device
 from .plot import plot_results
 
@@ -110,6 +110,7 @@ def run_demo(out: Path, samples_per_class: int, epochs: int | None, seed: int, b
     if not done:
         raise RuntimeError("train_kws.py printed no final metrics line")
     summary = {k: done[-1][k] for k in SUMMARY_FIELDS}
+    summary.update({k: done[-1][k] for k in HALTING_FIELDS if k in done[-1]})
     summary.update(board=board, synthetic=True, samples_per_class=samples_per_class,
                    test_set="held-out voices", start="host-pretrained" if pretrain else "scratch",
                    host_test_accuracy=host_accuracy)

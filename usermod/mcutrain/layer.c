@@ -794,25 +794,46 @@ static void check_loss_output(mt_layer_obj_t *self, const mt_loss_obj_t *loss) {
     }
 }
 
-// train_step(x, y, loss, opt) -> loss: forward, loss, backward and update, allocating nothing.
-static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
-    mt_layer_obj_t *self = mt_layer_get(args[0], "self");
-    const mt_loss_obj_t *loss = mt_loss_get(args[3]);
+// train_step(x, y, loss, opt, skip_below=None) -> loss: forward, loss, backward and update,
+// allocating nothing. With skip_below, a step whose loss is below it ends after the loss:
+// no backward, no update (early halting's per-sample skip, mcutrain.halting). The caller
+// knows whether it skipped: loss < skip_below, compared as Python floats, as here.
+static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
+    enum { ARG_x, ARG_y, ARG_loss, ARG_opt, ARG_skip_below };
+    static const mp_arg_t allowed_args[] = {
+        { MP_QSTR_x, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_y, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_loss, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_opt, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_skip_below, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
+    };
+    mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
+    mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
+    mt_layer_obj_t *self = mt_layer_get(pos_args[0], "self");
+    const mt_loss_obj_t *loss = mt_loss_get(args[ARG_loss].u_obj);
+    mp_obj_t opt = args[ARG_opt].u_obj;
+    bool skippable = args[ARG_skip_below].u_obj != mp_const_none;
+    // Converted before anything runs: a bad skip_below is a TypeError with nothing changed.
+    mp_float_t skip_below = skippable ? mp_obj_get_float(args[ARG_skip_below].u_obj) : (mp_float_t)0;
     // A TypeError/ValueError before anything runs; its update policies active before planning.
-    mt_optim_activate(args[4], self, "train_step");
-    mt_tensor_obj_t *x = prepare_input(self, args[1], "train_step: x", false);
+    mt_optim_activate(opt, self, "train_step");
+    mt_tensor_obj_t *x = prepare_input(self, args[ARG_x].u_obj, "train_step: x", false);
     check_loss_output(self, loss);
     plan_loss(self);
     run_forward(self, x, self->training);
     self->last_input = MP_OBJ_NULL;  // set again once the whole step has succeeded
-    float value = run_loss(self, loss, args[2], true);
+    float value = run_loss(self, loss, args[ARG_y].u_obj, true);
     if (!isfinite(value)) {
         // The fused update runs inside backward: stop before it, or every weight turns NaN.
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.train_step: loss is not finite; weights unchanged"),
             mt_layer_name(self));
     }
-    if (mt_layer_has_trainable(self)) {
-        mt_optim_obj_t *optim = mt_optim_begin_pass(args[4], self, "train_step");
+    mp_obj_t result = mp_obj_new_float_from_f(value);
+    // Compared as the returned Python float (30 bits on the boards), so that the caller's
+    // `loss < skip_below` always agrees with what happened here.
+    bool skip = skippable && mp_obj_get_float(result) < skip_below;
+    if (!skip && mt_layer_has_trainable(self)) {
+        mt_optim_obj_t *optim = mt_optim_begin_pass(opt, self, "train_step");
         // The sample's loss relative to the largest seen, for dynamic top-k updates.
         float ratio = mt_optim_loss_ratio(optim, value);
         mt_pass_t pass = { .training = self->training, .scratch = self->scratch,
@@ -820,9 +841,9 @@ static mp_obj_t layer_train_step(size_t n_args, const mp_obj_t *args) {
         mt_layer_ops(self)->backward(self, x, self->output_grad, NULL, &pass);
     }
     self->last_input = MP_OBJ_FROM_PTR(x);
-    return mp_obj_new_float_from_f(value);
+    return result;
 }
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(layer_train_step_obj, 5, 5, layer_train_step);
+static MP_DEFINE_CONST_FUN_OBJ_KW(layer_train_step_obj, 5, layer_train_step);
 
 // predict(x) -> output Tensor, inference mode (BatchNorm uses running statistics), in an
 // inference plan: no gradient buffers, and a Sequential's activations take turns in two

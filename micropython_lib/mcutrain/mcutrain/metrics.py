@@ -38,10 +38,15 @@ class Metrics:
 
     The start line (written when `info` is given) and the done line say `clock`: "emulated"
     on a board whose time is QEMU's instruction count (1 instruction = 1 ns), else "real".
+    Early halting (mcutrain.halting): with skip=SampleSkip(...), step, epoch and done lines
+    carry `skipped` and `skip_fraction`; with stop=EarlyStop(...), epoch and done lines carry
+    `stop` (the reason, or null), `best`, `best_evaluation` and `evaluations`.
     """
 
-    def __init__(self, every=1, perf=False, **info):
+    def __init__(self, every=1, perf=False, skip=None, stop=None, **info):
         self.every = max(1, every)
+        self.skip = skip
+        self.stop = stop
         self.epoch_index = 0
         self.steps = 0
         self._since = 0
@@ -105,6 +110,8 @@ class Metrics:
             self._step_perf = 0
         self._step_us = 0
         self._since = 0
+        if self.skip is not None:
+            fields.update(self.skip.fields())
         fields.update(extra)
         report(**fields)
         self._restart()
@@ -121,18 +128,29 @@ class Metrics:
         self._restart()
         return False
 
+    def _halting(self, fields):
+        # The halting fields, then the caller's (which win on a clash).
+        out = {}
+        for h in (self.skip, self.stop):
+            if h is not None:
+                out.update(h.fields())
+        out.update(fields)
+        return out
+
     def epoch(self, **fields):
         """End an epoch: a line with its number, the steps so far, and `fields` (for
         example validation loss and accuracy). Time since the last step (evaluation) is not
         step time."""
-        report(kind="epoch", epoch=self.epoch_index, step=self.steps, t=self.elapsed, **fields)
+        report(kind="epoch", epoch=self.epoch_index, step=self.steps, t=self.elapsed,
+               **self._halting(fields))
         self.epoch_index += 1
         self._restart()
 
     def done(self, **fields):
         """The final line: total steps and time, plus `fields`."""
         fields.setdefault("clock", clock())
-        report(kind="done", epoch=self.epoch_index, step=self.steps, t=self.elapsed, **fields)
+        report(kind="done", epoch=self.epoch_index, step=self.steps, t=self.elapsed,
+               **self._halting(fields))
 
 
 def clock():
