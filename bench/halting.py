@@ -79,7 +79,6 @@ def train_teacher(x: np.ndarray, y: np.ndarray, path: Path, epochs: int = 30, se
 def prepare(data: Path) -> dict:
     """digits_{train,val,test}.mtd (train with teacher logits) and teacher.pt in data."""
     import torch
-
     from mcutrain.push import prepare_dataset
 
     data.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,6 @@ def distill_dir(tmp_path_factory):
     """digits_{train,val,test}.mtd as train_distill.py reads them: a small 8x8 task whose
     teacher logits come from the rule that labels it."""
     import numpy as np
-
     from mcutrain.formats import write_dataset
 
     out = tmp_path_factory.mktemp("distill")

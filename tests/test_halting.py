@@ -11,12 +11,10 @@ import json
 
 import numpy as np
 import pytest
-
+from conftest import ROOT
 from device_errors import assert_raises_clearly
 from mcutrain.collect import Collector, summarize
 from mcutrain.runner import run_on
-
-from conftest import ROOT
 
 HALTING = ROOT / "micropython_lib" / "mcutrain" / "mcutrain" / "halting.py"
 
