@@ -42,12 +42,14 @@ instances = {
     '_UpdatePolicy': [mt.TopK(0.1, 0.5), mt.Full()],
     'Metrics': [mt.Metrics()],
     'Dataset': [mt.Dataset(PATH)],
+    'RunningQuantile': [mt.RunningQuantile()], 'SampleSkip': [mt.SampleSkip()], 'EarlyStop': [mt.EarlyStop()],
 }
 out = {'module': {n: type(getattr(mt, n)).__name__ for n in pub(mt)}}
 out['members'] = {k: sorted(set(n for o in v for n in pub(o))) for k, v in instances.items()}
 out['members']['dataset'] = pub(mt.dataset)
 out['members']['metrics'] = pub(mt.metrics)
 out['members']['model_io'] = pub(mt.model_io)
+out['members']['halting'] = pub(mt.halting)
 print('@json', json.dumps(out))
 """
 
@@ -91,7 +93,7 @@ def test_stubs_name_what_the_firmware_has(tmp_path):
     device = json.loads(next(line for line in text.splitlines() if line.startswith("@json"))[6:])
 
     module, classes = stub_names(STUBS / "mcutrain" / "__init__.pyi")
-    for sub in ("dataset", "metrics", "model_io"):
+    for sub in ("dataset", "fit", "halting", "metrics", "model_io"):
         sub_names, sub_classes = stub_names(STUBS / "mcutrain" / f"{sub}.pyi")
         classes.update(sub_classes)
         classes[sub] = sub_names
@@ -100,7 +102,7 @@ def test_stubs_name_what_the_firmware_has(tmp_path):
     assert module - on_device == set(), "in the stubs but not on the board"
     for cls, members in device["members"].items():
         want = set(members)
-        if cls not in ("dataset", "metrics", "model_io"):  # submodules: their helpers are internal
+        if cls not in ("dataset", "halting", "metrics", "model_io"):  # submodules: their helpers are internal
             assert want - classes[cls] == set(), f"{cls}: on the board but not in the stubs"
         assert classes[cls] - want == set(), f"{cls}: in the stubs but not on the board"
 
@@ -137,3 +139,12 @@ def test_stubs_install_into_a_typings_folder(tmp_path):
     # The one wrong line is found, by the stubs' types: predict gives a Tensor.
     assert checked.returncode == 1 and "train.py:4" in checked.stdout and "Tensor" in checked.stdout, checked.stdout
     assert checked.stdout.count("error:") == 1, checked.stdout
+
+
+def test_mip_package_lists_every_module_of_the_device_package():
+    # `mip install` reads package.json: a module missing there breaks `import mcutrain` on a
+    # board that installs the package instead of freezing it.
+    package = json.loads((ROOT / "micropython_lib" / "mcutrain" / "package.json").read_text())
+    listed = {source for source, _ in package["urls"]}
+    modules = {f"mcutrain/{p.name}" for p in (ROOT / "micropython_lib" / "mcutrain" / "mcutrain").glob("*.py")}
+    assert listed == modules

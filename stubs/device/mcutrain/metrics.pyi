@@ -1,13 +1,18 @@
 # mcutrain.metrics on the device: metrics lines (`@mt {...}`) that `mcutrain run --collect` reads.
 from typing import Any
 
+from .halting import EarlyStop, SampleSkip
+
 def report(**fields: Any) -> None: ...
 
 class Metrics:
     every: int
+    skip: SampleSkip | None
+    stop: EarlyStop | None
     epoch_index: int
     steps: int
-    def __init__(self, every: int = ..., perf: bool = ..., **info: Any) -> None: ...
+    def __init__(self, every: int = ..., perf: bool = ..., skip: SampleSkip | None = ...,
+                 stop: EarlyStop | None = ..., **info: Any) -> None: ...
     def elapsed(self) -> float: ...
     def step(self, loss: float | None = ..., accuracy: float | None = ..., **extra: Any) -> None: ...
     def paused(self) -> Metrics: ...
