@@ -298,14 +298,16 @@ def receiver_script(
     return f"{receiver_source()}\nmain({dest!r}, {size}, {frame_max}, {quiet_ms})\n"
 
 
-def break_in(link: Link, patience: float = 4.0) -> None:
+def break_in(link: Link, patience: float = 10.0) -> None:
     """Get a board back to a REPL, even from a receiver left waiting mid-frame by a dropped
     link (Ctrl-C is off there, since the data may contain 0x03). Tries for `patience`
-    seconds: an emulator's pty drops the board's output until QEMU notices the port was
-    opened again (it polls once a second, later on a loaded machine), so one probe can
-    miss the banner; enter_raw_repl then reports a board that never answered."""
+    seconds, waiting longer for quiet each round: an emulator's pty drops the board's output
+    until QEMU notices the port was opened again (it polls once a second, later on a loaded
+    machine), and a slow board may still be reading the zeros when a short wait ends, so one
+    probe can miss; enter_raw_repl then reports a board that never answered."""
     reader = LineReader(link)
     deadline = time.monotonic() + patience
+    quiet = 0.3
     while True:
         link.write(b"\r\x03\r\x01")
         if reader.until(b"raw REPL; CTRL-B to exit\r\n", 0.5) is not None or time.monotonic() > deadline:
@@ -313,9 +315,10 @@ def break_in(link: Link, patience: float = 4.0) -> None:
         # Zeros complete any half-read frame (the receiver NAKs and waits for quiet), then
         # Ctrl-C where a frame should start ends the receiver.
         link.write(bytes(MAX_FRAME + HEADER.size))
-        _drain(link, 0.3)
+        _drain(link, quiet)
         link.write(b"\x03")
-        _drain(link, 0.2)
+        _drain(link, quiet)
+        quiet = min(2 * quiet, 2.0)
 
 
 def _drain(link: Link, quiet: float) -> None:
