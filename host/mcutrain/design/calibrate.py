@@ -35,7 +35,7 @@ from .costs import PASSES, Fits, features, fits_path, group, overhead_features, 
 from .memory import GEMM_PACK_BOARDS, PlannedLayer, plan
 
 CALIBRATION_SEEDS = (100, 101)  # the check (tests/test_cost_model.py) uses others
-MODELS_PER_FAMILY = 8
+MODELS_PER_FAMILY = 12
 HEAP = 1 << 20
 
 DEVICE_PRELUDE = """

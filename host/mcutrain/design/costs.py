@@ -154,9 +154,15 @@ def step_passes(arch: Arch) -> list[tuple[PlannedLayer, str]]:
 
 
 def overhead_features(arch: Arch) -> dict[str, float]:
-    """What the per-step overhead is linear in: layers dispatched, the loss's outputs."""
+    """What the per-step overhead is linear in: the layers dispatched, counted per cost group
+    (a layer's pass measured on its own carries a top-level call that a Sequential's
+    dispatch replaces), and the loss's outputs."""
     last = arch.shapes()[-1]
-    return {"one": 1.0, "layers": float(len(arch.layers)), "loss": float(size(last)), "batch": float(arch.batch)}
+    f = {"one": 1.0, "loss": float(size(last)), "batch": float(arch.batch)}
+    for p in plan(arch):
+        key = "n_" + group(p)
+        f[key] = f.get(key, 0.0) + 1.0
+    return f
 
 
 def predict_cost(arch: Arch, fits: Fits) -> dict[str, dict[str, int]]:
