@@ -105,8 +105,11 @@ CASES = [
      "more than 1 value per channel"),
     # int8 has no eval-mode backward yet: refused, not computed with batch statistics
     ("bn8 = mt.BatchNorm2d(3, dtype=mt.int8); x8 = mt.zeros((1, 2, 2, 3), dtype=mt.int8); "
-     "bn8.forward(x8, training=False); bn8.backward(x8, mt.SGD(bn8, lr=0.1))", "ValueError",
+     "bn8.forward(x8, training=False, grad=True); bn8.backward(x8, mt.SGD(bn8, lr=0.1))", "ValueError",
      "int8 backward after forward(training=False) is not supported"),
+    # forward(training=False) alone plans no gradients (as predict): backward asks for a forward
+    ("bn9 = mt.BatchNorm2d(3); bn9.forward(mt.zeros((2, 2, 2, 3)), training=False); "
+     "bn9.backward(mt.zeros((2, 2, 2, 3)))", "ValueError", "call forward first (with grad)"),
 ]
 
 AFTER = ("(w0 == bytes(m[0].weight), c.forward(" + INF_X + ") is not None, c.quant_range == r0, "
@@ -208,7 +211,8 @@ def test_batchnorm_backward_after_inference_forward_uses_running_statistics(targ
         s.add(f"bn.weight.copy_from({tensor_expr(gamma)}); bn.bias.copy_from({tensor_expr(beta)})")
         s.add(f"bn.running_mean.copy_from({tensor_expr(rm)}); bn.running_var.copy_from({tensor_expr(rv)})")
         s.add(f"bn.forward({tensor_expr(x_train, dtype)})")  # momentum 0: running stats stay
-        s.emit(f"{dtype}.y", f"bn.forward({tensor_expr(x, dtype)}, training=False)", x.shape, dtype)
+        # grad=True: a backward follows (forward(training=False) alone plans no gradients)
+        s.emit(f"{dtype}.y", f"bn.forward({tensor_expr(x, dtype)}, training=False, grad=True)", x.shape, dtype)
         s.emit(f"{dtype}.dx", f"bn.backward({tensor_expr(dy, dtype)})", x.shape, dtype)
         s.emit(f"{dtype}.dgamma", "bn.weight.grad", (c,))
         s.emit(f"{dtype}.dbeta", "bn.bias.grad", (c,))

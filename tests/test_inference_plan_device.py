@@ -1,7 +1,7 @@
 """Inference plans (layer.c plan_top, model_sequential.c seq_place_pooled): predict and evaluate
 plan no gradient buffers and let a Sequential's activations take turns in two buffers.
 
-What must hold on every target: the same output bits as a forward(training=False) in the
+What must hold on every target: the same output bits as a forward(training=False, grad=True) in the
 training plan (every dtype, nested Sequentials, Residual blocks, views and in-place ReLUs);
 memory(inference=True) reports exactly that plan (no gradients, two buffers of the largest
 pooled activation); switching between training and inference plans changes no training
@@ -73,12 +73,13 @@ for name, make in (('cnn', cnn), ('nested', nested), ('residual', residual)):
     m = make(dt)
     x = filled((3, 6, 6, 1), 1)
     labels = [0, 3, 4]
-    ref = hexb(m.forward(x, training=False))
+    ref = hexb(m.forward(x, training=False, grad=True))
     ref_loss = mt.cross_entropy(m.output, labels)
     pred = hexb(m.predict(x))
     loss, acc = m.evaluate(x, labels)
-    again = hexb(m.forward(x, training=False))
-    out[name] = [ref == pred, ref == again, loss == ref_loss, acc is not None]
+    again = hexb(m.forward(x, training=False, grad=True))
+    bare = hexb(m.forward(x, training=False))  # no grad: as predict, in the plan predict used
+    out[name] = [ref == pred, ref == again, ref == bare, loss == ref_loss, acc is not None]
     m = None
     gc.collect()
 print('@json', json.dumps(out))
@@ -158,12 +159,12 @@ x = filled((2, 6, 6, 1), 5)
 m.train_step(x, [1, 2], mt.cross_entropy, opt)
 m.predict(x)
 conv0 = hexb(m[0].output)
-m.forward(x, training=False)
+m.forward(x, training=False, grad=True)
 print('@same-shape', conv0 == hexb(m[0].output))
 x3 = filled((3, 6, 6, 1), 5)
 m.predict(x3)
 conv0 = hexb(m[0].output)
-m.forward(x3, training=False)
+m.forward(x3, training=False, grad=True)
 print('@other-shape', conv0 == hexb(m[0].output))
 """
     text = run_on(target, code, timeout=300)
@@ -177,7 +178,7 @@ mt.seed(1)
 m = cnn('float32')
 x = filled((2, 6, 6, 1), 4)
 dy = mt.zeros((2, 5))
-for call in ('m.predict(x)', 'm.evaluate(x, [1, 2])'):
+for call in ('m.predict(x)', 'm.evaluate(x, [1, 2])', 'm.forward(x, training=False)', 'm.eval()(x)'):
     m.forward(x)
     eval(call)
     try:
@@ -185,12 +186,13 @@ for call in ('m.predict(x)', 'm.evaluate(x, [1, 2])'):
         print('@no-error', call)
     except ValueError as e:
         print('@refused', str(e))
+m.train()
 m.forward(x)
 print('@after-forward', m.backward(dy).shape)
 """
     text = run_on(target, code, timeout=300)
     refused = [line for line in text.splitlines() if line.startswith("@refused")]
-    assert len(refused) == 2 and all("call forward first" in line for line in refused), text
+    assert len(refused) == 4 and all("call forward first" in line for line in refused), text
     assert "@after-forward (2, 6, 6, 1)" in text, text
 
 

@@ -98,7 +98,7 @@ def grads():
 def flat(v):
     return [a for row in v for a in (flat(row) if isinstance(row, list) else [row])]
 def step(xb, yb):
-    out = m.forward(xb, training=False)  # BatchNorm's running statistics: samples independent
+    out = m.forward(xb, training=False, grad=True)  # BatchNorm's running statistics: samples independent
     dy = mt.cross_entropy.backward(out, yb)
     n = len(yb)
     mv = memoryview(dy)

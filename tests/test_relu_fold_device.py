@@ -213,9 +213,9 @@ mt.save(m, 'fold.mtm')
 m2 = mt.load('fold.mtm')
 os.remove('fold.mtm')
 reload = hexb(m2.predict(x)) == hexb(m.predict(x))
-# After a forward (predict reuses the layers' outputs for later ones), the conv's output holds
+# After a forward with grad (predict reuses the layers' outputs for later ones), the conv's output holds
 # the ReLU'd values (as when the ReLU ran in place on it) and the ReLU's output is that buffer.
-m.forward(x, training=False)
+m.forward(x, training=False, grad=True)
 same = bytes(memoryview(m[0].output)) == bytes(memoryview(m[1].output))
 neg = min(memoryview(m[0].output)) >= 0
 # Used alone (a fresh conv, the same weights) nothing is folded: negative outputs stay.

@@ -721,20 +721,28 @@ static mt_tensor_obj_t *sized_input_grad(mt_layer_obj_t *self, const mt_shape_t 
     return t;  // backward writes every element of its input gradient
 }
 
-// forward(x, training=<mode>) -> output Tensor (planned once per input shape, reused); the
-// mode is the layer's (train()/eval()), True unless eval() was called.
+// forward(x, training=<mode>, grad=<training>) -> output Tensor (planned once per input shape,
+// reused); the mode is the layer's (train()/eval()), True unless eval() was called. grad: a
+// backward may follow (a training plan); without it (the default when not training) the pass
+// runs as predict does, in an inference plan unless a training plan for the shape exists.
+// grad=True with training=False is eval-mode fine-tuning (BatchNorm's running statistics).
 mp_obj_t mt_layer_forward_call(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_args) {
-    enum { ARG_x, ARG_training };
+    enum { ARG_x, ARG_training, ARG_grad };
     static const mp_arg_t allowed_args[] = {
         { MP_QSTR_x, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_training, MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
+        { MP_QSTR_grad, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed_args)];
     mp_arg_parse_all(n_args - 1, pos_args + 1, kw_args, MP_ARRAY_SIZE(allowed_args), allowed_args, args);
     mt_layer_obj_t *self = mt_layer_get(pos_args[0], "self");
     bool training = args[ARG_training].u_obj == MP_OBJ_NULL ? self->training : mp_obj_is_true(args[ARG_training].u_obj);
-    mt_tensor_obj_t *x = prepare_input(self, args[ARG_x].u_obj, "forward: x", false);
+    bool grad = args[ARG_grad].u_obj == MP_OBJ_NULL ? training : mp_obj_is_true(args[ARG_grad].u_obj);
+    mt_tensor_obj_t *x = prepare_input(self, args[ARG_x].u_obj, "forward: x", !grad);
     run_forward(self, x, training);
+    if (!grad) {
+        self->last_input = MP_OBJ_NULL;  // nothing for backward, as after predict
+    }
     return MP_OBJ_FROM_PTR(self->output);
 }
 static MP_DEFINE_CONST_FUN_OBJ_KW(layer_forward_obj, 2, mt_layer_forward_call);
@@ -745,7 +753,7 @@ static mp_obj_t layer_backward(size_t n_args, const mp_obj_t *args) {
     mt_layer_obj_t *self = mt_layer_get(args[0], "self");
     check_not_owned(self);
     if (!self->planned || self->last_input == MP_OBJ_NULL || !plan_fits(self, MP_OBJ_TO_PTR(self->last_input))) {
-        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: call forward first (not predict)"),
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%q.backward: call forward first (with grad)"),
             mt_layer_name(self));
     }
     mt_tensor_obj_t *dy = mt_tensor_get(args[1], "backward: dy");

@@ -255,7 +255,7 @@ def _calibrate(model, groups, calibration, samples, need):
             raise ValueError("quantize: calibration sample %d has shape %s, the first had %s"
                              % (count, tuple(x.shape), shape))
         try:
-            model.forward(x, training=False)  # keeps every layer's output (predict reuses them)
+            model.forward(x, training=False, grad=True)  # a training plan keeps every layer's output
         except (ValueError, IndexError) as e:
             raise ValueError("quantize: calibration samples of shape %s do not fit the model: %s"
                              % (shape, e))
