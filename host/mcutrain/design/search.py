@@ -46,7 +46,10 @@ from .profiles import BoardProfile, get_profile
 # The grids. Kept near the ranges the cost model was calibrated on (docs/cost-model.md):
 # wider layers extrapolate its fits.
 RESIZE_FACTORS = (1, 2, 4)   # input downscaled by averaging f x f blocks (f along a sequence)
-MIN_SIDE = 4                 # a downscaled image or sequence keeps at least this many positions
+# A downscaled image or sequence keeps at least this many positions, and so does every conv's
+# input (and at least its kernel): a conv mostly over its padding is a poor layer, and the cost
+# fits were not calibrated there (such cnn students ran 10-16% off their predicted steps).
+MIN_SIDE = 4
 GRID: dict[str, dict[str, tuple[int, ...]]] = {
     "dscnn": {"width": (8, 12, 16, 24, 32, 48, 64), "blocks": (1, 2, 3, 4), "kernel": (3, 5)},
     "cnn": {"width": (4, 8, 12, 16, 24, 32), "blocks": (1, 2, 3), "kernel": (3, 5)},
@@ -154,9 +157,11 @@ def _shape_after(layers: Sequence[Layer], shape: Shape) -> Shape:
     return shape
 
 
-def _dscnn(sample: Shape, classes: int, width: int, blocks: int, kernel: int) -> list[Layer]:
+def _dscnn(sample: Shape, classes: int, width: int, blocks: int, kernel: int) -> list[Layer] | None:
     # Hello Edge's DS-CNN: a strided conv, then depthwise-separable blocks at one width
-    layers = [conv2d(sample[2], width, kernel, stride=2, padding=kernel // 2), relu()]
+    if min(sample[0], sample[1]) < kernel:
+        return None
+    layers: list[Layer] = [conv2d(sample[2], width, kernel, stride=2, padding=kernel // 2), relu()]
     for _ in range(blocks):
         layers += [conv2d(width, width, 3, padding=1, groups=width), relu(), conv2d(width, width, 1), relu()]
     return layers + [global_avgpool(), linear(width, classes)]
@@ -168,7 +173,7 @@ def _cnn(sample: Shape, classes: int, width: int, blocks: int, kernel: int) -> l
     shape: Shape = (1, *sample)
     ch = sample[2]
     for i in range(blocks):
-        if min(shape[1], shape[2]) < 2:
+        if min(shape[1], shape[2]) < max(kernel, MIN_SIDE):
             return None
         out = width << i
         layers += [conv2d(ch, out, kernel, padding=kernel // 2), relu(), maxpool2d(2)]
@@ -191,7 +196,7 @@ def _conv1d(sample: Shape, classes: int, width: int, blocks: int, kernel: int) -
     shape: Shape = (1, *sample)
     ch = sample[1]
     for _ in range(blocks):
-        if shape[1] < 2:
+        if shape[1] < max(kernel, MIN_SIDE):
             return None
         layers += [conv1d(ch, width, kernel, stride=2, padding=kernel // 2), relu()]
         shape, ch = _shape_after(layers[-2:], shape), width
@@ -505,25 +510,21 @@ def _graph_node(layer: Layer) -> dict[str, Any]:
 def arch_to_spec(arch: Arch, seed: int = 0, meta: dict[str, Any] | None = None) -> Any:
     """A ModelSpec of arch's model, freshly initialized as the device does (PyTorch's bounds:
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases; BatchNorm 1, 0, 0, 1)."""
-    from ..formats.spec import ModelSpec
+    from ..formats.spec import ModelSpec, leaves, parameter_shapes
 
     rng = np.random.default_rng(seed)
     graph = {"type": "Sequential", "layers": [_graph_node(layer) for layer in arch.layers]}
-    tensors: dict[str, np.ndarray] = {}
-    for i, layer in enumerate(arch.layers):
-        shapes = layer.param_shapes()
-        if layer.kind == "BatchNorm2d":
-            for name, shape, _ in shapes:
+    spec = ModelSpec(graph, {}, arch.sample, dict(meta or {}))
+    for prefix, node in leaves(spec.graph):
+        shapes = parameter_shapes(node)  # device layouts (a Conv1d's weight is O, K, I)
+        if node["type"] == "BatchNorm2d":
+            for name, shape in shapes.items():
                 fill = 1.0 if name in ("weight", "running_var") else 0.0
-                tensors[f"{i}.{name}"] = np.full(shape, fill, np.float32)
-            continue
-        if not shapes:
-            continue
-        fan_in = size(shapes[0][1][1:])
-        bound = 1.0 / math.sqrt(fan_in)
-        for name, shape, _ in shapes:
-            tensors[f"{i}.{name}"] = rng.uniform(-bound, bound, shape).astype(np.float32)
-    spec = ModelSpec(graph, tensors, arch.sample, dict(meta or {}))
+                spec.tensors[prefix + name] = np.full(shape, fill, np.float32)
+        elif shapes:
+            bound = 1.0 / math.sqrt(size(shapes["weight"][1:]))
+            for name, shape in shapes.items():
+                spec.tensors[prefix + name] = rng.uniform(-bound, bound, shape).astype(np.float32)
     spec.validate()
     return spec
 
