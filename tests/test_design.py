@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, host_env, require_firmware
-from mcutrain.design import DesignError, Limits, design_student, downscale, read_teacher, search, write_student
+from mcutrain.design import DesignError, Limits, design_student, downscale, read_teacher, write_student
 from mcutrain.design.arch import FAMILIES, Arch, conv1d, conv2d, flatten, global_avgpool, linear, maxpool2d, relu
 from mcutrain.design.calibrate import model_script, run_script
 from mcutrain.design.costs import load_fits, predict_cost
 from mcutrain.design.memory import predict_memory
-from mcutrain.design.search import LIMIT_NAMES, arch_to_spec, rank_key
+from mcutrain.design.search import LIMIT_NAMES, arch_to_spec, rank_key, search
 from mcutrain.formats.mtm import read_model, write_model
 from mcutrain.runner import open_target, run_on
 
