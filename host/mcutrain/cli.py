@@ -15,6 +15,8 @@ from typing import Any
 from . import __version__
 from .boards import BOARDS, DEFAULT_BOARD, EMULATED_BOARDS, get_board
 from .collect import Collector, stream_command
+from .design.arch import FAMILIES
+from .design.profiles import PROFILES
 from .device import Device, open_device
 from .emulator import Emulator, default_flash_path, mpremote_command
 from .errors import DeviceError, EmulatorError
@@ -421,6 +423,55 @@ def cmd_kws_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bytes(text: str) -> int:
+    """Bytes from `65536`, `64K`, `1M` (binary units), for design limits."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        n = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, IndexError):
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive size in bytes like 65536 or 64K: {text!r}")
+    return n
+
+
+def _ms(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive time in ms: {text!r}")
+    return v
+
+
+def cmd_design(args: argparse.Namespace) -> int:
+    from .design.search import design_student, table, write_student
+
+    if args.out.suffix != ".mtm":
+        raise ValueError(f"{args.out}: design writes the student as an .mtm file")
+    result = design_student(args.teacher, args.board, args.family, flash=args.flash, ram=args.ram,
+                            max_infer_ms=args.max_infer_ms, max_step_ms=args.max_step_ms,
+                            batch=args.batch, input_shape=args.input_shape)  # fmt: skip
+    if not 1 <= args.pick <= len(result.ranked):
+        raise ValueError(f"--pick {args.pick}: {len(result.ranked)} candidates fit")
+    chosen = result.ranked[args.pick - 1]
+    py = args.python or args.out.with_suffix(".py")
+    write_student(chosen, args.out, py, result.teacher, seed=args.seed, board=args.board)
+    written = f"wrote {args.out} (student {chosen.arch.name}, fresh weights, seed {args.seed}) and {py}"
+    if args.json:
+        doc = result.to_json(args.top)
+        doc["chosen"] = chosen.row()
+        doc["written"] = {"mtm": str(args.out), "python": str(py)}
+        print(json.dumps(doc, indent=1))
+        print(written, file=sys.stderr)
+    else:
+        print(table(result, args.top))
+        print(written)
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -593,6 +644,42 @@ def build_parser() -> argparse.ArgumentParser:
     dequantize.add_argument("src", type=Path)
     dequantize.add_argument("-o", "--out", type=Path, required=True, help="the .mtm to write")
     dequantize.set_defaults(func=cmd_dequantize)
+
+    design = commands.add_parser(
+        "design", help="design a student for a teacher under a board's flash, RAM and time limits",
+        description="Search a student family's widths, depths, kernel sizes and input "
+        "resolutions for the teacher's input and classes, predict each candidate's flash, RAM and "
+        "time on the board profile (docs/cost-model.md), keep those within every limit, rank them "
+        "(most parameters, then most MACs, then lowest step time: docs/design.md), print the "
+        "table and write the chosen student as an .mtm with fresh weights and as device Python.",
+    )
+    design.add_argument("--teacher", type=Path, required=True, metavar="MODEL",
+                        help="the teacher: .mtm, or a whole PyTorch module / TorchScript (.pt, "
+                             "loading it runs code from the file: only files you trust)")
+    design.add_argument("--board", required=True, metavar="PROFILE",
+                        help="a board profile: " + ", ".join(PROFILES))
+    design.add_argument("--family", required=True, choices=FAMILIES)
+    design.add_argument("--flash", type=_bytes, metavar="BYTES",
+                        help="flash for parameters + the module's code (default: the part's "
+                             "flash less the rest of the firmware)")  # fmt: skip
+    design.add_argument("--ram", type=_bytes, metavar="BYTES",
+                        help="RAM for a training step's plan and for inference (default: the "
+                             "profile's assumed heap)")  # fmt: skip
+    design.add_argument("--max-step-ms", type=_ms, metavar="MS", help="bound on one training step")
+    design.add_argument("--max-infer-ms", type=_ms, metavar="MS", help="bound on one inference")
+    design.add_argument("--batch", type=int, default=1, help="training batch the step is costed at (default 1)")
+    design.add_argument("--input-shape", type=_shape, metavar="SHAPE",
+                        help="the teacher's sample shape when its file does not say (.mtm: H,W,C; "
+                             "PyTorch: C,H,W)")  # fmt: skip
+    design.add_argument("-o", "--out", type=Path, default=Path("student.mtm"),
+                        help="the student .mtm to write (default student.mtm)")
+    design.add_argument("--python", type=Path, metavar="FILE",
+                        help="the device script that builds it (default: OUT with .py)")
+    design.add_argument("--pick", type=int, default=1, metavar="RANK", help="write this rank (default 1)")
+    design.add_argument("--seed", type=int, default=0, help="seed of the fresh weights")
+    design.add_argument("--top", type=int, default=10, metavar="N", help="rows to show (0: all; default 10)")
+    design.add_argument("--json", action="store_true", help="the table as JSON on stdout")
+    design.set_defaults(func=cmd_design)
     return parser
 
 
