@@ -2,6 +2,7 @@
 #include <stddef.h>
 
 #include "distill_f32.h"
+#include "loss_f32.h"
 
 void mt_distill_row_begin(mt_distill_row_t *row) {
     *row = (mt_distill_row_t) { 0 };
@@ -67,10 +68,8 @@ float mt_distill_row_loss(const mt_distill_row_t *row, const mt_distill_params_t
 
 float mt_distillation_f32(const float *student, const float *teacher, const int32_t *labels, int rows, int classes,
     const mt_distill_params_t *p, float *dstudent) {
-    for (int r = 0; r < rows; r++) {
-        if (labels[r] < 0 || labels[r] >= classes) {
-            return -1.0f;
-        }
+    if (!mt_labels_in_range(labels, rows, classes)) {
+        return -1.0f;
     }
     if (rows <= 0) {
         return 0.0f;

@@ -3,13 +3,20 @@
 
 #include "loss_f32.h"
 
+bool mt_labels_in_range(const int32_t *labels, int rows, int classes) {
+    for (int r = 0; r < rows; r++) {
+        if (labels[r] < 0 || labels[r] >= classes) {
+            return false;
+        }
+    }
+    return true;
+}
+
 float mt_cross_entropy_f32(const float *logits, const int32_t *labels, int rows, int classes,
     float *dlogits) {
     // Check every label first: on a bad one nothing may have been written.
-    for (int r = 0; r < rows; r++) {
-        if (labels[r] < 0 || labels[r] >= classes) {
-            return -1.0f;
-        }
+    if (!mt_labels_in_range(labels, rows, classes)) {
+        return -1.0f;
     }
     if (rows <= 0) {
         return 0.0f;

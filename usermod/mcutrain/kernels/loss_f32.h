@@ -3,7 +3,12 @@
 #ifndef MCUTRAIN_KERNELS_LOSS_F32_H
 #define MCUTRAIN_KERNELS_LOSS_F32_H
 
+#include <stdbool.h>
 #include <stdint.h>
+
+// Whether every one of `rows` labels is a class index in [0, classes): the losses check
+// them all before writing anything.
+bool mt_labels_in_range(const int32_t *labels, int rows, int classes);
 
 // Softmax cross-entropy from logits (rows, classes) and integer labels in [0, classes).
 // Uses log-sum-exp with the row maximum subtracted, so it is finite for any finite logits.
