@@ -148,6 +148,24 @@ print('@json', json.dumps({'h': h, 'seen': skip.seen, 'skipped': skip.skipped}))
     assert r["h"]["epochs"] == 3 and all(a is not None for a in r["h"]["val_accuracy"])
 
 
+def test_fit_trains_on_labels_from_a_teacher_file_opened_without_teacher(target, tmp_path):
+    # The same .mtd serves cross-entropy training (its logits unread) and distillation.
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(12, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    write_dataset(tmp_path / "teach.mtd", x, y, teacher_logits=np.stack([-x[:, 0], x[:, 0]], 1))
+    (path,) = put(target, tmp_path / "teach.mtd")
+    try:
+        r = device_json(target, f"PATH = {path!r}\n" + r"""
+m = mlp()
+h = mt.fit(m, mt.Dataset(PATH), mt.SGD(m, lr=0.1), epochs=2, val=mt.Dataset(PATH), metrics=False)
+print('@json', json.dumps(h))
+""")
+    finally:
+        remove(target, path)
+    assert r["epochs"] == 2 and all(a is not None for a in r["accuracy"] + r["val_accuracy"])
+
+
 def test_fit_refuses_bad_arguments_clearly(target):
     r = device_json(target, r"""
 x, y = data(6)

@@ -49,8 +49,9 @@ class _Source:
             self.dtype = data.dtype
             self.scale, self.zero_point = data.scale, data.zero_point
             self.labels = data.label_dtype != "float32"
-            # Teacher logits go with the labels (a distillation target) unless not wanted.
-            self.teacher = teacher and data.teacher_dtype is not None
+            # Teacher logits go with the labels (a distillation target) when the Dataset was
+            # opened with teacher=True (only then do its batches carry them) and are wanted.
+            self.teacher = teacher and getattr(data, "_teacher", False)
         if self.count == 0:
             raise ValueError("fit: no samples")
         self.convert = convert and self.dtype != "float32"
