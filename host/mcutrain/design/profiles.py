@@ -61,6 +61,13 @@ PROFILES: dict[str, BoardProfile] = {
             "heap assumed in the 128 KB of contiguous SRAM1+2; the 64 KB CCM is not in it; flash wait "
             "states at 168 MHz (ART accelerator) make cycles differ from the model's"),
         BoardProfile(
+            "nrf52832", "Cortex-M4F", "ARMv7E-M Thumb-2, DSP, FPv4-SP", 64_000_000,
+            512 * KB, 64 * KB, 48 * KB, "qemu-m4f", "approximation",
+            "Nordic nRF52832 Product Specification v1.x, sec. 1 Key features: "
+            "64 MHz Cortex-M4 with FPU, 512 KB flash, 64 KB RAM (the QFAA part)",
+            "heap assumed 48 KB without a BLE SoftDevice: the rest of the 64 KB holds the port's "
+            "static data and stack"),
+        BoardProfile(
             "nrf52840", "Cortex-M4F", "ARMv7E-M Thumb-2, DSP, FPv4-SP", 64_000_000,
             1 * MB, 256 * KB, 192 * KB, "qemu-m4f", "approximation",
             "Nordic nRF52840 Product Specification v1.7 (4413_417), sec. 1 Key features: "
