@@ -40,7 +40,7 @@ FIRMWARE_ARGS := USER_C_MODULES=$(ROOT)/usermod MPY_LIB_DIR=$(ROOT)/micropython_
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: all setup apt-packages venv fetch firmware firmware-unix firmware-unix-san bench learning \
-	firmware-qemu-m4f firmware-qemu-rv32 cycle-model test demo emulate fuzz clean distclean
+	firmware-qemu-m4f firmware-qemu-rv32 cycle-model test demo emulate fuzz students clean distclean
 
 all: firmware
 
@@ -135,6 +135,12 @@ bench: setup firmware-qemu-m4f firmware-qemu-rv32 cycle-model
 # checks (digits and Fashion-MNIST CNNs in float32, int8 and mixed over six seeds); tables.
 learning: setup firmware-qemu-m4f
 	$(VENV)/bin/python bench/learning.py
+
+# Issue 18's experiments: for keyword spotting (SYNTHETIC speech) and Fashion-MNIST, a host
+# teacher, students designed for a 64 KB and a 256 KB board, trained on the emulated M4F with
+# cross-entropy, distillation and distillation with early halting; writes bench/students.{json,md}.
+students: setup firmware-qemu-m4f cycle-model
+	$(VENV)/bin/python bench/students.py
 
 # The main job: keyword spotting end to end on the emulated Cortex-M4F (SYNTHETIC speech):
 # generate the set, train examples/train_kws.py on the board with live progress, collect

@@ -150,9 +150,11 @@ def test_written_mtm_and_python_build_the_predicted_model_on_unix(family: str, t
     spec = read_model(mtm)  # the host reader takes it
     assert spec.input_shape == chosen.arch.sample and spec.output_shape() == (TEACHERS[family].classes,)
     assert spec.meta["design"]["name"] == chosen.arch.name
-    # fresh weights within PyTorch's default bounds, not zeros
-    w = spec.tensors["0.weight"] if "0.weight" in spec.tensors else spec.tensors["1.weight"]
-    assert 0 < np.abs(w).max() <= 1 / np.sqrt(w[0].size) + 1e-7
+    # fresh weights within He uniform bounds (not zeros), zero biases
+    first = "0." if "0.weight" in spec.tensors else "1."
+    w = spec.tensors[first + "weight"]
+    assert 1 / np.sqrt(w[0].size) < np.abs(w).max() <= np.sqrt(6 / w[0].size) + 1e-7
+    assert not np.any(spec.tensors[first + "bias"])
     with open_target("unix") as target:
         printed = run_on(target, py.read_text() + CHECK_SCRIPT % str(mtm), timeout=60)
     built, loaded = _tagged(printed, "@c"), _tagged(printed, "@d")

@@ -214,6 +214,7 @@ def fit(model, data, opt, loss=cross_entropy, epochs=1, batch=1, val=None, val_b
             if checkpoint:
                 from .model_io import save
 
+                gc.collect()  # saving allocates the file's header: leave it whole blocks
                 save(model, checkpoint)
         if stop is not None and not halted and score is not None:
             halted = stop.update(score)
