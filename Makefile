@@ -62,12 +62,15 @@ apt-packages:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: host/requirements.txt host/requirements-torch.txt host/pyproject.toml
+$(VENV)/.installed: host/requirements.txt host/requirements-torch.txt host/requirements-fleet.txt \
+		host/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r host/requirements.txt
 	# PyTorch (CPU) for export tests: the exact pin takes the local CPU build; a range
 	# would download several GB of CUDA wheels.
 	$(VENV)/bin/pip install -q -r host/requirements-torch.txt
+	# Flower for `mcutrain fleet` (federated training; see the file for its protobuf pin).
+	$(VENV)/bin/pip install -q -r host/requirements-fleet.txt
 	$(VENV)/bin/pip install -q --no-deps -e host
 	touch $@
 
