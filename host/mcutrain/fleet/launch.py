@@ -266,8 +266,12 @@ def prepare(out: Path, options: FleetOptions) -> tuple[list[dict[str, Any]], dic
     return nodes, run_config
 
 
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
 def run_fleet(out: Path | str, options: FleetOptions | None = None,
-              echo: Callable[[str], None] = print, timeout: float | None = None) -> FleetResult:  # fmt: skip
+              echo: Callable[[str], None] = _say, timeout: float | None = None) -> FleetResult:  # fmt: skip
     """Run a federated training of `options.boards` boards for `options.rounds` rounds; records,
     plots and summary in OUT (rounds.py, plot.py). FleetError if Flower's run fails."""
     options = options or FleetOptions()
