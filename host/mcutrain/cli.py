@@ -487,9 +487,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     options = FleetOptions(
         boards=args.boards, rounds=args.rounds, board=args.board, devices=args.device or (),
         strategy=args.strategy, dtype=args.dtype, update=args.update, epochs=args.epochs,
-        steps=args.steps, batch=args.batch, lr=args.lr, momentum=args.momentum,
-        server_lr=args.server_lr, fraction_evaluate=0.0 if args.no_board_eval else 1.0,
+        steps=args.steps, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay, momentum=args.momentum,
+        server_lr=args.server_lr, fraction_evaluate=0.0 if args.no_board_eval else 1.0, data=args.data,
         model=args.model, split=args.split, samples=args.samples, classes_per_board=args.classes_per_board,
+        voices_per_board=args.voices_per_board, samples_per_class=args.samples_per_class,
         seed=args.seed, faults=args.kill, heap=args.heap,
     )  # fmt: skip
     try:
@@ -732,14 +733,20 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--steps", type=int, default=0, help="local steps per round instead of epochs")
     fleet.add_argument("--batch", type=int, default=1, help="local batch size (default 1)")
     fleet.add_argument("--lr", type=float, default=0.01, help="the boards' learning rate (default 0.01)")
+    fleet.add_argument("--lr-decay", type=float, default=1.0, help="the rate's factor per round (default 1)")
     fleet.add_argument("--momentum", type=float, default=0.9, help="float32 boards' momentum (default 0.9)")
     fleet.add_argument("--server-lr", type=float, default=0.01, help="FedAdam's server step (default 0.01)")
     fleet.add_argument("--no-board-eval", action="store_true",
                        help="skip the boards' evaluation each round (the host still evaluates centrally)")
-    fleet.add_argument("--model", default="mlp",
-                       help="mlp, cnn (fresh weights) or a float32 .mtm for 8x8x1 digits (default mlp)")
+    fleet.add_argument("--data", default="digits", choices=("digits", "kws"),
+                       help="scikit-learn's digits, or SYNTHETIC keyword spotting split by voice (non-IID)")
+    fleet.add_argument("--model",
+                       help="mlp, cnn (digits), dscnn (kws), fresh weights, or a float32 .mtm "
+                            "(default mlp; kws: dscnn)")  # fmt: skip
     fleet.add_argument("--split", default="iid", choices=("iid", "label"),
                        help="how the digits are dealt to boards: iid, or by label (non-IID)")
+    fleet.add_argument("--voices-per-board", type=int, default=2, help="kws: training voices per board (default 2)")
+    fleet.add_argument("--samples-per-class", type=int, default=40, help="kws: clips per class per board (default 40)")
     fleet.add_argument("--classes-per-board", type=int, default=3, help="classes per board with --split label")
     fleet.add_argument("--samples", type=int, help="training samples per board (default: an equal share)")
     fleet.add_argument("--seed", type=int, default=1)

@@ -95,6 +95,7 @@ class LocalSettings:
     lr: float = 0.01
     momentum: float = 0.9
     update: str = "full"  # "full", "topk:MIN[:MAX]", "last:K", "bias", "channels:RATIO"
+    lr_decay: float = 1.0  # round r trains at lr * lr_decay ** (r - 1)
     seed: int = 1
     timeout: float = 300.0  # seconds for the device script
 
@@ -108,6 +109,7 @@ class LocalSettings:
             lr=float(config.get("lr", cls.lr)),
             momentum=float(config.get("momentum", cls.momentum)),
             update=str(config.get("update", cls.update)),
+            lr_decay=float(config.get("lr-decay", cls.lr_decay)),
             seed=int(config.get("seed", cls.seed)),
             timeout=float(config.get("board-timeout", cls.timeout)),
         )
@@ -116,9 +118,10 @@ class LocalSettings:
         return s
 
     def script_args(self, mode: str, data: str, round_: int) -> list[str]:
+        lr = self.lr * self.lr_decay ** max(0, round_ - 1)
         return ["--mode", mode, "--model", BOARD_MODEL, "--data", data,
                 "--epochs", str(self.epochs), "--steps", str(self.steps), "--batch", str(self.batch),
-                "--lr", repr(self.lr), "--momentum", repr(self.momentum), "--update", self.update,
+                "--lr", repr(lr), "--momentum", repr(self.momentum), "--update", self.update,
                 "--seed", str(self.seed + round_)]  # fmt: skip
 
 

@@ -46,6 +46,7 @@ class Steps:
 
 
 model = mt.load(ARGS["model"])
+gc.collect()  # mt.load's read buffers go before the training plan asks for its blocks
 data = mt.Dataset(ARGS["data"])
 quantized = False
 for i in range(len(model)):

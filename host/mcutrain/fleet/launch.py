@@ -35,6 +35,7 @@ from .model import DTYPES, KINDS, initial_model
 from .rounds import EVENTS, SUMMARY, read_events, read_rows
 
 APP = Path(__file__).with_name("app")
+DATA = ("digits", "kws")
 FLOWER_LOG = "flower.log"
 
 
@@ -55,13 +56,17 @@ class FleetOptions:
     steps: int = 0
     batch: int = 1
     lr: float = 0.01
+    lr_decay: float = 1.0  # the boards' rate shrinks by this factor each round
     momentum: float = 0.9
     server_lr: float = 0.01
     fraction_evaluate: float = 1.0
-    model: str = "mlp"  # "mlp", "cnn" or an .mtm file (float32)
-    split: str = "iid"
-    samples: int | None = None  # training samples per board
-    classes_per_board: int = 3  # split="label"
+    data: str = "digits"  # or "kws": synthetic keyword spotting, each board its own voices
+    model: str | None = None  # "mlp", "cnn", "dscnn" or a float32 .mtm (default: mlp, kws: dscnn)
+    split: str = "iid"  # digits
+    samples: int | None = None  # digits: training samples per board
+    classes_per_board: int = 3  # digits, split="label"
+    voices_per_board: int = 2  # kws
+    samples_per_class: int = 40  # kws: clips per class on each board
     seed: int = 1
     faults: Sequence[tuple[int, int]] = ()  # (board number from 1, round): kill its emulator then
     board_timeout: float = 300.0
@@ -69,6 +74,10 @@ class FleetOptions:
     heap: int | None = None
 
     def check(self) -> None:
+        if self.data not in DATA:
+            raise ValueError(f"data must be one of {', '.join(DATA)}, not {self.data!r}")
+        if self.model is None:
+            self.model = "dscnn" if self.data == "kws" else "mlp"
         if self.devices:
             self.boards = len(self.devices)
         if self.boards < 1 or self.rounds < 1:
@@ -80,6 +89,8 @@ class FleetOptions:
         if not self.devices and not get_board(self.board).emulated:
             raise ValueError(f"the fleet's boards are emulated (qemu-m4f, qemu-rv32) or given with --device, "
                              f"not {self.board!r}")  # fmt: skip
+        if (self.model == "dscnn") != (self.data == "kws") and self.model in KINDS:
+            raise ValueError(f"model {self.model} is not for {self.data} (digits: mlp, cnn; kws: dscnn)")
         if self.model not in KINDS and not Path(self.model).is_file():
             raise ValueError(f"model must be one of {', '.join(KINDS)} or an .mtm file, not {self.model!r}")
         for board, round_ in self.faults:
@@ -232,13 +243,22 @@ def _read_status(path: Path) -> dict[str, Any] | None:
 
 def prepare(out: Path, options: FleetOptions) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The boards' data, flash images and node configs, the initial model and the run config."""
+    assert options.model is not None  # check() chose it
     if options.model in KINDS:
         model = out / "initial.mtm"
-        write_model(model, initial_model(options.model, options.seed))
+        shape, classes = ((49, 10, 1), 12) if options.data == "kws" else ((8, 8, 1), 10)
+        write_model(model, initial_model(options.model, options.seed, shape, classes))
     else:
         model = Path(options.model).resolve()
-    shards, central = digits_shards(out / "data", options.boards, split=options.split, samples=options.samples,
-                                    classes_per_board=options.classes_per_board, seed=options.seed)  # fmt: skip
+    if options.data == "kws":
+        from .kws_data import kws_voice_shards
+
+        kws = kws_voice_shards(out / "data", options.boards, voices_per_board=options.voices_per_board,
+                               samples_per_class=options.samples_per_class, seed=options.seed)  # fmt: skip
+        shards, central = kws.shards, kws.central
+    else:
+        shards, central = digits_shards(out / "data", options.boards, split=options.split, samples=options.samples,
+                                        classes_per_board=options.classes_per_board, seed=options.seed)  # fmt: skip
     nodes = []
     for i, shard in enumerate(shards):
         folder = out / f"board-{i + 1}"
@@ -258,7 +278,8 @@ def prepare(out: Path, options: FleetOptions) -> tuple[list[dict[str, Any]], dic
         "num-server-rounds": options.rounds, "strategy": options.strategy, "model": str(model.resolve()),
         "out-dir": str(out.resolve()), "central-test": str(central.resolve()), "dtype": options.dtype,
         "update": options.update, "local-epochs": options.epochs, "local-steps": options.steps,
-        "batch-size": options.batch, "lr": float(options.lr), "momentum": float(options.momentum),
+        "batch-size": options.batch, "lr": float(options.lr), "lr-decay": float(options.lr_decay),
+        "momentum": float(options.momentum), "data": options.data,
         "server-lr": float(options.server_lr), "fraction-evaluate": float(options.fraction_evaluate),
         "min-nodes": len(nodes), "seed": options.seed, "board-timeout": float(options.board_timeout),
         "round-timeout": float(options.round_timeout),

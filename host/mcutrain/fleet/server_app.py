@@ -19,8 +19,8 @@ from .strategies import make_strategy
 
 app = ServerApp()
 
-SETTINGS = ("strategy", "num-server-rounds", "dtype", "update", "local-epochs", "local-steps", "batch-size",
-            "lr", "momentum", "server-lr", "fraction-evaluate", "min-nodes", "seed")  # fmt: skip
+SETTINGS = ("data", "strategy", "num-server-rounds", "dtype", "update", "local-epochs", "local-steps", "batch-size",
+            "lr", "lr-decay", "momentum", "server-lr", "fraction-evaluate", "min-nodes", "seed")  # fmt: skip
 
 
 @app.main()
