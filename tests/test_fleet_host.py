@@ -4,6 +4,7 @@ boards' .mtm files, the boards' data shares, the round records and the strategie
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -120,3 +121,28 @@ def test_fleet_command_takes_faults_as_board_at_round():
     assert args.kill == [(2, 1), (3, 2)] and args.dtype == "int8" and args.boards == 3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["fleet", "--kill", "two"])
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("flite") is None,
+                    reason="espeak-ng and flite are not installed (`make setup` installs them)")
+def test_kws_boards_hold_only_their_own_voices_and_no_board_hears_the_test_voices(tmp_path):
+    from mcutrain.fleet.kws_data import kws_voice_shards
+
+    data = kws_voice_shards(tmp_path, 2, voices_per_board=2, samples_per_class=3, test_samples_per_class=2)
+    heard = [set(read_dataset(s.train).meta["voices"]) for s in data.shards]
+    assert [len(v) for v in heard] == [2, 2] and not heard[0] & heard[1]
+    held_out = set(read_dataset(data.central).meta["voices"])
+    assert held_out and not held_out & (heard[0] | heard[1])
+    pooled = read_dataset(data.pooled)
+    assert len(pooled.y) == 2 * 12 * 3 and pooled.x.shape[1:] == (49, 10, 1)
+    # One input pipeline for the fleet: every file has the same int8 scale and zero point.
+    params = {(read_dataset(p).scale, read_dataset(p).zero_point) for p in (data.central, data.pooled,
+                                                                            *(s.train for s in data.shards))}
+    assert len(params) == 1
+
+
+def test_fresh_dscnn_is_he_initialized_for_plain_sgd():
+    spec = initial_model("dscnn", seed=1, input_shape=(49, 10, 1), classes=12)
+    w = spec.tensors["4.weight"]  # a pointwise conv, fan-in 32: He-uniform bound sqrt(6 / 32)
+    assert 0.9 * np.sqrt(6 / 32) < np.abs(w).max() <= np.sqrt(6 / 32)
+    assert not np.any(spec.tensors["4.bias"])
