@@ -297,8 +297,9 @@ def run_fleet(out: Path | str, options: FleetOptions | None = None,
     plots and summary in OUT (rounds.py, plot.py). FleetError if Flower's run fails."""
     options = options or FleetOptions()
     options.check()
-    if importlib.util.find_spec("flwr") is None:
-        raise FleetError("Flower is not installed: pip install -r host/requirements-fleet.txt (make setup does)")
+    if importlib.util.find_spec("flwr") is None or not Path(_flower("flower-superlink")).exists():
+        raise FleetError(f"Flower is not installed beside {sys.executable}: pip install -r "
+                         "host/requirements-fleet.txt (make setup does)")  # fmt: skip
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for stale in (SUMMARY, EVENTS):
