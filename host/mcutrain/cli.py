@@ -499,6 +499,15 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         print(f"mcutrain: error: {e}", file=sys.stderr)
         return 1
     print(summary_table(result))
+    if args.compare:
+        from .fleet.demo import compare, table
+
+        if options.data != "kws":
+            raise ValueError("--compare is for --data kws (one board alone and centralized, by voice)")
+        summary = compare(result, options, args.out.resolve())
+        print(table(args.out.resolve()))
+        print(f"federated - centralized: {summary['federated_minus_centralized_points']:+.1f} points; "
+              f"federated - one board: {summary['federated_minus_single_points']:+.1f} points")
     return 0
 
 
@@ -753,6 +762,9 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--heap", type=_bytes, metavar="BYTES", help="the emulated boards' heap")
     fleet.add_argument("--kill", type=_fault, action="append", default=[], metavar="BOARD@ROUND",
                        help="kill that board's emulator while it trains in that round (fault demo)")
+    fleet.add_argument("--compare", action="store_true",
+                       help="kws: then train one board alone and all boards' clips pooled on one board "
+                            "(the same local settings) and compare accuracy per round")  # fmt: skip
     fleet.add_argument("-o", "--out", type=Path, default=Path("results/fleet"),
                        help="where the run's records and plots go (default results/fleet)")
     fleet.set_defaults(func=cmd_fleet)
