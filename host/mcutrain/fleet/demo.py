@@ -49,7 +49,7 @@ def baseline(out: Path, name: str, data: Path, initial: ModelSpec, central: Cent
     return accuracies
 
 
-def plot(out: Path, rows: list[dict[str, Any]], boards: int) -> Path:
+def plot(out: Path, rows: list[dict[str, Any]], boards: int, epochs: int) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +61,8 @@ def plot(out: Path, rows: list[dict[str, Any]], boards: int) -> Path:
                        ("single", "one board alone (its own voices)")):  # fmt: skip
         ax.plot([r["round"] for r in rows], [100 * r[key] for r in rows], marker="o", label=label)
     ax.set_title("Keyword spotting, non-IID by voice (SYNTHETIC speech)\naccuracy on held-out voices")
-    ax.set_xlabel("round (one local epoch each)")
+    ax.set_xlabel(f"round ({epochs} local epoch{'s' if epochs > 1 else ''} a round on the boards; "
+                  f"centralized: {CENTRAL_EPOCHS} of the pooled clips)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
@@ -108,7 +109,7 @@ def compare(fed: FleetResult, options: FleetOptions, out: Path) -> dict[str, Any
         "synthetic": True,
     }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(out, rows, options.boards)
+    plot(out, rows, options.boards, options.epochs)
     return summary
 
 
