@@ -27,7 +27,7 @@ from ..boards import get_board
 from ..device import Device, open_device
 from ..errors import DeviceError, EmulatorError
 from ..formats import ModelSpec, model_bytes, parse_model, read_dataset
-from ..push import _push, file_on_board
+from ..push import file_on_board, send_dataset
 from ..transfer import TransferError, pull_bytes, push_bytes
 from .model import DTYPES, for_device, from_device
 
@@ -184,14 +184,15 @@ def _lost(watch: _Watch, error: Exception) -> None:
 
 
 def _ensure_file(device: Device, path: Path | None, dest: str) -> int:
-    """Copy a host file to the board unless it holds the same one; the bytes sent."""
+    """Copy a host .mtd to the board unless it holds that very file (another one at `dest`
+    is replaced: the host's copy is the board's data); the bytes sent."""
     if path is None:
         return 0  # a real board that holds its data already
     data = path.read_bytes()
     found = file_on_board(device, dest, data)
     if found is not None and found[1]:
         return 0
-    _push(device, path, dest, None)
+    send_dataset(device, path, dest, force=True)
     return len(data)
 
 
