@@ -1,6 +1,7 @@
 # mcutrain: firmware for three targets, host tools, tests.
 #   make setup      toolchains, emulators (apt) and the project venv (pip), pinned
 #   make demo       the main job: run examples/hello.py on the emulated Cortex-M4F
+#   make fleet-demo federated keyword spotting over 4 emulated boards with Flower
 #   make test       build everything and run the test suite
 #   make fuzz       the long fuzz campaign (API calls, file mutants, power loss); a summary table
 #   make firmware   unix + qemu-m4f + qemu-rv32 firmware (also firmware-unix-san)
@@ -40,7 +41,7 @@ FIRMWARE_ARGS := USER_C_MODULES=$(ROOT)/usermod MPY_LIB_DIR=$(ROOT)/micropython_
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: all setup apt-packages venv fetch firmware firmware-unix firmware-unix-san bench learning \
-	firmware-qemu-m4f firmware-qemu-rv32 cycle-model test demo emulate fuzz students clean distclean
+	firmware-qemu-m4f firmware-qemu-rv32 cycle-model test demo fleet-demo emulate fuzz students clean distclean
 
 all: firmware
 
@@ -62,12 +63,15 @@ apt-packages:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: host/requirements.txt host/requirements-torch.txt host/pyproject.toml
+$(VENV)/.installed: host/requirements.txt host/requirements-torch.txt host/requirements-fleet.txt \
+		host/pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r host/requirements.txt
 	# PyTorch (CPU) for export tests: the exact pin takes the local CPU build; a range
 	# would download several GB of CUDA wheels.
 	$(VENV)/bin/pip install -q -r host/requirements-torch.txt
+	# Flower for `mcutrain fleet` (federated training; see the file for its protobuf pin).
+	$(VENV)/bin/pip install -q -r host/requirements-fleet.txt
 	$(VENV)/bin/pip install -q --no-deps -e host
 	touch $@
 
@@ -147,6 +151,12 @@ students: setup firmware-qemu-m4f cycle-model
 # results/kws/ (metrics, plots, summary.json).
 demo: setup firmware-qemu-m4f
 	$(VENV)/bin/python -m mcutrain.demo
+
+# Federated keyword spotting (docs/fleet.md): 4 emulated M4F boards, each with its own
+# SYNTHETIC voices, 10 rounds of Flower's FedAvg, against one board alone and centralized
+# training; results/fleet-kws/ (comparison.csv, fleet_kws.png, summary.json).
+fleet-demo: setup firmware-qemu-m4f
+	$(VENV)/bin/python -m mcutrain.fleet.demo --out results/fleet-kws
 
 emulate: setup firmware-qemu-m4f
 	$(VENV)/bin/mcutrain emulate --board qemu-m4f

@@ -446,6 +446,14 @@ def _ms(text: str) -> float:
     return v
 
 
+def _fault(text: str) -> tuple[int, int]:
+    board, _, round_ = text.partition("@")
+    try:
+        return int(board), int(round_)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fault is BOARD@ROUND, e.g. 2@1, not {text!r}") from None
+
+
 def cmd_design(args: argparse.Namespace) -> int:
     from .design.search import design_student, table, write_student
 
@@ -469,6 +477,37 @@ def cmd_design(args: argparse.Namespace) -> int:
     else:
         print(table(result, args.top))
         print(written)
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from .fleet.launch import FleetError, FleetOptions, run_fleet
+    from .fleet.summary import summary_table
+
+    options = FleetOptions(
+        boards=args.boards, rounds=args.rounds, board=args.board, devices=args.device or (),
+        strategy=args.strategy, dtype=args.dtype, update=args.update, epochs=args.epochs,
+        steps=args.steps, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay, momentum=args.momentum,
+        server_lr=args.server_lr, fraction_evaluate=0.0 if args.no_board_eval else 1.0, data=args.data,
+        model=args.model, split=args.split, samples=args.samples, classes_per_board=args.classes_per_board,
+        voices_per_board=args.voices_per_board, samples_per_class=args.samples_per_class,
+        seed=args.seed, faults=args.kill, heap=args.heap,
+    )  # fmt: skip
+    try:
+        result = run_fleet(args.out, options)
+    except FleetError as e:
+        print(f"mcutrain: error: {e}", file=sys.stderr)
+        return 1
+    print(summary_table(result))
+    if args.compare:
+        from .fleet.demo import compare, table
+
+        if options.data != "kws":
+            raise ValueError("--compare is for --data kws (one board alone and centralized, by voice)")
+        summary = compare(result, options, args.out.resolve())
+        print(table(args.out.resolve()))
+        print(f"federated - centralized: {summary['federated_minus_centralized_points']:+.1f} points; "
+              f"federated - one board: {summary['federated_minus_single_points']:+.1f} points")
     return 0
 
 
@@ -680,6 +719,55 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--top", type=int, default=10, metavar="N", help="rows to show (0: all; default 10)")
     design.add_argument("--json", action="store_true", help="the table as JSON on stdout")
     design.set_defaults(func=cmd_design)
+
+    fleet = commands.add_parser(
+        "fleet", help="federated training across boards with Flower (a local run on emulated boards)",
+        description="Federated on-device training: start a local Flower SuperLink and one SuperNode per "
+        "board; each round every board gets the global model over its serial link, trains it on its own "
+        "share of the digits data, and sends the result back for the strategy to aggregate. Writes "
+        "OUT/rounds.jsonl, rounds.csv, boards.jsonl, boards.csv (bytes per board and round), events.jsonl, "
+        "summary.json, fleet_accuracy.png and fleet_loss.png; docs/fleet.md.",
+    )
+    fleet.add_argument("--boards", type=int, default=2, help="emulated boards (default 2)")
+    fleet.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
+    fleet.add_argument("--board", default="qemu-m4f", choices=EMULATED_BOARDS, help="the emulated board")
+    fleet.add_argument("--device", action="append", metavar="PORT",
+                       help="a real board's serial port (repeat for each; replaces --boards)")
+    fleet.add_argument("--strategy", default="fedavg", choices=("fedavg", "fedadam"))
+    fleet.add_argument("--dtype", default="float32", choices=("float32", "int8", "mixed"),
+                       help="precision the boards train in (the global model stays float32)")
+    fleet.add_argument("--update", default="full", metavar="POLICY",
+                       help="update policy on the boards: full, topk:MIN[:MAX], last:K, bias, channels:RATIO")
+    fleet.add_argument("--epochs", type=int, default=1, help="local epochs per round (default 1)")
+    fleet.add_argument("--steps", type=int, default=0, help="local steps per round instead of epochs")
+    fleet.add_argument("--batch", type=int, default=1, help="local batch size (default 1)")
+    fleet.add_argument("--lr", type=float, default=0.01, help="the boards' learning rate (default 0.01)")
+    fleet.add_argument("--lr-decay", type=float, default=1.0, help="the rate's factor per round (default 1)")
+    fleet.add_argument("--momentum", type=float, default=0.9, help="float32 boards' momentum (default 0.9)")
+    fleet.add_argument("--server-lr", type=float, default=0.01, help="FedAdam's server step (default 0.01)")
+    fleet.add_argument("--no-board-eval", action="store_true",
+                       help="skip the boards' evaluation each round (the host still evaluates centrally)")
+    fleet.add_argument("--data", default="digits", choices=("digits", "kws"),
+                       help="scikit-learn's digits, or SYNTHETIC keyword spotting split by voice (non-IID)")
+    fleet.add_argument("--model",
+                       help="mlp, cnn (digits), dscnn (kws), fresh weights, or a float32 .mtm "
+                            "(default mlp; kws: dscnn)")  # fmt: skip
+    fleet.add_argument("--split", default="iid", choices=("iid", "label"),
+                       help="how the digits are dealt to boards: iid, or by label (non-IID)")
+    fleet.add_argument("--voices-per-board", type=int, default=2, help="kws: training voices per board (default 2)")
+    fleet.add_argument("--samples-per-class", type=int, default=40, help="kws: clips per class per board (default 40)")
+    fleet.add_argument("--classes-per-board", type=int, default=3, help="classes per board with --split label")
+    fleet.add_argument("--samples", type=int, help="training samples per board (default: an equal share)")
+    fleet.add_argument("--seed", type=int, default=1)
+    fleet.add_argument("--heap", type=_bytes, metavar="BYTES", help="the emulated boards' heap")
+    fleet.add_argument("--kill", type=_fault, action="append", default=[], metavar="BOARD@ROUND",
+                       help="kill that board's emulator while it trains in that round (fault demo)")
+    fleet.add_argument("--compare", action="store_true",
+                       help="kws: then train one board alone and all boards' clips pooled on one board "
+                            "(the same local settings) and compare accuracy per round")  # fmt: skip
+    fleet.add_argument("-o", "--out", type=Path, default=Path("results/fleet"),
+                       help="where the run's records and plots go (default results/fleet)")
+    fleet.set_defaults(func=cmd_fleet)
     return parser
 
 
