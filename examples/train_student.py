@@ -37,7 +37,6 @@ TEST = True          # evaluate the best epoch's weights on test.mtd here; False
 distill = LOSS == "distill"
 train = mt.Dataset(DATA + "/train.mtd", teacher=distill, verify=False)
 val = mt.Dataset(DATA + "/val.mtd", verify=False)
-test = mt.Dataset(DATA + "/test.mtd", verify=False)
 model = mt.load(MODEL)
 shape = (1,) + tuple(train.sample_shape)
 # The plans' RAM, asked for before training: this also places the training plan in the heap
@@ -65,5 +64,6 @@ summary = {
 if TEST:
     del model, opt  # free what Python lets go of before loading the best epoch's weights
     gc.collect()
+    test = mt.Dataset(DATA + "/test.mtd", verify=False)  # opened only now: an open file keeps buffers
     summary["test_loss"], summary["test_accuracy"] = mt.evaluate(mt.load(CHECKPOINT), test, batch=1)
 print(json.dumps(summary))
