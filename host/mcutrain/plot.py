@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .collect import Record, read_results
 
@@ -67,16 +68,22 @@ def plot_records(records: Sequence[Record], out_dir: Path | str) -> list[Path]:
                     ax.plot(xs, ys, label=f"{field} ({kind})", **style)
                     drawn = True
         if drawn:
-            ax.set_title(title)
-            ax.set_xlabel("step")
-            ax.set_ylabel(ylabel)
-            ax.grid(True, alpha=0.3)
-            ax.legend(loc="best", fontsize="small")
-            fig.tight_layout()
-            fig.savefig(out / name)
-            written.append(out / name)
+            written.append(save_axes(fig, ax, out / name, title, "step", ylabel))
         plt.close(fig)
     return written
+
+
+def save_axes(fig: Any, ax: Any, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    """Title, axis labels, a light grid and the legend on `ax`, then `fig` saved to `path`:
+    the one look of every plot the host draws."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
 
 
 def plot_results(directory: Path | str, out_dir: Path | str | None = None) -> list[Path]:

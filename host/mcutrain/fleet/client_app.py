@@ -13,6 +13,7 @@ from collections.abc import Callable
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from ..formats import ModelSpec
 from .board_round import (
     BoardConfig,
     BoardLost,
@@ -55,26 +56,24 @@ def _named(board: BoardConfig, run: Callable[[], RoundOutcome]) -> RoundOutcome:
         raise BoardFailed(f"{board.name}: {e}") from e
 
 
-def _inputs(msg: Message, context: Context) -> tuple[BoardConfig, LocalSettings, int]:
+def _inputs(msg: Message, context: Context) -> tuple[BoardConfig, LocalSettings, int, ModelSpec]:
+    """The board, the local settings, the round and the global model (a ModelSpec) of a message."""
     board = BoardConfig.from_node_config(context.node_config, context.node_id)
-    return board, LocalSettings.from_run_config(context.run_config), _round(msg)
+    arrays = msg.content["arrays"]
+    assert isinstance(arrays, ArrayRecord)
+    spec = rebuild(from_record(arrays), msg.content["config"])
+    return board, LocalSettings.from_run_config(context.run_config), _round(msg), spec
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Push the global model to the board, train there on its own data, return the result."""
-    board, settings, round_ = _inputs(msg, context)
-    arrays = msg.content["arrays"]
-    assert isinstance(arrays, ArrayRecord)
-    spec = rebuild(from_record(arrays), msg.content["config"])
+    board, settings, round_, spec = _inputs(msg, context)
     return _reply(msg, _named(board, lambda: train_on_board(board, spec, settings, round_)), board)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Loss and accuracy of the global model on the board's own test data."""
-    board, settings, round_ = _inputs(msg, context)
-    arrays = msg.content["arrays"]
-    assert isinstance(arrays, ArrayRecord)
-    spec = rebuild(from_record(arrays), msg.content["config"])
+    board, settings, round_, spec = _inputs(msg, context)
     return _reply(msg, _named(board, lambda: evaluate_on_board(board, spec, settings, round_)), board)

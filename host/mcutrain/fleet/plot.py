@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..plot import save_axes
 from .rounds import read_rows
 
 # (file, title, y label, ((field, label), ...))
@@ -40,14 +41,7 @@ def plot_rounds(out: Path | str, rows: list[dict[str, Any]] | None = None) -> li
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
                 drawn = True
         if drawn:
-            ax.set_title(title)
-            ax.set_xlabel("round (0: the initial model)")
-            ax.set_ylabel(ylabel)
             ax.set_xticks(sorted({int(r["round"]) for r in rows}))
-            ax.grid(True, alpha=0.3)
-            ax.legend(loc="best", fontsize="small")
-            fig.tight_layout()
-            fig.savefig(out / name)
-            written.append(out / name)
+            written.append(save_axes(fig, ax, out / name, title, "round (0: the initial model)", ylabel))
         plt.close(fig)
     return written

@@ -35,40 +35,33 @@ def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-class RecordingFedAvg(FedAvg):
+class _Recording:
+    """Logs every reply of a round (RoundLog) before the stock strategy aggregates it; the
+    metrics are aggregated with aggregate_metrics."""
+
     def __init__(self, log: RoundLog, **options: Any) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_metrics, evaluate_metrics_aggr_fn=aggregate_metrics,
-                         **options)  # fmt: skip
+                         **options)  # type: ignore[call-arg]  # fmt: skip
         self.log = log
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:  # fmt: skip
         replies = list(replies)
         self.log.replies(server_round, "train", as_replies(replies))
-        return super().aggregate_train(server_round, replies)
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
         self.log.replies(server_round, "evaluate", as_replies(replies))
-        return super().aggregate_evaluate(server_round, replies)
+        return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
 
 
-class RecordingFedAdam(FedAdam):
-    def __init__(self, log: RoundLog, **options: Any) -> None:
-        super().__init__(train_metrics_aggr_fn=aggregate_metrics, evaluate_metrics_aggr_fn=aggregate_metrics,
-                         **options)  # fmt: skip
-        self.log = log
+class RecordingFedAvg(_Recording, FedAvg):
+    pass
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:  # fmt: skip
-        replies = list(replies)
-        self.log.replies(server_round, "train", as_replies(replies))
-        return super().aggregate_train(server_round, replies)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        replies = list(replies)
-        self.log.replies(server_round, "evaluate", as_replies(replies))
-        return super().aggregate_evaluate(server_round, replies)
+class RecordingFedAdam(_Recording, FedAdam):
+    pass
 
 
 def make_strategy(name: str, log: RoundLog, config: Mapping[str, Any]) -> Strategy:
