@@ -1,10 +1,10 @@
-# mcutrain: firmware for three targets, host tools, tests.
+# mcutrain: firmware for four targets, host tools, tests.
 #   make setup      toolchains, emulators (apt) and the project venv (pip), pinned
 #   make demo       the main job: run examples/hello.py on the emulated Cortex-M4F
 #   make fleet-demo federated keyword spotting over 4 emulated boards with Flower
 #   make test       build everything and run the test suite
 #   make fuzz       the long fuzz campaign (API calls, file mutants, power loss); a summary table
-#   make firmware   unix + qemu-m4f + qemu-rv32 firmware (also firmware-unix-san)
+#   make firmware   unix + qemu-m4f + qemu-rv32 + qemu-rv32f firmware (also firmware-unix-san)
 # MICROPY_DIR=/path/to/micropython builds against your own MicroPython checkout
 # instead of the pinned Debian source.
 
@@ -41,7 +41,7 @@ FIRMWARE_ARGS := USER_C_MODULES=$(ROOT)/usermod MPY_LIB_DIR=$(ROOT)/micropython_
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: all setup apt-packages venv fetch firmware firmware-unix firmware-unix-san bench learning \
-	firmware-qemu-m4f firmware-qemu-rv32 cycle-model test demo fleet-demo emulate fuzz students clean distclean
+	firmware-qemu-m4f firmware-qemu-rv32 firmware-qemu-rv32f cycle-model test demo fleet-demo emulate fuzz students clean distclean
 
 all: firmware
 
@@ -84,7 +84,7 @@ $(CACHE)/micropython-$(MICROPYTHON_VERSION)/.fetched-$(MICROPYTHON_DEB_VERSION):
 $(MPY_CROSS): $(MICROPY_SOURCE)
 	$(MAKE) -C $(MICROPY_DIR)/mpy-cross -j$(JOBS) BUILD=$(BUILD)/mpy-cross USER_C_MODULES=
 
-firmware: firmware-unix firmware-qemu-m4f firmware-qemu-rv32
+firmware: firmware-unix firmware-qemu-m4f firmware-qemu-rv32 firmware-qemu-rv32f
 
 firmware-unix: $(MPY_CROSS)
 	$(MAKE) -C $(MICROPY_DIR)/ports/unix -j$(JOBS) $(FIRMWARE_ARGS) \
@@ -98,7 +98,7 @@ firmware-unix-san: $(MPY_CROSS)
 		CFLAGS_EXTRA="$(SANITIZE) -DMICROPY_STACK_CHECK_MARGIN=8192" LDFLAGS_EXTRA="$(SANITIZE)"
 
 # A static pattern rule: make ignores plain pattern rules for .PHONY targets.
-QEMU_FIRMWARE := firmware-qemu-m4f firmware-qemu-rv32
+QEMU_FIRMWARE := firmware-qemu-m4f firmware-qemu-rv32 firmware-qemu-rv32f
 $(QEMU_FIRMWARE): firmware-qemu-%: $(MPY_CROSS)
 	$(MAKE) -C boards/qemu -j$(JOBS) $(FIRMWARE_ARGS) BOARD=$* \
 		MICROPY_DIR=$(MICROPY_DIR) BUILD=$(BUILD)/qemu-$*
@@ -131,7 +131,7 @@ fuzz: setup firmware firmware-unix-san
 
 # Kernel and training-step benchmarks in guest instructions on both emulated boards;
 # prints a table and writes bench/results.json.
-bench: setup firmware-qemu-m4f firmware-qemu-rv32 cycle-model
+bench: setup firmware-qemu-m4f firmware-qemu-rv32 firmware-qemu-rv32f cycle-model
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python -m mcutrain.bench_transfer --out bench/results.json --append
 
@@ -148,9 +148,11 @@ students: setup firmware-qemu-m4f cycle-model
 
 # The main job: keyword spotting end to end on the emulated Cortex-M4F (SYNTHETIC speech):
 # generate the set, train examples/train_kws.py on the board with live progress, collect
-# results/kws/ (metrics, plots, summary.json).
-demo: setup firmware-qemu-m4f
-	$(VENV)/bin/python -m mcutrain.demo
+# results/kws/ (metrics, plots, summary.json). `make demo DEMO_BOARD=qemu-rv32f`
+# runs it on another emulated board.
+DEMO_BOARD ?= qemu-m4f
+demo: setup firmware-$(DEMO_BOARD)
+	$(VENV)/bin/python -m mcutrain.demo --board $(DEMO_BOARD)
 
 # Federated keyword spotting (docs/fleet.md): 4 emulated M4F boards, each with its own
 # SYNTHETIC voices, 10 rounds of Flower's FedAvg, against one board alone and centralized

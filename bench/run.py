@@ -25,7 +25,7 @@ from mcutrain.runner import open_target, run_on  # noqa: E402
 # Each run boots the board afresh: (device script, its PART, heap bytes or None for the
 # board's 256 KB). Whole-model steps get 1 MiB: batch-4 KWS in float32 needs 0.5 MB.
 RUNS = [("cases.py", "layers", None), ("cases.py", "models", 1024 * 1024), ("pure_python_dense.py", None, None)]
-BOARDS = ["qemu-m4f", "qemu-rv32"]
+BOARDS = ["qemu-m4f", "qemu-rv32", "qemu-rv32f"]
 CYCLE_BOARDS = ["qemu-m4f"]  # the cycle model is a Cortex-M4's
 
 
@@ -95,10 +95,14 @@ def print_table(results: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
-    parser.add_argument("--board", action="append", choices=BOARDS, help="default: both emulated boards")
+    parser.add_argument("--board", action="append", choices=BOARDS,
+                        help="default: every emulated board; with --board, the other boards' rows "
+                             "already in --out are kept")
     parser.add_argument("--no-cycles", action="store_true", help="skip the cycle model on qemu-m4f")
     args = parser.parse_args()
     results: list[dict] = []
+    if args.board and args.out.exists():
+        results = [r for r in json.loads(args.out.read_text()) if r.get("target") not in args.board]
     for board in args.board or BOARDS:
         results += run_board(board, cycles=board in CYCLE_BOARDS and not args.no_cycles)
     add_ratios(results)

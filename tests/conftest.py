@@ -17,7 +17,11 @@ from mcutrain.boards import BOARDS, EMULATED_BOARDS, get_board  # noqa: E402
 from mcutrain.emulator import Emulator  # noqa: E402
 from mcutrain.runner import EmulatedTarget, UnixTarget  # noqa: E402
 
-TARGETS = tuple(BOARDS)  # ("unix", "qemu-m4f", "qemu-rv32")
+# Every device test runs on these. qemu-rv32f (rv32 with an FPU and Zfh) runs the board tests
+# (the `emulated` fixtures) and the modules marked `fpu_kernels` (the float kernels' numerics):
+# the rest of its code is qemu-rv32's, and the suite's time stays in CI's budget.
+FPU_BOARD = "qemu-rv32f"
+TARGETS = tuple(b for b in BOARDS if b != FPU_BOARD)  # ("unix", "qemu-m4f", "qemu-rv32")
 
 
 def require_firmware(board: str) -> Path:
@@ -87,7 +91,16 @@ def target_pool() -> Iterator[TargetPool]:
         pool.close()
 
 
-@pytest.fixture(params=TARGETS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`target` and `board_name` take TARGETS, and qemu-rv32f too in `fpu_kernels` modules."""
+    own = {m.args[0] for m in metafunc.definition.iter_markers("parametrize")}
+    for name in ("target", "board_name"):
+        if name in metafunc.fixturenames and name not in own:
+            fpu = metafunc.definition.get_closest_marker("fpu_kernels") is not None
+            metafunc.parametrize(name, TARGETS + ((FPU_BOARD,) if fpu else ()), indirect=True)
+
+
+@pytest.fixture
 def target(request: pytest.FixtureRequest, target_pool: TargetPool) -> UnixTarget | EmulatedTarget:
     """Every target: the unix port and each emulated board."""
     return target_pool.get(request.param)
@@ -101,7 +114,7 @@ def emulated(request: pytest.FixtureRequest, target_pool: TargetPool) -> Emulate
     return t
 
 
-@pytest.fixture(params=TARGETS)
+@pytest.fixture
 def board_name(request: pytest.FixtureRequest) -> str:
     """The name of each target whose firmware is built, for tests that start their own."""
     require_firmware(request.param)

@@ -46,7 +46,7 @@ def make_compile_command(port_args: list[str], build: Path, source: Path) -> str
     return lines[-1]
 
 
-@pytest.mark.parametrize("port", ["unix", "qemu-m4f", "qemu-rv32"])
+@pytest.mark.parametrize("port", ["unix", "qemu-m4f", "qemu-rv32", "qemu-rv32f"])
 def test_make_ports_build_kernels_o2_and_bindings_os(port, tmp_path):
     mp = micropython_dir()
     if port == "unix":

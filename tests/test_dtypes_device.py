@@ -24,6 +24,8 @@ from mcutrain.reference import nn as R
 from mcutrain.reference import quantized as Q
 from mcutrain.runner import run_on
 
+pytestmark = pytest.mark.fpu_kernels  # also on qemu-rv32f (conftest.py)
+
 U16 = 2.0**-11  # fp16 unit roundoff
 U32 = 2.0**-24  # fp32 unit roundoff
 TINY = 2.0**-25  # half the smallest fp16 subnormal

@@ -12,6 +12,8 @@ import pytest
 from device_arrays import DeviceScript, assert_close_bilinear, tensor_expr
 from mcutrain.reference import functional as F
 
+pytestmark = pytest.mark.fpu_kernels  # also on qemu-rv32f (conftest.py)
+
 # (name, batch, h, w, in_c, out_c, kernel, stride, padding, groups, bias)
 CONV2D_CASES = [
     ("square_3x3_pad1", 1, 5, 5, 3, 4, (3, 3), (1, 1), (1, 1), 1, True),

@@ -5,11 +5,14 @@ dequantized weights; the update is the fp32 SGD step (QAS), requantized per chan
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from device_arrays import ALLOCATION_CHECK, DeviceScript, tensor_expr
 from device_errors import assert_raises_clearly
 from mcutrain.reference import functional as F
 from mcutrain.reference import quantized as Q
 from mcutrain.runner import run_on
+
+pytestmark = pytest.mark.fpu_kernels  # also on qemu-rv32f (conftest.py)
 
 # name, constructor, x shape, weight shape, stride, padding, groups, bias
 CASES = [

@@ -11,6 +11,8 @@ from mcutrain.reference import functional as F
 from mcutrain.reference import nn as R
 from mcutrain.runner import run_on
 
+pytestmark = pytest.mark.fpu_kernels  # also on qemu-rv32f (conftest.py)
+
 # The same residual CNN on both sides (device source, reference constructor).
 RESNET_SRC = """mt.Sequential(
     mt.Conv2d(3, 4, 3, padding=1), mt.BatchNorm2d(4), mt.ReLU(),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from mcutrain.runner import run_on
 
-EXPECTED_UNIT = {"unix": "ns", "qemu-m4f": "instructions", "qemu-rv32": "instructions"}
+EXPECTED_UNIT = {"unix": "ns", "qemu-m4f": "instructions", "qemu-rv32": "instructions",
+                 "qemu-rv32f": "instructions"}
 
 
 def test_perf_unit_says_what_perf_counter_counts(target):
@@ -52,6 +53,7 @@ def spin(a0):
     bne(a0, zero, loop)
 """,
 }
+SPIN_LOOP["qemu-rv32f"] = SPIN_LOOP["qemu-rv32"]
 
 
 def test_perf_counter_counts_every_instruction_exactly(emulated):

@@ -53,6 +53,14 @@ BOARDS: dict[str, Board] = {
             machine_args=("-machine", "virt", "-bios", "none"),
             default_heap=256 * 1024,
         ),
+        Board(
+            name="qemu-rv32f",
+            description="RISC-V rv32 with FPU and half precision (Zfh) on QEMU virt",
+            firmware="qemu-rv32f/firmware.elf",
+            qemu="qemu-system-riscv32",
+            machine_args=("-machine", "virt", "-bios", "none", "-cpu", "rv32,Zfh=true"),
+            default_heap=256 * 1024,
+        ),
     )
 }
 EMULATED_BOARDS: tuple[str, ...] = tuple(n for n, b in BOARDS.items() if b.emulated)

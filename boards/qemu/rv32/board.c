@@ -1,9 +1,10 @@
-// rv32imac on QEMU virt (-bios none), machine mode: reset, trap handler,
-// NS16550A UART0 through the PLIC, ACLINT machine timer.
+// rv32imac (and rv32f's rv32imafc) on QEMU virt (-bios none), machine mode: reset, trap
+// handler, NS16550A UART0 through the PLIC, ACLINT machine timer.
 // Peripheral addresses and IRQ numbers are QEMU's hw/riscv/virt.c.
 #include <stdint.h>
 #include <string.h>
 #include "board.h"
+#include "mpconfigboard.h"
 #include "semihosting.h"
 
 typedef struct {
@@ -197,7 +198,7 @@ static void uart_write_hex(uint32_t value) {
 
 // A fault must end the emulator with a message, never hang a test run.
 __attribute__((noreturn)) static void fatal_trap(uint32_t mcause) {
-    static const char msg[] = "\r\nFATAL: trap on qemu-rv32: mcause=";
+    static const char msg[] = "\r\nFATAL: trap on " MICROPY_HW_BOARD_NAME ": mcause=";
     board_uart_write(msg, sizeof(msg) - 1);
     uart_write_hex(mcause);
     board_uart_write(" mepc=", 6);
@@ -235,6 +236,11 @@ __attribute__((naked, noreturn, section(".text.reset"))) void Reset_Handler(void
         "la gp, __global_pointer$\n"
         ".option pop\n"
         "la sp, _stack_top\n"
+#ifdef __riscv_flen
+        // mstatus.FS = Initial: until then every FPU instruction traps as illegal.
+        "li t0, 0x2000\n"
+        "csrs mstatus, t0\n"
+#endif
         "la t0, trap_handler\n"
         "csrw mtvec, t0\n"
         "tail reset_c\n"

@@ -76,6 +76,27 @@
 #endif
 
 #if !MT_GEMM_ASM
+// The portable 4x4 blocks: 16 sums in registers, four k per loop turn read at constant
+// offsets from the operands' row pointers, so each pointer steps once per four k. (A RISC-V
+// core has no register-offset loads: stepping every pointer every k cost 9 of the 34
+// instructions per 16 multiply-adds; the sums and their order are the same either way.)
+#define MT_C_SUMS4X4 \
+    float c00 = 0.0f, c01 = 0.0f, c02 = 0.0f, c03 = 0.0f, c10 = 0.0f, c11 = 0.0f, c12 = 0.0f; \
+    float c13 = 0.0f, c20 = 0.0f, c21 = 0.0f, c22 = 0.0f, c23 = 0.0f, c30 = 0.0f, c31 = 0.0f; \
+    float c32 = 0.0f, c33 = 0.0f
+// One k: column (x0..x3) of A times row (y0..y3) of B into the sums.
+#define MT_C_OUTER16(x0, x1, x2, x3, y0, y1, y2, y3) { \
+    const float x0_ = (x0), x1_ = (x1), x2_ = (x2), x3_ = (x3); \
+    const float y0_ = (y0), y1_ = (y1), y2_ = (y2), y3_ = (y3); \
+    c00 += x0_ * y0_; c01 += x0_ * y1_; c02 += x0_ * y2_; c03 += x0_ * y3_; \
+    c10 += x1_ * y0_; c11 += x1_ * y1_; c12 += x1_ * y2_; c13 += x1_ * y3_; \
+    c20 += x2_ * y0_; c21 += x2_ * y1_; c22 += x2_ * y2_; c23 += x2_ * y3_; \
+    c30 += x3_ * y0_; c31 += x3_ * y1_; c32 += x3_ * y2_; c33 += x3_ * y3_; }
+#define MT_C_ADD4X4(c, ldc, alpha) { \
+    const float acc_[16] = { c00, c01, c02, c03, c10, c11, c12, c13, \
+                             c20, c21, c22, c23, c30, c31, c32, c33 }; \
+    add_4x4(c, ldc, alpha, acc_); }
+
 static void add_4x4(float *c, int ldc, float alpha, const float *acc) {
     for (int i = 0; i < 4; i++, c += ldc, acc += 4) {
         c[0] += alpha * acc[0];
@@ -159,19 +180,19 @@ MT_BLOCK void nt_4x4(int k, const float *a, int lda, const float *b, int ldb, fl
 #else
     const float *a0 = a, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
     const float *b0 = b, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-    float c00 = 0.0f, c01 = 0.0f, c02 = 0.0f, c03 = 0.0f, c10 = 0.0f, c11 = 0.0f, c12 = 0.0f, c13 = 0.0f;
-    float c20 = 0.0f, c21 = 0.0f, c22 = 0.0f, c23 = 0.0f, c30 = 0.0f, c31 = 0.0f, c32 = 0.0f, c33 = 0.0f;
-    for (const float *a0_end = a0 + k; a0 != a0_end;) {
-        float x0 = *a0++, x1 = *a1++, x2 = *a2++, x3 = *a3++;
-        float y0 = *b0++, y1 = *b1++, y2 = *b2++, y3 = *b3++;
-        c00 += x0 * y0; c01 += x0 * y1; c02 += x0 * y2; c03 += x0 * y3;
-        c10 += x1 * y0; c11 += x1 * y1; c12 += x1 * y2; c13 += x1 * y3;
-        c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3;
-        c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3;
+    MT_C_SUMS4X4;
+#define MT_NT_K(t) MT_C_OUTER16(a0[t], a1[t], a2[t], a3[t], b0[t], b1[t], b2[t], b3[t])
+    int kk = 0;
+    for (; kk + 4 <= k; kk += 4) {
+        MT_NT_K(0) MT_NT_K(1) MT_NT_K(2) MT_NT_K(3)
+        a0 += 4; a1 += 4; a2 += 4; a3 += 4; b0 += 4; b1 += 4; b2 += 4; b3 += 4;
     }
-    const float acc[16] = { c00, c01, c02, c03, c10, c11, c12, c13,
-                            c20, c21, c22, c23, c30, c31, c32, c33 };
-    add_4x4(c, ldc, alpha, acc);
+    for (; kk < k; kk++) {
+        MT_NT_K(0)
+        a0++; a1++; a2++; a3++; b0++; b1++; b2++; b3++;
+    }
+#undef MT_NT_K
+    MT_C_ADD4X4(c, ldc, alpha)
 #endif
 }
 
@@ -212,19 +233,21 @@ MT_BLOCK void nn_4x4(int k, const float *a, int lda, const float *b, int ldb, fl
 #undef MT_NN_STEP1
 #undef MT_NN_B_ROW
 #else
-    float c00 = 0.0f, c01 = 0.0f, c02 = 0.0f, c03 = 0.0f, c10 = 0.0f, c11 = 0.0f, c12 = 0.0f, c13 = 0.0f;
-    float c20 = 0.0f, c21 = 0.0f, c22 = 0.0f, c23 = 0.0f, c30 = 0.0f, c31 = 0.0f, c32 = 0.0f, c33 = 0.0f;
-    for (const float *a0_end = a0 + k; a0 != a0_end; b += ldb) {
-        float x0 = *a0++, x1 = *a1++, x2 = *a2++, x3 = *a3++;
-        float y0 = b[0], y1 = b[1], y2 = b[2], y3 = b[3];
-        c00 += x0 * y0; c01 += x0 * y1; c02 += x0 * y2; c03 += x0 * y3;
-        c10 += x1 * y0; c11 += x1 * y1; c12 += x1 * y2; c13 += x1 * y3;
-        c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3;
-        c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3;
+    MT_C_SUMS4X4;
+    // Rows kk .. kk + 3 of B at b, b1, b2, b3.
+#define MT_NN_K(t, row) MT_C_OUTER16(a0[t], a1[t], a2[t], a3[t], row[0], row[1], row[2], row[3])
+    int kk = 0;
+    for (; kk + 4 <= k; kk += 4) {
+        const float *b1 = b + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+        MT_NN_K(0, b) MT_NN_K(1, b1) MT_NN_K(2, b2) MT_NN_K(3, b3)
+        a0 += 4; a1 += 4; a2 += 4; a3 += 4; b = b3 + ldb;
     }
-    const float acc[16] = { c00, c01, c02, c03, c10, c11, c12, c13,
-                            c20, c21, c22, c23, c30, c31, c32, c33 };
-    add_4x4(c, ldc, alpha, acc);
+    for (; kk < k; kk++) {
+        MT_NN_K(0, b)
+        a0++; a1++; a2++; a3++; b += ldb;
+    }
+#undef MT_NN_K
+    MT_C_ADD4X4(c, ldc, alpha)
 #endif
 }
 
@@ -328,19 +351,22 @@ MT_BLOCK void tn_4x4(int k, const float *a, int lda, const float *b, int ldb, fl
         : [lda] "r" (lda * 4), [ldb] "r" (ldb * 4), MT_UPDATE_4X4_OPERANDS
         : MT_CLOBBER_S0_15, MT_CLOBBER_S16_31, "cc", "memory");
 #else
-    float c00 = 0.0f, c01 = 0.0f, c02 = 0.0f, c03 = 0.0f, c10 = 0.0f, c11 = 0.0f, c12 = 0.0f, c13 = 0.0f;
-    float c20 = 0.0f, c21 = 0.0f, c22 = 0.0f, c23 = 0.0f, c30 = 0.0f, c31 = 0.0f, c32 = 0.0f, c33 = 0.0f;
-    for (int kk = 0; kk < k; kk++, a += lda, b += ldb) {
-        float x0 = a[0], x1 = a[1], x2 = a[2], x3 = a[3];
-        float y0 = b[0], y1 = b[1], y2 = b[2], y3 = b[3];
-        c00 += x0 * y0; c01 += x0 * y1; c02 += x0 * y2; c03 += x0 * y3;
-        c10 += x1 * y0; c11 += x1 * y1; c12 += x1 * y2; c13 += x1 * y3;
-        c20 += x2 * y0; c21 += x2 * y1; c22 += x2 * y2; c23 += x2 * y3;
-        c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3;
+    MT_C_SUMS4X4;
+    // Rows kk .. kk + 3 of A and of B.
+#define MT_TN_K(ra, rb) MT_C_OUTER16(ra[0], ra[1], ra[2], ra[3], rb[0], rb[1], rb[2], rb[3])
+    int kk = 0;
+    for (; kk + 4 <= k; kk += 4) {
+        const float *a1 = a + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+        const float *b1 = b + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+        MT_TN_K(a, b) MT_TN_K(a1, b1) MT_TN_K(a2, b2) MT_TN_K(a3, b3)
+        a = a3 + lda; b = b3 + ldb;
     }
-    const float acc[16] = { c00, c01, c02, c03, c10, c11, c12, c13,
-                            c20, c21, c22, c23, c30, c31, c32, c33 };
-    add_4x4(c, ldc, alpha, acc);
+    for (; kk < k; kk++) {
+        MT_TN_K(a, b)
+        a += lda; b += ldb;
+    }
+#undef MT_TN_K
+    MT_C_ADD4X4(c, ldc, alpha)
 #endif
 }
 
