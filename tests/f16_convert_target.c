@@ -1,7 +1,8 @@
 // Bare-metal check of the binary16 conversions (kernels/half.c) on the emulated boards,
-// run by tests/test_kernels_f16.py: on the Cortex-M4F the VCVTB/VCVTT path is compared bit
-// for bit with the portable one (built from the same half.c as portable_*), and on both
-// boards hashes of the results go back to the host, which recomputes them with numpy.
+// run by tests/test_kernels_f16.py: on the Cortex-M4F the VCVTB/VCVTT path and on rv32 with
+// Zfh the FCVT path are compared bit for bit with the portable one (built from the same
+// half.c as portable_*), and on every board hashes of the results go back to the host,
+// which recomputes them with numpy.
 // No C library: a vector table or _start, semihosting for output and exit.
 #include <stddef.h>
 #include <stdint.h>
@@ -169,7 +170,7 @@ int main(void) {
     }
     portable_f16_add_scaled(halves_ref, floats, -0.375f, 65536, NULL);
     diff += count_diff_u16(halves, halves_ref, 65536);
-    put_hex("hw", MT_F16_HW);
+    put_hex("hw", MT_F16_HW || MT_F16_ZFH);
     put_hex("mismatches", diff);
     put("done\n");
     semihost(0x18, 0x20026);   // SYS_EXIT, ADP_Stopped_ApplicationExit
@@ -201,6 +202,11 @@ __attribute__((section(".isr_vector"), used)) const vector_t vectors[16] = {
 };
 #else
 __attribute__((naked, noreturn, section(".text.start"))) void _start(void) {
-    __asm volatile ("la sp, stack_top\n" "call main\n");
+    __asm volatile (
+        "la sp, stack_top\n"
+#ifdef __riscv_flen
+        "li t0, 0x2000\n" "csrs mstatus, t0\n"   // mstatus.FS = Initial: the FPU on
+#endif
+        "call main\n");
 }
 #endif

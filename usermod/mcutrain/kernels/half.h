@@ -14,8 +14,12 @@
 // inline asm and needs no -mfp16-format flag (without the flag GCC only lacks the __fp16
 // type; the instructions are always available). It assumes the FPSCR as at reset: AHP = 0
 // (IEEE format, not ARM's alternative one) and DN = 0 (NaN payloads kept), round to nearest.
-// The portable bit-manipulation path, used on the host and RV32, computes the same bits with
-// integer operations only (no soft-float calls on cores without an FPU).
+// RISC-V cores with Zfh (qemu-rv32f) convert with FCVT.S.H / FCVT.H.S (inline asm: GCC 12 has
+// no _Float16 there), rounding as frm says (round to nearest even at reset). RISC-V returns
+// the canonical NaN from every conversion, dropping sign and payload, so NaNs take the
+// portable path there. The portable bit-manipulation path, used on the host and RV32,
+// computes the same bits with integer operations only (no soft-float calls on cores without
+// an FPU).
 #ifndef MCUTRAIN_KERNELS_HALF_H
 #define MCUTRAIN_KERNELS_HALF_H
 
@@ -27,6 +31,12 @@
 #define MT_F16_HW 1
 #else
 #define MT_F16_HW 0
+#endif
+
+#if defined(__riscv_zfh) && defined(__riscv_flen) && !defined(MCUTRAIN_PORTABLE_KERNELS)
+#define MT_F16_ZFH 1
+#else
+#define MT_F16_ZFH 0
 #endif
 
 #define MT_F16_ZERO ((uint16_t)0x0000u)
@@ -52,13 +62,8 @@ static inline float mt_f32_from_bits(uint32_t u) {
     return p.f;
 }
 
-// Exact widening of a half to a float.
-static inline float mt_f16_to_f32(uint16_t h) {
-#if MT_F16_HW
-    float f;
-    __asm__ ("vmov %0, %1\n\t" "vcvtb.f32.f16 %0, %0" : "=t" (f) : "r" ((uint32_t)h));
-    return f;
-#else
+// Exact widening of a half to a float, with integer operations only.
+static inline float mt_f16_to_f32_portable(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t em = h & 0x7fffu;
     uint32_t bits;
@@ -81,18 +86,28 @@ static inline float mt_f16_to_f32(uint16_t h) {
         bits = 0;
     }
     return mt_f32_from_bits(sign | bits);
+}
+
+// Exact widening of a half to a float.
+static inline float mt_f16_to_f32(uint16_t h) {
+#if MT_F16_HW
+    float f;
+    __asm__ ("vmov %0, %1\n\t" "vcvtb.f32.f16 %0, %0" : "=t" (f) : "r" ((uint32_t)h));
+    return f;
+#elif MT_F16_ZFH
+    if ((h & 0x7fffu) > 0x7c00u) {
+        return mt_f16_to_f32_portable(h);   // NaN: keep its sign and payload
+    }
+    float f;
+    __asm__ ("fmv.h.x %0, %1\n\t" "fcvt.s.h %0, %0" : "=f" (f) : "r" ((uint32_t)h));
+    return f;
+#else
+    return mt_f16_to_f32_portable(h);
 #endif
 }
 
-// Nearest half to f, ties to even.
-static inline uint16_t mt_f32_to_f16(float f) {
-#if MT_F16_HW
-    uint32_t r;
-    float t;
-    // vcvtb writes the bottom 16 bits of t only; the cast drops the rest.
-    __asm__ ("vcvtb.f16.f32 %1, %2\n\t" "vmov %0, %1" : "=r" (r), "=&t" (t) : "t" (f));
-    return (uint16_t)r;
-#else
+// Nearest half to f, ties to even, with integer operations only.
+static inline uint16_t mt_f32_to_f16_portable(float f) {
     const uint32_t x = mt_f32_bits(f);
     const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
     if (ax >= 0x38800000u && ax < 0x477ff000u) {
@@ -116,6 +131,27 @@ static inline uint16_t mt_f32_to_f16(float f) {
     const uint32_t m = (ax & 0x7fffffu) | 0x800000u;
     const uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
     return (uint16_t)(sign | (q + (rem > halfway || (rem == halfway && (q & 1u)))));
+}
+
+// Nearest half to f, ties to even.
+static inline uint16_t mt_f32_to_f16(float f) {
+#if MT_F16_HW
+    uint32_t r;
+    float t;
+    // vcvtb writes the bottom 16 bits of t only; the cast drops the rest.
+    __asm__ ("vcvtb.f16.f32 %1, %2\n\t" "vmov %0, %1" : "=r" (r), "=&t" (t) : "t" (f));
+    return (uint16_t)r;
+#elif MT_F16_ZFH
+    if (f != f) {
+        return mt_f32_to_f16_portable(f);   // NaN: keep its sign and payload
+    }
+    uint32_t r;
+    float t;
+    // fmv.x.h sign-extends the half's bits; the cast drops the copies of the sign.
+    __asm__ ("fcvt.h.s %1, %2, rne\n\t" "fmv.x.h %0, %1" : "=r" (r), "=&f" (t) : "f" (f));
+    return (uint16_t)r;
+#else
+    return mt_f32_to_f16_portable(f);
 #endif
 }
 
