@@ -22,11 +22,14 @@ CFLAGS = [
 ]
 
 
-def build_kernels(out_dir: Path) -> ctypes.CDLL:
-    """Compile every kernels/*.c into one shared library in out_dir and load it."""
-    sources = sorted(str(p) for p in KERNEL_DIR.glob("*.c"))
+def build_kernels(out_dir: Path, defines: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """Compile every kernels/*.c (or the `only` ones, e.g. "gemm_f32") into one shared library
+    in out_dir and load it; `defines` (e.g. "MCUTRAIN_GEMM_WIDE") select paths a target other
+    than the host builds."""
+    sources = sorted(str(p) for p in KERNEL_DIR.glob("*.c") if not only or p.stem in only)
     lib = out_dir / "libmtkernels.so"
-    subprocess.run(["gcc", *CFLAGS, "-I", str(KERNEL_DIR), "-o", str(lib), *sources, "-lm"],
+    flags = [f"-D{d}" for d in defines]
+    subprocess.run(["gcc", *CFLAGS, *flags, "-I", str(KERNEL_DIR), "-o", str(lib), *sources, "-lm"],
                    check=True, capture_output=True, text=True)
     return ctypes.CDLL(str(lib))
 

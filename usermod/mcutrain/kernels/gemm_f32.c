@@ -71,7 +71,13 @@
 #else
 #define MT_GEMM_ASM 0
 #define MT_BLOCK static
+#if (defined(__riscv_flen) || defined(MCUTRAIN_GEMM_WIDE)) && !defined(MCUTRAIN_PORTABLE_KERNELS)
+// Panels of 4x6 blocks (gemm_f32_wide.h, inlined) are built without the first scheduling
+// pass: its reordering of a loop turn's loads made GCC 12 spill 12 of the 24 sums (3 without).
+#define MT_PANEL static __attribute__((noinline, optimize("no-schedule-insns")))
+#else
 #define MT_PANEL static
+#endif
 #define TN_RANK1_MAX_K 2
 #endif
 
@@ -105,6 +111,15 @@ static void add_4x4(float *c, int ldc, float alpha, const float *acc) {
         c[3] += alpha * acc[3];
     }
 }
+
+// Cores with 32 FP registers take most of a panel in 4x6 blocks (gemm_f32_wide.h).
+#if (defined(__riscv_flen) || defined(MCUTRAIN_GEMM_WIDE)) && !defined(MCUTRAIN_PORTABLE_KERNELS)
+#define MT_GEMM_WIDE 1
+#include "gemm_f32_wide.h"
+#endif
+#endif
+#ifndef MT_GEMM_WIDE
+#define MT_GEMM_WIDE 0
 #endif
 
 #if MT_GEMM_ASM
@@ -552,7 +567,13 @@ MT_PANEL void ger_4(int n, const float *s, const float *x, float *c, int ldc) {
 
 MT_PANEL void nt_panel_4(int n4, int k, const float *a, int lda, const float *b, int ldb,
     float alpha, float *c, int ldc) {
-    for (int j = 0; j < n4; j += 4) {
+    int j = 0;
+#if MT_GEMM_WIDE
+    for (; j < wide_cols(n4); j += 6) {
+        nt_4x6(k, a, lda, b + j * ldb, ldb, alpha, c + j, ldc);
+    }
+#endif
+    for (; j < n4; j += 4) {
         nt_4x4(k, a, lda, b + j * ldb, ldb, alpha, c + j, ldc);
     }
 }
@@ -565,6 +586,10 @@ MT_PANEL void nn_panel_4(int n4, int k, const float *a, int lda, const float *b,
         nn_2x8(k, a, lda, b + j, ldb, alpha, c + j, ldc);
         nn_2x8(k, a + 2 * lda, lda, b + j, ldb, alpha, c + 2 * ldc + j, ldc);
     }
+#elif MT_GEMM_WIDE
+    for (; j < wide_cols(n4); j += 6) {
+        nn_4x6(k, a, lda, b + j, ldb, alpha, c + j, ldc);
+    }
 #endif
     for (; j < n4; j += 4) {
         nn_4x4(k, a, lda, b + j, ldb, alpha, c + j, ldc);
@@ -573,7 +598,13 @@ MT_PANEL void nn_panel_4(int n4, int k, const float *a, int lda, const float *b,
 
 MT_PANEL void tn_panel_4(int n4, int k, const float *a, int lda, const float *b, int ldb,
     float alpha, float *c, int ldc) {
-    for (int j = 0; j < n4; j += 4) {
+    int j = 0;
+#if MT_GEMM_WIDE
+    for (; j < wide_cols(n4); j += 6) {
+        tn_4x6(k, a, lda, b + j, ldb, alpha, c + j, ldc);
+    }
+#endif
+    for (; j < n4; j += 4) {
         tn_4x4(k, a, lda, b + j, ldb, alpha, c + j, ldc);
     }
 }
