@@ -432,10 +432,20 @@ MT_BLOCK void nt_1x4(int k, const float *a, const float *b, int ldb, float alpha
 #undef MT_DOT8
 #else
     float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
-    for (const float *a_end = a + k; a != a_end;) {
-        float x = *a++;
-        c0 += x * *b0++; c1 += x * *b1++; c2 += x * *b2++; c3 += x * *b3++;
+    // Four k per loop turn at constant offsets (see MT_C_SUMS4X4).
+#define MT_DOT4_K(t) { \
+        const float x = a[t]; \
+        c0 += x * b0[t]; c1 += x * b1[t]; c2 += x * b2[t]; c3 += x * b3[t]; }
+    int kk = 0;
+    for (; kk + 4 <= k; kk += 4) {
+        MT_DOT4_K(0) MT_DOT4_K(1) MT_DOT4_K(2) MT_DOT4_K(3)
+        a += 4; b0 += 4; b1 += 4; b2 += 4; b3 += 4;
     }
+    for (; kk < k; kk++) {
+        MT_DOT4_K(0)
+        a++; b0++; b1++; b2++; b3++;
+    }
+#undef MT_DOT4_K
     c[0] += alpha * c0;
     c[1] += alpha * c1;
     c[2] += alpha * c2;
@@ -447,10 +457,22 @@ MT_BLOCK void nt_1x4(int k, const float *a, const float *b, int ldb, float alpha
 static void xn_1x4(int k, const float *a, int a_step, const float *b, int ldb, float alpha,
     float *c) {
     float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
-    for (int kk = 0; kk < k; kk++, a += a_step, b += ldb) {
-        float x = *a;
-        c0 += x * b[0]; c1 += x * b[1]; c2 += x * b[2]; c3 += x * b[3];
+#define MT_XN_K(x, r) { \
+        const float x_ = (x); \
+        c0 += x_ * r[0]; c1 += x_ * r[1]; c2 += x_ * r[2]; c3 += x_ * r[3]; }
+    int kk = 0;
+    if (a_step == 1) {
+        // Four k per loop turn at constant offsets (see MT_C_SUMS4X4).
+        for (; kk + 4 <= k; kk += 4) {
+            const float *b1 = b + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+            MT_XN_K(a[0], b) MT_XN_K(a[1], b1) MT_XN_K(a[2], b2) MT_XN_K(a[3], b3)
+            a += 4; b = b3 + ldb;
+        }
     }
+    for (; kk < k; kk++, a += a_step, b += ldb) {
+        MT_XN_K(*a, b)
+    }
+#undef MT_XN_K
     c[0] += alpha * c0;
     c[1] += alpha * c1;
     c[2] += alpha * c2;
@@ -508,8 +530,12 @@ MT_BLOCK void nn_1x8(int k, const float *a, const float *b, int ldb, float alpha
 
 // y[j] += s * x[j] for j < n.
 static void axpy(int n, float s, const float *x, float *y) {
-    for (int j = 0; j < n; j++) {
-        y[j] += s * x[j];
+    int j = 0;
+    for (; j + 4 <= n; j += 4, x += 4, y += 4) {
+        y[0] += s * x[0]; y[1] += s * x[1]; y[2] += s * x[2]; y[3] += s * x[3];
+    }
+    for (; j < n; j++) {
+        *y++ += s * *x++;
     }
 }
 
@@ -552,13 +578,18 @@ MT_PANEL void ger_4(int n, const float *s, const float *x, float *c, int ldc) {
 #undef MT_ROW_UPDATE8
 #undef MT_ROW_UPDATE1
 #else
-    for (int j = 0; j < n; j++) {
-        const float v = x[j];
-        c0[j] += s0 * v;
-        c1[j] += s1 * v;
-        c2[j] += s2 * v;
-        c3[j] += s3 * v;
+    // Four columns per loop turn at constant offsets (see MT_C_SUMS4X4).
+#define MT_GER_COL(t) { \
+        const float v = x[t]; \
+        c0[t] += s0 * v; c1[t] += s1 * v; c2[t] += s2 * v; c3[t] += s3 * v; }
+    int j = 0;
+    for (; j + 4 <= n; j += 4, x += 4, c0 += 4, c1 += 4, c2 += 4, c3 += 4) {
+        MT_GER_COL(0) MT_GER_COL(1) MT_GER_COL(2) MT_GER_COL(3)
     }
+    for (; j < n; j++, x++, c0++, c1++, c2++, c3++) {
+        MT_GER_COL(0)
+    }
+#undef MT_GER_COL
 #endif
 }
 
