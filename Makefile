@@ -122,8 +122,8 @@ fuzz: setup firmware firmware-unix-san
 	rm -rf $(BUILD)/fuzz && mkdir -p $(BUILD)/fuzz
 	status=0; \
 	$(VENV)/bin/python tests/fuzz/api.py --calls 50000 --board-calls 5000 \
-		--targets unix-san,qemu-m4f,qemu-rv32 --seed $(FUZZ_SEED) || status=1; \
-	$(VENV)/bin/python tests/fuzz/files.py --mutants 5000 --targets unix-san,qemu-m4f,qemu-rv32 \
+		--targets unix-san,qemu-m4f,qemu-rv32,qemu-rv32f --seed $(FUZZ_SEED) || status=1; \
+	$(VENV)/bin/python tests/fuzz/files.py --mutants 5000 --targets unix-san,qemu-m4f,qemu-rv32,qemu-rv32f \
 		--seed $(FUZZ_SEED) || status=1; \
 	$(VENV)/bin/python tests/fuzz/power_loss.py --kills 20 || status=1; \
 	$(VENV)/bin/python tests/fuzz/summary.py --check || status=1; \

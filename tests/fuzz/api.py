@@ -453,7 +453,8 @@ def failure_record(f: Failure) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=5000, help="calls per target")
-    p.add_argument("--targets", default="unix-san", help="comma-separated: unix, unix-san, qemu-m4f, qemu-rv32")
+    p.add_argument("--targets", default="unix-san",
+                   help="comma-separated: unix, unix-san, qemu-m4f, qemu-rv32, qemu-rv32f")
     p.add_argument("--board-calls", type=int, default=None, help="calls per emulated board (default --calls)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--chunk", type=int, default=0, help="calls per process/soft reset (default per target)")

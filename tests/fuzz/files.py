@@ -556,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mutants", type=int, default=1000)
     ap.add_argument("--targets", default="unix-san", help="comma-separated: unix-san, qemu-m4f, "
-                    "qemu-rv32 (the host reader always runs)")  # fmt: skip
+                    "qemu-rv32, qemu-rv32f (the host reader always runs)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "fuzz" / "files.json")
     args = ap.parse_args(argv)
