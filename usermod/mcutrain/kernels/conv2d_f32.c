@@ -123,8 +123,12 @@ static void zero_floats(float *dst, int n) {
         : [n] "r" (n)
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "cc", "memory");
 #else
-    for (int i = 0; i < n; i++) {
-        dst[i] = 0.0f;
+    int i = 0;
+    for (; i + 4 <= n; i += 4, dst += 4) {
+        dst[0] = 0.0f; dst[1] = 0.0f; dst[2] = 0.0f; dst[3] = 0.0f;
+    }
+    for (; i < n; i++) {
+        *dst++ = 0.0f;
     }
 #endif
 }
@@ -153,8 +157,13 @@ static void copy_floats(float *dst, const float *src, int n) {
         : [n] "r" (n)
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "cc", "memory");
 #else
-    for (int i = 0; i < n; i++) {
-        dst[i] = src[i];
+    int i = 0;
+    for (; i + 4 <= n; i += 4, dst += 4, src += 4) {
+        const float a = src[0], b = src[1], c = src[2], d = src[3];
+        dst[0] = a; dst[1] = b; dst[2] = c; dst[3] = d;
+    }
+    for (; i < n; i++) {
+        *dst++ = *src++;
     }
 #endif
 }
@@ -190,9 +199,7 @@ static void copy_rows(int rows, int len, const float *src, int src_stride, float
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "cc", "memory");
 #else
     for (int r = 0; r < rows; r++, src += src_stride, dst += dst_stride) {
-        for (int i = 0; i < len; i++) {
-            dst[i] = src[i];
-        }
+        copy_floats(dst, src, len);
     }
 #endif
 }
@@ -222,8 +229,12 @@ static void add_floats(float *dst, const float *src, int n) {
         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "s12",
           "s13", "s14", "s15", "cc", "memory");
 #else
-    for (int i = 0; i < n; i++) {
-        dst[i] += src[i];
+    int i = 0;
+    for (; i + 4 <= n; i += 4, dst += 4, src += 4) {
+        dst[0] += src[0]; dst[1] += src[1]; dst[2] += src[2]; dst[3] += src[3];
+    }
+    for (; i < n; i++) {
+        *dst++ += *src++;
     }
 #endif
 }
