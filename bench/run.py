@@ -92,6 +92,26 @@ def print_table(results: list[dict]) -> None:
                   f"{r['mac_per_instr']:>9.4f} {cycles}  {'; '.join(notes)}")
 
 
+# The README's "Which dtype on which core" table: whole-model and layer training steps.
+DTYPE_TABLE = [("KWS DS-CNN", "kws_dscnn_train_b1"), ("KWS DS-CNN, batch 4", "kws_dscnn_train_b4"),
+               ("digits CNN", "digits_cnn_train_b1"), ("MLP 256-128-10", "mlp_256_128_10_train_b1"),
+               ("`conv3x3_16x16x16_32_train`", "conv3x3_16x16x16_32_train"),
+               ("`dense_256_128_train`", "dense_256_128_train")]
+
+
+def dtype_table(results: list[dict]) -> str:
+    """Markdown: instructions per training step, per board and dtype (empty: not measured)."""
+    rows = {(r.get("target"), r.get("case"), r.get("dtype")): r["instructions"] for r in results
+            if "instructions" in r}
+    dtypes = ("float32", "float16", "int8")
+    head = ["step"] + [f"{b} {d}" for b in BOARDS for d in dtypes]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    for label, case in DTYPE_TABLE:
+        cells = [f"{rows[(b, case, d)]:,}" if (b, case, d) in rows else "" for b in BOARDS for d in dtypes]
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
@@ -99,7 +119,12 @@ def main() -> int:
                         help="default: every emulated board; with --board, the other boards' rows "
                              "already in --out are kept")
     parser.add_argument("--no-cycles", action="store_true", help="skip the cycle model on qemu-m4f")
+    parser.add_argument("--dtype-table", action="store_true",
+                        help="print the README's dtype-per-board table from --out and run nothing")
     args = parser.parse_args()
+    if args.dtype_table:
+        print(dtype_table(json.loads(args.out.read_text())), end="")
+        return 0
     results: list[dict] = []
     if args.board and args.out.exists():
         results = [r for r in json.loads(args.out.read_text()) if r.get("target") not in args.board]
