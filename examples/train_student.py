@@ -1,8 +1,9 @@
 # Train a student that `mcutrain design` chose for a board: from scratch with cross-entropy,
 # or from a host teacher's logits (stored in the .mtd by `push-dataset --teacher`) with
 # mt.distillation, with or without early halting (mt.SampleSkip per sample, mt.EarlyStop on
-# the validation accuracy: its trend over WINDOW epochs, or PATIENCE epochs without a new best). The weights kept are those of the best validation epoch (the
-# checkpoint), whichever way the run ends, so every variant is judged the same way.
+# the validation accuracy: its trend over WINDOW epochs, or PATIENCE epochs without a new
+# best). The weights kept are those of the best validation epoch (the checkpoint), whichever
+# way the run ends, so every variant is judged the same way.
 #
 #   mcutrain design --teacher teacher.pt --board nrf52840 --family dscnn -o student.mtm
 #   mcutrain push-dataset train.npz --teacher teacher.pt --save train.mtd   (and val, test)
