@@ -16,7 +16,11 @@ estimated cycles from the cycle model, the planner's RAM) and set beside the des
 predictions.
 
     python bench/students.py [--tasks kws fashion] [--budgets 64k 256k] [--seeds 1 2 3]
-                             [--jobs 2] [--data DIR] [--out bench/students.json] [--table]
+                             [--variants halt] [--jobs 2] [--data DIR] [--out bench/students.json]
+                             [--table]
+
+--variants reruns only those trainings; a cell's other runs are kept from its runs.json
+(the same data, students and seeds: all three are deterministic).
 
 Writes bench/students.json and bench/students.md (the README table). docs/students.md
 says what each number is.
@@ -55,7 +59,7 @@ BOARD = "qemu-m4f"
 VARIANTS = {
     "ce": {"LOSS": "'ce'", "HALT": "False"},
     "distill": {"LOSS": "'distill'", "HALT": "False"},
-    "halt": {"LOSS": "'distill'", "HALT": "True", "PATIENCE": "4", "MAX_SKIP": "0.3"},
+    "halt": {"LOSS": "'distill'", "HALT": "True", "PATIENCE": "None", "WINDOW": "5", "MAX_SKIP": "0.3"},
 }
 
 
@@ -256,7 +260,8 @@ def run_variant(target: Any, folder: Path, variant: str, seed: int, task: Task) 
     return result
 
 
-def run_cell(task: Task, prep: dict[str, Any], budget: Budget, seeds: list[int], data: Path) -> dict[str, Any]:
+def run_cell(task: Task, prep: dict[str, Any], budget: Budget, seeds: list[int], data: Path,
+             variants: list[str] | None = None) -> dict[str, Any]:
     profile = get_profile(budget.profile)
     design = design_student(prep["teacher"], budget.profile, task.family, ram=profile.heap - budget.script_reserve,
                             max_infer_ms=budget.max_infer_ms, max_step_ms=budget.max_step_ms,
@@ -271,13 +276,20 @@ def run_cell(task: Task, prep: dict[str, Any], budget: Budget, seeds: list[int],
     measured["infer_ms"] = 1000 * measured["infer_cycles"] / profile.clock_hz
     print(f"{task.name} {budget.name}: {chosen.arch.name}, predicted {predicted}, measured {measured}", flush=True)
     runs = []
+    if variants is not None:  # keep the other variants' runs of these seeds
+        kept = json.loads((folder / "runs.json").read_text())
+        runs = [r for r in kept if r["variant"] not in variants and r["seed"] in seeds]
+        missing = {(v, s) for v in VARIANTS for s in seeds if v not in variants} - \
+            {(r["variant"], r["seed"]) for r in runs}
+        if missing:
+            raise RuntimeError(f"{folder}/runs.json lacks {sorted(missing)}: run them too")
     with open_target(BOARD, heap=profile.heap, flash_size=8 * 1024 * 1024) as target:
         for name in ("train", "val", "test"):
             target.mpremote("fs", "cp", str(folder / f"{name}.mtd"), f":{name}.mtd", timeout=900)
         for seed in seeds:
             write_student(chosen, folder / "student.mtm", None, design.teacher, seed=seed, board=budget.profile)
             target.mpremote("fs", "cp", str(folder / "student.mtm"), ":student.mtm", timeout=300)
-            for variant in VARIANTS:
+            for variant in variants or VARIANTS:
                 r = run_variant(target, folder, variant, seed, task)
                 runs.append(r)
                 (folder / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")  # survives a later failure
@@ -294,6 +306,8 @@ def run_cell(task: Task, prep: dict[str, Any], budget: Budget, seeds: list[int],
     cell = {"task": task.name, "budget": budget.name, "profile": budget.profile, "heap": profile.heap,
             "limits": limits, "student": chosen.arch.name, "resize": chosen.resize, "predicted": predicted,
             "measured": measured, "fits": fits, "runs": runs, "mean": summarize(runs)}
+    runs.sort(key=lambda r: (seeds.index(r["seed"]), list(VARIANTS).index(r["variant"])))
+    (folder / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")
     (folder / "cell.json").write_text(json.dumps(cell, indent=1, default=str) + "\n")
     return cell
 
@@ -354,11 +368,12 @@ def task_info(task: Task, prep: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def cell_job(task_name: str, budget: str, seeds: list[int], data: Path) -> dict[str, Any]:
+def cell_job(task_name: str, budget: str, seeds: list[int], data: Path,
+             variants: list[str] | None = None) -> dict[str, Any]:
     """One (task, budget) cell in its own process (its own emulator and flash image)."""
     try:
         task = TASKS[task_name](data)
-        return run_cell(task, prepare_task(task, data), BUDGETS[budget], seeds, data)
+        return run_cell(task, prepare_task(task, data), BUDGETS[budget], seeds, data, variants)
     except Exception as e:  # as text: some exceptions (DeviceError) do not pickle back
         raise RuntimeError(f"{task_name} {budget}: {''.join(traceback.format_exception(e))}") from None
 
@@ -368,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     parser.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="rerun only these trainings (the others are kept from each cell's runs.json)")
     parser.add_argument("--jobs", type=int, default=2, help="cells run at once (one emulator each)")
     parser.add_argument("--data", type=Path, default=ROOT / "results" / "students-data",
                         help="data, teachers and students (kept: the teachers are reused)")
@@ -388,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     # spawn, not fork: a forked child of a process that ran PyTorch can hang in its thread pool
     failed = []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(cell_job, t, b, args.seeds, args.data) for t, b in jobs]
+        futures = [pool.submit(cell_job, t, b, args.seeds, args.data, args.variants) for t, b in jobs]
         done = []
         for f in futures:
             try:

@@ -1,8 +1,9 @@
 # Train a student that `mcutrain design` chose for a board: from scratch with cross-entropy,
 # or from a host teacher's logits (stored in the .mtd by `push-dataset --teacher`) with
 # mt.distillation, with or without early halting (mt.SampleSkip per sample, mt.EarlyStop on
-# the validation accuracy). The weights kept are those of the best validation epoch (the
-# checkpoint), whichever way the run ends, so every variant is judged the same way.
+# the validation accuracy: its trend over WINDOW epochs, or PATIENCE epochs without a new
+# best). The weights kept are those of the best validation epoch (the checkpoint), whichever
+# way the run ends, so every variant is judged the same way.
 #
 #   mcutrain design --teacher teacher.pt --board nrf52840 --family dscnn -o student.mtm
 #   mcutrain push-dataset train.npz --teacher teacher.pt --save train.mtd   (and val, test)
@@ -28,7 +29,9 @@ ALPHA = 0.3          # weight of the labels' cross-entropy
 SKIP_Q = 0.3         # skip a sample whose loss is below this running quantile
 SKIP_WARMUP = 200
 MAX_SKIP = 0.5
-PATIENCE = 2         # evaluations without a better MONITOR before stopping
+PATIENCE = None      # evaluations without a better MONITOR before stopping (None: no such rule)
+WINDOW = 5           # stop when the mean MONITOR of the last WINDOW evaluations is no better than
+                     # that of the WINDOW before (None: no such rule)
 MONITOR = "val_accuracy"  # or "val_loss": what the checkpoint keeps the best of, and EarlyStop watches
 SEED = 1
 TEST = True          # evaluate the best epoch's weights on test.mtd here; False: leave it to a
@@ -47,7 +50,8 @@ mt.seed(SEED)
 opt = mt.SGD(model, lr=LR)
 loss = mt.distillation(temperature=TEMPERATURE, alpha=ALPHA) if distill else mt.cross_entropy
 skip = mt.SampleSkip(q=SKIP_Q, warmup=SKIP_WARMUP, max_skip=MAX_SKIP) if HALT else None
-stop = mt.EarlyStop(patience=PATIENCE, mode="min" if MONITOR == "val_loss" else "max") if HALT else None
+stop = mt.EarlyStop(patience=PATIENCE, window=WINDOW, mode="min" if MONITOR == "val_loss" else "max") \
+    if HALT else None
 metrics = mt.Metrics(every=max(1, len(train) // 2), skip=skip, stop=stop, loss_kind=LOSS,
                      halt=HALT, train_samples=len(train))
 gc.collect()

@@ -232,6 +232,35 @@ print(s.reason, s.best, s.evaluations, s.update(0.1))
     ], out
 
 
+def test_early_stop_trend_window_stops_when_the_recent_mean_stops_rising(target):
+    out = run_on(target, """
+import mcutrain as mt
+def feed(stop, values):
+    for v in values:
+        if stop.update(v):
+            break
+    return stop.reason, stop.best_evaluation, stop.evaluations
+print(feed(mt.EarlyStop(patience=None, window=2), [0.5, 0.6, 0.7, 0.8, 0.6, 0.5, 0.9]))
+print(feed(mt.EarlyStop(patience=None, window=2), [0.5, 0.9, 0.7, 0.8, 0.85, 0.88, 0.5, 0.5]))
+print(feed(mt.EarlyStop(patience=2, window=2), [0.5, 0.9, 0.7, 0.8, 0.85, 0.88]))
+r = feed(mt.EarlyStop(patience=None, window=2, min_delta=0.1), [0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.9])
+print(r[0], r[2])  # best_evaluation left out: 0.6 against 0.5 + min_delta is a float tie
+print(feed(mt.EarlyStop(patience=None, window=1, mode='min'), [3.0, 2.0, 2.5, 1.0]))
+s = mt.EarlyStop(patience=None, window=1)
+feed(s, [1.0, 0.5])
+s.reset()
+print(s.reason, s.update(0.1), s.update(0.2), s.reason)
+""").splitlines()
+    assert out == [
+        "('trend', 4, 6)",      # the last two's mean (0.6+0.5)/2 is below the two before's (0.7+0.8)/2
+        "('trend', 2, 7)",      # an early lucky 0.9 does not stop a rising run; the fall at 0.5 does
+        "('patience', 2, 4)",   # patience, on the same values, stops two evaluations after the 0.9
+        "trend 6",              # 0.8, 0.8 beat 0.7, 0.8 by 0.05 on average: not more than min_delta
+        "('trend', 2, 3)",      # mode 'min': 2.5 after 2.0 is no fall
+        "None False False None",  # reset() forgets the earlier evaluations; 0.2 after 0.1 rises
+    ], out
+
+
 def test_early_stop_budgets(target):
     out = run_on(target, """
 import mcutrain as mt, time
@@ -261,6 +290,7 @@ def test_bad_halting_arguments_raise_clear_errors(target):
         ("mt.SampleSkip(warmup=-1)", "ValueError", "warmup must be >= 0"),
         ("mt.EarlyStop(mode='best')", "ValueError", "mode must be 'max' or 'min'"),
         ("mt.EarlyStop(patience=0)", "ValueError", "patience must be >= 1"),
+        ("mt.EarlyStop(window=0)", "ValueError", "window must be >= 1"),
         ("mt.EarlyStop(min_delta=-1)", "ValueError", "min_delta must be >= 0"),
         ("m.train_step(x, 0, mt.cross_entropy, opt, skip_below='low')", "TypeError", "float"),
     ], ["import mcutrain as mt", "m = mt.Sequential(mt.Linear(2, 2))", "opt = mt.SGD(m, lr=0.1)",

@@ -74,7 +74,7 @@ def test_train_student_runs_each_variant_on_unix(tiny, variant: str) -> None:
     task, _, chosen, d = tiny
     settings = {**students.VARIANTS[variant], "MODEL": repr(str(d / "student.mtm")), "DATA": repr(str(d)),
                 "CHECKPOINT": repr(str(d / f"best_{variant}.mtm")), "EPOCHS": "3", "SKIP_WARMUP": "10",
-                "PATIENCE": "1"}
+                "PATIENCE": "1", "WINDOW": "1"}
     script = d / f"train_{variant}.py"
     script.write_text(script_with(settings, students.SCRIPT))
     with open_target("unix") as target:

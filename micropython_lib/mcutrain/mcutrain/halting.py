@@ -2,8 +2,10 @@
 # available to us: this rule is our own design, documented in docs/device-api.md).
 #   per sample: SampleSkip skips the backward pass of a sample whose loss is already below
 #               a running quantile of the recent losses (the forward and loss still run);
-#   per run:    EarlyStop ends a run when a held-out metric stops improving or a budget
-#               (mt.perf_counter() units, or seconds) is spent, and says why.
+#   per run:    EarlyStop ends a run when a held-out metric stops improving (no new best
+#               for `patience` evaluations, or the mean of the last `window` evaluations no
+#               better than the mean of the `window` before) or a budget (mt.perf_counter()
+#               units, or seconds) is spent, and says why.
 import math
 import time
 
@@ -99,12 +101,12 @@ class SampleSkip:
         return {"skipped": self.skipped, "skip_fraction": self.fraction}
 
 
-STOP_REASONS = ("patience", "budget", "time")
+STOP_REASONS = ("patience", "trend", "budget", "time")
 
 
 class EarlyStop:
     """Per-run early halting: stop when a held-out metric has not improved for `patience`
-    evaluations, or when a budget is spent.
+    evaluations, or its trend over a `window` has flattened, or when a budget is spent.
 
         stop = mt.EarlyStop(patience=3, mode="max", budget=50_000_000)
         for epoch in range(EPOCHS):
@@ -114,24 +116,31 @@ class EarlyStop:
                     break
             if stop.spent() or stop.update(val_accuracy):
                 break
-        print(stop.reason)                # "patience", "budget", "time" or None
+        print(stop.reason)                # "patience", "trend", "budget", "time" or None
 
     mode "max" (accuracy) or "min" (loss); an evaluation improves on the best by more than
-    min_delta, or counts towards patience (None: never stop on the metric). budget is in
+    min_delta, or counts towards patience (None: never stop on the metric). window: once
+    2*window evaluations are in, stop ("trend") when the mean of the last `window` is not
+    better than the mean of the `window` before by more than min_delta (None: no trend
+    rule). A trend is steadier than a best value on a noisy metric: one lucky evaluation
+    early in a run resets no counter. budget is in
     mt.perf_counter() units (instructions on the emulated boards, ns on unix) and seconds
     in wall time, both counted from when the EarlyStop is made (or from reset()).
     spent() reads mt.perf_counter(), an int that outgrows a small int on 32-bit boards
     after about 2**30 counts: it allocates a little there, so check every few steps.
     """
 
-    def __init__(self, patience=3, min_delta=0.0, mode="max", budget=None, seconds=None):
+    def __init__(self, patience=3, min_delta=0.0, mode="max", budget=None, seconds=None, window=None):
         if mode not in ("max", "min"):
             raise ValueError("mode must be 'max' or 'min'")
         if patience is not None and patience < 1:
             raise ValueError("patience must be >= 1 (or None)")
+        if window is not None and window < 1:
+            raise ValueError("window must be >= 1 (or None)")
         if min_delta < 0:
             raise ValueError("min_delta must be >= 0")
         self.patience = patience
+        self.window = window
         self.min_delta = min_delta
         self.mode = mode
         self.budget = budget
@@ -147,6 +156,7 @@ class EarlyStop:
         self.evaluations = 0
         self.since_best = 0
         self.reason = None
+        self._recent = []  # the last 2*window evaluations, oldest first
         self._perf = perf_counter
         self._perf0 = perf_counter()
         self._t0 = time.ticks_ms()
@@ -164,6 +174,16 @@ class EarlyStop:
             self.since_best += 1
             if self.reason is None and self.patience is not None and self.since_best >= self.patience:
                 self.reason = "patience"
+        w = self.window
+        if w is not None:
+            recent = self._recent
+            recent.append(metric)
+            if len(recent) > 2 * w:
+                recent.pop(0)
+            if self.reason is None and len(recent) == 2 * w:
+                gain = (sum(recent[w:]) - sum(recent[:w])) / w
+                if (gain if self.mode == "max" else -gain) <= self.min_delta:
+                    self.reason = "trend"
         return self.spent()
 
     def spent(self):
