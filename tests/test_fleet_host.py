@@ -159,3 +159,13 @@ def test_fedavgm_applies_the_averaged_update_in_full_with_the_configured_server_
     assert strategy.min_available_nodes == 4
     args = build_parser().parse_args(["fleet", "--strategy", "fedavgm", "--server-momentum", "0.5"])
     assert args.strategy == "fedavgm" and args.server_momentum == 0.5
+
+
+def test_each_board_shuffles_with_its_own_seed_fixed_by_its_name():
+    from mcutrain.fleet.board_round import LocalSettings
+
+    run = LocalSettings.from_run_config({"seed": 1})
+    seeds = [run.for_board(f"board-{i}").seed for i in range(1, 9)]
+    assert len(set(seeds)) == 8  # shares dealt in the same class order must not be shuffled alike
+    assert run.for_board("board-3").seed == LocalSettings.from_run_config({"seed": 1}).for_board("board-3").seed
+    assert run.for_board("board-3").lr == run.lr and run.seed == 1
