@@ -155,7 +155,7 @@ demo: setup firmware-$(DEMO_BOARD)
 	$(VENV)/bin/python -m mcutrain.demo --board $(DEMO_BOARD)
 
 # Federated keyword spotting (docs/fleet.md): 4 emulated M4F boards, each with its own
-# SYNTHETIC voices, 10 rounds of Flower's FedAvg, against one board alone and centralized
+# SYNTHETIC voices, 10 rounds of Flower's FedAvgM, against one board alone and centralized
 # training; results/fleet-kws/ (comparison.csv, fleet_kws.png, summary.json).
 fleet-demo: setup firmware-qemu-m4f
 	$(VENV)/bin/python -m mcutrain.fleet.demo --out results/fleet-kws

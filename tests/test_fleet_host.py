@@ -146,3 +146,26 @@ def test_fresh_dscnn_is_he_initialized_for_plain_sgd():
     w = spec.tensors["4.weight"]  # a pointwise conv, fan-in 32: He-uniform bound sqrt(6 / 32)
     assert 0.9 * np.sqrt(6 / 32) < np.abs(w).max() <= np.sqrt(6 / 32)
     assert not np.any(spec.tensors["4.bias"])
+
+
+def test_fedavgm_applies_the_averaged_update_in_full_with_the_configured_server_momentum(tmp_path):
+    pytest.importorskip("flwr")
+    from flwr.serverapp.strategy import FedAvgM
+    from mcutrain.fleet.strategies import make_strategy
+
+    strategy = make_strategy("fedavgm", RoundLog(tmp_path, {}, echo=False), {"server-momentum": 0.7, "min-nodes": 4})
+    assert isinstance(strategy, FedAvgM)
+    assert strategy.server_learning_rate == 1.0 and strategy.server_momentum == 0.7
+    assert strategy.min_available_nodes == 4
+    args = build_parser().parse_args(["fleet", "--strategy", "fedavgm", "--server-momentum", "0.5"])
+    assert args.strategy == "fedavgm" and args.server_momentum == 0.5
+
+
+def test_each_board_shuffles_with_its_own_seed_fixed_by_its_name():
+    from mcutrain.fleet.board_round import LocalSettings
+
+    run = LocalSettings.from_run_config({"seed": 1})
+    seeds = [run.for_board(f"board-{i}").seed for i in range(1, 9)]
+    assert len(set(seeds)) == 8  # shares dealt in the same class order must not be shuffled alike
+    assert run.for_board("board-3").seed == LocalSettings.from_run_config({"seed": 1}).for_board("board-3").seed
+    assert run.for_board("board-3").lr == run.lr and run.seed == 1

@@ -488,7 +488,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         boards=args.boards, rounds=args.rounds, board=args.board, devices=args.device or (),
         strategy=args.strategy, dtype=args.dtype, update=args.update, epochs=args.epochs,
         steps=args.steps, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay, momentum=args.momentum,
-        server_lr=args.server_lr, fraction_evaluate=0.0 if args.no_board_eval else 1.0, data=args.data,
+        server_lr=args.server_lr, server_momentum=args.server_momentum,
+        fraction_evaluate=0.0 if args.no_board_eval else 1.0, data=args.data,
         model=args.model, split=args.split, samples=args.samples, classes_per_board=args.classes_per_board,
         voices_per_board=args.voices_per_board, samples_per_class=args.samples_per_class,
         seed=args.seed, faults=args.kill, heap=args.heap,
@@ -733,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--board", default="qemu-m4f", choices=EMULATED_BOARDS, help="the emulated board")
     fleet.add_argument("--device", action="append", metavar="PORT",
                        help="a real board's serial port (repeat for each; replaces --boards)")
-    fleet.add_argument("--strategy", default="fedavg", choices=("fedavg", "fedadam"))
+    fleet.add_argument("--strategy", default="fedavg", choices=("fedavg", "fedavgm", "fedadam"))
     fleet.add_argument("--dtype", default="float32", choices=("float32", "int8", "mixed"),
                        help="precision the boards train in (the global model stays float32)")
     fleet.add_argument("--update", default="full", metavar="POLICY",
@@ -745,6 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--lr-decay", type=float, default=1.0, help="the rate's factor per round (default 1)")
     fleet.add_argument("--momentum", type=float, default=0.9, help="float32 boards' momentum (default 0.9)")
     fleet.add_argument("--server-lr", type=float, default=0.01, help="FedAdam's server step (default 0.01)")
+    fleet.add_argument("--server-momentum", type=float, default=0.9,
+                       help="FedAvgM's server momentum (default 0.9)")
     fleet.add_argument("--no-board-eval", action="store_true",
                        help="skip the boards' evaluation each round (the host still evaluates centrally)")
     fleet.add_argument("--data", default="digits", choices=("digits", "kws"),

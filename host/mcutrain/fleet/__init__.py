@@ -7,4 +7,4 @@ requirements-fleet.txt) is needed by client_app, server_app, strategies, records
 runs; the other modules work without it.
 """
 
-STRATEGIES = ("fedavg", "fedadam")  # strategies.py builds them (Flower's FedAvg and FedAdam)
+STRATEGIES = ("fedavg", "fedavgm", "fedadam")  # strategies.py builds them (Flower's FedAvg, FedAvgM, FedAdam)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,13 @@ class LocalSettings:
         if s.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {s.dtype!r}")
         return s
+
+    def for_board(self, name: str) -> LocalSettings:
+        """These settings with the run's seed made the board's own (fixed by its name, so a
+        run repeats). The kws dealer writes every board's share sorted by class: with one
+        shared seed every board would shuffle it alike and meet the classes in the same order
+        each epoch, which the boards of a real fleet do not."""
+        return replace(self, seed=self.seed + 1000 * (zlib.crc32(name.encode()) % 100_000))
 
     def script_args(self, mode: str, data: str, round_: int) -> list[str]:
         lr = self.lr * self.lr_decay ** max(0, round_ - 1)

@@ -62,7 +62,7 @@ def _inputs(msg: Message, context: Context) -> tuple[BoardConfig, LocalSettings,
     arrays = msg.content["arrays"]
     assert isinstance(arrays, ArrayRecord)
     spec = rebuild(from_record(arrays), msg.content["config"])
-    return board, LocalSettings.from_run_config(context.run_config), _round(msg), spec
+    return board, LocalSettings.from_run_config(context.run_config).for_board(board.name), _round(msg), spec
 
 
 @app.train()

@@ -3,11 +3,13 @@
     python -m mcutrain.fleet.demo [--boards 4] [--rounds 10] [--out results/fleet-kws]
 
 1. `mcutrain fleet --data kws`: each board holds the SYNTHETIC clips of its own two training
-   voices (fleet/kws_data.py); FedAvg for ROUNDS rounds of two local epochs of plain SGD;
-   the host evaluates the global model on the held-out voices (heard by no board) each round.
+   voices (fleet/kws_data.py); FedAvgM (server momentum SERVER_MOMENTUM) for ROUNDS rounds of
+   two local epochs of plain SGD; the host evaluates the global model on the held-out voices
+   (heard by no board) each round.
 2. One board alone: the same initial model trained on board-1's clips only, the same local
    epochs and rates per round, on an emulated board (board_round.train_on_board).
 3. Centralized: every board's clips pooled on one board, one epoch per round.
+2 and 3 run side by side (one emulator each).
 All three start from the same weights; OUT/comparison.csv and fleet_kws.png hold the accuracy
 on the held-out voices per round, OUT/summary.json the settings, voices and final figures.
 `mcutrain fleet --data kws --compare` runs 2 and 3 after any kws fleet run.
@@ -21,6 +23,7 @@ import dataclasses
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,10 @@ from .kws_data import POOLED
 from .launch import FleetOptions, FleetResult, run_fleet
 
 CENTRAL_EPOCHS = 1  # per round over the pooled clips: it plateaus within a few rounds
+NAMES = {"fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedadam": "FedAdam"}
+# Chosen with the float64 host simulation of the demo (bench/fleet_sim.py, docs/fleet.md):
+# FedAvg ended about 3 points below centralized there, FedAvgM with momentum 0.7-0.9 level.
+SERVER_MOMENTUM = 0.7
 
 
 def baseline(out: Path, name: str, data: Path, initial: ModelSpec, central: CentralTest,
@@ -49,14 +56,14 @@ def baseline(out: Path, name: str, data: Path, initial: ModelSpec, central: Cent
     return accuracies
 
 
-def plot(out: Path, rows: list[dict[str, Any]], boards: int, epochs: int) -> Path:
+def plot(out: Path, rows: list[dict[str, Any]], boards: int, epochs: int, strategy: str = "fedavg") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for key, label in (("federated", f"federated (FedAvg, {boards} boards)"),
+    for key, label in (("federated", f"federated ({NAMES[strategy]}, {boards} boards)"),
                        ("centralized", "centralized (all boards' clips on one board)"),
                        ("single", "one board alone (its own voices)")):  # fmt: skip
         ax.plot([r["round"] for r in rows], [100 * r[key] for r in rows], marker="o", label=label)
@@ -83,10 +90,13 @@ def compare(fed: FleetResult, options: FleetOptions, out: Path) -> dict[str, Any
     local = LocalSettings(lr=options.lr, lr_decay=options.lr_decay, momentum=options.momentum,
                           epochs=options.epochs, seed=options.seed, timeout=options.board_timeout)  # fmt: skip
     pooled_settings = dataclasses.replace(local, epochs=CENTRAL_EPOCHS)
-    single = baseline(out, "single", fed_dir / "data" / "board-1" / "train.mtd", initial, central, local,
-                      options.rounds)  # fmt: skip
-    pooled = baseline(out, "centralized", fed_dir / "data" / POOLED, initial, central, pooled_settings,
-                      options.rounds)  # fmt: skip
+    # The two baselines are independent boards: one emulator each, side by side.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        single_run = pool.submit(baseline, out, "single", fed_dir / "data" / "board-1" / "train.mtd", initial,
+                                 central, local, options.rounds)  # fmt: skip
+        pooled_run = pool.submit(baseline, out, "centralized", fed_dir / "data" / POOLED, initial, central,
+                                 pooled_settings, options.rounds)  # fmt: skip
+        single, pooled = single_run.result(), pooled_run.result()
     rows = [{"round": r["round"], "federated": r["central_accuracy"], "single": single[r["round"] - 1],
              "centralized": pooled[r["round"] - 1]} for r in fed.rounds if r["round"] > 0]  # fmt: skip
     with open(out / "comparison.csv", "w", newline="") as f:
@@ -95,7 +105,10 @@ def compare(fed: FleetResult, options: FleetOptions, out: Path) -> dict[str, Any
         writer.writerows(rows)
     last = rows[-1]
     summary = {
-        "boards": options.boards, "rounds": options.rounds, "local_epochs": options.epochs,
+        "boards": options.boards, "rounds": options.rounds, "strategy": options.strategy,
+        **({"server_momentum": options.server_momentum} if options.strategy == "fedavgm" else {}),
+        **({"server_lr": options.server_lr} if options.strategy == "fedadam" else {}),
+        "local_epochs": options.epochs,
         "centralized_epochs_per_round": CENTRAL_EPOCHS, "samples_per_class": options.samples_per_class,
         "lr": options.lr, "lr_decay": options.lr_decay, "momentum": options.momentum, "seed": options.seed,
         "voices": {f"board-{b + 1}": read_dataset(fed_dir / "data" / f"board-{b + 1}" / "train.mtd").meta["voices"]
@@ -109,7 +122,7 @@ def compare(fed: FleetResult, options: FleetOptions, out: Path) -> dict[str, Any
         "synthetic": True,
     }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(out, rows, options.boards, options.epochs)
+    plot(out, rows, options.boards, options.epochs, options.strategy)
     return summary
 
 
@@ -125,8 +138,9 @@ def table(out: Path) -> str:
 
 
 def demo_options(boards: int = 4, rounds: int = 10, samples_per_class: int = 40, seed: int = 1) -> FleetOptions:
-    """The demo's settings: two local epochs of plain SGD a round at 0.01, x0.85 a round."""
-    return FleetOptions(data="kws", boards=boards, rounds=rounds, epochs=2, lr=0.01, lr_decay=0.85,
+    """The demo's settings: FedAvgM; two local epochs of plain SGD a round at 0.01, x0.85 a round."""
+    return FleetOptions(data="kws", boards=boards, rounds=rounds, strategy="fedavgm",
+                        server_momentum=SERVER_MOMENTUM, epochs=2, lr=0.01, lr_decay=0.85,
                         momentum=0.0, fraction_evaluate=0.0, samples_per_class=samples_per_class, seed=seed,
                         board_timeout=900.0)  # fmt: skip
 

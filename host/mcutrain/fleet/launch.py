@@ -58,7 +58,8 @@ class FleetOptions:
     lr: float = 0.01
     lr_decay: float = 1.0  # the boards' rate shrinks by this factor each round
     momentum: float = 0.9
-    server_lr: float = 0.01
+    server_lr: float = 0.01  # fedadam's step
+    server_momentum: float = 0.9  # fedavgm's
     fraction_evaluate: float = 1.0
     data: str = "digits"  # or "kws": synthetic keyword spotting, each board its own voices
     model: str | None = None  # "mlp", "cnn", "dscnn" or a float32 .mtm (default: mlp, kws: dscnn)
@@ -280,7 +281,8 @@ def prepare(out: Path, options: FleetOptions) -> tuple[list[dict[str, Any]], dic
         "update": options.update, "local-epochs": options.epochs, "local-steps": options.steps,
         "batch-size": options.batch, "lr": float(options.lr), "lr-decay": float(options.lr_decay),
         "momentum": float(options.momentum), "data": options.data,
-        "server-lr": float(options.server_lr), "fraction-evaluate": float(options.fraction_evaluate),
+        "server-lr": float(options.server_lr), "server-momentum": float(options.server_momentum),
+        "fraction-evaluate": float(options.fraction_evaluate),
         "min-nodes": len(nodes), "seed": options.seed, "board-timeout": float(options.board_timeout),
         "round-timeout": float(options.round_timeout),
     }  # fmt: skip

@@ -20,7 +20,8 @@ from .strategies import make_strategy
 app = ServerApp()
 
 SETTINGS = ("data", "strategy", "num-server-rounds", "dtype", "update", "local-epochs", "local-steps", "batch-size",
-            "lr", "lr-decay", "momentum", "server-lr", "fraction-evaluate", "min-nodes", "seed")  # fmt: skip
+            "lr", "lr-decay", "momentum", "server-lr", "server-momentum", "fraction-evaluate", "min-nodes",
+            "seed")  # fmt: skip
 
 
 @app.main()

@@ -1,7 +1,8 @@
 """Flower's stock strategies, recording each board's reply (rounds.RoundLog) before they
-aggregate: FedAvg (McMahan et al. 2017) and FedAdam (Reddi et al. 2021, server-side Adam on the
-averaged update; it needs nothing from the boards, unlike FedProx's proximal term, which the
-device's optimizers do not have)."""
+aggregate: FedAvg (McMahan et al. 2017), FedAvgM (Hsu et al. 2019, server momentum on the
+averaged update) and FedAdam (Reddi et al. 2021, server-side Adam on the averaged update). The
+server-side ones need nothing from the boards, unlike FedProx's proximal term, which the
+device's optimizers do not have."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, Strategy
 
 from . import STRATEGIES
 from .records import as_replies
@@ -60,6 +61,10 @@ class RecordingFedAvg(_Recording, FedAvg):
     pass
 
 
+class RecordingFedAvgM(_Recording, FedAvgM):
+    pass
+
+
 class RecordingFedAdam(_Recording, FedAdam):
     pass
 
@@ -76,6 +81,10 @@ def make_strategy(name: str, log: RoundLog, config: Mapping[str, Any]) -> Strate
     )
     if name == "fedavg":
         return RecordingFedAvg(log, **sampling)
+    if name == "fedavgm":
+        # Hsu et al.'s form: the averaged update applied in full, plus momentum over rounds.
+        return RecordingFedAvgM(log, server_learning_rate=1.0,
+                                server_momentum=float(config.get("server-momentum", 0.9)), **sampling)  # fmt: skip
     if name == "fedadam":
         # Reddi et al.'s defaults for the moments; eta is the server's step on the averaged update.
         return RecordingFedAdam(log, eta=float(config.get("server-lr", 0.01)), beta_1=0.9, beta_2=0.99,
