@@ -98,6 +98,43 @@
     c10 += x1_ * y0_; c11 += x1_ * y1_; c12 += x1_ * y2_; c13 += x1_ * y3_; \
     c20 += x2_ * y0_; c21 += x2_ * y1_; c22 += x2_ * y2_; c23 += x2_ * y3_; \
     c30 += x3_ * y0_; c31 += x3_ * y1_; c32 += x3_ * y2_; c33 += x3_ * y3_; }
+// The portable blocks' k loops, shared by the 4x4, 4x6 and matrix-vector blocks (so every sum
+// runs over k in one order): four k per loop turn, then the tail. K(t) (nt) is one k at
+// offset t of the rows, which STEP(n) advances; K(t, row) (nn) one k of A at offset t against
+// B's row `row`; K(ra, rb) (tn) one k from rows ra of A and rb of B.
+#define MT_NT_KLOOP(K, STEP) { \
+    int kk_ = 0; \
+    for (; kk_ + 4 <= k; kk_ += 4) { \
+        K(0) K(1) K(2) K(3) \
+        STEP(4) \
+    } \
+    for (; kk_ < k; kk_++) { \
+        K(0) \
+        STEP(1) \
+    } }
+#define MT_NN_KLOOP(K) { \
+    int kk_ = 0; \
+    for (; kk_ + 4 <= k; kk_ += 4) { \
+        const float *b1_ = b + ldb, *b2_ = b1_ + ldb, *b3_ = b2_ + ldb; \
+        K(0, b) K(1, b1_) K(2, b2_) K(3, b3_) \
+        a0 += 4; a1 += 4; a2 += 4; a3 += 4; b = b3_ + ldb; \
+    } \
+    for (; kk_ < k; kk_++) { \
+        K(0, b) \
+        a0++; a1++; a2++; a3++; b += ldb; \
+    } }
+#define MT_TN_KLOOP(K) { \
+    int kk_ = 0; \
+    for (; kk_ + 4 <= k; kk_ += 4) { \
+        const float *a1_ = a + lda, *a2_ = a1_ + lda, *a3_ = a2_ + lda; \
+        const float *b1_ = b + ldb, *b2_ = b1_ + ldb, *b3_ = b2_ + ldb; \
+        K(a, b) K(a1_, b1_) K(a2_, b2_) K(a3_, b3_) \
+        a = a3_ + lda; b = b3_ + ldb; \
+    } \
+    for (; kk_ < k; kk_++) { \
+        K(a, b) \
+        a += lda; b += ldb; \
+    } }
 #define MT_C_ADD4X4(c, ldc, alpha) { \
     const float acc_[16] = { c00, c01, c02, c03, c10, c11, c12, c13, \
                              c20, c21, c22, c23, c30, c31, c32, c33 }; \
@@ -197,15 +234,9 @@ MT_BLOCK void nt_4x4(int k, const float *a, int lda, const float *b, int ldb, fl
     const float *b0 = b, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
     MT_C_SUMS4X4;
 #define MT_NT_K(t) MT_C_OUTER16(a0[t], a1[t], a2[t], a3[t], b0[t], b1[t], b2[t], b3[t])
-    int kk = 0;
-    for (; kk + 4 <= k; kk += 4) {
-        MT_NT_K(0) MT_NT_K(1) MT_NT_K(2) MT_NT_K(3)
-        a0 += 4; a1 += 4; a2 += 4; a3 += 4; b0 += 4; b1 += 4; b2 += 4; b3 += 4;
-    }
-    for (; kk < k; kk++) {
-        MT_NT_K(0)
-        a0++; a1++; a2++; a3++; b0++; b1++; b2++; b3++;
-    }
+#define MT_NT_STEP(n) a0 += n; a1 += n; a2 += n; a3 += n; b0 += n; b1 += n; b2 += n; b3 += n;
+    MT_NT_KLOOP(MT_NT_K, MT_NT_STEP)
+#undef MT_NT_STEP
 #undef MT_NT_K
     MT_C_ADD4X4(c, ldc, alpha)
 #endif
@@ -249,18 +280,8 @@ MT_BLOCK void nn_4x4(int k, const float *a, int lda, const float *b, int ldb, fl
 #undef MT_NN_B_ROW
 #else
     MT_C_SUMS4X4;
-    // Rows kk .. kk + 3 of B at b, b1, b2, b3.
 #define MT_NN_K(t, row) MT_C_OUTER16(a0[t], a1[t], a2[t], a3[t], row[0], row[1], row[2], row[3])
-    int kk = 0;
-    for (; kk + 4 <= k; kk += 4) {
-        const float *b1 = b + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-        MT_NN_K(0, b) MT_NN_K(1, b1) MT_NN_K(2, b2) MT_NN_K(3, b3)
-        a0 += 4; a1 += 4; a2 += 4; a3 += 4; b = b3 + ldb;
-    }
-    for (; kk < k; kk++) {
-        MT_NN_K(0, b)
-        a0++; a1++; a2++; a3++; b += ldb;
-    }
+    MT_NN_KLOOP(MT_NN_K)
 #undef MT_NN_K
     MT_C_ADD4X4(c, ldc, alpha)
 #endif
@@ -367,19 +388,8 @@ MT_BLOCK void tn_4x4(int k, const float *a, int lda, const float *b, int ldb, fl
         : MT_CLOBBER_S0_15, MT_CLOBBER_S16_31, "cc", "memory");
 #else
     MT_C_SUMS4X4;
-    // Rows kk .. kk + 3 of A and of B.
 #define MT_TN_K(ra, rb) MT_C_OUTER16(ra[0], ra[1], ra[2], ra[3], rb[0], rb[1], rb[2], rb[3])
-    int kk = 0;
-    for (; kk + 4 <= k; kk += 4) {
-        const float *a1 = a + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-        const float *b1 = b + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-        MT_TN_K(a, b) MT_TN_K(a1, b1) MT_TN_K(a2, b2) MT_TN_K(a3, b3)
-        a = a3 + lda; b = b3 + ldb;
-    }
-    for (; kk < k; kk++) {
-        MT_TN_K(a, b)
-        a += lda; b += ldb;
-    }
+    MT_TN_KLOOP(MT_TN_K)
 #undef MT_TN_K
     MT_C_ADD4X4(c, ldc, alpha)
 #endif
@@ -432,19 +442,12 @@ MT_BLOCK void nt_1x4(int k, const float *a, const float *b, int ldb, float alpha
 #undef MT_DOT8
 #else
     float c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f;
-    // Four k per loop turn at constant offsets (see MT_C_SUMS4X4).
 #define MT_DOT4_K(t) { \
         const float x = a[t]; \
         c0 += x * b0[t]; c1 += x * b1[t]; c2 += x * b2[t]; c3 += x * b3[t]; }
-    int kk = 0;
-    for (; kk + 4 <= k; kk += 4) {
-        MT_DOT4_K(0) MT_DOT4_K(1) MT_DOT4_K(2) MT_DOT4_K(3)
-        a += 4; b0 += 4; b1 += 4; b2 += 4; b3 += 4;
-    }
-    for (; kk < k; kk++) {
-        MT_DOT4_K(0)
-        a++; b0++; b1++; b2++; b3++;
-    }
+#define MT_DOT4_STEP(n) a += n; b0 += n; b1 += n; b2 += n; b3 += n;
+    MT_NT_KLOOP(MT_DOT4_K, MT_DOT4_STEP)
+#undef MT_DOT4_STEP
 #undef MT_DOT4_K
     c[0] += alpha * c0;
     c[1] += alpha * c1;

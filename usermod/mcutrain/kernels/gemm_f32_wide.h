@@ -1,11 +1,11 @@
 // 4x6 blocks of the portable fp32 GEMM, for cores with 32 FP registers and no load-multiple
 // (RISC-V F): the 24 sums of a block, one k of A's four rows and one B value at a time fit
 // in 29 registers. A k then costs 10 loads and 24 multiply-adds (0.71 MAC per instruction
-// before the loop's pointer steps) where a 4x4 block costs 8 loads per 16 (0.67); four k per
-// loop turn at constant offsets, as the 4x4 blocks. Each sum runs over k in the same order
-// as in the 4x4 blocks, so results are the same bit for bit.
-// Included by gemm_f32.c only (after add_4x4); MCUTRAIN_GEMM_WIDE selects it on other hosts
-// for the tests.
+// before the loop's pointer steps) where a 4x4 block costs 8 loads per 16 (0.67). The k loops
+// are the 4x4 blocks' (MT_*_KLOOP in gemm_f32.c), so each sum runs over k in the same order
+// and results are the same bit for bit.
+// Included by gemm_f32.c only (after its k loops and add_4x4); MCUTRAIN_GEMM_WIDE selects it
+// on other hosts for the tests.
 #ifndef MCUTRAIN_KERNELS_GEMM_F32_WIDE_H
 #define MCUTRAIN_KERNELS_GEMM_F32_WIDE_H
 
@@ -45,16 +45,10 @@ MT_W_BLOCK void nt_4x6(int k, const float *a, int lda, const float *b, int ldb, 
     MT_W_SUMS;
 #define MT_NT_K(t) MT_W_OUTER24(a0[t], a1[t], a2[t], a3[t], b0[t], b1[t], b2[t], b3[t], b4[t], \
     b5[t])
-    int kk = 0;
-    for (; kk + 4 <= k; kk += 4) {
-        MT_NT_K(0) MT_NT_K(1) MT_NT_K(2) MT_NT_K(3)
-        a0 += 4; a1 += 4; a2 += 4; a3 += 4;
-        b0 += 4; b1 += 4; b2 += 4; b3 += 4; b4 += 4; b5 += 4;
-    }
-    for (; kk < k; kk++) {
-        MT_NT_K(0)
-        a0++; a1++; a2++; a3++; b0++; b1++; b2++; b3++; b4++; b5++;
-    }
+#define MT_NT_STEP(n) a0 += n; a1 += n; a2 += n; a3 += n; \
+    b0 += n; b1 += n; b2 += n; b3 += n; b4 += n; b5 += n;
+    MT_NT_KLOOP(MT_NT_K, MT_NT_STEP)
+#undef MT_NT_STEP
 #undef MT_NT_K
     MT_W_ADD(c, ldc, alpha)
 }
@@ -65,16 +59,7 @@ MT_W_BLOCK void nn_4x6(int k, const float *a, int lda, const float *b, int ldb, 
     const float *a0 = a, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
     MT_W_SUMS;
 #define MT_NN_K(t, r) MT_W_OUTER24(a0[t], a1[t], a2[t], a3[t], r[0], r[1], r[2], r[3], r[4], r[5])
-    int kk = 0;
-    for (; kk + 4 <= k; kk += 4) {
-        const float *b1 = b + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-        MT_NN_K(0, b) MT_NN_K(1, b1) MT_NN_K(2, b2) MT_NN_K(3, b3)
-        a0 += 4; a1 += 4; a2 += 4; a3 += 4; b = b3 + ldb;
-    }
-    for (; kk < k; kk++) {
-        MT_NN_K(0, b)
-        a0++; a1++; a2++; a3++; b += ldb;
-    }
+    MT_NN_KLOOP(MT_NN_K)
 #undef MT_NN_K
     MT_W_ADD(c, ldc, alpha)
 }
@@ -85,17 +70,7 @@ MT_W_BLOCK void tn_4x6(int k, const float *a, int lda, const float *b, int ldb, 
     MT_W_SUMS;
 #define MT_TN_K(ra, rb) MT_W_OUTER24(ra[0], ra[1], ra[2], ra[3], rb[0], rb[1], rb[2], rb[3], \
     rb[4], rb[5])
-    int kk = 0;
-    for (; kk + 4 <= k; kk += 4) {
-        const float *a1 = a + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-        const float *b1 = b + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-        MT_TN_K(a, b) MT_TN_K(a1, b1) MT_TN_K(a2, b2) MT_TN_K(a3, b3)
-        a = a3 + lda; b = b3 + ldb;
-    }
-    for (; kk < k; kk++) {
-        MT_TN_K(a, b)
-        a += lda; b += ldb;
-    }
+    MT_TN_KLOOP(MT_TN_K)
 #undef MT_TN_K
     MT_W_ADD(c, ldc, alpha)
 }
