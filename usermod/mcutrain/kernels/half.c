@@ -6,7 +6,7 @@
 // loop needs ldrh + vmov + vcvtb + vstr.
 
 #if MT_F16_ZFH
-// A half in an f register (NaN-boxed, as FLH leaves it), its class bits, and widened.
+// A half loaded into an f register (NaN-boxed), its class bits, and a half stored from one.
 static inline float zfh_load(const uint16_t *p) {
     float h;
     __asm__ ("flh %0, %1" : "=f" (h) : "m" (*p));
@@ -17,19 +17,6 @@ static inline uint32_t zfh_class(float h) {
     uint32_t c;
     __asm__ ("fclass.h %0, %1" : "=r" (c) : "f" (h));
     return c;
-}
-
-static inline float zfh_widen(float h) {
-    float f;
-    __asm__ ("fcvt.s.h %0, %1" : "=f" (f) : "f" (h));
-    return f;
-}
-
-// A float rounded to a half (nearest even) in an f register, and stored from there.
-static inline float zfh_narrow(float f) {
-    float h;
-    __asm__ ("fcvt.h.s %0, %1, rne" : "=f" (h) : "f" (f));
-    return h;
 }
 
 static inline void zfh_store(uint16_t *p, float h) {
@@ -52,10 +39,10 @@ void mt_f16_to_f32_array(const uint16_t *src, float *dst, size_t n) {
                 dst[i] = mt_f16_to_f32(src[i]);
             }
         } else {
-            dst[0] = zfh_widen(h0);
-            dst[1] = zfh_widen(h1);
-            dst[2] = zfh_widen(h2);
-            dst[3] = zfh_widen(h3);
+            dst[0] = mt_zfh_widen(h0);
+            dst[1] = mt_zfh_widen(h1);
+            dst[2] = mt_zfh_widen(h2);
+            dst[3] = mt_zfh_widen(h3);
         }
     }
 #elif MT_F16_HW
@@ -93,10 +80,10 @@ void mt_f32_to_f16_array(const float *src, uint16_t *dst, size_t n) {
     for (; n >= 4; n -= 4, src += 4, dst += 4) {
         const float f0 = src[0], f1 = src[1], f2 = src[2], f3 = src[3];
         if ((f0 == f0) & (f1 == f1) & (f2 == f2) & (f3 == f3)) {
-            zfh_store(dst, zfh_narrow(f0));
-            zfh_store(dst + 1, zfh_narrow(f1));
-            zfh_store(dst + 2, zfh_narrow(f2));
-            zfh_store(dst + 3, zfh_narrow(f3));
+            zfh_store(dst, mt_zfh_narrow(f0));
+            zfh_store(dst + 1, mt_zfh_narrow(f1));
+            zfh_store(dst + 2, mt_zfh_narrow(f2));
+            zfh_store(dst + 3, mt_zfh_narrow(f3));
         } else {
             for (int i = 0; i < 4; i++) {
                 dst[i] = mt_f32_to_f16(src[i]);

@@ -39,6 +39,22 @@
 #define MT_F16_ZFH 0
 #endif
 
+#if MT_F16_ZFH
+// Zfh's conversions on a half held in an f register (NaN-boxed, as FLH and FMV.H.X leave it):
+// exact widening, and rounding to nearest even whatever frm says.
+static inline float mt_zfh_widen(float h) {
+    float f;
+    __asm__ ("fcvt.s.h %0, %1" : "=f" (f) : "f" (h));
+    return f;
+}
+
+static inline float mt_zfh_narrow(float f) {
+    float h;
+    __asm__ ("fcvt.h.s %0, %1, rne" : "=f" (h) : "f" (f));
+    return h;
+}
+#endif
+
 #define MT_F16_ZERO ((uint16_t)0x0000u)
 #define MT_F16_ONE ((uint16_t)0x3c00u)
 #define MT_F16_INF ((uint16_t)0x7c00u)
@@ -98,9 +114,9 @@ static inline float mt_f16_to_f32(uint16_t h) {
     if ((h & 0x7fffu) > 0x7c00u) {
         return mt_f16_to_f32_portable(h);   // NaN: keep its sign and payload
     }
-    float f;
-    __asm__ ("fmv.h.x %0, %1\n\t" "fcvt.s.h %0, %0" : "=f" (f) : "r" ((uint32_t)h));
-    return f;
+    float boxed;
+    __asm__ ("fmv.h.x %0, %1" : "=f" (boxed) : "r" ((uint32_t)h));
+    return mt_zfh_widen(boxed);
 #else
     return mt_f16_to_f32_portable(h);
 #endif
@@ -146,9 +162,8 @@ static inline uint16_t mt_f32_to_f16(float f) {
         return mt_f32_to_f16_portable(f);   // NaN: keep its sign and payload
     }
     uint32_t r;
-    float t;
     // fmv.x.h sign-extends the half's bits; the cast drops the copies of the sign.
-    __asm__ ("fcvt.h.s %1, %2, rne\n\t" "fmv.x.h %0, %1" : "=r" (r), "=&f" (t) : "f" (f));
+    __asm__ ("fmv.x.h %0, %1" : "=r" (r) : "f" (mt_zfh_narrow(f)));
     return (uint16_t)r;
 #else
     return mt_f32_to_f16_portable(f);
