@@ -169,3 +169,31 @@ def test_each_board_shuffles_with_its_own_seed_fixed_by_its_name():
     assert len(set(seeds)) == 8  # shares dealt in the same class order must not be shuffled alike
     assert run.for_board("board-3").seed == LocalSettings.from_run_config({"seed": 1}).for_board("board-3").seed
     assert run.for_board("board-3").lr == run.lr and run.seed == 1
+
+
+def test_a_rounds_average_is_the_same_bits_whatever_order_the_boards_replies_arrive_in(tmp_path):
+    pytest.importorskip("flwr")
+    from types import SimpleNamespace
+
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+    from mcutrain.fleet.records import in_board_order, to_record
+    from mcutrain.fleet.strategies import make_strategy
+
+    rng = np.random.default_rng(3)
+
+    def reply(name: str, node: int) -> SimpleNamespace:
+        content = RecordDict({"arrays": to_record({"w": rng.standard_normal(257).astype(np.float32)}),
+                              "metrics": MetricRecord({"num-examples": 480}),
+                              "board": ConfigRecord({"name": name})})
+        return SimpleNamespace(has_error=lambda: False, content=content,
+                               metadata=SimpleNamespace(src_node_id=node))
+
+    replies = [reply(f"board-{i}", node) for i, node in ((3, 11), (1, 42), (4, 7), (2, 99))]
+    assert [m.content["board"]["name"] for m in in_board_order(replies)] == [f"board-{i}" for i in range(1, 5)]
+    averages = []
+    for order in (replies, replies[::-1], replies[1:] + replies[:1]):
+        strategy = make_strategy("fedavg", RoundLog(tmp_path, {}, echo=False), {})
+        arrays, _ = strategy.aggregate_train(1, order)
+        assert isinstance(arrays, ArrayRecord)
+        averages.append(arrays["w"].numpy().tobytes())
+    assert averages[0] == averages[1] == averages[2]

@@ -18,6 +18,20 @@ def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: a.numpy() for k, a in record.items()}
 
 
+def board_name(msg: Message) -> str | None:
+    """The name a board's reply carries (node config `name`); None for an error reply."""
+    if msg.has_error():
+        return None
+    board = msg.content.get("board")
+    return str(board["name"]) if isinstance(board, ConfigRecord) and "name" in board else None
+
+
+def in_board_order(messages: Iterable[Message]) -> list[Message]:
+    """Replies sorted by board name (then node id), as they arrive in any order: the strategies
+    sum float32 arrays in list order, and a fixed order makes a run's averages repeat."""
+    return sorted(messages, key=lambda m: (board_name(m) or "", int(m.metadata.src_node_id)))
+
+
 def as_replies(messages: Iterable[Message]) -> list[Reply]:
     out = []
     for msg in messages:
@@ -25,8 +39,7 @@ def as_replies(messages: Iterable[Message]) -> list[Reply]:
         if msg.has_error():
             out.append(Reply(node, None, error=str(msg.error.reason)))
             continue
-        board = msg.content.get("board")
-        name = str(board["name"]) if isinstance(board, ConfigRecord) and "name" in board else None
+        name = board_name(msg)
         metrics = msg.content.get("metrics")
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))} \
             if isinstance(metrics, MetricRecord) else {}  # fmt: skip

@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, Strategy
 
 from . import STRATEGIES
-from .records import as_replies
+from .records import as_replies, in_board_order
 from .rounds import RoundLog
 
 # Summed over boards rather than averaged: what crossed the serial links.
@@ -37,8 +37,9 @@ def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class _Recording:
-    """Logs every reply of a round (RoundLog) before the stock strategy aggregates it; the
-    metrics are aggregated with aggregate_metrics."""
+    """Logs every reply of a round (RoundLog) before the stock strategy aggregates it, in board
+    order (records.in_board_order: arrival order would make float32 sums differ run to run);
+    the metrics are aggregated with aggregate_metrics."""
 
     def __init__(self, log: RoundLog, **options: Any) -> None:
         super().__init__(train_metrics_aggr_fn=aggregate_metrics, evaluate_metrics_aggr_fn=aggregate_metrics,
@@ -47,12 +48,12 @@ class _Recording:
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:  # fmt: skip
-        replies = list(replies)
+        replies = in_board_order(replies)
         self.log.replies(server_round, "train", as_replies(replies))
         return super().aggregate_train(server_round, replies)  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        replies = list(replies)
+        replies = in_board_order(replies)
         self.log.replies(server_round, "evaluate", as_replies(replies))
         return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
 
