@@ -35,12 +35,21 @@ def test_int8_board_model_comes_back_under_the_global_models_names():
     spec = initial_model("mlp", seed=1)
     board = for_device(spec, "int8", calibration())
     assert any(node.get("dtype") == "int8" for _, node in leaves(board.graph))
-    arrays = from_device(board)
-    assert set(arrays) == set(spec.tensors)
+    arrays = from_device(board, spec.tensors)
+    assert list(arrays) == list(spec.tensors)
     for name, t in spec.tensors.items():
         # Per-channel symmetric int8: each weight within half a step (max|w| / 127 / 2) of itself.
         step = np.abs(t).max(axis=tuple(range(1, t.ndim)), keepdims=True) / 127 if t.ndim > 1 else 0
         assert np.all(np.abs(arrays[name] - t) <= step / 2 + 1e-7), name
+
+
+def test_a_boards_arrays_come_back_in_the_global_models_order_or_not_at_all():
+    spec = initial_model("cnn", seed=1)
+    board = ModelSpec(spec.graph, dict(reversed(list(spec.tensors.items()))), spec.input_shape)
+    order = list(spec.tensors)
+    assert list(from_device(board, order)) == order  # FedAvgM pairs arrays by position
+    with pytest.raises(ValueError, match="parameters"):
+        from_device(board, order[:-1])
 
 
 def test_int8_models_move_about_four_times_fewer_bytes_as_weights_dominate():

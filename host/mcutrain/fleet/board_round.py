@@ -252,7 +252,7 @@ def train_on_board(cfg: BoardConfig, spec: ModelSpec, settings: LocalSettings, r
         except (DeviceError, OSError, TransferError, EmulatorError) as e:
             _lost(watch, e)
             raise
-    arrays = from_device(parse_model(pulled))
+    arrays = from_device(parse_model(pulled), spec.tensors)
     return RoundOutcome(arrays, {
         "num-examples": int(report["samples"]),
         "train-loss": float(report["loss"]),

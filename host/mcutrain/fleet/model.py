@@ -10,7 +10,7 @@ float32 tensors with the same names, so any stock strategy can average them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -117,12 +117,16 @@ def for_device(spec: ModelSpec, dtype: str, calibration: np.ndarray | None = Non
     return quantize_spec(spec, calibration, dtype)
 
 
-def from_device(spec: ModelSpec) -> dict[str, np.ndarray]:
-    """float32 arrays, named as the global model's, from a model the board trained (an int8 or
-    mixed model's weights dequantized and its Convert layers dropped)."""
+def from_device(spec: ModelSpec, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """float32 arrays, named as the global model's and in its order `names`, from a model the
+    board trained (an int8 or mixed model's weights dequantized and its Convert layers dropped).
+    The order matters: Flower's FedAvgM pairs the reply's arrays with the global ones by position."""
     if any(node["type"] == "Convert" or node.get("dtype", "float32") != "float32"
            for _, node in leaves(spec.graph)):  # fmt: skip
         from ..quantize import dequantize_spec
 
         spec = dequantize_spec(spec)
-    return float_arrays(spec)
+    arrays, names = float_arrays(spec), list(names)
+    if sorted(arrays) != sorted(names):
+        raise ValueError(f"the board's model has parameters {sorted(arrays)}, the global model {sorted(names)}")
+    return {name: arrays[name] for name in names}
