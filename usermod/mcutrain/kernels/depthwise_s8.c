@@ -891,7 +891,7 @@ static void gather_dy(const view_t *vw, const int8_t *dy, int n, int c0, int nch
 #if MT_S8_DSP
 // One plane row's contribution to a 3-wide kernel row's tap sums s[0..2] at unit column
 // stride: pixel pairs (x_o, x_o+1), (x_o+1, x_o+2) and (x_o+2, x_o+3) against (dy_o, dy_o+1),
-// the last word the next pair's first; two pairs a turn (15 instructions for 6 SMLADs,
+// the last word the next pair's first; two pairs a turn (16 instructions for 6 SMLADs,
 // against 20 a pair at a time). with_sum also adds the row's dy to *bsum.
 static inline __attribute__((always_inline)) void row3_sums(const int16_t *xr, const int16_t *d,
     int owp, int32_t s[3], int32_t *bsum, int with_sum) {
