@@ -737,39 +737,43 @@ static void build_xp(const mt_conv2d_params_t *p, const upd_shape_t *u, const in
     int n, int g, int8_t zp, uint16_t *xp) {
     const int sw = p->stride_w, C = p->in_c;
     const uint16_t pad = (uint16_t)(((uint16_t)(uint8_t)zp << 8) | (uint8_t)zp);
-    for (int cp = 0; cp < u->cpg; cp++) {
-        const int c0 = g * u->cg + 2 * cp, has1 = 2 * cp + 1 < u->cg;
-        for (int xr = 0; xr < u->xh; xr++) {
-            const int ih = xr - p->pad_h;
-            if (ih < 0 || ih >= p->in_h) {
-                for (int i = 0; i < sw * u->xws; i++) {
-                    *xp++ = pad;
-                }
-                continue;
-            }
-            const int8_t *row = x + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0;
-            for (int ph = 0; ph < sw; ph++) {
-                // Columns col with 0 <= col * sw + ph - pad_w < in_w: [lo, hi).
-                const int first = p->pad_w - ph;
-                const int lo = mt_s8_min(u->xws, first <= 0 ? 0 : (first + sw - 1) / sw);
-                const int end = p->in_w + p->pad_w - ph;
-                const int hi = mt_s8_max(lo, mt_s8_min(u->xws, end <= 0 ? 0 : (end + sw - 1) / sw));
+    const size_t row_step = (size_t)sw * u->xws;   // halfwords from one xp row to the next
+    // Phase by phase: a phase's column bounds (two divisions) hold for all its rows.
+    for (int ph = 0; ph < sw; ph++) {
+        // Columns col with 0 <= col * sw + ph - pad_w < in_w: [lo, hi).
+        const int first = p->pad_w - ph;
+        const int lo = mt_s8_min(u->xws, first <= 0 ? 0 : (first + sw - 1) / sw);
+        const int end = p->in_w + p->pad_w - ph;
+        const int hi = mt_s8_max(lo, mt_s8_min(u->xws, end <= 0 ? 0 : (end + sw - 1) / sw));
+        for (int cp = 0; cp < u->cpg; cp++) {
+            const int c0 = g * u->cg + 2 * cp, has1 = 2 * cp + 1 < u->cg;
+            uint16_t *row = xp + (size_t)cp * u->xh * row_step + (size_t)ph * u->xws;
+            for (int xr = 0; xr < u->xh; xr++, row += row_step) {
+                const int ih = xr - p->pad_h;
+                uint16_t *o = row;
                 int col = 0;
-                for (; col < lo; col++) {
-                    *xp++ = pad;
+                if (ih < 0 || ih >= p->in_h) {
+                    for (; col < u->xws; col++) {
+                        *o++ = pad;
+                    }
+                    continue;
                 }
-                const int8_t *px = row + (size_t)(lo * sw + ph - p->pad_w) * C;
+                for (; col < lo; col++) {
+                    *o++ = pad;
+                }
+                const int8_t *px = x + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0
+                    + (size_t)(lo * sw + ph - p->pad_w) * C;
                 if (has1) {
                     for (; col < hi; col++, px += sw * C) {
-                        *xp++ = (uint16_t)mt_s8_load16(px);
+                        *o++ = (uint16_t)mt_s8_load16(px);
                     }
                 } else {
                     for (; col < hi; col++, px += sw * C) {
-                        *xp++ = (uint16_t)((uint8_t)px[0] | (pad & 0xff00u));
+                        *o++ = (uint16_t)((uint8_t)px[0] | (pad & 0xff00u));
                     }
                 }
                 for (; col < u->xws; col++) {
-                    *xp++ = pad;
+                    *o++ = pad;
                 }
             }
         }
