@@ -349,22 +349,24 @@ static void gather_dy_dilated(const view_t *vw, const int8_t *dy, int n, int c0,
 #if MT_S8_DSP
 // The taps a 3x3 output pair takes after its first product pair (r12, lr): the rest of
 // kernel row 0 (r11 = (x_o+2, x_o+3) against r5) and rows 1 and 2 (planes r1 bytes apart,
-// weights r6-r9). Shared by row3x3_pairs and fused3x3_pairs.
-#define PAIR3X3_REST_TAPS \
+// weights r6-r9), with P and Q the registers pointing at row 0's x_o and x_o+2. Shared by
+// row3x3_pairs and fused3x3_pairs.
+#define PAIR3X3_REST_TAPS_AT(P, Q) \
     "smlabt r12, r11, r5, r12\n\t" \
     "smlad lr, r11, r5, lr\n\t" \
-    "ldr r10, [r0, r1]\n\t" \
-    "ldr r11, [r2, r1]\n\t" \
+    "ldr r10, [" P ", r1]\n\t" \
+    "ldr r11, [" Q ", r1]\n\t" \
     "smlad r12, r10, r6, r12\n\t" \
     "smlatb lr, r10, r6, lr\n\t" \
     "smlabt r12, r11, r7, r12\n\t" \
     "smlad lr, r11, r7, lr\n\t" \
-    "ldr r10, [r0, r1, lsl #1]\n\t" \
-    "ldr r11, [r2, r1, lsl #1]\n\t" \
+    "ldr r10, [" P ", r1, lsl #1]\n\t" \
+    "ldr r11, [" Q ", r1, lsl #1]\n\t" \
     "smlad r12, r10, r8, r12\n\t" \
     "smlatb lr, r10, r8, lr\n\t" \
     "smlabt r12, r11, r9, r12\n\t" \
     "smlad lr, r11, r9, lr\n\t"
+#define PAIR3X3_REST_TAPS PAIR3X3_REST_TAPS_AT("r0", "r2")
 
 // One row of 3x3 output pairs (o, o+1), unit column stride: each kernel row's words
 // (x_o, x_o+1) and (x_o+2, x_o+3) against weight pairs a = (w0, w1) and b = (w1, w2) make
@@ -624,11 +626,12 @@ static void requant_run(const int32_t *acc, int rows, int cols, int32_t init,
 // form, right >= 1, upper bound 127): the multiply-adds of row3x3_pairs with the bias as the
 // accumulators' start, the range tracked by branches taken only for a new extreme, SMMLA +
 // ASR + SSAT per output, then both outputs' lower bound at once (SSUB16 + SEL against lo in
-// both halves) and two byte stores. 50 instructions a pair, against 56 for row3x3_pairs and
-// two epi_row_lo outputs with the accumulators stored and reloaded between them.
+// both halves) and two byte stores. 48 instructions a pair, against 56 for row3x3_pairs and
+// two epi_row_lo outputs with the accumulators stored and reloaded between them; row 0's
+// two words come by one post-incremented LDRD (plane rows and pairs are word aligned).
 typedef struct {
-    const int16_t *p;     // 0: row 0 of the plane at the first pair
-    int32_t row_bytes;    // 4
+    const int16_t *p;     // 0: row 0 of the plane at the first pair (word aligned)
+    int32_t row_bytes;    // 4 (a multiple of 4)
     const int16_t *end;   // 8: p after the last pair
     int8_t *out;          // 12: advanced past the pairs
     int32_t col_bytes;    // 16
@@ -652,15 +655,13 @@ static void fused3x3_pairs(fused3x3_t *a MT_ARG) {
         "ldr r1, [r0, #4]\n\t"             // row_bytes
         "ldr r3, [r0, #20]\n\t"            // init
         "ldr r0, [r0]\n\t"                 // p: words (x_o, x_o+1)
-        "add r2, r0, #4\n\t"               // q = p + 4: words (x_o+2, x_o+3)
+        "mov r2, r0\n\t"
         "1:\n\t"
         "ldm sp, {r4-r9}\n\t"
-        "ldr r10, [r0]\n\t"
-        "ldr r11, [r2]\n\t"
+        "ldrd r10, r11, [r0], #4\n\t"    // (x_o, x_o+1), (x_o+2, x_o+3): r2 = x_o, r0 = x_o+2
         "smlad r12, r10, r4, r3\n\t"
         "smlatb lr, r10, r4, r3\n\t"
-        PAIR3X3_REST_TAPS
-        "adds r0, #4\n\t"
+        PAIR3X3_REST_TAPS_AT("r2", "r0")
         "adds r2, #4\n\t"
         "ldr r11, [sp, #24]\n\t"
         "add r10, r11, #48\n\t"
