@@ -212,6 +212,51 @@ typedef struct {
 enum { EPI_TRACK = 1, EPI_LO = 2, EPI_HI = 4 };
 
 #if MT_S8_DSP
+#include "gemm_s8_loop.h"
+// The epilogue's pieces, on the sums in r4-r9 (rows 0-2 of channel 0 in r4, r6, r8, of
+// channel 1 in r5, r7, r9) with r1 = the block's first record:
+// the range of three sums of one channel into its record's min and max (r0, r3 scratch);
+#define MT_MINMAX(lo_off, a, b, c) \
+        "ldrd r0, r3, [r1, #" #lo_off "]\n\t" \
+        "cmp " a ", r0\n\t" "it lt\n\t" "movlt r0, " a "\n\t" \
+        "cmp " b ", r0\n\t" "it lt\n\t" "movlt r0, " b "\n\t" \
+        "cmp " c ", r0\n\t" "it lt\n\t" "movlt r0, " c "\n\t" \
+        "cmp " a ", r3\n\t" "it gt\n\t" "movgt r3, " a "\n\t" \
+        "cmp " b ", r3\n\t" "it gt\n\t" "movgt r3, " b "\n\t" \
+        "cmp " c ", r3\n\t" "it gt\n\t" "movgt r3, " c "\n\t" \
+        "strd r0, r3, [r1, #" #lo_off "]\n\t"
+// both channels' range (if lr has EPI_TRACK), then the six sums requantized and saturated to
+// int8 (r1 ends 20 bytes on, at channel 1's record; r0, r3 scratch, lr kept);
+#define MT_EPI_RANGE_RQ \
+        "tst lr, #1\n\t" \
+        "beq 1f\n\t" \
+        MT_MINMAX(12, "r4", "r6", "r8") \
+        MT_MINMAX(32, "r5", "r7", "r9") \
+        "1:\n\t" \
+        "push {lr}\n\t" \
+        "ldm r1!, {r0, r3, lr}\n\t" \
+        "smmla r4, r4, r0, r3\n\t" "smmla r6, r6, r0, r3\n\t" "smmla r8, r8, r0, r3\n\t" \
+        "asr r4, r4, lr\n\t" "asr r6, r6, lr\n\t" "asr r8, r8, lr\n\t" \
+        "adds r1, #8\n\t" \
+        "ldm r1, {r0, r3, lr}\n\t" \
+        "smmla r5, r5, r0, r3\n\t" "smmla r7, r7, r0, r3\n\t" "smmla r9, r9, r0, r3\n\t" \
+        "asr r5, r5, lr\n\t" "asr r7, r7, lr\n\t" "asr r9, r9, lr\n\t" \
+        "ssat r4, #8, r4\n\t" "ssat r5, #8, r5\n\t" "ssat r6, #8, r6\n\t" \
+        "ssat r7, #8, r7\n\t" "ssat r8, #8, r8\n\t" "ssat r9, #8, r9\n\t" \
+        "pop {lr}\n\t"
+// the activation's bounds, r11 (if lr has EPI_LO) and r12 (EPI_HI).
+#define MT_LO(r) "cmp " r ", r11\n\t" "it lt\n\t" "movlt " r ", r11\n\t"
+#define MT_HI(r) "cmp " r ", r12\n\t" "it gt\n\t" "movgt " r ", r12\n\t"
+#define MT_EPI_CLAMP \
+        "tst lr, #2\n\t" \
+        "beq 2f\n\t" \
+        MT_LO("r4") MT_LO("r5") MT_LO("r6") MT_LO("r7") MT_LO("r8") MT_LO("r9") \
+        "2:\n\t" \
+        "tst lr, #4\n\t" \
+        "beq 3f\n\t" \
+        MT_HI("r4") MT_HI("r5") MT_HI("r6") MT_HI("r7") MT_HI("r8") MT_HI("r9") \
+        "3:\n\t"
+
 // r0 = acc (6), r1 = two records, r2 = out (row 0, channel 0), r3 = ctx. About 60 instructions
 // plus 40 for the range and up to 36 for the clamp, none of them branches in the data path.
 #define MT_ARG __attribute__((unused))
@@ -222,49 +267,69 @@ static void epi_3x2(const int32_t *acc MT_ARG, int32_t *rec MT_ARG, int8_t *out 
         "push {r4-r11, lr}\n\t"
         "ldm r0, {r4-r9}\n\t"
         "ldm r3, {r10, r11, r12, lr}\n\t"
-        "tst lr, #1\n\t"
-        "beq 1f\n\t"
-#define MT_MINMAX(lo_off, a, b, c) \
-        "ldrd r0, r3, [r1, #" #lo_off "]\n\t" \
-        "cmp " a ", r0\n\t" "it lt\n\t" "movlt r0, " a "\n\t" \
-        "cmp " b ", r0\n\t" "it lt\n\t" "movlt r0, " b "\n\t" \
-        "cmp " c ", r0\n\t" "it lt\n\t" "movlt r0, " c "\n\t" \
-        "cmp " a ", r3\n\t" "it gt\n\t" "movgt r3, " a "\n\t" \
-        "cmp " b ", r3\n\t" "it gt\n\t" "movgt r3, " b "\n\t" \
-        "cmp " c ", r3\n\t" "it gt\n\t" "movgt r3, " c "\n\t" \
-        "strd r0, r3, [r1, #" #lo_off "]\n\t"
-        MT_MINMAX(12, "r4", "r6", "r8")
-        MT_MINMAX(32, "r5", "r7", "r9")
-#undef MT_MINMAX
-        "1:\n\t"
-        "push {lr}\n\t"
-        "ldm r1!, {r0, r3, lr}\n\t"
-        "smmla r4, r4, r0, r3\n\t" "smmla r6, r6, r0, r3\n\t" "smmla r8, r8, r0, r3\n\t"
-        "asr r4, r4, lr\n\t" "asr r6, r6, lr\n\t" "asr r8, r8, lr\n\t"
-        "adds r1, #8\n\t"
-        "ldm r1, {r0, r3, lr}\n\t"
-        "smmla r5, r5, r0, r3\n\t" "smmla r7, r7, r0, r3\n\t" "smmla r9, r9, r0, r3\n\t"
-        "asr r5, r5, lr\n\t" "asr r7, r7, lr\n\t" "asr r9, r9, lr\n\t"
-        "ssat r4, #8, r4\n\t" "ssat r5, #8, r5\n\t" "ssat r6, #8, r6\n\t"
-        "ssat r7, #8, r7\n\t" "ssat r8, #8, r8\n\t" "ssat r9, #8, r9\n\t"
-        "pop {lr}\n\t"
-        "tst lr, #2\n\t"
-        "beq 2f\n\t"
-#define MT_LO(r) "cmp " r ", r11\n\t" "it lt\n\t" "movlt " r ", r11\n\t"
-        MT_LO("r4") MT_LO("r5") MT_LO("r6") MT_LO("r7") MT_LO("r8") MT_LO("r9")
-#undef MT_LO
-        "2:\n\t"
-        "tst lr, #4\n\t"
-        "beq 3f\n\t"
-#define MT_HI(r) "cmp " r ", r12\n\t" "it gt\n\t" "movgt " r ", r12\n\t"
-        MT_HI("r4") MT_HI("r5") MT_HI("r6") MT_HI("r7") MT_HI("r8") MT_HI("r9")
-#undef MT_HI
-        "3:\n\t"
+        MT_EPI_RANGE_RQ
+        MT_EPI_CLAMP
         "strb r4, [r2]\n\t" "strb r5, [r2, #1]\n\t" "add r2, r2, r10\n\t"
         "strb r6, [r2]\n\t" "strb r7, [r2, #1]\n\t" "add r2, r2, r10\n\t"
         "strb r8, [r2]\n\t" "strb r9, [r2, #1]\n\t"
         "pop {r4-r11, pc}\n\t");
 }
+
+// mt_gemm_s16_3x2_multi and epi_3x2 in one loop, the epilogue straight from the sums'
+// registers: block j (B's rows 2j, 2j + 1, each kp long, one after the other) starts its
+// six sums from init[2j], init[2j + 1], and its outputs go through the records rec + 10j
+// to out + 2j (rows ctx->O apart). Every block must take epi_3x2 (three rows, both channels
+// of the fast form). Saves, per block, the sums' store and reload and the call with its
+// loop in C (about 30 instructions).
+// r0 = kp, r1 = A, r2 = B, r3 = nb (>= 1); stack: init, rec, out, ctx.
+__attribute__((naked, noinline))
+static void gemm_epi_3x2(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t *b MT_ARG,
+    int nb MT_ARG, const int32_t *init MT_ARG, int32_t *rec MT_ARG, int8_t *out MT_ARG,
+    const epi_ctx_t *ctx MT_ARG) {
+    __asm__ volatile (
+        "push {r4-r11, lr}\n\t"
+        "sub sp, sp, #16\n\t"            // kp, A, blocks left, B between blocks
+        "str r0, [sp, #0]\n\t"
+        "str r1, [sp, #4]\n\t"
+        "str r3, [sp, #8]\n\t"
+        "5:\n\t"
+        "ldr r0, [sp, #0]\n\t"
+        "ldr r1, [sp, #4]\n\t"
+        "ldr r3, [sp, #52]\n\t"          // init (36 bytes pushed + 16 of locals)
+        "ldm r3!, {r4, r5}\n\t"
+        "str r3, [sp, #52]\n\t"
+        "mov r6, r4\n\t"
+        "mov r7, r5\n\t"
+        "mov r8, r4\n\t"
+        "mov r9, r5\n\t"
+        MT_GEMM_S8_K_LOOP
+        "str r2, [sp, #12]\n\t"
+        "ldr r3, [sp, #64]\n\t"          // ctx: O, lo, hi, flags
+        "ldm r3, {r10, r11, r12, lr}\n\t"
+        "ldr r1, [sp, #56]\n\t"          // rec
+        MT_EPI_RANGE_RQ
+        "adds r1, #20\n\t"
+        "str r1, [sp, #56]\n\t"
+        MT_EPI_CLAMP
+        "ldr r2, [sp, #60]\n\t"          // out
+        "strb r4, [r2]\n\t" "strb r5, [r2, #1]\n\t" "add r3, r2, r10\n\t"
+        "strb r6, [r3]\n\t" "strb r7, [r3, #1]\n\t" "add r3, r3, r10\n\t"
+        "strb r8, [r3]\n\t" "strb r9, [r3, #1]\n\t"
+        "adds r2, #2\n\t"
+        "str r2, [sp, #60]\n\t"
+        "ldr r2, [sp, #12]\n\t"
+        "ldr r3, [sp, #8]\n\t"
+        "subs r3, r3, #1\n\t"
+        "str r3, [sp, #8]\n\t"
+        "bne 5b\n\t"
+        "add sp, sp, #16\n\t"
+        "pop {r4-r11, pc}\n\t");
+}
+#undef MT_EPI_CLAMP
+#undef MT_HI
+#undef MT_LO
+#undef MT_EPI_RANGE_RQ
+#undef MT_MINMAX
 #undef MT_ARG
 #else
 static void epi_3x2(const int32_t *acc, int32_t *rec, int8_t *out, const epi_ctx_t *ctx) {
@@ -473,6 +538,7 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
             mt_pack_s8_rows(w + ((size_t)g * og + 2 * cb0) * K, K, mt_s8_min(2 * nb, og - 2 * cb0),
                 K, 0, 2, kp, s.wpanel);
             // Each pair's bias as its sums' start, and whether the block epilogue takes it.
+            int all_fast = 1;
             for (int cb = cb0; cb < cb0 + nb; cb++) {
                 const int o0 = g * og + 2 * cb, cols = mt_s8_min(2, og - 2 * cb);
                 s.init[2 * (cb - cb0)] = bias ? bias[o0] : 0;
@@ -480,7 +546,9 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
                 s.fast[cb - cb0] = cols == 2 && s.rq[o0].left == 0 && s.rq[o0 + 1].left == 0
                     && s.rq[o0].right >= 1 && s.rq[o0].right <= 23
                     && s.rq[o0 + 1].right >= 1 && s.rq[o0 + 1].right <= 23;
+                all_fast &= s.fast[cb - cb0];
             }
+            (void)all_fast;
             for (int q0 = 0; q0 < pixels; q0 += 3) {
                 const int rows = mt_s8_min(3, pixels - q0);
                 if (direct) {
@@ -505,6 +573,14 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
                     }
                     mt_pack_s8_rows(s.stage, K, rows, K, zp_x, 3, kp, s.apanel);
                 }
+#if MT_S8_DSP
+                if (rows == 3 && all_fast) {
+                    const int o0 = g * og + 2 * cb0;
+                    gemm_epi_3x2(kp, apanel, (const int32_t *)s.wpanel, nb, s.init,
+                        s.rec + REC_WORDS * o0, y + (size_t)q0 * O + o0, &ctx);
+                    continue;
+                }
+#endif
                 mt_gemm_s16_3x2_multi(kp, apanel, (const int32_t *)s.wpanel, nb, s.init, s.sums);
                 const int32_t *acc = s.sums;
                 for (int cb = cb0; cb < cb0 + nb; cb++, acc += 6) {

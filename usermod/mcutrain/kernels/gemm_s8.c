@@ -6,43 +6,16 @@
 
 // ---- the 3x2 kernel -----------------------------------------------------------------------
 //
-// Cortex-M4: per pair of k, one LDM loads the three A words, one the two B words, and six
-// SMLADs do 12 multiply-adds: 8 instructions. Sixteen pairs per loop iteration; the loop
-// counter, both panel pointers, 6 sums and 5 operands take r0-r12 and lr, so the acc
-// pointer waits on the stack. Written as a whole function because it needs every register.
+// Cortex-M4: the k loop of gemm_s8_loop.h, 8 instructions per pair of k (12 multiply-adds).
+// The loop counter, both panel pointers, 6 sums and 5 operands take r0-r12 and lr, so the
+// acc pointer waits on the stack. Written as whole functions because they need every
+// register.
 
 #if MT_S8_DSP
+#include "gemm_s8_loop.h"
 // (The asm reads the arguments from r0-r3 and the stack.)
 #define MT_ARG __attribute__((unused))
-// The k loop: r0 = kp, r1 = A, r2 = B, sums in r4-r9; uses r3, r10-r12, lr.
-#define MT_PAIR \
-        "ldm r1!, {r3, r10, r11}\n\t" \
-        "ldm r2!, {r12, lr}\n\t" \
-        "smlad r4, r3, r12, r4\n\t" \
-        "smlad r5, r3, lr, r5\n\t" \
-        "smlad r6, r10, r12, r6\n\t" \
-        "smlad r7, r10, lr, r7\n\t" \
-        "smlad r8, r11, r12, r8\n\t" \
-        "smlad r9, r11, lr, r9\n\t"
-#define MT_PAIR4 MT_PAIR MT_PAIR MT_PAIR MT_PAIR
-#define MT_K_LOOP \
-        /* kp / 8 steps of 4 pairs: 4 and 8 pairs as kp's bits 3 and 4 say, then loops of */ \
-        /* 16 pairs (130 instructions for 192 multiply-adds: 1.48 a instruction). */ \
-        "lsrs r0, r0, #4\n\t" \
-        "bcc 1f\n\t" \
-        MT_PAIR4 \
-        "1:\n\t" \
-        "lsrs r0, r0, #1\n\t" \
-        "bcc 4f\n\t" \
-        MT_PAIR4 MT_PAIR4 \
-        "4:\n\t" \
-        "cmp r0, #0\n\t" \
-        "beq 2f\n\t" \
-        "3:\n\t" \
-        MT_PAIR4 MT_PAIR4 MT_PAIR4 MT_PAIR4 \
-        "subs r0, r0, #1\n\t" \
-        "bne 3b\n\t" \
-        "2:\n\t"
+#define MT_K_LOOP MT_GEMM_S8_K_LOOP
 
 __attribute__((naked, noinline))
 void mt_gemm_s16_3x2(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t *b MT_ARG,
@@ -114,8 +87,6 @@ void mt_gemm_s16_3x2_multi(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t
         "pop {r4-r11, pc}\n\t");
 }
 #undef MT_K_LOOP
-#undef MT_PAIR4
-#undef MT_PAIR
 #undef MT_ARG
 #else
 // Low and high int16 halves of the word at p (memcpy: panels are written as int16 or int32).
