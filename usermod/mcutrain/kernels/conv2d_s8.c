@@ -368,6 +368,14 @@ static void forward_out(const int32_t *acc, int rows, const mt_s8_rq_t *rq, int3
 // dx for a full 3x2 block (left == 0, 1 <= right <= 23): rec = {m, k, right}, range =
 // {min, max} of the accumulators so far, out = row 0, C = row stride.
 #if MT_S8_DSP
+// On the sums in r4-r9: their range into r10 (min), r11 (max); then, with r0 = m, r1 = k,
+// r3 = right, each requantized, saturated and clamped to -127 (r10 = -127 by then).
+#define MT_MM(r) "cmp " r ", r10\n\t" "it lt\n\t" "movlt r10, " r "\n\t" \
+                 "cmp " r ", r11\n\t" "it gt\n\t" "movgt r11, " r "\n\t"
+#define MT_GI_RANGE MT_MM("r4") MT_MM("r5") MT_MM("r6") MT_MM("r7") MT_MM("r8") MT_MM("r9")
+#define MT_DX(r) "smmla " r ", " r ", r0, r1\n\t" "asr " r ", " r ", r3\n\t" \
+                 "ssat " r ", #8, " r "\n\t" "cmp " r ", r10\n\t" "it lt\n\t" "movlt " r ", r10\n\t"
+#define MT_GI_DX MT_DX("r4") MT_DX("r5") MT_DX("r6") MT_DX("r7") MT_DX("r8") MT_DX("r9")
 #define MT_ARG __attribute__((unused))
 __attribute__((naked, noinline))
 static void grad_input_out(const int32_t *acc MT_ARG, const int32_t *rec MT_ARG,
@@ -376,23 +384,69 @@ static void grad_input_out(const int32_t *acc MT_ARG, const int32_t *rec MT_ARG,
         "push {r4-r11, lr}\n\t"
         "ldm r0, {r4-r9}\n\t"
         "ldm r3, {r10, r11, r12}\n\t"      // min, max, C
-#define MT_MM(r) "cmp " r ", r10\n\t" "it lt\n\t" "movlt r10, " r "\n\t" \
-                 "cmp " r ", r11\n\t" "it gt\n\t" "movgt r11, " r "\n\t"
-        MT_MM("r4") MT_MM("r5") MT_MM("r6") MT_MM("r7") MT_MM("r8") MT_MM("r9")
-#undef MT_MM
+        MT_GI_RANGE
         "stm r3, {r10, r11}\n\t"
         "ldm r1, {r0, r1, r3}\n\t"         // m, k, right
         "mvn r10, #126\n\t"                 // -127
-#define MT_DX(r) "smmla " r ", " r ", r0, r1\n\t" "asr " r ", " r ", r3\n\t" \
-                 "ssat " r ", #8, " r "\n\t" "cmp " r ", r10\n\t" "it lt\n\t" "movlt " r ", r10\n\t"
-        MT_DX("r4") MT_DX("r5") MT_DX("r6") MT_DX("r7") MT_DX("r8") MT_DX("r9")
-#undef MT_DX
+        MT_GI_DX
         "strb r4, [r2]\n\t" "strb r5, [r2, #1]\n\t" "add r2, r2, r12\n\t"
         "strb r6, [r2]\n\t" "strb r7, [r2, #1]\n\t" "add r2, r2, r12\n\t"
         "strb r8, [r2]\n\t" "strb r9, [r2, #1]\n\t"
         "pop {r4-r11, pc}\n\t");
 }
+
+// mt_gemm_s16_3x2 against nb consecutive 2-row blocks of B with grad_input_out after each,
+// in one loop, the epilogue straight from the sums' registers: block j's sums start at 0 and
+// its dx go to out + 2j. Saves, per block, the sums' store and reload and the calls with
+// their loop in C. r0 = kp, r1 = A, r2 = B, r3 = nb (>= 1); stack: rec, out, range_and_C.
+__attribute__((naked, noinline))
+static void gemm_gi_3x2(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t *b MT_ARG,
+    int nb MT_ARG, const int32_t *rec MT_ARG, int8_t *out MT_ARG,
+    int32_t *range_and_C MT_ARG) {
+    __asm__ volatile (
+        "push {r4-r11, lr}\n\t"
+        "sub sp, sp, #16\n\t"            // kp, A, blocks left, B between blocks
+        "str r0, [sp, #0]\n\t"
+        "str r1, [sp, #4]\n\t"
+        "str r3, [sp, #8]\n\t"
+        "5:\n\t"
+        "ldr r0, [sp, #0]\n\t"
+        "ldr r1, [sp, #4]\n\t"
+        "movs r4, #0\n\t"
+        "movs r5, #0\n\t"
+        "movs r6, #0\n\t"
+        "movs r7, #0\n\t"
+        "movs r8, #0\n\t"
+        "movs r9, #0\n\t"
+        MT_GEMM_S8_K_LOOP
+        "str r2, [sp, #12]\n\t"
+        "ldr r3, [sp, #60]\n\t"          // range_and_C (36 bytes pushed + 16 of locals)
+        "ldm r3, {r10, r11, r12}\n\t"      // min, max, C
+        MT_GI_RANGE
+        "stm r3, {r10, r11}\n\t"
+        "ldr r1, [sp, #52]\n\t"          // rec
+        "ldm r1, {r0, r1, r3}\n\t"         // m, k, right
+        "mvn r10, #126\n\t"                 // -127
+        MT_GI_DX
+        "ldr r2, [sp, #56]\n\t"          // out
+        "strb r4, [r2]\n\t" "strb r5, [r2, #1]\n\t" "add r3, r2, r12\n\t"
+        "strb r6, [r3]\n\t" "strb r7, [r3, #1]\n\t" "add r3, r3, r12\n\t"
+        "strb r8, [r3]\n\t" "strb r9, [r3, #1]\n\t"
+        "adds r2, #2\n\t"
+        "str r2, [sp, #56]\n\t"
+        "ldr r2, [sp, #12]\n\t"
+        "ldr r3, [sp, #8]\n\t"
+        "subs r3, r3, #1\n\t"
+        "str r3, [sp, #8]\n\t"
+        "bne 5b\n\t"
+        "add sp, sp, #16\n\t"
+        "pop {r4-r11, pc}\n\t");
+}
 #undef MT_ARG
+#undef MT_GI_DX
+#undef MT_DX
+#undef MT_GI_RANGE
+#undef MT_MM
 #else
 static void grad_input_out(const int32_t *acc, const int32_t *rec, int8_t *out,
     int32_t *range_and_C) {
@@ -718,6 +772,13 @@ int mt_conv2d_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
                     }
                     mt_pack_s8_rows(s.stage, K, rows, K, 0, 3, kp, s.apanel);
                 }
+#if MT_S8_DSP
+                if (fast && rows == 3 && 2 * (cb0 + nb) <= cg) {
+                    gemm_gi_3x2(kp, (const int32_t *)s.apanel, (const int32_t *)s.wpanel, nb, rec,
+                        dx + (size_t)q0 * C + g * cg + 2 * cb0, range);
+                    continue;
+                }
+#endif
                 const int16_t *wp = s.wpanel;
                 for (int cb = cb0; cb < cb0 + nb; cb++, wp += 2 * kp) {
                     const int c0 = g * cg + 2 * cb, cols = mt_s8_min(2, cg - 2 * cb);
