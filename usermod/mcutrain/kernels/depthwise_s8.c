@@ -53,7 +53,7 @@ typedef struct {
     size_t used;
 } arena_t;
 
-static void *take(arena_t *a, size_t bytes) {
+static inline __attribute__((always_inline)) void *take(arena_t *a, size_t bytes) {
     void *p = a->base ? a->base + a->used : NULL;
     bool overflow = false;
     a->used = mt_add_size(a->used, mt_add_size(bytes, 7, &overflow) & ~(size_t)7, &overflow);
@@ -209,8 +209,14 @@ static view_t view_of(const mt_conv2d_params_t *p) {
     }
     const view_t t = view_as(p, 1);
     bool overflow = false;
-    const size_t limit = mt_max_size(mt_add_size(budget(p), SLACK, &overflow), view_bytes(&plain));
-    return view_bytes(&t) <= limit ? t : plain;
+    // Transposed when it needs no more than max(budget + SLACK, the plain view's bytes):
+    // within the budget it wins without sizing the plain view (three passes' geometry less
+    // on every call).
+    const size_t bytes = view_bytes(&t);
+    if (bytes <= mt_add_size(budget(p), SLACK, &overflow)) {
+        return t;
+    }
+    return bytes <= view_bytes(&plain) ? t : plain;
 }
 
 size_t mt_depthwise_s8_scratch_bytes(const mt_conv2d_params_t *layer) {
