@@ -1242,11 +1242,8 @@ int mt_conv2d_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
                     pack_update_dy(p, dy_img, s.chan, nchan, q0, n, slots, s.apanel, s.bsum);
                     for (int k = 0; k < K; k += 2) {
                         pack_update_cols(p, &sh, s.xp, k, q0, n, slots, zp, (int32_t *)s.bpanel);
-                        const int32_t *ap = (const int32_t *)s.apanel;
-                        int32_t *acc = s.acc + k;
-                        for (int b = 0; b < panels; b++, ap += 3 * slots / 2, acc += 3 * Kp) {
-                            mt_gemm_s16_3x2_rows(slots, ap, (const int32_t *)s.bpanel, acc, Kp);
-                        }
+                        mt_gemm_s16_3x2_rows_multi(slots, (const int32_t *)s.apanel,
+                            (const int32_t *)s.bpanel, s.acc + k, Kp, panels);
                     }
                 }
             }

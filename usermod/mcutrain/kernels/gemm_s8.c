@@ -53,6 +53,50 @@ void mt_gemm_s16_3x2_rows(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t 
         "pop {r3-r11, pc}\n\t");
 }
 
+// r0 = kp, r1 = A, r2 = B, r3 = acc; ld and np on the stack. A's panels follow each other,
+// so r1 runs on while B restarts.
+__attribute__((naked, noinline))
+void mt_gemm_s16_3x2_rows_multi(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t *b MT_ARG,
+    int32_t *acc MT_ARG, int ld MT_ARG, int np MT_ARG) {
+    __asm__ volatile (
+        "push {r4-r11, lr}\n\t"
+        "sub sp, sp, #24\n\t"            // kp, B, panels left, acc, 4 * ld (and padding)
+        "str r0, [sp, #0]\n\t"
+        "str r2, [sp, #4]\n\t"
+        "str r3, [sp, #12]\n\t"
+        "ldr r12, [sp, #64]\n\t"         // np (36 bytes pushed + 24 of locals + ld)
+        "str r12, [sp, #8]\n\t"
+        "ldr r12, [sp, #60]\n\t"         // ld
+        "lsl r12, r12, #2\n\t"
+        "str r12, [sp, #16]\n\t"
+        "5:\n\t"
+        "ldr r3, [sp, #12]\n\t"
+        "ldr r12, [sp, #16]\n\t"
+        "ldrd r4, r5, [r3]\n\t"
+        "add r3, r3, r12\n\t"
+        "ldrd r6, r7, [r3]\n\t"
+        "add r3, r3, r12\n\t"
+        "ldrd r8, r9, [r3]\n\t"
+        "ldr r0, [sp, #0]\n\t"
+        "ldr r2, [sp, #4]\n\t"
+        MT_K_LOOP
+        "ldr r3, [sp, #12]\n\t"
+        "ldr r12, [sp, #16]\n\t"
+        "strd r4, r5, [r3]\n\t"
+        "add r3, r3, r12\n\t"
+        "strd r6, r7, [r3]\n\t"
+        "add r3, r3, r12\n\t"
+        "strd r8, r9, [r3]\n\t"
+        "add r3, r3, r12\n\t"
+        "str r3, [sp, #12]\n\t"
+        "ldr r3, [sp, #8]\n\t"
+        "subs r3, r3, #1\n\t"
+        "str r3, [sp, #8]\n\t"
+        "bne 5b\n\t"
+        "add sp, sp, #24\n\t"
+        "pop {r4-r11, pc}\n\t");
+}
+
 // r0 = kp, r1 = A, r2 = B, r3 = nb; init and out on the stack. Per block: the sums start
 // from its init pair, the k loop runs, the six sums go out; B's blocks follow each other,
 // so r2 runs on while A restarts.
@@ -136,6 +180,13 @@ void mt_gemm_s16_3x2_rows(int kp, const int32_t *a, const int32_t *b, int32_t *a
     acc[0] = t[0]; acc[1] = t[1];
     acc[ld] = t[2]; acc[ld + 1] = t[3];
     acc[2 * ld] = t[4]; acc[2 * ld + 1] = t[5];
+}
+
+void mt_gemm_s16_3x2_rows_multi(int kp, const int32_t *a, const int32_t *b, int32_t *acc,
+    int ld, int np) {
+    for (int j = 0; j < np; j++, a += 3 * kp / 2, acc += 3 * ld) {
+        mt_gemm_s16_3x2_rows(kp, a, b, acc, ld);
+    }
 }
 #endif
 
