@@ -184,8 +184,13 @@ void mt_gemm_s16_3x2_rows(int kp, const int32_t *a, const int32_t *b, int32_t *a
 
 void mt_gemm_s16_3x2_rows_multi(int kp, const int32_t *a, const int32_t *b, int32_t *acc,
     int ld, int np) {
+    // mt_gemm_s16_3x2_rows' body, not a call to it: one call level less per panel.
     for (int j = 0; j < np; j++, a += 3 * kp / 2, acc += 3 * ld) {
-        mt_gemm_s16_3x2_rows(kp, a, b, acc, ld);
+        int32_t t[6] = { acc[0], acc[1], acc[ld], acc[ld + 1], acc[2 * ld], acc[2 * ld + 1] };
+        mt_gemm_s16_3x2(kp, a, b, t);
+        acc[0] = t[0]; acc[1] = t[1];
+        acc[ld] = t[2]; acc[ld + 1] = t[3];
+        acc[2 * ld] = t[4]; acc[2 * ld + 1] = t[5];
     }
 }
 #endif
