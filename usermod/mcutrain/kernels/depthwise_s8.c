@@ -241,11 +241,19 @@ static inline void store2(int16_t *p, uint32_t v) {
 static void widen_weights(const view_t *vw, const int8_t *w, int nch, int kwp, int flipped,
     int16_t *wq) {
     const int kh = vw->v.kernel_h, kw = vw->v.kernel_w, taps = kh * kw;
+    // The view's tap (i, j) is the layer's tap i * si + j * sj (kernel rows and columns
+    // swap when transposed); flipped reads them from the other end.
+    const int si = vw->transposed ? 1 : kw, sj = vw->transposed ? kh : 1;
+    const int step = flipped ? -sj : sj;
     for (int c = 0; c < nch; c++, w += taps) {
         for (int i = 0; i < kh; i++, wq += kwp) {
-            for (int j = 0; j < kwp; j++) {
-                const int t = vw->transposed ? j * kh + i : i * kw + j;
-                wq[j] = (int16_t)(j >= kw ? 0 : w[flipped ? taps - 1 - t : t]);
+            const int8_t *src = w + (flipped ? taps - 1 - i * si : i * si);
+            int j = 0;
+            for (; j < kw; j++, src += step) {
+                wq[j] = *src;
+            }
+            for (; j < kwp; j++) {
+                wq[j] = 0;
             }
         }
     }
