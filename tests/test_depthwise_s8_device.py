@@ -1,8 +1,9 @@
 """int8 depthwise Conv2d layers on the device (unix, qemu-m4f: the SMLAD path, qemu-rv32:
-the portable C): one training step (forward, input gradient, plain-SGD update) bit for bit
-against the integer reference, on shapes that stress depthwise_s8.c's channel planes
-(channel counts not a multiple of 4, strides, paddings, kernels wider than the image,
-batches, several bands of rows) and extreme zero points and weights.
+the portable C): one training step (forward, input gradient, plain-SGD update of weights,
+scales and bias) bit for bit against the integer reference, on shapes that stress
+depthwise_s8.c's channel planes (channel counts not a multiple of 4, strides, paddings,
+kernels wider than the image, batches, several bands of rows) and extreme zero points and
+weights.
 
 Scales reach the device as Python literals the boards' 30-bit floats hold exactly.
 """
@@ -90,6 +91,7 @@ def test_int8_depthwise_training_step_matches_the_integer_reference_bit_for_bit(
         script.emit(f"{name}.dx", "layer.backward(dy, opt)", x.shape, "int8")
         script.emit(f"{name}.w", "layer.weight", w.shape, "int8")
         script.emit(f"{name}.ws", "layer.weight_scale", ws.shape)
+        script.emit(f"{name}.b", "layer.bias", b.shape)
         script.add("layer = opt = x = dy = None")
         cases.append((name, x, w, ws, b, dy, zp, _pair(stride), _pair(padding)))
     results = script.run(target)
@@ -99,4 +101,7 @@ def test_int8_depthwise_training_step_matches_the_integer_reference_bit_for_bit(
         assert np.array_equal(results[f"{name}.dx"], dx), f"{name}: input gradient differs"
         assert np.array_equal(results[f"{name}.w"], upd.w), f"{name}: updated weights differ"
         assert np.array_equal(results[f"{name}.ws"], upd.w_scale), f"{name}: updated weight scales differ"
+        # The bias's step comes from the sum of dy, which the update kernel forms itself.
+        expected_b = (upd.bias.astype(np.float32) * (np.float32(X_SCALE) * upd.w_scale)).astype(np.float32)
+        assert np.array_equal(results[f"{name}.b"], expected_b), f"{name}: updated bias differs"
         assert not np.array_equal(upd.w, w), f"{name}: the step changed nothing"

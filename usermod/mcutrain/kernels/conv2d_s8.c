@@ -50,7 +50,7 @@ typedef struct {
     size_t used;
 } arena_t;
 
-static void *take(arena_t *a, size_t bytes) {
+static inline __attribute__((always_inline)) void *take(arena_t *a, size_t bytes) {
     void *p = a->base ? a->base + a->used : NULL;
     bool overflow = false;
     a->used = mt_add_size(a->used, mt_add_size(bytes, 7, &overflow) & ~(size_t)7, &overflow);
@@ -212,6 +212,51 @@ typedef struct {
 enum { EPI_TRACK = 1, EPI_LO = 2, EPI_HI = 4 };
 
 #if MT_S8_DSP
+#include "gemm_s8_loop.h"
+// The epilogue's pieces, on the sums in r4-r9 (rows 0-2 of channel 0 in r4, r6, r8, of
+// channel 1 in r5, r7, r9) with r1 = the block's first record:
+// the range of three sums of one channel into its record's min and max (r0, r3 scratch);
+#define MT_MINMAX(lo_off, a, b, c) \
+        "ldrd r0, r3, [r1, #" #lo_off "]\n\t" \
+        "cmp " a ", r0\n\t" "it lt\n\t" "movlt r0, " a "\n\t" \
+        "cmp " b ", r0\n\t" "it lt\n\t" "movlt r0, " b "\n\t" \
+        "cmp " c ", r0\n\t" "it lt\n\t" "movlt r0, " c "\n\t" \
+        "cmp " a ", r3\n\t" "it gt\n\t" "movgt r3, " a "\n\t" \
+        "cmp " b ", r3\n\t" "it gt\n\t" "movgt r3, " b "\n\t" \
+        "cmp " c ", r3\n\t" "it gt\n\t" "movgt r3, " c "\n\t" \
+        "strd r0, r3, [r1, #" #lo_off "]\n\t"
+// both channels' range (if lr has EPI_TRACK), then the six sums requantized and saturated to
+// int8 (r1 ends 20 bytes on, at channel 1's record; r0, r3 scratch, lr kept);
+#define MT_EPI_RANGE_RQ \
+        "tst lr, #1\n\t" \
+        "beq 1f\n\t" \
+        MT_MINMAX(12, "r4", "r6", "r8") \
+        MT_MINMAX(32, "r5", "r7", "r9") \
+        "1:\n\t" \
+        "push {lr}\n\t" \
+        "ldm r1!, {r0, r3, lr}\n\t" \
+        "smmla r4, r4, r0, r3\n\t" "smmla r6, r6, r0, r3\n\t" "smmla r8, r8, r0, r3\n\t" \
+        "asr r4, r4, lr\n\t" "asr r6, r6, lr\n\t" "asr r8, r8, lr\n\t" \
+        "adds r1, #8\n\t" \
+        "ldm r1, {r0, r3, lr}\n\t" \
+        "smmla r5, r5, r0, r3\n\t" "smmla r7, r7, r0, r3\n\t" "smmla r9, r9, r0, r3\n\t" \
+        "asr r5, r5, lr\n\t" "asr r7, r7, lr\n\t" "asr r9, r9, lr\n\t" \
+        "ssat r4, #8, r4\n\t" "ssat r5, #8, r5\n\t" "ssat r6, #8, r6\n\t" \
+        "ssat r7, #8, r7\n\t" "ssat r8, #8, r8\n\t" "ssat r9, #8, r9\n\t" \
+        "pop {lr}\n\t"
+// the activation's bounds, r11 (if lr has EPI_LO) and r12 (EPI_HI).
+#define MT_LO(r) "cmp " r ", r11\n\t" "it lt\n\t" "movlt " r ", r11\n\t"
+#define MT_HI(r) "cmp " r ", r12\n\t" "it gt\n\t" "movgt " r ", r12\n\t"
+#define MT_EPI_CLAMP \
+        "tst lr, #2\n\t" \
+        "beq 2f\n\t" \
+        MT_LO("r4") MT_LO("r5") MT_LO("r6") MT_LO("r7") MT_LO("r8") MT_LO("r9") \
+        "2:\n\t" \
+        "tst lr, #4\n\t" \
+        "beq 3f\n\t" \
+        MT_HI("r4") MT_HI("r5") MT_HI("r6") MT_HI("r7") MT_HI("r8") MT_HI("r9") \
+        "3:\n\t"
+
 // r0 = acc (6), r1 = two records, r2 = out (row 0, channel 0), r3 = ctx. About 60 instructions
 // plus 40 for the range and up to 36 for the clamp, none of them branches in the data path.
 #define MT_ARG __attribute__((unused))
@@ -222,49 +267,69 @@ static void epi_3x2(const int32_t *acc MT_ARG, int32_t *rec MT_ARG, int8_t *out 
         "push {r4-r11, lr}\n\t"
         "ldm r0, {r4-r9}\n\t"
         "ldm r3, {r10, r11, r12, lr}\n\t"
-        "tst lr, #1\n\t"
-        "beq 1f\n\t"
-#define MT_MINMAX(lo_off, a, b, c) \
-        "ldrd r0, r3, [r1, #" #lo_off "]\n\t" \
-        "cmp " a ", r0\n\t" "it lt\n\t" "movlt r0, " a "\n\t" \
-        "cmp " b ", r0\n\t" "it lt\n\t" "movlt r0, " b "\n\t" \
-        "cmp " c ", r0\n\t" "it lt\n\t" "movlt r0, " c "\n\t" \
-        "cmp " a ", r3\n\t" "it gt\n\t" "movgt r3, " a "\n\t" \
-        "cmp " b ", r3\n\t" "it gt\n\t" "movgt r3, " b "\n\t" \
-        "cmp " c ", r3\n\t" "it gt\n\t" "movgt r3, " c "\n\t" \
-        "strd r0, r3, [r1, #" #lo_off "]\n\t"
-        MT_MINMAX(12, "r4", "r6", "r8")
-        MT_MINMAX(32, "r5", "r7", "r9")
-#undef MT_MINMAX
-        "1:\n\t"
-        "push {lr}\n\t"
-        "ldm r1!, {r0, r3, lr}\n\t"
-        "smmla r4, r4, r0, r3\n\t" "smmla r6, r6, r0, r3\n\t" "smmla r8, r8, r0, r3\n\t"
-        "asr r4, r4, lr\n\t" "asr r6, r6, lr\n\t" "asr r8, r8, lr\n\t"
-        "adds r1, #8\n\t"
-        "ldm r1, {r0, r3, lr}\n\t"
-        "smmla r5, r5, r0, r3\n\t" "smmla r7, r7, r0, r3\n\t" "smmla r9, r9, r0, r3\n\t"
-        "asr r5, r5, lr\n\t" "asr r7, r7, lr\n\t" "asr r9, r9, lr\n\t"
-        "ssat r4, #8, r4\n\t" "ssat r5, #8, r5\n\t" "ssat r6, #8, r6\n\t"
-        "ssat r7, #8, r7\n\t" "ssat r8, #8, r8\n\t" "ssat r9, #8, r9\n\t"
-        "pop {lr}\n\t"
-        "tst lr, #2\n\t"
-        "beq 2f\n\t"
-#define MT_LO(r) "cmp " r ", r11\n\t" "it lt\n\t" "movlt " r ", r11\n\t"
-        MT_LO("r4") MT_LO("r5") MT_LO("r6") MT_LO("r7") MT_LO("r8") MT_LO("r9")
-#undef MT_LO
-        "2:\n\t"
-        "tst lr, #4\n\t"
-        "beq 3f\n\t"
-#define MT_HI(r) "cmp " r ", r12\n\t" "it gt\n\t" "movgt " r ", r12\n\t"
-        MT_HI("r4") MT_HI("r5") MT_HI("r6") MT_HI("r7") MT_HI("r8") MT_HI("r9")
-#undef MT_HI
-        "3:\n\t"
+        MT_EPI_RANGE_RQ
+        MT_EPI_CLAMP
         "strb r4, [r2]\n\t" "strb r5, [r2, #1]\n\t" "add r2, r2, r10\n\t"
         "strb r6, [r2]\n\t" "strb r7, [r2, #1]\n\t" "add r2, r2, r10\n\t"
         "strb r8, [r2]\n\t" "strb r9, [r2, #1]\n\t"
         "pop {r4-r11, pc}\n\t");
 }
+
+// mt_gemm_s16_3x2_multi and epi_3x2 in one loop, the epilogue straight from the sums'
+// registers: block j (B's rows 2j, 2j + 1, each kp long, one after the other) starts its
+// six sums from init[2j], init[2j + 1], and its outputs go through the records rec + 10j
+// to out + 2j (rows ctx->O apart). Every block must take epi_3x2 (three rows, both channels
+// of the fast form). Saves, per block, the sums' store and reload and the call with its
+// loop in C (about 30 instructions).
+// r0 = kp, r1 = A, r2 = B, r3 = nb (>= 1); stack: init, rec, out, ctx.
+__attribute__((naked, noinline))
+static void gemm_epi_3x2(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t *b MT_ARG,
+    int nb MT_ARG, const int32_t *init MT_ARG, int32_t *rec MT_ARG, int8_t *out MT_ARG,
+    const epi_ctx_t *ctx MT_ARG) {
+    __asm__ volatile (
+        "push {r4-r11, lr}\n\t"
+        "sub sp, sp, #16\n\t"            // kp, A, blocks left, B between blocks
+        "str r0, [sp, #0]\n\t"
+        "str r1, [sp, #4]\n\t"
+        "str r3, [sp, #8]\n\t"
+        "5:\n\t"
+        "ldr r0, [sp, #0]\n\t"
+        "ldr r1, [sp, #4]\n\t"
+        "ldr r3, [sp, #52]\n\t"          // init (36 bytes pushed + 16 of locals)
+        "ldm r3!, {r4, r5}\n\t"
+        "str r3, [sp, #52]\n\t"
+        "mov r6, r4\n\t"
+        "mov r7, r5\n\t"
+        "mov r8, r4\n\t"
+        "mov r9, r5\n\t"
+        MT_GEMM_S8_K_LOOP
+        "str r2, [sp, #12]\n\t"
+        "ldr r3, [sp, #64]\n\t"          // ctx: O, lo, hi, flags
+        "ldm r3, {r10, r11, r12, lr}\n\t"
+        "ldr r1, [sp, #56]\n\t"          // rec
+        MT_EPI_RANGE_RQ
+        "adds r1, #20\n\t"
+        "str r1, [sp, #56]\n\t"
+        MT_EPI_CLAMP
+        "ldr r2, [sp, #60]\n\t"          // out
+        "strb r4, [r2]\n\t" "strb r5, [r2, #1]\n\t" "add r3, r2, r10\n\t"
+        "strb r6, [r3]\n\t" "strb r7, [r3, #1]\n\t" "add r3, r3, r10\n\t"
+        "strb r8, [r3]\n\t" "strb r9, [r3, #1]\n\t"
+        "adds r2, #2\n\t"
+        "str r2, [sp, #60]\n\t"
+        "ldr r2, [sp, #12]\n\t"
+        "ldr r3, [sp, #8]\n\t"
+        "subs r3, r3, #1\n\t"
+        "str r3, [sp, #8]\n\t"
+        "bne 5b\n\t"
+        "add sp, sp, #16\n\t"
+        "pop {r4-r11, pc}\n\t");
+}
+#undef MT_EPI_CLAMP
+#undef MT_HI
+#undef MT_LO
+#undef MT_EPI_RANGE_RQ
+#undef MT_MINMAX
 #undef MT_ARG
 #else
 static void epi_3x2(const int32_t *acc, int32_t *rec, int8_t *out, const epi_ctx_t *ctx) {
@@ -303,6 +368,14 @@ static void forward_out(const int32_t *acc, int rows, const mt_s8_rq_t *rq, int3
 // dx for a full 3x2 block (left == 0, 1 <= right <= 23): rec = {m, k, right}, range =
 // {min, max} of the accumulators so far, out = row 0, C = row stride.
 #if MT_S8_DSP
+// On the sums in r4-r9: their range into r10 (min), r11 (max); then, with r0 = m, r1 = k,
+// r3 = right, each requantized, saturated and clamped to -127 (r10 = -127 by then).
+#define MT_MM(r) "cmp " r ", r10\n\t" "it lt\n\t" "movlt r10, " r "\n\t" \
+                 "cmp " r ", r11\n\t" "it gt\n\t" "movgt r11, " r "\n\t"
+#define MT_GI_RANGE MT_MM("r4") MT_MM("r5") MT_MM("r6") MT_MM("r7") MT_MM("r8") MT_MM("r9")
+#define MT_DX(r) "smmla " r ", " r ", r0, r1\n\t" "asr " r ", " r ", r3\n\t" \
+                 "ssat " r ", #8, " r "\n\t" "cmp " r ", r10\n\t" "it lt\n\t" "movlt " r ", r10\n\t"
+#define MT_GI_DX MT_DX("r4") MT_DX("r5") MT_DX("r6") MT_DX("r7") MT_DX("r8") MT_DX("r9")
 #define MT_ARG __attribute__((unused))
 __attribute__((naked, noinline))
 static void grad_input_out(const int32_t *acc MT_ARG, const int32_t *rec MT_ARG,
@@ -311,23 +384,69 @@ static void grad_input_out(const int32_t *acc MT_ARG, const int32_t *rec MT_ARG,
         "push {r4-r11, lr}\n\t"
         "ldm r0, {r4-r9}\n\t"
         "ldm r3, {r10, r11, r12}\n\t"      // min, max, C
-#define MT_MM(r) "cmp " r ", r10\n\t" "it lt\n\t" "movlt r10, " r "\n\t" \
-                 "cmp " r ", r11\n\t" "it gt\n\t" "movgt r11, " r "\n\t"
-        MT_MM("r4") MT_MM("r5") MT_MM("r6") MT_MM("r7") MT_MM("r8") MT_MM("r9")
-#undef MT_MM
+        MT_GI_RANGE
         "stm r3, {r10, r11}\n\t"
         "ldm r1, {r0, r1, r3}\n\t"         // m, k, right
         "mvn r10, #126\n\t"                 // -127
-#define MT_DX(r) "smmla " r ", " r ", r0, r1\n\t" "asr " r ", " r ", r3\n\t" \
-                 "ssat " r ", #8, " r "\n\t" "cmp " r ", r10\n\t" "it lt\n\t" "movlt " r ", r10\n\t"
-        MT_DX("r4") MT_DX("r5") MT_DX("r6") MT_DX("r7") MT_DX("r8") MT_DX("r9")
-#undef MT_DX
+        MT_GI_DX
         "strb r4, [r2]\n\t" "strb r5, [r2, #1]\n\t" "add r2, r2, r12\n\t"
         "strb r6, [r2]\n\t" "strb r7, [r2, #1]\n\t" "add r2, r2, r12\n\t"
         "strb r8, [r2]\n\t" "strb r9, [r2, #1]\n\t"
         "pop {r4-r11, pc}\n\t");
 }
+
+// mt_gemm_s16_3x2 against nb consecutive 2-row blocks of B with grad_input_out after each,
+// in one loop, the epilogue straight from the sums' registers: block j's sums start at 0 and
+// its dx go to out + 2j. Saves, per block, the sums' store and reload and the calls with
+// their loop in C. r0 = kp, r1 = A, r2 = B, r3 = nb (>= 1); stack: rec, out, range_and_C.
+__attribute__((naked, noinline))
+static void gemm_gi_3x2(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t *b MT_ARG,
+    int nb MT_ARG, const int32_t *rec MT_ARG, int8_t *out MT_ARG,
+    int32_t *range_and_C MT_ARG) {
+    __asm__ volatile (
+        "push {r4-r11, lr}\n\t"
+        "sub sp, sp, #16\n\t"            // kp, A, blocks left, B between blocks
+        "str r0, [sp, #0]\n\t"
+        "str r1, [sp, #4]\n\t"
+        "str r3, [sp, #8]\n\t"
+        "5:\n\t"
+        "ldr r0, [sp, #0]\n\t"
+        "ldr r1, [sp, #4]\n\t"
+        "movs r4, #0\n\t"
+        "movs r5, #0\n\t"
+        "movs r6, #0\n\t"
+        "movs r7, #0\n\t"
+        "movs r8, #0\n\t"
+        "movs r9, #0\n\t"
+        MT_GEMM_S8_K_LOOP
+        "str r2, [sp, #12]\n\t"
+        "ldr r3, [sp, #60]\n\t"          // range_and_C (36 bytes pushed + 16 of locals)
+        "ldm r3, {r10, r11, r12}\n\t"      // min, max, C
+        MT_GI_RANGE
+        "stm r3, {r10, r11}\n\t"
+        "ldr r1, [sp, #52]\n\t"          // rec
+        "ldm r1, {r0, r1, r3}\n\t"         // m, k, right
+        "mvn r10, #126\n\t"                 // -127
+        MT_GI_DX
+        "ldr r2, [sp, #56]\n\t"          // out
+        "strb r4, [r2]\n\t" "strb r5, [r2, #1]\n\t" "add r3, r2, r12\n\t"
+        "strb r6, [r3]\n\t" "strb r7, [r3, #1]\n\t" "add r3, r3, r12\n\t"
+        "strb r8, [r3]\n\t" "strb r9, [r3, #1]\n\t"
+        "adds r2, #2\n\t"
+        "str r2, [sp, #56]\n\t"
+        "ldr r2, [sp, #12]\n\t"
+        "ldr r3, [sp, #8]\n\t"
+        "subs r3, r3, #1\n\t"
+        "str r3, [sp, #8]\n\t"
+        "bne 5b\n\t"
+        "add sp, sp, #16\n\t"
+        "pop {r4-r11, pc}\n\t");
+}
 #undef MT_ARG
+#undef MT_GI_DX
+#undef MT_DX
+#undef MT_GI_RANGE
+#undef MT_MM
 #else
 static void grad_input_out(const int32_t *acc, const int32_t *rec, int8_t *out,
     int32_t *range_and_C) {
@@ -473,6 +592,7 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
             mt_pack_s8_rows(w + ((size_t)g * og + 2 * cb0) * K, K, mt_s8_min(2 * nb, og - 2 * cb0),
                 K, 0, 2, kp, s.wpanel);
             // Each pair's bias as its sums' start, and whether the block epilogue takes it.
+            int all_fast = 1;
             for (int cb = cb0; cb < cb0 + nb; cb++) {
                 const int o0 = g * og + 2 * cb, cols = mt_s8_min(2, og - 2 * cb);
                 s.init[2 * (cb - cb0)] = bias ? bias[o0] : 0;
@@ -480,7 +600,9 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
                 s.fast[cb - cb0] = cols == 2 && s.rq[o0].left == 0 && s.rq[o0 + 1].left == 0
                     && s.rq[o0].right >= 1 && s.rq[o0].right <= 23
                     && s.rq[o0 + 1].right >= 1 && s.rq[o0 + 1].right <= 23;
+                all_fast &= s.fast[cb - cb0];
             }
+            (void)all_fast;
             for (int q0 = 0; q0 < pixels; q0 += 3) {
                 const int rows = mt_s8_min(3, pixels - q0);
                 if (direct) {
@@ -505,6 +627,14 @@ int mt_conv2d_s8_forward(const mt_conv2d_params_t *p, const mt_s8_quant_t *q, co
                     }
                     mt_pack_s8_rows(s.stage, K, rows, K, zp_x, 3, kp, s.apanel);
                 }
+#if MT_S8_DSP
+                if (rows == 3 && all_fast) {
+                    const int o0 = g * og + 2 * cb0;
+                    gemm_epi_3x2(kp, apanel, (const int32_t *)s.wpanel, nb, s.init,
+                        s.rec + REC_WORDS * o0, y + (size_t)q0 * O + o0, &ctx);
+                    continue;
+                }
+#endif
                 mt_gemm_s16_3x2_multi(kp, apanel, (const int32_t *)s.wpanel, nb, s.init, s.sums);
                 const int32_t *acc = s.sums;
                 for (int cb = cb0; cb < cb0 + nb; cb++, acc += 6) {
@@ -642,6 +772,13 @@ int mt_conv2d_s8_grad_input(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
                     }
                     mt_pack_s8_rows(s.stage, K, rows, K, 0, 3, kp, s.apanel);
                 }
+#if MT_S8_DSP
+                if (fast && rows == 3 && 2 * (cb0 + nb) <= cg) {
+                    gemm_gi_3x2(kp, (const int32_t *)s.apanel, (const int32_t *)s.wpanel, nb, rec,
+                        dx + (size_t)q0 * C + g * cg + 2 * cb0, range);
+                    continue;
+                }
+#endif
                 const int16_t *wp = s.wpanel;
                 for (int cb = cb0; cb < cb0 + nb; cb++, wp += 2 * kp) {
                     const int c0 = g * cg + 2 * cb, cols = mt_s8_min(2, cg - 2 * cb);
@@ -737,39 +874,43 @@ static void build_xp(const mt_conv2d_params_t *p, const upd_shape_t *u, const in
     int n, int g, int8_t zp, uint16_t *xp) {
     const int sw = p->stride_w, C = p->in_c;
     const uint16_t pad = (uint16_t)(((uint16_t)(uint8_t)zp << 8) | (uint8_t)zp);
-    for (int cp = 0; cp < u->cpg; cp++) {
-        const int c0 = g * u->cg + 2 * cp, has1 = 2 * cp + 1 < u->cg;
-        for (int xr = 0; xr < u->xh; xr++) {
-            const int ih = xr - p->pad_h;
-            if (ih < 0 || ih >= p->in_h) {
-                for (int i = 0; i < sw * u->xws; i++) {
-                    *xp++ = pad;
-                }
-                continue;
-            }
-            const int8_t *row = x + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0;
-            for (int ph = 0; ph < sw; ph++) {
-                // Columns col with 0 <= col * sw + ph - pad_w < in_w: [lo, hi).
-                const int first = p->pad_w - ph;
-                const int lo = mt_s8_min(u->xws, first <= 0 ? 0 : (first + sw - 1) / sw);
-                const int end = p->in_w + p->pad_w - ph;
-                const int hi = mt_s8_max(lo, mt_s8_min(u->xws, end <= 0 ? 0 : (end + sw - 1) / sw));
+    const size_t row_step = (size_t)sw * u->xws;   // halfwords from one xp row to the next
+    // Phase by phase: a phase's column bounds (two divisions) hold for all its rows.
+    for (int ph = 0; ph < sw; ph++) {
+        // Columns col with 0 <= col * sw + ph - pad_w < in_w: [lo, hi).
+        const int first = p->pad_w - ph;
+        const int lo = mt_s8_min(u->xws, first <= 0 ? 0 : (first + sw - 1) / sw);
+        const int end = p->in_w + p->pad_w - ph;
+        const int hi = mt_s8_max(lo, mt_s8_min(u->xws, end <= 0 ? 0 : (end + sw - 1) / sw));
+        for (int cp = 0; cp < u->cpg; cp++) {
+            const int c0 = g * u->cg + 2 * cp, has1 = 2 * cp + 1 < u->cg;
+            uint16_t *row = xp + (size_t)cp * u->xh * row_step + (size_t)ph * u->xws;
+            for (int xr = 0; xr < u->xh; xr++, row += row_step) {
+                const int ih = xr - p->pad_h;
+                uint16_t *o = row;
                 int col = 0;
-                for (; col < lo; col++) {
-                    *xp++ = pad;
+                if (ih < 0 || ih >= p->in_h) {
+                    for (; col < u->xws; col++) {
+                        *o++ = pad;
+                    }
+                    continue;
                 }
-                const int8_t *px = row + (size_t)(lo * sw + ph - p->pad_w) * C;
+                for (; col < lo; col++) {
+                    *o++ = pad;
+                }
+                const int8_t *px = x + (((size_t)n * p->in_h + ih) * p->in_w) * C + c0
+                    + (size_t)(lo * sw + ph - p->pad_w) * C;
                 if (has1) {
                     for (; col < hi; col++, px += sw * C) {
-                        *xp++ = (uint16_t)mt_s8_load16(px);
+                        *o++ = (uint16_t)mt_s8_load16(px);
                     }
                 } else {
                     for (; col < hi; col++, px += sw * C) {
-                        *xp++ = (uint16_t)((uint8_t)px[0] | (pad & 0xff00u));
+                        *o++ = (uint16_t)((uint8_t)px[0] | (pad & 0xff00u));
                     }
                 }
                 for (; col < u->xws; col++) {
-                    *xp++ = pad;
+                    *o++ = pad;
                 }
             }
         }
@@ -947,30 +1088,55 @@ static void pack_update_dy(const mt_conv2d_params_t *p, const int8_t *dy, const 
     int32_t *const panel = (int32_t *)apanel;
     int i = 0;
 #if MT_S8_DSP
-    // Four consecutive channels of two pixels: 2 LDR, 2 PKH, 4 SXTB16, 4 SMLAD (the sums),
-    // 4 STR for 8 values.
+    // Four consecutive channels of two pixels: 2 LDR, 2 PKH, 4 SXTB16, 4 SXTAB16 (the sums),
+    // 4 STR for 8 values, 20 instructions a turn (the C loop this replaces spilled to 39).
+    // The sums run in int16 lanes, (c0, c2) and (c1, c3), straight from the loaded words: a
+    // tile's at most 256 values of size <= 128 cannot wrap a lane.
+    _Static_assert(UPDATE_TILE_SLOTS <= 256, "pack_update_dy's int16 sums");
     for (; i + 4 <= nchan && chan[i + 3] == chan[i] + 3; i += 4) {
         const int8_t *d = dy + (size_t)q0 * O + chan[i];
         int32_t *w[4];
-        int32_t s[4] = { 0, 0, 0, 0 };
+        int32_t s[4];
         for (int t = 0; t < 4; t++) {
             w[t] = panel + (size_t)(i + t) / 3 * 3 * words + (i + t) % 3;
         }
-        int j = 0;
-        for (; 2 * j + 2 <= n; j++, d += 2 * O) {
-            const uint32_t a = mt_s8_load32(d), b = mt_s8_load32(d + O);
-            const uint32_t lo = mt_s8_pkhbt(a, b), hi = mt_s8_pkhtb(b, a);
-            const uint32_t v0 = __sxtb16(lo), v1 = sxtb16_ror8(lo);
-            const uint32_t v2 = __sxtb16(hi), v3 = sxtb16_ror8(hi);
-            s[0] = __smlad(v0, 0x10001u, s[0]);
-            s[1] = __smlad(v1, 0x10001u, s[1]);
-            s[2] = __smlad(v2, 0x10001u, s[2]);
-            s[3] = __smlad(v3, 0x10001u, s[3]);
-            w[0][3 * j] = (int32_t)v0;
-            w[1][3 * j] = (int32_t)v1;
-            w[2][3 * j] = (int32_t)v2;
-            w[3][3 * j] = (int32_t)v3;
+        const int j = n / 2;
+        uint32_t s02 = 0, s13 = 0;
+        if (j > 0) {
+            int32_t *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+            int count = j;
+            uint32_t a, b, t;
+            __asm__ volatile (
+                "1:\n\t"
+                "ldr %[b], [%[d], %[O]]\n\t"
+                "ldr %[a], [%[d]]\n\t"
+                "add %[d], %[d], %[O], lsl #1\n\t"
+                "sxtab16 %[s02], %[s02], %[a]\n\t"
+                "sxtab16 %[s13], %[s13], %[a], ror #8\n\t"
+                "sxtab16 %[s02], %[s02], %[b]\n\t"
+                "sxtab16 %[s13], %[s13], %[b], ror #8\n\t"
+                "pkhbt %[t], %[a], %[b], lsl #16\n\t"
+                "pkhtb %[a], %[b], %[a], asr #16\n\t"
+                "sxtb16 %[b], %[t]\n\t"
+                "str %[b], [%[w0]], #12\n\t"
+                "sxtb16 %[b], %[t], ror #8\n\t"
+                "str %[b], [%[w1]], #12\n\t"
+                "sxtb16 %[b], %[a]\n\t"
+                "str %[b], [%[w2]], #12\n\t"
+                "sxtb16 %[b], %[a], ror #8\n\t"
+                "str %[b], [%[w3]], #12\n\t"
+                "subs %[count], %[count], #1\n\t"
+                "bne 1b\n\t"
+                : [d] "+r" (d), [count] "+r" (count), [w0] "+r" (w0), [w1] "+r" (w1),
+                  [w2] "+r" (w2), [w3] "+r" (w3), [s02] "+r" (s02), [s13] "+r" (s13),
+                  [a] "=&r" (a), [b] "=&r" (b), [t] "=&r" (t)
+                : [O] "r" (O)
+                : "cc", "memory");
         }
+        s[0] = (int16_t)s02;
+        s[1] = (int16_t)s13;
+        s[2] = (int16_t)(s02 >> 16);
+        s[3] = (int16_t)(s13 >> 16);
         for (int t = 0; t < 4; t++) {
             int jj = j;
             if (2 * jj < n) {
@@ -1076,11 +1242,8 @@ int mt_conv2d_s8_update(const mt_conv2d_params_t *p, const mt_s8_quant_t *q,
                     pack_update_dy(p, dy_img, s.chan, nchan, q0, n, slots, s.apanel, s.bsum);
                     for (int k = 0; k < K; k += 2) {
                         pack_update_cols(p, &sh, s.xp, k, q0, n, slots, zp, (int32_t *)s.bpanel);
-                        const int32_t *ap = (const int32_t *)s.apanel;
-                        int32_t *acc = s.acc + k;
-                        for (int b = 0; b < panels; b++, ap += 3 * slots / 2, acc += 3 * Kp) {
-                            mt_gemm_s16_3x2_rows(slots, ap, (const int32_t *)s.bpanel, acc, Kp);
-                        }
+                        mt_gemm_s16_3x2_rows_multi(slots, (const int32_t *)s.apanel,
+                            (const int32_t *)s.bpanel, s.acc + k, Kp, panels);
                     }
                 }
             }

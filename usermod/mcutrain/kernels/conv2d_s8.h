@@ -103,7 +103,7 @@
 //   mt_conv2d_s8_update_scratch_bytes(p, 3) is the minimum).
 // Example, 16x16x16 input, 3x3, pad 1, 32 filters, batch 1 (Cortex-M4 instruction counts
 // under QEMU, kernels -O2; fp32 forward 1.57 M, input gradient 1.73 M, update 1.78 M):
-// forward 1.18 M and input gradient 1.21 M with 12 KB (one block each), update 1.27 M with
+// forward 1.12 M and input gradient 1.17 M with 12 KB (one block each), update 1.27 M with
 // the layer's 29 KB (2 passes; the requantizing write-back of 4608 weights included).
 //
 // Cortex-M4 (any core with __ARM_FEATURE_DSP): the GEMMs run SMLAD on int16 panels (1.48

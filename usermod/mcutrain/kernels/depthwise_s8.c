@@ -53,7 +53,7 @@ typedef struct {
     size_t used;
 } arena_t;
 
-static void *take(arena_t *a, size_t bytes) {
+static inline __attribute__((always_inline)) void *take(arena_t *a, size_t bytes) {
     void *p = a->base ? a->base + a->used : NULL;
     bool overflow = false;
     a->used = mt_add_size(a->used, mt_add_size(bytes, 7, &overflow) & ~(size_t)7, &overflow);
@@ -209,8 +209,14 @@ static view_t view_of(const mt_conv2d_params_t *p) {
     }
     const view_t t = view_as(p, 1);
     bool overflow = false;
-    const size_t limit = mt_max_size(mt_add_size(budget(p), SLACK, &overflow), view_bytes(&plain));
-    return view_bytes(&t) <= limit ? t : plain;
+    // Transposed when it needs no more than max(budget + SLACK, the plain view's bytes):
+    // within the budget it wins without sizing the plain view (three passes' geometry less
+    // on every call).
+    const size_t bytes = view_bytes(&t);
+    if (bytes <= mt_add_size(budget(p), SLACK, &overflow)) {
+        return t;
+    }
+    return bytes <= view_bytes(&plain) ? t : plain;
 }
 
 size_t mt_depthwise_s8_scratch_bytes(const mt_conv2d_params_t *layer) {
@@ -235,11 +241,19 @@ static inline void store2(int16_t *p, uint32_t v) {
 static void widen_weights(const view_t *vw, const int8_t *w, int nch, int kwp, int flipped,
     int16_t *wq) {
     const int kh = vw->v.kernel_h, kw = vw->v.kernel_w, taps = kh * kw;
+    // The view's tap (i, j) is the layer's tap i * si + j * sj (kernel rows and columns
+    // swap when transposed); flipped reads them from the other end.
+    const int si = vw->transposed ? 1 : kw, sj = vw->transposed ? kh : 1;
+    const int step = flipped ? -sj : sj;
     for (int c = 0; c < nch; c++, w += taps) {
         for (int i = 0; i < kh; i++, wq += kwp) {
-            for (int j = 0; j < kwp; j++) {
-                const int t = vw->transposed ? j * kh + i : i * kw + j;
-                wq[j] = (int16_t)(j >= kw ? 0 : w[flipped ? taps - 1 - t : t]);
+            const int8_t *src = w + (flipped ? taps - 1 - i * si : i * si);
+            int j = 0;
+            for (; j < kw; j++, src += step) {
+                wq[j] = *src;
+            }
+            for (; j < kwp; j++) {
+                wq[j] = 0;
             }
         }
     }
@@ -349,22 +363,24 @@ static void gather_dy_dilated(const view_t *vw, const int8_t *dy, int n, int c0,
 #if MT_S8_DSP
 // The taps a 3x3 output pair takes after its first product pair (r12, lr): the rest of
 // kernel row 0 (r11 = (x_o+2, x_o+3) against r5) and rows 1 and 2 (planes r1 bytes apart,
-// weights r6-r9). Shared by row3x3_pairs and fused3x3_pairs.
-#define PAIR3X3_REST_TAPS \
+// weights r6-r9), with P and Q the registers pointing at row 0's x_o and x_o+2. Shared by
+// row3x3_pairs and fused3x3_pairs.
+#define PAIR3X3_REST_TAPS_AT(P, Q) \
     "smlabt r12, r11, r5, r12\n\t" \
     "smlad lr, r11, r5, lr\n\t" \
-    "ldr r10, [r0, r1]\n\t" \
-    "ldr r11, [r2, r1]\n\t" \
+    "ldr r10, [" P ", r1]\n\t" \
+    "ldr r11, [" Q ", r1]\n\t" \
     "smlad r12, r10, r6, r12\n\t" \
     "smlatb lr, r10, r6, lr\n\t" \
     "smlabt r12, r11, r7, r12\n\t" \
     "smlad lr, r11, r7, lr\n\t" \
-    "ldr r10, [r0, r1, lsl #1]\n\t" \
-    "ldr r11, [r2, r1, lsl #1]\n\t" \
+    "ldr r10, [" P ", r1, lsl #1]\n\t" \
+    "ldr r11, [" Q ", r1, lsl #1]\n\t" \
     "smlad r12, r10, r8, r12\n\t" \
     "smlatb lr, r10, r8, lr\n\t" \
     "smlabt r12, r11, r9, r12\n\t" \
     "smlad lr, r11, r9, lr\n\t"
+#define PAIR3X3_REST_TAPS PAIR3X3_REST_TAPS_AT("r0", "r2")
 
 // One row of 3x3 output pairs (o, o+1), unit column stride: each kernel row's words
 // (x_o, x_o+1) and (x_o+2, x_o+3) against weight pairs a = (w0, w1) and b = (w1, w2) make
@@ -624,11 +640,12 @@ static void requant_run(const int32_t *acc, int rows, int cols, int32_t init,
 // form, right >= 1, upper bound 127): the multiply-adds of row3x3_pairs with the bias as the
 // accumulators' start, the range tracked by branches taken only for a new extreme, SMMLA +
 // ASR + SSAT per output, then both outputs' lower bound at once (SSUB16 + SEL against lo in
-// both halves) and two byte stores. 50 instructions a pair, against 56 for row3x3_pairs and
-// two epi_row_lo outputs with the accumulators stored and reloaded between them.
+// both halves) and two byte stores. 48 instructions a pair, against 56 for row3x3_pairs and
+// two epi_row_lo outputs with the accumulators stored and reloaded between them; row 0's
+// two words come by one post-incremented LDRD (plane rows and pairs are word aligned).
 typedef struct {
-    const int16_t *p;     // 0: row 0 of the plane at the first pair
-    int32_t row_bytes;    // 4
+    const int16_t *p;     // 0: row 0 of the plane at the first pair (word aligned)
+    int32_t row_bytes;    // 4 (a multiple of 4)
     const int16_t *end;   // 8: p after the last pair
     int8_t *out;          // 12: advanced past the pairs
     int32_t col_bytes;    // 16
@@ -652,15 +669,13 @@ static void fused3x3_pairs(fused3x3_t *a MT_ARG) {
         "ldr r1, [r0, #4]\n\t"             // row_bytes
         "ldr r3, [r0, #20]\n\t"            // init
         "ldr r0, [r0]\n\t"                 // p: words (x_o, x_o+1)
-        "add r2, r0, #4\n\t"               // q = p + 4: words (x_o+2, x_o+3)
+        "mov r2, r0\n\t"
         "1:\n\t"
         "ldm sp, {r4-r9}\n\t"
-        "ldr r10, [r0]\n\t"
-        "ldr r11, [r2]\n\t"
+        "ldrd r10, r11, [r0], #4\n\t"    // (x_o, x_o+1), (x_o+2, x_o+3): r2 = x_o, r0 = x_o+2
         "smlad r12, r10, r4, r3\n\t"
         "smlatb lr, r10, r4, r3\n\t"
-        PAIR3X3_REST_TAPS
-        "adds r0, #4\n\t"
+        PAIR3X3_REST_TAPS_AT("r2", "r0")
         "adds r2, #4\n\t"
         "ldr r11, [sp, #24]\n\t"
         "add r10, r11, #48\n\t"
@@ -888,6 +903,47 @@ static void gather_dy(const view_t *vw, const int8_t *dy, int n, int c0, int nch
     }
 }
 
+#if MT_S8_DSP
+// One plane row's contribution to a 3-wide kernel row's tap sums s[0..2] at unit column
+// stride: pixel pairs (x_o, x_o+1), (x_o+1, x_o+2) and (x_o+2, x_o+3) against (dy_o, dy_o+1),
+// the last word the next pair's first; two pairs a turn (16 instructions for 6 SMLADs,
+// against 20 a pair at a time). with_sum also adds the row's dy to *bsum.
+static inline __attribute__((always_inline)) void row3_sums(const int16_t *xr, const int16_t *d,
+    int owp, int32_t s[3], int32_t *bsum, int with_sum) {
+    int32_t s0 = s[0], s1 = s[1], s2 = s[2], b = *bsum;
+    const int16_t *const dend = d + (owp & ~3);
+    int32_t k = load2(xr);
+    for (; d != dend; d += 4, xr += 4) {
+        const int32_t d0 = load2(d), d1 = load2(d + 2);
+        const int32_t n1 = load2(xr + 2), n2 = load2(xr + 4);
+        s0 = __smlad(k, d0, s0);
+        s1 = __smlad(load2(xr + 1), d0, s1);
+        s2 = __smlad(n1, d0, s2);
+        s0 = __smlad(n1, d1, s0);
+        s1 = __smlad(load2(xr + 3), d1, s1);
+        s2 = __smlad(n2, d1, s2);
+        if (with_sum) {
+            b = __smlad(d0, 0x00010001, b);
+            b = __smlad(d1, 0x00010001, b);
+        }
+        k = n2;
+    }
+    if (owp & 2) {
+        const int32_t dd = load2(d);
+        s0 = __smlad(k, dd, s0);
+        s1 = __smlad(load2(xr + 1), dd, s1);
+        s2 = __smlad(load2(xr + 2), dd, s2);
+        if (with_sum) {
+            b = __smlad(dd, 0x00010001, b);
+        }
+    }
+    s[0] = s0;
+    s[1] = s1;
+    s[2] = s2;
+    *bsum = b;
+}
+#endif
+
 // sum[t] += sum over the band of dy * x under the layer's tap t; returns the band's sum of dy.
 static int32_t tap_sums(const view_t *vw, const geom_t *g, const int16_t *xp,
     const int16_t *dp, int rows, int32_t *sum) {
@@ -898,33 +954,29 @@ static int32_t tap_sums(const view_t *vw, const geom_t *g, const int16_t *xp,
     const int wa = g->wa, owp = g->owp;
     int32_t bsum = 0;
 #if MT_S8_DSP
+    if (sw == 1 && kw == 3) {
+        // Kernel row 0 also sums dy (one more SMLAD a pair, not a loop of its own).
+        for (int i = 0; i < kh; i++) {
+            int32_t s[3] = { 0, 0, 0 };
+            for (int r = 0; r < rows; r++) {
+                const int16_t *xr = xp + (size_t)(r * sh + i) * wa, *d = dp + (size_t)r * owp;
+                if (i == 0) {
+                    row3_sums(xr, d, owp, s, &bsum, 1);
+                } else {
+                    row3_sums(xr, d, owp, s, &bsum, 0);
+                }
+            }
+            sum[i * ti] += s[0];
+            sum[i * ti + tj] += s[1];
+            sum[i * ti + 2 * tj] += s[2];
+        }
+        return bsum;
+    }
     for (int r = 0; r < rows; r++) {
         const int16_t *d = dp + (size_t)r * owp;
         for (int o = 0; o < owp; o += 2) {
             bsum = __smlad(load2(d + o), 0x00010001, bsum);
         }
-    }
-    if (sw == 1 && kw == 3) {
-        // Pixel pairs: (x_o, x_o+1), (x_o+1, x_o+2) and (x_o+2, x_o+3) against (dy_o, dy_o+1);
-        // the last word is the next pair's first.
-        for (int i = 0; i < kh; i++) {
-            int32_t s0 = 0, s1 = 0, s2 = 0;
-            for (int r = 0; r < rows; r++) {
-                const int16_t *xr = xp + (size_t)(r * sh + i) * wa, *d = dp + (size_t)r * owp;
-                int32_t k = load2(xr);
-                for (int o = 0; o < owp; o += 2) {
-                    const int32_t dd = load2(d + o), nx = load2(xr + o + 2);
-                    s0 = __smlad(k, dd, s0);
-                    s1 = __smlad(load2(xr + o + 1), dd, s1);
-                    s2 = __smlad(nx, dd, s2);
-                    k = nx;
-                }
-            }
-            sum[i * ti] += s0;
-            sum[i * ti + tj] += s1;
-            sum[i * ti + 2 * tj] += s2;
-        }
-        return bsum;
     }
     for (int i = 0; i < kh; i++) {
         for (int j = 0; j < kw; j++) {

@@ -30,7 +30,7 @@
 //
 // Instructions per layer call (qemu-m4f, Conv2d(32, 32, 3, padding=1, groups=32, dtype=int8)
 // on (1, 25, 5, 32), warm): forward 168 K, backward without update (input gradient) 169 K,
-// update 157 K (before this file: 538 K, 554 K, 449 K; float32: 79 K, 77 K, 87 K). About 40
+// update 136 K (before this file: 538 K, 554 K, 449 K; float32: 79 K, 77 K, 87 K). About 40
 // instructions an output: ~14 multiply-add (9 products), ~14 requantize and track the
 // range, ~7 gather; the rest is the layer's own work. qemu-rv32: 327 K, 310 K, 566 K
 // (soft-float fp32: 5.69 M, 5.62 M, 6.17 M).

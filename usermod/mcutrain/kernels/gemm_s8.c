@@ -6,43 +6,16 @@
 
 // ---- the 3x2 kernel -----------------------------------------------------------------------
 //
-// Cortex-M4: per pair of k, one LDM loads the three A words, one the two B words, and six
-// SMLADs do 12 multiply-adds: 8 instructions. Sixteen pairs per loop iteration; the loop
-// counter, both panel pointers, 6 sums and 5 operands take r0-r12 and lr, so the acc
-// pointer waits on the stack. Written as a whole function because it needs every register.
+// Cortex-M4: the k loop of gemm_s8_loop.h, 8 instructions per pair of k (12 multiply-adds).
+// The loop counter, both panel pointers, 6 sums and 5 operands take r0-r12 and lr, so the
+// acc pointer waits on the stack. Written as whole functions because they need every
+// register.
 
 #if MT_S8_DSP
+#include "gemm_s8_loop.h"
 // (The asm reads the arguments from r0-r3 and the stack.)
 #define MT_ARG __attribute__((unused))
-// The k loop: r0 = kp, r1 = A, r2 = B, sums in r4-r9; uses r3, r10-r12, lr.
-#define MT_PAIR \
-        "ldm r1!, {r3, r10, r11}\n\t" \
-        "ldm r2!, {r12, lr}\n\t" \
-        "smlad r4, r3, r12, r4\n\t" \
-        "smlad r5, r3, lr, r5\n\t" \
-        "smlad r6, r10, r12, r6\n\t" \
-        "smlad r7, r10, lr, r7\n\t" \
-        "smlad r8, r11, r12, r8\n\t" \
-        "smlad r9, r11, lr, r9\n\t"
-#define MT_PAIR4 MT_PAIR MT_PAIR MT_PAIR MT_PAIR
-#define MT_K_LOOP \
-        /* kp / 8 steps of 4 pairs: 4 and 8 pairs as kp's bits 3 and 4 say, then loops of */ \
-        /* 16 pairs (130 instructions for 192 multiply-adds: 1.48 a instruction). */ \
-        "lsrs r0, r0, #4\n\t" \
-        "bcc 1f\n\t" \
-        MT_PAIR4 \
-        "1:\n\t" \
-        "lsrs r0, r0, #1\n\t" \
-        "bcc 4f\n\t" \
-        MT_PAIR4 MT_PAIR4 \
-        "4:\n\t" \
-        "cmp r0, #0\n\t" \
-        "beq 2f\n\t" \
-        "3:\n\t" \
-        MT_PAIR4 MT_PAIR4 MT_PAIR4 MT_PAIR4 \
-        "subs r0, r0, #1\n\t" \
-        "bne 3b\n\t" \
-        "2:\n\t"
+#define MT_K_LOOP MT_GEMM_S8_K_LOOP
 
 __attribute__((naked, noinline))
 void mt_gemm_s16_3x2(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t *b MT_ARG,
@@ -80,6 +53,50 @@ void mt_gemm_s16_3x2_rows(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t 
         "pop {r3-r11, pc}\n\t");
 }
 
+// r0 = kp, r1 = A, r2 = B, r3 = acc; ld and np on the stack. A's panels follow each other,
+// so r1 runs on while B restarts.
+__attribute__((naked, noinline))
+void mt_gemm_s16_3x2_rows_multi(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t *b MT_ARG,
+    int32_t *acc MT_ARG, int ld MT_ARG, int np MT_ARG) {
+    __asm__ volatile (
+        "push {r4-r11, lr}\n\t"
+        "sub sp, sp, #24\n\t"            // kp, B, panels left, acc, 4 * ld (and padding)
+        "str r0, [sp, #0]\n\t"
+        "str r2, [sp, #4]\n\t"
+        "str r3, [sp, #12]\n\t"
+        "ldr r12, [sp, #64]\n\t"         // np (36 bytes pushed + 24 of locals + ld)
+        "str r12, [sp, #8]\n\t"
+        "ldr r12, [sp, #60]\n\t"         // ld
+        "lsl r12, r12, #2\n\t"
+        "str r12, [sp, #16]\n\t"
+        "5:\n\t"
+        "ldr r3, [sp, #12]\n\t"
+        "ldr r12, [sp, #16]\n\t"
+        "ldrd r4, r5, [r3]\n\t"
+        "add r3, r3, r12\n\t"
+        "ldrd r6, r7, [r3]\n\t"
+        "add r3, r3, r12\n\t"
+        "ldrd r8, r9, [r3]\n\t"
+        "ldr r0, [sp, #0]\n\t"
+        "ldr r2, [sp, #4]\n\t"
+        MT_K_LOOP
+        "ldr r3, [sp, #12]\n\t"
+        "ldr r12, [sp, #16]\n\t"
+        "strd r4, r5, [r3]\n\t"
+        "add r3, r3, r12\n\t"
+        "strd r6, r7, [r3]\n\t"
+        "add r3, r3, r12\n\t"
+        "strd r8, r9, [r3]\n\t"
+        "add r3, r3, r12\n\t"
+        "str r3, [sp, #12]\n\t"
+        "ldr r3, [sp, #8]\n\t"
+        "subs r3, r3, #1\n\t"
+        "str r3, [sp, #8]\n\t"
+        "bne 5b\n\t"
+        "add sp, sp, #24\n\t"
+        "pop {r4-r11, pc}\n\t");
+}
+
 // r0 = kp, r1 = A, r2 = B, r3 = nb; init and out on the stack. Per block: the sums start
 // from its init pair, the k loop runs, the six sums go out; B's blocks follow each other,
 // so r2 runs on while A restarts.
@@ -114,8 +131,6 @@ void mt_gemm_s16_3x2_multi(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t
         "pop {r4-r11, pc}\n\t");
 }
 #undef MT_K_LOOP
-#undef MT_PAIR4
-#undef MT_PAIR
 #undef MT_ARG
 #else
 // Low and high int16 halves of the word at p (memcpy: panels are written as int16 or int32).
@@ -165,6 +180,18 @@ void mt_gemm_s16_3x2_rows(int kp, const int32_t *a, const int32_t *b, int32_t *a
     acc[0] = t[0]; acc[1] = t[1];
     acc[ld] = t[2]; acc[ld + 1] = t[3];
     acc[2 * ld] = t[4]; acc[2 * ld + 1] = t[5];
+}
+
+void mt_gemm_s16_3x2_rows_multi(int kp, const int32_t *a, const int32_t *b, int32_t *acc,
+    int ld, int np) {
+    // mt_gemm_s16_3x2_rows' body, not a call to it: one call level less per panel.
+    for (int j = 0; j < np; j++, a += 3 * kp / 2, acc += 3 * ld) {
+        int32_t t[6] = { acc[0], acc[1], acc[ld], acc[ld + 1], acc[2 * ld], acc[2 * ld + 1] };
+        mt_gemm_s16_3x2(kp, a, b, t);
+        acc[0] = t[0]; acc[1] = t[1];
+        acc[ld] = t[2]; acc[ld + 1] = t[3];
+        acc[2 * ld] = t[4]; acc[2 * ld + 1] = t[5];
+    }
 }
 #endif
 

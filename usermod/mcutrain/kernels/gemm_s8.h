@@ -48,6 +48,12 @@ void mt_gemm_s16_3x2_multi(int kp, const int32_t *a, const int32_t *b, int nb,
 // acc[2ld..2ld+1] (the update's per-channel gradient rows).
 void mt_gemm_s16_3x2_rows(int kp, const int32_t *a, const int32_t *b, int32_t *acc, int ld);
 
+// mt_gemm_s16_3x2_rows for np consecutive 3-row panels of a (panel j at a + j * 3 * kp / 2
+// words) against the same b, panel j's sums in acc + j * 3 * ld (np >= 1): one call for a
+// block of channels (the update's), not one per panel.
+void mt_gemm_s16_3x2_rows_multi(int kp, const int32_t *a, const int32_t *b, int32_t *acc,
+    int ld, int np);
+
 // Packs `rows` rows of k int8 values (row r at src + r * ld) minus `offset` into panel blocks
 // of R rows each (ceil(rows / R) blocks of R * kp int16), padding rows and k with zeros.
 void mt_pack_s8_rows(const int8_t *src, int ld, int rows, int k, int32_t offset, int R, int kp,

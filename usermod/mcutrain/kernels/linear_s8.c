@@ -17,7 +17,7 @@ typedef struct {
     size_t used;
 } arena_t;
 
-static void *take(arena_t *a, size_t bytes) {
+static inline __attribute__((always_inline)) void *take(arena_t *a, size_t bytes) {
     void *p = a->base ? a->base + a->used : NULL;
     bool overflow = false;  // saturates for a layer too large to plan (checked_size.h)
     a->used = mt_add_size(a->used, mt_add_size(bytes, 7, &overflow) & ~(size_t)7, &overflow);
