@@ -57,6 +57,7 @@ MODEL = ""
 SEED = 1
 EPOCHS = 30
 LR = 0.01
+DECAY = 1.0  # each epoch's rate is LR * DECAY**epoch (fit's schedule=DECAY)
 SKIP = 0.0  # SampleSkip's q and max_skip; 0: no skipping
 train = mt.Dataset(CELL + "/train.mtd", teacher=True, verify=False)
 val = mt.Dataset(CELL + "/val.mtd", verify=False)
@@ -67,6 +68,7 @@ opt = mt.SGD(model, lr=LR)
 loss = mt.distillation(temperature=4.0, alpha=0.3)
 skip = mt.SampleSkip(q=SKIP, warmup=200, max_skip=SKIP) if SKIP else None
 for e in range(EPOCHS):
+    opt.lr = LR * DECAY ** e
     mt.fit(model, train, opt, loss, epochs=1, seed=SEED + e, skip=skip, metrics=False, train_accuracy=False)
     val_loss, val_acc = mt.evaluate(model, val, batch=1)
     test_loss, test_acc = mt.evaluate(model, test, batch=1)
@@ -74,26 +76,28 @@ for e in range(EPOCHS):
 '''
 
 
-def curve(target: Any, folder: Path, student: Path, seed: int, skip: float, work: Path) -> list[list[float]]:
+def curve(target: Any, folder: Path, student: Path, seed: int, skip: float, work: Path,
+          epochs: int = EPOCHS, lr: float = 0.01, decay: float = 1.0) -> list[list[float]]:
     """[val_loss, val_accuracy, test_accuracy, skip_fraction so far] after each epoch."""
     source = work / "curve.py"
     source.write_text(CURVE)
     script = work / f"curve_{seed}_{skip}.py"
     script.write_text(script_with({"CELL": repr(str(folder)), "MODEL": repr(str(student)), "SEED": str(seed),
-                                   "EPOCHS": str(EPOCHS), "SKIP": repr(skip)}, source))
+                                   "EPOCHS": str(epochs), "SKIP": repr(skip), "LR": repr(lr),
+                                   "DECAY": repr(decay)}, source))
     out = target.run_file(script, timeout=1800)
     return [[round(v, 5) for v in json.loads(line)] for line in out.strip().splitlines()]
 
 
-def board_costs(folder: Path, samples: int) -> tuple[float, float]:
-    """From the board's runs (runs.json): instructions of one distillation epoch, and those
-    one skipped step saves (fitted on the halt runs: epochs * epoch - instructions)."""
+def board_costs(folder: Path) -> tuple[float, float]:
+    """From the board: the instructions of one distillation epoch (its runs, runs.json), and
+    those one skipped step saves: the measured train step less the measured inference (its
+    backward pass and update; cell.json)."""
     runs = json.loads((folder / "runs.json").read_text())
     distill = [r for r in runs if r["variant"] == "distill"]
     epoch = sum(r["train_instructions"] for r in distill) / sum(r["epochs"] for r in distill)
-    halt = [r for r in runs if r["variant"] == "halt" and r["skipped"]]
-    saved = statistics.mean((r["epochs"] * epoch - r["train_instructions"]) / r["skipped"] for r in halt)
-    return epoch, saved
+    measured = json.loads((folder / "cell.json").read_text())["measured"]
+    return epoch, measured["step_instructions"] - measured["infer_instructions"]
 
 
 Rule = Callable[[list[float]], int]  # validation accuracies -> the epoch the run ends
@@ -113,22 +117,21 @@ def patience(p: int) -> Rule:
     return rule
 
 
-def trend(w: int) -> Rule:  # mt.EarlyStop(window=w, min_delta=0)
+def trend(w: int, min_delta: float = 0.0) -> Rule:  # mt.EarlyStop(window=w, min_delta=min_delta)
     def rule(acc: list[float]) -> int:
         for e in range(2 * w, len(acc) + 1):
-            if sum(acc[e - w:e]) <= sum(acc[e - 2 * w:e - w]):
+            if (sum(acc[e - w:e]) - sum(acc[e - 2 * w:e - w])) / w <= min_delta:
                 return e
         return len(acc)
     return rule
 
 
 def fixed(s: int) -> Rule:
-    return lambda acc: s
+    return lambda acc: min(s, len(acc))
 
 
-RULES: dict[str, Rule] = {"patience 4": patience(4), "patience 6": patience(6), "window 4": trend(4),
-                          "window 5": trend(5), "stop at 20": fixed(20), "stop at 24": fixed(24),
-                          "stop at 30": fixed(30)}
+RULES: dict[str, Rule] = {"patience 4": patience(4), "window 5": trend(5), "window 4": trend(4),
+                          "window 4 +0.3": trend(4, 0.003), "stop at 20": fixed(20), "stop at 30": fixed(30)}
 
 
 def replay(rows: list[list[float]], stop_at: int) -> float:
@@ -142,10 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="+", default=CELLS, choices=CELLS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--skip", type=float, nargs="+", default=[0.3], help="SampleSkip q = max_skip settings")
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--lr", type=float, help="SGD's rate in the first epoch (default: the task's)")
+    parser.add_argument("--decay", type=float, help="the rate's factor per epoch (default: the task's)")
     parser.add_argument("--data", type=Path, default=ROOT / "results" / "students-data")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "halting_curves.json")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
+    if args.out.exists():  # keep the cells not rerun, when they were made the same way
+        kept = json.loads(args.out.read_text())
+        if (kept["seeds"], kept["epochs"], kept["skip"]) == (args.seeds, args.epochs, args.skip):
+            results = {c: v for c, v in kept["cells"].items() if c not in args.cells}
     with open_target("unix", heap=16 * 1024 * 1024) as target:
         for cell in args.cells:
             name, budget_name = cell.split("/")
@@ -159,13 +169,15 @@ def main(argv: list[str] | None = None) -> int:
             folder = args.data / cell
             work = folder / "curves"
             work.mkdir(exist_ok=True)
-            epoch, per_skip = board_costs(folder, task.board_train)
+            epoch, per_skip = board_costs(folder)
             runs: dict[str, dict[int, list[list[float]]]] = {}
+            lr, decay = args.lr or task.lr, args.decay or task.decay
             for seed in args.seeds:
                 student = work / f"student_{seed}.mtm"
                 write_student(design.ranked[0], student, None, design.teacher, seed=seed, board=budget.profile)
                 for skip in [0.0, *args.skip]:
-                    runs.setdefault(f"skip {skip:g}", {})[seed] = curve(target, folder, student, seed, skip, work)
+                    runs.setdefault(f"skip {skip:g}", {})[seed] = curve(target, folder, student, seed, skip, work,
+                                                                   args.epochs, lr, decay)
             table: dict[str, dict[str, list[float]]] = {}
             for setting, by_seed in runs.items():
                 for rule_name, rule in RULES.items():
@@ -173,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
                     for seed, rows in by_seed.items():
                         s = rule([r[1] for r in rows])
                         base = runs["skip 0"][seed]
-                        change.append(replay(rows, s) - replay(base, EPOCHS))
+                        change.append(replay(rows, s) - replay(base, args.epochs))
                         cost = s * epoch - rows[s - 1][3] * s * task.board_train * per_skip
-                        saved.append(1 - cost / (EPOCHS * epoch))
+                        saved.append(1 - cost / (args.epochs * epoch))
                         stops.append(s)
                     table.setdefault(setting, {})[rule_name] = [statistics.mean(change), statistics.mean(saved),
                                                                 statistics.mean(stops)]
-            results[cell] = {"curves": runs, "table": table, "epoch_instructions": epoch,
+            results[cell] = {"lr": lr, "decay": decay, "curves": runs, "table": table, "epoch_instructions": epoch,
                              "skipped_step_saves": per_skip}
             print(f"{cell}: test-accuracy change vs distill (points) / instructions saved / stop epoch, "
                   f"means over seeds {args.seeds}")
@@ -187,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {setting:9}" + "  ".join(f"{k}: {100 * v[0]:+.1f} / {100 * v[1]:.0f}% / {v[2]:.0f}"
                                                    for k, v in rows.items()), flush=True)
     # one line per epoch: the file stays readable and small
-    text = json.dumps({"seeds": args.seeds, "epochs": EPOCHS, "skip": args.skip, "cells": results}, indent=1)
+    results = {c: results[c] for c in CELLS if c in results}
+    text = json.dumps({"seeds": args.seeds, "epochs": args.epochs, "skip": args.skip, "cells": results}, indent=1)
     args.out.write_text(re.sub(r"\[\s+([-\d.e, \n]+?)\s+\]", lambda m: "[" + " ".join(m[1].split()) + "]", text) + "\n")
     print("wrote", args.out)
     return 0

@@ -23,15 +23,18 @@ LOSS = "distill"     # "ce" (labels only) or "distill"
 HALT = False         # early halting: SampleSkip and EarlyStop
 EPOCHS = 10
 LR = 0.02            # plain SGD: the optimizer the cost model plans for
+DECAY = 1.0          # the rate's factor from one epoch to the next (fit's schedule): < 1 lets
+                     # a run settle, so that a stop on a plateau has epochs to save
 BATCH = 1
 TEMPERATURE = 4.0    # mt.distillation's T
 ALPHA = 0.3          # weight of the labels' cross-entropy
 SKIP_Q = 0.3         # skip a sample whose loss is below this running quantile
 SKIP_WARMUP = 200
-MAX_SKIP = 0.5
+MAX_SKIP = 0.5       # at most this share of the steps skipped (0: no per-sample skipping)
 PATIENCE = None      # evaluations without a better MONITOR before stopping (None: no such rule)
 WINDOW = 5           # stop when the mean MONITOR of the last WINDOW evaluations is no better than
                      # that of the WINDOW before (None: no such rule)
+MIN_DELTA = 0.0      # ... better by more than this (EarlyStop's min_delta)
 MONITOR = "val_accuracy"  # or "val_loss": what the checkpoint keeps the best of, and EarlyStop watches
 SEED = 1
 TEST = True          # evaluate the best epoch's weights on test.mtd here; False: leave it to a
@@ -49,14 +52,15 @@ infer_ram = model.memory(shape, inference=True)["total"]
 mt.seed(SEED)
 opt = mt.SGD(model, lr=LR)
 loss = mt.distillation(temperature=TEMPERATURE, alpha=ALPHA) if distill else mt.cross_entropy
-skip = mt.SampleSkip(q=SKIP_Q, warmup=SKIP_WARMUP, max_skip=MAX_SKIP) if HALT else None
-stop = mt.EarlyStop(patience=PATIENCE, window=WINDOW, mode="min" if MONITOR == "val_loss" else "max") \
-    if HALT else None
+skip = mt.SampleSkip(q=SKIP_Q, warmup=SKIP_WARMUP, max_skip=MAX_SKIP) if HALT and MAX_SKIP else None
+stop = mt.EarlyStop(patience=PATIENCE, window=WINDOW, min_delta=MIN_DELTA,
+                    mode="min" if MONITOR == "val_loss" else "max") if HALT else None
 metrics = mt.Metrics(every=max(1, len(train) // 2), skip=skip, stop=stop, loss_kind=LOSS,
                      halt=HALT, train_samples=len(train))
 gc.collect()
 t0 = mt.perf_counter()
 history = mt.fit(model, train, opt, loss, epochs=EPOCHS, batch=BATCH, val=val, val_batch=BATCH,
+                 schedule=DECAY if DECAY != 1 else None,
                  checkpoint=CHECKPOINT, monitor=MONITOR, metrics=metrics, skip=skip, stop=stop, seed=SEED,
                  train_accuracy=False)
 train_instructions = mt.perf_counter() - t0

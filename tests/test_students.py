@@ -45,7 +45,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[students.Task, dict,
     y = np.repeat(np.arange(CLASSES), 30)
     x = rng.normal(size=(len(y), 12, 12, 1)).astype(np.float32) + y[:, None, None, None]
     task = students.Task("tiny", "cnn", x, y, x[:30], y[:30], ["a", "b", "c"], board_train=45, board_val=15,
-                         board_test=30, epochs=3, lr=0.01, teacher_epochs=0)
+                         board_test=30, epochs=3, lr=0.01, decay=0.9, teacher_epochs=0)
     teacher = d / "teacher.mtm"
     write_model(teacher, arch_to_spec(Arch((conv2d(1, 16, 3, padding=1), relu(), maxpool2d(2), flatten(),
                                             linear(6 * 6 * 16, CLASSES)), (12, 12, 1)), seed=1))
@@ -69,23 +69,29 @@ def test_student_files_are_at_its_resolution_with_logits_only_for_training(tiny)
     assert train.y.tolist() == task.y_train[prep["train"]].tolist()
 
 
-@pytest.mark.parametrize("variant", list(students.VARIANTS))
+# each variant as make students runs it, and halting with per-sample skipping too
+RUNS = {**students.VARIANTS, "halt+skip": {**students.VARIANTS["halt"], "MAX_SKIP": "0.5"}}
+
+
+@pytest.mark.parametrize("variant", list(RUNS))
 def test_train_student_runs_each_variant_on_unix(tiny, variant: str) -> None:
     task, _, chosen, d = tiny
-    settings = {**students.VARIANTS[variant], "MODEL": repr(str(d / "student.mtm")), "DATA": repr(str(d)),
-                "CHECKPOINT": repr(str(d / f"best_{variant}.mtm")), "EPOCHS": "3", "SKIP_WARMUP": "10",
-                "PATIENCE": "1", "WINDOW": "1"}
+    settings = {**RUNS[variant], "MODEL": repr(str(d / "student.mtm")), "DATA": repr(str(d)),
+                "CHECKPOINT": repr(str(d / f"best_{variant}.mtm")), "EPOCHS": "3", "DECAY": repr(task.decay),
+                "SKIP_WARMUP": "10", "PATIENCE": "1", "WINDOW": "1"}
     script = d / f"train_{variant}.py"
     script.write_text(script_with(settings, students.SCRIPT))
     with open_target("unix") as target:
         out = target.run_file(script, timeout=300)
     r = json.loads(out.strip().splitlines()[-1])
-    assert r["loss"] == ("ce" if variant == "ce" else "distill") and r["halt"] == (variant == "halt")
+    assert r["loss"] == ("ce" if variant == "ce" else "distill") and r["halt"] == variant.startswith("halt")
     assert 1 <= r["best_epoch"] <= r["epochs"] <= 3 and 0 <= r["test_accuracy"] <= 1
     assert r["train_instructions"] > 0
     assert r["train_ram"] == predict_memory(chosen.arch)["total"]  # unix: no GEMM packing
     assert r["infer_ram"] == predict_memory(chosen.arch, True)["total"]
-    if variant == "halt":
+    if variant == "halt+skip":
         assert r["steps"] > 0 and 0 < r["skip_fraction"] <= 0.5 and r["skipped"] > 0
+    elif variant == "halt":
+        assert r["steps"] is None and r["skipped"] == 0
     else:
         assert r["skipped"] == 0 and r["stop"] is None and r["epochs"] == 3
