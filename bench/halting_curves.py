@@ -3,23 +3,27 @@ per-epoch curves of the students' distillation runs on the unix port, and what s
 and sample skipping make of them.
 
 For each cell that bench/students.py has prepared (results/students-data/TASK/BUDGET: the
-data, at the student's resolution) and each seed, the cell's designed student (fresh weights
-of that seed, as bench/students.py writes them) trains 30 epochs with mt.distillation as in
-examples/train_student.py, without skipping and with mt.SampleSkip at each --skip setting,
-and after every epoch is scored on the validation and the test set. The unix port runs the
-same device code as the board in seconds (its floating point can differ in the last bits,
-so its curves are the board's in kind, not bit for bit).
+data, at the student's resolution, and the board's runs) and each seed, the cell's designed
+student (fresh weights of that seed, as bench/students.py writes them) trains --epochs (30) with
+mt.distillation as in examples/train_student.py (the task's rate and its decay per epoch, or
+--lr and --decay), without skipping and with mt.SampleSkip at each --skip setting, and after
+every epoch is scored on the validation and the test set. The unix port runs the same device
+code as the board in seconds (its floating point can differ in the last bits, so its curves
+are the board's in kind, not bit for bit).
 
 On those curves a stop rule is replayed after the fact: it ends the run at some epoch S, the
 checkpoint is the best validation accuracy up to S, and the run scores that epoch's test
-accuracy. Its saving is priced with the board's measured costs (the cell's runs.json, from
-make students): an epoch of distillation, less the backward pass of each skipped step.
+accuracy. Its saving is priced with the board's measured costs (make students' runs.json and
+cell.json): an epoch of distillation, less, per skipped step, the measured train step less
+the measured inference.
 
     python bench/halting_curves.py [--cells kws/64k ...] [--seeds 1 2 3 4] [--skip 0.3]
+                                   [--epochs 30] [--lr 0.03] [--decay 0.85]
                                    [--out bench/halting_curves.json]
 
 Prints, per cell, the mean over seeds of the test-accuracy change against the seed's
-distillation run (30 epochs, no skipping) and the share of its instructions saved.
+distillation run (all epochs, no skipping) and the share of its instructions saved. An
+existing --out made with the same seeds, epochs and skip settings keeps the cells not rerun.
 """
 
 from __future__ import annotations
