@@ -111,8 +111,11 @@ $(CYCLE_MODEL): $(CYCLE_MODEL_SRC)
 	mkdir -p $(dir $@)
 	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -fvisibility=hidden -o $@ $(filter %.c,$^)
 
+# pytest-xdist workers: most tests wait on an emulator that uses one core, so two workers
+# keep 2 cores busy (TEST_JOBS=0: one process).
+TEST_JOBS ?= 2
 test: setup firmware firmware-unix-san cycle-model
-	$(VENV)/bin/python -m pytest -c tests/pytest.ini $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -c tests/pytest.ini -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 # The long fuzz campaign: random API calls (>= 50,000 on unix-san, 5,000 on each emulated board,
 # with hang detection), .mtm/.mtd mutants on every target, emulator kills during model.save; each
