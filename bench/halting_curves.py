@@ -81,7 +81,7 @@ for e in range(EPOCHS):
 
 
 def curve(target: Any, folder: Path, student: Path, seed: int, skip: float, work: Path,
-          epochs: int = EPOCHS, lr: float = 0.01, decay: float = 1.0) -> list[list[float]]:
+          epochs: int, lr: float, decay: float) -> list[list[float]]:
     """[val_loss, val_accuracy, test_accuracy, skip_fraction so far] after each epoch."""
     source = work / "curve.py"
     source.write_text(CURVE)
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir(exist_ok=True)
             epoch, per_skip = board_costs(folder)
             runs: dict[str, dict[int, list[list[float]]]] = {}
-            lr, decay = args.lr or task.lr, args.decay or task.decay
+            lr = task.lr if args.lr is None else args.lr
+            decay = task.decay if args.decay is None else args.decay
             for seed in args.seeds:
                 student = work / f"student_{seed}.mtm"
                 write_student(design.ranked[0], student, None, design.teacher, seed=seed, board=budget.profile)

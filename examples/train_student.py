@@ -60,7 +60,7 @@ metrics = mt.Metrics(every=max(1, len(train) // 2), skip=skip, stop=stop, loss_k
 gc.collect()
 t0 = mt.perf_counter()
 history = mt.fit(model, train, opt, loss, epochs=EPOCHS, batch=BATCH, val=val, val_batch=BATCH,
-                 schedule=DECAY if DECAY != 1 else None,
+                 schedule=DECAY,
                  checkpoint=CHECKPOINT, monitor=MONITOR, metrics=metrics, skip=skip, stop=stop, seed=SEED,
                  train_accuracy=False)
 train_instructions = mt.perf_counter() - t0
