@@ -1,9 +1,12 @@
-"""Per-function profile of one perf_counter() region on qemu-m4f (instructions and estimated
-Cortex-M4 cycles, from the cycle-model plugin in profile mode; docs/cycle-model.md).
+"""Per-function profile of one perf_counter() region on an emulated board: instructions, and on
+qemu-m4f estimated Cortex-M4 cycles (the cycle-model plugin in profile mode; docs/cycle-model.md).
 
     bench/profile_step.py script.py                        # the last region the script measures
     bench/profile_step.py script.py --region 2             # its second region (t2 - t1)
     bench/profile_step.py --case kws_dscnn_train_b1 --dtype int8   # a whole-model step of bench/cases.py
+    bench/profile_step.py --case conv3x3_16x16x16_32_train --board qemu-rv32f   # a layer case
+
+On the RISC-V boards the table has instructions only: the plugin's cycle weights are the M4's.
 
 The device script measures with mt.perf_counter() (t0 = mt.perf_counter(); ...;
 t1 = mt.perf_counter(); print(t1 - t0)). The table's total is the region's instruction count,
@@ -24,19 +27,33 @@ from mcutrain.boards import get_board  # noqa: E402
 from mcutrain.cycle_model import CycleModel, Profile, by_function  # noqa: E402
 from mcutrain.runner import open_target, run_on  # noqa: E402
 
-BOARD = "qemu-m4f"
+BOARDS = ("qemu-m4f", "qemu-rv32", "qemu-rv32f")
 CASE = re.compile(r"(\w+)_train_b(\d+)$")
 
 
-def case_script(case: str, dtype: str) -> str:
-    """bench/cases.py running one whole-model step (name_train_bN) and nothing else."""
+# The layer cases of bench/cases.py that --case takes: the call that runs one. Its first region
+# is the training step (the second, its forward alone).
+LAYER_CASES = {
+    "conv3x3_16x16x16_32_train":
+        "layer_train_step({case!r}, lambda d: mt.Conv2d(16, 32, 3, padding=1, dtype=d), (1, 16, 16, 16), {dtype!r})",
+    "dense_256_128_train":
+        "layer_train_step({case!r}, lambda d: mt.Linear(256, 128, dtype=d), (1, 256), {dtype!r})",
+}
+
+
+def case_script(case: str, dtype: str, board: str = "qemu-m4f") -> tuple[str, int]:
+    """bench/cases.py running one case and nothing else, and the region of its training step:
+    a whole-model step (name_train_bN) or a layer case of LAYER_CASES."""
+    source = (ROOT / "bench" / "cases.py").read_text()
+    source = source.replace('TARGET = "unknown"', f"TARGET = {board!r}")
+    source = source.replace('PART = "layers"', "PART = None")  # run no part, only the case below
+    if case in LAYER_CASES:
+        return source + "\n" + LAYER_CASES[case].format(case=case, dtype=dtype) + "\n", 1
     match = CASE.match(case)
     if not match:
-        raise SystemExit(f"--case wants a whole-model case like kws_dscnn_train_b1, not {case!r}")
+        raise SystemExit(f"--case wants a whole-model case like kws_dscnn_train_b1 or one of "
+                         f"{', '.join(LAYER_CASES)}, not {case!r}")
     name, batch = match.group(1), int(match.group(2))
-    source = (ROOT / "bench" / "cases.py").read_text()
-    source = source.replace('TARGET = "unknown"', f"TARGET = {BOARD!r}")
-    source = source.replace('PART = "layers"', "PART = None")  # run no part, only the case below
     return source + f"""
 for name, make, shape, classes in WHOLE_MODELS:
     if name == {name!r}:
@@ -44,31 +61,34 @@ for name, make, shape, classes in WHOLE_MODELS:
         break
 else:
     raise ValueError("no whole-model case " + {name!r})
-"""
+""", 0
 
 
-def profile(script: str, region: int = 0, heap: int | None = None) -> tuple[Profile, str, Path]:
-    """Run `script` on qemu-m4f with the plugin profiling `region` (0: the last one); the
+def profile(script: str, region: int = 0, heap: int | None = None,
+            board: str = "qemu-m4f") -> tuple[Profile, str, Path]:
+    """Run `script` on `board` with the plugin profiling `region` (0: the last one); the
     profile, what the script printed and the firmware (for its symbols)."""
-    firmware = get_board(BOARD).firmware_path()
+    firmware = get_board(board).firmware_path()
     model = CycleModel(firmware, profile=region)
     try:
-        with open_target(BOARD, heap=heap, qemu_args=model.qemu_args()) as target:
+        with open_target(board, heap=heap, qemu_args=model.qemu_args()) as target:
             printed = run_on(target, script, timeout=None)
         return model.profile(), printed, firmware  # written as QEMU exited
     finally:
         model.close()
 
 
-def print_table(result: Profile, firmware: Path, top: int) -> None:
+def print_table(result: Profile, firmware: Path, top: int, with_cycles: bool = True) -> None:
     rows = by_function(result, firmware)
     width = max([len("function")] + [len(name) for name, _, _ in rows[:top]])
 
-    def row(name: str, insns: int, cycles: int) -> None:
-        i_share, c_share = 100 * insns / result.instructions, 100 * cycles / result.cycles
-        print(f"{name:<{width}} {insns:>12,} {i_share:>6.2f} {cycles:>12,} {c_share:>6.2f}")
+    def row(name: str, insns: int, cycle_count: int) -> None:
+        i_share, c_share = 100 * insns / result.instructions, 100 * cycle_count / result.cycles
+        line = f"{name:<{width}} {insns:>12,} {i_share:>6.2f}"
+        print(line + f" {cycle_count:>12,} {c_share:>6.2f}" if with_cycles else line)
 
-    print(f"{'function':<{width}} {'instructions':>12} {'%':>6} {'cycles':>12} {'%':>6}")
+    header = f"{'function':<{width}} {'instructions':>12} {'%':>6}"
+    print(header + f" {'cycles':>12} {'%':>6}" if with_cycles else header)
     for name, insns, cycles in rows[:top]:
         row(name, insns, cycles)
     rest = rows[top:]
@@ -84,23 +104,27 @@ def main() -> int:
     parser.add_argument("--region", type=int, default=0,
                         help="which region: 1 = the first (t1 - t0); default: the last")
     parser.add_argument("--case", help="a whole-model case of bench/cases.py, e.g. kws_dscnn_train_b1")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "int8"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "int8", "mixed"))
+    parser.add_argument("--board", default="qemu-m4f", choices=BOARDS)
     parser.add_argument("--heap", type=int, help="heap bytes (default: the board's; 1 MiB with --case)")
     parser.add_argument("--top", type=int, default=25, help="functions to list (default 25)")
     args = parser.parse_args()
     if (args.script is None) == (args.case is None):
         parser.error("give a device script or --case")
+    region = args.region
     if args.case:
-        script, heap = case_script(args.case, args.dtype), args.heap or 1 << 20
+        script, case_region = case_script(args.case, args.dtype, args.board)
+        heap, region = args.heap or 1 << 20, region or case_region
     else:
         script, heap = args.script.read_text(), args.heap
-    result, printed, firmware = profile(script, args.region, heap)
+    result, printed, firmware = profile(script, region, heap, args.board)
+    m4 = args.board == "qemu-m4f"
     print(printed.rstrip())
-    print(f"\nregion {result.region}: {result.instructions:,} instructions, "
-          f"{result.cycles:,} estimated M4 cycles")
+    cycles = f", {result.cycles:,} estimated M4 cycles" if m4 else ""
+    print(f"\nregion {result.region}: {result.instructions:,} instructions{cycles}")
     if str(result.instructions) not in re.findall(r"\d+", printed):
         print("(the script printed no perf_counter() difference equal to it)")
-    print_table(result, firmware, args.top)
+    print_table(result, firmware, args.top, with_cycles=m4)
     return 0
 
 

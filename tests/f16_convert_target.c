@@ -2,7 +2,8 @@
 // run by tests/test_kernels_f16.py: on the Cortex-M4F the VCVTB/VCVTT path and on rv32 with
 // Zfh the FCVT path are compared bit for bit with the portable one (built from the same
 // half.c as portable_*), and on every board hashes of the results go back to the host,
-// which recomputes them with numpy.
+// which recomputes them with numpy. The operand and result conversions (no NaN tests on
+// Zfh) must give the portable bits for every value but NaN, and a NaN for a NaN.
 // No C library: a vector table or _start, semihosting for output and exit.
 #include <stddef.h>
 #include <stdint.h>
@@ -99,6 +100,45 @@ static uint32_t check_widen(size_t n) {
     return count_diff_u32(floats, floats_ref, n);
 }
 
+// The operand widening against the portable one: the same bits, or NaN for NaN.
+static uint32_t check_operands(size_t n) {
+    size_t at = 0, len = 0;
+    while (at < n) {
+        size_t k = len % 20 < n - at ? len % 20 : n - at;
+        mt_f16_to_f32_operands(halves + at, floats + at, k);
+        at += k;
+        len++;
+    }
+    portable_f16_to_f32_array(halves, floats_ref, n);
+    uint32_t d = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float a = floats[i], b = floats_ref[i];
+        d += (b != b) ? (a == a) : (mt_f32_bits(a) != mt_f32_bits(b));
+    }
+    return d;
+}
+
+static int half_is_nan(uint16_t h) {
+    return (h & 0x7fffu) > 0x7c00u;
+}
+
+// The result narrowing against the portable one: the same bits, or a NaN half for NaN.
+static uint32_t check_results(size_t n) {
+    size_t at = 0, len = 0;
+    while (at < n) {
+        size_t k = len % 20 < n - at ? len % 20 : n - at;
+        mt_f32_to_f16_results(floats + at, halves_out + at, k);
+        at += k;
+        len++;
+    }
+    portable_f32_to_f16_array(floats, halves_ref, n);
+    uint32_t d = 0;
+    for (size_t i = 0; i < n; i++) {
+        d += half_is_nan(halves_ref[i]) ? !half_is_nan(halves_out[i]) : halves_out[i] != halves_ref[i];
+    }
+    return d;
+}
+
 static uint32_t check_narrow(size_t n) {
     size_t at = 0, len = 0;
     while (at < n) {
@@ -117,8 +157,10 @@ int main(void) {
     for (uint32_t i = 0; i < 65536; i++) {
         halves[i] = (uint16_t)i;
     }
+    diff += check_operands(65536);
     diff += check_widen(65536);
     put_hex("widen", hash((const uint32_t *)(const void *)floats, 65536));
+    diff += check_results(65536);
     diff += check_narrow(65536);
     // Random fp32 bit patterns (xorshift32 from 1), narrowed.
     uint32_t s = 1;
@@ -126,6 +168,7 @@ int main(void) {
         s = mt_xorshift32(s);
         floats[i] = mt_f32_from_bits(s);
     }
+    diff += check_results(N_RANDOM);
     diff += check_narrow(N_RANDOM);
     uint32_t h = 0;
     for (size_t i = 0; i < N_RANDOM; i++) {
@@ -148,6 +191,7 @@ int main(void) {
         floats[n++] = mt_f32_from_bits(mid);
         floats[n++] = mt_f32_from_bits(mid + 1);
     }
+    diff += check_results(n);
     diff += check_narrow(n);
     h = 0;
     for (size_t i = 0; i < n; i++) {
@@ -170,6 +214,28 @@ int main(void) {
     }
     portable_f16_add_scaled(halves_ref, floats, -0.375f, 65536, NULL);
     diff += count_diff_u16(halves, halves_ref, 65536);
+    // Both updates on every half (infinities, NaNs, subnormals, the largest finite ones),
+    // with gradients of every magnitude: the nearest one in pieces, the stochastic one
+    // (with its own fast path on Zfh) from the same seed, bit for bit.
+    for (size_t i = 0; i < 65536; i++) {
+        s = mt_xorshift32(s);
+        halves[i] = (uint16_t)i;
+        floats[i] = mt_f32_from_bits((s & 0x807fffffu) | ((96u + (s >> 8) % 64u) << 23));
+    }
+    for (int stochastic = 0; stochastic < 2; stochastic++) {
+        for (size_t i = 0; i < 65536; i++) {
+            halves_out[i] = halves[i];
+            halves_ref[i] = halves[i];
+        }
+        mt_f16_rng_t rng = { 12345u }, rng_ref = { 12345u };
+        for (size_t at = 0, len = 0; at < 65536; len++) {
+            size_t k = len % 20 < 65536 - at ? len % 20 : 65536 - at;
+            mt_f16_add_scaled(halves_out + at, floats + at, 0.75f, k, stochastic ? &rng : NULL);
+            at += k;
+        }
+        portable_f16_add_scaled(halves_ref, floats, 0.75f, 65536, stochastic ? &rng_ref : NULL);
+        diff += count_diff_u16(halves_out, halves_ref, 65536) + (rng.state != rng_ref.state);
+    }
     put_hex("hw", MT_F16_HW || MT_F16_ZFH);
     put_hex("mismatches", diff);
     put("done\n");

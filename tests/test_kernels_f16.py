@@ -932,7 +932,8 @@ TARGET_CFLAGS = ["-std=gnu99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wdouble-p
 # half.c once more as the portable reference, its functions renamed.
 PORTABLE = ["-DMCUTRAIN_PORTABLE_KERNELS"] + [
     f"-D{name}=portable_{name[3:]}"
-    for name in ("mt_f16_to_f32_array", "mt_f32_to_f16_array", "mt_f16_add_scaled")]
+    for name in ("mt_f16_to_f32_array", "mt_f32_to_f16_array", "mt_f16_add_scaled",
+                 "mt_f16_to_f32_operands", "mt_f32_to_f16_results")]
 
 
 def target_hash(values: np.ndarray) -> int:

@@ -34,6 +34,9 @@ PLUGIN = "build/cycle-model/libm4cycles.so"
 READ = "mcutrain_board_perf_counter"
 READ_END = "mcutrain_board_perf_counter_end"
 SAMPLE = "edge_loops"  # boards/qemu/m4f/board.c: the timer sampling loop
+# The RISC-V boards' instret read (boards/qemu/rv32/board.c): profiles there count
+# instructions exactly; their cycles are the M4 table's, which means nothing on RISC-V.
+SAMPLE_RISCV = "board_instructions"
 
 
 def elf_symbols(path: Path) -> dict[str, tuple[int, int]]:
@@ -81,16 +84,17 @@ class CycleModel:
         profile: int | None = None,
     ) -> None:
         symbols = elf_symbols(Path(firmware))
+        sample = SAMPLE if SAMPLE in symbols else SAMPLE_RISCV
         try:
             self.marks = {
                 "read": symbols[READ][0],
                 "read_end": symbols[READ_END][0],
-                "sample": symbols[SAMPLE][0],
-                # its last instruction, a 16-bit `bx lr`
-                "sample_end": symbols[SAMPLE][0] + symbols[SAMPLE][1] - 2,
+                "sample": symbols[sample][0],
+                # its last instruction, a 16-bit `bx lr` (or `ret`)
+                "sample_end": symbols[sample][0] + symbols[sample][1] - 2,
             }
         except KeyError as e:
-            raise ValueError(f"{firmware}: no symbol {e} (not a qemu-m4f firmware?)") from None
+            raise ValueError(f"{firmware}: no symbol {e} (not a qemu board firmware?)") from None
         self.plugin = Path(plugin) if plugin is not None else plugin_path()
         self.refill = refill
         self.profile_region = profile

@@ -291,10 +291,10 @@ static void im2col_tile(const mt_conv2d_params_t *p, const uint16_t *x, int q0, 
             const uint16_t *src = image + (ih * p->in_w + pt.iw0 + pt.kw_lo) * in_c;
             zero_floats(col, pt.kw_lo * cg);
             if (cg == in_c) {
-                mt_f16_to_f32_array(src, col + pt.kw_lo * cg, (size_t)((pt.kw_hi - pt.kw_lo) * cg));
+                mt_f16_to_f32_operands(src, col + pt.kw_lo * cg, (size_t)((pt.kw_hi - pt.kw_lo) * cg));
             } else {
                 for (int j = pt.kw_lo; j < pt.kw_hi; j++, src += in_c) {
-                    mt_f16_to_f32_array(src, col + j * cg, (size_t)cg);
+                    mt_f16_to_f32_operands(src, col + j * cg, (size_t)cg);
                 }
             }
             zero_floats(col + pt.kw_hi * cg, (kw - pt.kw_hi) * cg);
@@ -312,12 +312,12 @@ static void general_forward(const mt_conv2d_params_t *p, const uint16_t *x, cons
     for (int g = 0; g < p->groups; g++) {
         for (int o0 = 0; o0 < og; o0 += f.ob) {
             const int nob = min_int(f.ob, og - o0), oc0 = g * og + o0;
-            mt_f16_to_f32_array(weight + oc0 * K, wbuf, (size_t)(nob * K));
+            mt_f16_to_f32_operands(weight + oc0 * K, wbuf, (size_t)(nob * K));
             for (int q0 = 0; q0 < pixels; q0 += f.rows) {
                 const int rows = min_int(f.rows, pixels - q0);
                 im2col_tile(p, x, q0, rows, g, 0, p->kernel_h, col);
                 if (bias) {
-                    mt_f16_to_f32_array(bias + oc0, out, (size_t)nob);
+                    mt_f16_to_f32_operands(bias + oc0, out, (size_t)nob);
                 } else {
                     zero_floats(out, nob);
                 }
@@ -329,7 +329,7 @@ static void general_forward(const mt_conv2d_params_t *p, const uint16_t *x, cons
                 const mt_gemm_shape_t s = { rows, nob, K, K, K, nob };
                 mt_gemm_f32_nt(&s, 1.0f, col, wbuf, out);
                 for (int t = 0; t < rows; t++) {
-                    mt_f32_to_f16_array(out + t * nob, y + (q0 + t) * out_c + oc0, (size_t)nob);
+                    mt_f32_to_f16_results(out + t * nob, y + (q0 + t) * out_c + oc0, (size_t)nob);
                 }
             }
         }
@@ -375,7 +375,7 @@ static void phase_weights(const mt_conv2d_params_t *p, const phase_t *ph, const 
         const int i = ph->a + t / ph->ktw * p->stride_h, j = ph->b + t % ph->ktw * p->stride_w;
         const uint16_t *w = weight + ((g * og) * taps + i * p->kernel_w + j) * cg + c0;
         for (int o = 0; o < og; o++, w += taps * cg, wt += ncb) {
-            mt_f16_to_f32_array(w, wt, (size_t)ncb);
+            mt_f16_to_f32_operands(w, wt, (size_t)ncb);
         }
     }
 }
@@ -394,7 +394,7 @@ static void phase_gather(const mt_conv2d_params_t *p, const phase_t *ph, const u
             const int num_w = iw + p->pad_w - (ph->b + t % ph->ktw * sw);
             const int oh = num_h / sh, ow = num_w / sw;   // exact: the phase makes them multiples
             if (num_h >= 0 && oh < p->out_h && num_w >= 0 && ow < p->out_w) {
-                mt_f16_to_f32_array(dyn + (oh * p->out_w + ow) * p->out_c, col, (size_t)og);
+                mt_f16_to_f32_operands(dyn + (oh * p->out_w + ow) * p->out_c, col, (size_t)og);
             } else {
                 zero_floats(col, og);
             }
@@ -443,7 +443,7 @@ static void general_grad_input(const mt_conv2d_params_t *p, const uint16_t *dy,
                             mt_gemm_f32_nn(&s, 1.0f, col, wt, out);
                         }
                         for (int t = 0; t < rows; t++) {
-                            mt_f32_to_f16_array(out + t * ncb,
+                            mt_f32_to_f16_results(out + t * ncb,
                                 dx + phase_pixel(p, &ph, u0 + t, &ih, &iw) + g * cg + c0, (size_t)ncb);
                         }
                     }
@@ -470,7 +470,7 @@ static void general_grad_weight(const mt_conv2d_params_t *p, const uint16_t *x, 
                     const int rows = min_int(plan.rows, pixels - q0);
                     im2col_tile(p, x, q0, rows, g, i0, i1, col);
                     for (int t = 0; t < rows; t++) {
-                        mt_f16_to_f32_array(dy + (q0 + t) * out_c + oc0, dyt + t * nob, (size_t)nob);
+                        mt_f16_to_f32_operands(dy + (q0 + t) * out_c + oc0, dyt + t * nob, (size_t)nob);
                     }
                     const mt_gemm_shape_t s = { nob, kb, rows, nob, kb, kb };
                     mt_gemm_f32_tn(&s, 1.0f, dyt, col, acc);
@@ -516,7 +516,7 @@ static axis_t in_axis(int i0, int i1, int stride, int pad, int kernel, int out) 
 static void tile_to_f32(const uint16_t *image, int width, int C, int r0, int rows, int c0,
     int cols, float *dst) {
     for (int r = 0; r < rows; r++) {
-        mt_f16_to_f32_array(image + ((r0 + r) * width + c0) * C, dst + r * cols * C,
+        mt_f16_to_f32_operands(image + ((r0 + r) * width + c0) * C, dst + r * cols * C,
             (size_t)(cols * C));
     }
 }
@@ -524,7 +524,7 @@ static void tile_to_f32(const uint16_t *image, int width, int C, int r0, int row
 static void tile_to_f16(const float *src, int C, int r0, int rows, int c0, int cols,
     uint16_t *image, int width) {
     for (int r = 0; r < rows; r++) {
-        mt_f32_to_f16_array(src + r * cols * C, image + ((r0 + r) * width + c0) * C,
+        mt_f32_to_f16_results(src + r * cols * C, image + ((r0 + r) * width + c0) * C,
             (size_t)(cols * C));
     }
 }
@@ -553,9 +553,9 @@ static void depthwise_forward(const mt_conv2d_params_t *p, const uint16_t *x, co
     float *w32 = scratch, *b32 = w32 + C * taps, *xb = scratch + dw_fixed(p);
     float *yb = xb + dw_in_extent(tile.rows, p->stride_h, p->kernel_h, p->in_h)
                      * dw_in_extent(tile.cols, p->stride_w, p->kernel_w, p->in_w) * C;
-    mt_f16_to_f32_array(weight, w32, (size_t)(C * taps));
+    mt_f16_to_f32_operands(weight, w32, (size_t)(C * taps));
     if (bias) {
-        mt_f16_to_f32_array(bias, b32, (size_t)C);
+        mt_f16_to_f32_operands(bias, b32, (size_t)C);
     }
     for (int n = 0; n < p->batch; n++) {
         const uint16_t *xn = x + n * p->in_h * p->in_w * C;
@@ -605,7 +605,7 @@ static void depthwise_grad_input(const mt_conv2d_params_t *p, const uint16_t *dy
     const int C = p->in_c, taps = p->kernel_h * p->kernel_w;
     const dw_tile_t tile = dw_tile(p, 0);
     float *w32 = scratch, *dxb = scratch + dw_fixed(p), *dyb = dxb + tile.rows * tile.cols * C;
-    mt_f16_to_f32_array(weight, w32, (size_t)(C * taps));
+    mt_f16_to_f32_operands(weight, w32, (size_t)(C * taps));
     for (int n = 0; n < p->batch; n++) {
         const uint16_t *dyn = dy + n * p->out_h * p->out_w * C;
         uint16_t *dxn = dx + n * p->in_h * p->in_w * C;
@@ -647,7 +647,7 @@ static void bias_grad(const mt_conv2d_params_t *p, const uint16_t *dy, const sin
         const uint16_t *d = dy + o0;
         for (int q = 0; q < pixels; q++, d += out_c) {
             for (int j = 0; j < nb; j++) {
-                sums[j] += mt_f16_to_f32(d[j]);
+                sums[j] += mt_f16_operand(d + j);
             }
         }
         sink_add(db, o0, sums, nb);

@@ -24,6 +24,18 @@ static inline void zfh_store(uint16_t *p, float h) {
 }
 
 #define ZFH_CLASS_NAN 0x300u   // fclass: signalling (bit 8) or quiet (bit 9) NaN
+
+// f rounded toward zero to a half.
+static inline float zfh_narrow_rtz(float f) {
+    float h;
+    __asm__ ("fcvt.h.s %0, %1, rtz" : "=f" (h) : "f" (f));
+    return h;
+}
+
+// The bits of |f| from the smallest normal half (2^-14) up to, not including, the largest
+// (65504): adding 13 random bits below a half's last one cannot carry past it there.
+#define ZFH_SR_LOW 0x38800000u
+#define ZFH_SR_HIGH 0x477fe000u
 #endif
 
 // On rv32 with Zfh four halves at a time: FLH, FCLASS.H (one test that none is a NaN, whose
@@ -73,6 +85,21 @@ void mt_f16_to_f32_array(const uint16_t *src, float *dst, size_t n) {
     }
 }
 
+#if MT_F16_ZFH
+void mt_f16_to_f32_operands(const uint16_t *src, float *dst, size_t n) {
+    // 24 instructions and 3 loop steps per 8 values
+    for (; n >= 8; n -= 8, src += 8, dst += 8) {
+#define MT_WIDEN_ONE(i) dst[i] = mt_zfh_widen(zfh_load(src + i));
+        MT_WIDEN_ONE(0) MT_WIDEN_ONE(1) MT_WIDEN_ONE(2) MT_WIDEN_ONE(3)
+        MT_WIDEN_ONE(4) MT_WIDEN_ONE(5) MT_WIDEN_ONE(6) MT_WIDEN_ONE(7)
+#undef MT_WIDEN_ONE
+    }
+    for (; n > 0; n--) {
+        *dst++ = mt_zfh_widen(zfh_load(src++));
+    }
+}
+#endif
+
 // With Zfh four floats at a time: one test that none is a NaN (FEQ.S), then FCVT.H.S and FSH
 // each, about 6 instructions a value against 9.
 void mt_f32_to_f16_array(const float *src, uint16_t *dst, size_t n) {
@@ -119,6 +146,21 @@ void mt_f32_to_f16_array(const float *src, uint16_t *dst, size_t n) {
     }
 }
 
+#if MT_F16_ZFH
+void mt_f32_to_f16_results(const float *src, uint16_t *dst, size_t n) {
+    // 24 instructions and 3 loop steps per 8 values
+    for (; n >= 8; n -= 8, src += 8, dst += 8) {
+#define MT_NARROW_ONE(i) zfh_store(dst + i, mt_zfh_narrow(src[i]));
+        MT_NARROW_ONE(0) MT_NARROW_ONE(1) MT_NARROW_ONE(2) MT_NARROW_ONE(3)
+        MT_NARROW_ONE(4) MT_NARROW_ONE(5) MT_NARROW_ONE(6) MT_NARROW_ONE(7)
+#undef MT_NARROW_ONE
+    }
+    for (; n > 0; n--) {
+        zfh_store(dst++, mt_zfh_narrow(*src++));
+    }
+}
+#endif
+
 void mt_f16_add_scaled(uint16_t *w, const float *g, float alpha, size_t n, mt_f16_rng_t *rng) {
     if (!rng) {
 #if MT_F16_HW
@@ -155,15 +197,33 @@ void mt_f16_add_scaled(uint16_t *w, const float *g, float alpha, size_t n, mt_f1
         }
         n &= 7;
 #endif
+#if MT_F16_ZFH
+        // The sum is an arithmetic result, so its NaNs are canonical: no NaN tests.
+        for (size_t i = 0; i < n; i++) {
+            zfh_store(w + i, mt_zfh_narrow(mt_f16_operand(w + i) + alpha * g[i]));
+        }
+#else
         for (size_t i = 0; i < n; i++) {
             w[i] = mt_f32_to_f16(mt_f16_to_f32(w[i]) + alpha * g[i]);
         }
+#endif
         return;
     }
     uint32_t s = mt_f16_rng_seed(rng);
     for (size_t i = 0; i < n; i++) {
         s = mt_xorshift32(s);
-        w[i] = mt_f32_to_f16_sr(mt_f16_to_f32(w[i]) + alpha * g[i], s);
+        const float f = mt_f16_operand(w + i) + alpha * g[i];
+#if MT_F16_ZFH
+        // Where the result is a normal half short of rounding up to infinity, adding the
+        // random bits to f's and converting toward zero truncates them away exactly as
+        // mt_f32_to_f16_sr does, in 9 instructions instead of 15.
+        const uint32_t x = mt_f32_bits(f);
+        if ((x & 0x7fffffffu) - ZFH_SR_LOW < ZFH_SR_HIGH - ZFH_SR_LOW) {
+            zfh_store(w + i, zfh_narrow_rtz(mt_f32_from_bits(x + (s >> 19))));
+            continue;
+        }
+#endif
+        w[i] = mt_f32_to_f16_sr(f, s);
     }
     rng->state = s;
 }

@@ -122,6 +122,18 @@ static inline float mt_f16_to_f32(uint16_t h) {
 #endif
 }
 
+// One half widened for fp32 arithmetic only (see mt_f16_to_f32_operands): on Zfh FLH +
+// FCVT.S.H, without the NaN test.
+static inline float mt_f16_operand(const uint16_t *p) {
+#if MT_F16_ZFH
+    float h;
+    __asm__ ("flh %0, %1" : "=f" (h) : "m" (*p));
+    return mt_zfh_widen(h);
+#else
+    return mt_f16_to_f32(*p);
+#endif
+}
+
 // Nearest half to f, ties to even, with integer operations only.
 static inline uint16_t mt_f32_to_f16_portable(float f) {
     const uint32_t x = mt_f32_bits(f);
@@ -167,6 +179,18 @@ static inline uint16_t mt_f32_to_f16(float f) {
     return (uint16_t)r;
 #else
     return mt_f32_to_f16_portable(f);
+#endif
+}
+
+// mt_f32_to_f16 of an fp32 arithmetic result (see mt_f32_to_f16_results): on Zfh without
+// the NaN test.
+static inline uint16_t mt_f16_result(float f) {
+#if MT_F16_ZFH
+    uint32_t r;
+    __asm__ ("fmv.x.h %0, %1" : "=r" (r) : "f" (mt_zfh_narrow(f)));
+    return (uint16_t)r;
+#else
+    return mt_f32_to_f16(f);
 #endif
 }
 
@@ -218,6 +242,24 @@ static inline uint16_t mt_f32_to_f16_sr(float f, uint32_t random) {
 // Arrays: n halves widened to floats, n floats rounded (nearest even) to halves.
 void mt_f16_to_f32_array(const uint16_t *src, float *dst, size_t n);
 void mt_f32_to_f16_array(const float *src, uint16_t *dst, size_t n);
+// mt_f16_to_f32_array for operands that only feed fp32 arithmetic (GEMM tiles, weights, bias): on Zfh a
+// NaN comes out as the canonical NaN, which is what any RISC-V arithmetic on it returns
+// anyway, so FLH + FCVT.S.H + FSW need no NaN test (3 instructions a value against 6).
+// mt_f32_to_f16_array for fp32 results of arithmetic (GEMM and kernel outputs), whose NaNs on
+// a RISC-V core are all the canonical one: on Zfh FLW + FCVT.H.S + FSH with no NaN test give
+// the same bits. Elsewhere both are the array conversions.
+#if MT_F16_ZFH
+void mt_f16_to_f32_operands(const uint16_t *src, float *dst, size_t n);
+void mt_f32_to_f16_results(const float *src, uint16_t *dst, size_t n);
+#else
+static inline void mt_f16_to_f32_operands(const uint16_t *src, float *dst, size_t n) {
+    mt_f16_to_f32_array(src, dst, n);
+}
+
+static inline void mt_f32_to_f16_results(const float *src, uint16_t *dst, size_t n) {
+    mt_f32_to_f16_array(src, dst, n);
+}
+#endif
 
 // The fp16 weight update, w = round(w + alpha * g) element by element with the sum formed
 // in fp32 and rounded once: to nearest even when rng is NULL, else stochastically (one

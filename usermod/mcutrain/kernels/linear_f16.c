@@ -75,13 +75,13 @@ size_t mt_linear_f16_scratch_floats(const mt_linear_params_t *p) {
 // dst (rows x cols, dense) = src block (rows of `ld` halves), widened.
 static void block_to_f32(const uint16_t *src, int ld, int rows, int cols, float *dst) {
     for (int r = 0; r < rows; r++) {
-        mt_f16_to_f32_array(src + r * ld, dst + r * cols, (size_t)cols);
+        mt_f16_to_f32_operands(src + r * ld, dst + r * cols, (size_t)cols);
     }
 }
 
 static void block_to_f16(const float *src, int rows, int cols, uint16_t *dst, int ld) {
     for (int r = 0; r < rows; r++) {
-        mt_f32_to_f16_array(src + r * cols, dst + r * ld, (size_t)cols);
+        mt_f32_to_f16_results(src + r * cols, dst + r * ld, (size_t)cols);
     }
 }
 
@@ -102,7 +102,7 @@ void mt_linear_f16_forward(const mt_linear_params_t *p, const uint16_t *x,
             const int nob = min_int(b.nb, out - o0);
             for (int r = 0; r < nr; r++) {
                 if (bias) {
-                    mt_f16_to_f32_array(bias + o0, acc + r * nob, (size_t)nob);
+                    mt_f16_to_f32_operands(bias + o0, acc + r * nob, (size_t)nob);
                 } else {
                     zero_floats(acc + r * nob, nob);
                 }
@@ -172,9 +172,9 @@ static void grad_weight_rank1(const mt_linear_params_t *p, const uint16_t *x, co
     const int in = p->in_features;
     for (int i0 = 0; i0 < in; i0 += kb) {
         const int nib = min_int(kb, in - i0);
-        mt_f16_to_f32_array(x + i0, xbuf, (size_t)nib);
+        mt_f16_to_f32_operands(x + i0, xbuf, (size_t)nib);
         for (int o = 0; o < p->out_features; o++) {
-            const sink_t row = { dw->alpha * mt_f16_to_f32(dy[o]), dw->h, dw->f, dw->rng };
+            const sink_t row = { dw->alpha * mt_f16_operand(dy + o), dw->h, dw->f, dw->rng };
             sink_add(&row, o * in + i0, xbuf, nib);
         }
     }
@@ -222,7 +222,7 @@ static void grad_weight(const mt_linear_params_t *p, const uint16_t *x, const ui
             for (int r = 0; r < B; r++) {
                 const uint16_t *d = dy + r * out + o0;
                 for (int o = 0; o < nob; o++) {
-                    sums[o] += mt_f16_to_f32(d[o]);
+                    sums[o] += mt_f16_operand(d + o);
                 }
             }
             sink_add(db, o0, sums, nob);

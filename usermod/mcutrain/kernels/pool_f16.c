@@ -111,12 +111,12 @@ void mt_avgpool2d_f16_forward(const mt_pool2d_params_t *p, const uint16_t *x, ui
                         for (int kw = w.kw_begin; kw < w.kw_end; kw++) {
                             const uint16_t *xp = x + mt_pool_pixel(p, b, w.ih0 + kh, w.iw0 + kw) + c0;
                             for (int j = 0; j < nc; j++) {
-                                sum[j] += mt_f16_to_f32(xp[j]);
+                                sum[j] += mt_f16_operand(xp + j);
                             }
                         }
                     }
                     for (int j = 0; j < nc; j++) {
-                        y[c0 + j] = mt_f32_to_f16(sum[j] * inv_area);
+                        y[c0 + j] = mt_f16_result(sum[j] * inv_area);
                     }
                 }
             }
@@ -149,12 +149,12 @@ void mt_avgpool2d_f16_grad_input(const mt_pool2d_params_t *p, const uint16_t *dy
                             const uint16_t *d = dyb + ((size_t)oh * (size_t)p->out_w + (size_t)ow)
                                                           * (size_t)c_n + (size_t)c0;
                             for (int j = 0; j < nc; j++) {
-                                sum[j] += mt_f16_to_f32(d[j]);
+                                sum[j] += mt_f16_operand(d + j);
                             }
                         }
                     }
                     for (int j = 0; j < nc; j++) {
-                        dx[c0 + j] = mt_f32_to_f16(sum[j] * inv_area);
+                        dx[c0 + j] = mt_f16_result(sum[j] * inv_area);
                     }
                 }
             }
@@ -176,11 +176,11 @@ void mt_global_avgpool_f16_forward(const uint16_t *x, uint16_t *y, int batch, in
             const uint16_t *xp = xb + c0;
             for (int i = 0; i < pixels; i++, xp += channels) {
                 for (int j = 0; j < nc; j++) {
-                    sum[j] += mt_f16_to_f32(xp[j]);
+                    sum[j] += mt_f16_operand(xp + j);
                 }
             }
             for (int j = 0; j < nc; j++) {
-                y[c0 + j] = mt_f32_to_f16(sum[j] * inv_pixels);
+                y[c0 + j] = mt_f16_result(sum[j] * inv_pixels);
             }
         }
     }
@@ -195,7 +195,7 @@ void mt_global_avgpool_f16_grad_input(const uint16_t *dy, uint16_t *dx, int batc
         for (int c0 = 0; c0 < channels; c0 += CHANNEL_BLOCK) {
             const int nc = min_int(CHANNEL_BLOCK, channels - c0);
             for (int j = 0; j < nc; j++) {
-                share[j] = mt_f32_to_f16(mt_f16_to_f32(dy[c0 + j]) * inv_pixels);
+                share[j] = mt_f16_result(mt_f16_operand(dy + c0 + j) * inv_pixels);
             }
             uint16_t *d = dxb + c0;
             for (int i = 0; i < pixels; i++, d += channels) {
