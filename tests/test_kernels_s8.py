@@ -348,6 +348,42 @@ def test_gemm_s16_3x2_multi_matches_numpy_for_rows_of_blocks(lib):
         np.testing.assert_array_equal(out.value().reshape(nb, 3, 2), want, err_msg=f"k={k} nb={nb}")
 
 
+def test_gemm_s16_3x2_kernels_wrap_like_smlad_on_extreme_int16_panels(lib):
+    # Raw panels of any int16 values (-32768 included, where the portable kernel's MULH trick
+    # meets INT32_MIN): every sum wraps modulo 2^32 as SMLAD's do, in all three entry points.
+    i32 = ctypes.c_int
+    lib.mt_gemm_s16_3x2.argtypes = [i32, vp, vp, vp]
+    lib.mt_gemm_s16_3x2_rows.argtypes = [i32, vp, vp, vp, i32]
+    lib.mt_gemm_s16_3x2_rows_multi.argtypes = [i32, vp, vp, vp, i32, i32]
+    rng = np.random.default_rng(11)
+    for kp in (8, 16, 64, 520):
+        a = rng.integers(-32768, 32768, (2, 3, kp)).astype(np.int16)
+        a[0, 0, :] = -32768
+        b = rng.integers(-32768, 32768, (2, kp)).astype(np.int16)
+        b[0, :] = -32768
+        # Panel layout: word j of row r at j * R + r, the pair (2j, 2j + 1) in one word.
+        pa = [np.ascontiguousarray(ai.reshape(3, kp // 2, 2).transpose(1, 0, 2)).reshape(-1) for ai in a]
+        pb = np.ascontiguousarray(b.reshape(2, kp // 2, 2).transpose(1, 0, 2)).reshape(-1)
+        init = rng.integers(-2**31, 2**31, (2, 3, 2)).astype(np.int64)
+        want = [(init[t] + ai.astype(np.int64) @ b.astype(np.int64).T + 2**31) % 2**32 - 2**31
+                for t, ai in enumerate(a)]
+        acc = init[0].astype(np.int32).reshape(-1).copy()
+        lib.mt_gemm_s16_3x2(kp, ptr(pa[0]), ptr(pb), ptr(acc))
+        np.testing.assert_array_equal(acc.reshape(3, 2), want[0], err_msg=f"3x2 kp={kp}")
+        ld = 5   # rows of acc 5 apart; the words between must stay
+        rows = np.full((6, ld), 77, np.int32)
+        rows[:3, :2], rows[3:, :2] = init[0], init[1]
+        both = np.concatenate(pa)
+        lib.mt_gemm_s16_3x2_rows_multi(kp, ptr(both), ptr(pb), ptr(rows), ld, 2)
+        np.testing.assert_array_equal(rows[:3, :2], want[0], err_msg=f"rows_multi kp={kp}")
+        np.testing.assert_array_equal(rows[3:, :2], want[1], err_msg=f"rows_multi kp={kp}")
+        assert np.all(rows[:, 2:] == 77)
+        one = np.full((3, ld), 77, np.int32)
+        one[:, :2] = init[1]
+        lib.mt_gemm_s16_3x2_rows(kp, ptr(pa[1]), ptr(pb), ptr(one), ld)
+        np.testing.assert_array_equal(one[:, :2], want[1], err_msg=f"rows kp={kp}")
+
+
 # ---- Conv2d --------------------------------------------------------------------------------
 
 # (batch, in_h, in_w, in_c, out_c, kernel (h, w), stride (h, w), padding (h, w), groups)

@@ -133,38 +133,57 @@ void mt_gemm_s16_3x2_multi(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t
 #undef MT_K_LOOP
 #undef MT_ARG
 #else
-// Low and high int16 halves of the word at p (memcpy: panels are written as int16 or int32).
-static inline void halves(const int32_t *p, int32_t *lo, int32_t *hi) {
+// The portable kernels, shaped for 32-bit cores without SIMD (RISC-V RV32IM). A word holds
+// two int16 values; lo(a) * lo(b) is the top word of (a << 16) * (b << 16), one MULH, and
+// hi(a) * hi(b) is (a >> 16) * (b >> 16), one MUL, so each operand word costs two shifts
+// and no sign extension of its low half. The sums are unsigned: they wrap modulo 2^32
+// exactly as SMLAD's do. (Blocks of 3x4 or 6x2 sums, and unrolling the k loop, ran slower
+// on RV32: their sums and operands do not fit the registers.)
+
+// The panel word at p (memcpy: panels are written as int16 or int32). Panels are word
+// aligned; saying so lets GCC load the word with one LW on a core without unaligned access
+// (RISC-V), not four byte loads and a copy through the stack.
+static inline uint32_t panel_word(const int32_t *p) {
     uint32_t v;
-    memcpy(&v, p, sizeof v);
-    *lo = (int16_t)(v & 0xffffu);
-    *hi = (int16_t)(v >> 16);
+    memcpy(&v, __builtin_assume_aligned(p, 4), sizeof v);
+    return v;
+}
+
+static inline uint32_t low_up(uint32_t w) {   // lo(w) << 16
+    return w << 16;
+}
+
+static inline uint32_t high_down(uint32_t w) {   // hi(w), sign-extended
+    return (uint32_t)((int32_t)w >> 16);
+}
+
+static inline uint32_t mul_top(uint32_t x, uint32_t y) {   // the top word of x * y, signed
+    return (uint32_t)(((int64_t)(int32_t)x * (int32_t)y) >> 32);
 }
 
 void mt_gemm_s16_3x2(int kp, const int32_t *a, const int32_t *b, int32_t acc[6]) {
-    // Unsigned sums wrap modulo 2^32 exactly as SMLAD's do.
     uint32_t c0 = (uint32_t)acc[0], c1 = (uint32_t)acc[1], c2 = (uint32_t)acc[2];
     uint32_t c3 = (uint32_t)acc[3], c4 = (uint32_t)acc[4], c5 = (uint32_t)acc[5];
+    // Both products of an A word (al, ah) and a B word (bl, bh) into s.
+#define MT_PAIR(s, al, ah, bl, bh) s += mul_top(al, bl) + (ah) * (bh)
     for (int j = 0; j < kp / 2; j++, a += 3, b += 2) {
-        int32_t a0l, a0h, a1l, a1h, a2l, a2h, b0l, b0h, b1l, b1h;
-        halves(a, &a0l, &a0h);
-        halves(a + 1, &a1l, &a1h);
-        halves(a + 2, &a2l, &a2h);
-        halves(b, &b0l, &b0h);
-        halves(b + 1, &b1l, &b1h);
-        c0 += (uint32_t)(a0l * b0l) + (uint32_t)(a0h * b0h);
-        c1 += (uint32_t)(a0l * b1l) + (uint32_t)(a0h * b1h);
-        c2 += (uint32_t)(a1l * b0l) + (uint32_t)(a1h * b0h);
-        c3 += (uint32_t)(a1l * b1l) + (uint32_t)(a1h * b1h);
-        c4 += (uint32_t)(a2l * b0l) + (uint32_t)(a2h * b0h);
-        c5 += (uint32_t)(a2l * b1l) + (uint32_t)(a2h * b1h);
+        const uint32_t b0 = panel_word(b), b1 = panel_word(b + 1);
+        const uint32_t b0l = low_up(b0), b0h = high_down(b0), b1l = low_up(b1), b1h = high_down(b1);
+        uint32_t w = panel_word(a), al = low_up(w), ah = high_down(w);
+        MT_PAIR(c0, al, ah, b0l, b0h);
+        MT_PAIR(c1, al, ah, b1l, b1h);
+        w = panel_word(a + 1), al = low_up(w), ah = high_down(w);
+        MT_PAIR(c2, al, ah, b0l, b0h);
+        MT_PAIR(c3, al, ah, b1l, b1h);
+        w = panel_word(a + 2), al = low_up(w), ah = high_down(w);
+        MT_PAIR(c4, al, ah, b0l, b0h);
+        MT_PAIR(c5, al, ah, b1l, b1h);
     }
+#undef MT_PAIR
     acc[0] = (int32_t)c0; acc[1] = (int32_t)c1; acc[2] = (int32_t)c2;
     acc[3] = (int32_t)c3; acc[4] = (int32_t)c4; acc[5] = (int32_t)c5;
 }
-#endif
 
-#if !MT_S8_DSP
 void mt_gemm_s16_3x2_multi(int kp, const int32_t *a, const int32_t *b, int nb,
     const int32_t *init, int32_t *out) {
     for (int j = 0; j < nb; j++, b += kp, init += 2, out += 6) {
@@ -184,13 +203,8 @@ void mt_gemm_s16_3x2_rows(int kp, const int32_t *a, const int32_t *b, int32_t *a
 
 void mt_gemm_s16_3x2_rows_multi(int kp, const int32_t *a, const int32_t *b, int32_t *acc,
     int ld, int np) {
-    // mt_gemm_s16_3x2_rows' body, not a call to it: one call level less per panel.
     for (int j = 0; j < np; j++, a += 3 * kp / 2, acc += 3 * ld) {
-        int32_t t[6] = { acc[0], acc[1], acc[ld], acc[ld + 1], acc[2 * ld], acc[2 * ld + 1] };
-        mt_gemm_s16_3x2(kp, a, b, t);
-        acc[0] = t[0]; acc[1] = t[1];
-        acc[ld] = t[2]; acc[ld + 1] = t[3];
-        acc[2 * ld] = t[4]; acc[2 * ld + 1] = t[5];
+        mt_gemm_s16_3x2_rows(kp, a, b, acc, ld);
     }
 }
 #endif
