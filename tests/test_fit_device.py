@@ -67,6 +67,39 @@ print('@json', json.dumps({'same': weights(a) == weights(b), 'h': h, 'lr': oa.lr
     assert abs(r["lr"] - 0.05) < 1e-6  # the number schedule multiplied the rate after epoch 1
 
 
+def test_fit_shuffles_in_memory_data_as_a_dataset_and_leaves_random_alone(target, tmp_path):
+    # The same seed trains to the same weights in memory and from an .mtd (one permutation
+    # rule; batch 1, so the order decides the weights), not to the unshuffled run's; the
+    # global random state is neither reseeded nor consumed.
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(13, 4)).astype(np.float32)
+    y = rng.integers(0, 2, 13)
+    write_dataset(tmp_path / "order.mtd", x, y)
+    (path,) = put(target, tmp_path / "order.mtd")
+    try:
+        r = device_json(target, f"PATH = {path!r}\n" + r"""
+import random
+ds = mt.Dataset(PATH)
+xb, yb = ds.batches(13).__next__()
+x, y = mt.zeros((13, 4)), list(yb)
+x.copy_from(xb)
+out = {}
+for name, data, shuffle in (('memory', (x, y), True), ('dataset', ds, True), ('plain', (x, y), False)):
+    m = mlp()
+    random.seed(77)
+    mt.fit(m, data, mt.SGD(m, lr=0.3), epochs=2, batch=1, seed=4, shuffle=shuffle, metrics=False)
+    out[name] = weights(m)
+    out[name + '_next'] = random.getrandbits(20)
+random.seed(77)
+out['fresh_next'] = random.getrandbits(20)
+print('@json', json.dumps(out))
+""")
+    finally:
+        remove(target, path)
+    assert r["memory"] == r["dataset"] != r["plain"]
+    assert r["memory_next"] == r["dataset_next"] == r["fresh_next"]
+
+
 def test_fit_streams_an_int8_dataset_converted_with_its_scale(target, tmp_path):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(9, 2, 2, 1)).astype(np.float32)

@@ -3,6 +3,8 @@ import gc
 
 from _mcutrain import Tensor, cross_entropy, zeros
 
+from .dataset import _permutation
+
 
 def _argmax_hits(out, labels, rows):
     # How many of the first `rows` output rows have their largest value at the label.
@@ -75,19 +77,19 @@ class _Source:
                 target = (item[1], item[2]) if self.teacher else item[1]
                 yield self._input(x, n), target, n
             return
-        order = list(range(self.count))
+        # The same seeded permutation as mt.Dataset's shuffle: O(1) memory (no index list),
+        # uniform over the samples, and the global random state left alone.
+        perm = None
         if shuffle:
-            import random
+            if seed is None:
+                import random
 
-            if seed is not None:
-                random.seed(seed)
-            for i in range(self.count - 1, 0, -1):  # Fisher-Yates
-                j = random.getrandbits(16) % (i + 1)
-                order[i], order[j] = order[j], order[i]
+                seed = random.getrandbits(30)
+            perm = _permutation(self.count, seed)
         for start in range(0, self.count, self.batch):
             n = min(self.batch, self.count - start)
             for r in range(n):
-                i = order[start + r]
+                i = perm(start + r) if perm else start + r
                 self.xb_mv[r * self.row:(r + 1) * self.row] = self.x_mv[i * self.row:(i + 1) * self.row]
                 if self.labels:
                     self.yb[r] = self.y[i]
