@@ -479,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row(s) for s in results]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    args.failures.parent.mkdir(parents=True, exist_ok=True)
     args.failures.write_text(json.dumps([failure_record(f) for s in results for f in s.failures], indent=1) + "\n")
     print()
     print("| target | calls | crashes | hangs | sanitizer reports | Python exceptions | notes |")
