@@ -332,22 +332,25 @@ static void gemm_epi_3x2(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t *
 #undef MT_MINMAX
 #undef MT_ARG
 #else
+// The record's fields and the context in locals: the int8 stores to out may alias anything,
+// so GCC would otherwise reload and store them around every output.
 static void epi_3x2(const int32_t *acc, int32_t *rec, int8_t *out, const epi_ctx_t *ctx) {
+    const int32_t flags = ctx->flags, O = ctx->O;
+    const int32_t lo = flags & EPI_LO ? ctx->lo : MT_S8_ACT_MIN;
+    const int32_t hi = flags & EPI_HI ? ctx->hi : MT_S8_ACT_MAX;
     for (int c = 0; c < 2; c++, rec += REC_WORDS) {
+        const int32_t m = rec[REC_M], k = rec[REC_K], right = rec[REC_RIGHT];
+        int32_t mn = rec[REC_MIN], mx = rec[REC_MAX];
         for (int r = 0; r < 3; r++) {
             const int32_t v = acc[r * 2 + c];
-            if (ctx->flags & EPI_TRACK) {
-                rec[REC_MIN] = mt_s8_min(rec[REC_MIN], v);
-                rec[REC_MAX] = mt_s8_max(rec[REC_MAX], v);
-            }
-            int32_t t = mt_s8_ssat8(mt_s8_rq_zp(v, rec[REC_M], rec[REC_K], rec[REC_RIGHT]));
-            if (ctx->flags & EPI_LO) {
-                t = mt_s8_max(t, ctx->lo);
-            }
-            if (ctx->flags & EPI_HI) {
-                t = mt_s8_min(t, ctx->hi);
-            }
-            out[r * ctx->O + c] = (int8_t)t;
+            mn = mt_s8_min(mn, v);
+            mx = mt_s8_max(mx, v);
+            const int32_t t = mt_s8_ssat8(mt_s8_rq_zp(v, m, k, right));
+            out[r * O + c] = (int8_t)mt_s8_clamp(t, lo, hi);
+        }
+        if (flags & EPI_TRACK) {
+            rec[REC_MIN] = mn;
+            rec[REC_MAX] = mx;
         }
     }
 }
