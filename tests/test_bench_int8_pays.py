@@ -68,7 +68,7 @@ def test_int8_step_instructions_within_limit_of_fp32(m4f_models, case, limit):
     ("kws_dscnn_train_b1", 0.8),  # README: int8 wins in estimated cycles on the conv models
     ("kws_dscnn_train_b4", 0.8),
     ("digits_cnn_train_b4", 0.85),
-    pytest.param("kws_dscnn_train_b1", 0.5, marks=not_yet("0.66x")),
+    pytest.param("kws_dscnn_train_b1", 0.5, marks=not_yet("0.65x")),
     ("mlp_256_128_10_train_b1", 1.5),
 ])
 def test_int8_step_estimated_cycles_within_limit_of_fp32(m4f_models, case, limit):

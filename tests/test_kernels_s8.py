@@ -349,7 +349,7 @@ def test_gemm_s16_3x2_multi_matches_numpy_for_rows_of_blocks(lib):
 
 
 def test_gemm_s16_3x2_kernels_wrap_like_smlad_on_extreme_int16_panels(lib):
-    # Raw panels of any int16 values (-32768 included, where the portable kernel's MULH trick
+    # Raw panels of any int16 values (-32768 included: (-32768)^2 = 2^30 is the largest product)
     # meets INT32_MIN): every sum wraps modulo 2^32 as SMLAD's do, in all three entry points.
     i32 = ctypes.c_int
     lib.mt_gemm_s16_3x2.argtypes = [i32, vp, vp, vp]

@@ -133,53 +133,37 @@ void mt_gemm_s16_3x2_multi(int kp MT_ARG, const int32_t *a MT_ARG, const int32_t
 #undef MT_K_LOOP
 #undef MT_ARG
 #else
-// The portable kernels, shaped for 32-bit cores without SIMD (RISC-V RV32IM). A word holds
-// two int16 values; lo(a) * lo(b) is the top word of (a << 16) * (b << 16), one MULH, and
-// hi(a) * hi(b) is (a >> 16) * (b >> 16), one MUL, so each operand word costs two shifts
-// and no sign extension of its low half. The sums are unsigned: they wrap modulo 2^32
+// The portable kernels, shaped for 32-bit cores without SIMD (RISC-V RV32IM): each int16 of a
+// panel word comes by one sign-extending halfword load (LH), which beats a word load and two
+// shifts per word, and each product is one MUL. The sums are unsigned: they wrap modulo 2^32
 // exactly as SMLAD's do. (Blocks of 3x4 or 6x2 sums, and unrolling the k loop, ran slower
 // on RV32: their sums and operands do not fit the registers.)
 
-// The panel word at p (memcpy: panels are written as int16 or int32). Panels are word
-// aligned; saying so lets GCC load the word with one LW on a core without unaligned access
-// (RISC-V), not four byte loads and a copy through the stack.
-static inline uint32_t panel_word(const int32_t *p) {
-    uint32_t v;
-    memcpy(&v, __builtin_assume_aligned(p, 4), sizeof v);
-    return v;
-}
-
-static inline uint32_t low_up(uint32_t w) {   // lo(w) << 16
-    return w << 16;
-}
-
-static inline uint32_t high_down(uint32_t w) {   // hi(w), sign-extended
-    return (uint32_t)((int32_t)w >> 16);
-}
-
-static inline uint32_t mul_top(uint32_t x, uint32_t y) {   // the top word of x * y, signed
-    return (uint32_t)(((int64_t)(int32_t)x * (int32_t)y) >> 32);
+// Half h (0: low, 1: high) of the panel word at p (memcpy: panels are written as int32 words).
+// Panels are word aligned; saying so lets GCC use one LH on a core without unaligned access
+// (RISC-V), not byte loads.
+static inline uint32_t panel_half(const int32_t *p, int h) {
+    int16_t v;
+    memcpy(&v, (const char *)__builtin_assume_aligned(p, 4) + 2 * h, sizeof v);
+    return (uint32_t)(int32_t)v;
 }
 
 void mt_gemm_s16_3x2(int kp, const int32_t *a, const int32_t *b, int32_t acc[6]) {
     uint32_t c0 = (uint32_t)acc[0], c1 = (uint32_t)acc[1], c2 = (uint32_t)acc[2];
     uint32_t c3 = (uint32_t)acc[3], c4 = (uint32_t)acc[4], c5 = (uint32_t)acc[5];
-    // Both products of an A word (al, ah) and a B word (bl, bh) into s.
-#define MT_PAIR(s, al, ah, bl, bh) s += mul_top(al, bl) + (ah) * (bh)
     for (int j = 0; j < kp / 2; j++, a += 3, b += 2) {
-        const uint32_t b0 = panel_word(b), b1 = panel_word(b + 1);
-        const uint32_t b0l = low_up(b0), b0h = high_down(b0), b1l = low_up(b1), b1h = high_down(b1);
-        uint32_t w = panel_word(a), al = low_up(w), ah = high_down(w);
-        MT_PAIR(c0, al, ah, b0l, b0h);
-        MT_PAIR(c1, al, ah, b1l, b1h);
-        w = panel_word(a + 1), al = low_up(w), ah = high_down(w);
-        MT_PAIR(c2, al, ah, b0l, b0h);
-        MT_PAIR(c3, al, ah, b1l, b1h);
-        w = panel_word(a + 2), al = low_up(w), ah = high_down(w);
-        MT_PAIR(c4, al, ah, b0l, b0h);
-        MT_PAIR(c5, al, ah, b1l, b1h);
+        const uint32_t b0l = panel_half(b, 0), b0h = panel_half(b, 1);
+        const uint32_t b1l = panel_half(b + 1, 0), b1h = panel_half(b + 1, 1);
+        uint32_t al = panel_half(a, 0), ah = panel_half(a, 1);
+        c0 += al * b0l + ah * b0h;
+        c1 += al * b1l + ah * b1h;
+        al = panel_half(a + 1, 0), ah = panel_half(a + 1, 1);
+        c2 += al * b0l + ah * b0h;
+        c3 += al * b1l + ah * b1h;
+        al = panel_half(a + 2, 0), ah = panel_half(a + 2, 1);
+        c4 += al * b0l + ah * b0h;
+        c5 += al * b1l + ah * b1h;
     }
-#undef MT_PAIR
     acc[0] = (int32_t)c0; acc[1] = (int32_t)c1; acc[2] = (int32_t)c2;
     acc[3] = (int32_t)c3; acc[4] = (int32_t)c4; acc[5] = (int32_t)c5;
 }
