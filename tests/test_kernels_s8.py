@@ -349,8 +349,8 @@ def test_gemm_s16_3x2_multi_matches_numpy_for_rows_of_blocks(lib):
 
 
 def test_gemm_s16_3x2_kernels_wrap_like_smlad_on_extreme_int16_panels(lib):
-    # Raw panels of any int16 values (-32768 included: (-32768)^2 = 2^30 is the largest product)
-    # Every sum wraps modulo 2^32 as SMLAD's do, in all three entry points.
+    # Raw panels of any int16 values (-32768 included: (-32768)^2 = 2^30 is the largest product):
+    # every sum wraps modulo 2^32 as SMLAD's do, in all three entry points.
     i32 = ctypes.c_int
     lib.mt_gemm_s16_3x2.argtypes = [i32, vp, vp, vp]
     lib.mt_gemm_s16_3x2_rows.argtypes = [i32, vp, vp, vp, i32]
