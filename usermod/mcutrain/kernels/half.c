@@ -197,16 +197,10 @@ void mt_f16_add_scaled(uint16_t *w, const float *g, float alpha, size_t n, mt_f1
         }
         n &= 7;
 #endif
-#if MT_F16_ZFH
-        // The sum is an arithmetic result, so its NaNs are canonical: no NaN tests.
+        // The sum is an arithmetic result (on Zfh: no NaN tests).
         for (size_t i = 0; i < n; i++) {
-            zfh_store(w + i, mt_zfh_narrow(mt_f16_operand(w + i) + alpha * g[i]));
+            w[i] = mt_f16_result(mt_f16_operand(w + i) + alpha * g[i]);
         }
-#else
-        for (size_t i = 0; i < n; i++) {
-            w[i] = mt_f32_to_f16(mt_f16_to_f32(w[i]) + alpha * g[i]);
-        }
-#endif
         return;
     }
     uint32_t s = mt_f16_rng_seed(rng);

@@ -53,6 +53,14 @@ static inline float mt_zfh_narrow(float f) {
     __asm__ ("fcvt.h.s %0, %1, rne" : "=f" (h) : "f" (f));
     return h;
 }
+
+// mt_zfh_narrow's half as its bits (fmv.x.h sign-extends them; the cast drops the copies of
+// the sign).
+static inline uint16_t mt_zfh_narrow_bits(float f) {
+    uint32_t r;
+    __asm__ ("fmv.x.h %0, %1" : "=r" (r) : "f" (mt_zfh_narrow(f)));
+    return (uint16_t)r;
+}
 #endif
 
 #define MT_F16_ZERO ((uint16_t)0x0000u)
@@ -173,10 +181,7 @@ static inline uint16_t mt_f32_to_f16(float f) {
     if (f != f) {
         return mt_f32_to_f16_portable(f);   // NaN: keep its sign and payload
     }
-    uint32_t r;
-    // fmv.x.h sign-extends the half's bits; the cast drops the copies of the sign.
-    __asm__ ("fmv.x.h %0, %1" : "=r" (r) : "f" (mt_zfh_narrow(f)));
-    return (uint16_t)r;
+    return mt_zfh_narrow_bits(f);
 #else
     return mt_f32_to_f16_portable(f);
 #endif
@@ -186,9 +191,7 @@ static inline uint16_t mt_f32_to_f16(float f) {
 // the NaN test.
 static inline uint16_t mt_f16_result(float f) {
 #if MT_F16_ZFH
-    uint32_t r;
-    __asm__ ("fmv.x.h %0, %1" : "=r" (r) : "f" (mt_zfh_narrow(f)));
-    return (uint16_t)r;
+    return mt_zfh_narrow_bits(f);
 #else
     return mt_f32_to_f16(f);
 #endif
