@@ -86,29 +86,48 @@ static uint32_t count_diff_u16(const uint16_t *a, const uint16_t *b, size_t n) {
     return d;
 }
 
-// Converts with the build's path in pieces of every length 0..19 at both alignments (the
-// asm's leading single, octets and scalar tail), and with the portable path in one go.
-static uint32_t check_widen(size_t n) {
-    size_t at = 0, len = 0;
-    while (at < n) {
-        size_t k = len % 20 < n - at ? len % 20 : n - at;
-        mt_f16_to_f32_array(halves + at, floats + at, k);
-        at += k;
-        len++;
+typedef void (*widen_fn)(const uint16_t *src, float *dst, size_t n);
+typedef void (*narrow_fn)(const float *src, uint16_t *dst, size_t n);
+
+// The build's path runs in pieces of every length 0..19 at both alignments (the asm's leading
+// single, octets and scalar tail), the portable one in one go.
+static size_t piece(size_t len, size_t left) {
+    return len % 20 < left ? len % 20 : left;
+}
+
+// halves -> floats in pieces.
+static void widen_in_pieces(widen_fn widen, size_t n) {
+    for (size_t at = 0, len = 0, k; at < n; at += k, len++) {
+        k = piece(len, n - at);
+        widen(halves + at, floats + at, k);
     }
+}
+
+// floats -> halves_out in pieces.
+static void narrow_in_pieces(narrow_fn narrow, size_t n) {
+    for (size_t at = 0, len = 0, k; at < n; at += k, len++) {
+        k = piece(len, n - at);
+        narrow(floats + at, halves_out + at, k);
+    }
+}
+
+// w += alpha * floats in pieces (rng carried from piece to piece).
+static void update_in_pieces(uint16_t *w, float alpha, size_t n, mt_f16_rng_t *rng) {
+    for (size_t at = 0, len = 0, k; at < n; at += k, len++) {
+        k = piece(len, n - at);
+        mt_f16_add_scaled(w + at, floats + at, alpha, k, rng);
+    }
+}
+
+static uint32_t check_widen(size_t n) {
+    widen_in_pieces(mt_f16_to_f32_array, n);
     portable_f16_to_f32_array(halves, floats_ref, n);
     return count_diff_u32(floats, floats_ref, n);
 }
 
 // The operand widening against the portable one: the same bits, or NaN for NaN.
 static uint32_t check_operands(size_t n) {
-    size_t at = 0, len = 0;
-    while (at < n) {
-        size_t k = len % 20 < n - at ? len % 20 : n - at;
-        mt_f16_to_f32_operands(halves + at, floats + at, k);
-        at += k;
-        len++;
-    }
+    widen_in_pieces(mt_f16_to_f32_operands, n);
     portable_f16_to_f32_array(halves, floats_ref, n);
     uint32_t d = 0;
     for (size_t i = 0; i < n; i++) {
@@ -124,13 +143,7 @@ static int half_is_nan(uint16_t h) {
 
 // The result narrowing against the portable one: the same bits, or a NaN half for NaN.
 static uint32_t check_results(size_t n) {
-    size_t at = 0, len = 0;
-    while (at < n) {
-        size_t k = len % 20 < n - at ? len % 20 : n - at;
-        mt_f32_to_f16_results(floats + at, halves_out + at, k);
-        at += k;
-        len++;
-    }
+    narrow_in_pieces(mt_f32_to_f16_results, n);
     portable_f32_to_f16_array(floats, halves_ref, n);
     uint32_t d = 0;
     for (size_t i = 0; i < n; i++) {
@@ -140,13 +153,7 @@ static uint32_t check_results(size_t n) {
 }
 
 static uint32_t check_narrow(size_t n) {
-    size_t at = 0, len = 0;
-    while (at < n) {
-        size_t k = len % 20 < n - at ? len % 20 : n - at;
-        mt_f32_to_f16_array(floats + at, halves_out + at, k);
-        at += k;
-        len++;
-    }
+    narrow_in_pieces(mt_f32_to_f16_array, n);
     portable_f32_to_f16_array(floats, halves_ref, n);
     return count_diff_u16(halves_out, halves_ref, n);
 }
@@ -207,11 +214,7 @@ int main(void) {
         halves_ref[i] = halves[i];
         floats[i] = mt_f16_to_f32((uint16_t)((s >> 16) & 0xbfffu));
     }
-    for (size_t at = 0, len = 0; at < 65536; len++) {
-        size_t k = len % 20 < 65536 - at ? len % 20 : 65536 - at;
-        mt_f16_add_scaled(halves + at, floats + at, -0.375f, k, NULL);
-        at += k;
-    }
+    update_in_pieces(halves, -0.375f, 65536, NULL);
     portable_f16_add_scaled(halves_ref, floats, -0.375f, 65536, NULL);
     diff += count_diff_u16(halves, halves_ref, 65536);
     // Both updates on every half (infinities, NaNs, subnormals, the largest finite ones),
@@ -228,11 +231,7 @@ int main(void) {
             halves_ref[i] = halves[i];
         }
         mt_f16_rng_t rng = { 12345u }, rng_ref = { 12345u };
-        for (size_t at = 0, len = 0; at < 65536; len++) {
-            size_t k = len % 20 < 65536 - at ? len % 20 : 65536 - at;
-            mt_f16_add_scaled(halves_out + at, floats + at, 0.75f, k, stochastic ? &rng : NULL);
-            at += k;
-        }
+        update_in_pieces(halves_out, 0.75f, 65536, stochastic ? &rng : NULL);
         portable_f16_add_scaled(halves_ref, floats, 0.75f, 65536, stochastic ? &rng_ref : NULL);
         diff += count_diff_u16(halves_out, halves_ref, 65536) + (rng.state != rng_ref.state);
     }
