@@ -105,11 +105,17 @@ def model_train_step(case, model, x_shape, labels):
     report(case, model.macs()["train_step"], t1 - t0, peak_ram_bytes=model.memory()["total"])
 
 
+# The layer steps run in every dtype (bench/profile_step.py runs one by name): the layer and
+# its input shape.
+DTYPE_LAYER_CASES = {
+    "conv3x3_16x16x16_32_train": (lambda d: mt.Conv2d(16, 32, 3, padding=1, dtype=d), (1, 16, 16, 16)),
+    "dense_256_128_train": (lambda d: mt.Linear(256, 128, dtype=d), (1, 256)),
+}
+
 if PART == "layers":
     for dtype in ("float32", "float16", "int8", "mixed"):
-        layer_train_step("conv3x3_16x16x16_32_train", lambda d: mt.Conv2d(16, 32, 3, padding=1, dtype=d),
-                         (1, 16, 16, 16), dtype)
-        layer_train_step("dense_256_128_train", lambda d: mt.Linear(256, 128, dtype=d), (1, 256), dtype)
+        for case, (make, shape) in DTYPE_LAYER_CASES.items():
+            layer_train_step(case, make, shape, dtype)
     layer_train_step("depthwise3x3_16x16x32_train", lambda d: mt.Conv2d(32, 32, 3, padding=1, groups=32, dtype=d),
                      (1, 16, 16, 32))
     layer_train_step("pointwise_8x8x32_64_train", lambda d: mt.Conv2d(32, 64, 1, dtype=d), (1, 8, 8, 32))

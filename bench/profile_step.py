@@ -31,28 +31,20 @@ BOARDS = ("qemu-m4f", "qemu-rv32", "qemu-rv32f")
 CASE = re.compile(r"(\w+)_train_b(\d+)$")
 
 
-# The layer cases of bench/cases.py that --case takes: the call that runs one. Its first region
-# is the training step (the second, its forward alone).
-LAYER_CASES = {
-    "conv3x3_16x16x16_32_train":
-        "layer_train_step({case!r}, lambda d: mt.Conv2d(16, 32, 3, padding=1, dtype=d), (1, 16, 16, 16), {dtype!r})",
-    "dense_256_128_train":
-        "layer_train_step({case!r}, lambda d: mt.Linear(256, 128, dtype=d), (1, 256), {dtype!r})",
-}
-
-
 def case_script(case: str, dtype: str, board: str = "qemu-m4f") -> tuple[str, int]:
     """bench/cases.py running one case and nothing else, and the region of its training step:
-    a whole-model step (name_train_bN) or a layer case of LAYER_CASES."""
+    a whole-model step (name_train_bN) or a layer step of its DTYPE_LAYER_CASES (whose first
+    region is the training step, the second its forward alone)."""
     source = (ROOT / "bench" / "cases.py").read_text()
     source = source.replace('TARGET = "unknown"', f"TARGET = {board!r}")
     source = source.replace('PART = "layers"', "PART = None")  # run no part, only the case below
-    if case in LAYER_CASES:
-        return source + "\n" + LAYER_CASES[case].format(case=case, dtype=dtype) + "\n", 1
     match = CASE.match(case)
     if not match:
-        raise SystemExit(f"--case wants a whole-model case like kws_dscnn_train_b1 or one of "
-                         f"{', '.join(LAYER_CASES)}, not {case!r}")
+        return source + f"""
+if {case!r} not in DTYPE_LAYER_CASES:
+    raise ValueError("no whole-model or layer case " + {case!r})
+layer_train_step({case!r}, *DTYPE_LAYER_CASES[{case!r}], {dtype!r})
+""", 1
     name, batch = match.group(1), int(match.group(2))
     return source + f"""
 for name, make, shape, classes in WHOLE_MODELS:
@@ -103,7 +95,8 @@ def main() -> int:
                         help="device script measuring with mt.perf_counter()")
     parser.add_argument("--region", type=int, default=0,
                         help="which region: 1 = the first (t1 - t0); default: the last")
-    parser.add_argument("--case", help="a whole-model case of bench/cases.py, e.g. kws_dscnn_train_b1")
+    parser.add_argument("--case", help="a whole-model case of bench/cases.py, e.g. kws_dscnn_train_b1, "
+                        "or one of its DTYPE_LAYER_CASES, e.g. conv3x3_16x16x16_32_train")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "int8", "mixed"))
     parser.add_argument("--board", default="qemu-m4f", choices=BOARDS)
     parser.add_argument("--heap", type=int, help="heap bytes (default: the board's; 1 MiB with --case)")
