@@ -1,5 +1,6 @@
 """Profile mode of the cycle-model plugin (bench/profile_step.py): per-function instructions of one
-perf_counter() region on qemu-m4f sum to that region's perf_counter() count exactly."""
+perf_counter() region on qemu-m4f sum to that region's perf_counter() count exactly (on the
+RISC-V boards, to within a few instructions)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_firmware
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "host"))
 
-from mcutrain.boards import get_board  # noqa: E402
 from mcutrain.cycle_model import CycleModel, by_function  # noqa: E402
 from mcutrain.runner import open_target, run_on  # noqa: E402
 
@@ -32,13 +33,16 @@ print(t1 - t0, t2 - t1)
 """
 
 
-@pytest.fixture(scope="module")
-def firmware() -> Path:
-    path = get_board("qemu-m4f").firmware_path()
-    if not path.is_file():
-        pytest.skip("qemu-m4f firmware not built; run `make firmware-qemu-m4f`")
+def firmware_and_plugin(board: str) -> Path:
+    """The board's firmware (or skip), with the cycle-model plugin built."""
+    path = require_firmware(board)
     subprocess.run(["make", "-s", "-C", str(ROOT), "cycle-model"], check=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def firmware() -> Path:
+    return firmware_and_plugin("qemu-m4f")
 
 
 def profiled(firmware: Path, region: int):
@@ -73,10 +77,7 @@ def test_a_risc_v_profile_counts_the_region_within_a_few_instructions(board):
     """On the RISC-V boards the plugin marks the instret read (cycles there are meaningless):
     the blocks sum to the region, which is perf_counter()'s count give or take the few
     instructions between the marks and the CSR read."""
-    path = get_board(board).firmware_path()
-    if not path.is_file():
-        pytest.skip(f"{board} firmware not built; run `make firmware-{board}`")
-    subprocess.run(["make", "-s", "-C", str(ROOT), "cycle-model"], check=True)
+    path = firmware_and_plugin(board)
     model = CycleModel(path, profile=1)
     try:
         with open_target(board, qemu_args=model.qemu_args()) as target:
