@@ -191,17 +191,24 @@ def mlp_model(dtype):
     return mt.Sequential(*first, mt.Linear(256, 128, dtype=dtype), mt.ReLU(), mt.Linear(128, 10, dtype=dtype))
 
 
-def whole_model_step(case, make_model, sample_shape, classes, dtype, batch):
+def every_conv(model, policy):
+    """An update dict giving `policy` to every Conv2d/Conv1d of a Sequential (the head keeps
+    its full update)."""
+    return {str(i): policy for i in range(len(model)) if type(model[i]).__name__ in ("Conv2d", "Conv1d")}
+
+
+def whole_model_step(case, make_model, sample_shape, classes, dtype, batch, conv_update=None):
     gc.collect()
     try:
         model = make_model(dtype)
         x = filled((batch,) + sample_shape, 3)
         labels = [(3 + 5 * i) % classes for i in range(batch)]
+        update = every_conv(model, conv_update) if conv_update is not None else None
         if dtype == "int8":
             # as the examples: int8 layers train with plain SGD, new weights stochastically rounded
-            opt = mt.SGD(model, lr=0.01, standardize=False, rounding="stochastic")
+            opt = mt.SGD(model, lr=0.01, standardize=False, rounding="stochastic", update=update)
         else:
-            opt = mt.SGD(model, lr=0.01)
+            opt = mt.SGD(model, lr=0.01, update=update)
         for _ in range(WARM_STEPS):
             model.train_step(x, labels, mt.cross_entropy, opt)
         gc.collect()
@@ -219,8 +226,14 @@ def whole_model_step(case, make_model, sample_shape, classes, dtype, batch):
 WHOLE_MODELS = [("kws_dscnn", kws_model, (49, 10, 1), KWS_CLASSES)]
 if TARGET != "qemu-rv32":  # soft float: the KWS steps alone take minutes there
     WHOLE_MODELS += [("digits_cnn", digits_model, (8, 8, 1), 10), ("mlp_256_128_10", mlp_model, (256,), 10)]
+# Deutel et al.'s dynamic sparse update at 10%: TopK(0.1, 0.1) on every conv of the KWS
+# DS-CNN, against the full update's step above.
+TOPK_MODEL_CASES = {"kws_dscnn_train_b1_topk10": (kws_model, (49, 10, 1), KWS_CLASSES, 1)}
 if PART == "models":
     for name, make, shape, classes in WHOLE_MODELS:
         for batch in (1, 4):
             for dtype in ("float32", "float16", "int8"):
                 whole_model_step("%s_train_b%d" % (name, batch), make, shape, classes, dtype, batch)
+    for case, (make, shape, classes, batch) in TOPK_MODEL_CASES.items():
+        for dtype in ("float32", "int8"):
+            whole_model_step(case, make, shape, classes, dtype, batch, mt.TopK(0.1, 0.1))

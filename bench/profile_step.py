@@ -33,11 +33,16 @@ CASE = re.compile(r"(\w+)_train_b(\d+)$")
 
 def case_script(case: str, dtype: str, board: str = "qemu-m4f") -> tuple[str, int]:
     """bench/cases.py running one case and nothing else, and the region of its training step:
-    a whole-model step (name_train_bN) or a layer step of its DTYPE_LAYER_CASES (whose first
+    a whole-model step (name_train_bN, or a TOPK_MODEL_CASES one) or a layer step of its DTYPE_LAYER_CASES (whose first
     region is the training step, the second its forward alone)."""
     source = (ROOT / "bench" / "cases.py").read_text()
     source = source.replace('TARGET = "unknown"', f"TARGET = {board!r}")
     source = source.replace('PART = "layers"', "PART = None")  # run no part, only the case below
+    if case.endswith("_topk10"):
+        return source + f"""
+make, shape, classes, batch = TOPK_MODEL_CASES[{case!r}]
+whole_model_step({case!r}, make, shape, classes, {dtype!r}, batch, mt.TopK(0.1, 0.1))
+""", 0
     match = CASE.match(case)
     if not match:
         return source + f"""

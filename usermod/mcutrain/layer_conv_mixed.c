@@ -6,10 +6,11 @@
 #include "kernels/conv2d_s8.h"
 #include "kernels/checked_size.h"
 
-// Mixed layers run both the int8 kernels (forward) and the float32 ones (backward).
+// Mixed layers run both the int8 kernels (forward) and the float32 ones (backward, with
+// its partial updates' scratch).
 static size_t kernel_floats(const mt_conv_obj_t *self) {
     size_t s8 = mt_size_bytes_to_floats(mt_conv2d_s8_scratch_bytes(&self->p));
-    return mt_max_size(s8, mt_conv2d_f32_scratch_floats(&self->p));
+    return mt_max_size(s8, mt_conv_f32_kernels.scratch_floats(&self->base));
 }
 
 static size_t mixed_scratch_floats(const mt_layer_obj_t *self_in) {

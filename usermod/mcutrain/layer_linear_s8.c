@@ -11,21 +11,37 @@ static int core_forward(mt_layer_obj_t *layer, const int8_t *x, int8_t *y, mt_ra
         self->s8->bias_q, y, y_range, scratch);
 }
 
-static int core_grad_input(mt_layer_obj_t *layer, const int8_t *dy, int8_t *dx, float *dx_absmax, void *scratch) {
-    mt_linear_obj_t *self = (mt_linear_obj_t *)layer;
-    return mt_linear_s8_grad_input(&self->p, &self->s8->q, dy, layer->weight->data, layer->weight_scale->data, dx,
-        dx_absmax, scratch);
+// The layer's geometry for a view of out_c output rows (layer_s8.h).
+static mt_linear_params_t view_params(const mt_layer_obj_t *layer, int out_c) {
+    mt_linear_params_t q = ((const mt_linear_obj_t *)layer)->p;
+    q.out_features = out_c;
+    return q;
 }
 
-static int core_update(mt_layer_obj_t *layer, const mt_s8_update_t *u, const int8_t *x, const int8_t *dy,
-    mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats, void *scratch, size_t scratch_bytes) {
+static int core_grad_input(mt_layer_obj_t *layer, const mt_s8_view_t *v, const int8_t *dy, int8_t *dx,
+    float *dx_absmax, void *scratch) {
+    mt_linear_obj_t *self = (mt_linear_obj_t *)layer;
+    mt_linear_params_t p = view_params(layer, v->out_c);
+    return mt_linear_s8_grad_input(&p, &self->s8->q, dy, v->weight, v->weight_scale, dx, dx_absmax, scratch);
+}
+
+static int core_update(mt_layer_obj_t *layer, const mt_s8_view_t *v, const mt_s8_update_t *u, const int8_t *x,
+    const int8_t *dy, mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats, void *scratch, size_t scratch_bytes) {
     (void)scratch_bytes;
     mt_linear_obj_t *self = (mt_linear_obj_t *)layer;
-    return mt_linear_s8_update(&self->p, &self->s8->q, u, x, dy, layer->weight->data, layer->weight_scale->data,
-        self->s8->bias_q, NULL, w_stats, b_stats, scratch);
+    mt_linear_params_t p = view_params(layer, v->out_c);
+    return mt_linear_s8_update(&p, &self->s8->q, u, x, dy, v->weight, v->weight_scale, v->bias_q, NULL, w_stats,
+        b_stats, scratch);
 }
 
-const mt_s8_kernels_t mt_linear_s8_core = { core_forward, core_grad_input, core_update };
+static size_t core_scratch_bytes(const mt_layer_obj_t *layer, int out_c) {
+    mt_linear_params_t p = view_params(layer, out_c);
+    return mt_linear_s8_scratch_bytes(&p);
+}
+
+const mt_s8_kernels_t mt_linear_s8_core = {
+    core_forward, core_grad_input, core_update, core_scratch_bytes, NULL,
+};
 
 // int8 and mixed layers: int8 weights with per-channel scales, an fp32 bias (layer_s8.h).
 void mt_linear_s8_init(mt_layer_obj_t *self_in, const mt_shape_t *wshape, int fan_in, bool bias) {
@@ -41,7 +57,7 @@ size_t mt_linear_s8_state_bytes(const mt_layer_obj_t *self_in) {
 }
 
 static size_t s8_scratch_floats(const mt_layer_obj_t *self_in) {
-    return mt_size_bytes_to_floats(mt_linear_s8_scratch_bytes(&((const mt_linear_obj_t *)self_in)->p));
+    return mt_s8_scratch_floats(self_in, &mt_linear_s8_core);
 }
 
 static void s8_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_pass_t *pass) {

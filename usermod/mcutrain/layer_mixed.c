@@ -2,6 +2,7 @@
 #include "py/runtime.h"
 #include "layer_mixed.h"
 #include "grad_sink.h"
+#include "partial_update.h"
 #include "kernels/vector_f32.h"
 #include "kernels/checked_size.h"
 
@@ -74,8 +75,19 @@ void mt_mixed_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_
     }
     w->data = q_data;
     w->dtype = MT_INT8;
-    if (sgd != NULL) {
-        mt_s8_requantize_rows(w_real, w->data, layer->weight_scale->data, rows, row_len, MT_S8_RESCALE_BELOW,
-            sgd->stochastic_rounding ? &s->rng : NULL);
+    if (sgd == NULL || layer->update.kind == MT_UPDATE_BIAS_ONLY) {
+        return;  // the weights did not move
+    }
+    mt_rng_t *rng = sgd->stochastic_rounding ? &s->rng : NULL;
+    if (!mt_update_is_partial(layer, pass)) {
+        mt_s8_requantize_rows(w_real, w->data, layer->weight_scale->data, rows, row_len, MT_S8_RESCALE_BELOW, rng);
+        return;
+    }
+    // Only the rows the partial update changed: requantizing another row could rescale it.
+    const mt_update_t *u = &layer->update;
+    for (int j = 0; j < u->selected; j++) {
+        size_t o = (size_t)u->selection[j];
+        mt_s8_requantize_rows(w_real + o * row_len, (int8_t *)w->data + o * row_len,
+            (float *)layer->weight_scale->data + o, 1, row_len, MT_S8_RESCALE_BELOW, rng);
     }
 }

@@ -3,6 +3,8 @@
 #include "py/runtime.h"
 #include "layer_s8.h"
 #include "grad_sink.h"
+#include "partial_update.h"
+#include "kernels/checked_size.h"
 #include "kernels/add_s8.h"
 #include "kernels/vector_f32.h"
 #include "random.h"
@@ -133,59 +135,53 @@ const mt_int8_sgd_t *mt_s8_sgd(const mt_layer_obj_t *layer, const mt_pass_t *pas
     return sgd;
 }
 
-void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
-    mt_tensor_obj_t *dx, const mt_pass_t *pass, const mt_s8_kernels_t *k) {
-    const mt_int8_sgd_t *sgd = mt_s8_sgd(layer, pass);
-    s->q.dy_scale = dy->scale;
-    if (dx != NULL) {
-        float absmax;
-        bool observed = false;
-        if (s->dx_range.count == 0) {
-            s->q.dx_scale = 1.0f;
-            if (k->grad_input(layer, dy->data, dx->data, &absmax, pass->scratch) != 0) {
-                raise_kernel(layer, "input gradient");
-            }
-            mt_s8_error_observe(&s->dx_range, absmax, dy->scale);
-            observed = true;
+void mt_s8_grad_input_tracked(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_s8_view_t *v, const int8_t *dy,
+    float dy_scale, mt_tensor_obj_t *dx, int8_t *dx_data, void *scratch, const mt_s8_kernels_t *k) {
+    float absmax;
+    bool observed = false;
+    if (s->dx_range.count == 0) {
+        s->q.dx_scale = 1.0f;
+        if (k->grad_input(layer, v, dy, dx_data, &absmax, scratch) != 0) {
+            raise_kernel(layer, "input gradient");
         }
-        mt_qparams_t qp;
-        set_qparams(layer, mt_qparams_symmetric(mt_s8_error_absmax(&s->dx_range, dy->scale), &qp),
-            "input gradient");
+        mt_s8_error_observe(&s->dx_range, absmax, dy_scale);
+        observed = true;
+    }
+    mt_qparams_t qp;
+    set_qparams(layer, mt_qparams_symmetric(mt_s8_error_absmax(&s->dx_range, dy_scale), &qp), "input gradient");
+    s->q.dx_scale = qp.scale;
+    if (k->grad_input(layer, v, dy, dx_data, &absmax, scratch) != 0) {
+        // The tracked range has fallen far below this step's errors (after many tiny
+        // ones): measure this step's range as on the first step and start again from it.
+        s->q.dx_scale = 1.0f;
+        if (k->grad_input(layer, v, dy, dx_data, &absmax, scratch) != 0) {
+            raise_kernel(layer, "input gradient");
+        }
+        s->dx_range.count = 0;
+        mt_s8_error_observe(&s->dx_range, absmax, dy_scale);
+        observed = true;
+        set_qparams(layer, mt_qparams_symmetric(mt_s8_error_absmax(&s->dx_range, dy_scale), &qp), "input gradient");
         s->q.dx_scale = qp.scale;
-        if (k->grad_input(layer, dy->data, dx->data, &absmax, pass->scratch) != 0) {
-            // The tracked range has fallen far below this step's errors (after many tiny
-            // ones): measure this step's range as on the first step and start again from it.
-            s->q.dx_scale = 1.0f;
-            if (k->grad_input(layer, dy->data, dx->data, &absmax, pass->scratch) != 0) {
-                raise_kernel(layer, "input gradient");
-            }
-            s->dx_range.count = 0;
-            mt_s8_error_observe(&s->dx_range, absmax, dy->scale);
-            observed = true;
-            set_qparams(layer, mt_qparams_symmetric(mt_s8_error_absmax(&s->dx_range, dy->scale), &qp),
-            "input gradient");
-            s->q.dx_scale = qp.scale;
-            if (k->grad_input(layer, dy->data, dx->data, &absmax, pass->scratch) != 0) {
-                raise_kernel(layer, "input gradient");
-            }
+        if (k->grad_input(layer, v, dy, dx_data, &absmax, scratch) != 0) {
+            raise_kernel(layer, "input gradient");
         }
-        // An all-zero error (a sample already learnt, or every ReLU off) says nothing about
-        // the range: leave the tracker as it is rather than let it decay towards zero.
-        if (!observed && absmax > 0.0f) {
-            mt_s8_error_observe(&s->dx_range, absmax, dy->scale);
-        }
-        dx->scale = s->q.dx_scale;
-        dx->zero_point = 0;
     }
-    if (sgd == NULL) {
-        return;
+    // An all-zero error (a sample already learnt, or every ReLU off) says nothing about
+    // the range: leave the tracker as it is rather than let it decay towards zero.
+    if (!observed && absmax > 0.0f) {
+        mt_s8_error_observe(&s->dx_range, absmax, dy_scale);
     }
-    size_t scratch_bytes = pass->scratch_floats * sizeof(float);
+    dx->scale = s->q.dx_scale;
+    dx->zero_point = 0;
+}
+
+void mt_s8_update_view(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_s8_view_t *v, const mt_int8_sgd_t *sgd,
+    const int8_t *x, const int8_t *dy, void *scratch, size_t scratch_bytes, const mt_s8_kernels_t *k) {
     float unit_w = s->q.dy_scale * s->q.x.scale;
     mt_grad_stats_t w_stats = { 0 }, b_stats = { 0 };
     if (sgd->standardize && s->sigma_w.count == 0) {
         // Gradient standardization needs a divisor before the first update: this step's.
-        if (k->update(layer, NULL, x->data, dy->data, &w_stats, &b_stats, pass->scratch, scratch_bytes) != 0) {
+        if (k->update(layer, v, NULL, x, dy, &w_stats, &b_stats, scratch, scratch_bytes) != 0) {
             raise_kernel(layer, "update");
         }
         mt_ema_observe(&s->sigma_w, mt_grad_stats_rms(&w_stats, unit_w), MT_S8_RANGE_MOMENTUM);
@@ -201,7 +197,7 @@ void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj
     };
     // Gradient statistics cost a few instructions per weight: only standardization wants them.
     mt_grad_stats_t *ws = sgd->standardize ? &w_stats : NULL, *bs = sgd->standardize ? &b_stats : NULL;
-    if (k->update(layer, &u, x->data, dy->data, ws, bs, pass->scratch, scratch_bytes) != 0) {
+    if (k->update(layer, v, &u, x, dy, ws, bs, scratch, scratch_bytes) != 0) {
         raise_kernel(layer, "update");
     }
     if (sgd->standardize) {
@@ -209,7 +205,34 @@ void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj
         mt_ema_observe(&s->sigma_w, mt_grad_stats_rms(&w_stats, unit_w), MT_S8_RANGE_MOMENTUM);
         mt_ema_observe(&s->sigma_b, mt_grad_stats_rms(&b_stats, s->q.dy_scale), MT_S8_RANGE_MOMENTUM);
     }
+}
+
+void mt_s8_backward(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
+    mt_tensor_obj_t *dx, const mt_pass_t *pass, const mt_s8_kernels_t *k) {
+    if (layer->trainable && mt_update_is_partial(layer, pass)) {
+        mt_s8_backward_partial(s, layer, x, dy, dx, pass, k);
+        return;
+    }
+    const mt_int8_sgd_t *sgd = mt_s8_sgd(layer, pass);
+    s->q.dy_scale = dy->scale;
+    mt_s8_view_t v = mt_s8_view_of(s, layer);
+    if (dx != NULL) {
+        mt_s8_grad_input_tracked(s, layer, &v, dy->data, dy->scale, dx, dx->data, pass->scratch, k);
+    }
+    if (sgd == NULL) {
+        return;
+    }
+    if (layer->update.kind == MT_UPDATE_BIAS_ONLY) {
+        mt_s8_bias_only(s, layer, sgd, dy);
+        return;
+    }
+    mt_s8_update_view(s, layer, &v, sgd, x->data, dy->data, pass->scratch, pass->scratch_floats * sizeof(float), k);
     if (s->bias_q) {
         mt_bias_s32_to_f32(s->bias_q, layer->bias->data, s->out_c, s->q.x.scale, layer->weight_scale->data);
     }
+}
+
+size_t mt_s8_scratch_floats(const mt_layer_obj_t *layer, const mt_s8_kernels_t *k) {
+    size_t bytes = k->scratch_bytes(layer, mt_update_structures(layer));
+    return mt_size_bytes_to_floats(mt_max_size(bytes, mt_s8_partial_scratch_bytes(layer, k)));
 }

@@ -62,13 +62,34 @@ typedef struct {
     int out_c;
 } mt_s8_layer_t;
 
+// The int8 parameters one backward kernel call works on: the layer's own (mt_s8_view_of),
+// or compact copies of the k output channels a partial update selected
+// (layer_s8_partial.c).
+typedef struct {
+    int8_t *weight;
+    float *weight_scale;
+    int32_t *bias_q;               // NULL without bias
+    int out_c;                     // the layer's output channels, or k
+} mt_s8_view_t;
+
+static inline mt_s8_view_t mt_s8_view_of(mt_s8_layer_t *s, mt_layer_obj_t *layer) {
+    return (mt_s8_view_t) { layer->weight->data, layer->weight_scale->data, s->bias_q, s->out_c };
+}
+
 // The kernels of one layer type, bound to its parameters (mt_conv_s8_core in layer_conv_s8.c,
-// mt_linear_s8_core in layer_linear_s8.c): the int8 and mixed kernel tables run them.
+// mt_linear_s8_core in layer_linear_s8.c): the int8 and mixed kernel tables run them. The
+// backward calls run on a view; with a compact one, a depthwise layer's x and dx hold the
+// view's channels only.
 typedef struct {
     int (*forward)(mt_layer_obj_t *layer, const int8_t *x, int8_t *y, mt_range_t *y_range, void *scratch);
-    int (*grad_input)(mt_layer_obj_t *layer, const int8_t *dy, int8_t *dx, float *dx_absmax, void *scratch);
-    int (*update)(mt_layer_obj_t *layer, const mt_s8_update_t *u, const int8_t *x, const int8_t *dy,
-        mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats, void *scratch, size_t scratch_bytes);
+    int (*grad_input)(mt_layer_obj_t *layer, const mt_s8_view_t *v, const int8_t *dy, int8_t *dx,
+        float *dx_absmax, void *scratch);
+    int (*update)(mt_layer_obj_t *layer, const mt_s8_view_t *v, const mt_s8_update_t *u, const int8_t *x,
+        const int8_t *dy, mt_grad_stats_t *w_stats, mt_grad_stats_t *b_stats, void *scratch, size_t scratch_bytes);
+    // Scratch bytes of the three calls on a view of out_c channels.
+    size_t (*scratch_bytes)(const mt_layer_obj_t *layer, int out_c);
+    // Whether each output channel sees only its own input channel (depthwise).
+    bool (*depthwise)(const mt_layer_obj_t *layer);
 } mt_s8_kernels_t;
 
 // Parameters of a new int8 layer: weights drawn as for fp32 (PyTorch's bounds) and
@@ -88,9 +109,28 @@ void mt_s8_forward_into(mt_s8_layer_t *s, mt_layer_obj_t *layer, const int8_t *x
 // updates it (mt.Add, mt.Residual). ValueError naming `who` if a scale is out of range.
 void mt_s8_add_tracked(mt_range_tracker_t *range, const mt_tensor_obj_t *a, const mt_tensor_obj_t *b,
     mt_tensor_obj_t *y, bool observe, const char *who);
+struct _mt_int8_sgd_t;
+// The two halves of mt_s8_backward on a view (layer_s8_partial.c runs them on compact
+// ones): dx from dy with the error range tracking, then the update of the view's
+// parameters (bias_q only; the caller turns it back into the fp32 bias).
+void mt_s8_grad_input_tracked(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_s8_view_t *v, const int8_t *dy,
+    float dy_scale, mt_tensor_obj_t *dx, int8_t *dx_data, void *scratch, const mt_s8_kernels_t *k);
+void mt_s8_update_view(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_s8_view_t *v,
+    const struct _mt_int8_sgd_t *sgd, const int8_t *x, const int8_t *dy, void *scratch, size_t scratch_bytes,
+    const mt_s8_kernels_t *k);
+// Partial updates (layer_s8_partial.c): the backward pass of a layer whose policy is
+// ChannelRatio or TopK, and the scratch bytes it needs (0 for other policies).
+void mt_s8_backward_partial(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x,
+    const mt_tensor_obj_t *dy, mt_tensor_obj_t *dx, const mt_pass_t *pass, const mt_s8_kernels_t *k);
+size_t mt_s8_partial_scratch_bytes(const mt_layer_obj_t *layer, const mt_s8_kernels_t *k);
+// BiasOnly: the fp32 bias takes the step; weights and scales stay as they are.
+void mt_s8_bias_only(mt_s8_layer_t *s, mt_layer_obj_t *layer, const struct _mt_int8_sgd_t *sgd,
+    const mt_tensor_obj_t *dy);
+// The scratch floats of an int8 layer: its kernels', or a partial update's if larger.
+size_t mt_s8_scratch_floats(const mt_layer_obj_t *layer, const mt_s8_kernels_t *k);
+
 // The int8 update settings of the pass's optimizer; NULL for a frozen layer; raises if the
 // optimizer cannot train int8 (or mixed) layers.
-struct _mt_int8_sgd_t;
 const struct _mt_int8_sgd_t *mt_s8_sgd(const mt_layer_obj_t *layer, const mt_pass_t *pass);
 
 #endif

@@ -64,7 +64,8 @@ static void sgd_apply(mt_optim_obj_t *self_in, mt_optim_slot_t *slot, const floa
 
 static void sgd_apply_rows(mt_optim_obj_t *self_in, mt_optim_slot_t *slot, const int32_t *rows, int k,
     int row_len, const float *grad) {
-    // Partial updates are float32-only (partial_update.c refuses other dtypes).
+    // Partial updates of float32 and mixed layers (float16 ones are refused; int8 layers
+    // update in their own kernels).
     mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
     float *w = slot->param->data, *velocity = sgd_velocity(slot);
     for (int j = 0; j < k; j++) {

@@ -7,6 +7,7 @@
 #include "partial_update.h"
 #include "grad_sink.h"
 #include "kernels/select_f32.h"
+#include "kernels/select_s8.h"
 
 // Policies as users write them; FROZEN and LAST_LAYERS become trainable flags.
 enum { POLICY_FULL, POLICY_FROZEN, POLICY_BIAS_ONLY, POLICY_LAST_LAYERS, POLICY_CHANNELS, POLICY_TOPK };
@@ -256,11 +257,10 @@ static void apply_to_leaf(mt_layer_obj_t *leaf, const char *name, void *ctx_in) 
         }
     }
     if ((p->kind == POLICY_CHANNELS || p->kind == POLICY_TOPK || p->kind == POLICY_BIAS_ONLY)
-        && ((leaf->dtype != MT_FLOAT32 && leaf->dtype != MT_DTYPE_ANY) || mt_layer_is_mixed(leaf))) {
+        && leaf->dtype == MT_FLOAT16) {
         mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("%q at %s: partial updates are float32-only for now (the layer is %q)"),
-            policy_names[p->kind], *name ? name : qstr_str(mt_layer_name(leaf)),
-            leaf->dtype == MT_DTYPE_ANY ? mt_dtype_qstr(leaf->dtype) : mt_layer_dtype_qstr(leaf));
+            MP_ERROR_TEXT("%q at %s: float16 layers take no partial updates yet"),
+            policy_names[p->kind], *name ? name : qstr_str(mt_layer_name(leaf)));
     }
     if (!ctx->dry_run) {
         set_policy(leaf, p, index_from_end);
@@ -311,24 +311,51 @@ void mt_update_apply(mp_obj_t model_in, mp_obj_t update) {
 /******************************************************************************/
 // Selection and row updates
 
+// This pass's k: CHANNELS its fixed count; TOPK (Deutel et al. 2024)
+// k = floor(min(lmin + eps (lmax - lmin), 1) N).
+static int count_for_pass(const mt_update_t *u, int n, const mt_pass_t *pass) {
+    if (u->kind == MT_UPDATE_CHANNELS) {
+        return max_selected_of(u, n);
+    }
+    float eps = pass->loss_ratio;
+    eps = eps > 1.0f ? 1.0f : eps < 0.0f ? 0.0f : eps;
+    float ratio = u->ratio_min + eps * (u->ratio_max - u->ratio_min);
+    return floor_ratio(ratio > 1.0f ? 1.0f : ratio, n);
+}
+
+// CHANNELS: the leading k structures (the magnitudes are not needed).
+static const int32_t *select_leading(mt_update_t *u, int k) {
+    for (int i = 0; i < k; i++) {
+        u->selection[i] = i;
+    }
+    u->selected = k;
+    return u->selection;
+}
+
 const int32_t *mt_update_select(mt_layer_obj_t *layer, const float *dy, int rows, const mt_pass_t *pass,
     float *mag, uint8_t *taken, int *k) {
     mt_update_t *u = &layer->update;
     int n = mt_update_structures(layer);
+    *k = count_for_pass(u, n, pass);
     if (u->kind == MT_UPDATE_CHANNELS) {
-        *k = mt_update_max_selected(layer);
-        for (int i = 0; i < *k; i++) {
-            u->selection[i] = i;
-        }
-    } else {
-        // Deutel et al. 2024: k = floor(min(lmin + eps (lmax - lmin), 1) N).
-        float eps = pass->loss_ratio;
-        eps = eps > 1.0f ? 1.0f : eps < 0.0f ? 0.0f : eps;
-        float ratio = u->ratio_min + eps * (u->ratio_max - u->ratio_min);
-        *k = floor_ratio(ratio > 1.0f ? 1.0f : ratio, n);
-        mt_channel_l1_f32(dy, rows, n, mag);
-        mt_topk_indices(mag, n, *k, u->selection, taken);
+        return select_leading(u, *k);
     }
+    mt_channel_l1_f32(dy, rows, n, mag);
+    mt_topk_indices(mag, n, *k, u->selection, taken);
+    u->selected = *k;
+    return u->selection;
+}
+
+const int32_t *mt_update_select_s8(mt_layer_obj_t *layer, const int8_t *dy, int32_t zero_point, int rows,
+    const mt_pass_t *pass, int32_t *mag, uint8_t *taken, int *k) {
+    mt_update_t *u = &layer->update;
+    int n = mt_update_structures(layer);
+    *k = count_for_pass(u, n, pass);
+    if (u->kind == MT_UPDATE_CHANNELS) {
+        return select_leading(u, *k);
+    }
+    mt_channel_l1_s8(dy, rows, n, zero_point, mag);
+    mt_topk_indices_s32(mag, n, *k, u->selection, taken);
     u->selected = *k;
     return u->selection;
 }

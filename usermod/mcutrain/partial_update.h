@@ -37,6 +37,11 @@ bool mt_update_activate(mt_layer_obj_t *leaf, const mt_update_t *policy);
 const int32_t *mt_update_select(mt_layer_obj_t *layer, const float *dy, int rows, const mt_pass_t *pass,
     float *mag, uint8_t *taken, int *k);
 
+// The same from an int8 error (magnitudes |dy - zero_point| summed exactly in int32);
+// `mag` needs N int32.
+const int32_t *mt_update_select_s8(mt_layer_obj_t *layer, const int8_t *dy, int32_t zero_point, int rows,
+    const mt_pass_t *pass, int32_t *mag, uint8_t *taken, int *k);
+
 // Updates rows `rows[0..k)` of the layer's weight (row_len floats each) and bias from
 // their compact gradients (db ignored without a bias).
 void mt_update_selected_rows(const mt_pass_t *pass, mt_layer_obj_t *layer, const int32_t *rows, int k,

@@ -17,7 +17,7 @@ import numpy as np
 from . import functional as F
 from .nn import Conv1d, Conv2d, Linear, Module, Sequential
 
-__all__ = ["topk_count", "topk_indices", "partial_sgd_step"]
+__all__ = ["topk_count", "topk_indices", "partial_sgd_step", "s8_error_magnitudes", "s8_compact"]
 
 
 def topk_count(n: int, lmin: float, lmax: float, eps: float) -> int:
@@ -63,3 +63,16 @@ def partial_sgd_step(model: Sequential, x: np.ndarray, labels: np.ndarray, lr: f
             dx = layer.backward(dy)
         dy = dx
     return float(loss), selected
+
+
+def s8_error_magnitudes(dy: np.ndarray, zero_point: int = 0) -> np.ndarray:
+    """Per output structure, the integer sum of |dy - zero_point| over the batch and
+    positions (the int8 layers' top-k ranks these exactly)."""
+    dy = np.asarray(dy, dtype=np.int64)
+    return np.abs(dy - zero_point).reshape(-1, dy.shape[-1]).sum(axis=0)
+
+
+def s8_compact(idx: np.ndarray, *arrays: np.ndarray | None, axis: int = 0) -> list[np.ndarray | None]:
+    """The selected structures of each array (None stays None): an int8 layer's partial
+    update runs the int8 kernels on a layer of these k output channels (layer_s8_partial.c)."""
+    return [None if a is None else np.take(np.asarray(a), idx, axis=axis) for a in arrays]
