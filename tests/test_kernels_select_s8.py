@@ -72,3 +72,16 @@ def test_gather_and_scatter_round_trip(kernels):
     kernels.mt_scatter_rows(ptr(rows), ctypes.c_size_t(9), ptr(row_idx), I(3), ptr(y))
     np.testing.assert_array_equal(y[row_idx], x[row_idx])
     assert not np.delete(y, row_idx, axis=0).any()
+
+
+@pytest.mark.parametrize("n, picks", [(10, [0, 1, 2, 5, 6]), (10, [3, 4, 8, 9]), (7, [6]), (5, [0, 1, 2, 3, 4]),
+                                      (9, [1, 2, 3]), (12, [0, 4, 5, 6, 11])])
+def test_rows_to_front_brings_the_selection_forward_and_back(kernels, n, picks):
+    rng = np.random.default_rng(n)
+    x = rng.integers(-128, 128, (n, 7)).astype(np.int8)
+    y = x.copy()
+    idx = np.array(picks, np.int32)
+    kernels.mt_rows_to_front(ptr(y), ctypes.c_size_t(7), ptr(idx), I(len(picks)))
+    np.testing.assert_array_equal(y[:len(picks)], x[idx])
+    kernels.mt_rows_back(ptr(y), ctypes.c_size_t(7), ptr(idx), I(len(picks)))
+    np.testing.assert_array_equal(y, x)

@@ -13,17 +13,17 @@ void mt_linear_float_init(mt_layer_obj_t *self, const mt_shape_t *wshape, int fa
     }
 }
 
-// Only the compact path of a partial update needs scratch (see layer_conv_f32.c):
-// magnitudes, mask, selected dy columns, weight rows and their gradients.
+// Only a partial update needs scratch: magnitudes and a mask over the rows, then one
+// selected row's gradient and its bias's (the rows are done one at a time, with no copy of
+// the weights or of dy).
 static size_t f32_scratch_floats(const mt_layer_obj_t *self_in) {
     const mt_linear_obj_t *self = (const mt_linear_obj_t *)self_in;
     if (self_in->update.kind != MT_UPDATE_CHANNELS && self_in->update.kind != MT_UPDATE_TOPK) {
         return 0;
     }
     bool of = false;
-    size_t n = (size_t)self->p.out_features, k = (size_t)mt_update_max_selected(self_in);
-    size_t floats = mt_add_size(n + (n + 3) / 4 + k, mt_mul_size((size_t)self->p.batch, k, &of), &of);
-    return mt_add_size(floats, mt_mul_size(2 * k, (size_t)self->p.in_features, &of), &of);
+    size_t n = (size_t)self->p.out_features;
+    return mt_add_size(n + (n + 3) / 4, (size_t)self->p.in_features + 1, &of);
 }
 
 static void f32_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_pass_t *pass) {
@@ -33,31 +33,25 @@ static void f32_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const
     mt_linear_f32_forward(&self->p, x->data, self_in->weight->data, bias, self_in->output->data);
 }
 
-// A partial update: only the selected rows' error flows back (see layer_conv_f32.c).
+// A partial update: only the selected rows' error flows back (see layer_conv_f32.c), read
+// straight from dy and the weights; each selected row's gradient is built and applied in
+// turn.
 static void backward_partial(mt_linear_obj_t *self, const float *x, const float *dy, float *dx,
     const mt_pass_t *pass) {
     mt_layer_obj_t *layer = &self->base;
-    int n = self->p.out_features, row_len = self->p.in_features;
+    int n = self->p.out_features, in = self->p.in_features, batch = self->p.batch;
     float *mag = pass->scratch;
     uint8_t *taken = (uint8_t *)(mag + n);
-    float *dy_sel = mag + n + (n + 3) / 4;
+    float *row = mag + n + (n + 3) / 4;
     int k;
-    const int32_t *sel = mt_update_select(layer, dy, self->p.batch, pass, mag, taken, &k);
-    float *w_sel = dy_sel + (size_t)self->p.batch * k;
-    float *dw_sel = w_sel + (size_t)k * row_len;
-    float *db_sel = dw_sel + (size_t)k * row_len;
-    mt_linear_params_t q = self->p;
-    q.out_features = k;
-    mt_gather_columns_f32(dy, self->p.batch, n, sel, k, dy_sel);
-    mt_gather_rows_f32(layer->weight->data, row_len, sel, k, w_sel);
+    const int32_t *sel = mt_update_select(layer, dy, batch, pass, mag, taken, &k);
     if (dx != NULL) {
-        mt_linear_f32_grad_input(&q, dy_sel, w_sel, dx);
+        mt_rows_grad_input_f32(dy, batch, n, layer->weight->data, in, sel, k, dx);
     }
-    for (size_t i = 0; i < (size_t)k * row_len + (size_t)k; i++) {
-        dw_sel[i] = 0.0f;
+    for (int j = 0; j < k; j++) {
+        mt_row_grad_weight_f32(x, batch, in, dy, n, sel[j], row);
+        mt_update_selected_rows(pass, layer, &sel[j], 1, in, row, row + in);
     }
-    mt_linear_f32_grad_weight(&q, x, dy_sel, 1.0f, dw_sel, layer->bias ? db_sel : NULL);
-    mt_update_selected_rows(pass, layer, sel, k, row_len, dw_sel, db_sel);
 }
 
 static void f32_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x_t, const mt_tensor_obj_t *dy_t,

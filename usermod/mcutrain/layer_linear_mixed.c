@@ -17,24 +17,20 @@ static size_t kernel_floats(const mt_linear_obj_t *self) {
     return mt_size_bytes_to_floats(mt_linear_s8_scratch_bytes(&self->p));
 }
 
-// A partial update's compact buffers for up to kmax of n rows (after the mixed layer's own
-// scratch): magnitudes and a mask over n rows, then dy, int8 weights, scales and bias of
-// the selected rows.
+// A partial update's buffers for up to kmax of n rows (after the mixed layer's own
+// scratch): magnitudes and a mask over n rows, then the selected rows' dy.
 typedef struct {
-    size_t mag, taken, dy, w, scale, bias, end;
+    size_t mag, taken, dy, end;
 } partial_layout_t;
 
 static partial_layout_t partial_layout(const mt_linear_params_t *p, int kmax) {
     bool of = false;
-    size_t n = (size_t)p->out_features, k = (size_t)kmax;
+    size_t n = (size_t)p->out_features;
     partial_layout_t l;
     l.mag = 0;
     l.taken = n;
     l.dy = mt_add_size(l.taken, (n + 3) / 4, &of);
-    l.w = mt_add_size(l.dy, mt_mul_size((size_t)p->batch, k, &of), &of);
-    l.scale = mt_add_size(l.w, (mt_mul_size(k, (size_t)p->in_features, &of) + 3) / 4, &of);
-    l.bias = mt_add_size(l.scale, k, &of);
-    l.end = mt_add_size(l.bias, k, &of);
+    l.end = mt_add_size(l.dy, mt_mul_size((size_t)p->batch, (size_t)kmax, &of), &of);
     return l;
 }
 
@@ -57,9 +53,26 @@ static void mixed_forward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, con
     mt_mixed_forward(self->s8, self_in, x, pass, &mt_linear_s8_core, kernel_floats(self));
 }
 
-// A partial update: the same row-at-a-time pass on compact copies of the selected rows
-// (their error, int8 weights, scales and bias), which then go back in place; the other
-// rows' error is dropped and their weights stay bit-identical.
+// The selected rows' int8 weights, scales and bias to the front, in place, and back.
+static void rows_to_front(mt_layer_obj_t *layer, const int32_t *sel, int k, int in) {
+    mt_rows_to_front(layer->weight->data, (size_t)in, sel, k);
+    mt_rows_to_front(layer->weight_scale->data, sizeof(float), sel, k);
+    if (layer->bias) {
+        mt_rows_to_front(layer->bias->data, sizeof(float), sel, k);
+    }
+}
+
+static void rows_back(mt_layer_obj_t *layer, const int32_t *sel, int k, int in) {
+    mt_rows_back(layer->weight->data, (size_t)in, sel, k);
+    mt_rows_back(layer->weight_scale->data, sizeof(float), sel, k);
+    if (layer->bias) {
+        mt_rows_back(layer->bias->data, sizeof(float), sel, k);
+    }
+}
+
+// A partial update: the same row-at-a-time pass on the selected rows (a copy of their
+// error; their weights, scales and bias swapped to the front in place and back after), so
+// the other rows' error is dropped and their weights stay bit-identical.
 static void backward_partial(mt_linear_obj_t *self, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
     mt_tensor_obj_t *dx, const mt_pass_t *pass, const mt_int8_sgd_t *sgd) {
     mt_layer_obj_t *layer = &self->base;
@@ -68,26 +81,19 @@ static void backward_partial(mt_linear_obj_t *self, const mt_tensor_obj_t *x, co
     int n = self->p.out_features, in = self->p.in_features, k;
     const int32_t *sel = mt_update_select(layer, dy->data, self->p.batch, pass, base + l.mag,
         (uint8_t *)(base + l.taken), &k);
-    float *dy_sel = base + l.dy, *scale = base + l.scale, *bias = layer->bias ? base + l.bias : NULL;
-    int8_t *w = (int8_t *)(base + l.w);
+    float *dy_sel = base + l.dy;
     mt_gather_columns_f32(dy->data, self->p.batch, n, sel, k, dy_sel);
-    mt_gather_rows(layer->weight->data, (size_t)in, sel, k, w);
-    mt_gather_rows(layer->weight_scale->data, sizeof(float), sel, k, scale);
     mt_linear_params_t q = self->p;
     q.out_features = k;
+    // No Python error can happen between the swaps: the kernels return nothing.
+    rows_to_front(layer, sel, k, in);
     if (dx != NULL) {
-        mt_linear_mixed_grad_input(&q, dy_sel, w, scale, dx->data);
+        mt_linear_mixed_grad_input(&q, dy_sel, layer->weight->data, layer->weight_scale->data, dx->data);
     }
-    if (bias) {
-        mt_gather_rows(layer->bias->data, sizeof(float), sel, k, bias);
-    }
-    mt_linear_mixed_update(&q, x->data, dy_sel, w, scale, bias, sgd->lr, sgd->weight_decay, MT_S8_RESCALE_BELOW,
+    mt_linear_mixed_update(&q, x->data, dy_sel, layer->weight->data, layer->weight_scale->data,
+        layer->bias ? layer->bias->data : NULL, sgd->lr, sgd->weight_decay, MT_S8_RESCALE_BELOW,
         sgd->stochastic_rounding ? &self->s8->rng : NULL, pass->scratch + kernel_floats(self));
-    mt_scatter_rows(w, (size_t)in, sel, k, layer->weight->data);
-    mt_scatter_rows(scale, sizeof(float), sel, k, layer->weight_scale->data);
-    if (bias) {
-        mt_scatter_rows(bias, sizeof(float), sel, k, layer->bias->data);
-    }
+    rows_back(layer, sel, k, in);
 }
 
 static void mixed_backward(mt_layer_obj_t *self_in, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,

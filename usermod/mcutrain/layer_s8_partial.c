@@ -2,9 +2,10 @@
 // per pass, k output channels (the leading ones for ChannelRatio; for TopK those whose
 // int8 error has the largest sum of |dy - zero point|) keep their error, the others'
 // is dropped. The usual int8 kernels then run on compact copies of the selected channels
-// (a layer of k output channels: their error, weight rows, scales and bias, and for a
-// depthwise layer their input), so the backward work scales with k; the updated rows go
-// back in place and every other weight, scale and bias stays bit-identical.
+// (a layer of k output channels: a copy of their error, and for a depthwise layer of their
+// input; their weight rows, scales and bias swapped in place to the front, so the compact
+// layer costs no copy of the weights), so the backward work scales with k; the rows then
+// swap back and every other weight, scale and bias stays bit-identical.
 #include "py/runtime.h"
 #include "layer_s8.h"
 #include "optim.h"
@@ -35,7 +36,7 @@ static geometry_t geometry_of(const mt_layer_obj_t *layer, const mt_s8_kernels_t
 
 // Offsets into the scratch of the compact buffers for up to kmax channels.
 typedef struct {
-    size_t mag, taken, dy, w, scale, bias, x, dx, kernel, end;
+    size_t mag, taken, dy, x, dx, kernel, end;
 } layout_t;
 
 static layout_t layout_of(const geometry_t *g, int kmax, size_t kernel_bytes) {
@@ -45,10 +46,7 @@ static layout_t layout_of(const geometry_t *g, int kmax, size_t kernel_bytes) {
     l.mag = 0;
     l.taken = align8(mt_mul_size((size_t)g->n, sizeof(int32_t), &of));
     l.dy = mt_add_size(l.taken, align8((size_t)g->n), &of);
-    l.w = mt_add_size(l.dy, align8(mt_mul_size((size_t)g->rows_out, k, &of)), &of);
-    l.scale = mt_add_size(l.w, align8(mt_mul_size(k, (size_t)g->row_len, &of)), &of);
-    l.bias = mt_add_size(l.scale, align8(k * sizeof(float)), &of);
-    l.x = mt_add_size(l.bias, align8(k * sizeof(int32_t)), &of);
+    l.x = mt_add_size(l.dy, align8(mt_mul_size((size_t)g->rows_out, k, &of)), &of);
     l.dx = mt_add_size(l.x, align8(mt_mul_size(rows_in, k, &of)), &of);
     l.kernel = mt_add_size(l.dx, align8(mt_mul_size(rows_in, k, &of)), &of);
     l.end = mt_add_size(l.kernel, kernel_bytes, &of);
@@ -73,6 +71,24 @@ size_t mt_s8_partial_scratch_bytes(const mt_layer_obj_t *layer, const mt_s8_kern
     return layout_of(&g, kmax, kernel_bytes_upto(layer, k, kmax)).end;
 }
 
+// The selected channels' weight rows, scales and bias to the front of the layer's own
+// arrays (the view's), and back.
+static void rows_to_front(mt_s8_layer_t *s, mt_layer_obj_t *layer, const int32_t *sel, int k, int row_len) {
+    mt_rows_to_front(layer->weight->data, (size_t)row_len, sel, k);
+    mt_rows_to_front(layer->weight_scale->data, sizeof(float), sel, k);
+    if (s->bias_q) {
+        mt_rows_to_front(s->bias_q, sizeof(int32_t), sel, k);
+    }
+}
+
+static void rows_back(mt_s8_layer_t *s, mt_layer_obj_t *layer, const int32_t *sel, int k, int row_len) {
+    mt_rows_back(layer->weight->data, (size_t)row_len, sel, k);
+    mt_rows_back(layer->weight_scale->data, sizeof(float), sel, k);
+    if (s->bias_q) {
+        mt_rows_back(s->bias_q, sizeof(int32_t), sel, k);
+    }
+}
+
 void mt_s8_backward_partial(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x,
     const mt_tensor_obj_t *dy, mt_tensor_obj_t *dx, const mt_pass_t *pass, const mt_s8_kernels_t *k) {
     const mt_int8_sgd_t *sgd = mt_s8_sgd(layer, pass);
@@ -90,16 +106,9 @@ void mt_s8_backward_partial(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_te
     int n_sel;
     const int32_t *sel = mt_update_select_s8(layer, dy->data, dy->zero_point, g.rows_out, pass, mag,
         base + l.taken, &n_sel);
-    mt_s8_view_t v = {
-        .weight = (int8_t *)(base + l.w), .weight_scale = (float *)(base + l.scale),
-        .bias_q = s->bias_q ? (int32_t *)(base + l.bias) : NULL, .out_c = n_sel,
-    };
+    mt_s8_view_t v = mt_s8_view_of(s, layer);
+    v.out_c = n_sel;
     mt_gather_columns_s8(dy->data, g.rows_out, g.n, sel, n_sel, dy_sel);
-    mt_gather_rows(layer->weight->data, (size_t)g.row_len, sel, n_sel, v.weight);
-    mt_gather_rows(layer->weight_scale->data, sizeof(float), sel, n_sel, v.weight_scale);
-    if (v.bias_q) {
-        mt_gather_rows(s->bias_q, sizeof(int32_t), sel, n_sel, v.bias_q);
-    }
     const int8_t *x_view = x->data;
     if (g.depthwise) {
         // Each channel sees only its own input channel: compact x and dx the same way.
@@ -108,21 +117,26 @@ void mt_s8_backward_partial(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_te
     }
     void *kernel_scratch = base + l.kernel;
     s->q.dy_scale = dy->scale;
-    if (dx != NULL) {
-        mt_s8_grad_input_tracked(s, layer, &v, dy_sel, dy->scale, dx, g.depthwise ? dx_sel : dx->data,
-            kernel_scratch, k);
-        if (g.depthwise) {
-            mt_scatter_columns_s8(dx_sel, g.rows_in, g.in_c, sel, n_sel, dx->data);
+    rows_to_front(s, layer, sel, n_sel, g.row_len);
+    nlr_buf_t nlr;
+    if (nlr_push(&nlr) == 0) {
+        if (dx != NULL) {
+            mt_s8_grad_input_tracked(s, layer, &v, dy_sel, dy->scale, dx, g.depthwise ? dx_sel : dx->data,
+                kernel_scratch, k);
+            if (g.depthwise) {
+                mt_scatter_columns_s8(dx_sel, g.rows_in, g.in_c, sel, n_sel, dx->data);
+            }
         }
+        if (sgd != NULL) {
+            mt_s8_update_view(s, layer, &v, sgd, x_view, dy_sel, kernel_scratch, total - l.kernel, k);
+        }
+        nlr_pop();
+    } else {
+        rows_back(s, layer, sel, n_sel, g.row_len);  // the layer keeps its row order whatever happened
+        nlr_jump(nlr.ret_val);
     }
-    if (sgd == NULL) {
-        return;
-    }
-    mt_s8_update_view(s, layer, &v, sgd, x_view, dy_sel, kernel_scratch, total - l.kernel, k);
-    mt_scatter_rows(v.weight, (size_t)g.row_len, sel, n_sel, layer->weight->data);
-    mt_scatter_rows(v.weight_scale, sizeof(float), sel, n_sel, layer->weight_scale->data);
-    if (v.bias_q) {
-        mt_scatter_rows(v.bias_q, sizeof(int32_t), sel, n_sel, s->bias_q);
+    rows_back(s, layer, sel, n_sel, g.row_len);
+    if (sgd != NULL && s->bias_q) {
         const float *scale = layer->weight_scale->data;
         float *bias = layer->bias->data;
         for (int j = 0; j < n_sel; j++) {

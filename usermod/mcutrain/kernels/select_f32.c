@@ -79,3 +79,33 @@ void mt_channel_sum_f32(const float *x, int rows, int channels, float alpha, flo
         out[c] += alpha * sum;
     }
 }
+
+void mt_rows_grad_input_f32(const float *dy, int batch, int n, const float *w, int in, const int32_t *indices,
+    int k, float *dx) {
+    for (int b = 0; b < batch; b++, dy += n, dx += in) {
+        for (int i = 0; i < in; i++) {
+            dx[i] = 0.0f;
+        }
+        for (int j = 0; j < k; j++) {
+            const float e = dy[indices[j]], *row = w + (size_t)indices[j] * in;
+            for (int i = 0; i < in; i++) {
+                dx[i] += e * row[i];
+            }
+        }
+    }
+}
+
+void mt_row_grad_weight_f32(const float *x, int batch, int in, const float *dy, int n, int o, float *row) {
+    float bias = 0.0f;
+    for (int i = 0; i < in; i++) {
+        row[i] = 0.0f;
+    }
+    for (int b = 0; b < batch; b++, x += in) {
+        const float e = dy[(size_t)b * n + o];
+        for (int i = 0; i < in; i++) {
+            row[i] += e * x[i];
+        }
+        bias += e;
+    }
+    row[in] = bias;
+}

@@ -27,6 +27,14 @@ void mt_gather_rows_f32(const float *x, int row_len, const int32_t *indices, int
 // x[r][indices[j]] = in[r][j], and every other column of x set to zero.
 void mt_scatter_columns_f32(const float *in, int rows, int channels, const int32_t *indices, int k, float *x);
 
+// A dense layer's partial backward with no copies, for y = x W^T (x: batch x in, W: n x in,
+// dy: batch x n): dx = dy[:, indices] W[indices, :] (overwritten), and one selected row's
+// weight gradient row[i] = sum_b dy[b][o] x[b][i] with its bias gradient row[in] = sum_b
+// dy[b][o].
+void mt_rows_grad_input_f32(const float *dy, int batch, int n, const float *w, int in, const int32_t *indices,
+    int k, float *dx);
+void mt_row_grad_weight_f32(const float *x, int batch, int in, const float *dy, int n, int o, float *row);
+
 // out[c] += alpha * sum over rows of x[r][c] (a bias gradient without the weight's).
 void mt_channel_sum_f32(const float *x, int rows, int channels, float alpha, float *out);
 

@@ -98,3 +98,29 @@ void mt_scatter_rows(const void *in, size_t row_bytes, const int32_t *indices, i
         memcpy((uint8_t *)x + (size_t)indices[j] * row_bytes, (const uint8_t *)in + (size_t)j * row_bytes, row_bytes);
     }
 }
+
+static void swap_rows(uint8_t *x, size_t row_bytes, size_t a, size_t b) {
+    if (a == b) {
+        return;
+    }
+    uint8_t *p = x + a * row_bytes, *q = x + b * row_bytes;
+    for (size_t i = 0; i < row_bytes; i++) {
+        uint8_t t = p[i];
+        p[i] = q[i];
+        q[i] = t;
+    }
+}
+
+// Row indices[j] >= j still holds its own content at step j (earlier swaps touched rows
+// below j and other selected rows only).
+void mt_rows_to_front(void *x, size_t row_bytes, const int32_t *indices, int k) {
+    for (int j = 0; j < k; j++) {
+        swap_rows(x, row_bytes, (size_t)j, (size_t)indices[j]);
+    }
+}
+
+void mt_rows_back(void *x, size_t row_bytes, const int32_t *indices, int k) {
+    for (int j = k - 1; j >= 0; j--) {
+        swap_rows(x, row_bytes, (size_t)j, (size_t)indices[j]);
+    }
+}

@@ -25,4 +25,10 @@ void mt_scatter_columns_s8(const int8_t *in, int rows, int channels, const int32
 void mt_gather_rows(const void *x, size_t row_bytes, const int32_t *indices, int k, void *out);
 void mt_scatter_rows(const void *in, size_t row_bytes, const int32_t *indices, int k, void *x);
 
+// In place, with no buffer: brings rows indices[0..k) (increasing) to rows 0..k-1 in that
+// order by k swaps, and mt_rows_back undoes exactly that, so kernels can run on the first k
+// rows of a weight matrix and leave every other row as it was.
+void mt_rows_to_front(void *x, size_t row_bytes, const int32_t *indices, int k);
+void mt_rows_back(void *x, size_t row_bytes, const int32_t *indices, int k);
+
 #endif
