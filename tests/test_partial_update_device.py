@@ -136,3 +136,62 @@ def test_bad_policies_raise_clear_errors(target):
         "import mcutrain as mt",
         "model = mt.Sequential(mt.Linear(4, 4), mt.ReLU(), mt.Linear(4, 2))",
         "grouped = mt.Sequential(mt.Conv2d(4, 4, 3, groups=2))"])
+
+
+F16_LAYERS = [  # (source with {d} for the dtype argument, input shape, output channels)
+    ("mt.Linear(20, 8{d})", (3, 20), 8),
+    ("mt.Conv2d(3, 8, 3, padding=1{d})", (2, 5, 5, 3), 8),
+    ("mt.Conv2d(6, 6, 3, padding=1, groups=6{d})", (1, 4, 4, 6), 6),
+    ("mt.Conv1d(4, 8, 3, stride=2{d})", (2, 9, 4), 8),
+]
+
+F16_SCRIPT = """
+mt.seed(5)
+a = {f32}
+h = {f16}
+# Weights on a 1/256 grid: exact in fp16, so both layers start from the same values.
+sd = {{k: mt.Tensor([round(v * 256) / 256 for v in t.reshape((t.size,)).tolist()], t.shape)
+      for k, t in a.state_dict().items()}}
+a.load_state_dict(sd)
+h.load_state_dict({{k: mt.Convert(mt.float16)(t) for k, t in sd.items()}})
+x = {x}
+oa = mt.SGD(a, lr=0.125, update={policy})
+oh = mt.SGD(h, lr=0.125, update={policy})
+ya = a.forward(x)
+h.forward(mt.Convert(mt.float16)(x))
+n = 1
+for s in ya.shape:
+    n *= s
+dy = mt.Tensor([((i * 7919) % 61 - 30) / 64 for i in range(n)], ya.shape)
+dxa = a.backward(dy, oa)
+dxh = h.backward(mt.Convert(mt.float16)(dy), oh)
+f32 = mt.Convert(mt.float32)
+print(repr({{'sel': (a.selected, h.selected), 'w0': sd['weight'].tolist(), 'b0': sd['bias'].tolist(),
+       'wa': a.weight.tolist(), 'wh': f32(h.weight).tolist(), 'ba': a.bias.tolist(), 'bh': f32(h.bias).tolist(),
+       'dxa': dxa.tolist(), 'dxh': f32(dxh).tolist()}}))
+"""
+
+
+@pytest.mark.parametrize("layer_src, x_shape, out_c", F16_LAYERS)
+@pytest.mark.parametrize("policy", ["mt.TopK(0.25, 0.5)", "mt.ChannelRatio(0.5)", "mt.BiasOnly()"])
+def test_float16_policies_follow_the_float32_layer(target, layer_src, x_shape, out_c, policy):
+    # The same layer in float16 and float32 takes the same policy step: the same selection,
+    # untouched rows bit-identical, selected rows equal up to fp16 rounding.
+    rng = np.random.default_rng(len(layer_src) + len(policy))
+    x = (np.round(rng.uniform(-1, 1, x_shape) * 64) / 64).astype(np.float32)
+    source = "import mcutrain as mt\n" + F16_SCRIPT.format(
+        f32=layer_src.format(d=""), f16=layer_src.format(d=", dtype=mt.float16"), x=tensor_expr(x), policy=policy)
+    got = eval(run_on(target, source).strip().splitlines()[-1])
+    sel_a, sel_h = got["sel"]
+    assert (list(sel_a) if sel_a is not None else None) == (list(sel_h) if sel_h is not None else None)
+    w0, wa, wh = (np.array(got[k], np.float64).reshape(out_c, -1) for k in ("w0", "wa", "wh"))
+    b0, ba, bh = (np.array(got[k], np.float64) for k in ("b0", "ba", "bh"))
+    rest = [o for o in range(out_c) if np.array_equal(wa[o], w0[o]) and ba[o] == b0[o]]
+    assert np.array_equal(wh[rest], w0[rest]) and np.array_equal(bh[rest], b0[rest])
+    if policy != "mt.BiasOnly()":
+        assert len(rest) < out_c
+    half_ulp = lambda v: np.maximum(np.abs(v), 2.0**-14) * 2.0**-10  # noqa: E731 (stochastic: one ulp)
+    assert np.all(np.abs(wh - wa) <= half_ulp(wa) + 1e-7)
+    assert np.all(np.abs(bh - ba) <= half_ulp(ba) + 1e-7)
+    dxa, dxh = np.array(got["dxa"], np.float64), np.array(got["dxh"], np.float64)
+    assert np.all(np.abs(dxh - dxa) <= half_ulp(dxa) + 1e-3)

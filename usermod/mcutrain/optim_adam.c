@@ -57,8 +57,14 @@ static void adam_grad_end(mt_optim_obj_t *self_in, mt_optim_slot_t *slot) {
 static void adam_apply_rows(mt_optim_obj_t *self_in, mt_optim_slot_t *slot, const int32_t *rows, int k,
     int row_len, const float *grad) {
     for (int j = 0; j < k; j++) {
-        adam_update((mt_adam_obj_t *)self_in, slot, grad + (size_t)j * row_len, (size_t)rows[j] * (size_t)row_len,
-            (size_t)row_len);
+        size_t at = (size_t)rows[j] * (size_t)row_len;
+        if (slot->param->dtype == MT_FLOAT16) {
+            mt_adam_f16_step(&((mt_adam_obj_t *)self_in)->p, (uint16_t *)slot->param->data + at,
+                grad + (size_t)j * row_len, adam_moment(slot, 1) + at, adam_moment(slot, 2) + at, (size_t)row_len,
+                &self_in->rng);
+        } else {
+            adam_update((mt_adam_obj_t *)self_in, slot, grad + (size_t)j * row_len, at, (size_t)row_len);
+        }
     }
 }
 

@@ -64,13 +64,20 @@ static void sgd_apply(mt_optim_obj_t *self_in, mt_optim_slot_t *slot, const floa
 
 static void sgd_apply_rows(mt_optim_obj_t *self_in, mt_optim_slot_t *slot, const int32_t *rows, int k,
     int row_len, const float *grad) {
-    // Partial updates of float32 and mixed layers (float16 ones are refused; int8 layers
-    // update in their own kernels).
+    // Partial updates of float32, float16 and mixed layers (int8 layers update in their
+    // own kernels).
     mt_sgd_obj_t *self = (mt_sgd_obj_t *)self_in;
-    float *w = slot->param->data, *velocity = sgd_velocity(slot);
+    void *velocity = sgd_velocity(slot);
     for (int j = 0; j < k; j++) {
         size_t at = (size_t)rows[j] * (size_t)row_len;
-        mt_sgd_f32_step(&self->p, w + at, grad + (size_t)j * row_len, velocity ? velocity + at : NULL, (size_t)row_len);
+        const float *g = grad + (size_t)j * row_len;
+        if (slot->param->dtype == MT_FLOAT16) {
+            mt_sgd_f16_step_v16(&self->p, (uint16_t *)slot->param->data + at, g,
+                velocity ? (uint16_t *)velocity + at : NULL, (size_t)row_len, &self_in->rng);
+        } else {
+            mt_sgd_f32_step(&self->p, (float *)slot->param->data + at, g, velocity ? (float *)velocity + at : NULL,
+                (size_t)row_len);
+        }
     }
 }
 

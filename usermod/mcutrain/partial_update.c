@@ -8,6 +8,8 @@
 #include "grad_sink.h"
 #include "kernels/select_f32.h"
 #include "kernels/select_s8.h"
+#include "kernels/select_f16.h"
+#include "kernels/half.h"
 
 // Policies as users write them; FROZEN and LAST_LAYERS become trainable flags.
 enum { POLICY_FULL, POLICY_FROZEN, POLICY_BIAS_ONLY, POLICY_LAST_LAYERS, POLICY_CHANNELS, POLICY_TOPK };
@@ -256,12 +258,6 @@ static void apply_to_leaf(mt_layer_obj_t *leaf, const char *name, void *ctx_in) 
                 policy_names[p->kind], name);
         }
     }
-    if ((p->kind == POLICY_CHANNELS || p->kind == POLICY_TOPK || p->kind == POLICY_BIAS_ONLY)
-        && leaf->dtype == MT_FLOAT16) {
-        mp_raise_msg_varg(&mp_type_ValueError,
-            MP_ERROR_TEXT("%q at %s: float16 layers take no partial updates yet"),
-            policy_names[p->kind], *name ? name : qstr_str(mt_layer_name(leaf)));
-    }
     if (!ctx->dry_run) {
         set_policy(leaf, p, index_from_end);
     }
@@ -346,6 +342,20 @@ const int32_t *mt_update_select(mt_layer_obj_t *layer, const float *dy, int rows
     return u->selection;
 }
 
+const int32_t *mt_update_select_f16(mt_layer_obj_t *layer, const uint16_t *dy, int rows, const mt_pass_t *pass,
+    float *mag, uint8_t *taken, int *k) {
+    mt_update_t *u = &layer->update;
+    int n = mt_update_structures(layer);
+    *k = count_for_pass(u, n, pass);
+    if (u->kind == MT_UPDATE_CHANNELS) {
+        return select_leading(u, *k);
+    }
+    mt_channel_l1_f16(dy, rows, n, mag);
+    mt_topk_indices(mag, n, *k, u->selection, taken);
+    u->selected = *k;
+    return u->selection;
+}
+
 const int32_t *mt_update_select_s8(mt_layer_obj_t *layer, const int8_t *dy, int32_t zero_point, int rows,
     const mt_pass_t *pass, int32_t *mag, uint8_t *taken, int *k) {
     mt_update_t *u = &layer->update;
@@ -375,6 +385,35 @@ bool mt_update_bias_only(const mt_pass_t *pass, mt_layer_obj_t *layer, const flo
     if (layer->bias) {
         mt_grad_dest_t db = mt_grad_begin(pass, layer->bias);
         mt_channel_sum_f32(dy, rows, mt_update_structures(layer), db.alpha, db.data);
+        mt_grad_end(pass, layer->bias);
+    }
+    return true;
+}
+
+bool mt_update_bias_only_f16(const mt_pass_t *pass, mt_layer_obj_t *layer, const uint16_t *dy, int rows,
+    float *sums) {
+    if (pass->optim == NULL || layer->update.kind != MT_UPDATE_BIAS_ONLY) {
+        return false;
+    }
+    if (layer->bias) {
+        int n = mt_update_structures(layer);
+        for (int c = 0; c < n; c++) {
+            sums[c] = 0.0f;
+        }
+        for (int r = 0; r < rows; r++, dy += n) {
+            for (int c = 0; c < n; c++) {
+                sums[c] += mt_f16_to_f32(dy[c]);
+            }
+        }
+        mt_grad_dest_t db = mt_grad_begin(pass, layer->bias);
+        if (db.dtype == MT_FLOAT16) {
+            mt_f16_add_scaled(db.data, sums, db.alpha, (size_t)n, db.rng);
+        } else {
+            float *d = db.data;
+            for (int c = 0; c < n; c++) {
+                d[c] += db.alpha * sums[c];
+            }
+        }
         mt_grad_end(pass, layer->bias);
     }
     return true;

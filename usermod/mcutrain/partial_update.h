@@ -37,6 +37,9 @@ bool mt_update_activate(mt_layer_obj_t *leaf, const mt_update_t *policy);
 const int32_t *mt_update_select(mt_layer_obj_t *layer, const float *dy, int rows, const mt_pass_t *pass,
     float *mag, uint8_t *taken, int *k);
 
+// The same from a float16 error (magnitudes summed in fp32).
+const int32_t *mt_update_select_f16(mt_layer_obj_t *layer, const uint16_t *dy, int rows, const mt_pass_t *pass,
+    float *mag, uint8_t *taken, int *k);
 // The same from an int8 error (magnitudes |dy - zero_point| summed exactly in int32);
 // `mag` needs N int32.
 const int32_t *mt_update_select_s8(mt_layer_obj_t *layer, const int8_t *dy, int32_t zero_point, int rows,
@@ -50,6 +53,10 @@ void mt_update_selected_rows(const mt_pass_t *pass, mt_layer_obj_t *layer, const
 // A BiasOnly update through an optimizer: adds the bias gradient (dy summed over its rows)
 // and returns true; false when the layer's policy is something else.
 bool mt_update_bias_only(const mt_pass_t *pass, mt_layer_obj_t *layer, const float *dy, int rows);
+
+// The same for a float16 layer (its error fp16); `sums` needs N floats.
+bool mt_update_bias_only_f16(const mt_pass_t *pass, mt_layer_obj_t *layer, const uint16_t *dy, int rows,
+    float *sums);
 
 // update_stats(): MACs of the last backward against a full update, and per layer how many
 // structures were updated.
