@@ -4,6 +4,7 @@ from _mcutrain import version
 
 from .clone import clone
 from .dataset import Dataset, FormatError
+from .divergence import DivergenceWatch
 from .fit import evaluate, fit
 from .halting import EarlyStop, RunningQuantile, SampleSkip
 from .model_io import load, save

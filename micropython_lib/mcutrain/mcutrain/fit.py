@@ -153,7 +153,9 @@ def fit(model, data, opt, loss=cross_entropy, epochs=1, batch=1, val=None, val_b
     convert: int8/float16 samples go to a float32 buffer (with the data's scale) when the
         model's input is float32.
     Returns the history: {"loss", "accuracy", "val_loss", "val_accuracy"} lists per epoch,
-    "epochs" run, "best" and "best_epoch" of `monitor`, "stop" (the reason, or None).
+    "epochs" run, "best" and "best_epoch" of `monitor`, "stop" (the reason, or None), and
+    "diverged" (the step at which the losses were found diverging, mcutrain.divergence, or
+    None; with metrics=False nothing is watched).
     """
     if epochs < 0 or batch < 1:
         raise ValueError("fit: epochs must be >= 0 and batch >= 1")
@@ -225,6 +227,8 @@ def fit(model, data, opt, loss=cross_entropy, epochs=1, batch=1, val=None, val_b
         if halted:
             history["stop"] = stop.reason
             break
+    watch = getattr(metrics, "watch", None) if metrics else None
+    history["diverged"] = watch.diverged if watch is not None else None
     if metrics:
         metrics.done(epochs=history["epochs"], best=history["best"], best_epoch=history["best_epoch"])
     return history

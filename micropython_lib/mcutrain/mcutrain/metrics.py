@@ -41,12 +41,23 @@ class Metrics:
     Early halting (mcutrain.halting): with skip=SampleSkip(...), step, epoch and done lines
     carry `skipped` and `skip_fraction`; with stop=EarlyStop(...), epoch and done lines carry
     `stop` (the reason, or null), `best`, `best_evaluation` and `evaluations`.
+
+    Every loss given to step() also goes to a DivergenceWatch (mcutrain.divergence; `watch`,
+    or watch=None for none): once a loss is not finite or the recent losses rise far above
+    the run's best level, the next lines (the step line at once, whatever `every`) carry
+    `diverged` (the step) and `divergence` (why), and the done line says `diverged` (the step
+    or null).
     """
 
-    def __init__(self, every=1, perf=False, skip=None, stop=None, **info):
+    def __init__(self, every=1, perf=False, skip=None, stop=None, watch=True, **info):
         self.every = max(1, every)
         self.skip = skip
         self.stop = stop
+        if watch is True:
+            from .divergence import DivergenceWatch
+
+            watch = DivergenceWatch()
+        self.watch = watch or None
         self.epoch_index = 0
         self.steps = 0
         self._since = 0
@@ -96,7 +107,8 @@ class Metrics:
             self._perf_clock = p
         self.steps += 1
         self._since += 1
-        if self.steps % self.every:
+        flagged = self.watch is not None and loss is not None and self.watch.step(loss)
+        if self.steps % self.every and not flagged:
             return
         fields = {"kind": "step", "epoch": self.epoch_index, "step": self.steps}
         if loss is not None:
@@ -112,6 +124,8 @@ class Metrics:
         self._since = 0
         if self.skip is not None:
             fields.update(self.skip.fields())
+        if self.watch is not None:
+            fields.update(self.watch.fields())
         fields.update(extra)
         report(**fields)
         self._restart()
@@ -131,7 +145,7 @@ class Metrics:
     def _halting(self, fields):
         # The halting fields, then the caller's (which win on a clash).
         out = {}
-        for h in (self.skip, self.stop):
+        for h in (self.skip, self.stop, self.watch):
             if h is not None:
                 out.update(h.fields())
         out.update(fields)
@@ -149,6 +163,8 @@ class Metrics:
     def done(self, **fields):
         """The final line: total steps and time, plus `fields`."""
         fields.setdefault("clock", clock())
+        if self.watch is not None:
+            fields.setdefault("diverged", self.watch.diverged)
         report(kind="done", epoch=self.epoch_index, step=self.steps, t=self.elapsed,
                **self._halting(fields))
 

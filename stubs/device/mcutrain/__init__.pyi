@@ -4,9 +4,10 @@
 # checks these names against the firmware's own dir(), so they cannot drift from it.
 from typing import Any, Iterator, Literal, Self, Sequence, Union, overload
 
-from . import dataset as dataset, halting as halting, metrics as metrics, model_io as model_io
+from . import dataset as dataset, divergence as divergence, halting as halting, metrics as metrics, model_io as model_io
 from .dataset import Dataset as Dataset, FormatError as FormatError
 from .fit import evaluate as evaluate, fit as fit
+from .divergence import DivergenceWatch as DivergenceWatch
 from .halting import EarlyStop as EarlyStop, RunningQuantile as RunningQuantile, SampleSkip as SampleSkip
 from .metrics import Metrics as Metrics, report as report
 from .model_io import load as load, save as save

@@ -1,6 +1,7 @@
 # mcutrain.metrics on the device: metrics lines (`@mt {...}`) that `mcutrain run --collect` reads.
 from typing import Any
 
+from .divergence import DivergenceWatch
 from .halting import EarlyStop, SampleSkip
 
 def report(**fields: Any) -> None: ...
@@ -9,10 +10,12 @@ class Metrics:
     every: int
     skip: SampleSkip | None
     stop: EarlyStop | None
+    watch: DivergenceWatch | None
     epoch_index: int
     steps: int
     def __init__(self, every: int = ..., perf: bool = ..., skip: SampleSkip | None = ...,
-                 stop: EarlyStop | None = ..., **info: Any) -> None: ...
+                 stop: EarlyStop | None = ..., watch: DivergenceWatch | bool | None = ...,
+                 **info: Any) -> None: ...
     def elapsed(self) -> float: ...
     def step(self, loss: float | None = ..., accuracy: float | None = ..., **extra: Any) -> None: ...
     def paused(self) -> Metrics: ...
