@@ -11,6 +11,11 @@ int8 and mixed precision over the same seeds, and write the test accuracies (mea
 seed, with the gap to float32) to results/precision.json and results/precision.md.
 `--only precision` runs just those; `--target unix` runs them on the unix port in seconds
 (float32 rounds differently there, so a seed's accuracy can end a little apart from the board's).
+
+`--only partial` trains the same two CNNs in float32 and int8 with a full update and in int8
+with dynamic top-k (TopK(0.1, 0.5)) and a fixed 10% (TopK(0.1)) on every convolution, seeds
+1-3, and writes results/partial.json and results/partial.md: accuracy, its gap to int8 with
+a full update, the backward MACs against a full update's, instructions per step, peak RAM.
 """
 
 from __future__ import annotations
@@ -63,6 +68,21 @@ PRECISION_DTYPES = ("float32", "int8", "mixed")
 # over three cannot tell a one-point gap from noise.
 PRECISION_SEEDS = (1, 2, 3, 4, 5, 6)
 FASHION_TRAIN, FASHION_TEST = 3000, 1000
+
+
+# Partial updates (issue 17, after Deutel et al. 2024's table): float32 and int8 with a full
+# update against int8 with dynamic top-k (lambda = 0.1 to 0.5) and a fixed 10% on every
+# convolution (and float32 with the dynamic top-k, to tell the method's cost from int8's),
+# the classifier head in full (docs/device-api.md: a top-k softmax head drifts).
+CONVS = "[str(i) for i in range(len(m)) if type(m[i]).__name__ in ('Conv2d', 'Conv1d')]"
+PARTIAL_CONFIGS = {
+    "float32 full": ("float32", None),
+    "float32 top-k 0.1-0.5": ("float32", f"lambda m: {{k: mt.TopK(0.1, 0.5) for k in {CONVS}}}"),
+    "int8 full": ("int8", None),
+    "int8 top-k 0.1-0.5": ("int8", f"lambda m: {{k: mt.TopK(0.1, 0.5) for k in {CONVS}}}"),
+    "int8 top-k 10%": ("int8", f"lambda m: {{k: mt.TopK(0.1) for k in {CONVS}}}"),
+}
+PARTIAL_SEEDS = (1, 2, 3)
 
 
 def script_with(settings: dict[str, str], script: Path = SCRIPT) -> str:
@@ -207,6 +227,60 @@ def main_precision(target_name: str, out_dir: Path, seeds: tuple[int, ...],
     print(f"wrote {out_dir / 'precision.json'} and {out_dir / 'precision.md'}")
 
 
+def partial_sweep(target, data_dir: Path, models=tuple(PRECISION_MODELS), seeds=PARTIAL_SEEDS,
+                  log=print) -> list[dict]:
+    """Every model x PARTIAL_CONFIGS x seed (the precision checks' settings otherwise)."""
+    results = []
+    for model in models:
+        script, settings = PRECISION_MODELS[model]
+        for config, (dtype, update) in PARTIAL_CONFIGS.items():
+            for seed in seeds:
+                run = {**settings, "DTYPE": f'"{dtype}"', "SEED": str(seed), "UPDATE": update or "None"}
+                t0 = time.monotonic()
+                r = run_script(target, data_dir, f"partial_{model}_{seed}", script_with(run, script))
+                r.update(check=model, config=config, wall_s=round(time.monotonic() - t0, 1))
+                results.append(r)
+                log(f"{model:12} {config:20} seed {seed}  test {r['test_accuracy']:.4f}  "
+                    f"step {r['step_instructions']}  backward MACs {r.get('backward_mac_fraction', 1.0):.3f}  "
+                    f"{r['wall_s']} s")
+    return results
+
+
+def partial_markdown(results: list[dict], target: str) -> str:
+    """Per model and configuration: mean test accuracy (and per seed), the gap to int8 with a
+    full update over the same seeds, the backward MACs against a full update's, the last
+    step's instructions (or host ns on unix) and peak RAM."""
+    step = "ns/step (host)" if target == "unix" else "instr/step"
+    lines = [f"| model | update | test accuracy (mean) | per seed | vs int8 full | backward MACs | {step} | peak RAM |",
+             "|---|---|---:|---|---:|---:|---:|---:|"]
+    for model in dict.fromkeys(r["check"] for r in results):
+        runs = [r for r in results if r["check"] == model]
+        base = {r["seed"]: r["test_accuracy"] for r in runs if r["config"] == "int8 full"}
+        for config in dict.fromkeys(r["config"] for r in runs):
+            rs = [r for r in runs if r["config"] == config]
+            mean = sum(r["test_accuracy"] for r in rs) / len(rs)
+            gap = ""
+            if config != "int8 full" and all(r["seed"] in base for r in rs):
+                gap = f"{100 * (mean - sum(base[r['seed']] for r in rs) / len(rs)):+.1f}"
+            macs = sum(r.get("backward_mac_fraction", 1.0) for r in rs) / len(rs)
+            seeds = ", ".join(f"{100 * r['test_accuracy']:.1f}" for r in rs)
+            lines.append(f"| {model} | {config} | {100 * mean:.1f}% | {seeds} | {gap} | {100 * macs:.0f}% | "
+                         f"{max(r['step_instructions'] for r in rs):,} | {max(r['peak_ram_bytes'] for r in rs):,} B |")
+    return "\n".join(lines) + "\n"
+
+
+def main_partial(target_name: str, out_dir: Path, seeds: tuple[int, ...], models: tuple[str, ...]) -> None:
+    with tempfile.TemporaryDirectory() as tmp, open_target(target_name) as target:
+        data = prepare_precision_data(Path(tmp))
+        results = partial_sweep(target, data, models, seeds, log=lambda line: print(line, flush=True))
+    table = partial_markdown(results, target_name)
+    print(table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "partial.json").write_text(json.dumps({"target": target_name, "runs": results}, indent=1) + "\n")
+    (out_dir / "partial.md").write_text(table)
+    print(f"wrote {out_dir / 'partial.json'} and {out_dir / 'partial.md'}")
+
+
 def positive_int(text: str) -> int:
     n = int(text)
     if n < 1:
@@ -217,8 +291,9 @@ def positive_int(text: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "learning.json")
-    parser.add_argument("--only", choices=("checks", "precision"),
-                        help="run only the digits checks or only the precision checks (default: both)")
+    parser.add_argument("--only", choices=("checks", "precision", "partial"),
+                        help="run only the digits checks, the precision checks or the partial-update "
+                        "table (default: checks and precision)")
     parser.add_argument("--target", default="qemu-m4f", help="precision checks: qemu-m4f (default) or unix")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(PRECISION_SEEDS))
     parser.add_argument("--models", nargs="+", choices=list(PRECISION_MODELS), default=list(PRECISION_MODELS))
@@ -227,6 +302,10 @@ def main() -> int:
     parser.add_argument("--precision-out", type=Path, default=ROOT / "results",
                         help="directory for precision.json and precision.md")
     args = parser.parse_args()
+    if args.only == "partial":
+        seeds = tuple(args.seeds) if args.seeds != list(PRECISION_SEEDS) else PARTIAL_SEEDS
+        main_partial(args.target, args.precision_out, seeds, tuple(args.models))
+        return 0
     if args.only != "precision":
         run_checks(args.out)
     if args.only != "checks":

@@ -22,7 +22,8 @@ DECAY = 0.8 if MODEL == "mlp" else 0.7   # the learning rate shrinks by this fac
 SEED = 1
 DATA = "/remote"   # where digits_train.u8 and digits_test.u8 are (mpremote mount puts them here)
 PRETRAINED = None  # an .mtm to fine-tune (python -m mcutrain.pretrain), instead of MODEL
-UPDATE = None      # None: full update; or a policy, e.g. mt.TopK(0.1) or mt.ChannelRatio(0.25)
+UPDATE = None      # None: full update; a policy, e.g. mt.TopK(0.1) or mt.ChannelRatio(0.25); a dict of
+                   # them by layer name; or a function of the model giving one (e.g. top-k on the convolutions)
 
 
 def load(name):
@@ -66,10 +67,11 @@ train_px, train_y, n_train = load("digits_train.u8")
 test_px, test_y, n_test = load("digits_test.u8")
 mt.seed(SEED)
 model = mt.load(PRETRAINED) if PRETRAINED else build(MODEL, DTYPE)
+update = UPDATE(model) if callable(UPDATE) else UPDATE
 if DTYPE in ("int8", "mixed"):  # stochastic rounding keeps updates under half an int8 step
-    opt = mt.SGD(model, lr=LR, update=UPDATE, rounding="stochastic")
+    opt = mt.SGD(model, lr=LR, update=update, rounding="stochastic")
 else:
-    opt = mt.SGD(model, lr=LR, momentum=MOMENTUM, update=UPDATE)
+    opt = mt.SGD(model, lr=LR, momentum=MOMENTUM, update=update)
 backward_macs = full_backward_macs = 0
 x = mt.zeros((1, 8, 8, 1))
 # A batch is one float buffer; each sample is copied into its own view of it.
@@ -110,6 +112,6 @@ summary = {
     "step_instructions": step_instructions, "peak_ram_bytes": step_ram,
 }
 if UPDATE is not None:
-    summary["update"] = repr(UPDATE)
+    summary["update"] = repr(update)
     summary["backward_mac_fraction"] = backward_macs / full_backward_macs
 print(json.dumps(summary))

@@ -24,6 +24,8 @@ MOMENTUM = 0.0 if DTYPE in ("int8", "mixed") else 0.9
 LR = 0.003 * (10 if MOMENTUM == 0.0 else 1) * BATCH
 DECAY = 0.8        # the learning rate shrinks by this factor each epoch
 SEED = 1
+UPDATE = None      # None: full update; a policy (mt.TopK(0.1, 0.5), ...), a dict of them by layer
+                   # name, or a function of the model giving one (e.g. top-k on the convolutions)
 N_TRAIN = None     # None: every training sample in the file; or the first N_TRAIN of them
 N_TEST = None      # the same for the test file
 TRAIN_EVAL = 1000  # training samples the final train accuracy is measured on
@@ -116,10 +118,12 @@ train = Samples("fashion_train.u8", N_TRAIN)
 test = Samples("fashion_test.u8", N_TEST)
 mt.seed(SEED)
 model = build(train.h, train.w, DTYPE)
+update = UPDATE(model) if callable(UPDATE) else UPDATE
 if DTYPE in ("int8", "mixed"):  # stochastic rounding keeps updates under half an int8 step
-    opt = mt.SGD(model, lr=LR, rounding="stochastic")
+    opt = mt.SGD(model, lr=LR, rounding="stochastic", update=update)
 else:
-    opt = mt.SGD(model, lr=LR, momentum=MOMENTUM)
+    opt = mt.SGD(model, lr=LR, momentum=MOMENTUM, update=update)
+backward_macs = full_backward_macs = 0
 x = mt.zeros((1, train.h, train.w, 1))
 # A batch is one float buffer; each sample is read into its own view of it.
 batch = bytearray(4 * BATCH * train.size)
@@ -143,6 +147,10 @@ for epoch in range(EPOCHS):
         t0 = mt.perf_counter()
         total += BATCH * model.train_step(xb, labels if BATCH > 1 else labels[0], mt.cross_entropy, opt)
         step_instructions = mt.perf_counter() - t0
+        if update is not None:
+            stats = model.update_stats()
+            backward_macs += stats["backward_macs"]
+            full_backward_macs += stats["full_backward_macs"]
     gc.collect()
     print("epoch", epoch + 1, "loss", total / (train.n - train.n % BATCH))
 
@@ -154,5 +162,8 @@ summary = {
     "test_accuracy": accuracy(model, x, test, test.n),
     "step_instructions": step_instructions, "peak_ram_bytes": step_ram,
 }
+if update is not None:
+    summary["update"] = repr(update)
+    summary["backward_mac_fraction"] = backward_macs / full_backward_macs
 summary["run_instructions"] = mt.perf_counter() - start  # copying to flash included
 print(json.dumps(summary))

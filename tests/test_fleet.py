@@ -45,13 +45,13 @@ def test_board_round_trains_on_its_own_data_and_int8_moves_fewer_bytes(tmp_path,
     assert json.loads((tmp_path / "status.json").read_text())["phase"] == "idle"
 
 
-def test_board_reports_an_option_the_device_lacks_for_int8(tmp_path, shards):
+def test_board_reports_an_option_the_device_refuses(tmp_path, shards):
     require_firmware("qemu-m4f")
     from mcutrain.errors import DeviceError
 
     board = BoardConfig("board-1", flash=tmp_path / "flash.img", train_data=shards.train)
-    with pytest.raises(DeviceError, match="without momentum"):  # not BoardLost: the board answered
-        train_on_board(board, initial_model("mlp"), LocalSettings(dtype="int8", momentum=0.9, update="topk:0.1:0.5"))
+    with pytest.raises(DeviceError, match="max_ratio"):  # not BoardLost: the board answered
+        train_on_board(board, initial_model("mlp"), LocalSettings(dtype="int8", update="topk:0.5:0.2"))
 
 
 @pytest.fixture(scope="module")
