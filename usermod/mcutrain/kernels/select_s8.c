@@ -93,12 +93,6 @@ void mt_gather_rows(const void *x, size_t row_bytes, const int32_t *indices, int
     }
 }
 
-void mt_scatter_rows(const void *in, size_t row_bytes, const int32_t *indices, int k, void *x) {
-    for (int j = 0; j < k; j++) {
-        memcpy((uint8_t *)x + (size_t)indices[j] * row_bytes, (const uint8_t *)in + (size_t)j * row_bytes, row_bytes);
-    }
-}
-
 static void swap_rows(uint8_t *x, size_t row_bytes, size_t a, size_t b) {
     if (a == b) {
         return;

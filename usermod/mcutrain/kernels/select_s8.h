@@ -21,9 +21,8 @@ void mt_gather_columns_s8(const int8_t *x, int rows, int channels, const int32_t
 // x[r][indices[j]] = in[r][j], and every other column of x set to zero.
 void mt_scatter_columns_s8(const int8_t *in, int rows, int channels, const int32_t *indices, int k, int8_t *x);
 
-// Rows of row_bytes bytes: out[j] = x[indices[j]] (gather), x[indices[j]] = in[j] (scatter).
+// Rows of row_bytes bytes: out[j] = x[indices[j]].
 void mt_gather_rows(const void *x, size_t row_bytes, const int32_t *indices, int k, void *out);
-void mt_scatter_rows(const void *in, size_t row_bytes, const int32_t *indices, int k, void *x);
 
 // In place, with no buffer: brings rows indices[0..k) (increasing) to rows 0..k-1 in that
 // order by k swaps, and mt_rows_back undoes exactly that, so kernels can run on the first k
