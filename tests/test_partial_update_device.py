@@ -72,6 +72,12 @@ def test_topk_step_matches_reference_and_leaves_the_rest_bit_identical(target, l
             assert set(changed) <= set(idx), f"{key}: rows {changed} changed, selected {idx}"
 
 
+def test_topk_max_ratio_none_is_a_fixed_ratio(target):
+    # As the fleet's device script writes it for "--update topk:MIN" (fleet/device_round.py).
+    out = run_on(target, "import mcutrain as mt\nprint(mt.TopK(0.25, None), mt.TopK(0.25))")
+    assert out.split() == ["TopK(0.250000,", "0.250000)", "TopK(0.250000,", "0.250000)"]
+
+
 def test_channel_ratio_keeps_state_only_for_updated_rows(target):
     out = run_on(target, """
 import mcutrain as mt

@@ -97,11 +97,12 @@ static mp_obj_t policy_channel_ratio(mp_obj_t r) {
 }
 MP_DEFINE_CONST_FUN_OBJ_1(mt_policy_channel_ratio_obj, policy_channel_ratio);
 
-// TopK(min_ratio, max_ratio=min_ratio): dynamic top-k structures per layer and sample.
+// TopK(min_ratio, max_ratio=None): dynamic top-k structures per layer and sample; None (or
+// no max_ratio) is a fixed min_ratio.
 static mp_obj_t policy_topk(size_t n_args, const mp_obj_t *args) {
     mt_policy_obj_t *p = new_policy(POLICY_TOPK);
     p->a = check_ratio(args[0], "TopK: min_ratio");
-    p->b = n_args > 1 ? check_ratio(args[1], "TopK: max_ratio") : p->a;
+    p->b = n_args > 1 && args[1] != mp_const_none ? check_ratio(args[1], "TopK: max_ratio") : p->a;
     if (p->b < p->a) {
         mp_raise_ValueError(MP_ERROR_TEXT("TopK: max_ratio must be >= min_ratio"));
     }
