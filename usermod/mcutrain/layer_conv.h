@@ -52,6 +52,23 @@ static inline const mt_conv_kernels_t *mt_conv_kernels_for(uint8_t dtype, bool m
 }
 
 // Shared between tables.
+// Partial updates (partial_update.h): whether each output channel sees only its own input
+// channel, and the layer restricted to its first k output channels (for a depthwise layer
+// its first k input channels too), which the kernels run on compact copies of.
+static inline bool mt_conv_is_depthwise(const mt_conv2d_params_t *p) {
+    return p->groups > 1 && p->groups == p->in_c && p->groups == p->out_c;
+}
+static inline bool mt_conv_layer_is_depthwise(const mt_layer_obj_t *layer) {
+    return mt_conv_is_depthwise(&((const mt_conv_obj_t *)layer)->p);
+}
+static inline mt_conv2d_params_t mt_conv_compact_params(const mt_conv2d_params_t *p, int k) {
+    mt_conv2d_params_t q = *p;
+    if (mt_conv_is_depthwise(p)) {
+        q.in_c = q.groups = k;
+    }
+    q.out_c = k;
+    return q;
+}
 // float32 and float16 draw their parameters the same way, in the layer's dtype.
 void mt_conv_float_init(mt_layer_obj_t *self, const mt_shape_t *wshape, int fan_in, bool bias);
 // The float32 backward pass (mixed layers run it on dequantized weights).

@@ -8,19 +8,9 @@
 #include "layer_f16_partial.h"
 #include "partial_update.h"
 
-static bool is_depthwise(const mt_layer_obj_t *layer) {
-    const mt_conv2d_params_t *p = &((const mt_conv_obj_t *)layer)->p;
-    return p->groups > 1 && p->groups == p->in_c && p->groups == p->out_c;
-}
-
 // The layer restricted to its first k output channels (a partial update's compact layer).
 static mt_conv2d_params_t compact_params(const mt_layer_obj_t *layer, int k) {
-    mt_conv2d_params_t q = ((const mt_conv_obj_t *)layer)->p;
-    if (is_depthwise(layer)) {
-        q.in_c = q.groups = k;
-    }
-    q.out_c = k;
-    return q;
+    return mt_conv_compact_params(&((const mt_conv_obj_t *)layer)->p, k);
 }
 
 static void partial_grad_input(const mt_layer_obj_t *layer, int k, const uint16_t *dy, const uint16_t *w,
@@ -41,7 +31,7 @@ static size_t partial_kernel_floats(const mt_layer_obj_t *layer, int k) {
 }
 
 static const mt_f16_partial_ops_t partial_ops = {
-    partial_grad_input, partial_grad_weight, partial_kernel_floats, is_depthwise,
+    partial_grad_input, partial_grad_weight, partial_kernel_floats, mt_conv_layer_is_depthwise,
 };
 
 static size_t f16_scratch_floats(const mt_layer_obj_t *self_in) {

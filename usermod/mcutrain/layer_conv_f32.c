@@ -17,26 +17,12 @@ static int round_up4(int k) {
     return (k + 3) & ~3;
 }
 
-static bool is_depthwise(const mt_conv2d_params_t *p) {
-    return p->groups > 1 && p->groups == p->in_c && p->groups == p->out_c;
-}
-
-// The convolution restricted to k selected output channels (a partial update).
-static mt_conv2d_params_t compact_params(const mt_conv2d_params_t *p, int k) {
-    mt_conv2d_params_t q = *p;
-    q.out_c = k;
-    if (is_depthwise(p)) {
-        q.in_c = q.groups = k;
-    }
-    return q;
-}
-
 // Compact-path scratch: magnitudes and a mask over N channels, the selected channels of
 // dy (and of x and dx when depthwise), their weight rows, gradients, then kernel scratch.
 static size_t partial_scratch(const mt_conv_obj_t *self) {
     const mt_conv2d_params_t *p = &self->p;
     size_t n = (size_t)p->out_c, k = (size_t)mt_update_max_selected(&self->base);
-    if (!is_depthwise(p)) {
+    if (!mt_conv_is_depthwise(p)) {
         k = (size_t)round_up4((int)k);
     }
     bool of = false;
@@ -45,10 +31,10 @@ static size_t partial_scratch(const mt_conv_obj_t *self) {
     size_t floats = n + (n + 3) / 4 + k;
     floats = mt_add_size(floats, mt_mul_size(rows_out, k, &of), &of);
     floats = mt_add_size(floats, mt_mul_size(2 * k, row_len, &of), &of);
-    if (is_depthwise(p)) {
+    if (mt_conv_is_depthwise(p)) {
         floats = mt_add_size(floats, mt_mul_size(2 * rows_in, k, &of), &of);
     }
-    mt_conv2d_params_t q = compact_params(p, (int)k);
+    mt_conv2d_params_t q = mt_conv_compact_params(p, (int)k);
     return mt_add_size(floats, mt_conv2d_f32_scratch_floats(&q), &of);
 }
 
@@ -73,7 +59,7 @@ static void backward_partial(mt_conv_obj_t *self, const float *x, const float *d
     const mt_pass_t *pass) {
     mt_layer_obj_t *layer = &self->base;
     const mt_conv2d_params_t *p = &self->p;
-    bool depthwise = is_depthwise(p);
+    bool depthwise = mt_conv_is_depthwise(p);
     int n = p->out_c, rows_out = p->batch * p->out_h * p->out_w, rows_in = p->batch * p->in_h * p->in_w;
     int row_len = (int)(layer->weight->size / (size_t)n);
     float *mag = pass->scratch;
@@ -90,7 +76,7 @@ static void backward_partial(mt_conv_obj_t *self, const float *x, const float *d
     float *x_sel = db_sel + kp;
     float *dx_sel = x_sel + (depthwise ? (size_t)rows_in * k : 0);
     float *kernel_scratch = dx_sel + (depthwise ? (size_t)rows_in * k : 0);
-    mt_conv2d_params_t q = compact_params(p, kp);
+    mt_conv2d_params_t q = mt_conv_compact_params(p, kp);
 
     mt_gather_columns_padded_f32(dy, rows_out, n, sel, k, kp, dy_sel);
     mt_gather_rows_f32(layer->weight->data, row_len, sel, k, w_sel);

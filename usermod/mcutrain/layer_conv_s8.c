@@ -11,19 +11,9 @@ static int core_forward(mt_layer_obj_t *layer, const int8_t *x, int8_t *y, mt_ra
         self->s8->bias_q, y, y_range, scratch);
 }
 
-static bool core_depthwise(const mt_layer_obj_t *layer) {
-    const mt_conv2d_params_t *p = &((const mt_conv_obj_t *)layer)->p;
-    return p->groups > 1 && p->groups == p->in_c && p->groups == p->out_c;
-}
-
 // The layer's geometry for a view of out_c output channels (layer_s8.h).
 static mt_conv2d_params_t view_params(const mt_layer_obj_t *layer, int out_c) {
-    mt_conv2d_params_t q = ((const mt_conv_obj_t *)layer)->p;
-    if (core_depthwise(layer)) {
-        q.in_c = q.groups = out_c;
-    }
-    q.out_c = out_c;
-    return q;
+    return mt_conv_compact_params(&((const mt_conv_obj_t *)layer)->p, out_c);
 }
 
 static int core_grad_input(mt_layer_obj_t *layer, const mt_s8_view_t *v, const int8_t *dy, int8_t *dx,
@@ -47,7 +37,7 @@ static size_t core_scratch_bytes(const mt_layer_obj_t *layer, int out_c) {
 }
 
 const mt_s8_kernels_t mt_conv_s8_core = {
-    core_forward, core_grad_input, core_update, core_scratch_bytes, core_depthwise,
+    core_forward, core_grad_input, core_update, core_scratch_bytes, mt_conv_layer_is_depthwise,
 };
 
 // int8 and mixed layers: int8 weights with per-channel scales, an fp32 bias (layer_s8.h).

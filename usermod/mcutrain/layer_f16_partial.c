@@ -8,20 +8,8 @@
 #include "kernels/half.h"
 #include "kernels/checked_size.h"
 
-typedef struct {
-    int n, rows_out, rows_in, in_c, row_len;
-    bool depthwise;
-} geometry_t;
-
-static geometry_t geometry_of(const mt_layer_obj_t *layer, const mt_f16_partial_ops_t *ops) {
-    geometry_t g;
-    g.n = mt_update_structures(layer);
-    g.in_c = layer->in_shape.dim[layer->in_shape.ndim - 1];
-    g.rows_out = (int)(mt_shape_size(&layer->out_shape) / (size_t)g.n);
-    g.rows_in = (int)(mt_shape_size(&layer->in_shape) / (size_t)g.in_c);
-    g.row_len = (int)(layer->weight->size / (size_t)g.n);
-    g.depthwise = ops->depthwise != NULL && ops->depthwise(layer);
-    return g;
+static mt_update_geometry_t geometry_of(const mt_layer_obj_t *layer, const mt_f16_partial_ops_t *ops) {
+    return mt_update_geometry(layer, ops->depthwise != NULL && ops->depthwise(layer));
 }
 
 // Float offsets: magnitudes and a mask over n channels, then for up to k channels their
@@ -35,7 +23,7 @@ static size_t halves(size_t n) {
     return (n + 1) / 2;
 }
 
-static layout_t layout_of(const geometry_t *g, int kmax, size_t kernel_floats) {
+static layout_t layout_of(const mt_update_geometry_t *g, int kmax, size_t kernel_floats) {
     bool of = false;
     size_t n = (size_t)g->n, k = (size_t)kmax, rows_in = g->depthwise ? (size_t)g->rows_in : 0;
     size_t w_elems = mt_mul_size(k, (size_t)g->row_len, &of);
@@ -52,26 +40,18 @@ static layout_t layout_of(const geometry_t *g, int kmax, size_t kernel_floats) {
     return l;
 }
 
-static size_t kernel_floats_upto(const mt_layer_obj_t *layer, const mt_f16_partial_ops_t *ops, int kmax) {
-    size_t most = 0;
-    for (int c = 1; c <= kmax; c++) {
-        most = mt_max_size(most, ops->scratch_floats(layer, c));
-    }
-    return most;
-}
-
 size_t mt_f16_partial_scratch_floats(const mt_layer_obj_t *layer, const mt_f16_partial_ops_t *ops) {
     if (layer->update.kind != MT_UPDATE_CHANNELS && layer->update.kind != MT_UPDATE_TOPK) {
         return 0;
     }
-    geometry_t g = geometry_of(layer, ops);
+    mt_update_geometry_t g = geometry_of(layer, ops);
     int kmax = mt_update_max_selected(layer);
-    return layout_of(&g, kmax, kernel_floats_upto(layer, ops, kmax)).end;
+    return layout_of(&g, kmax, mt_update_scratch_upto(layer, ops->scratch_floats, kmax)).end;
 }
 
 void mt_f16_backward_partial(mt_layer_obj_t *layer, const mt_tensor_obj_t *x, const mt_tensor_obj_t *dy,
     mt_tensor_obj_t *dx, const mt_pass_t *pass, const mt_f16_partial_ops_t *ops) {
-    geometry_t g = geometry_of(layer, ops);
+    mt_update_geometry_t g = geometry_of(layer, ops);
     layout_t l = layout_of(&g, mt_update_max_selected(layer), 0);
     float *base = pass->scratch;
     if (l.end > pass->scratch_floats) {

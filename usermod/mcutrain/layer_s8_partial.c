@@ -18,20 +18,8 @@ static size_t align8(size_t n) {
     return (n + 7) & ~(size_t)7;
 }
 
-typedef struct {
-    int n, rows_out, rows_in, in_c, row_len;
-    bool depthwise;
-} geometry_t;
-
-static geometry_t geometry_of(const mt_layer_obj_t *layer, const mt_s8_kernels_t *k) {
-    geometry_t g;
-    g.n = mt_update_structures(layer);
-    g.in_c = layer->in_shape.dim[layer->in_shape.ndim - 1];
-    g.rows_out = (int)(mt_shape_size(&layer->out_shape) / (size_t)g.n);
-    g.rows_in = (int)(mt_shape_size(&layer->in_shape) / (size_t)g.in_c);
-    g.row_len = (int)(layer->weight->size / (size_t)g.n);
-    g.depthwise = k->depthwise != NULL && k->depthwise(layer);
-    return g;
+static mt_update_geometry_t geometry_of(const mt_layer_obj_t *layer, const mt_s8_kernels_t *k) {
+    return mt_update_geometry(layer, k->depthwise != NULL && k->depthwise(layer));
 }
 
 // Offsets into the scratch of the compact buffers for up to kmax channels.
@@ -39,7 +27,7 @@ typedef struct {
     size_t mag, taken, dy, x, dx, kernel, end;
 } layout_t;
 
-static layout_t layout_of(const geometry_t *g, int kmax, size_t kernel_bytes) {
+static layout_t layout_of(const mt_update_geometry_t *g, int kmax, size_t kernel_bytes) {
     bool of = false;
     size_t k = (size_t)kmax, rows_in = g->depthwise ? (size_t)g->rows_in : 0;
     layout_t l;
@@ -53,22 +41,13 @@ static layout_t layout_of(const geometry_t *g, int kmax, size_t kernel_bytes) {
     return l;
 }
 
-// The kernels' scratch for any view of 1..kmax channels.
-static size_t kernel_bytes_upto(const mt_layer_obj_t *layer, const mt_s8_kernels_t *k, int kmax) {
-    size_t most = 0;
-    for (int c = 1; c <= kmax; c++) {
-        most = mt_max_size(most, k->scratch_bytes(layer, c));
-    }
-    return most;
-}
-
 size_t mt_s8_partial_scratch_bytes(const mt_layer_obj_t *layer, const mt_s8_kernels_t *k) {
     if (layer->update.kind != MT_UPDATE_CHANNELS && layer->update.kind != MT_UPDATE_TOPK) {
         return 0;
     }
-    geometry_t g = geometry_of(layer, k);
+    mt_update_geometry_t g = geometry_of(layer, k);
     int kmax = mt_update_max_selected(layer);
-    return layout_of(&g, kmax, kernel_bytes_upto(layer, k, kmax)).end;
+    return layout_of(&g, kmax, mt_update_scratch_upto(layer, k->scratch_bytes, kmax)).end;
 }
 
 // The selected channels' weight rows, scales and bias to the front of the layer's own
@@ -92,7 +71,7 @@ static void rows_back(mt_s8_layer_t *s, mt_layer_obj_t *layer, const int32_t *se
 void mt_s8_backward_partial(mt_s8_layer_t *s, mt_layer_obj_t *layer, const mt_tensor_obj_t *x,
     const mt_tensor_obj_t *dy, mt_tensor_obj_t *dx, const mt_pass_t *pass, const mt_s8_kernels_t *k) {
     const mt_int8_sgd_t *sgd = mt_s8_sgd(layer, pass);
-    geometry_t g = geometry_of(layer, k);
+    mt_update_geometry_t g = geometry_of(layer, k);
     int kmax = mt_update_max_selected(layer);
     size_t total = pass->scratch_floats * sizeof(float);
     layout_t l = layout_of(&g, kmax, 0);

@@ -162,6 +162,27 @@ size_t mt_update_state_elems(const mt_layer_obj_t *layer, const mt_update_t *pol
     }
 }
 
+mt_update_geometry_t mt_update_geometry(const mt_layer_obj_t *layer, bool depthwise) {
+    mt_update_geometry_t g;
+    g.n = mt_update_structures(layer);
+    g.in_c = layer->in_shape.dim[layer->in_shape.ndim - 1];
+    g.rows_out = (int)(mt_shape_size(&layer->out_shape) / (size_t)g.n);
+    g.rows_in = (int)(mt_shape_size(&layer->in_shape) / (size_t)g.in_c);
+    g.row_len = (int)(layer->weight->size / (size_t)g.n);
+    g.depthwise = depthwise;
+    return g;
+}
+
+size_t mt_update_scratch_upto(const mt_layer_obj_t *layer, size_t (*scratch)(const mt_layer_obj_t *layer, int k),
+    int kmax) {
+    size_t most = 0;
+    for (int k = 1; k <= kmax; k++) {
+        size_t s = scratch(layer, k);
+        most = s > most ? s : most;
+    }
+    return most;
+}
+
 bool mt_update_activate(mt_layer_obj_t *leaf, const mt_update_t *policy) {
     mt_update_t *u = &leaf->update;
     if (u->kind == policy->kind && (policy->kind == MT_UPDATE_FULL || policy->kind == MT_UPDATE_BIAS_ONLY

@@ -23,6 +23,18 @@ static inline bool mt_update_is_partial(const mt_layer_obj_t *layer, const mt_pa
 }
 // The most structures one pass can select (sizes the compact scratch).
 int mt_update_max_selected(const mt_layer_obj_t *layer);
+
+// A planned Linear/Conv layer's sizes for the compact path: n output structures, rows of its
+// output and input (pixels times batch), input channels, weights per structure.
+typedef struct {
+    int n, rows_out, rows_in, in_c, row_len;
+    bool depthwise;
+} mt_update_geometry_t;
+mt_update_geometry_t mt_update_geometry(const mt_layer_obj_t *layer, bool depthwise);
+// The most scratch `scratch(layer, k)` asks for over k = 1..kmax (the kernels on a compact
+// layer of any count a pass may select).
+size_t mt_update_scratch_upto(const mt_layer_obj_t *layer, size_t (*scratch)(const mt_layer_obj_t *layer, int k),
+    int kmax);
 // Elements of `param` (the layer's weight or bias) an optimizer with `policy` for the
 // layer may ever change.
 size_t mt_update_state_elems(const mt_layer_obj_t *layer, const mt_update_t *policy,
