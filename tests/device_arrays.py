@@ -8,7 +8,19 @@ to the 30-bit floats of the emulated boards' object representation. A script bui
 from __future__ import annotations
 
 import numpy as np
+from mcutrain.reference.quantized import Rng
 from mcutrain.runner import run_on
+
+
+def int8_layer_rng_state(seed: int, parameters: int) -> int:
+    """The stochastic-rounding state of an int8 layer built right after mt.seed(seed): the
+    mixed seed (random.c) after the float weights' and biases' draws (`parameters`, one
+    each), then one more, made odd (layer_s8.c)."""
+    rng = Rng((seed * 2654435761 + 0x9E3779B9) & 0xFFFFFFFF)
+    for _ in range(parameters + 1):
+        rng.next()
+    return rng.state | 1
+
 
 # numpy dtype of each device dtype's bytes
 NUMPY_DTYPES = {"float32": "<f4", "float16": "<f2", "int8": "i1"}

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 from conftest import ROOT
-from device_arrays import DeviceScript, tensor_expr
+from device_arrays import DeviceScript, int8_layer_rng_state, tensor_expr
 from mcutrain.digits import write_digits
 from mcutrain.reference import quantized as Q
 
@@ -37,13 +37,6 @@ def test_int8_cnn_trains_through_range_corners_on_unix(target_pool, tmp_path, lr
 # Values the emulated boards' 30-bit Python floats hold exactly (they reach the device as
 # literals); arrays travel as bytes.
 X_SCALE, X_ZP, DY_SCALE, LR, SEED = 0.046875, 5, 0.0078125, 0.0625, 1234
-
-
-def _xorshift_steps(state: int, n: int) -> int:
-    rng = Q.Rng(state)
-    for _ in range(n):
-        rng.next()
-    return rng.state
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
@@ -86,9 +79,7 @@ def test_int8_update_takes_every_path_bit_for_bit(target, rounding):
     script.emit("b", "layer.bias", b.shape)
     got = script.run(target)
 
-    # The layer's rng state: mt.seed's mixed seed (random.c) after the float weights' and
-    # biases' initial draws (one each), then one more, made odd (layer_s8.c).
-    state = _xorshift_steps((SEED * 2654435761 + 0x9E3779B9) & 0xFFFFFFFF, out * inp + out + 1) | 1
+    state = int8_layer_rng_state(SEED, out * inp + out)
     q = Q.S8Quant(X_SCALE, X_ZP, dy_scale=DY_SCALE)
     bias_q = Q.quantize_bias(b, X_SCALE, ws)
     ref = Q.linear_s8_update(x, dy, w, ws, bias_q, q, Q.S8Update(
@@ -165,7 +156,7 @@ def test_int8_linear_batch1_update_matches_the_integer_reference(target, roundin
             cases.append((name, inp, out, zp, wd, x, w, ws, b, dy))
     got = script.run(target, timeout=300)
     for name, inp, out, zp, wd, x, w, ws, b, dy in cases:
-        state = _xorshift_steps((SEED * 2654435761 + 0x9E3779B9) & 0xFFFFFFFF, out * inp + out + 1) | 1
+        state = int8_layer_rng_state(SEED, out * inp + out)
         q = Q.S8Quant(X_SCALE, zp, dy_scale=DY_SCALE)
         bias_q = Q.quantize_bias(b, X_SCALE, ws)
         ref = Q.linear_s8_update(x, dy, w, ws, bias_q, q, Q.S8Update(

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from device_arrays import DeviceScript, tensor_expr
+from device_arrays import DeviceScript, int8_layer_rng_state, tensor_expr
 from mcutrain.reference import quantized as Q
 from mcutrain.reference.partial import s8_compact, s8_error_magnitudes, topk_count, topk_indices
 
@@ -30,13 +30,6 @@ CASES = [
     ("conv1d", "mt.Conv1d(4, 6, 3, padding=1, dtype=mt.int8)", (2, 9, 4), (6, 3, 4), (2, 9, 6), "mt.TopK(0.5)",
      ("topk", 0.5), dict(stride=1, padding=(0, 1), groups=1)),
 ]
-
-
-def _xorshift_steps(state: int, n: int) -> int:
-    rng = Q.Rng(state)
-    for _ in range(n):
-        rng.next()
-    return rng.state
 
 
 def _as_2d(x_shape, w_shape):
@@ -122,7 +115,7 @@ def test_int8_partial_update_matches_the_integer_reference(target, rounding):
         script.emit(f"{name}.ws", "layer.weight_scale", ws.shape)
         script.emit(f"{name}.b", "layer.bias", b.shape)
         script.emit(f"{name}.sel", "mt.Tensor(layer.selected)", (k,))
-        state = _xorshift_steps((SEED * 2654435761 + 0x9E3779B9) & 0xFFFFFFFF, w.size + out + 1) | 1
+        state = int8_layer_rng_state(SEED, w.size + out)
         expected.append((name, w, ws, b, _reference(kind, x, w, ws, b, dy, geometry, k, rounding, state)))
     got = script.run(target, timeout=300)
     for name, w, ws, b, (idx, dx, w_new, ws_new, b_new) in expected:
