@@ -415,7 +415,8 @@ def cmd_kws_dataset(args: argparse.Namespace) -> int:
     try:
         ds = make_kws_dataset(args.out_dir, samples_per_class=args.samples_per_class,
                               test_samples_per_class=args.test_samples_per_class,
-                              seed=args.seed, dtype=args.dtype, from_wav=args.from_wav)  # fmt: skip
+                              seed=args.seed, dtype=args.dtype, from_wav=args.from_wav,
+                              enroll_per_class=args.enroll_per_class)  # fmt: skip
     except SynthError as e:
         print(f"mcutrain: error: {e}", file=sys.stderr)
         return 1
@@ -657,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     kws.add_argument("--from-wav", type=Path, metavar="DIR",
                      help="recorded 16 kHz WAVs instead, one subfolder per word "
                           "(e.g. Speech Commands); split by speaker")  # fmt: skip
+    kws.add_argument("--enroll-per-class", type=int, default=0, metavar="N",
+                     help="also write kws_enroll.mtd: N clips per class from each held-out voice "
+                          "or speaker, for adapting a model to them (default 0: none)")  # fmt: skip
     kws.set_defaults(func=cmd_kws_dataset)
 
     info = commands.add_parser(

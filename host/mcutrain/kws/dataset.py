@@ -1,5 +1,7 @@
 """`make_kws_dataset`: a SYNTHETIC keyword-spotting set (or one from recorded WAVs) as two
-.mtd files, kws_train.mtd and kws_test.mtd, of normalized MFCCs shaped (49, 10, 1).
+.mtd files, kws_train.mtd and kws_test.mtd, of normalized MFCCs shaped (49, 10, 1), and with
+enroll_per_class a third, kws_enroll.mtd: a few clips per class from each held-out voice or
+test speaker, for adapting a model to them (kws_test.mtd then holds the rest of theirs).
 
 Features are normalized per coefficient with the training split's mean and standard
 deviation, then clipped to +-NORM_CLIP: x = clip((mfcc - mean) / std, -4, 4). Both splits are
@@ -22,6 +24,7 @@ import numpy as np
 from ..formats import int8_params, write_dataset
 from ..formats.common import SAMPLE_DTYPES
 from .augment import CLIP_SAMPLES, AugmentParams, augment_word, silence_clip, trim
+from .enroll import ENROLL_FILE, plan_enrollment, split_enrollment
 from .mfcc import MfccParams, mfcc
 from .plan import (
     CLASS_NAMES,
@@ -61,6 +64,8 @@ class KwsDataset:
     test_voices: list[str] = field(default_factory=list)
     syntheses: int = 0
     seconds: float = 0.0
+    enroll_path: Path | None = None  # with enroll_per_class: the held-out voices' enrollment clips
+    enroll_count: int = 0
 
 
 # -- turning plans into 1 s clips -------------------------------------------------------------
@@ -189,10 +194,11 @@ class _Splits:
     test_names: list[str]
     meta: dict[str, Any]
     syntheses: int = 0
+    enroll: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _synthetic(classes: list[str], words: list[str], test_voices: Sequence[str], n: int,
-               n_test: int, seed: int, augment: AugmentParams, workers: int,
+               n_test: int, n_enroll: int, seed: int, augment: AugmentParams, workers: int,
                params: MfccParams) -> _Splits:  # fmt: skip
     if UNKNOWN in classes and not words:
         raise ValueError("the _unknown_ class needs unknown_words that are not classes")
@@ -200,36 +206,47 @@ def _synthetic(classes: list[str], words: list[str], test_voices: Sequence[str],
     check_synthesizers()
     train_items = plan_split("train", train_voices, n, seed, classes, words)
     test_items = plan_split("test", held_out, n_test, seed, classes, words)
-    sources = sorted({s for it in train_items + test_items if (s := it.source) is not None})
+    plans = [train_items, test_items]
+    if n_enroll:
+        plans.append(plan_enrollment(held_out, n_enroll, seed, classes, words))
+    sources = sorted({s for items in plans for it in items if (s := it.source) is not None})
     audio = synthesize_sources(sources, seed, workers)
     splits = [(features(synthetic_clips(items, seed, augment, audio), params),
                np.array([it.label for it in items], dtype=np.int64))
-              for items in (train_items, test_items)]  # fmt: skip
+              for items in plans]  # fmt: skip
     meta = {"synthetic": True, "source": "SYNTHETIC speech: espeak-ng and flite",
             "synthesizers": versions(), "unknown_words": words, "augment": augment.as_meta(),
             "voices": {"train": voice_table(train_voices), "test": voice_table(held_out)}}
     return _Splits(splits[0], splits[1], [str(v) for v in train_voices],
-                   [str(v) for v in held_out], meta, len(sources))  # fmt: skip
+                   [str(v) for v in held_out], meta, len(sources),
+                   splits[2] if n_enroll else None)  # fmt: skip
 
 
 def _recorded(from_wav: str | os.PathLike[str], classes: list[str], n: int, n_test: int,
-              seed: int, augment: AugmentParams, params: MfccParams) -> _Splits:  # fmt: skip
+              n_enroll: int, seed: int, augment: AugmentParams,
+              params: MfccParams) -> _Splits:  # fmt: skip
     folder = scan_wav_folder(from_wav, classes)
     train_wavs, test_wavs = split_wav_clips(folder, seed)
+    test_names = sorted({c.speaker for c in test_wavs})
+    jobs: list[tuple[list[WavClip], int, AugmentParams | None, str]] = [(train_wavs, n, augment, "train")]
+    if n_enroll:
+        enroll_wavs, test_wavs = split_enrollment(test_wavs, n_enroll, seed)
+        # every enrollment recording as recorded; silence: n_enroll noise clips per speaker
+        jobs.append((enroll_wavs, n_enroll * len(test_names), None, "enroll"))
+    jobs.insert(1, (test_wavs, n_test, None, "test"))
     splits = []
-    for wavs, count, aug, split in ((train_wavs, n, augment, "train"),
-                                    (test_wavs, n_test, None, "test")):  # fmt: skip
+    for wavs, count, aug, split in jobs:
         plan = wav_plan(wavs, count, split, classes, seed, aug is not None)
         splits.append((features(wav_clips(plan, folder, seed, aug), params),
                        np.array([label for label, _, _ in plan], dtype=np.int64)))
-    train, test = splits
+    train, test = splits[:2]
     train_names = sorted({c.speaker for c in train_wavs})
-    test_names = sorted({c.speaker for c in test_wavs})
     # Counts only: thousands of speaker ids would not fit a board's RAM when it reads the info.
     meta = {"synthetic": False, "source": f"recorded WAVs from {folder.root.name}",
             "unknown_words": folder.unknown_words, "augment": augment.as_meta(),
             "speakers": {"train": len(train_names), "test": len(test_names)}}
-    return _Splits(train, test, train_names, test_names, meta)
+    return _Splits(train, test, train_names, test_names, meta,
+                   enroll=splits[2] if n_enroll else None)
 
 
 def make_kws_dataset(
@@ -246,25 +263,31 @@ def make_kws_dataset(
     mfcc_params: MfccParams = MfccParams(),  # noqa: B008 - frozen dataclasses: shared defaults are safe
     augment: AugmentParams = AugmentParams(),  # noqa: B008
     workers: int = 2,
+    enroll_per_class: int = 0,
 ) -> KwsDataset:
     """Write out_dir/kws_train.mtd and kws_test.mtd: MFCCs (49, 10, 1), labels 0..len(classes)-1.
 
     SYNTHETIC speech from espeak-ng and flite unless from_wav names a folder of recordings.
     Test voices (or, for recordings, speakers) never occur in training. The test split has
     test_samples_per_class per class (default: a third of samples_per_class, at least 1).
-    The same arguments and seed give byte-identical files.
+    enroll_per_class > 0 also writes kws_enroll.mtd: that many clips per class from each
+    held-out voice (new syntheses) or test speaker (recordings then left out of the test
+    split, which keeps at least one per speaker and class). The same arguments and seed give
+    byte-identical files.
     """
     t0 = time.monotonic()
     classes = list(classes)
     n_test = test_samples_per_class or max(1, -(-samples_per_class // 3))
     _check_args(samples_per_class, n_test, dtype, classes)
+    if enroll_per_class < 0:
+        raise ValueError(f"enroll_per_class must be 0 (none) or more, got {enroll_per_class}")
     if from_wav is None:
         words = [w for w in unknown_words if w not in classes]
-        splits = _synthetic(classes, words, test_voices, samples_per_class, n_test, seed,
-                            augment, workers, mfcc_params)  # fmt: skip
+        splits = _synthetic(classes, words, test_voices, samples_per_class, n_test,
+                            enroll_per_class, seed, augment, workers, mfcc_params)  # fmt: skip
     else:
-        splits = _recorded(from_wav, classes, samples_per_class, n_test, seed, augment,
-                           mfcc_params)  # fmt: skip
+        splits = _recorded(from_wav, classes, samples_per_class, n_test, enroll_per_class, seed,
+                           augment, mfcc_params)  # fmt: skip
     norm = normalization(splits.train[0])
     x_train = normalize(splits.train[0], norm)[..., None]
     x_test = normalize(splits.test[0], norm)[..., None]
@@ -273,11 +296,19 @@ def make_kws_dataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scale, zero_point = int8_params(x_train) if dtype == "int8" else (None, None)
-    for name, x, y, split in ((TRAIN_FILE, x_train, splits.train[1], "train"),
-                              (TEST_FILE, x_test, splits.test[1], "test")):  # fmt: skip
+    files = [(TRAIN_FILE, x_train, splits.train[1], "train"),
+             (TEST_FILE, x_test, splits.test[1], "test")]  # fmt: skip
+    if splits.enroll is not None:
+        files.append((ENROLL_FILE, normalize(splits.enroll[0], norm)[..., None], splits.enroll[1],
+                      "enroll"))  # fmt: skip
+    for name, x, y, split in files:
         write_dataset(out / name, x, y, dtype=dtype, class_names=classes,
                       meta={**meta, "split": split}, scale=scale,
                       zero_point=zero_point)  # fmt: skip
+    enroll_count = len(splits.enroll[1]) if splits.enroll is not None else 0
+    if not enroll_count:
+        (out / ENROLL_FILE).unlink(missing_ok=True)  # an earlier run's, normalized differently
     return KwsDataset(out / TRAIN_FILE, out / TEST_FILE, len(x_train), len(x_test), classes,
                       tuple(x_train.shape[1:]), dtype, from_wav is None, splits.train_names,
-                      splits.test_names, splits.syntheses, time.monotonic() - t0)  # fmt: skip
+                      splits.test_names, splits.syntheses, time.monotonic() - t0,
+                      out / ENROLL_FILE if enroll_count else None, enroll_count)  # fmt: skip

@@ -46,6 +46,10 @@ def describe(ds: KwsDataset) -> str:
                                (ds.test_path, ds.test_count, ds.test_voices)):  # fmt: skip
         lines.append(f"  {path}: {count} samples, {human_bytes(path.stat().st_size)}; "
                      f"{len(names)} {who}: {summarize_voices(names)}")  # fmt: skip
+    if ds.enroll_path is not None:
+        lines.append(f"  {ds.enroll_path}: {ds.enroll_count} enrollment samples, "
+                     f"{human_bytes(ds.enroll_path.stat().st_size)}; the test {who}' own clips, "
+                     "none of them in the test file")  # fmt: skip
     lines.append(f"  classes: {', '.join(ds.class_names)}")
     lines.append(f"  no test {who[:-1]} occurs in training"
                  + ("; the accuracy it gives is on synthetic speech" if ds.synthetic else ""))
