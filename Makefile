@@ -1,6 +1,6 @@
 # mcutrain: firmware for four targets, host tools, tests.
 #   make setup      toolchains, emulators (apt) and the project venv (pip), pinned
-#   make demo       the main job: run examples/hello.py on the emulated Cortex-M4F
+#   make demo       the main job: keyword spotting adapted on the emulated Cortex-M4F to unheard voices
 #   make fleet-demo federated keyword spotting over 4 emulated boards with Flower
 #   make test       build everything and run the test suite
 #   make fuzz       the long fuzz campaign (API calls, file mutants, power loss); a summary table
@@ -150,9 +150,10 @@ students: setup firmware-qemu-m4f cycle-model
 	$(VENV)/bin/python bench/students.py
 
 # The main job: keyword spotting end to end on the emulated Cortex-M4F (SYNTHETIC speech):
-# generate the set, train examples/train_kws.py on the board with live progress, collect
-# results/kws/ (metrics, plots, summary.json). `make demo DEMO_BOARD=qemu-rv32f`
-# runs it on another emulated board.
+# generate the set, pretrain on the host, adapt on the board (examples/train_kws.py, live
+# progress) to held-out voices from a few enrollment clips each, in int8 with dynamic top-k
+# and, to compare, with full float32 and int8 updates; results/kws/ (metrics, plots,
+# summary.json). `make demo DEMO_BOARD=qemu-rv32f` runs it on another emulated board.
 DEMO_BOARD ?= qemu-m4f
 demo: setup firmware-$(DEMO_BOARD)
 	$(VENV)/bin/python -m mcutrain.demo --board $(DEMO_BOARD)
