@@ -115,3 +115,10 @@ def test_cli_kws_dataset_writes_and_describes_the_enrollment_file(tmp_path, caps
     out = capsys.readouterr().out
     assert "kws_enroll.mtd: 12 enrollment samples" in out and "none of them in the test file" in out
     assert len(read_dataset(tmp_path / "out" / ENROLL_FILE).y) == 12
+
+
+def test_enrollment_from_too_few_recordings_names_the_classes(tmp_path):
+    recorded_folder(tmp_path / "wavs", speakers=5, takes=1)
+    with pytest.raises(ValueError, match="fewer than 2 recordings of yes, no, _unknown_"):
+        make_kws_dataset(tmp_path / "out", from_wav=tmp_path / "wavs", samples_per_class=2,
+                         classes=CLASSES, enroll_per_class=1)  # fmt: skip

@@ -231,6 +231,11 @@ def _recorded(from_wav: str | os.PathLike[str], classes: list[str], n: int, n_te
     jobs: list[tuple[list[WavClip], int, AugmentParams | None, str]] = [(train_wavs, n, augment, "train")]
     if n_enroll:
         enroll_wavs, test_wavs = split_enrollment(test_wavs, n_enroll, seed)
+        short = [name for label, name in enumerate(classes)
+                 if name != SILENCE and not any(c.label == label for c in enroll_wavs)]  # fmt: skip
+        if short:
+            raise ValueError(f"{folder.root}: the held-out speakers have fewer than 2 recordings of "
+                             f"{', '.join(short)}; enrollment needs one and evaluation keeps one")  # fmt: skip
         # every enrollment recording as recorded; silence: n_enroll noise clips per speaker
         jobs.append((enroll_wavs, n_enroll * len(test_names), None, "enroll"))
     jobs.insert(1, (test_wavs, n_test, None, "test"))
