@@ -21,8 +21,8 @@ def test_table_has_a_row_per_run_with_per_seed_and_mean_gains(tmp_path, capsys):
     table = adapt_table([summary(0.80, 0.86, 0.90), summary(0.84, 0.88, 0.93)])
     rows = table.splitlines()
     assert rows[2].startswith("| host model (PyTorch) | – | 82.0% |")
-    assert rows[3] == ("| int8 topk | TopK | 87.0% | +6.0, +4.0 | **+5.0** | 20% | 2,000,000 | 61,242 B |")
-    assert rows[4].startswith("| float32 full | full | 91.5% | +10.0, +9.0 | **+9.5** | 100% | 3,000,000 |")
+    assert rows[3] == ("| int8-topk | TopK | 87.0% | +6.0, +4.0 | **+5.0** | 20% | 2,000,000 | 61,242 B |")
+    assert rows[4].startswith("| float32-full | full | 91.5% | +10.0, +9.0 | **+9.5** | 100% | 3,000,000 |")
     for seed, s in enumerate([summary(0.8, 0.85, 0.9)]):
         (tmp_path / str(seed)).mkdir()
         (tmp_path / str(seed) / "summary.json").write_text(json.dumps(s))

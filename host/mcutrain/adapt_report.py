@@ -25,7 +25,7 @@ def adapt_table(summaries: list[dict[str, Any]]) -> str:
     host = [s["host_test_accuracy"] for s in summaries]
     lines = [
         "| run | update | accuracy after (mean) | gain over the host model, per seed | mean gain "
-        "| backward MACs | instructions per step | peak RAM |",
+        "| backward MACs | instructions (last step) | peak RAM |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
         f"| host model (PyTorch) | – | {100 * sum(host) / len(host):.1f}% | – | – | – | – | – |",
     ]
@@ -35,7 +35,7 @@ def adapt_table(summaries: list[dict[str, Any]]) -> str:
         after = sum(r["accuracy_after"] for r in rows) / len(rows)
         bwd = sum(r.get("backward_mac_fraction", 1.0) for r in rows) / len(rows)
         steps = sum(r["step_instructions"] for r in rows) / len(rows)
-        lines.append(f"| {rows[0]['dtype']} {name.split('-', 1)[1]} | {rows[0]['update_policy']} "
+        lines.append(f"| {name} | {rows[0]['update_policy']} "
                      f"| {100 * after:.1f}% | {', '.join(f'{g:+.1f}' for g in gains)} "
                      f"| **{sum(gains) / len(gains):+.1f}** | {100 * bwd:.0f}% | {steps:,.0f} "
                      f"| {rows[0]['peak_ram_bytes']:,} B |")  # fmt: skip
