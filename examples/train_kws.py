@@ -161,10 +161,9 @@ if test_acc is None:  # no epochs: evaluate the model as loaded
     test_loss, test_acc = evaluate(model, test, xf)
 if SAVE:
     mt.save(model, SAVE)
-done = {}
+done = {"backward_mac_fraction": backward_macs / full_backward_macs if full_backward_macs else 1.0}
 if accuracy_before is not None:
     done.update(accuracy_before=accuracy_before, accuracy_after=test_acc)
-done["backward_mac_fraction"] = backward_macs / full_backward_macs if full_backward_macs else 1.0
 if update is not None:
     done["update"] = repr(update)
 metrics.done(train_accuracy=train_acc, test_accuracy=test_acc, test_loss=test_loss, epochs=EPOCHS,
