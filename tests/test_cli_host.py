@@ -116,6 +116,12 @@ def test_plot_skips_plots_without_data(tmp_path):
     assert [p.name for p in written] == ["loss.png"]
 
 
+def test_accuracy_plot_draws_the_starting_models_accuracy_alone_too(tmp_path):
+    # An adaptation run with no epoch yet still has its before-training score to show.
+    written = plot_records([{"kind": "done", "step": 0, "accuracy_before": 0.8}], tmp_path)
+    assert [p.name for p in written] == ["accuracy.png"]
+
+
 def test_csv_writes_nested_values_as_json(tmp_path):
     write_csv([{"kind": "start", "shape": [1, 2]}], tmp_path / "r.csv")
     assert (tmp_path / "r.csv").read_text().splitlines()[1] == 'start,"[1, 2]"'

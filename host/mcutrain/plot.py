@@ -45,6 +45,15 @@ def _series(records: Sequence[Record], kind: str, field: str) -> tuple[list[floa
     return xs, ys
 
 
+def _before(records: Sequence[Record], fields: Sequence[str]) -> float | None:
+    """The starting model's validation accuracy (`accuracy_before`, as train_kws.py's
+    EVAL_BEFORE writes it on its done line), for the accuracy plot."""
+    if "val_accuracy" not in fields:
+        return None
+    found = [r["accuracy_before"] for r in records if isinstance(r.get("accuracy_before"), (int, float))]
+    return float(found[-1]) if found else None
+
+
 def plot_records(records: Sequence[Record], out_dir: Path | str) -> list[Path]:
     """Draw the PNGs that `records` have data for, into `out_dir`; their paths."""
     import matplotlib
@@ -67,6 +76,10 @@ def plot_records(records: Sequence[Record], out_dir: Path | str) -> list[Path]:
                 if xs:
                     ax.plot(xs, ys, label=f"{field} ({kind})", **style)
                     drawn = True
+        before = _before(records, fields)
+        if before is not None:  # an adaptation run scored its starting model first
+            ax.plot([0.0], [before], marker="s", linestyle="none", label="val_accuracy before training")
+            drawn = True
         if drawn:
             written.append(save_axes(fig, ax, out / name, title, "step", ylabel))
         plt.close(fig)
