@@ -1,4 +1,5 @@
-"""The README's adaptation table (mcutrain.adapt_report) from make demo summaries."""
+"""The adaptation demo without a board: the README table (mcutrain.adapt_report) from make demo
+summaries, and the settings it refuses before doing any work."""
 
 from __future__ import annotations
 
@@ -30,3 +31,19 @@ def test_table_has_a_row_per_run_with_per_seed_and_mean_gains(tmp_path, capsys):
     assert "+5.0" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no summaries"):
         adapt_table([])
+
+
+def test_adaptation_refuses_settings_it_cannot_run_before_any_work(tmp_path, capsys):
+    from mcutrain.adapt_demo import run_adaptation
+    from mcutrain.demo import main as demo_main
+
+    with pytest.raises(ValueError, match="enroll_per_class >= 1"):
+        run_adaptation(tmp_path, 3, 0, "qemu-m4f", 60, enroll_per_class=0)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        run_adaptation(tmp_path, 3, 0, "qemu-m4f", 60, dtype="float16")
+    for argv, said in ((["--enroll-per-class", "0"], "at least 1"), (["--epochs", "-1"], "0 or more"),
+                       (["--from-scratch"], "needs --train-voices")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            demo_main(argv)
+        assert said in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing was made

@@ -60,6 +60,9 @@ def run_adaptation(out: Path, samples_per_class: int, seed: int, board: str, tim
     """Pretrain on the host, adapt on the board in each of RUNS (only those in `dtype` when
     given); the summary (the first run at the top level, the others under "comparison") also
     in out/summary.json. Metrics: out/ for the first run, out/NAME/ for the others."""
+    if enroll_per_class < 1 or epochs < 0:
+        raise ValueError(f"adaptation needs enroll_per_class >= 1 and epochs >= 0, got {enroll_per_class} "
+                         f"and {epochs}")  # fmt: skip
     runs = [r for r in RUNS if dtype in (None, r[1])]
     if not runs:
         raise ValueError(f"dtype must be one of {', '.join(sorted({r[1] for r in RUNS}))}, got {dtype!r}")

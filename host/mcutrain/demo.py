@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-scratch", action="store_true",
                         help="with --train-voices: train on the board from scratch")
     args = parser.parse_args(argv)
+    if args.enroll_per_class < 1 and not args.train_voices:
+        parser.error("--enroll-per-class must be at least 1: the board adapts on those clips")
+    if args.epochs is not None and args.epochs < 0:
+        parser.error("--epochs must be 0 or more")
     if args.from_scratch and not args.train_voices:
         parser.error("--from-scratch needs --train-voices (adaptation starts from the host model)")
     results = ROOT / "results"
