@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "host"))
 
+from mcutrain.demo_steps import script_with as script_settings  # noqa: E402
 from mcutrain.digits import write_digits  # noqa: E402
 from mcutrain.errors import DeviceError  # noqa: E402
 from mcutrain.fashion import write_fashion  # noqa: E402
@@ -86,12 +87,8 @@ PARTIAL_SEEDS = (1, 2, 3)
 
 
 def script_with(settings: dict[str, str], script: Path = SCRIPT) -> str:
-    """`script` with the named top-level settings replaced (values are source text)."""
-    source = script.read_text()
-    for key, value in settings.items():
-        source, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", source, count=1, flags=re.M)
-        assert n == 1, f"{script.name} has no setting {key}"
-    return source
+    """`script` (default train_digits.py) with the named top-level settings replaced."""
+    return script_settings(settings, script)
 
 
 def prepare_data(out: Path) -> Path:

@@ -22,13 +22,14 @@ PRETRAIN_EPOCHS = 12
 DATA_INFO = "demo_data.json"  # the settings the data in a folder was made with
 
 
-def script_with(settings: dict[str, str]) -> str:
-    """train_kws.py with top-level settings replaced (values are Python source text)."""
-    source = SCRIPT.read_text()
+def script_with(settings: dict[str, str], script: Path = SCRIPT) -> str:
+    """A device script (default train_kws.py) with top-level settings replaced (values are
+    Python source text); ValueError naming a setting the script lacks."""
+    source = script.read_text()
     for key, value in settings.items():
         source, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", source, count=1, flags=re.M)
         if n != 1:
-            raise ValueError(f"{SCRIPT.name} has no setting {key}")
+            raise ValueError(f"{script.name} has no setting {key}")
     return source
 
 
