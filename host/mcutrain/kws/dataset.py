@@ -228,7 +228,7 @@ def _recorded(from_wav: str | os.PathLike[str], classes: list[str], n: int, n_te
     folder = scan_wav_folder(from_wav, classes)
     train_wavs, test_wavs = split_wav_clips(folder, seed)
     test_names = sorted({c.speaker for c in test_wavs})
-    jobs: list[tuple[list[WavClip], int, AugmentParams | None, str]] = [(train_wavs, n, augment, "train")]
+    enroll_wavs: list[WavClip] = []
     if n_enroll:
         enroll_wavs, test_wavs = split_enrollment(test_wavs, n_enroll, seed)
         short = [name for label, name in enumerate(classes)
@@ -236,9 +236,11 @@ def _recorded(from_wav: str | os.PathLike[str], classes: list[str], n: int, n_te
         if short:
             raise ValueError(f"{folder.root}: the held-out speakers have fewer than 2 recordings of "
                              f"{', '.join(short)}; enrollment needs one and evaluation keeps one")  # fmt: skip
+    jobs: list[tuple[list[WavClip], int, AugmentParams | None, str]] = [
+        (train_wavs, n, augment, "train"), (test_wavs, n_test, None, "test")]
+    if n_enroll:
         # every enrollment recording as recorded; silence: n_enroll noise clips per speaker
         jobs.append((enroll_wavs, n_enroll * len(test_names), None, "enroll"))
-    jobs.insert(1, (test_wavs, n_test, None, "test"))
     splits = []
     for wavs, count, aug, split in jobs:
         plan = wav_plan(wavs, count, split, classes, seed, aug is not None)
