@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from conftest import require_firmware
 from mcutrain.adapt_demo import RUN_FIELDS as ADAPT_FIELDS
 from mcutrain.adapt_demo import RUNS, TOPK_POLICY, run_adaptation
 from mcutrain.demo import SUMMARY_FIELDS, run_demo
@@ -62,3 +63,18 @@ def test_adaptation_demo_takes_a_folder_of_recordings(tmp_path):
     # 1 held-out speaker: 2 of 3 takes per word enroll (_unknown_: cat), 2 noise clips for _silence_.
     assert summary["adaptation_samples"] == 2 * 12
     assert 0 <= summary["accuracy_before"] <= 1 and 0 <= summary["accuracy_after"] <= 1
+
+
+def test_adaptation_demo_runs_int8_on_the_rv32_board(tmp_path):
+    """The same device script on the RISC-V board (int8 only: soft-float float32 is slow
+    there); int8 integer passes make it score as on the M4F."""
+    require_firmware("qemu-rv32")
+    summary = run_adaptation(tmp_path, samples_per_class=3, seed=0, board="qemu-rv32", timeout=600,
+                             dtype="int8", epochs=1, enroll_per_class=1)  # fmt: skip
+    runs = [summary, *summary["comparison"]]
+    assert [r["run"] for r in runs] == [name for name, dtype, *_ in RUNS if dtype == "int8"]
+    for run in runs:
+        assert run["dtype"] == "int8" and run["adaptation_samples"] == 60
+        assert 0 <= run["accuracy_before"] <= 1 and 0 <= run["accuracy_after"] <= 1
+        assert run["peak_ram_bytes"] < 256 * 1024 and run["step_instructions"] > 0
+    assert summary["board"] == "qemu-rv32" and 0 < summary["backward_mac_fraction"] < 1
