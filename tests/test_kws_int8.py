@@ -5,15 +5,14 @@ board."""
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from mcutrain.adapt_demo import TOPK_UPDATE
+from mcutrain.demo_steps import script_with
 from mcutrain.formats.mtd import write_dataset
 from mcutrain.reference.quantized import dequantize_weights, quantize_weights
 
-SCRIPT = ROOT / "examples" / "train_kws.py"
 PRELUDE = """
 import mcutrain as mt
 from mcutrain.quantize import quantize_weights
@@ -123,18 +122,34 @@ def test_int8_kws_fine_tuning_smoke_run_on_qemu_m4f(target_pool, tmp_path):
         y = np.arange(n) % 12
         x = rng.normal(0, 1, (n, 49, 10, 1)).astype(np.float32) + y[:, None, None, None] * 0.1
         write_dataset(tmp_path / f"kws_{split}.mtd", x, y, dtype="int8", class_names=names)
-    source = SCRIPT.read_text()
-    settings = {"DTYPE": '"int8"', "EPOCHS": "1", "LR": "0.001", "MOMENTUM": "0.0", "SAVE": "None",
-                "CALIBRATION": "8"}  # the demo's width: the float model and its int8 copy meet in RAM
-    for key, value in settings.items():
-        source, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", source, count=1, flags=re.M)
-        assert n == 1, key
+    source = script_with({"DTYPE": '"int8"', "EPOCHS": "1", "LR": "0.001", "MOMENTUM": "0.0", "SAVE": "None",
+                          "CALIBRATION": "8"})  # the demo's width: the float model and its int8 copy meet in RAM
     (tmp_path / "kws_int8.py").write_text(PRELUDE + source)
     out = board.mpremote("mount", str(tmp_path), "run", str(tmp_path / "kws_int8.py"), timeout=80)
     done = [json.loads(line[4:]) for line in out.splitlines() if line.startswith("@mt ")][-1]
     assert done["kind"] == "done" and done["dtype"] == "int8" and done["epochs"] == 1
     assert 0.0 <= done["test_accuracy"] <= 1.0 and done["step_instructions"] > 0
     assert done["peak_ram_bytes"] < 256 * 1024
+
+
+def test_int8_kws_adaptation_mode_on_unix_scores_before_and_after(target_pool, tmp_path):
+    """train_kws.py as make demo runs it (TRAIN on enrollment clips, EVAL_BEFORE, top-k on the
+    convolutions of the quantized model) on the unix port; the boards run it in test_demo.py."""
+    unix = target_pool.get("unix")
+    rng = np.random.default_rng(1)
+    names = ["c%d" % i for i in range(12)]
+    for split, n in (("train", 24), ("test", 12), ("enroll", 12)):
+        y = np.arange(n) % 12
+        x = rng.normal(0, 1, (n, 49, 10, 1)).astype(np.float32) + y[:, None, None, None] * 0.1
+        write_dataset(tmp_path / f"kws_{split}.mtd", x, y, dtype="int8", class_names=names)
+    source = script_with({"DTYPE": '"int8"', "EPOCHS": "2", "LR": "0.002", "MOMENTUM": "0.0", "SAVE": "None",
+                          "CALIBRATION": "8", "DATA": repr(str(tmp_path)), "TRAIN": '"kws_enroll.mtd"',
+                          "EVAL_BEFORE": "True", "UPDATE": TOPK_UPDATE})  # fmt: skip
+    out = unix.exec(PRELUDE + source, timeout=120)
+    done = [json.loads(line[4:]) for line in out.splitlines() if line.startswith("@mt ")][-1]
+    assert done["kind"] == "done" and done["train_file"] == "kws_enroll.mtd" and done["train_samples"] == 12
+    assert 0 <= done["accuracy_before"] <= 1 and done["accuracy_after"] == done["test_accuracy"]
+    assert 0 < done["backward_mac_fraction"] < 1 and "TopK" in done["update"]
 
 
 def test_quantize_weights_ties_and_extremes_match_numpy_rule(target):
