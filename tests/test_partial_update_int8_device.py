@@ -5,17 +5,11 @@ selected channels alone, and every unselected weight, scale and bias keeps its b
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
-from device_arrays import DeviceScript, int8_layer_rng_state, tensor_expr
-from mcutrain.reference import quantized as Q
-from mcutrain.reference.partial import s8_compact, s8_error_magnitudes, topk_count, topk_indices
-
-# Values the emulated boards' 30-bit floats hold exactly (they reach the device as literals).
-X_SCALE, X_ZP, DY_SCALE, LR, SEED = 0.046875, 5, 0.0078125, 0.0625, 4321
-F32 = np.float32
+from device_arrays import DeviceScript, tensor_expr
+from int8_partial_reference import DY_SCALE, F32, LR, X_SCALE, X_ZP, PartialCase, random_arrays
+from mcutrain.reference.partial import topk_count, topk_indices
 
 # name, layer source, x shape, weight shape, dy shape, policy source, (kind, ratio), conv
 # geometry (None for Linear)
@@ -32,101 +26,21 @@ CASES = [
 ]
 
 
-def _as_2d(x_shape, w_shape):
-    """Conv1d runs the 2-D kernels with a height of one."""
-    if len(x_shape) == 3:
-        return (x_shape[0], 1, x_shape[1], x_shape[2]), (w_shape[0], 1, w_shape[1], w_shape[2])
-    return tuple(x_shape), tuple(w_shape)
-
-
-def _reference(kind, x, w, ws, b, dy, geometry, k, rounding, state):
-    """(selected, dx, w, w_scale, bias) of one partial int8 backward, from the kernels'
-    reference run on the selected channels (the first pass: the input error's range is
-    measured at scale 1, then dx is quantized to it)."""
-    idx = np.arange(k) if kind == "channels" else topk_indices(s8_error_magnitudes(dy), k)
-    w_s, ws_s = s8_compact(idx, w, ws)
-    (dy_s,) = s8_compact(idx, dy, axis=-1)
-    bias_q = Q.quantize_bias(b, X_SCALE, ws)
-    bq_s = bias_q[idx]
-    q = Q.S8Quant(X_SCALE, X_ZP, dy_scale=DY_SCALE)
-    u = Q.S8Update(lr=LR, eps=1e-8, rescale_below=0.5, rng=Q.Rng(state) if rounding == "stochastic" else None)
-    if geometry is None:
-        grad_input = lambda qq: Q.linear_s8_grad_input(w_s, ws_s, dy_s, qq)  # noqa: E731
-        update = lambda: Q.linear_s8_update(x, dy_s, w_s, ws_s, bq_s, q, u)  # noqa: E731
-        dx_shape = x.shape
-    else:
-        depthwise = geometry["groups"] > 1
-        x4 = x.reshape(_as_2d(x.shape, w.shape)[0])
-        w4 = w_s.reshape((k, 1) + w_s.shape[1:]) if w.ndim == 3 else w_s
-        dy4 = dy_s.reshape(dy_s.shape[0], 1, *dy_s.shape[1:]) if w.ndim == 3 else dy_s
-        xv = x4[..., idx] if depthwise else x4
-        groups = k if depthwise else 1
-        args = dict(stride=geometry["stride"], padding=geometry["padding"], groups=groups)
-        grad_input = lambda qq: Q.conv2d_s8_grad_input(xv.shape, w4, ws_s, dy4, qq, **args)  # noqa: E731
-        update = lambda: Q.conv2d_s8_update(xv, dy4, w4, ws_s, bq_s, q, u, **args)  # noqa: E731
-        dx_shape = xv.shape
-    _, absmax = grad_input(dataclasses.replace(q, dx_scale=1.0))
-    tracked = F32(F32(absmax) / F32(DY_SCALE))
-    dx_scale = Q.qparams_symmetric(float(F32(tracked * F32(DY_SCALE)))).scale
-    dx_sel, _ = grad_input(dataclasses.replace(q, dx_scale=dx_scale))
-    if geometry is not None and geometry["groups"] > 1:
-        dx = np.zeros(x4.shape, np.int8)
-        dx[..., idx] = dx_sel
-    else:
-        dx = dx_sel.reshape(dx_shape)
-    r = update()
-    w_new, ws_new, b_new = w.copy(), ws.copy(), b.copy()
-    w_new[idx] = r.w.reshape(w_s.shape)
-    ws_new[idx] = r.w_scale
-    b_new[idx] = (r.bias.astype(np.float32) * (F32(X_SCALE) * r.w_scale)).astype(np.float32)
-    return idx, dx.reshape(x.shape), w_new, ws_new, b_new
-
-
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_int8_partial_update_matches_the_integer_reference(target, rounding):
     rng = np.random.default_rng(17)
     script = DeviceScript()
-    expected = []
+    cases = []
     for name, layer_src, x_shape, w_shape, dy_shape, policy, (kind, ratio), geometry in CASES:
-        out = w_shape[0]
-        x = rng.integers(-128, 128, x_shape).astype(np.int8)
-        w = rng.integers(-110, 111, w_shape).astype(np.int8)
-        ws = rng.uniform(0.004, 0.02, out).astype(np.float32)
-        b = rng.uniform(-0.5, 0.5, out).astype(np.float32)
-        dy = rng.integers(-20, 21, dy_shape).astype(np.int8)
+        x, w, ws, b, dy = random_arrays(rng, x_shape, w_shape, dy_shape)
         dy[..., 1] = 0                      # no error at all
         dy[..., 2] = -dy[..., 3]            # a tie: the lower index wins
-        k = topk_count(out, ratio, ratio, 1.0)
-        script.add(f"mt.seed({SEED})")
-        script.add(f"layer = {layer_src}")
-        script.add(f"layer.weight.copy_from({tensor_expr(w, 'int8')})")
-        script.add(f"layer.weight_scale.copy_from({tensor_expr(ws)})")
-        script.add(f"layer.bias.copy_from({tensor_expr(b)})")
-        script.add(f"x = mt.Tensor(bytes.fromhex('{x.tobytes().hex()}'), {x.shape}, dtype=mt.int8, "
-                   f"scale={X_SCALE}, zero_point={X_ZP})")
-        script.add(f"dy = mt.Tensor(bytes.fromhex('{dy.tobytes().hex()}'), {dy.shape}, dtype=mt.int8, "
-                   f"scale={DY_SCALE})")
-        # A policy plans the layer again: the optimizer comes before the forward pass.
-        script.add(f"opt = mt.SGD(layer, lr={LR}, rounding={rounding!r}, update={policy})")
-        script.add("layer.forward(x)")
-        script.add("dx = layer.backward(dy, opt)")
-        script.emit(f"{name}.dx", "dx", x.shape, "int8")
-        script.emit(f"{name}.w", "layer.weight", w.shape, "int8")
-        script.emit(f"{name}.ws", "layer.weight_scale", ws.shape)
-        script.emit(f"{name}.b", "layer.bias", b.shape)
-        script.emit(f"{name}.sel", "mt.Tensor(layer.selected)", (k,))
-        state = int8_layer_rng_state(SEED, w.size + out)
-        expected.append((name, w, ws, b, _reference(kind, x, w, ws, b, dy, geometry, k, rounding, state)))
+        case = PartialCase(name, layer_src, policy, kind, ratio, geometry, x, w, ws, b, dy)
+        case.add_to(script, rounding)
+        cases.append(case)
     got = script.run(target, timeout=300)
-    for name, w, ws, b, (idx, dx, w_new, ws_new, b_new) in expected:
-        assert list(got[f"{name}.sel"].astype(int)) == list(idx), name
-        np.testing.assert_array_equal(got[f"{name}.dx"], dx, err_msg=name)
-        np.testing.assert_array_equal(got[f"{name}.w"], w_new, err_msg=name)
-        np.testing.assert_array_equal(got[f"{name}.ws"], ws_new, err_msg=name)
-        np.testing.assert_array_equal(got[f"{name}.b"], b_new, err_msg=name)
-        rest = np.setdiff1d(np.arange(len(ws)), idx)
-        assert got[f"{name}.w"][rest].tobytes() == w[rest].tobytes(), name
-        assert got[f"{name}.b"][rest].tobytes() == b[rest].tobytes(), name
+    for case in cases:
+        case.check(got, rounding)
 
 
 def test_int8_bias_only_steps_the_float_bias_and_keeps_the_weights(target):
