@@ -1,56 +1,21 @@
-"""float32 and float16 partial updates on random layer shapes against the float64 reference: odd channel
-counts, kernel sizes, strides, paddings, Conv1d, depthwise, pointwise and Linear, batches of
-1-3, TopK and ChannelRatio at ratios from 5% to all. The selected rows take the reference's
-SGD step, every other row keeps its bytes, and the input gradient is the one of the selected
-channels' error alone (test_partial_update_device.py has the fixed cases). float16 layers get
-float16 parameters and tensors; the reference runs on the same values, and the tolerances are
-float16's (11-bit significands)."""
+"""float32 and float16 partial updates on random layer shapes (random_layers.py) against the
+float64 reference, TopK and ChannelRatio at ratios from 5% to all. The selected rows take the
+reference's SGD step, every other row keeps its bytes, and the input gradient is the one of
+the selected channels' error alone (test_partial_update_device.py has the fixed cases).
+float16 layers get float16 parameters and tensors; the reference runs on the same values, and
+the tolerances are float16's (11-bit significands)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from device_arrays import DeviceScript, tensor_expr
-from mcutrain.reference import nn as R
 from mcutrain.reference.partial import topk_count, topk_indices
+from random_layers import RATIOS, random_layer
 
-RATIOS = (0.05, 0.1, 0.25, 0.34, 0.5, 0.75, 1.0)
 CONFIGS = {"unix": 160}
 BOARD_CONFIGS, PER_SCRIPT = 8, 4
 LR = 0.25
-
-
-def _out(n: int, k: int, stride: int, pad: int) -> int:
-    return (n + 2 * pad - k) // stride + 1
-
-
-def random_layer(rng: np.random.Generator):
-    """(device source, reference layer, x shape, dy shape) of a random Linear/Conv1d/Conv2d."""
-    kind = str(rng.choice(["linear", "conv", "depthwise", "conv1d", "pointwise"]))
-    n = int(rng.integers(1, 4))
-    if kind == "linear":
-        i, o = int(rng.integers(1, 70)), int(rng.integers(1, 40))
-        return f"mt.Linear({i}, {o})", R.Linear(i, o), (n, i), (n, o)
-    if kind == "conv1d":
-        ci, co, k = int(rng.integers(1, 9)), int(rng.integers(1, 13)), int(rng.integers(1, 5))
-        s, p = int(rng.integers(1, 3)), int(rng.integers(0, k))
-        length = int(rng.integers(k, 20))
-        return (f"mt.Conv1d({ci}, {co}, {k}, stride={s}, padding={p})", R.Conv1d(ci, co, k, stride=s, padding=p),
-                (n, length, ci), (n, _out(length, k, s, p), co))
-    if kind == "pointwise":
-        ci, co = int(rng.integers(1, 40)), int(rng.integers(1, 40))
-        h, w = int(rng.integers(1, 9)), int(rng.integers(1, 9))
-        return f"mt.Conv2d({ci}, {co}, 1)", R.Conv2d(ci, co, 1), (n, h, w, ci), (n, h, w, co)
-    depthwise = kind == "depthwise"
-    ci = int(rng.integers(1, 17 if depthwise else 9))
-    co = ci if depthwise else int(rng.integers(1, 13))
-    kh, kw, s = int(rng.integers(1, 5)), int(rng.integers(1, 5)), int(rng.integers(1, 3))
-    ph, pw = int(rng.integers(0, kh)), int(rng.integers(0, kw))
-    h, w = int(rng.integers(kh, 12)), int(rng.integers(kw, 12))
-    g = ci if depthwise else 1
-    return (f"mt.Conv2d({ci}, {co}, ({kh}, {kw}), stride={s}, padding=({ph}, {pw}), groups={g})",
-            R.Conv2d(ci, co, (kh, kw), stride=s, padding=(ph, pw), groups=g),
-            (n, h, w, ci), (n, _out(h, kh, s, ph), _out(w, kw, s, pw), co))
 
 
 def random_dy(rng: np.random.Generator, shape) -> np.ndarray:
@@ -72,18 +37,18 @@ def test_partial_update_on_random_shapes(target, policy_kind, dtype):
     rng = np.random.default_rng((31 if policy_kind == "topk" else 32) + (10 if dtype == "float16" else 0))
     rtol, atol = TOLERANCE[dtype]
     np_dtype = np.float32 if dtype == "float32" else np.float16
-    suffix = "" if dtype == "float32" else ", dtype=mt.float16"
     for first in range(0, count, PER_SCRIPT):
         script, cases = DeviceScript(), []
         for i in range(first, min(first + PER_SCRIPT, count)):
-            src, ref, x_shape, dy_shape = random_layer(rng)
+            shape = random_layer(rng)
+            src, ref, x_shape, dy_shape = shape.device_src(dtype), shape.reference(), shape.x_shape, shape.dy_shape
             ratio = float(rng.choice(RATIOS))
             policy = f"mt.TopK({ratio})" if policy_kind == "topk" else f"mt.ChannelRatio({ratio})"
             state = {k: np.asarray(v, np_dtype) for k, v in ref.state_dict().items()}
             ref.load_state_dict({k: v.astype(np.float64) for k, v in state.items()})
             x = rng.standard_normal(x_shape).astype(np_dtype)
             dy = random_dy(rng, dy_shape).astype(np_dtype)
-            script.add(f"layer = {src[:-1]}{suffix})")
+            script.add(f"layer = {src}")
             for key, value in state.items():
                 script.add(f"layer.{key}.copy_from({tensor_expr(value, dtype)})")
             script.add(f"opt = mt.SGD(layer, lr={LR}, update={policy})")

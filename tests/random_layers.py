@@ -1,0 +1,98 @@
+"""Random Linear, Conv1d and Conv2d layer shapes for the shape tests: odd channel counts (1,
+primes, not multiples of the kernels' 2- and 4-channel blocks), kernel sizes 1-4, strides 1-2,
+paddings, depthwise and pointwise convolutions, batches of 1-3."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from mcutrain.reference import nn as R
+
+RATIOS = (0.05, 0.1, 0.25, 0.34, 0.5, 0.75, 1.0)  # update policies' ratios, 5% to all
+
+
+@dataclasses.dataclass
+class LayerShape:
+    kind: str                 # linear, conv1d, conv, depthwise or pointwise
+    in_c: int
+    out_c: int
+    kernel: tuple[int, int]   # (1, k) for Conv1d
+    stride: int
+    padding: tuple[int, int]  # (0, p) for Conv1d
+    x_shape: tuple[int, ...]
+    dy_shape: tuple[int, ...]
+
+    @property
+    def groups(self) -> int:
+        return self.in_c if self.kind == "depthwise" else 1
+
+    @property
+    def w_shape(self) -> tuple[int, ...]:
+        if self.kind == "linear":
+            return (self.out_c, self.in_c)
+        if self.kind == "conv1d":
+            return (self.out_c, self.kernel[1], self.in_c)
+        return (self.out_c, *self.kernel, self.in_c // self.groups)
+
+    @property
+    def geometry(self) -> dict | None:
+        """The conv geometry the references take (None for Linear)."""
+        if self.kind == "linear":
+            return None
+        return dict(stride=self.stride, padding=self.padding, groups=self.groups)
+
+    def device_src(self, dtype: str = "float32") -> str:
+        d = "" if dtype == "float32" else f", dtype=mt.{dtype}"
+        if self.kind == "linear":
+            return f"mt.Linear({self.in_c}, {self.out_c}{d})"
+        if self.kind == "conv1d":
+            return (f"mt.Conv1d({self.in_c}, {self.out_c}, {self.kernel[1]}, stride={self.stride}, "
+                    f"padding={self.padding[1]}{d})")
+        return (f"mt.Conv2d({self.in_c}, {self.out_c}, {self.kernel}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}{d})")
+
+    def reference(self) -> R.Module:
+        if self.kind == "linear":
+            return R.Linear(self.in_c, self.out_c)
+        if self.kind == "conv1d":
+            return R.Conv1d(self.in_c, self.out_c, self.kernel[1], stride=self.stride, padding=self.padding[1])
+        return R.Conv2d(self.in_c, self.out_c, self.kernel, stride=self.stride, padding=self.padding,
+                        groups=self.groups)
+
+
+def _out(n: int, k: int, stride: int, pad: int) -> int:
+    return (n + 2 * pad - k) // stride + 1
+
+
+def random_layer(rng: np.random.Generator) -> LayerShape:
+    kind = str(rng.choice(["linear", "conv", "depthwise", "conv1d", "pointwise"]))
+    n = int(rng.integers(1, 4))
+    if kind == "linear":
+        i, o = int(rng.integers(1, 70)), int(rng.integers(1, 40))
+        return LayerShape(kind, i, o, (1, 1), 1, (0, 0), (n, i), (n, o))
+    if kind == "conv1d":
+        ci, co, k = int(rng.integers(1, 9)), int(rng.integers(1, 13)), int(rng.integers(1, 5))
+        s, p = int(rng.integers(1, 3)), int(rng.integers(0, k))
+        length = int(rng.integers(k, 20))
+        return LayerShape(kind, ci, co, (1, k), s, (0, p), (n, length, ci), (n, _out(length, k, s, p), co))
+    if kind == "pointwise":
+        ci, co = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+        h, w = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        return LayerShape(kind, ci, co, (1, 1), 1, (0, 0), (n, h, w, ci), (n, h, w, co))
+    depthwise = kind == "depthwise"
+    ci = int(rng.integers(1, 17 if depthwise else 9))
+    co = ci if depthwise else int(rng.integers(1, 13))
+    kh, kw, s = int(rng.integers(1, 5)), int(rng.integers(1, 5)), int(rng.integers(1, 3))
+    ph, pw = int(rng.integers(0, kh)), int(rng.integers(0, kw))
+    h, w = int(rng.integers(kh, 12)), int(rng.integers(kw, 12))
+    return LayerShape(kind, ci, co, (kh, kw), s, (ph, pw), (n, h, w, ci),
+                      (n, _out(h, kh, s, ph), _out(w, kw, s, pw), co))
+
+
+def random_policy(rng: np.random.Generator, topk_share: float = 0.8) -> tuple[str, float, str]:
+    """(kind, ratio, device source) of a TopK (fixed ratio) or ChannelRatio policy."""
+    ratio = float(rng.choice(RATIOS))
+    if rng.random() < topk_share:
+        return "topk", ratio, f"mt.TopK({ratio})"
+    return "channels", ratio, f"mt.ChannelRatio({ratio})"
