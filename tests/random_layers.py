@@ -90,9 +90,12 @@ def random_layer(rng: np.random.Generator) -> LayerShape:
                       (n, _out(h, kh, s, ph), _out(w, kw, s, pw), co))
 
 
-def random_policy(rng: np.random.Generator, topk_share: float = 0.8) -> tuple[str, float, str]:
-    """(kind, ratio, device source) of a TopK (fixed ratio) or ChannelRatio policy."""
-    ratio = float(rng.choice(RATIOS))
-    if rng.random() < topk_share:
+def random_policy(rng: np.random.Generator) -> tuple[str, float, str]:
+    """(kind, ratio, device source) of a TopK (fixed ratio, 70%), ChannelRatio (20%) or no
+    policy (a full update, as ChannelRatio(1.0) selects it; 10%)."""
+    ratio, u = float(rng.choice(RATIOS)), rng.random()
+    if u < 0.7:
         return "topk", ratio, f"mt.TopK({ratio})"
-    return "channels", ratio, f"mt.ChannelRatio({ratio})"
+    if u < 0.9:
+        return "channels", ratio, f"mt.ChannelRatio({ratio})"
+    return "channels", 1.0, "None"

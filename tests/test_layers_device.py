@@ -177,6 +177,80 @@ def test_activation_pool_flatten_layers_match_reference(target):
             assert np.abs(got - ref).max() <= tol, f"{name}.{key}: max error {np.abs(got - ref).max():.3g}"
 
 
+# Random shapes: odd channel counts, grouped convolutions with and without channel
+# multipliers, kernels to 5x5, strides to 3, paddings; the fixed cases above name the
+# families, these reach the kernels' edge paths (blocks of 4 and 6, short rows) at random.
+# Cases per target (the boards run ~50x slower) and a size cap that keeps a case's script
+# and its printed results within a board's heap.
+RANDOM_CASES = {"unix": 120}
+RANDOM_BOARD_CASES, RANDOM_MAX_VALUES = 8, 2500
+
+
+def _random_conv2d(rng: np.random.Generator):
+    """(n, h, w, in_c, out_c, kernel, stride, padding, groups, bias) of a random Conv2d."""
+    while True:
+        g = int(rng.choice([1, 1, 1, 2, 3, 0]))  # 0: depthwise, with a channel multiplier of 1 or 2
+        if g == 0:
+            cin = int(rng.integers(1, 40))
+            g, cout = cin, cin * int(rng.choice([1, 1, 2]))
+        else:
+            cin, cout = g * int(rng.integers(1, 12)), g * int(rng.integers(1, 14))
+        k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+        s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        p = (int(rng.integers(0, k[0])), int(rng.integers(0, k[1])))
+        h = int(rng.integers(max(1, k[0] - 2 * p[0]), 14))
+        w = int(rng.integers(max(1, k[1] - 2 * p[1]), 14))
+        n = int(rng.integers(1, 4))
+        oh, ow = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
+        if n * (h * w * cin + oh * ow * cout) + cout * k[0] * k[1] * cin // g <= RANDOM_MAX_VALUES:
+            return n, h, w, cin, cout, k, s, p, g, bool(rng.random() < 0.8)
+
+
+def test_conv2d_random_shapes_match_reference(target):
+    rng = np.random.default_rng(11)
+    for i in range(RANDOM_CASES.get(target.name, RANDOM_BOARD_CASES)):
+        n, h, wd, cin, cout, k, s, p, g, bias = _random_conv2d(rng)
+        x = rng.standard_normal((n, h, wd, cin)).astype(np.float32)
+        w = rng.standard_normal((cout, k[0], k[1], cin // g)).astype(np.float32)
+        b = rng.standard_normal(cout).astype(np.float32) if bias else None
+        oh, ow = (h + 2 * p[0] - k[0]) // s[0] + 1, (wd + 2 * p[1] - k[1]) // s[1] + 1
+        dy = rng.standard_normal((n, oh, ow, cout)).astype(np.float32)
+        layer = f"mt.Conv2d({cin}, {cout}, {k}, stride={s}, padding={p}, groups={g}, bias={bias})"
+        script = DeviceScript()
+        _conv_case_script(script, f"c{i}", layer, x, w, b, dy)
+        _check_conv(script.run(target), f"c{i}", x, w, b, dy, s, p, g, w[0].size)
+
+
+def test_pooling_random_shapes_match_reference(target):
+    rng = np.random.default_rng(12)
+    for i in range(RANDOM_CASES.get(target.name, RANDOM_BOARD_CASES)):
+        k = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+        s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        p = (int(rng.integers(0, k[0] // 2 + 1)), int(rng.integers(0, k[1] // 2 + 1)))
+        shape = (int(rng.integers(1, 4)), int(rng.integers(max(1, k[0] - 2 * p[0]), 12)),
+                 int(rng.integers(max(1, k[1] - 2 * p[1]), 12)), int(rng.integers(1, 20)))
+        x = rng.standard_normal(shape).astype(np.float32)
+        if rng.random() < 0.4:
+            x = np.round(x * 2).astype(np.float32)  # ties within max-pooling windows
+        if rng.random() < 0.5:
+            layer = f"mt.MaxPool2d({k}, stride={s}, padding={p})"
+            y = F.maxpool2d_forward(x, k, s, p)
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            dx = F.maxpool2d_backward(x, dy, k, s, p)
+        else:
+            layer = f"mt.AvgPool2d({k}, stride={s}, padding={p})"
+            y = F.avgpool2d_forward(x, k, s, p)
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            dx = F.avgpool2d_backward(x.shape, dy, k, s, p)
+        script = DeviceScript()
+        _simple_layer(script, f"p{i}", layer, x, dy, y.shape)
+        results = script.run(target)
+        for key, ref in (("y", y), ("dx", dx)):
+            got = results[f"p{i}.{key}"]
+            tol = 1e-6 * max(1.0, float(np.abs(ref).max()))
+            assert np.abs(got - ref).max() <= tol, f"{layer} x{shape} {key}: max error {np.abs(got - ref).max():.3g}"
+
+
 def test_batchnorm_train_eval_and_gradients_match_reference(target):
     rng = np.random.default_rng(7)
     x = (rng.standard_normal((3, 4, 5, 6)) * 2 + 1).astype(np.float32)

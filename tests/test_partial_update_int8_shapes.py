@@ -1,7 +1,7 @@
-"""Partial int8 updates on random layer shapes (random_layers.py), bit for bit against the
-integer reference, TopK and ChannelRatio at ratios from 5% to all. The fixed cases are in
-test_partial_update_int8_device.py; these draw new shapes from a seed, so a kernel path that
-only one shape reaches is covered too."""
+"""int8 updates on random layer shapes (random_layers.py), bit for bit against the integer
+reference: TopK and ChannelRatio at ratios from 5% to all, and full updates. The fixed cases
+are in test_partial_update_int8_device.py; these draw new shapes from a seed, so a kernel path
+that only one shape reaches is covered too."""
 
 from __future__ import annotations
 
