@@ -99,3 +99,25 @@ def random_policy(rng: np.random.Generator) -> tuple[str, float, str]:
     if u < 0.9:
         return "channels", ratio, f"mt.ChannelRatio({ratio})"
     return "channels", 1.0, "None"
+
+
+def random_conv2d(rng: np.random.Generator, max_values: int) -> tuple:
+    """(n, h, w, in_c, out_c, kernel, stride, padding, groups, bias) of a random Conv2d (grouped
+    convolutions with and without channel multipliers, kernels to 5x5, strides to 3) whose
+    input, output and weights hold at most max_values numbers."""
+    while True:
+        g = int(rng.choice([1, 1, 1, 2, 3, 0]))  # 0: depthwise, with a channel multiplier of 1 or 2
+        if g == 0:
+            cin = int(rng.integers(1, 40))
+            g, cout = cin, cin * int(rng.choice([1, 1, 2]))
+        else:
+            cin, cout = g * int(rng.integers(1, 12)), g * int(rng.integers(1, 14))
+        k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+        s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        p = (int(rng.integers(0, k[0])), int(rng.integers(0, k[1])))
+        h = int(rng.integers(max(1, k[0] - 2 * p[0]), 14))
+        w = int(rng.integers(max(1, k[1] - 2 * p[1]), 14))
+        n = int(rng.integers(1, 4))
+        oh, ow = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
+        if n * (h * w * cin + oh * ow * cout) + cout * k[0] * k[1] * cin // g <= max_values:
+            return n, h, w, cin, cout, k, s, p, g, bool(rng.random() < 0.8)

@@ -23,6 +23,7 @@ from mcutrain.reference import functional as F
 from mcutrain.reference import nn as R
 from mcutrain.reference import quantized as Q
 from mcutrain.runner import run_on
+from random_layers import random_conv2d
 
 pytestmark = pytest.mark.fpu_kernels  # also on qemu-rv32f (conftest.py)
 
@@ -91,17 +92,44 @@ def test_float16_conv2d_forward_and_gradients_match_reference(target):
         cases.append((name, x, w, b, dy, s, p, g))
     results = script.run(target)
     for name, x, w, b, dy, s, p, g in cases:
-        ax, aw, ab = np.abs(x), np.abs(w), None if b is None else np.abs(b)
-        y = F.conv2d_forward(x, w, b, s, p, g)
-        assert_f16_within(results[f"{name}.y"], y, F.conv2d_forward(ax, aw, ab, s, p, g), w[0].size + 1,
-                          f"{name} forward")
-        dx, dw, db = F.conv2d_backward(x, w, dy, s, p, g)
-        mdx, mdw, mdb = F.conv2d_backward(ax, aw, np.abs(dy), s, p, g)
-        assert_f16_within(results[f"{name}.dx"], dx, mdx, w.shape[0] * w.shape[1] * w.shape[2],
-                          f"{name} grad_input")
-        assert_close_bilinear(results[f"{name}.dw"], dw, mdw, dy.size // w.shape[0], f"{name} grad_weight")
-        if b is not None:
-            assert_close_bilinear(results[f"{name}.db"], db, mdb, dy.size // w.shape[0], f"{name} grad_bias")
+        _check_f16_conv(results, name, x, w, b, dy, s, p, g)
+
+
+def _check_f16_conv(results, name, x, w, b, dy, s, p, g, what=None):
+    """A float16 Conv2d's output and input gradient (float16) and its parameter gradients
+    (float32) within their rounding bounds of the float64 reference (`what` names it)."""
+    what = what or name
+    ax, aw, ab = np.abs(x), np.abs(w), None if b is None else np.abs(b)
+    y = F.conv2d_forward(x, w, b, s, p, g)
+    assert_f16_within(results[f"{name}.y"], y, F.conv2d_forward(ax, aw, ab, s, p, g), w[0].size + 1,
+                      f"{what} forward")
+    dx, dw, db = F.conv2d_backward(x, w, dy, s, p, g)
+    mdx, mdw, mdb = F.conv2d_backward(ax, aw, np.abs(dy), s, p, g)
+    assert_f16_within(results[f"{name}.dx"], dx, mdx, w.shape[0] * w.shape[1] * w.shape[2],
+                      f"{what} grad_input")
+    assert_close_bilinear(results[f"{name}.dw"], dw, mdw, dy.size // w.shape[0], f"{what} grad_weight")
+    if b is not None:
+        assert_close_bilinear(results[f"{name}.db"], db, mdb, dy.size // w.shape[0], f"{what} grad_bias")
+
+
+# Random shapes (random_layers.random_conv2d): cases per target and the size cap of one.
+RANDOM_CASES = {"unix": 100}
+RANDOM_BOARD_CASES, RANDOM_MAX_VALUES = 8, 2500
+
+
+def test_float16_conv2d_random_shapes_match_reference(target):
+    rng = np.random.default_rng(13)
+    for i in range(RANDOM_CASES.get(target.name, RANDOM_BOARD_CASES)):
+        n, h, wd, cin, cout, k, s, p, g, bias = random_conv2d(rng, RANDOM_MAX_VALUES)
+        x = f16(rng.standard_normal((n, h, wd, cin)))
+        w = f16(rng.standard_normal((cout, k[0], k[1], cin // g)))
+        b = f16(rng.standard_normal(cout)) if bias else None
+        oh, ow = (h + 2 * p[0] - k[0]) // s[0] + 1, (wd + 2 * p[1] - k[1]) // s[1] + 1
+        dy = f16(rng.standard_normal((n, oh, ow, cout)))
+        script = DeviceScript()
+        layer = f"mt.Conv2d({cin}, {cout}, {k}, stride={s}, padding={p}, groups={g}, bias={bias}, dtype=mt.float16)"
+        _layer_case(script, f"c{i}", layer, x, w, b, dy)
+        _check_f16_conv(script.run(target), f"c{i}", x, w, b, dy, s, p, g, f"{layer} x{x.shape}")
 
 
 def test_float16_conv1d_and_linear_match_reference(target):

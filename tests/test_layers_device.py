@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from device_arrays import DeviceScript, assert_close_bilinear, tensor_expr
 from mcutrain.reference import functional as F
+from random_layers import random_conv2d
 
 pytestmark = pytest.mark.fpu_kernels  # also on qemu-rv32f (conftest.py)
 
@@ -186,30 +187,10 @@ RANDOM_CASES = {"unix": 120}
 RANDOM_BOARD_CASES, RANDOM_MAX_VALUES = 8, 2500
 
 
-def _random_conv2d(rng: np.random.Generator):
-    """(n, h, w, in_c, out_c, kernel, stride, padding, groups, bias) of a random Conv2d."""
-    while True:
-        g = int(rng.choice([1, 1, 1, 2, 3, 0]))  # 0: depthwise, with a channel multiplier of 1 or 2
-        if g == 0:
-            cin = int(rng.integers(1, 40))
-            g, cout = cin, cin * int(rng.choice([1, 1, 2]))
-        else:
-            cin, cout = g * int(rng.integers(1, 12)), g * int(rng.integers(1, 14))
-        k = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
-        s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
-        p = (int(rng.integers(0, k[0])), int(rng.integers(0, k[1])))
-        h = int(rng.integers(max(1, k[0] - 2 * p[0]), 14))
-        w = int(rng.integers(max(1, k[1] - 2 * p[1]), 14))
-        n = int(rng.integers(1, 4))
-        oh, ow = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
-        if n * (h * w * cin + oh * ow * cout) + cout * k[0] * k[1] * cin // g <= RANDOM_MAX_VALUES:
-            return n, h, w, cin, cout, k, s, p, g, bool(rng.random() < 0.8)
-
-
 def test_conv2d_random_shapes_match_reference(target):
     rng = np.random.default_rng(11)
     for i in range(RANDOM_CASES.get(target.name, RANDOM_BOARD_CASES)):
-        n, h, wd, cin, cout, k, s, p, g, bias = _random_conv2d(rng)
+        n, h, wd, cin, cout, k, s, p, g, bias = random_conv2d(rng, RANDOM_MAX_VALUES)
         x = rng.standard_normal((n, h, wd, cin)).astype(np.float32)
         w = rng.standard_normal((cout, k[0], k[1], cin // g)).astype(np.float32)
         b = rng.standard_normal(cout).astype(np.float32) if bias else None
