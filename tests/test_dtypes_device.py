@@ -629,6 +629,24 @@ def test_int8_forward_and_input_gradient_match_the_integer_reference_bit_for_bit
             f"{name}: input gradient beyond the bound")
 
 
+def test_int8_random_shapes_forward_and_input_gradient_bit_for_bit(target):
+    # random_layers.random_conv2d's shapes (grouped, depthwise with multipliers, kernels to
+    # 5x5, strides to 3): the forward and the input gradient bit for bit.
+    rng = np.random.default_rng(43)
+    for i in range(RANDOM_CASES.get(target.name, RANDOM_BOARD_CASES)):
+        n, h, wd, cin, cout, k, s, p, g, bias = random_conv2d(rng, RANDOM_MAX_VALUES)
+        src = f"mt.Conv2d({cin}, {cout}, {k}, stride={s}, padding={p}, groups={g}, bias={bias}, dtype=mt.int8)"
+        x, w, ws, b = _s8_case(rng, (n, h, wd, cin), (cout, k[0], k[1], cin // g), bias)
+        q, _, y = _s8_reference(x, w, ws, b, s, p, g)
+        dy = rng.integers(-127, 128, y.shape).astype(np.int8)
+        script = DeviceScript()
+        _s8_script(f"c{i}", src, x, w, ws, b, dy, False, script)
+        results = script.run(target)
+        assert np.array_equal(results[f"c{i}.y"], y), f"{src} x{x.shape}: forward differs from the integer reference"
+        dx = _s8_grad_input(x, w, ws, dy, q, s, p, g)
+        assert np.array_equal(results[f"c{i}.dx"], dx), f"{src} x{x.shape}: input gradient differs"
+
+
 def _dx_scale(x, w, ws, dy, stride, padding, groups) -> float:
     """The input gradient's scale: that of the largest magnitude of its first pass."""
     q2 = Q.S8Quant(X_SCALE, X_ZP, dy_scale=DY_SCALE)
