@@ -23,7 +23,7 @@ from mcutrain.formats import (
     write_dataset,
     write_model,
 )
-from mcutrain.quantize import QuantizeError, dequantize_model, quantize_model
+from mcutrain.quantize import QuantizeError, dequantize_model, load_calibration, quantize_model
 
 RNG = np.random.default_rng(5)
 
@@ -279,3 +279,22 @@ def test_cli_quantize_dequantize_and_info(tmp_path, capsys):
     assert main(["quantize", str(tmp_path / "f.mtm"), "--calibration", str(tmp_path / "bad.npz"),
                  "-o", str(tmp_path / "x.mtm")]) == 1  # fmt: skip
     assert "NaN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"garbage", "not a readable .npz"), (b"", "not a readable .npz"),
+    ("strings", "non-empty numeric array"), ("empty", "non-empty numeric array"), ("no_x", "has no array x"),
+])  # fmt: skip
+def test_calibration_file_errors_name_the_file(tmp_path, content, match):
+    path = tmp_path / "cal.npz"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "strings":
+        np.savez(path, x=np.array(["a", "b"]))
+    elif content == "empty":
+        np.savez(path, x=np.zeros((0, 4, 4, 2)))
+    else:
+        np.savez(path, y=np.zeros(3))
+    with pytest.raises(QuantizeError, match=match) as e:
+        load_calibration(path)
+    assert "cal.npz" in str(e.value)

@@ -18,6 +18,7 @@ rewritten: its quantized runs are wrapped as Convert(int8) ... Convert(float32).
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -245,10 +246,15 @@ def load_calibration(path: PathLike, samples: int | None = DEFAULT_SAMPLES) -> n
     if not p.is_file():
         raise FileNotFoundError(f"no calibration file {p}")
     if p.suffix.lower() == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            if "x" not in z:
-                raise QuantizeError(f"{p}: .npz has no array x (has {sorted(z.files)})")
-            x = z["x"]
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if "x" not in z:
+                    raise QuantizeError(f"{p}: .npz has no array x (has {sorted(z.files)})")
+                x = z["x"]
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+            raise QuantizeError(f"{p}: not a readable .npz archive ({e})") from None
+        if x.dtype.kind not in "fiub" or x.ndim < 1 or len(x) == 0:
+            raise QuantizeError(f"{p}: x must be a non-empty numeric array (got {x.dtype} {x.shape})")
         return x[:samples] if samples is not None else x
     from .formats import read_dataset
 
