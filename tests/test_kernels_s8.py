@@ -90,6 +90,7 @@ def lib(kernels):
     k.mt_quant_multiplier.argtypes = [c_float, P(Requant)]
     k.mt_requantize.argtypes, k.mt_requantize.restype = [c_int32, Requant], c_int32
     k.mt_range_observe.argtypes = [P(RangeTracker), c_float, c_float, c_float]
+    k.mt_range_observe_widening.argtypes = [P(RangeTracker), c_float, c_float, c_float]
     k.mt_ema_observe.argtypes = [P(Ema), c_float, c_float]
     k.mt_grad_stats_rms.argtypes, k.mt_grad_stats_rms.restype = [P(GradStats), c_float], c_float
     k.mt_gemm_s8_nt_scratch_bytes.argtypes = [ctypes.c_int] * 3
@@ -288,6 +289,23 @@ def test_range_tracker_takes_first_observation_then_moving_average(lib):
     first = RangeTracker(0.0, 0.0, 0)
     lib.mt_range_observe(ctypes.byref(first), -2.0, 3.0, 0.99)
     assert (first.min, first.max) == (-2.0, 3.0)
+
+
+def test_output_range_widens_at_once_and_narrows_by_the_moving_average(lib):
+    # A layer's output range (layer_s8.c): growing values must not be clamped for the ten
+    # steps a moving average would take to follow them (bench/int8_stability.py).
+    t = RangeTracker(0.0, 0.0, 0)
+    ref = Q.RangeTracker(momentum=0.9)
+    steps = ((-1.0, 2.0), (-0.5, 1.0), (-3.0, 1.5), (-0.2, 0.4), (-0.1, 9.0), (float("nan"), 1.0), (-0.3, 0.5))
+    for lo, hi in steps:
+        lib.mt_range_observe_widening(ctypes.byref(t), lo, hi, 0.9)
+        if np.isfinite(lo):
+            ref.observe_widening(lo, hi)
+        assert (t.min, t.max, t.count) == (np.float32(ref.min), np.float32(ref.max), ref.count)
+    wide = RangeTracker(0.0, 0.0, 0)
+    for lo, hi in ((-1.0, 1.0), (-1.0, 4.0)):
+        lib.mt_range_observe_widening(ctypes.byref(wide), lo, hi, 0.9)
+    assert (wide.min, wide.max) == (-1.0, 4.0)  # the moving average would say 1.3
 
 
 def test_weight_and_bias_helpers_match_reference(lib):

@@ -87,7 +87,7 @@ void mt_s8_forward_into(mt_s8_layer_t *s, mt_layer_obj_t *layer, const int8_t *x
         raise_kernel(layer, "forward");
     }
     if (pass->training && !observed) {
-        mt_range_observe(&s->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
+        mt_range_observe_widening(&s->y_range, range.min, range.max, MT_S8_RANGE_MOMENTUM);
     }
 }
 

@@ -4,11 +4,14 @@
 //   by the kernels with no float copy;
 // - an fp32 bias in real units (it is out_c floats), turned into the kernels' int32 units of
 //   s_x * s_w[o] before each pass and back after each update;
-// - range trackers (exponential moving averages, momentum MT_S8_RANGE_MOMENTUM) of its
-//   output's real range and of its input error's magnitude relative to its output error's
-//   scale (mt_s8_error_observe), which give the int8 scales of the next pass: no float
-//   activation or error is ever stored. A tracker without an
-//   observation (the first pass) is filled by running that pass once more first;
+// - range trackers of its output's real range (widened at once to a wider observation,
+//   narrowed by an exponential moving average, momentum MT_S8_RANGE_MOMENTUM: a range that
+//   lagged behind growing outputs clamped them, the loss no longer saw the growth the
+//   gradient kept pushing, and the weights ran away; bench/int8_stability.py) and of its
+//   input error's magnitude relative to its output error's scale (mt_s8_error_observe, a
+//   moving average), which give the int8 scales of the next pass: no float activation or
+//   error is ever stored. A tracker without an observation (the first pass) is filled by
+//   running that pass once more first;
 // - the gradient standardization divisors sigma_w, sigma_b (mt.SGD(standardize=True)):
 //   moving averages of earlier steps' gradient RMS, seeded by a statistics-only pass on the
 //   first step;

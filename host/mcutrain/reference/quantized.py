@@ -316,6 +316,17 @@ class RangeTracker:
             self.max = float(m * F32(self.max) + keep * F32(hi))
         self.count += 1
 
+    def observe_widening(self, lo: float, hi: float) -> None:
+        """mt_range_observe_widening (a layer's outputs): a range wider at either end is taken
+        at once, the other end kept; a narrower one goes into the moving average."""
+        lo32, hi32 = F32(lo), F32(hi)
+        if self.count > 0 and (lo32 < F32(self.min) or hi32 > F32(self.max)):
+            self.min = float(min(lo32, F32(self.min)))
+            self.max = float(max(hi32, F32(self.max)))
+            self.count += 1
+        else:
+            self.observe(lo, hi)
+
 
 def ema_observe(value: float | None, count: int, x: float, momentum: float) -> tuple[float, int]:
     """mt_ema_observe: (new value, new count)."""

@@ -285,6 +285,24 @@ void mt_range_observe(mt_range_tracker_t *t, float lo, float hi, float momentum)
     }
 }
 
+void mt_range_observe_widening(mt_range_tracker_t *t, float lo, float hi, float momentum) {
+    if (!isfinite(lo) || !isfinite(hi)) {
+        return;
+    }
+    if (t->count > 0 && (lo < t->min || hi > t->max)) {
+        // A wider range is taken at once: a range that lagged behind growing values would
+        // clamp them, the loss would not see the growth the gradient keeps pushing, and the
+        // weights could run away (bench/int8_stability.py).
+        t->min = lo < t->min ? lo : t->min;
+        t->max = hi > t->max ? hi : t->max;
+        if (t->count < INT32_MAX) {
+            t->count++;
+        }
+        return;
+    }
+    mt_range_observe(t, lo, hi, momentum);
+}
+
 void mt_ema_observe(mt_ema_t *e, float value, float momentum) {
     if (!isfinite(value)) {
         return;
