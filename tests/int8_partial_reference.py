@@ -82,6 +82,11 @@ class PartialCase:
     dy: np.ndarray
 
     @property
+    def full(self) -> bool:
+        """No policy: the layer updates in full and reports no selection."""
+        return self.policy_src == "None"
+
+    @property
     def k(self) -> int:
         return topk_count(self.w.shape[0], self.ratio, self.ratio, 1.0)
 
@@ -105,7 +110,7 @@ class PartialCase:
         script.emit(f"{n}.w", "layer.weight", self.w.shape, "int8")
         script.emit(f"{n}.ws", "layer.weight_scale", self.ws.shape)
         script.emit(f"{n}.b", "layer.bias", self.b.shape)
-        if self.policy_src != "None":
+        if not self.full:
             script.emit(f"{n}.sel", "mt.Tensor(layer.selected)", (self.k,))
 
     def check(self, got: dict, rounding: str) -> None:
@@ -114,7 +119,7 @@ class PartialCase:
         idx, dx, w_new, ws_new, b_new = partial_s8_reference(
             self.kind, self.x, self.w, self.ws, self.b, self.dy, self.geometry, self.k, rounding, state)
         n, what = self.name, f"{self.name}: {self.layer_src} x{self.x.shape} {self.policy_src}"
-        if self.policy_src != "None":
+        if not self.full:
             assert list(got[f"{n}.sel"].astype(int)) == list(idx), what
         np.testing.assert_array_equal(got[f"{n}.dx"], dx, err_msg=what)
         np.testing.assert_array_equal(got[f"{n}.w"], w_new, err_msg=what)

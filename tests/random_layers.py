@@ -118,6 +118,23 @@ def random_conv2d(rng: np.random.Generator, max_values: int) -> tuple:
         h = int(rng.integers(max(1, k[0] - 2 * p[0]), 14))
         w = int(rng.integers(max(1, k[1] - 2 * p[1]), 14))
         n = int(rng.integers(1, 4))
-        oh, ow = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
+        oh, ow = _out(h, k[0], s[0], p[0]), _out(w, k[1], s[1], p[1])
         if n * (h * w * cin + oh * ow * cout) + cout * k[0] * k[1] * cin // g <= max_values:
             return n, h, w, cin, cout, k, s, p, g, bool(rng.random() < 0.8)
+
+
+def random_conv2d_arrays(rng: np.random.Generator, config: tuple, cast) -> tuple:
+    """x, w, b (None without a bias) and dy of a random_conv2d config: standard normal values
+    passed through `cast` (e.g. to float32, or to what float16 storage keeps)."""
+    n, h, wd, cin, cout, k, s, p, g, bias = config
+    oh, ow = _out(h, k[0], s[0], p[0]), _out(wd, k[1], s[1], p[1])
+    x = cast(rng.standard_normal((n, h, wd, cin)))
+    w = cast(rng.standard_normal((cout, k[0], k[1], cin // g)))
+    b = cast(rng.standard_normal(cout)) if bias else None
+    return x, w, b, cast(rng.standard_normal((n, oh, ow, cout)))
+
+
+def case_count(target, unix: int, board: int) -> int:
+    """How many random cases a test draws on `target`: the emulated boards run about 50x
+    slower than the unix port, and every case is a script run."""
+    return unix if target.name == "unix" else board

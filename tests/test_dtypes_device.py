@@ -23,7 +23,7 @@ from mcutrain.reference import functional as F
 from mcutrain.reference import nn as R
 from mcutrain.reference import quantized as Q
 from mcutrain.runner import run_on
-from random_layers import random_conv2d
+from random_layers import case_count, random_conv2d, random_conv2d_arrays
 
 pytestmark = pytest.mark.fpu_kernels  # also on qemu-rv32f (conftest.py)
 
@@ -113,19 +113,15 @@ def _check_f16_conv(results, name, x, w, b, dy, s, p, g, what=None):
 
 
 # Random shapes (random_layers.random_conv2d): cases per target and the size cap of one.
-RANDOM_CASES = {"unix": 100}
-RANDOM_BOARD_CASES, RANDOM_MAX_VALUES = 8, 2500
+RANDOM_CASES, RANDOM_BOARD_CASES, RANDOM_MAX_VALUES = 100, 8, 2500
 
 
 def test_float16_conv2d_random_shapes_match_reference(target):
     rng = np.random.default_rng(13)
-    for i in range(RANDOM_CASES.get(target.name, RANDOM_BOARD_CASES)):
-        n, h, wd, cin, cout, k, s, p, g, bias = random_conv2d(rng, RANDOM_MAX_VALUES)
-        x = f16(rng.standard_normal((n, h, wd, cin)))
-        w = f16(rng.standard_normal((cout, k[0], k[1], cin // g)))
-        b = f16(rng.standard_normal(cout)) if bias else None
-        oh, ow = (h + 2 * p[0] - k[0]) // s[0] + 1, (wd + 2 * p[1] - k[1]) // s[1] + 1
-        dy = f16(rng.standard_normal((n, oh, ow, cout)))
+    for i in range(case_count(target, RANDOM_CASES, RANDOM_BOARD_CASES)):
+        config = random_conv2d(rng, RANDOM_MAX_VALUES)
+        _, _, _, cin, cout, k, s, p, g, bias = config
+        x, w, b, dy = random_conv2d_arrays(rng, config, f16)
         script = DeviceScript()
         layer = f"mt.Conv2d({cin}, {cout}, {k}, stride={s}, padding={p}, groups={g}, bias={bias}, dtype=mt.float16)"
         _layer_case(script, f"c{i}", layer, x, w, b, dy)
@@ -633,7 +629,7 @@ def test_int8_random_shapes_forward_and_input_gradient_bit_for_bit(target):
     # random_layers.random_conv2d's shapes (grouped, depthwise with multipliers, kernels to
     # 5x5, strides to 3): the forward and the input gradient bit for bit.
     rng = np.random.default_rng(43)
-    for i in range(RANDOM_CASES.get(target.name, RANDOM_BOARD_CASES)):
+    for i in range(case_count(target, RANDOM_CASES, RANDOM_BOARD_CASES)):
         n, h, wd, cin, cout, k, s, p, g, bias = random_conv2d(rng, RANDOM_MAX_VALUES)
         src = f"mt.Conv2d({cin}, {cout}, {k}, stride={s}, padding={p}, groups={g}, bias={bias}, dtype=mt.int8)"
         x, w, ws, b = _s8_case(rng, (n, h, wd, cin), (cout, k[0], k[1], cin // g), bias)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from device_arrays import DeviceScript, assert_close_bilinear, tensor_expr
 from mcutrain.reference import functional as F
-from random_layers import random_conv2d
+from random_layers import case_count, random_conv2d, random_conv2d_arrays
 
 pytestmark = pytest.mark.fpu_kernels  # also on qemu-rv32f (conftest.py)
 
@@ -183,19 +183,15 @@ def test_activation_pool_flatten_layers_match_reference(target):
 # families, these reach the kernels' edge paths (blocks of 4 and 6, short rows) at random.
 # Cases per target (the boards run ~50x slower) and a size cap that keeps a case's script
 # and its printed results within a board's heap.
-RANDOM_CASES = {"unix": 120}
-RANDOM_BOARD_CASES, RANDOM_MAX_VALUES = 8, 2500
+RANDOM_CASES, RANDOM_BOARD_CASES, RANDOM_MAX_VALUES = 120, 8, 2500
 
 
 def test_conv2d_random_shapes_match_reference(target):
     rng = np.random.default_rng(11)
-    for i in range(RANDOM_CASES.get(target.name, RANDOM_BOARD_CASES)):
-        n, h, wd, cin, cout, k, s, p, g, bias = random_conv2d(rng, RANDOM_MAX_VALUES)
-        x = rng.standard_normal((n, h, wd, cin)).astype(np.float32)
-        w = rng.standard_normal((cout, k[0], k[1], cin // g)).astype(np.float32)
-        b = rng.standard_normal(cout).astype(np.float32) if bias else None
-        oh, ow = (h + 2 * p[0] - k[0]) // s[0] + 1, (wd + 2 * p[1] - k[1]) // s[1] + 1
-        dy = rng.standard_normal((n, oh, ow, cout)).astype(np.float32)
+    for i in range(case_count(target, RANDOM_CASES, RANDOM_BOARD_CASES)):
+        config = random_conv2d(rng, RANDOM_MAX_VALUES)
+        _, _, _, cin, cout, k, s, p, g, bias = config
+        x, w, b, dy = random_conv2d_arrays(rng, config, lambda a: a.astype(np.float32))
         layer = f"mt.Conv2d({cin}, {cout}, {k}, stride={s}, padding={p}, groups={g}, bias={bias})"
         script = DeviceScript()
         _conv_case_script(script, f"c{i}", layer, x, w, b, dy)
@@ -204,7 +200,7 @@ def test_conv2d_random_shapes_match_reference(target):
 
 def test_pooling_random_shapes_match_reference(target):
     rng = np.random.default_rng(12)
-    for i in range(RANDOM_CASES.get(target.name, RANDOM_BOARD_CASES)):
+    for i in range(case_count(target, RANDOM_CASES, RANDOM_BOARD_CASES)):
         k = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
         s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
         p = (int(rng.integers(0, k[0] // 2 + 1)), int(rng.integers(0, k[1] // 2 + 1)))

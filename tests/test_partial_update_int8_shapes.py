@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from device_arrays import DeviceScript
 from int8_partial_reference import PartialCase, random_arrays
-from random_layers import random_layer, random_policy
+from random_layers import case_count, random_layer, random_policy
 
 # Configurations per target (the emulated boards run ~50x slower than the unix port) and per
 # device script (a script's source must stay small).
-CONFIGS = {"unix": 240}
-BOARD_CONFIGS, PER_SCRIPT = 24, 6
+CONFIGS, BOARD_CONFIGS, PER_SCRIPT = 240, 24, 6
 
 
 def random_case(rng: np.random.Generator, name: str) -> PartialCase:
@@ -26,7 +25,7 @@ def random_case(rng: np.random.Generator, name: str) -> PartialCase:
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_int8_partial_update_on_random_shapes(target, rounding):
-    count = CONFIGS.get(target.name, BOARD_CONFIGS)
+    count = case_count(target, CONFIGS, BOARD_CONFIGS)
     rng = np.random.default_rng(2026 if rounding == "nearest" else 2027)
     cases = [random_case(rng, f"c{i}") for i in range(count)]
     for first in range(0, count, PER_SCRIPT):

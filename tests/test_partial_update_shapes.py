@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from device_arrays import DeviceScript, tensor_expr
 from mcutrain.reference.partial import topk_count, topk_indices
-from random_layers import RATIOS, random_layer
+from random_layers import RATIOS, case_count, random_layer
 
-CONFIGS = {"unix": 160}
-BOARD_CONFIGS, PER_SCRIPT = 8, 4
+CONFIGS, BOARD_CONFIGS, PER_SCRIPT = 160, 8, 4
 LR = 0.25
 
 
@@ -33,7 +32,7 @@ TOLERANCE = {"float32": (1e-4, 1e-6), "float16": (4e-3, 4e-5)}
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("policy_kind", ["topk", "channels"])
 def test_partial_update_on_random_shapes(target, policy_kind, dtype):
-    count = CONFIGS.get(target.name, BOARD_CONFIGS)
+    count = case_count(target, CONFIGS, BOARD_CONFIGS)
     rng = np.random.default_rng((31 if policy_kind == "topk" else 32) + (10 if dtype == "float16" else 0))
     rtol, atol = TOLERANCE[dtype]
     np_dtype = np.float32 if dtype == "float32" else np.float16
