@@ -907,3 +907,31 @@ print('float32', hasattr(mt.Linear(2, 2), 'quant_range'))
     assert all(line.startswith("rejected") for line in lines[3:8]), lines[3:8]
     assert lines[8] == "forgot None"
     assert lines[9] == "float32 False"
+
+
+def test_int8_output_range_widens_at_once_and_narrows_by_the_moving_average(target):
+    # layer_s8.h: a training pass whose outputs reach past the tracked range takes the wider
+    # range at once (a lagging range clamped growing outputs: bench/int8_stability.py); a
+    # narrower one moves the range by the moving average (momentum 0.9). The same int8 bytes
+    # at three times the input scale give three times the real outputs.
+    out = run_on(target, """
+import mcutrain as mt
+mt.seed(5)
+layer = mt.Linear(6, 4, bias=False, dtype=mt.int8)  # no bias: outputs scale with the input
+data = bytes([7, 250, 33, 190, 5, 128, 60, 71, 200, 3, 99, 144])
+def x(scale):
+    return mt.Tensor(data, (2, 6), dtype=mt.int8, scale=scale, zero_point=3)
+layer.forward(x(0.01), training=True)
+print(*layer.quant_range)
+layer.forward(x(0.03), training=True)
+print(*layer.quant_range)
+layer.forward(x(0.01), training=True)
+print(*layer.quant_range)
+""")
+    (lo1, hi1), (lo3, hi3), (lo_back, hi_back) = [tuple(map(float, line.split())) for line in out.splitlines()[-3:]]
+    assert lo1 < 0 < hi1, (lo1, hi1)
+    # widened at once, to the new pass's own range (a moving average would give 1.2x)
+    assert abs(lo3 - 3 * lo1) <= 1e-4 * abs(lo1) and abs(hi3 - 3 * hi1) <= 1e-4 * hi1, (lo1, hi1, lo3, hi3)
+    # narrowed by the moving average: 0.9 of the wide range plus 0.1 of the narrow one
+    assert abs(lo_back - (0.9 * lo3 + 0.1 * lo1)) <= 1e-4 * abs(lo3), (lo_back, lo3, lo1)
+    assert abs(hi_back - (0.9 * hi3 + 0.1 * hi1)) <= 1e-4 * hi3, (hi_back, hi3, hi1)
