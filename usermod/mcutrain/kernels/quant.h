@@ -27,9 +27,10 @@
 //   pre-activation outputs, min/max over o of s_x * s_w[o] * acc, for range tracking.
 // - Backward: see conv2d_s8.h (input gradient with per-channel weight scales, and the fused
 //   weight update with gradient standardization and per-channel requantization).
-// - Range tracking: mt_range_observe() widens a range at once and narrows it by an
-//   exponential moving average (the first observation is taken as is); mt_qparams_asymmetric
-//   / _symmetric turn a range into a scale and zero point for the next step.
+// - Range tracking: mt_range_observe() keeps an exponential moving average of min and max
+//   (the first observation is taken as is), mt_range_observe_widening() takes a wider range
+//   at once (a layer's outputs); mt_qparams_asymmetric / _symmetric turn a range into a scale
+//   and zero point for the next step.
 //
 // Floats here are IEEE single precision with no double maths, and every function is
 // deterministic, so the numpy reference (host/mcutrain/reference/quantized.py) reproduces
@@ -168,9 +169,8 @@ int32_t mt_requantize(int32_t acc, mt_requant_t m);
 
 // ---- range tracking ------------------------------------------------------------------------
 
-// First observation: taken as is. Then each end widens at once (min = lo when lo < min) and
-// narrows by a moving average (min = momentum * min + (1 - momentum) * lo), the same for max
-// (momentum in [0, 1); 0 keeps only the latest range). A non-finite lo or hi is ignored.
+// First observation: taken as is. Then min = momentum * min + (1 - momentum) * lo, same for
+// max (momentum in [0, 1); 0 keeps only the latest range). A non-finite lo or hi is ignored.
 void mt_range_observe(mt_range_tracker_t *t, float lo, float hi, float momentum);
 
 // mt_range_observe for a layer's outputs: a range wider at either end is taken at once
