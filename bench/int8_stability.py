@@ -10,7 +10,8 @@ mt.DivergenceWatch said, so a fix can be judged by the seeds it rescues.
                                    [--seeds 5] [--mult 10] [--rounding stochastic]
 
 Measured when this was written, test accuracy per seed (1-5); "before" is the firmware whose
-int8 Linear/Conv output ranges followed a moving average both ways (--micropython runs it):
+int8 Linear/Conv output ranges followed a moving average both ways (a unix build of commit
+e0ee0c0, run with --micropython):
 - ItalyPowerDemand, --lr 0.015: float32 97-98% in all five; int8 before: chance (50%) in
   three, 74% and 97%; now 97-98% in all five. At 0.02 float32 and int8 both end at chance in
   three of five.
